@@ -1,0 +1,113 @@
+"""Architecture description of a DeepLab-v3 network.
+
+One dataclass describes every variant we build: the seed's resnet_v2_50/101 models (read
+from the seed's ``data.json``) and smaller configurations such as the demo (stored in our
+native ``config.json``).  Keeping it free of TensorFlow lets ``inspect`` and the CLI read
+configurations without paying for a TF import.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tfdeploy.errors import UserError
+
+#: ImageNet RGB mean the seed subtracts before the backbone.
+IMAGENET_MEAN = (123.68, 116.78, 103.94)
+
+#: Units per block of the ResNet-v2 backbones the seed trains (REFERENCE §1).
+BACKBONE_UNITS: dict[str, tuple[int, int, int, int]] = {
+    "resnet_v2_50": (3, 4, 6, 3),
+    "resnet_v2_101": (3, 4, 23, 3),
+}
+
+NATIVE_FORMAT = "tfdeploy-deeplab-v3"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the served graph; weights come from the checkpoint."""
+
+    num_classes: int = 21
+    backbone: str = "resnet_v2_50"
+    units: tuple[int, ...] = BACKBONE_UNITS["resnet_v2_50"]
+    base_depths: tuple[int, ...] = (64, 128, 256, 512)
+    root_depth: int = 64
+    aspp_depth: int = 256
+    aspp_rates: tuple[int, ...] = (6, 12, 18)
+    output_stride: int = 16
+    multi_grid: tuple[int, ...] = (1, 2, 4)
+    batch_norm_epsilon: float = 1e-5
+    mean: tuple[float, ...] = field(default=IMAGENET_MEAN)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.output_stride not in (8, 16, 32):
+            problems.append(f"output_stride must be 8, 16 or 32, got {self.output_stride}")
+        if len(self.units) != 4 or len(self.base_depths) != 4:
+            problems.append("units and base_depths need exactly 4 entries (block1..block4)")
+        if len(self.multi_grid) != (self.units[3] if len(self.units) == 4 else 0):
+            problems.append(
+                f"multi_grid {list(self.multi_grid)} needs one rate per block4 unit "
+                f"({self.units[3] if len(self.units) == 4 else '?'})"
+            )
+        if not 1 <= self.num_classes <= 256:
+            problems.append(f"number_of_classes must be 1..256, got {self.num_classes}")
+        if len(self.mean) != 3:
+            problems.append("mean needs 3 values (RGB)")
+        if problems:
+            raise UserError("invalid model configuration: " + "; ".join(problems))
+
+    @property
+    def scope(self) -> str:
+        """Variable scope of the backbone, as slim named it."""
+        return self.backbone
+
+    # -- seed format ---------------------------------------------------------------------
+    @classmethod
+    def from_seed_args(cls, args: dict[str, Any], source: str = "data.json") -> ModelConfig:
+        """Build from the seed's training arguments (``data.json``)."""
+        model = args.get("resnet_model")
+        if model not in BACKBONE_UNITS:
+            raise UserError(
+                f"{source}: unknown resnet_model {model!r} "
+                f"(supported: {', '.join(sorted(BACKBONE_UNITS))})"
+            )
+        try:
+            return cls(
+                num_classes=int(args.get("number_of_classes", 21)),
+                backbone=model,
+                units=BACKBONE_UNITS[model],
+                output_stride=int(args.get("output_stride", 16)),
+                multi_grid=tuple(int(r) for r in args.get("multi_grid", (1, 2, 4))),
+                batch_norm_epsilon=float(args.get("batch_norm_epsilon", 1e-5)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{source}: {exc}") from None
+
+    # -- native format -------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {"format": NATIVE_FORMAT, "format_version": 1, "model": asdict(self)}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any], source: str = "config.json") -> ModelConfig:
+        if doc.get("format") != NATIVE_FORMAT:
+            raise UserError(f"{source}: not a tfdeploy config (format must be {NATIVE_FORMAT!r})")
+        model = dict(doc.get("model") or {})
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(model) - known)
+        if unknown:
+            raise UserError(f"{source}: unknown keys {', '.join(unknown)}")
+        for key in ("units", "base_depths", "aspp_rates", "multi_grid", "mean"):
+            if key in model:
+                model[key] = tuple(model[key])
+        try:
+            return cls(**model)
+        except TypeError as exc:
+            raise UserError(f"{source}: {exc}") from None
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
