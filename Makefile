@@ -6,7 +6,7 @@ TFD    := $(VENV)/bin/tfdeploy
 STAMP  := $(VENV)/.installed
 DEMO_BASE := models/deeplab
 
-export TF_CPP_MIN_LOG_LEVEL ?= 2
+export TF_CPP_MIN_LOG_LEVEL ?= 3
 
 .PHONY: demo test venv lint clean
 

@@ -37,7 +37,7 @@ def units(config: ModelConfig) -> list[Unit]:
     target = config.output_stride // 4  # the root block (conv1 + pool1) already strides 4
     current_stride, rate = 1, 1
     depth_in = config.root_depth
-    for b, (count, base) in enumerate(zip(config.units, config.base_depths), start=1):
+    for b, (count, base) in enumerate(zip(config.units, config.base_depths, strict=True), start=1):
         block_stride = 1 if b == 4 else 2  # stride sits on the last unit of blocks 1-3
         for i in range(count):
             stride = block_stride if i == count - 1 else 1

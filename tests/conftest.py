@@ -1,0 +1,62 @@
+"""Shared fixtures: run the real CLI in subprocesses, export real SavedModels."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))  # slim_reference, helpers
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def run_cli(*args: str, check: bool = True, timeout: float = 600,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m tfdeploy ARGS`` as a user would; returns the completed process."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfdeploy", *map(str, args)], capture_output=True, text=True,
+        timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tfdeploy {' '.join(map(str, args))} exited {proc.returncode}:\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def export_json(*args: str) -> dict:
+    return json.loads(run_cli("export", *args, "--json").stdout)
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory) -> Path:
+    """A native checkpoint of a small random-weight configuration (fast to export)."""
+    from tfdeploy.export.checkpoint import write_checkpoint
+    from tfdeploy.export.config import ModelConfig
+    from tfdeploy.export.model import random_weights
+
+    cfg = ModelConfig(num_classes=5, backbone="small_resnet_v2", units=(1, 1, 1, 1),
+                      base_depths=(8, 16, 16, 32), root_depth=8, aspp_depth=16,
+                      output_stride=16, multi_grid=(1,))
+    path = tmp_path_factory.mktemp("small_ckpt")
+    write_checkpoint(path, cfg, random_weights(cfg, seed=3))
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_base(tmp_path_factory) -> Path:
+    """The demo checkpoint exported once as version 1 (read-only for tests)."""
+    base = tmp_path_factory.mktemp("demo_models") / "deeplab"
+    export_json("--output", str(base))
+    return base
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

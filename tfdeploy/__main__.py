@@ -1,0 +1,5 @@
+"""``python -m tfdeploy`` = the ``tfdeploy`` command."""
+
+from tfdeploy.cli import main
+
+main()

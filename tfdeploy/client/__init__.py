@@ -1,0 +1,1 @@
+"""The lean client: protos, requests and masks, without importing TensorFlow."""

@@ -1,0 +1,1 @@
+"""The demo: a small DeepLab-v3 trained on synthetic scenes, and the scene generator."""

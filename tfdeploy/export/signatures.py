@@ -1,0 +1,131 @@
+"""The served functions of a DeepLab SavedModel.
+
+- ``predict_images``: the seed's contract, byte for byte in names, dtypes and shapes, so
+  every client written for the tutorial keeps working.
+- ``serving_default``: encoded images in, uint8 masks and palette PNGs out.  A 513x513
+  JPEG is ~20x smaller on the wire than its float32 pixels, and clients need no decoder.
+- ``logits`` (a plain function, not a signature): used by export verification.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import tensorflow as tf
+
+from tfdeploy.export.model import DeepLabV3
+from tfdeploy.palette import voc_colormap
+
+PREDICT_IMAGES = "predict_images"
+SERVING_DEFAULT = "serving_default"
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+def _crc_table() -> np.ndarray:
+    table = np.zeros(256, np.int64)
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (0xEDB88320 ^ (c >> 1)) if c & 1 else c >> 1
+        table[n] = c
+    return table
+
+
+class PalettePNG(tf.Module):
+    """Encodes uint8 class maps as palette PNGs inside the graph.
+
+    ``tf.io.encode_png`` writes greyscale only.  An 8-bit greyscale PNG and an 8-bit
+    palette PNG share the same pixel stream, so we keep its IDAT/IEND chunks and swap the
+    header for one with colour type 3 plus the VOC ``PLTE`` chunk.  The header's CRC
+    depends on width and height, so it is computed with graph ops.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(name="palette_png")
+        self._plte = _chunk(b"PLTE", voc_colormap(256).tobytes())
+        self._crc = tf.constant(_crc_table())
+        self._bytes = tf.constant([bytes([i]) for i in range(256)])
+
+    def _be32(self, value: tf.Tensor) -> tf.Tensor:
+        return tf.stack([tf.bitwise.bitwise_and(tf.bitwise.right_shift(value, s), 0xFF)
+                         for s in (24, 16, 8, 0)])
+
+    def __call__(self, mask: tf.Tensor) -> tf.Tensor:
+        grey = tf.io.encode_png(mask[..., tf.newaxis])
+        shape = tf.cast(tf.shape(mask), tf.int64)
+        ihdr = tf.concat([
+            tf.constant(list(b"IHDR"), tf.int64),
+            self._be32(shape[1]), self._be32(shape[0]),
+            tf.constant([8, 3, 0, 0, 0], tf.int64),  # 8 bit, palette, deflate, no interlace
+        ], axis=0)
+        crc = tf.constant(0xFFFFFFFF, tf.int64)
+        for i in range(17):
+            idx = tf.bitwise.bitwise_and(tf.bitwise.bitwise_xor(crc, ihdr[i]), 0xFF)
+            crc = tf.bitwise.bitwise_xor(tf.gather(self._crc, idx), tf.bitwise.right_shift(crc, 8))
+        crc = tf.bitwise.bitwise_xor(crc, 0xFFFFFFFF)
+        header = tf.concat([tf.constant([0, 0, 0, 13], tf.int64), ihdr, self._be32(crc)], 0)
+        header = tf.strings.reduce_join(tf.gather(self._bytes, header))
+        # Greyscale PNG: 8-byte signature + 25-byte IHDR chunk, then the pixel chunks.
+        rest = tf.strings.substr(grey, 33, tf.strings.length(grey) - 33)
+        return tf.strings.join([_PNG_SIGNATURE, header, self._plte, rest])
+
+
+def _decode(image_bytes: tf.Tensor) -> tf.Tensor:
+    return tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8, expand_animations=False)
+
+
+class ServingModule(tf.Module):
+    """What gets saved: the model's variables plus the serving functions."""
+
+    def __init__(self, model: DeepLabV3) -> None:
+        super().__init__(name="deeplab_serving")
+        self.model = model
+        self.png = PalettePNG()
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([1, None, None, 3], tf.float32, name="images"),
+        tf.TensorSpec(None, tf.int32, name="height"),
+        tf.TensorSpec(None, tf.int32, name="width"),
+    ])
+    def predict_images(self, images, height, width):
+        # height/width arrive as scalars or shape [1]; the seed reshaped the image with them.
+        h = tf.reshape(height, [-1])[0]
+        w = tf.reshape(width, [-1])[0]
+        images = tf.reshape(images, tf.stack([1, h, w, 3]))
+        return {"segmentation_map": self.model.predict(images)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serving_default(self, image_bytes):
+        tf.debugging.assert_positive(
+            tf.size(image_bytes), message="image_bytes must hold at least one image")
+        hw = tf.shape(_decode(image_bytes[0]))[:2]
+
+        def decode_same_size(data):
+            image = _decode(data)
+            same = tf.debugging.assert_equal(
+                tf.shape(image)[:2], hw,
+                message="all images in one request must have the same height and width")
+            with tf.control_dependencies([same]):
+                return tf.identity(image)
+
+        images = tf.map_fn(decode_same_size, image_bytes,
+                           fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+        masks = tf.cast(self.model.predict(tf.cast(images, tf.float32)), tf.uint8)
+        pngs = tf.map_fn(self.png, masks, fn_output_signature=tf.TensorSpec([], tf.string))
+        return {"segmentation_map": masks, "mask_png": pngs}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+    def logits(self, images):
+        return self.model.logits(images)
+
+    def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
+        return {
+            PREDICT_IMAGES: self.predict_images.get_concrete_function(),
+            SERVING_DEFAULT: self.serving_default.get_concrete_function(),
+        }
