@@ -1,0 +1,123 @@
+"""numpy <-> ``tensorflow.TensorProto`` without TensorFlow.
+
+Clients send with ``tensor_content`` (raw little-endian bytes: the fast path, no per-value
+protobuf work).  Servers answer in the typed value fields (``int64_val``, ``float_val``,
+...) because the seed's clients read only those (REFERENCE §2); ``typed=True`` does that.
+Both directions accept every representation TF itself produces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from tfdeploy.client import protos
+
+# DataType enum value -> (numpy dtype, typed value field)
+_DTYPES: dict[int, tuple[np.dtype, str]] = {
+    1: (np.dtype(np.float32), "float_val"),      # DT_FLOAT
+    2: (np.dtype(np.float64), "double_val"),     # DT_DOUBLE
+    3: (np.dtype(np.int32), "int_val"),          # DT_INT32
+    4: (np.dtype(np.uint8), "int_val"),          # DT_UINT8
+    5: (np.dtype(np.int16), "int_val"),          # DT_INT16
+    6: (np.dtype(np.int8), "int_val"),           # DT_INT8
+    7: (np.dtype(object), "string_val"),         # DT_STRING
+    9: (np.dtype(np.int64), "int64_val"),        # DT_INT64
+    10: (np.dtype(np.bool_), "bool_val"),        # DT_BOOL
+    17: (np.dtype(np.uint16), "int_val"),        # DT_UINT16
+    19: (np.dtype(np.float16), "half_val"),      # DT_HALF (bit patterns in half_val)
+    22: (np.dtype(np.uint32), "uint32_val"),     # DT_UINT32
+    23: (np.dtype(np.uint64), "uint64_val"),     # DT_UINT64
+}
+_BY_NUMPY = {np_dtype: enum for enum, (np_dtype, _) in _DTYPES.items()}
+DT_STRING = 7
+
+
+def dtype_name(enum: int) -> str:
+    name = protos.types_pb2().DataType.Name(enum)
+    return name[3:].lower() if name.startswith("DT_") else name
+
+
+def numpy_dtype(enum: int) -> np.dtype:
+    try:
+        return _DTYPES[enum][0]
+    except KeyError:
+        raise ValueError(f"unsupported tensor dtype {dtype_name(enum)}") from None
+
+
+def dtype_enum(array: np.ndarray) -> int:
+    if array.dtype.kind in "OSU":
+        return DT_STRING
+    try:
+        return _BY_NUMPY[array.dtype]
+    except KeyError:
+        raise ValueError(f"unsupported numpy dtype {array.dtype}") from None
+
+
+def _as_bytes(value) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, np.bytes_ | bytearray | memoryview):
+        return bytes(value)
+    raise ValueError(f"string tensors hold bytes or str, got {type(value).__name__}")
+
+
+def to_proto(value, dtype: int | None = None, shape: Sequence[int] | None = None,
+             typed: bool = False):
+    """A TensorProto for ``value`` (array-like).  ``dtype`` is a DataType enum value."""
+    tensor_pb2 = protos.module("tensorflow.core.framework.tensor_pb2")
+    if dtype is not None and dtype != DT_STRING:
+        array = np.asarray(value, dtype=numpy_dtype(dtype))
+    else:
+        array = np.asarray(value)
+        if dtype == DT_STRING or array.dtype.kind in "OSU":
+            array = array.astype(object)
+    if shape is not None:
+        array = array.reshape(shape)
+    enum = dtype if dtype is not None else dtype_enum(array)
+    proto = tensor_pb2.TensorProto(dtype=enum)
+    for d in array.shape:
+        proto.tensor_shape.dim.add(size=int(d))
+    flat = array.ravel()
+    if enum == DT_STRING:
+        proto.string_val.extend(_as_bytes(v) for v in flat)
+    elif not typed:
+        proto.tensor_content = flat.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    elif enum == 19:
+        proto.half_val.extend(flat.view(np.uint16).astype(np.int32).tolist())
+    else:
+        getattr(proto, _DTYPES[enum][1]).extend(flat.tolist())
+    return proto
+
+
+def shape_of(proto) -> tuple[int, ...]:
+    return tuple(int(d.size) for d in proto.tensor_shape.dim)
+
+
+def from_proto(proto) -> np.ndarray:
+    """The numpy array a TensorProto holds (object array of bytes for strings)."""
+    dtype = numpy_dtype(proto.dtype)
+    shape = shape_of(proto)
+    size = int(np.prod(shape)) if shape else 1
+    if proto.dtype == DT_STRING:
+        values = np.empty(len(proto.string_val), dtype=object)
+        values[:] = list(proto.string_val)
+    elif proto.tensor_content:
+        values = np.frombuffer(proto.tensor_content, dtype=dtype.newbyteorder("<"))
+        values = values.astype(dtype, copy=False)
+    elif proto.dtype == 19:
+        values = np.asarray(proto.half_val, np.uint16).view(np.float16)
+    else:
+        values = np.asarray(getattr(proto, _DTYPES[proto.dtype][1]), dtype=dtype)
+    if values.size == size:
+        return values.reshape(shape)
+    if values.size == 1:  # TF's convention: one value fills the whole tensor
+        return np.full(shape, values[0], dtype=values.dtype)
+    if values.size == 0:
+        return np.zeros(shape, dtype=dtype) if proto.dtype != DT_STRING else \
+            np.full(shape, b"", dtype=object)
+    raise ValueError(f"tensor has {values.size} values but its shape {list(shape)} "
+                     f"needs {size}")

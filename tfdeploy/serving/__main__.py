@@ -1,0 +1,127 @@
+"""``tfdeploy-model-server`` / ``python -m tfdeploy.serving``: tensorflow_model_server's
+command line, same flag names, defaults and meaning.
+
+    tfdeploy-model-server --port=8500 --rest_api_port=8501 \\
+        --model_name=deeplab --model_base_path=/abs/path/models/deeplab
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+from tfdeploy.errors import UserError
+
+# Flags tensorflow_model_server has that we accept and ignore, with a warning.
+UNIMPLEMENTED_FLAGS = (
+    "grpc_socket_path", "grpc_channel_arguments", "rest_api_num_threads",
+    "rest_api_timeout_in_ms", "rest_api_enable_cors_support", "enable_signature_method_name_check",
+    "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
+    "tensorflow_inter_op_parallelism", "per_process_gpu_memory_fraction", "saved_model_tags",
+    "platform_config_file", "ssl_config_file", "max_num_load_retries",
+    "load_retry_interval_micros", "num_load_threads", "num_unload_threads",
+    "flush_filesystem_caches", "allow_version_labels_for_unavailable_models",
+    "xla_cpu_compilation_enabled", "enable_profiler", "remove_unused_fields_from_bundle_metagraph",
+    "prefer_tflite_model", "use_tflite_model", "tensorflow_session_config_file",
+    "mixed_precision", "skip_initialize_tpu", "use_alts_credentials",
+    "thread_pool_factory_config_file", "enable_model_warmup_with_session_run",
+)
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "t"):
+        return True
+    if value in ("0", "false", "no", "f"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like any CLI mistake
+        self.exit(2, f"tfdeploy-model-server: error: {message}\n"
+                     "(run with --help for the flags)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="tfdeploy-model-server", allow_abbrev=False,
+                description="TF Serving-compatible model server (gRPC + REST) for SavedModels.",
+                epilog=__doc__.split("\n\n", 1)[1])
+    flag = p.add_argument
+    flag("--port", type=int, default=8500, help="gRPC port (default 8500)")
+    flag("--grpc_host", default="0.0.0.0", help="gRPC bind address (tfdeploy: 127.0.0.1)")
+    flag("--rest_api_port", type=int, default=0, help="REST port; 0 disables REST")
+    flag("--rest_api_host", default="0.0.0.0", help="REST bind address")
+    flag("--model_name", default="default", help="name of the single model")
+    flag("--model_base_path", default="", help="base path of the single model's versions")
+    flag("--model_config_file", default="", help="ModelServerConfig text proto (many models)")
+    flag("--model_config_file_poll_wait_seconds", type=float, default=0,
+         help="re-read --model_config_file this often; 0 = never")
+    flag("--file_system_poll_wait_seconds", type=float, default=1,
+         help="poll base paths for new versions this often; 0 = once at start")
+    flag("--enable_batching", type=_bool, nargs="?", const=True, default=False,
+         help="merge concurrent requests into batches")
+    flag("--batching_parameters_file", default="", help="BatchingParameters text proto")
+    flag("--enable_model_warmup", type=_bool, nargs="?", const=True, default=True,
+         help="replay assets.extra/tf_serving_warmup_requests at load (default true)")
+    flag("--monitoring_config_file", default="", help="MonitoringConfig text proto")
+    flag("--max_request_bytes", type=int, default=256 << 20,
+         help="largest accepted request body / message (tfdeploy extension)")
+    flag("--grpc_max_threads", type=int, default=32, help="gRPC worker threads")
+    flag("--version", action="store_true", help="print the version and exit")
+    for name in UNIMPLEMENTED_FLAGS:
+        flag(f"--{name}", default=None, nargs="?", const="true", help=argparse.SUPPRESS)
+    return p
+
+
+def options_from_args(argv: list[str] | None = None):
+    from tfdeploy.serving.options import ServerOptions
+
+    args = build_parser().parse_args(argv)
+    ignored = [n for n in UNIMPLEMENTED_FLAGS if getattr(args, n) is not None]
+    values = {k: v for k, v in vars(args).items() if k not in UNIMPLEMENTED_FLAGS}
+    values.pop("version")
+    return ServerOptions(**values), ignored, args.version
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("tfdeploy.serving")
+    options, ignored, show_version = options_from_args(argv)
+    if show_version:
+        from importlib.metadata import version
+
+        print(f"tfdeploy-model-server {version('tfdeploy')}")
+        return 0
+    for name in ignored:
+        log.warning("flag --%s is not implemented by tfdeploy-model-server; ignored", name)
+    from tfdeploy.tfimport import quiet_import_tensorflow
+
+    quiet_import_tensorflow()
+    from tfdeploy.serving.server import ModelServer
+    from tfdeploy.serving.status import ServingError
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        server = ModelServer(options)
+        server.start()
+    except (ServingError, UserError) as exc:
+        print(f"tfdeploy-model-server: error: {exc}", file=sys.stderr)
+        return 2
+    log.info("serving; pid %d", os.getpid())
+    stop.wait()
+    log.info("shutting down: draining in-flight requests")
+    server.stop()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

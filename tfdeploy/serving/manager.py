@@ -1,0 +1,158 @@
+"""Manager: turns aspired versions into loaded Servables, availability first.
+
+When the Source aspires a new version, the Manager loads it (and replays warmup) while the
+old version keeps serving, and unloads the old one only once the new one is AVAILABLE: the
+"availability preserving" policy of the seed's overview, so a swap fails no request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tfdeploy.serving.servable import Servable
+from tfdeploy.serving.status import Code, ServingError
+
+log = logging.getLogger("tfdeploy.serving.manager")
+
+# ModelVersionStatus.State values of get_model_status.proto
+START, LOADING, AVAILABLE, UNLOADING, END = 10, 20, 30, 40, 50
+STATE_NAMES = {START: "START", LOADING: "LOADING", AVAILABLE: "AVAILABLE",
+               UNLOADING: "UNLOADING", END: "END", 0: "UNKNOWN"}
+
+
+@dataclass
+class VersionState:
+    version: int
+    path: Path
+    state: int = START
+    servable: Servable | None = None
+    error: tuple[Code, str] | None = None
+
+
+@dataclass
+class ModelState:
+    name: str
+    versions: dict[int, VersionState] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)
+
+
+LoaderFactory = Callable[[str, int, Path], object]  # -> object with .load() -> Servable
+
+
+class Manager:
+    def __init__(self, loader_factory: LoaderFactory):
+        self._loader_factory = loader_factory
+        self._models: dict[str, ModelState] = {}
+        self._lock = threading.RLock()
+        self._load_lock = threading.Lock()  # one load/unload sequence at a time
+
+    # -- the Source side -----------------------------------------------------------------
+    def set_aspired_versions(self, name: str, aspired: dict[int, Path]) -> None:
+        with self._load_lock:
+            with self._lock:
+                model = self._models.setdefault(name, ModelState(name))
+                to_load = []
+                for version, path in aspired.items():
+                    current = model.versions.get(version)
+                    # END without error: unloaded earlier, aspired again.  A failed load is
+                    # retried only when the directory is replaced (another path).
+                    if current is None or (current.state == END and (
+                            current.error is None or current.path != path)):
+                        model.versions[version] = VersionState(version, path, LOADING)
+                        to_load.append(model.versions[version])
+            for vs in sorted(to_load, key=lambda v: v.version):
+                self._load(name, vs)
+            with self._lock:
+                # Unload only once every aspired version that could load has loaded.
+                leaving = [vs for v, vs in model.versions.items()
+                           if v not in aspired and vs.state == AVAILABLE]
+                for vs in leaving:
+                    vs.state = UNLOADING
+            for vs in leaving:
+                log.info("unloading %s version %d", name, vs.version)
+                with self._lock:
+                    vs.servable = None  # in-flight requests keep their own reference
+                    vs.state = END
+
+    def _load(self, name: str, vs: VersionState) -> None:
+        log.info("loading %s version %d from %s", name, vs.version, vs.path)
+        try:
+            servable = self._loader_factory(name, vs.version, vs.path).load()
+        except Exception as exc:  # a broken version must not stop the server
+            message = getattr(exc, "message", None) or str(exc).strip().splitlines()[0]
+            log.error("failed to load %s version %d: %s", name, vs.version, message)
+            with self._lock:
+                vs.state, vs.error = END, (Code.INTERNAL, f"load failed: {message}")
+            return
+        with self._lock:
+            vs.servable, vs.state = servable, AVAILABLE
+        log.info("%s version %d is AVAILABLE", name, vs.version)
+
+    def set_labels(self, name: str, labels: dict[str, int]) -> None:
+        with self._lock:
+            self._models.setdefault(name, ModelState(name)).labels = dict(labels)
+
+    def retain_models(self, names: set[str]) -> None:
+        """Unload models that are no longer configured."""
+        for name in [n for n in self.model_names() if n not in names]:
+            self.set_aspired_versions(name, {})
+            with self._lock:
+                self._models.pop(name, None)
+
+    # -- the request side ----------------------------------------------------------------
+    def model_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._models)
+
+    def _model(self, name: str) -> ModelState:
+        model = self._models.get(name)
+        if model is None:
+            raise ServingError(Code.NOT_FOUND,
+                               f"Servable not found for request: Latest({name})")
+        return model
+
+    def resolve(self, name: str, version: int | None = None, label: str | None = None) -> int:
+        with self._lock:
+            model = self._model(name)
+            if label:
+                if label not in model.labels:
+                    raise ServingError(Code.NOT_FOUND,
+                                       f"Unrecognized servable version label: {label}")
+                return model.labels[label]
+            if version is not None:
+                return version
+            available = [v for v, vs in model.versions.items() if vs.state == AVAILABLE]
+            if not available:
+                raise ServingError(Code.NOT_FOUND,
+                                   f"Servable not found for request: Latest({name})")
+            return max(available)
+
+    def handle(self, name: str, version: int | None = None,
+               label: str | None = None) -> Servable:
+        with self._lock:
+            number = self.resolve(name, version, label)
+            vs = self._model(name).versions.get(number)
+            if vs is None or vs.servable is None:
+                raise ServingError(Code.NOT_FOUND,
+                                   f"Servable not found for request: Specific({name}, {number})")
+            return vs.servable
+
+    def statuses(self, name: str, version: int | None = None,
+                 label: str | None = None) -> list[VersionState]:
+        with self._lock:
+            model = self._model(name)
+            if label or version is not None:
+                number = self.resolve(name, version, label)
+                if number not in model.versions:
+                    raise ServingError(Code.NOT_FOUND,
+                                       f"Could not find version {number} of model {name}")
+                return [model.versions[number]]
+            return [model.versions[v] for v in sorted(model.versions, reverse=True)]
+
+    def unload_all(self) -> None:
+        for name in self.model_names():
+            self.set_aspired_versions(name, {})

@@ -1,0 +1,27 @@
+"""Server options: the parsed command line, free of TensorFlow so flag errors are instant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_MAX_REQUEST_BYTES = 256 << 20
+
+
+@dataclass
+class ServerOptions:
+    port: int = 8500
+    grpc_host: str = "0.0.0.0"
+    rest_api_port: int = 0
+    rest_api_host: str = "0.0.0.0"
+    model_name: str = "default"
+    model_base_path: str = ""
+    model_config_file: str = ""
+    model_config_file_poll_wait_seconds: float = 0
+    file_system_poll_wait_seconds: float = 1
+    enable_batching: bool = False
+    batching_parameters_file: str = ""
+    enable_model_warmup: bool = True
+    monitoring_config_file: str = ""
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    grpc_max_threads: int = 32
+    extra: dict = field(default_factory=dict)

@@ -1,0 +1,193 @@
+"""ModelServer: wires Source -> Manager and the gRPC/REST front ends together.
+
+The request-level operations (predict, status, metadata) live here once, so the two
+front ends only translate between their wire formats and these calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tfdeploy.serving import config as config_files
+from tfdeploy.serving.manager import STATE_NAMES, Manager, VersionState
+from tfdeploy.serving.metrics import Metrics
+from tfdeploy.serving.options import ServerOptions
+from tfdeploy.serving.servable import Loader, Servable
+from tfdeploy.serving.source import FileSystemSource
+from tfdeploy.serving.status import Code, ServingError
+
+log = logging.getLogger("tfdeploy.serving")
+
+class ModelServer:
+    def __init__(self, options: ServerOptions):
+        self.options = options
+        self.metrics = Metrics()
+        self.prometheus_path: str | None = None
+        if options.monitoring_config_file:
+            mc = config_files.monitoring_config(options.monitoring_config_file)
+            if mc.prometheus_config.enable:
+                self.prometheus_path = (mc.prometheus_config.path
+                                        or "/monitoring/prometheus/metrics")
+        self.batching = None
+        if options.enable_batching:
+            self.batching = config_files.batching_parameters(options.batching_parameters_file)
+        self.manager = Manager(self._loader)
+        self.source = FileSystemSource(self.manager.set_aspired_versions,
+                                       options.file_system_poll_wait_seconds)
+        self.config = self._initial_config()
+        self._config_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._grpc = None
+        self._rest = None
+        self._threads: list[threading.Thread] = []
+
+    # -- configuration -------------------------------------------------------------------
+    def _initial_config(self):
+        o = self.options
+        if o.model_config_file and o.model_base_path:
+            raise ServingError(Code.INVALID_ARGUMENT,
+                               "use either --model_config_file or --model_base_path, not both")
+        if o.model_config_file:
+            return config_files.model_server_config(o.model_config_file)
+        if not o.model_base_path:
+            raise ServingError(Code.INVALID_ARGUMENT,
+                               "--model_base_path or --model_config_file is required")
+        return config_files.single_model_config(o.model_name, o.model_base_path)
+
+    def _loader(self, name: str, version: int, path: Path) -> Loader:
+        return Loader(name, version, path, warmup=self.options.enable_model_warmup,
+                      batching=self.batching, metrics=self.metrics)
+
+    def apply_config(self, config) -> None:
+        """Make ``config`` (a ModelServerConfig) the served set: new models load, removed
+        ones unload, policies and labels change in place."""
+        if config.WhichOneof("config") != "model_config_list":
+            raise ServingError(Code.INVALID_ARGUMENT,
+                               "only model_config_list configurations are supported")
+        models, names = {}, set()
+        for mc in config.model_config_list.config:
+            if not mc.name or not mc.base_path:
+                raise ServingError(Code.INVALID_ARGUMENT,
+                                   "every model config needs a name and a base_path")
+            if mc.name in names:
+                raise ServingError(Code.INVALID_ARGUMENT, f"duplicate model name {mc.name!r}")
+            if mc.model_platform not in ("", "tensorflow"):
+                raise ServingError(Code.INVALID_ARGUMENT,
+                                   f"model {mc.name}: unsupported platform {mc.model_platform}")
+            names.add(mc.name)
+            models[mc.name] = (Path(mc.base_path), mc.model_version_policy)
+        with self._config_lock:
+            for mc in config.model_config_list.config:
+                self.manager.set_labels(mc.name, dict(mc.version_labels))
+            self.source.set_models(models)
+            self.config = config
+            self.manager.retain_models(names)
+            self.source.poll_once()
+
+    def _poll_config_file(self) -> None:
+        period = self.options.model_config_file_poll_wait_seconds
+        last = None
+        while not self._stop.wait(period):
+            try:
+                text = Path(self.options.model_config_file).read_text()
+                if text != last and last is not None:
+                    log.info("model config file changed; reloading")
+                    self.apply_config(config_files.model_server_config(
+                        self.options.model_config_file))
+                last = text
+            except Exception as exc:  # keep serving the last good config
+                log.error("cannot reload %s: %s", self.options.model_config_file, exc)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        from tfdeploy.serving import grpc_api, rest_api
+
+        self.apply_config(self.config)
+        self.source.start()
+        self._grpc = grpc_api.serve(self, self.options.grpc_host, self.options.port)
+        log.info("gRPC API on %s:%d", self.options.grpc_host, self.options.port)
+        if self.options.rest_api_port:
+            self._rest = rest_api.serve(self, self.options.rest_api_host,
+                                        self.options.rest_api_port)
+            log.info("REST API on %s:%d", self.options.rest_api_host, self.options.rest_api_port)
+        if self.options.model_config_file and self.options.model_config_file_poll_wait_seconds > 0:
+            t = threading.Thread(target=self._poll_config_file, daemon=True, name="config-poll")
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, grace: float = 30.0) -> None:
+        """Stop accepting, let in-flight requests finish (up to ``grace`` s), unload."""
+        self._stop.set()
+        done = self._grpc.stop(grace) if self._grpc else None
+        if self._rest:
+            self._rest.shutdown()
+            self._rest.server_close()  # joins the request threads: in-flight ones finish
+        if done is not None:
+            done.wait(grace)
+        self.source.stop()
+        self.manager.unload_all()
+
+    # -- requests ------------------------------------------------------------------------
+    def predict(self, name: str, version: int | None, label: str | None, signature: str,
+                inputs: dict[str, np.ndarray], output_filter=(),
+                api: str = "grpc") -> tuple[Servable, str, dict[str, np.ndarray]]:
+        started = time.perf_counter()
+        servable = None
+        key = signature or "serving_default"
+        status = "OK"
+        try:
+            servable = self.manager.handle(name, version, label)
+            key, _ = servable.signature(signature)
+            return servable, key, servable.run(key, inputs, output_filter)
+        except ServingError as exc:
+            status = exc.code.name
+            raise
+        except Exception:
+            status = Code.INTERNAL.name
+            raise
+        finally:
+            self.metrics.observe(name, servable.version if servable else "", key, api, status,
+                                 time.perf_counter() - started)
+
+    def statuses(self, name: str, version: int | None, label: str | None) -> list[VersionState]:
+        return self.manager.statuses(name, version, label)
+
+    def status_proto(self, name: str, version: int | None, label: str | None):
+        from tfdeploy.client import protos
+
+        status_pb2 = protos.module("tensorflow_serving.apis.get_model_status_pb2")
+        response = status_pb2.GetModelStatusResponse()
+        for vs in self.statuses(name, version, label):
+            entry = response.model_version_status.add(version=vs.version, state=vs.state)
+            if vs.error:
+                entry.status.error_code = vs.error[0].number
+                entry.status.error_message = vs.error[1]
+        return response
+
+    def metadata_proto(self, name: str, version: int | None, label: str | None,
+                       fields=("signature_def",)):
+        from tfdeploy.client import protos
+
+        meta_pb2 = protos.module("tensorflow_serving.apis.get_model_metadata_pb2")
+        unsupported = [f for f in fields if f != "signature_def"]
+        if unsupported or not fields:
+            raise ServingError(Code.INVALID_ARGUMENT,
+                               f"Metadata field {unsupported[0] if unsupported else '(none)'} "
+                               "is not supported (supported: signature_def)")
+        servable = self.manager.handle(name, version, label)
+        response = meta_pb2.GetModelMetadataResponse()
+        response.model_spec.name = name
+        response.model_spec.version.value = servable.version
+        sigs = meta_pb2.SignatureDefMap()
+        for key, sd in servable.signature_defs.items():
+            sigs.signature_def[key].CopyFrom(sd)
+        response.metadata["signature_def"].Pack(sigs)
+        return response
+
+    def state_name(self, state: int) -> str:
+        return STATE_NAMES.get(state, "UNKNOWN")

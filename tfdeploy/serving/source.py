@@ -1,0 +1,106 @@
+"""Source: watches model base paths and tells the Manager which versions are aspired.
+
+A version directory is offered only once it holds a complete SavedModel that has stopped
+changing: a copy still in progress, or a directory someone is filling by hand, is ignored
+until it is whole (our own exports appear atomically, other tools' may not).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tfdeploy.serving import policy as version_policy
+from tfdeploy.versions import numeric_dirs, saved_model_file
+
+log = logging.getLogger("tfdeploy.serving.source")
+
+#: A complete-looking version untouched for this long is accepted without a second look.
+SETTLED_SECONDS = 2.0
+
+
+def _fingerprint(version_dir: Path) -> tuple | None:
+    """(relative path, size, mtime) of every file, or None if the SavedModel is incomplete."""
+    if saved_model_file(version_dir) is None:
+        return None
+    variables = version_dir / "variables"
+    if variables.is_dir() and not (variables / "variables.index").is_file():
+        return None
+    try:
+        return tuple(sorted(
+            (str(p.relative_to(version_dir)), st.st_size, st.st_mtime_ns)
+            for p in version_dir.rglob("*") if p.is_file() for st in [p.stat()]
+        ))
+    except FileNotFoundError:  # changing under our feet
+        return None
+
+
+class FileSystemSource:
+    """Polls each model's base path; calls ``on_aspired(model, {version: path})``."""
+
+    def __init__(self, on_aspired: Callable[[str, dict[int, Path]], None],
+                 poll_seconds: float = 1.0):
+        self._on_aspired = on_aspired
+        self._poll_seconds = poll_seconds
+        self._models: dict[str, tuple[Path, object]] = {}
+        self._seen: dict[tuple[str, int], tuple] = {}
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def set_models(self, models: dict[str, tuple[Path, object]]) -> None:
+        """``{name: (base_path, version_policy)}``; takes effect at the next poll."""
+        with self._lock:
+            self._models = dict(models)
+
+    def ready_versions(self, name: str, base: Path) -> dict[int, Path]:
+        ready = {}
+        now = time.time()
+        for version, path in numeric_dirs(base).items():
+            fp = _fingerprint(path)
+            key = (name, version)
+            previous = self._seen.get(key)
+            self._seen[key] = fp
+            if fp is None:
+                continue
+            newest = max((entry[2] for entry in fp), default=0) / 1e9
+            if fp == previous or now - newest >= SETTLED_SECONDS:
+                ready[version] = path
+        return ready
+
+    def poll_once(self) -> None:
+        with self._lock:
+            models = dict(self._models)
+        for name, (base, policy) in models.items():
+            if not base.is_dir():
+                if name not in self._warned:
+                    log.warning("no versions of model %s found under base path %s", name, base)
+                    self._warned.add(name)
+                self._on_aspired(name, {})
+                continue
+            self._warned.discard(name)
+            ready = self.ready_versions(name, base)
+            keep = version_policy.aspired_versions(policy, ready)
+            self._on_aspired(name, {v: ready[v] for v in sorted(keep)})
+
+    def start(self) -> None:
+        self.poll_once()
+        if self._poll_seconds > 0:
+            self._thread = threading.Thread(target=self._run, name="fs-source", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._poll_seconds):
+            try:
+                self.poll_once()
+            except Exception:  # a bad poll must not end polling
+                log.exception("file system poll failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
