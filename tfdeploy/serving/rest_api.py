@@ -119,17 +119,22 @@ def _convert(name: str, value, signature_def) -> np.ndarray:
     return _to_array(name, value, signature_def.inputs[name])
 
 
-def _json_value(name: str, array: np.ndarray):
-    if array.dtype.kind == "O":
-        def enc(v: bytes):
-            if not name.endswith("_bytes"):
-                try:
-                    return v.decode("utf-8")
-                except UnicodeDecodeError:
-                    pass
-            return {"b64": base64.b64encode(v).decode("ascii")}
-        return np.frompyfunc(enc, 1, 1)(array).tolist() if array.ndim else enc(array.item())
-    return array.tolist()
+def _json_value(name: str, value):
+    """JSON for one output value (array or, for a row of a string tensor, bytes)."""
+
+    def enc(v: bytes):
+        if not name.endswith("_bytes"):
+            try:
+                return v.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        return {"b64": base64.b64encode(v).decode("ascii")}
+
+    if isinstance(value, bytes):
+        return enc(value)
+    if value.dtype.kind == "O":
+        return np.frompyfunc(enc, 1, 1)(value).tolist() if value.ndim else enc(value.item())
+    return value.tolist()
 
 
 def render_predict(outputs: dict[str, np.ndarray], fmt: str) -> dict:
@@ -168,6 +173,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _error(self, exc: ServingError) -> None:
         self._json(exc.code.http, {"error": exc.message})
+
+    def _discard(self, length: int, cap: int = 64 << 20) -> None:
+        """Read (and drop) an oversized body, up to ``cap`` bytes, so the client gets our
+        400 answer instead of a broken pipe."""
+        remaining = min(length, cap)
+        while remaining > 0:
+            chunk = self.rfile.read(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            remaining -= len(chunk)
 
     def _route(self):
         path = self.path.split("?", 1)[0]
@@ -222,6 +237,7 @@ class _Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
             if length > ms.options.max_request_bytes:
                 self.close_connection = True
+                self._discard(length)
                 raise ServingError(Code.INVALID_ARGUMENT,
                                    f"request body of {length} bytes exceeds the limit of "
                                    f"{ms.options.max_request_bytes} bytes")
