@@ -123,7 +123,8 @@ def test_metadata_and_status(server):
     sigs = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(sigs)
     assert set(sigs.signature_def) == {"predict_images", "serving_default"}
-    assert sigs.signature_def["predict_images"].inputs["images"].dtype == tf.float32.as_datatype_enum
+    images = sigs.signature_def["predict_images"].inputs["images"]
+    assert images.dtype == tf.float32.as_datatype_enum
     status_stub = model_service_pb2_grpc.ModelServiceStub(channel)
     req = get_model_status_pb2.GetModelStatusRequest()
     req.model_spec.name = "deeplab"
