@@ -109,5 +109,94 @@ def inspect(path: Path, as_json: bool) -> None:
     _emit(as_json, info, render(info))
 
 
+def _transport(server: tuple[str, ...], transport: str, timeout: float):
+    from tfdeploy.client.endpoints import resolve_endpoints
+    from tfdeploy.client.transport import GrpcTransport, RestTransport
+
+    addresses = resolve_endpoints(server, transport)
+    cls = GrpcTransport if transport == "grpc" else RestTransport
+    return cls(addresses, timeout=timeout)
+
+
+_server_option = click.option(
+    "--server", "-s", multiple=True, metavar="HOST:PORT[,HOST:PORT...]",
+    help="Server endpoint(s); several spread the load round robin. Default: the server "
+         "`tfdeploy serve` started, else localhost:8500 (gRPC) / localhost:8501 (REST).")
+_transport_option = click.option("--transport", type=click.Choice(["grpc", "rest"]),
+                                  default="grpc", show_default=True)
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True)
+@_server_option
+@_transport_option
+@click.option("--model-name", "-m", default="deeplab", show_default=True)
+@click.option("--signature", default=None,
+              help="serving_default (encoded images) or predict_images (float pixels). "
+                   "Default: serving_default when the model has it.")
+@click.option("--version", "version", type=int, default=None, help="Model version [latest].")
+@click.option("--output-dir", "-o", default="masks", show_default=True,
+              type=click.Path(path_type=Path), help="Where <stem>.png masks go.")
+@click.option("--overlay", is_flag=True, help="Also write <stem>.overlay.jpg previews.")
+@click.option("--max-side", type=click.IntRange(min=16), default=None,
+              help="Downsize images so the longer side is at most N before sending; "
+                   "masks come back at the original size.")
+@click.option("-j", "--concurrency", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Seconds per request.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON document: per-image class pixel counts and a summary.")
+def predict(images: tuple[str, ...], server, transport, model_name, signature, version,
+            output_dir, overlay, max_side, concurrency, timeout, as_json) -> None:
+    """Segment IMAGES (files, directories, globs) and write palette PNG masks.
+
+    Mask pixel values are class indices, coloured with the Pascal VOC palette.  A file
+    that cannot be read is reported and skipped; the exit code is then 1.
+
+    \b
+    Examples:
+      tfdeploy predict examples/scene_1.jpg
+      tfdeploy predict photos/ -j 4 --overlay -o out/
+      tfdeploy predict 'shots/**/*.png' --transport rest --server 10.0.0.5:8501 --json
+    """
+    import time as _time
+
+    from tfdeploy.client.predict import PredictError, Predictor, expand
+
+    jobs = expand(images)
+    if not jobs:
+        raise UserError("no images found in " + " ".join(images))
+    client = _transport(server, transport, timeout)
+    try:
+        predictor = Predictor(client, model_name, signature, version, output_dir, overlay,
+                              max_side)
+    except PredictError as exc:
+        raise UserError(str(exc)) from None
+    results, started = [], _time.perf_counter()
+    with click.progressbar(length=len(jobs), label=f"predict ({predictor.signature})",
+                           file=sys.stderr, show_pos=True) as bar:
+        for result in predictor.run(jobs, concurrency):
+            results.append(result)
+            bar.update(1)
+            if not result.ok:
+                click.echo(f"\n{result.path}: {result.error}", err=True)
+    elapsed = _time.perf_counter() - started
+    failed = sum(not r.ok for r in results)
+    summary = {"images": len(results), "ok": len(results) - failed, "failed": failed,
+               "seconds": round(elapsed, 3),
+               "images_per_second": round(len(results) / elapsed, 2) if elapsed else None,
+               "signature": predictor.signature, "transport": transport,
+               "output_dir": str(output_dir),
+               "endpoints": client.endpoints.counts}
+    if as_json:
+        click.echo(json.dumps({"results": [r.__dict__ for r in results], "summary": summary},
+                              indent=2))
+    else:
+        click.echo(f"{summary['images']} images: {summary['ok']} ok, {failed} failed, "
+                   f"{summary['images_per_second']} img/s -> {output_dir}/")
+    if failed:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,89 @@
+"""Reading user images safely: what the camera meant (EXIF orientation), any mode Pillow
+knows turned into 8-bit RGB, and a clear one-line reason when a file is not usable."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Larger images are refused (Pillow's own decompression-bomb threshold).
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+
+class BadImage(Exception):
+    """The file cannot be used as an image; the message says why, in one line."""
+
+
+@dataclass
+class LoadedImage:
+    path: Path
+    rgb: np.ndarray  # uint8 [H, W, 3], orientation applied
+    encoded: bytes  # what to send to serving_default: the original file when it is exact
+    original_size: tuple[int, int]  # (height, width) of the mask to write
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.uint32 if img.mode == "I" else np.uint16)
+        top = 65535 if arr.max(initial=0) > 255 else 255
+        return Image.fromarray((arr.astype(np.float64) * 255 / top).round()
+                               .astype(np.uint8)).convert("RGB")
+    if img.mode == "F":
+        arr = np.asarray(img, np.float64)
+        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def load(path: str | Path, max_side: int | None = None) -> LoadedImage:
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise BadImage("no such file") from None
+    except IsADirectoryError:
+        raise BadImage("is a directory") from None
+    except OSError as exc:
+        raise BadImage(exc.strerror or str(exc)) from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw))
+            fmt = img.format
+            if img.width * img.height > MAX_PIXELS:
+                raise BadImage(f"{img.width}x{img.height} pixels is over the "
+                               f"{MAX_PIXELS} pixel limit (decompression bomb?)")
+            img.load()
+            oriented = ImageOps.exif_transpose(img)
+    except BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImage(f"refused: {exc}") from None
+    except UnidentifiedImageError:
+        raise BadImage("not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImage(f"unreadable image ({str(exc).splitlines()[0]})") from None
+    rotated = oriented is not img
+    rgb_img = _to_rgb(oriented)
+    original = (rgb_img.height, rgb_img.width)
+    resized = False
+    if max_side and max(rgb_img.size) > max_side:
+        scale = max_side / max(rgb_img.size)
+        rgb_img = rgb_img.resize((max(1, round(rgb_img.width * scale)),
+                                  max(1, round(rgb_img.height * scale))), Image.BILINEAR)
+        resized = True
+    rgb = np.asarray(rgb_img, np.uint8)
+    exact = fmt in ("JPEG", "PNG") and img.mode == "RGB" and not rotated and not resized
+    if exact:
+        encoded = raw
+    else:
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
+        encoded = buf.getvalue()
+    return LoadedImage(p, rgb, encoded, original)
