@@ -198,5 +198,83 @@ def predict(images: tuple[str, ...], server, transport, model_name, signature, v
         sys.exit(1)
 
 
+def _levels(text: str) -> list[int]:
+    try:
+        levels = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter("use comma-separated integers, e.g. 1,4,8") from None
+    if not levels or min(levels) < 1:
+        raise click.BadParameter("concurrency levels must be >= 1")
+    return levels
+
+
+@main.command()
+@click.argument("image", required=False, type=click.Path(path_type=Path))
+@_server_option
+@_transport_option
+@click.option("--model-name", "-m", default="deeplab", show_default=True)
+@click.option("--signature", default=None, help="Default: serving_default when present.")
+@click.option("--concurrency", "-c", default="1,4,8", show_default=True,
+              help="Comma-separated concurrency levels.")
+@click.option("--duration", type=float, default=None, help="Seconds per level [10].")
+@click.option("--requests", "-n", type=click.IntRange(min=1), default=None,
+              help="Requests per level (instead of --duration).")
+@click.option("--timeout", type=float, default=60.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+def bench(image, server, transport, model_name, signature, concurrency, duration, requests,
+          timeout, as_json) -> None:
+    """Measure latency percentiles and throughput against a running server.
+
+    IMAGE defaults to the first demo image.  Each level is a closed loop of N concurrent
+    clients.
+
+    \b
+    Examples:
+      tfdeploy bench
+      tfdeploy bench photo.jpg -c 1,2,4,8,16 --duration 30 --json
+      tfdeploy bench --signature predict_images --transport rest -n 50
+    """
+    from tfdeploy.client import images as image_io
+    from tfdeploy.client.bench import describe_input, run_level
+    from tfdeploy.client.predict import PredictError, Predictor
+
+    levels = _levels(concurrency)
+    if duration is None and requests is None:
+        duration = 10.0
+    path = image or Path(__file__).resolve().parents[1] / "examples" / "scene_1.jpg"
+    try:
+        loaded = image_io.load(path)
+    except image_io.BadImage as exc:
+        raise UserError(f"{path}: {exc}") from None
+    client = _transport(server, transport, timeout)
+    try:
+        predictor = Predictor(client, model_name, signature, output_dir=None)
+    except PredictError as exc:
+        raise UserError(str(exc)) from None
+    results = []
+    if not as_json:
+        click.echo(f"{describe_input(predictor, loaded)} over {transport} to "
+                   f"{', '.join(client.endpoints.addresses)}")
+        click.echo(f"{'conc':>5} {'reqs':>6} {'errs':>5} {'req/s':>8} "
+                   f"{'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9}")
+    for level in levels:
+        r = run_level(predictor, loaded, level, duration, requests)
+        results.append(r)
+        if not as_json:
+            fmt = lambda v: f"{v:9.1f}" if v is not None else f"{'-':>9}"  # noqa: E731
+            click.echo(f"{r.concurrency:>5} {r.requests:>6} {r.errors:>5} {r.throughput:>8.2f} "
+                       f"{fmt(r.p50_ms)} {fmt(r.p90_ms)} {fmt(r.p99_ms)}")
+            for sample in r.error_samples:
+                click.echo(f"      error: {sample}", err=True)
+            if len(r.endpoints) > 1:
+                click.echo("      per endpoint: " + ", ".join(
+                    f"{k} {v}" for k, v in r.endpoints.items()))
+    if as_json:
+        click.echo(json.dumps({"signature": predictor.signature, "transport": transport,
+                               "levels": [r.__dict__ for r in results]}, indent=2))
+    if any(r.errors for r in results):
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

@@ -102,7 +102,7 @@ class Predictor:
             raise PredictError(f"cannot get metadata of model {model!r}: {exc}") from None
         self.signature = choose_signature(self.signatures, signature)
 
-    def _infer(self, image: images.LoadedImage) -> tuple[np.ndarray, bytes | None]:
+    def infer(self, image: images.LoadedImage) -> tuple[np.ndarray, bytes | None]:
         """(mask uint8 [H, W], the server's PNG when it sent one)."""
         if self.signature == ENCODED:
             kwargs = {"dtypes": {"mask_png": "string", "segmentation_map": "uint8"}} \
@@ -126,7 +126,7 @@ class Predictor:
         started = time.perf_counter()
         try:
             image = images.load(job.path, self.max_side)
-            mask, png = self._infer(image)
+            mask, png = self.infer(image)
             if mask.shape != image.rgb.shape[:2]:
                 raise ClientError("INTERNAL", f"server returned a {mask.shape} mask for a "
                                   f"{image.rgb.shape[:2]} image")

@@ -1,0 +1,216 @@
+"""`tfdeploy predict` / `bench` against a real embedded server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import ROOT, run_cli
+from PIL import Image
+from servers import ServerProcess
+
+EXAMPLES = sorted((ROOT / "examples").glob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def in_process(demo_base):
+    return tf.saved_model.load(str(demo_base / "1"))
+
+
+@pytest.fixture(scope="module")
+def server(demo_base, tmp_path_factory):
+    srv = ServerProcess("--model_name=deeplab", f"--model_base_path={demo_base}",
+                        log_dir=tmp_path_factory.mktemp("logs"))
+    srv.wait_available(1)
+    yield srv
+    srv.stop()
+
+
+def expected_mask(in_process, rgb: np.ndarray) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    return in_process.signatures["predict_images"](
+        images=tf.constant(rgb[None].astype(np.float32)), height=tf.constant(h),
+        width=tf.constant(w))["segmentation_map"].numpy()[0]
+
+
+def predict(server, *args, check=True, transport="grpc"):
+    endpoint = server.grpc_target if transport == "grpc" else f"127.0.0.1:{server.rest_port}"
+    return run_cli("predict", "--server", endpoint, "--transport", transport, *args,
+                   check=check)
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+@pytest.mark.parametrize("signature", ["serving_default", "predict_images"])
+def test_masks_equal_in_process(server, in_process, tmp_path, transport, signature):
+    out = tmp_path / "masks"
+    proc = predict(server, *map(str, EXAMPLES[:2]), "--signature", signature, "-o", str(out),
+                   "--json", transport=transport)
+    report = json.loads(proc.stdout)
+    assert report["summary"]["ok"] == 2 and report["summary"]["signature"] == signature
+    for path, result in zip(EXAMPLES[:2], report["results"], strict=True):
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        expected = expected_mask(in_process, rgb)
+        mask = Image.open(out / f"{path.stem}.png")
+        assert mask.mode == "P"
+        np.testing.assert_array_equal(np.asarray(mask), expected)
+        counts = {str(k): int(v) for k, v in zip(*np.unique(expected, return_counts=True),
+                                                  strict=True)}
+        assert result["classes"] == counts
+
+
+def test_default_signature_is_encoded_and_overlay(server, tmp_path):
+    out = tmp_path / "out"
+    proc = predict(server, str(EXAMPLES[0]), "-o", str(out), "--overlay")
+    assert "1 images: 1 ok, 0 failed" in proc.stdout
+    assert "serving_default" in proc.stderr
+    overlay = Image.open(out / f"{EXAMPLES[0].stem}.overlay.jpg")
+    assert overlay.size == Image.open(EXAMPLES[0]).size
+
+
+def test_folder_of_200_images_concurrently(server, in_process, tmp_path):
+    from tfdeploy.demo.scenes import batch
+
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    images, _ = batch(np.random.default_rng(77), 200, 48, 64)
+    for i, image in enumerate(images):
+        target = folder / ("sub" if i % 2 else "") / f"img_{i:03d}.png"
+        Image.fromarray(image).save(target)
+    (folder / "notes.txt").write_text("not an image: skipped by suffix")
+    out = tmp_path / "masks"
+    proc = predict(server, str(folder), "-j", "4", "-o", str(out), "--json")
+    report = json.loads(proc.stdout)
+    assert report["summary"]["images"] == 200 and report["summary"]["failed"] == 0
+    order = [r["path"] for r in report["results"]]
+    assert order == [str(p) for p in sorted(folder.rglob("*.png"))]  # input order kept
+    expected = in_process.signatures["serving_default"](
+        image_bytes=tf.constant([_png(im) for im in images]))["segmentation_map"].numpy()
+    for i in range(200):
+        written = out / ("sub" if i % 2 else "") / f"img_{i:03d}.png"
+        np.testing.assert_array_equal(np.asarray(Image.open(written)), expected[i])
+    assert not list(out.rglob("*.tmp"))
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_bad_files_are_reported_and_skipped(server, tmp_path):
+    good = tmp_path / "good.jpg"
+    good.write_bytes(EXAMPLES[0].read_bytes())
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(EXAMPLES[1].read_bytes()[:2000])
+    text = tmp_path / "text.png"
+    text.write_text("definitely not a PNG")
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (10_000, 10_000)).save(bomb)  # 100 Mpixel, a few KB on disk
+    missing = tmp_path / "missing.jpg"
+    out = tmp_path / "masks"
+    proc = predict(server, str(good), str(truncated), str(text), str(bomb), str(missing),
+                   "-o", str(out), check=False)
+    assert proc.returncode == 1
+    lines = proc.stderr
+    assert "truncated.jpg: unreadable image" in lines
+    assert "text.png: not an image" in lines
+    assert "bomb.png:" in lines and "pixel" in lines
+    assert "missing.jpg: no such file" in lines
+    assert "Traceback" not in lines
+    assert sorted(p.name for p in out.iterdir()) == ["good.png"]
+
+
+def test_image_modes_and_orientation(server, in_process, tmp_path):
+    rgb = np.asarray(Image.open(EXAMPLES[2]).convert("RGB"))[:60, :90]
+    files = {}
+    files["grey.png"] = Image.fromarray(rgb).convert("L")
+    files["rgba.png"] = Image.fromarray(rgb).convert("RGBA")
+    files["cmyk.jpg"] = Image.fromarray(rgb).convert("CMYK")
+    sixteen = (np.asarray(Image.fromarray(rgb).convert("L"), np.uint16) * 257)
+    files["sixteen.png"] = Image.fromarray(sixteen)  # uint16 -> mode I;16
+    for name, img in files.items():
+        img.save(tmp_path / name)
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # camera held sideways: display rotated 90 degrees clockwise
+    Image.fromarray(rgb).save(rotated, exif=exif, quality=95)
+    out = tmp_path / "masks"
+    report = json.loads(predict(server, str(tmp_path), "-o", str(out), "--json").stdout)
+    assert report["summary"]["failed"] == 0
+    by_name = {os.path.basename(r["path"]): r for r in report["results"]}
+    assert (by_name["rotated.jpg"]["height"], by_name["rotated.jpg"]["width"]) == (90, 60)
+    for name in ("grey.png", "rgba.png", "cmyk.jpg", "sixteen.png"):
+        assert (by_name[name]["height"], by_name[name]["width"]) == (60, 90), name
+    grey = np.asarray(files["grey.png"].convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "grey.png")),
+                                  expected_mask(in_process, grey))
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "sixteen.png")),
+                                  expected_mask(in_process, grey))
+    upright = np.asarray(Image.open(rotated).transpose(Image.Transpose.ROTATE_270)
+                         .convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "rotated.png")),
+                                  expected_mask(in_process, upright))
+
+
+def test_max_side_brings_mask_back_to_original_size(server, tmp_path):
+    out = tmp_path / "masks"
+    report = json.loads(predict(server, str(EXAMPLES[0]), "--max-side", "100", "-o", str(out),
+                                "--json").stdout)
+    (result,) = report["results"]
+    w, h = Image.open(EXAMPLES[0]).size
+    assert Image.open(out / f"{EXAMPLES[0].stem}.png").size == (w, h)
+    assert (result["height"], result["width"]) == (h, w)
+
+
+def test_client_never_imports_tensorflow(server, tmp_path):
+    code = (
+        "import json, sys\n"
+        "from tfdeploy.cli import main\n"
+        "try:\n"
+        f"    main(['predict', '--server', '{server.grpc_target}', '-o', '{tmp_path}',"
+        f" '{EXAMPLES[0]}'])\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('tensorflow'))))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    modules = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (tmp_path / f"{EXAMPLES[0].stem}.png").is_file()
+    assert "tensorflow" not in modules
+    assert any(m.endswith("_pb2") for m in modules)
+    protos = [m for m in modules if m.endswith(("_pb2", "_pb2_grpc"))]
+    for name in modules:
+        # only generated protobuf modules, and the packages on the way to them
+        assert name in protos or any(p.startswith(name + ".") for p in protos), name
+    assert not [m for m in modules if m.startswith("tensorflow.python")]
+
+
+def test_unreachable_server_and_bad_model(server, tmp_path):
+    proc = run_cli("predict", "--server", "127.0.0.1:1", str(EXAMPLES[0]), check=False,
+                   timeout=120)
+    assert proc.returncode == 2 and "UNAVAILABLE" in proc.stderr
+    proc = predict(server, str(EXAMPLES[0]), "-m", "nosuch", check=False)
+    assert proc.returncode == 2 and "NOT_FOUND" in proc.stderr
+    proc = predict(server, str(tmp_path / "empty-dir-*"), check=False)
+    assert proc.returncode == 2 and "no images found" in proc.stderr
+
+
+def test_bench_reports_levels(server):
+    proc = run_cli("bench", "--server", server.grpc_target, "-c", "1,2", "-n", "6", "--json")
+    report = json.loads(proc.stdout)
+    assert [lv["concurrency"] for lv in report["levels"]] == [1, 2]
+    for level in report["levels"]:
+        assert level["requests"] == 6 and level["errors"] == 0
+        assert level["p50_ms"] > 0 and level["p99_ms"] >= level["p50_ms"]
+        assert level["throughput"] > 0
+    text = run_cli("bench", "--server", server.grpc_target, "-c", "1", "-n", "2",
+                   "--signature", "predict_images").stdout
+    assert "p50 ms" in text and "predict_images" in text
