@@ -49,10 +49,9 @@ class ModelServer:
     # -- configuration -------------------------------------------------------------------
     def _initial_config(self):
         o = self.options
-        if o.model_config_file and o.model_base_path:
-            raise ServingError(Code.INVALID_ARGUMENT,
-                               "use either --model_config_file or --model_base_path, not both")
         if o.model_config_file:
+            if o.model_base_path:  # as tensorflow_model_server: the config file wins
+                log.warning("--model_config_file given: ignoring --model_name/--model_base_path")
             return config_files.model_server_config(o.model_config_file)
         if not o.model_base_path:
             raise ServingError(Code.INVALID_ARGUMENT,

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Build the images tfdeploy's docker runtime and tests use, with no registry access:
+#   tfdeploy/base:bookworm            Debian rootfs from debootstrap, via `docker import`
+#   tfdeploy/serving-embedded:latest  tfdeploy-model-server with the official image's
+#                                     contract (docker/embedded.Dockerfile)
+# Python packages come from wheels downloaded on the host (pip inside containers cannot
+# reach the index here). Existing images are reused; pass --rebuild to rebuild them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BASE_IMAGE=${TFDEPLOY_BASE_IMAGE:-tfdeploy/base:bookworm}
+EMBEDDED_IMAGE=${TFDEPLOY_EMBEDDED_IMAGE:-tfdeploy/serving-embedded:latest}
+SUITE=${TFDEPLOY_DEBIAN_SUITE:-bookworm}
+MIRROR=${TFDEPLOY_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+PY=${PYTHON:-.venv/bin/python}
+CACHE=.cache/docker
+REBUILD=${1:-}
+
+have_image() { docker image inspect "$1" >/dev/null 2>&1; }
+
+if [ "$REBUILD" = "--rebuild" ] || ! have_image "$BASE_IMAGE"; then
+  echo "==> $BASE_IMAGE: debootstrap $SUITE"
+  command -v debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq debootstrap; }
+  rootfs=$(mktemp -d /tmp/tfdeploy-rootfs.XXXXXX)
+  trap 'rm -rf "$rootfs"' EXIT
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+    "$SUITE" "$rootfs" "$MIRROR" >/dev/null
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  tar -C "$rootfs" -c . | docker import \
+    -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    -c 'ENV LANG=C.UTF-8' - "$BASE_IMAGE" >/dev/null
+  rm -rf "$rootfs"; trap - EXIT
+fi
+
+if [ "$REBUILD" = "--rebuild" ] || ! have_image "$EMBEDDED_IMAGE"; then
+  echo "==> $EMBEDDED_IMAGE: wheels for the image's Python"
+  img_py=$(docker run --rm "$BASE_IMAGE" python3 -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
+  host_py=$($PY -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
+  mkdir -p "$CACHE/wheels"
+  rm -f "$CACHE"/wheels/tfdeploy-*.whl
+  if [ "$img_py" = "$host_py" ]; then
+    $PY -m pip wheel -q --wheel-dir "$CACHE/wheels" .
+  else
+    $PY -m pip wheel -q --no-deps --wheel-dir "$CACHE/wheels" .
+    $PY -m pip download -q --only-binary=:all: --python-version "$img_py" \
+      --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux_2_27_x86_64 --platform manylinux_2_28_x86_64 \
+      --dest "$CACHE/wheels" "$(ls "$CACHE"/wheels/tfdeploy-*.whl)"
+  fi
+  cp docker/tf_serving_entrypoint.sh "$CACHE/"
+  echo "==> $EMBEDDED_IMAGE: docker build"
+  docker build -q -f docker/embedded.Dockerfile --build-arg BASE="$BASE_IMAGE" \
+    -t "$EMBEDDED_IMAGE" "$CACHE" >/dev/null
+fi
+echo "images ready: $BASE_IMAGE $EMBEDDED_IMAGE"

@@ -1,0 +1,161 @@
+"""Runtimes that run a model server as a local process: embedded (tfdeploy-model-server)
+and native (tensorflow_model_server found on PATH).
+
+Background servers get their own session (so a closing terminal does not take them down),
+a pid and a log file under the state directory.  Stopping sends SIGTERM (the servers
+drain in-flight requests) and SIGKILL only after the timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from tfdeploy.errors import UserError
+from tfdeploy.runtime.base import ServeSpec, check_ports_free
+from tfdeploy.runtime.state import ServerRecord, state_dir
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+class ProcessRuntime:
+    name = "process"
+    marker = ""  # a word of the command line that proves a pid is still our server
+
+    def command(self, spec: ServeSpec) -> list[str]:
+        raise NotImplementedError
+
+    def _base_flags(self, spec: ServeSpec) -> list[str]:
+        flags = [f"--port={spec.grpc_port}", f"--rest_api_port={spec.rest_port}"]
+        if spec.model_config_file is None:
+            flags += [f"--model_name={spec.model_name}", f"--model_base_path={spec.base_path}"]
+        return flags + spec.server_flags()
+
+    def available(self, spec: ServeSpec) -> tuple[bool, str]:
+        if spec.gpu:
+            return False, f"{self.name} runtime does not take --gpu"
+        return True, ""
+
+    def start(self, spec: ServeSpec, progress: Callable[[str], None] | None = None,
+              foreground: bool = False) -> ServerRecord:
+        check_ports_free(spec.host, spec.grpc_port, spec.rest_port)
+        cmd = self.command(spec)
+        record = ServerRecord(name=spec.name, runtime=self.name, model_name=spec.model_name,
+                              base_path=str(spec.base_path or ""), host=spec.host,
+                              grpc_port=spec.grpc_port, rest_port=spec.rest_port,
+                              started_at=time.time(), command=cmd)
+        if foreground:
+            record.pid = os.getpid()
+            return record
+        logs = state_dir() / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_file = logs / f"{spec.name}.log"
+        with open(log_file, "wb") as log:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        record.pid, record.log_file = proc.pid, str(log_file)
+        return record
+
+    def run_foreground(self, spec: ServeSpec) -> int:
+        """Run attached to the terminal until Ctrl-C / SIGTERM; returns the exit code."""
+        check_ports_free(spec.host, spec.grpc_port, spec.rest_port)
+        proc = subprocess.Popen(self.command(spec))
+        forward = lambda signum, _frame: proc.send_signal(signum)  # noqa: E731
+        old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return proc.wait()
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+
+    def alive(self, record: ServerRecord) -> bool:
+        if not record.pid:
+            return False
+        cmd = _cmdline(record.pid)
+        if not cmd or not any(self.marker in part for part in cmd):
+            return False  # gone, or the pid now belongs to something else
+        try:
+            with open(f"/proc/{record.pid}/stat") as fh:
+                return fh.read().split(") ", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    def logs(self, record: ServerRecord, follow: bool = False, tail: int = 100
+             ) -> Iterator[str]:
+        if not record.log_file or not Path(record.log_file).is_file():
+            return
+        with open(record.log_file, errors="replace") as fh:
+            lines = fh.readlines()
+            yield from (line.rstrip("\n") for line in lines[-tail:] if tail)
+            while follow:
+                line = fh.readline()
+                if line:
+                    yield line.rstrip("\n")
+                elif not self.alive(record):
+                    return
+                else:
+                    time.sleep(0.2)
+
+    def stop(self, record: ServerRecord, timeout: float = 30) -> None:
+        if not self.alive(record):
+            return
+        try:
+            os.killpg(record.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.alive(record):
+            time.sleep(0.1)
+        if self.alive(record):
+            os.killpg(record.pid, signal.SIGKILL)
+        try:  # reap it if it is our child (foreground tests)
+            os.waitpid(record.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+
+class EmbeddedRuntime(ProcessRuntime):
+    """tfdeploy-model-server, bound to ``--host`` (127.0.0.1 by default)."""
+
+    name = "embedded"
+    marker = "tfdeploy.serving"
+
+    def command(self, spec: ServeSpec) -> list[str]:
+        return [sys.executable, "-m", "tfdeploy.serving", *self._base_flags(spec),
+                f"--grpc_host={spec.host}", f"--rest_api_host={spec.host}"]
+
+
+class NativeRuntime(ProcessRuntime):
+    """The official tensorflow_model_server binary, found on PATH."""
+
+    name = "native"
+    marker = "tensorflow_model_server"
+
+    def binary(self) -> str | None:
+        return shutil.which("tensorflow_model_server")
+
+    def available(self, spec: ServeSpec) -> tuple[bool, str]:
+        if not self.binary():
+            return False, "tensorflow_model_server is not on PATH"
+        return super().available(spec)
+
+    def command(self, spec: ServeSpec) -> list[str]:
+        binary = self.binary()
+        if not binary:
+            raise UserError("tensorflow_model_server is not on PATH (install it, or use "
+                            "--runtime docker / --runtime embedded)")
+        # The official binary has no bind-address flags: it listens on all interfaces.
+        return [binary, *self._base_flags(spec)]

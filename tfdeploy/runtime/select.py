@@ -1,0 +1,40 @@
+"""Choosing a runtime (``--runtime auto``) and finding the one a recorded server uses."""
+
+from __future__ import annotations
+
+from tfdeploy.errors import UserError
+from tfdeploy.runtime.base import Runtime, ServeSpec
+from tfdeploy.runtime.docker import DockerRuntime
+from tfdeploy.runtime.process import EmbeddedRuntime, NativeRuntime
+
+RUNTIMES = ("docker", "native", "embedded")
+
+
+def get(name: str) -> Runtime:
+    if name == "docker":
+        return DockerRuntime()
+    if name == "native":
+        return NativeRuntime()
+    if name == "embedded":
+        return EmbeddedRuntime()
+    raise UserError(f"unknown runtime {name!r} (choose from {', '.join(RUNTIMES)})")
+
+
+def choose(spec: ServeSpec, wanted: str = "auto") -> tuple[Runtime, str]:
+    """(runtime, why).  auto: docker when an engine answers and the image is present or
+    pullable, else native when tensorflow_model_server is on PATH, else embedded."""
+    if wanted != "auto":
+        runtime = get(wanted)
+        ok, why = runtime.available(spec)
+        if not ok:
+            raise UserError(f"--runtime {wanted}: {why}")
+        return runtime, "asked for with --runtime"
+    reasons = []
+    for name in RUNTIMES:
+        runtime = get(name)
+        ok, why = runtime.available(spec)
+        if ok:
+            chosen = "; ".join([*reasons, f"{name}: {why}" if why else name])
+            return runtime, chosen
+        reasons.append(f"not {name}: {why}")
+    raise UserError("no runtime can serve this: " + "; ".join(reasons))
