@@ -8,7 +8,7 @@ DEMO_BASE := models/deeplab
 
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: demo test venv lint clean
+.PHONY: demo test venv lint clean docker-images
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,11 +18,21 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# export -> inspect -> serve (auto: docker, native or embedded) -> predict -> stop
 demo: $(STAMP)
 	$(TFD) export --output $(DEMO_BASE)
 	$(TFD) inspect $(DEMO_BASE)
+	$(TFD) serve $(DEMO_BASE) --name demo
+	$(TFD) predict examples/ --output-dir masks --overlay; rc=$$?; \
+	  $(TFD) stop demo; exit $$rc
+	@echo "masks written to masks/ (open masks/*.overlay.jpg to see them on the images)"
 
-test: $(STAMP)
+# Images for the docker tests, when a docker engine answers (built once, then reused).
+docker-images: $(STAMP)
+	@if docker info >/dev/null 2>&1; then PYTHON=$(PY) bash docker/build.sh; \
+	else echo "no docker engine: docker tests will be skipped"; fi
+
+test: $(STAMP) docker-images
 	$(PY) -m ruff check tfdeploy tests bench checkpoints
 	$(PY) -m pytest -q
 

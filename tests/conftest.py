@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))  # slim_reference, helpers
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Servers started by tests are recorded in a state dir of their own, not the user's.
+os.environ["TFDEPLOY_STATE_DIR"] = tempfile.mkdtemp(prefix="tfdeploy-test-state-")
 
 
 def run_cli(*args: str, check: bool = True, timeout: float = 600,

@@ -130,11 +130,18 @@ def wait_ready(runtime: Runtime, record: ServerRecord, timeout: float = 120) -> 
         status = model_status(record)
         if status and "AVAILABLE" in status.values():
             return status
+        if status and set(status.values()) == {"END"}:
+            break  # every version it found failed to load: waiting longer will not help
         if not runtime.alive(record):
             break
         time.sleep(0.25)
     tail = "\n".join(list(runtime.logs(record, tail=15))[-15:])
-    reason = "exited" if not runtime.alive(record) else f"not ready after {timeout:.0f}s"
+    if status and set(status.values()) == {"END"}:
+        reason = "could not load any version of its model"
+    elif not runtime.alive(record):
+        reason = "exited"
+    else:
+        reason = f"not ready after {timeout:.0f}s"
     runtime.stop(record)
     raise UserError(f"server {record.name} {reason} (model status: {status}); last log lines:"
                     f"\n{tail}")

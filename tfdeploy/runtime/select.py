@@ -25,16 +25,19 @@ def choose(spec: ServeSpec, wanted: str = "auto") -> tuple[Runtime, str]:
     pullable, else native when tensorflow_model_server is on PATH, else embedded."""
     if wanted != "auto":
         runtime = get(wanted)
-        ok, why = runtime.available(spec)
-        if not ok:
-            raise UserError(f"--runtime {wanted}: {why}")
+        if isinstance(runtime, DockerRuntime):
+            runtime.client()  # an engine must answer; a missing image is pulled at start
+        else:
+            ok, why = runtime.available(spec)
+            if not ok:
+                raise UserError(f"--runtime {wanted}: {why}")
         return runtime, "asked for with --runtime"
     reasons = []
     for name in RUNTIMES:
         runtime = get(name)
         ok, why = runtime.available(spec)
         if ok:
-            chosen = "; ".join([*reasons, f"{name}: {why}" if why else name])
+            chosen = "; ".join([*reasons, f"{name}: {why}" if why else f"{name} works here"])
             return runtime, chosen
         reasons.append(f"not {name}: {why}")
     raise UserError("no runtime can serve this: " + "; ".join(reasons))

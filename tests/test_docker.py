@@ -1,0 +1,180 @@
+"""The docker runtime against a real engine, with the locally built image that honours the
+official tensorflow/serving contract (docker/build.sh).  Skipped, with the reason, where no
+engine or image is available."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import ROOT, run_cli
+from PIL import Image
+from servers import free_port
+
+from tfdeploy.runtime import state
+
+EMBEDDED_IMAGE = "tfdeploy/serving-embedded:latest"
+EXAMPLES = sorted((ROOT / "examples").glob("*.jpg"))
+
+
+def _engine():
+    try:
+        import docker
+
+        client = docker.from_env(timeout=30)
+        client.ping()
+    except Exception as exc:
+        return None, f"no docker engine ({str(exc).splitlines()[0][:120]})"
+    try:
+        client.images.get(EMBEDDED_IMAGE)
+    except Exception:
+        return None, f"image {EMBEDDED_IMAGE} missing (run docker/build.sh)"
+    return client, ""
+
+
+CLIENT, WHY = _engine()
+pytestmark = pytest.mark.skipif(CLIENT is None, reason=WHY)
+
+
+def ours():
+    return CLIENT.containers.list(all=True, filters={"label": "tfdeploy.managed=true"})
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers():
+    for c in ours():
+        c.remove(force=True)
+    yield
+    left = ours()
+    for c in left:
+        c.remove(force=True)
+    assert not left, "a test left a container behind"
+
+
+def test_docker_serve_predict_hot_swap_stop(demo_base, tmp_path):
+    base = tmp_path / "deeplab"
+    shutil.copytree(demo_base / "1", base / "1")
+    grpc_port, rest_port = free_port(), free_port()
+    out = json.loads(run_cli("serve", str(base), "--runtime", "docker", "--image",
+                             EMBEDDED_IMAGE, "--grpc-port", grpc_port, "--rest-port",
+                             rest_port, "--poll-seconds", "0.5", "--json").stdout)
+    try:
+        assert out["runtime"] == "docker" and out["versions"] == {"1": "AVAILABLE"}
+        (container,) = ours()
+        info = container.attrs
+        assert info["Config"]["Image"] == EMBEDDED_IMAGE
+        assert "MODEL_NAME=deeplab" in info["Config"]["Env"]
+        (mount,) = info["Mounts"]
+        assert mount["Destination"] == "/models/deeplab" and mount["RW"] is False
+        assert mount["Source"] == str(base)
+        bindings = info["HostConfig"]["PortBindings"]
+        assert bindings["8500/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": str(grpc_port)}]
+        assert bindings["8501/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": str(rest_port)}]
+        assert info["Config"]["Labels"]["tfdeploy.name"] == "deeplab"
+
+        masks = tmp_path / "masks"
+        run_cli("predict", *map(str, EXAMPLES[:2]), "-o", str(masks))
+        loaded = tf.saved_model.load(str(demo_base / "1"))
+        for path in EXAMPLES[:2]:
+            rgb = np.asarray(Image.open(path).convert("RGB"))
+            expected = loaded.signatures["predict_images"](
+                images=tf.constant(rgb[None].astype(np.float32)),
+                height=tf.constant(rgb.shape[0]), width=tf.constant(rgb.shape[1]))
+            np.testing.assert_array_equal(np.asarray(Image.open(masks / f"{path.stem}.png")),
+                                          expected["segmentation_map"].numpy()[0])
+
+        run_cli("export", "-o", str(base), "--no-verify")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            versions = json.loads(run_cli("status", "--json").stdout)[0]["versions"]
+            if versions == {"2": "AVAILABLE", "1": "END"}:
+                break
+            time.sleep(0.5)
+        assert versions == {"2": "AVAILABLE", "1": "END"}
+        assert "version 2 is AVAILABLE" in run_cli("logs").stdout
+    finally:
+        run_cli("stop", "deeplab")
+    assert ours() == [] and state.load_all() == {}
+
+
+@pytest.fixture
+def gpu_tag():
+    """The embedded image under the official -gpu name, so the default GPU image resolves
+    locally (nothing can be pulled here)."""
+    from tfdeploy.runtime.docker import default_image
+
+    tag = default_image(gpu=True)
+    image = CLIENT.images.get(EMBEDDED_IMAGE)
+    had = tag in [t for i in CLIENT.images.list() for t in i.tags]
+    image.tag(*tag.rsplit(":", 1))
+    yield tag
+    if not had:
+        CLIENT.images.remove(tag, noprune=True)
+
+
+def test_gpu_container_request_and_clear_error(demo_base, gpu_tag):
+    from tfdeploy.runtime.base import ServeSpec
+    from tfdeploy.runtime.docker import NO_GPU_HINT, DockerRuntime
+
+    spec = ServeSpec(base_path=demo_base, gpu=True, gpus=["0"], grpc_port=free_port(),
+                     rest_port=free_port())
+    container = DockerRuntime().create(spec)
+    try:
+        info = container.attrs
+        assert info["Config"]["Image"] == gpu_tag and gpu_tag.endswith("-gpu")
+        (request,) = info["HostConfig"]["DeviceRequests"]
+        assert request["Capabilities"] == [["gpu"]] and request["DeviceIDs"] == ["0"]
+        assert info["State"]["Status"] == "created"
+    finally:
+        container.remove(force=True)
+    proc = run_cli("serve", str(demo_base), "--runtime", "docker", "--gpu", "--grpc-port",
+                   free_port(), "--rest-port", free_port(), check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert NO_GPU_HINT in proc.stderr and "Traceback" not in proc.stderr
+    assert ours() == [] and state.load_all() == {}
+
+
+def test_missing_image_and_auto_fallback(demo_base):
+    proc = run_cli("serve", str(demo_base), "--runtime", "docker", "--image",
+                   "tfdeploy/no-such-image:1", "--grpc-port", free_port(), "--rest-port",
+                   free_port(), check=False)
+    assert proc.returncode == 2
+    assert "cannot pull tfdeploy/no-such-image:1" in proc.stderr
+    assert "--image" in proc.stderr and "--runtime embedded" in proc.stderr
+    # auto: the engine answers but the official image is neither here nor pullable, and
+    # tensorflow_model_server is not installed: embedded, and it says why
+    proc = run_cli("serve", str(demo_base), "--image", "tfdeploy/no-such-image:1",
+                   "--grpc-port", free_port(), "--rest-port", free_port(), "--name", "auto")
+    try:
+        assert "with the embedded runtime" in proc.stdout
+        assert "not docker: tfdeploy/no-such-image:1 is not present" in proc.stderr
+    finally:
+        run_cli("stop", "auto")
+    assert ours() == []
+
+
+def test_model_config_file_is_rewritten_for_the_container(demo_base, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(demo_base / "1", other / "7")
+    config = tmp_path / "models.config"
+    config.write_text(f'model_config_list {{ config {{ name: "deeplab" base_path: '
+                      f'"{demo_base}" }} config {{ name: "other" base_path: "{other}" }} }}')
+    run_cli("serve", "--model-config-file", str(config), "--runtime", "docker", "--image",
+            EMBEDDED_IMAGE, "--grpc-port", free_port(), "--rest-port", free_port())
+    try:
+        (container,) = ours()
+        targets = {m["Destination"]: m["RW"] for m in container.attrs["Mounts"]}
+        assert targets == {"/models/deeplab": False, "/models/other": False,
+                           "/config/models.config": False}
+        import urllib.request
+
+        record = state.load_all()["deeplab"]
+        with urllib.request.urlopen(f"http://{record.rest_endpoint}/v1/models/other") as r:
+            status = json.loads(r.read())["model_version_status"]
+        assert status[0]["version"] == "7" and status[0]["state"] == "AVAILABLE"
+    finally:
+        run_cli("stop", "--all")
