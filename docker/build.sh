@@ -32,24 +32,33 @@ if [ "$REBUILD" = "--rebuild" ] || ! have_image "$BASE_IMAGE"; then
   rm -rf "$rootfs"; trap - EXIT
 fi
 
-if [ "$REBUILD" = "--rebuild" ] || ! have_image "$EMBEDDED_IMAGE"; then
+# The embedded image holds tfdeploy's own code: rebuild it whenever that code changes.
+SOURCE_HASH=$(cat pyproject.toml docker/embedded.Dockerfile docker/tf_serving_entrypoint.sh \
+  $(find tfdeploy -name '*.py' | LC_ALL=C sort) | sha256sum | cut -c1-16)
+current_hash=$(docker image inspect -f '{{ index .Config.Labels "tfdeploy.source-hash" }}' \
+  "$EMBEDDED_IMAGE" 2>/dev/null || true)
+
+if [ "$REBUILD" = "--rebuild" ] || [ "$current_hash" != "$SOURCE_HASH" ]; then
   echo "==> $EMBEDDED_IMAGE: wheels for the image's Python"
   img_py=$(docker run --rm "$BASE_IMAGE" python3 -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
   host_py=$($PY -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
-  mkdir -p "$CACHE/wheels"
-  rm -f "$CACHE"/wheels/tfdeploy-*.whl
+  mkdir -p "$CACHE/wheels" "$CACHE/app"
+  rm -f "$CACHE"/app/*.whl "$CACHE"/wheels/tfdeploy-*.whl
+  $PY -m pip wheel -q --no-deps --wheel-dir "$CACHE/app" .
+  # dependencies only (their layer is cached by docker while they do not change)
+  $PY -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml","rb"))["project"]["dependencies"]))' \
+    > "$CACHE/requirements.txt"
   if [ "$img_py" = "$host_py" ]; then
-    $PY -m pip wheel -q --wheel-dir "$CACHE/wheels" .
+    $PY -m pip download -q --only-binary=:all: --dest "$CACHE/wheels" -r "$CACHE/requirements.txt"
   else
-    $PY -m pip wheel -q --no-deps --wheel-dir "$CACHE/wheels" .
     $PY -m pip download -q --only-binary=:all: --python-version "$img_py" \
       --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
       --platform manylinux_2_27_x86_64 --platform manylinux_2_28_x86_64 \
-      --dest "$CACHE/wheels" "$(ls "$CACHE"/wheels/tfdeploy-*.whl)"
+      --dest "$CACHE/wheels" -r "$CACHE/requirements.txt"
   fi
   cp docker/tf_serving_entrypoint.sh "$CACHE/"
   echo "==> $EMBEDDED_IMAGE: docker build"
   docker build -q -f docker/embedded.Dockerfile --build-arg BASE="$BASE_IMAGE" \
-    -t "$EMBEDDED_IMAGE" "$CACHE" >/dev/null
+    --label "tfdeploy.source-hash=$SOURCE_HASH" -t "$EMBEDDED_IMAGE" "$CACHE" >/dev/null
 fi
 echo "images ready: $BASE_IMAGE $EMBEDDED_IMAGE"
