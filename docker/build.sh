@@ -60,5 +60,7 @@ if [ "$REBUILD" = "--rebuild" ] || [ "$current_hash" != "$SOURCE_HASH" ]; then
   echo "==> $EMBEDDED_IMAGE: docker build"
   docker build -q -f docker/embedded.Dockerfile --build-arg BASE="$BASE_IMAGE" \
     --label "tfdeploy.source-hash=$SOURCE_HASH" -t "$EMBEDDED_IMAGE" "$CACHE" >/dev/null
+  # the previous build of ours, now untagged, goes (other images are left alone)
+  docker image prune -f --filter "label=tfdeploy.source-hash" >/dev/null
 fi
 echo "images ready: $BASE_IMAGE $EMBEDDED_IMAGE"
