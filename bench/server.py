@@ -57,9 +57,11 @@ def float_request(image: np.ndarray) -> predict_pb2.PredictRequest:
 
 
 def bytes_request(png: bytes) -> predict_pb2.PredictRequest:
+    """What `tfdeploy predict` sends: the encoded image, asking for the PNG mask only."""
     req = predict_pb2.PredictRequest()
     req.model_spec.name = "deeplab"
     req.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([png]))
+    req.output_filter.append("mask_png")
     return req
 
 

@@ -46,25 +46,31 @@ def ours():
 
 @pytest.fixture(autouse=True)
 def no_leftovers():
-    for c in ours():
-        c.remove(force=True)
+    """Each test must leave no container of ours behind (containers that were there
+    before the test, e.g. a developer's own servers, are not touched)."""
+    before = {c.id for c in ours()}
     yield
-    left = ours()
+    left = [c for c in ours() if c.id not in before]
     for c in left:
         c.remove(force=True)
     assert not left, "a test left a container behind"
+
+
+def new_containers(before: set[str]) -> list:
+    return [c for c in ours() if c.id not in before]
 
 
 def test_docker_serve_predict_hot_swap_stop(demo_base, tmp_path):
     base = tmp_path / "deeplab"
     shutil.copytree(demo_base / "1", base / "1")
     grpc_port, rest_port = free_port(), free_port()
+    before = {c.id for c in ours()}
     out = json.loads(run_cli("serve", str(base), "--runtime", "docker", "--image",
                              EMBEDDED_IMAGE, "--grpc-port", grpc_port, "--rest-port",
                              rest_port, "--poll-seconds", "0.5", "--json").stdout)
     try:
         assert out["runtime"] == "docker" and out["versions"] == {"1": "AVAILABLE"}
-        (container,) = ours()
+        (container,) = new_containers(before)
         info = container.attrs
         assert info["Config"]["Image"] == EMBEDDED_IMAGE
         assert "MODEL_NAME=deeplab" in info["Config"]["Env"]
@@ -98,7 +104,7 @@ def test_docker_serve_predict_hot_swap_stop(demo_base, tmp_path):
         assert "version 2 is AVAILABLE" in run_cli("logs").stdout
     finally:
         run_cli("stop", "deeplab")
-    assert ours() == [] and state.load_all() == {}
+    assert new_containers(before) == [] and state.load_all() == {}
 
 
 @pytest.fixture
@@ -120,6 +126,7 @@ def test_gpu_container_request_and_clear_error(demo_base, gpu_tag):
     from tfdeploy.runtime.base import ServeSpec
     from tfdeploy.runtime.docker import NO_GPU_HINT, DockerRuntime
 
+    before = {c.id for c in ours()}
     spec = ServeSpec(base_path=demo_base, gpu=True, gpus=["0"], grpc_port=free_port(),
                      rest_port=free_port())
     container = DockerRuntime().create(spec)
@@ -135,10 +142,11 @@ def test_gpu_container_request_and_clear_error(demo_base, gpu_tag):
                    free_port(), "--rest-port", free_port(), check=False)
     assert proc.returncode == 2, proc.stderr
     assert NO_GPU_HINT in proc.stderr and "Traceback" not in proc.stderr
-    assert ours() == [] and state.load_all() == {}
+    assert new_containers(before) == [] and state.load_all() == {}
 
 
 def test_missing_image_and_auto_fallback(demo_base):
+    before = {c.id for c in ours()}
     proc = run_cli("serve", str(demo_base), "--runtime", "docker", "--image",
                    "tfdeploy/no-such-image:1", "--grpc-port", free_port(), "--rest-port",
                    free_port(), check=False)
@@ -154,7 +162,7 @@ def test_missing_image_and_auto_fallback(demo_base):
         assert "not docker: tfdeploy/no-such-image:1 is not present" in proc.stderr
     finally:
         run_cli("stop", "auto")
-    assert ours() == []
+    assert new_containers(before) == []
 
 
 def test_model_config_file_is_rewritten_for_the_container(demo_base, tmp_path):
@@ -163,10 +171,11 @@ def test_model_config_file_is_rewritten_for_the_container(demo_base, tmp_path):
     config = tmp_path / "models.config"
     config.write_text(f'model_config_list {{ config {{ name: "deeplab" base_path: '
                       f'"{demo_base}" }} config {{ name: "other" base_path: "{other}" }} }}')
+    before = {c.id for c in ours()}
     run_cli("serve", "--model-config-file", str(config), "--runtime", "docker", "--image",
             EMBEDDED_IMAGE, "--grpc-port", free_port(), "--rest-port", free_port())
     try:
-        (container,) = ours()
+        (container,) = new_containers(before)
         targets = {m["Destination"]: m["RW"] for m in container.attrs["Mounts"]}
         assert targets == {"/models/deeplab": False, "/models/other": False,
                            "/config/models.config": False}
@@ -177,4 +186,4 @@ def test_model_config_file_is_rewritten_for_the_container(demo_base, tmp_path):
             status = json.loads(r.read())["model_version_status"]
         assert status[0]["version"] == "7" and status[0]["state"] == "AVAILABLE"
     finally:
-        run_cli("stop", "--all")
+        run_cli("stop", "deeplab")

@@ -69,7 +69,7 @@ def test_embedded_lifecycle(demo_base, tmp_path, ports):
                         free_port(), "--rest-port", free_port(), check=False)
         assert again.returncode == 2 and "already running" in again.stderr
     finally:
-        stopped = run_cli("stop", "deeplab")
+        stopped = run_cli("stop", "--all")
     assert "stopped deeplab" in stopped.stdout
     assert not _pid_alive(pid)
     assert state.load_all() == {}

@@ -179,8 +179,8 @@ class DockerRuntime:
         if spec.gpu:
             devices = [DeviceRequest(device_ids=list(spec.gpus), capabilities=[["gpu"]])
                        if spec.gpus else DeviceRequest(count=-1, capabilities=[["gpu"]])]
-        name = f"tfdeploy-{spec.name}"
-        self._remove_stale(name)
+        name = container_name(spec.name)
+        self._remove_stale(name, spec.name)
         try:
             return client.containers.create(
                 image, command=flags, name=name, detach=True,
@@ -191,14 +191,15 @@ class DockerRuntime:
                 labels={LABEL: "true", "tfdeploy.name": spec.name,
                         "tfdeploy.model": spec.model_name,
                         "tfdeploy.base_path": str(spec.base_path or ""),
-                        "tfdeploy.gpu": str(spec.gpu).lower()},
+                        "tfdeploy.gpu": str(spec.gpu).lower(),
+                        "tfdeploy.state_dir": str(state_dir())},
                 device_requests=devices,
                 restart_policy={"Name": spec.restart} if spec.restart else None,
             )
         except Exception as exc:
             raise UserError(f"cannot create container {name}: {_short(exc)}") from None
 
-    def _remove_stale(self, name: str) -> None:
+    def _remove_stale(self, name: str, server: str) -> None:
         """A stopped container of ours with the same name (e.g. after a crash) goes."""
         import docker
 
@@ -209,8 +210,7 @@ class DockerRuntime:
         if old.labels.get(LABEL) != "true":
             raise UserError(f"a container named {name} exists and is not tfdeploy's")
         if old.status == "running":
-            raise UserError(f"server {name[len('tfdeploy-'):]} is already running "
-                            f"(tfdeploy stop {name[len('tfdeploy-'):]})")
+            raise UserError(f"server {server} is already running (tfdeploy stop {server})")
         old.remove(force=True)
 
     def start(self, spec: ServeSpec, progress: Callable[[str], None] | None = None
@@ -277,7 +277,17 @@ class DockerRuntime:
             c.remove(force=True)
 
     def managed_containers(self) -> list:
-        return self.client().containers.list(all=True, filters={"label": f"{LABEL}=true"})
+        """Containers created by tfdeploy with this state directory (this user's)."""
+        return self.client().containers.list(all=True, filters={"label": [
+            f"{LABEL}=true", f"tfdeploy.state_dir={state_dir()}"]})
+
+
+def container_name(server: str) -> str:
+    """Docker names are engine-wide: qualify ours by the state dir (one per user / test
+    run), so two users' servers called "deeplab" do not collide."""
+    import hashlib
+
+    return f"tfdeploy-{server}-{hashlib.sha1(str(state_dir()).encode()).hexdigest()[:6]}"
 
 
 def _short(exc: Exception) -> str:
