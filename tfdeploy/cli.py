@@ -28,11 +28,15 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tfdeploy")
 def main() -> None:
-    """DeepLab-v3 checkpoint -> TensorFlow Serving, in three commands.
+    """DeepLab-v3 checkpoint -> TensorFlow Serving -> segmentation masks.
 
     \b
       tfdeploy export              checkpoint -> models/deeplab/<N>/ SavedModel
-      tfdeploy inspect models/deeplab
+      tfdeploy serve [--gpu]       serve it (docker, native or embedded server)
+      tfdeploy predict image.jpg   write its segmentation mask (palette PNG)
+      tfdeploy stop
+
+    Run `tfdeploy COMMAND --help` for a command's options and examples.
     """
 
 
@@ -40,7 +44,7 @@ def _emit(as_json: bool, payload: dict, text: str) -> None:
     click.echo(json.dumps(payload, indent=2) if as_json else text)
 
 
-@main.command()
+@main.command(short_help="Checkpoint -> numbered, verified SavedModel version.")
 @click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
 @click.option("--output", "-o", default="models/deeplab", show_default=True,
               type=click.Path(path_type=Path), help="Model base path (versions go below it).")
@@ -92,7 +96,7 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
     _emit(as_json, result.to_json(), text)
 
 
-@main.command()
+@main.command(short_help="Versions, tags and signatures of exported models.")
 @click.argument("path", type=click.Path(path_type=Path), default="models/deeplab")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable description.")
 def inspect(path: Path, as_json: bool) -> None:
@@ -126,7 +130,7 @@ _transport_option = click.option("--transport", type=click.Choice(["grpc", "rest
                                   default="grpc", show_default=True)
 
 
-@main.command()
+@main.command(short_help="Images -> segmentation mask PNGs via a running server.")
 @click.argument("images", nargs=-1, required=True)
 @_server_option
 @_transport_option
@@ -208,7 +212,7 @@ def _levels(text: str) -> list[int]:
     return levels
 
 
-@main.command()
+@main.command(short_help="Latency percentiles and throughput of a server.")
 @click.argument("image", required=False, type=click.Path(path_type=Path))
 @_server_option
 @_transport_option
@@ -276,7 +280,7 @@ def bench(image, server, transport, model_name, signature, concurrency, duration
         sys.exit(1)
 
 
-@main.command()
+@main.command(short_help="Start a model server (docker, native or embedded).")
 @click.argument("base", required=False, type=click.Path(path_type=Path))
 @click.option("--model-name", default="deeplab", show_default=True)
 @click.option("--name", default=None, help="Server name for status/logs/stop [model name].")
@@ -347,7 +351,7 @@ def serve(base, model_name, name, runtime, gpu, gpus, grpc_port, rest_port, host
           f"  stop with: tfdeploy stop {record.name}")
 
 
-@main.command()
+@main.command(short_help="Servers tfdeploy started, their models and endpoints.")
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True)
 def status(name, as_json) -> None:
@@ -375,7 +379,7 @@ def status(name, as_json) -> None:
                    f"{s['model_name']}: {versions}; gRPC {s['grpc']}, REST {s['rest']}")
 
 
-@main.command()
+@main.command(short_help="Print (or follow) a server's log.")
 @click.argument("name", required=False)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("--tail", type=int, default=100, show_default=True)
@@ -396,7 +400,7 @@ def logs(name, follow, tail) -> None:
         pass
 
 
-@main.command()
+@main.command(short_help="Stop servers; leaves no container or process.")
 @click.argument("name", required=False)
 @click.option("--all", "all_servers", is_flag=True, help="Stop every server tfdeploy started.")
 @click.option("--timeout", type=float, default=30, show_default=True,
@@ -415,7 +419,7 @@ def stop(name, all_servers, timeout) -> None:
     click.echo(f"stopped {', '.join(stopped)}" if stopped else "nothing to stop")
 
 
-@main.command()
+@main.command(short_help="Kubernetes, KServe or compose files for scaling out.")
 @click.option("--target", "-t", type=click.Choice(["k8s", "kserve", "compose"]), required=True)
 @click.argument("source", required=False, default="models/deeplab")
 @click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True)

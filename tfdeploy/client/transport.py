@@ -13,8 +13,6 @@ import json
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -200,6 +198,9 @@ class RestTransport(_Base):
     name = "rest"
 
     def _http(self, address: str, method: str, path: str, body: dict | None = None):
+        import urllib.error  # REST only: keeps gRPC clients' start-up lean
+        import urllib.request
+
         url = f"http://{address}{path}"
         data = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
         req = urllib.request.Request(url, data=data, method=method,
