@@ -214,3 +214,22 @@ def test_bench_reports_levels(server):
     text = run_cli("bench", "--server", server.grpc_target, "-c", "1", "-n", "2",
                    "--signature", "predict_images").stdout
     assert "p50 ms" in text and "predict_images" in text
+
+
+def test_grpc_async_calls(server, in_process):
+    """The transport's asynchronous gRPC path: several requests in flight at once."""
+    from tfdeploy.client.transport import ClientError, GrpcTransport
+
+    transport = GrpcTransport([server.grpc_target])
+    images = [np.asarray(Image.open(p).convert("RGB"))[:64, :64] for p in EXAMPLES]
+    futures = [transport.predict_async(
+        "deeplab", "predict_images",
+        {"images": im[None].astype(np.float32), "height": np.array([64], np.int32),
+         "width": np.array([64], np.int32)}) for im in images]
+    for im, fut in zip(images, futures, strict=True):
+        mask = fut.result(timeout=60)["segmentation_map"][0]
+        np.testing.assert_array_equal(mask, expected_mask(in_process, im))
+    bad = transport.predict_async("deeplab", "predict_images", {"images": images[0][None]})
+    with pytest.raises(ClientError) as info:
+        bad.result(timeout=60)
+    assert info.value.code == "INVALID_ARGUMENT"

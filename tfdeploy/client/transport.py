@@ -161,6 +161,42 @@ class GrpcTransport(_Base):
         response = self._with_retries(lambda a: self._rpc(a, "Predict", request))
         return {k: tensors.from_proto(v) for k, v in response.outputs.items()}
 
+    def predict_async(self, model: str, signature: str, inputs: dict[str, np.ndarray],
+                      version: int | None = None, outputs: list[str] | None = None):
+        """Send without waiting: returns a ``concurrent.futures.Future`` of the outputs.
+        Uses gRPC's own asynchronous call (``Predict.future``), no thread per request;
+        a first UNAVAILABLE answer is retried (synchronously) with the usual backoff."""
+        from concurrent.futures import Future
+
+        request = self._predict_pb2.PredictRequest()
+        self._spec(request.model_spec, model, version, signature)
+        for k, v in inputs.items():
+            request.inputs[k].CopyFrom(tensors.to_proto(v))
+        request.output_filter.extend(outputs or [])
+        address = self.endpoints.pick()
+        call = self._stubs[address].Predict.future(request, timeout=self.timeout)
+        result: Future = Future()
+
+        def done(call_future) -> None:
+            try:
+                response = call_future.result()
+                self.endpoints.served(address)
+                result.set_result({k: tensors.from_proto(v)
+                                   for k, v in response.outputs.items()})
+            except self._grpc.RpcError as exc:
+                if exc.code().name in RETRYABLE:
+                    try:
+                        result.set_result(self.predict(model, signature, inputs, version,
+                                                       outputs))
+                    except ClientError as retry_exc:
+                        result.set_exception(retry_exc)
+                else:
+                    result.set_exception(ClientError(exc.code().name, exc.details() or "",
+                                                     address))
+
+        call.add_done_callback(done)
+        return result
+
     def request_size(self, model: str, signature: str, inputs: dict[str, np.ndarray]) -> int:
         request = self._predict_pb2.PredictRequest()
         self._spec(request.model_spec, model, None, signature)
