@@ -54,8 +54,11 @@ def test_masks_equal_in_process(server, in_process, tmp_path, transport, signatu
     report = json.loads(proc.stdout)
     assert report["summary"]["ok"] == 2 and report["summary"]["signature"] == signature
     for path, result in zip(EXAMPLES[:2], report["results"], strict=True):
-        rgb = np.asarray(Image.open(path).convert("RGB"))
-        expected = expected_mask(in_process, rgb)
+        if signature == "serving_default":  # the file's own bytes, decoded by the model
+            expected = in_process.signatures["serving_default"](
+                image_bytes=tf.constant([path.read_bytes()]))["segmentation_map"].numpy()[0]
+        else:  # pixels decoded by the client
+            expected = expected_mask(in_process, np.asarray(Image.open(path).convert("RGB")))
         mask = Image.open(out / f"{path.stem}.png")
         assert mask.mode == "P"
         np.testing.assert_array_equal(np.asarray(mask), expected)
@@ -233,3 +236,24 @@ def test_grpc_async_calls(server, in_process):
     with pytest.raises(ClientError) as info:
         bad.result(timeout=60)
     assert info.value.code == "INVALID_ARGUMENT"
+
+
+def test_exact_files_are_sent_unchanged(tmp_path):
+    """A plain RGB JPEG/PNG goes to the server byte for byte (smallest request, the model's
+    own decoder); anything converted, rotated or resized is sent as a lossless PNG."""
+    from tfdeploy.client import images
+
+    jpg = EXAMPLES[0]
+    loaded = images.load(jpg)
+    assert loaded.encoded == jpg.read_bytes()
+    assert loaded.original_size == loaded.rgb.shape[:2]
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    rotated = tmp_path / "rotated.jpg"
+    Image.open(jpg).save(rotated, exif=exif)
+    turned = images.load(rotated)
+    assert turned.encoded[:8] == b"\x89PNG\r\n\x1a\n"
+    assert turned.rgb.shape[:2] == loaded.rgb.shape[1::-1]
+    small = images.load(jpg, max_side=100)
+    assert max(small.rgb.shape[:2]) == 100 and small.original_size == loaded.original_size
+    assert small.encoded[:4] == b"\x89PNG"

@@ -60,7 +60,10 @@ def load(path: str | Path, max_side: int | None = None) -> LoadedImage:
                 raise BadImage(f"{img.width}x{img.height} pixels is over the "
                                f"{MAX_PIXELS} pixel limit (decompression bomb?)")
             img.load()
-            oriented = ImageOps.exif_transpose(img)
+            # exif_transpose copies even when there is nothing to do; only call it when
+            # the camera recorded a rotation, so exact files are sent as they are.
+            rotated = img.getexif().get(0x0112, 1) not in (None, 1)
+            oriented = ImageOps.exif_transpose(img) if rotated else img
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -69,7 +72,6 @@ def load(path: str | Path, max_side: int | None = None) -> LoadedImage:
         raise BadImage("not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImage(f"unreadable image ({str(exc).splitlines()[0]})") from None
-    rotated = oriented is not img
     rgb_img = _to_rgb(oriented)
     original = (rgb_img.height, rgb_img.width)
     resized = False
