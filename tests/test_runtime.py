@@ -108,3 +108,29 @@ def test_model_that_never_loads_times_out_with_log(tmp_path, ports):
     with socket.socket() as s:  # the failed server is gone: its port is free again
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", grpc_port))
+
+
+def test_native_runtime_runs_tensorflow_model_server_from_path(demo_base, tmp_path, ports):
+    """The native runtime with a `tensorflow_model_server` on PATH.  The official binary
+    cannot be installed here, so PATH holds our flag-compatible server under that name."""
+    import sys
+
+    grpc_port, rest_port = ports
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "tensorflow_model_server"
+    shim.write_text(f"#!/bin/bash\nexec {sys.executable} -m tfdeploy.serving \"$@\"\n")
+    shim.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    out = json.loads(run_cli("serve", str(demo_base), "--runtime", "native", "--grpc-port",
+                             grpc_port, "--rest-port", rest_port, "--json", env=env).stdout)
+    try:
+        assert out["runtime"] == "native" and out["versions"] == {"1": "AVAILABLE"}
+        assert out["command"][0] == str(shim)
+        assert f"--model_base_path={demo_base}" in out["command"]
+        assert not any(c.startswith("--grpc_host") for c in out["command"])  # not a real flag
+        listed = json.loads(run_cli("status", "--json", env=env).stdout)
+        assert listed[0]["runtime"] == "native" and listed[0]["running"]
+    finally:
+        run_cli("stop", "--all", env=env)
+    assert not _pid_alive(out["pid"])

@@ -22,17 +22,22 @@ from tfdeploy.runtime.base import ServeSpec, check_ports_free
 from tfdeploy.runtime.state import ServerRecord, state_dir
 
 
-def _cmdline(pid: int) -> list[str]:
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state is [0], start time [19])."""
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_start(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
 
 
 class ProcessRuntime:
     name = "process"
-    marker = ""  # a word of the command line that proves a pid is still our server
 
     def command(self, spec: ServeSpec) -> list[str]:
         raise NotImplementedError
@@ -67,6 +72,7 @@ class ProcessRuntime:
                                     stderr=subprocess.STDOUT, start_new_session=True,
                                     env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
         record.pid, record.log_file = proc.pid, str(log_file)
+        record.pid_start = process_start(proc.pid)
         return record
 
     def run_foreground(self, spec: ServeSpec) -> int:
@@ -82,16 +88,13 @@ class ProcessRuntime:
                 signal.signal(s, handler)
 
     def alive(self, record: ServerRecord) -> bool:
+        """Running, not a zombie, and still the process we started (pids get reused)."""
         if not record.pid:
             return False
-        cmd = _cmdline(record.pid)
-        if not cmd or not any(self.marker in part for part in cmd):
-            return False  # gone, or the pid now belongs to something else
-        try:
-            with open(f"/proc/{record.pid}/stat") as fh:
-                return fh.read().split(") ", 1)[1].split()[0] != "Z"
-        except OSError:
+        fields = _stat(record.pid)
+        if fields is None or fields[0] in ("Z", "X"):
             return False
+        return record.pid_start is None or int(fields[19]) == record.pid_start
 
     def logs(self, record: ServerRecord, follow: bool = False, tail: int = 100
              ) -> Iterator[str]:
@@ -131,7 +134,6 @@ class EmbeddedRuntime(ProcessRuntime):
     """tfdeploy-model-server, bound to ``--host`` (127.0.0.1 by default)."""
 
     name = "embedded"
-    marker = "tfdeploy.serving"
 
     def command(self, spec: ServeSpec) -> list[str]:
         return [sys.executable, "-m", "tfdeploy.serving", *self._base_flags(spec),
@@ -142,7 +144,6 @@ class NativeRuntime(ProcessRuntime):
     """The official tensorflow_model_server binary, found on PATH."""
 
     name = "native"
-    marker = "tensorflow_model_server"
 
     def binary(self) -> str | None:
         return shutil.which("tensorflow_model_server")
