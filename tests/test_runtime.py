@@ -134,3 +134,37 @@ def test_native_runtime_runs_tensorflow_model_server_from_path(demo_base, tmp_pa
     finally:
         run_cli("stop", "--all", env=env)
     assert not _pid_alive(out["pid"])
+
+
+def test_foreground_serve_stops_on_ctrl_c(demo_base, ports):
+    import signal
+    import subprocess
+    import sys
+
+    from servers import http
+
+    grpc_port, rest_port = ports
+    proc = subprocess.Popen([sys.executable, "-m", "tfdeploy", "serve", str(demo_base),
+                             "--runtime", "embedded", "--foreground", "--grpc-port",
+                             str(grpc_port), "--rest-port", str(rest_port)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                code, body = http("GET", f"http://127.0.0.1:{rest_port}/v1/models/deeplab",
+                                  timeout=2)
+                if code == 200 and body["model_version_status"][0]["state"] == "AVAILABLE":
+                    break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError("foreground server never became AVAILABLE")
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert "draining" in output and "stopped" in output
+    assert state.load_all() == {}  # foreground servers are not recorded

@@ -339,7 +339,7 @@ def serve(base, model_name, name, runtime, gpu, gpus, grpc_port, rest_port, host
                      poll_seconds=poll_seconds)
     say = None if as_json else (lambda msg: click.echo(f"  {msg}", err=True))
     if foreground:
-        sys.exit(manage.run_foreground(spec, runtime, say))
+        sys.exit(manage.run_foreground(spec, runtime, say, emit=click.echo))
     record, why, status = manage.serve(spec, runtime, timeout, say)
     payload = {**record.to_json(), "why": why, "versions": status,
                "grpc": record.grpc_endpoint, "rest": record.rest_endpoint}

@@ -35,7 +35,10 @@ def serve(spec: ServeSpec, runtime: str = "auto", timeout: float = 180,
 
 
 def run_foreground(spec: ServeSpec, runtime: str = "auto",
-                   progress: Callable[[str], None] | None = None) -> int:
+                   progress: Callable[[str], None] | None = None,
+                   emit: Callable[[str], None] = print) -> int:
+    """Serve attached to the terminal until Ctrl-C; ``emit`` gets the server's log lines
+    where the runtime does not write to the terminal itself (docker)."""
     chosen, why = select.choose(spec, runtime)
     if progress:
         progress(f"runtime: {chosen.name} ({why}); Ctrl-C stops it")
@@ -44,7 +47,7 @@ def run_foreground(spec: ServeSpec, runtime: str = "auto",
     record = chosen.start(spec, progress)
     try:
         for line in chosen.logs(record, follow=True, tail=0):
-            print(line, flush=True)
+            emit(line)
     except KeyboardInterrupt:
         pass
     finally:

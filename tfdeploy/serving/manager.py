@@ -75,8 +75,10 @@ class Manager:
             for vs in leaving:
                 log.info("unloading %s version %d", name, vs.version)
                 with self._lock:
-                    vs.servable = None  # in-flight requests keep their own reference
+                    servable, vs.servable = vs.servable, None
                     vs.state = END
+                if servable is not None:
+                    servable.close()  # in-flight requests keep their own reference
 
     def _load(self, name: str, vs: VersionState) -> None:
         log.info("loading %s version %d from %s", name, vs.version, vs.path)

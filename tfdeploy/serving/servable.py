@@ -91,6 +91,12 @@ class Servable:
             outputs = {k: outputs[k] for k in output_filter}
         return outputs
 
+    def close(self) -> None:
+        """On unload: batch threads finish what is queued, then end; later calls (requests
+        that still hold this servable) run unbatched."""
+        for batcher in self.batchers.values():
+            batcher.close()
+
     def call(self, key: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the signature function on already-validated inputs."""
         fn = self.functions[key]
