@@ -131,3 +131,34 @@ def make_seed_checkpoint(directory: Path, probe: np.ndarray, resnet_model="resne
         "starting_learning_rate": 1e-5, "gpu_id": 0, "current_best_val_loss": "inf",
     }))
     return out
+
+
+SEED_TOY_SCALE = np.array([1.0, 2.0, 0.5], np.float32)
+
+
+def write_seed_savedmodel(version_dir: Path) -> None:
+    """A version directory the way the seed's TF1 script wrote it: SavedModelBuilder,
+    text ``saved_model.pbtxt``, ``images`` bound to an Identity fed through, ``height`` and
+    ``width`` placeholders of unknown shape, a variable.  The "network" is a toy:
+    mask = argmax over channels of image * SEED_TOY_SCALE."""
+    graph = tf.Graph()
+    with graph.as_default(), tf1.Session(graph=graph) as sess:
+        images = tf1.placeholder(tf.float32, [1, None, None, 3])
+        height, width = tf1.placeholder(tf.int32), tf1.placeholder(tf.int32)
+        fed = tf.identity(images)
+        scale = tf1.get_variable("scale", initializer=SEED_TOY_SCALE)
+        hw = tf.reshape(tf.stack([height, width]), [-1])
+        reshaped = tf.reshape(fed, tf.concat([[1], hw, [3]], 0))
+        seg = tf.argmax(reshaped * scale, axis=3)
+        seg.set_shape([1, None, None])
+        sess.run(tf1.global_variables_initializer())
+        builder = tf1.saved_model.builder.SavedModelBuilder(str(version_dir))
+        info = tf1.saved_model.utils.build_tensor_info
+        sig = tf1.saved_model.signature_def_utils.build_signature_def(
+            inputs={"images": info(fed), "height": info(height), "width": info(width)},
+            outputs={"segmentation_map": info(seg)},
+            method_name=tf1.saved_model.signature_constants.PREDICT_METHOD_NAME)
+        builder.add_meta_graph_and_variables(
+            sess, [tf1.saved_model.tag_constants.SERVING],
+            signature_def_map={"predict_images": sig})
+        builder.save(as_text=True)

@@ -150,24 +150,10 @@ def test_seed_checkpoint_parity_with_slim_graph(tmp_path, output_stride):
 
 def test_seed_text_savedmodel_is_inspected(tmp_path):
     """Version dirs written by the seed's TF1 SavedModelBuilder (saved_model.pbtxt)."""
-    tf1 = tf.compat.v1
+    import slim_reference
+
     version = tmp_path / "versions" / "1"
-    graph = tf.Graph()
-    with graph.as_default(), tf1.Session(graph=graph) as sess:
-        images = tf1.placeholder(tf.float32, [1, None, None, 3])
-        height, width = tf1.placeholder(tf.int32), tf1.placeholder(tf.int32)
-        fed = tf.identity(images)
-        seg = tf.argmax(tf.reshape(fed, tf.stack([1, height, width, 3])), axis=3)
-        builder = tf1.saved_model.builder.SavedModelBuilder(str(version))
-        info = tf1.saved_model.utils.build_tensor_info
-        sig = tf1.saved_model.signature_def_utils.build_signature_def(
-            inputs={"images": info(fed), "height": info(height), "width": info(width)},
-            outputs={"segmentation_map": info(seg)},
-            method_name=tf1.saved_model.signature_constants.PREDICT_METHOD_NAME)
-        builder.add_meta_graph_and_variables(
-            sess, [tf1.saved_model.tag_constants.SERVING],
-            signature_def_map={"predict_images": sig})
-        builder.save(as_text=True)
+    slim_reference.write_seed_savedmodel(version)
     assert (version / "saved_model.pbtxt").is_file()
     out = json.loads(run_cli("inspect", str(tmp_path / "versions"), "--json").stdout)
     table = _signature_table(out, "1")

@@ -431,3 +431,31 @@ def test_flags(tmp_path):
     proc = subprocess.run([*run, "--port=0"], capture_output=True, text=True, cwd=ROOT,
                           timeout=120)
     assert proc.returncode == 2 and "--model_base_path or --model_config_file" in proc.stderr
+
+
+def test_seed_tf1_savedmodel_is_served_unchanged(tmp_path):
+    """Version directories users already have from the seed's TF1 exporter."""
+    import slim_reference
+
+    base = tmp_path / "versions"
+    slim_reference.write_seed_savedmodel(base / "1")
+    srv = ServerProcess("--model_name=deeplab", f"--model_base_path={base}", log_dir=tmp_path)
+    try:
+        srv.wait_available(1)
+        image = np.random.default_rng(3).integers(0, 255, (37, 21, 3)).astype(np.uint8)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(srv.grpc_target))
+        expected = np.argmax(image.astype(np.float32) * slim_reference.SEED_TOY_SCALE, axis=2)
+        np.testing.assert_array_equal(_seed_mask(stub.Predict(_seed_request(image), 30)),
+                                      expected)
+        request = _seed_request(image)  # scalars instead of shape [1]
+        request.inputs["height"].CopyFrom(tf.make_tensor_proto(37))
+        request.inputs["width"].CopyFrom(tf.make_tensor_proto(21))
+        np.testing.assert_array_equal(_seed_mask(stub.Predict(request, 30)), expected)
+        code, body = http("POST", f"{srv.rest}/v1/models/deeplab:predict", {
+            "signature_name": "predict_images",
+            "inputs": {"images": [image.tolist()], "height": 37, "width": 21}})
+        assert code == 200, body
+        np.testing.assert_array_equal(np.array(body["outputs"][0]), expected)
+    finally:
+        assert srv.stop() == 0
