@@ -247,3 +247,28 @@ def test_config_roundtrip_and_validation():
         ModelConfig(output_stride=12)
     with pytest.raises(UserError, match="multi_grid"):
         ModelConfig(units=(1, 1, 1, 2), multi_grid=(1, 2, 4))
+
+
+@pytest.mark.parametrize("resnet_model", ["resnet_v2_50", "resnet_v2_101"])
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_layout_matches_slim_graph_variables(resnet_model, output_stride):
+    """Every variable the slim graph creates is one we load (or a known training-only
+    one), with the same shape, for both backbones and output strides."""
+    import slim_reference
+
+    from tfdeploy.export.layout import is_training_only, variable_shapes
+
+    config = ModelConfig.from_seed_args({"resnet_model": resnet_model,
+                                         "output_stride": output_stride})
+    graph = tf.Graph()
+    with graph.as_default():
+        images = tf.compat.v1.placeholder(tf.float32, [1, 64, 64, 3])
+        slim_reference.build_graph(images, resnet_model, 21, output_stride)
+        slim_vars = {v.op.name: tuple(v.shape.as_list())
+                     for v in tf.compat.v1.global_variables()}
+    served = {k: v for k, v in slim_vars.items() if not is_training_only(k, config)}
+    assert served == variable_shapes(config)
+    assert set(slim_vars) - set(served) == {
+        f"{resnet_model}/postnorm/{v}" for v in ("beta", "gamma", "moving_mean",
+                                                  "moving_variance")
+    } | {f"{resnet_model}/logits/weights", f"{resnet_model}/logits/biases"}

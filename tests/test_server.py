@@ -327,7 +327,8 @@ def test_model_config_file_policies_labels_and_reload(demo_base, tmp_path):
            model_version_policy {{ latest {{ num_versions: 2 }} }} }}
 }}
 """)
-    srv = ServerProcess(f"--model_config_file={config}", log_dir=tmp_path)
+    srv = ServerProcess(f"--model_config_file={config}",
+                        "--model_config_file_poll_wait_seconds=0.5", log_dir=tmp_path)
     try:
         srv.wait_for(lambda s: s == {1: "AVAILABLE", 3: "AVAILABLE"})
         srv.wait_for(lambda s: s == {2: "AVAILABLE", 3: "AVAILABLE"}, model="other")
@@ -355,6 +356,11 @@ def test_model_config_file_policies_labels_and_reload(demo_base, tmp_path):
         assert resp.status.error_code == 0, resp.status.error_message
         assert srv.status() == {1: "AVAILABLE", 2: "AVAILABLE", 3: "AVAILABLE"}
         assert srv.status("other") == {}
+        # editing the file is picked up by polling: back to one model, latest version only
+        config.write_text(f'model_config_list {{ config {{ name: "deeplab" '
+                          f'base_path: "{base}" }} }}\n')
+        srv.wait_for(lambda s: s == {3: "AVAILABLE", 2: "END", 1: "END"})
+        assert "model config file changed" in srv.log()
     finally:
         assert srv.stop() == 0
 
