@@ -180,12 +180,15 @@ def test_client_never_imports_tensorflow(server, tmp_path):
         f" '{EXAMPLES[0]}'])\n"
         "except SystemExit as e:\n"
         "    assert not e.code, e.code\n"
+        "print('numpy' in sys.modules)\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith('tensorflow'))))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    modules = json.loads(proc.stdout.strip().splitlines()[-1])
+    *_, numpy_loaded, last = proc.stdout.strip().splitlines()
+    modules = json.loads(last)
+    assert numpy_loaded == "False"  # the encoded-image path needs no numpy either
     assert (tmp_path / f"{EXAMPLES[0].stem}.png").is_file()
     assert "tensorflow" not in modules
     assert any(m.endswith("_pb2") for m in modules)

@@ -1,17 +1,19 @@
 """The Pascal VOC colour map: class index -> RGB, the palette of every mask PNG we write.
 
 Shared by the exporter (palette PNGs built inside the graph) and the client (masks and
-overlays); numpy only.
+overlays).  The palette itself is plain bytes, so the client can write masks without
+importing numpy.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from functools import cache
 
 
-def voc_colormap(n: int = 256) -> np.ndarray:
-    """uint8 [n, 3]: the standard VOC palette (background black, aeroplane maroon, ...)."""
-    cmap = np.zeros((n, 3), np.uint8)
+@cache
+def voc_palette(n: int = 256) -> bytes:
+    """RGB triplets, ``3 * n`` bytes: the standard VOC palette (background black, ...)."""
+    out = bytearray()
     for i in range(n):
         c, r, g, b = i, 0, 0, 0
         for j in range(8):
@@ -19,5 +21,12 @@ def voc_colormap(n: int = 256) -> np.ndarray:
             g |= ((c >> 1) & 1) << (7 - j)
             b |= ((c >> 2) & 1) << (7 - j)
             c >>= 3
-        cmap[i] = (r, g, b)
-    return cmap
+        out += bytes((r, g, b))
+    return bytes(out)
+
+
+def voc_colormap(n: int = 256):
+    """uint8 numpy array [n, 3] of the same palette."""
+    import numpy as np
+
+    return np.frombuffer(voc_palette(n), np.uint8).reshape(n, 3).copy()

@@ -8,8 +8,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from tfdeploy.client.predict import ENCODED, Predictor
 from tfdeploy.client.transport import ClientError
 
@@ -62,6 +60,8 @@ def run_level(predictor: Predictor, image, concurrency: int, duration: float | N
     for t in threads:
         t.join()
     seconds = time.perf_counter() - started
+    import numpy as np
+
     ms = np.array(latencies) * 1e3
     pct = (lambda q: round(float(np.percentile(ms, q)), 2)) if len(ms) else (lambda q: None)
     after = predictor.transport.endpoints.counts
@@ -76,6 +76,6 @@ def run_level(predictor: Predictor, image, concurrency: int, duration: float | N
 
 
 def describe_input(predictor: Predictor, image) -> str:
-    h, w = image.rgb.shape[:2]
+    h, w = image.size
     kind = "encoded image" if predictor.signature == ENCODED else "float32 pixels"
     return f"{predictor.signature} ({kind}, {w}x{h})"

@@ -8,7 +8,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 #: Larger images are refused (Pillow's own decompression-bomb threshold).
@@ -22,20 +21,34 @@ class BadImage(Exception):
 @dataclass
 class LoadedImage:
     path: Path
-    rgb: np.ndarray  # uint8 [H, W, 3], orientation applied
+    image: Image.Image  # RGB, orientation applied, downsized with --max-side
     encoded: bytes  # what to send to serving_default: the original file when it is exact
     original_size: tuple[int, int]  # (height, width) of the mask to write
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of what is sent."""
+        return self.image.height, self.image.width
+
+    @property
+    def rgb(self):
+        """uint8 numpy array [H, W, 3] (numpy is imported only by paths that need pixels)."""
+        import numpy as np
+
+        return np.asarray(self.image, np.uint8)
+
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.uint32 if img.mode == "I" else np.uint16)
-        top = 65535 if arr.max(initial=0) > 255 else 255
-        return Image.fromarray((arr.astype(np.float64) * 255 / top).round()
-                               .astype(np.uint8)).convert("RGB")
-    if img.mode == "F":
-        arr = np.asarray(img, np.float64)
-        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).convert("RGB")
+    """8-bit RGB; 16-bit and float greyscale are scaled, not clipped to their low byte."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode != "F":
+            arr = arr * 255 / (65535 if arr.max(initial=0) > 255 else 255)
+        return Image.fromarray(np.clip(arr.round(), 0, 255).astype(np.uint8)).convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     return img.convert("RGB")
@@ -80,12 +93,11 @@ def load(path: str | Path, max_side: int | None = None) -> LoadedImage:
         rgb_img = rgb_img.resize((max(1, round(rgb_img.width * scale)),
                                   max(1, round(rgb_img.height * scale))), Image.BILINEAR)
         resized = True
-    rgb = np.asarray(rgb_img, np.uint8)
     exact = fmt in ("JPEG", "PNG") and img.mode == "RGB" and not rotated and not resized
     if exact:
         encoded = raw
     else:
         buf = io.BytesIO()
-        Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
+        rgb_img.save(buf, format="PNG", compress_level=1)
         encoded = buf.getvalue()
-    return LoadedImage(p, rgb, encoded, original)
+    return LoadedImage(p, rgb_img, encoded, original)

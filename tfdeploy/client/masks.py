@@ -1,5 +1,9 @@
 """Writing masks: palette PNGs (Pascal VOC colours, pixel value = class index), blended
-previews, class pixel counts.  Files appear atomically or not at all."""
+previews, class pixel counts.  Files appear atomically or not at all.
+
+Masks travel as Pillow "P" images, so the common path (the server's PNG, written as it is)
+needs no numpy; numpy is imported only to build masks from arrays and to blend overlays.
+"""
 
 from __future__ import annotations
 
@@ -7,50 +11,55 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
-from tfdeploy.palette import voc_colormap
-
-_PALETTE = voc_colormap(256)
+from tfdeploy.palette import voc_palette
 
 
-def palette_image(mask: np.ndarray) -> Image.Image:
-    img = Image.fromarray(mask.astype(np.uint8), mode="L")
-    img = img.convert("P")
-    img.putpalette(_PALETTE.tobytes())
+def palette_image(mask) -> Image.Image:
+    """A "P" image from a class-index array [H, W]."""
+    import numpy as np
+
+    img = Image.fromarray(np.asarray(mask).astype(np.uint8), mode="L").convert("P")
+    img.putpalette(voc_palette(256))
     return img
 
 
-def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour back to (height, width): class indices must not be blended."""
-    if mask.shape[:2] == size:
+def resize_mask(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Nearest-neighbour to (height, width): class indices must not be blended."""
+    if (mask.height, mask.width) == size:
         return mask
-    img = Image.fromarray(mask.astype(np.uint8), mode="L").resize((size[1], size[0]),
-                                                                 Image.NEAREST)
-    return np.asarray(img)
+    return mask.resize((size[1], size[0]), Image.NEAREST)
 
 
-def overlay(rgb: np.ndarray, mask: np.ndarray, alpha: float = 0.55) -> Image.Image:
+def overlay(image: Image.Image, mask: Image.Image, alpha: float = 0.55) -> Image.Image:
     """The image with each non-background class painted in its colour."""
-    colours = _PALETTE[mask].astype(np.float32)
-    base = rgb.astype(np.float32)
-    painted = np.where(mask[..., None] > 0, base * (1 - alpha) + colours * alpha, base)
+    import numpy as np
+
+    if image.size != mask.size:
+        image = image.resize(mask.size, Image.BILINEAR)
+    index = np.asarray(mask)
+    colours = np.frombuffer(voc_palette(256), np.uint8).reshape(256, 3)[index]
+    base = np.asarray(image.convert("RGB"), np.float32)
+    painted = np.where(index[..., None] > 0, base * (1 - alpha) + colours * alpha, base)
     return Image.fromarray(painted.round().astype(np.uint8))
 
 
-def class_counts(mask: np.ndarray) -> dict[str, int]:
-    values, counts = np.unique(mask, return_counts=True)
-    return {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)}
+def class_counts(mask: Image.Image) -> dict[str, int]:
+    """Pixels per class index, from the mask's histogram."""
+    return {str(i): n for i, n in enumerate(mask.histogram()[:256]) if n}
 
 
-def save_atomic(image: Image.Image, path: Path, **save_args) -> None:
+def save_atomic(content: Image.Image | bytes, path: Path, **save_args) -> None:
     """Write to a temporary file in the target directory, then rename over the target."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format=save_args.pop("format", "PNG"), **save_args)
+            if isinstance(content, bytes):
+                fh.write(content)
+            else:
+                content.save(fh, format=save_args.pop("format", "PNG"), **save_args)
         os.replace(tmp, path)
     except BaseException:
         try:

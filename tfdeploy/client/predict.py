@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from tfdeploy.client import images, masks
@@ -102,24 +101,27 @@ class Predictor:
             raise PredictError(f"cannot get metadata of model {model!r}: {exc}") from None
         self.signature = choose_signature(self.signatures, signature)
 
-    def infer(self, image: images.LoadedImage) -> tuple[np.ndarray, bytes | None]:
-        """(mask uint8 [H, W], the server's PNG when it sent one)."""
+    def infer(self, image: images.LoadedImage) -> tuple[Image.Image, bytes | None]:
+        """(mask as a palette "P" image, the server's PNG bytes when it sent them)."""
         if self.signature == ENCODED:
-            kwargs = {"dtypes": {"mask_png": "string", "segmentation_map": "uint8"}} \
-                if self.transport.name == "rest" else {}
-            out = self.transport.predict(
-                self.model, ENCODED, {"image_bytes": np.array([image.encoded], dtype=object)},
-                self.version, outputs=["mask_png"], **kwargs)
-            png = bytes(out["mask_png"].reshape(-1)[0])
-            return np.asarray(Image.open(io.BytesIO(png))), png
-        h, w = image.rgb.shape[:2]
+            png = self.transport.predict_png(self.model, image.encoded, self.version)
+            try:
+                mask = Image.open(io.BytesIO(png))
+                mask.load()
+            except (OSError, SyntaxError) as exc:
+                raise ClientError("INTERNAL", f"server sent an unreadable mask ({exc})") \
+                    from None
+            return mask, png
+        import numpy as np
+
+        h, w = image.size
         inputs = {"images": image.rgb[None].astype(np.float32),
                   "height": np.array([h], np.int32), "width": np.array([w], np.int32)}
         kwargs = {"dtypes": {"segmentation_map": "int64"}} \
             if self.transport.name == "rest" else {}
         out = self.transport.predict(self.model, FLOAT, inputs, self.version,
                                      outputs=["segmentation_map"], **kwargs)
-        return out["segmentation_map"].reshape(h, w).astype(np.uint8), None
+        return masks.palette_image(out["segmentation_map"].reshape(h, w)), None
 
     def one(self, job: Job) -> ImageResult:
         result = ImageResult(str(job.path))
@@ -127,27 +129,22 @@ class Predictor:
         try:
             image = images.load(job.path, self.max_side)
             mask, png = self.infer(image)
-            if mask.shape != image.rgb.shape[:2]:
-                raise ClientError("INTERNAL", f"server returned a {mask.shape} mask for a "
-                                  f"{image.rgb.shape[:2]} image")
+            if (mask.height, mask.width) != image.size:
+                raise ClientError("INTERNAL", f"server returned a {mask.width}x{mask.height} "
+                                  f"mask for a {image.image.width}x{image.image.height} image")
             full = masks.resize_mask(mask, image.original_size)
-            result.height, result.width = full.shape
+            result.height, result.width = image.original_size
             result.classes = masks.class_counts(full)
             if self.output_dir is not None:
                 target = self.output_dir / job.name.with_suffix(".png")
-                if png is not None and full is mask:
-                    masks.save_atomic(Image.open(io.BytesIO(png)), target)
-                else:
-                    masks.save_atomic(masks.palette_image(full), target)
+                # the server's PNG as it is when nothing was resized
+                masks.save_atomic(png if png is not None and full is mask else full, target)
                 result.mask = str(target)
                 if self.overlay:
-                    rgb = image.rgb if full is mask else np.asarray(
-                        Image.fromarray(image.rgb).resize(
-                            (full.shape[1], full.shape[0]), Image.BILINEAR))
                     target = self.output_dir / job.name.with_name(
                         f"{job.name.name}.overlay.jpg")
-                    masks.save_atomic(masks.overlay(rgb, full), target, format="JPEG",
-                                      quality=90)
+                    masks.save_atomic(masks.overlay(image.image, full), target,
+                                      format="JPEG", quality=90)
                     result.overlay = str(target)
         except images.BadImage as exc:
             result.error = str(exc)

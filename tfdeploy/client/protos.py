@@ -21,8 +21,6 @@ _TF_PROTO_MODULES = (
     "tensorflow.core.framework.resource_handle_pb2",
     "tensorflow.core.framework.tensor_pb2",
     "tensorflow.core.protobuf.meta_graph_pb2",
-    "tensorflow.core.protobuf.saved_model_pb2",
-    "tensorflow.core.example.example_pb2",
 )
 
 _SERVING_MODULES = (
@@ -30,15 +28,12 @@ _SERVING_MODULES = (
     "tensorflow_serving.apis.predict_pb2",
     "tensorflow_serving.apis.get_model_metadata_pb2",
     "tensorflow_serving.apis.get_model_status_pb2",
-    "tensorflow_serving.apis.model_management_pb2",
-    "tensorflow_serving.apis.prediction_log_pb2",
-    "tensorflow_serving.apis.classification_pb2",
-    "tensorflow_serving.apis.regression_pb2",
 )
 
 
-@cache
-def _load() -> None:
+def _import_lean(names: tuple[str, ...]) -> None:
+    """Import ``names`` with a placeholder ``tensorflow`` package in place, so their
+    ``tensorflow.*`` imports resolve to the generated modules only."""
     placeholder = None
     if "tensorflow" not in sys.modules:
         spec = importlib.util.find_spec("tensorflow")
@@ -48,23 +43,37 @@ def _load() -> None:
         placeholder.__path__ = list(spec.submodule_search_locations)
         sys.modules["tensorflow"] = placeholder
     try:
-        for name in _TF_PROTO_MODULES + _SERVING_MODULES:
+        for name in names:
             importlib.import_module(name)
     finally:
         if placeholder is not None and sys.modules.get("tensorflow") is placeholder:
             del sys.modules["tensorflow"]
 
 
+@cache
+def _load() -> None:
+    _import_lean(_TF_PROTO_MODULES + _SERVING_MODULES)
+
+
 def module(name: str) -> types.ModuleType:
-    """A generated protobuf module by dotted name, e.g. ``tensorflow_serving.apis.predict_pb2``."""
+    """A generated protobuf module (or grpc stub module) by dotted name, e.g.
+    ``tensorflow_serving.apis.predict_pb2``; loaded the lean way on first use."""
     _load()
-    # Modules outside the preloaded list (grpc stubs) only import protos loaded above.
-    return importlib.import_module(name)
+    if name not in sys.modules:
+        _import_lean((name,))
+    return sys.modules[name]
 
 
 def saved_model_pb2() -> types.ModuleType:
+    """(Loaded on first use: clients never need it, ``inspect`` and servers do.)"""
     return module("tensorflow.core.protobuf.saved_model_pb2")
 
 
 def types_pb2() -> types.ModuleType:
     return module("tensorflow.core.framework.types_pb2")
+
+
+def dtype_name(enum: int) -> str:
+    """DataType enum value -> TF's short name (``float``, ``int64``, ``string`` ...)."""
+    name = types_pb2().DataType.Name(enum)
+    return name[3:].lower() if name.startswith("DT_") else name

@@ -34,9 +34,7 @@ _BY_NUMPY = {np_dtype: enum for enum, (np_dtype, _) in _DTYPES.items()}
 DT_STRING = 7
 
 
-def dtype_name(enum: int) -> str:
-    name = protos.types_pb2().DataType.Name(enum)
-    return name[3:].lower() if name.startswith("DT_") else name
+dtype_name = protos.dtype_name
 
 
 def numpy_dtype(enum: int) -> np.dtype:

@@ -1,6 +1,8 @@
 """gRPC and REST transports to TF Serving (or our embedded server), TensorFlow-free.
 
-Both expose the same three calls on numpy data; both retry with exponential backoff when
+Both expose the same calls: ``metadata``, ``predict`` on numpy data, and ``predict_png``
+(encoded image in, palette PNG mask out), which needs no numpy at all.  Both retry with
+exponential backoff when
 the server is UNAVAILABLE (starting, restarting, swapping), and both accept several
 endpoints, spreading requests round robin and skipping one that fails.
 """
@@ -14,10 +16,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
+from tfdeploy.client import protos
 
-from tfdeploy.client import protos, tensors
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger("tfdeploy.client")
 
@@ -144,7 +148,7 @@ class GrpcTransport(_Base):
         response.metadata["signature_def"].Unpack(sigs)
 
         def table(infos):
-            return {k: (tensors.dtype_name(v.dtype), None if v.tensor_shape.unknown_rank
+            return {k: (protos.dtype_name(v.dtype), None if v.tensor_shape.unknown_rank
                         else [d.size for d in v.tensor_shape.dim]) for k, v in infos.items()}
 
         return {k: Signature(table(sd.inputs), table(sd.outputs))
@@ -153,6 +157,8 @@ class GrpcTransport(_Base):
     def predict(self, model: str, signature: str, inputs: dict[str, np.ndarray],
                 version: int | None = None, outputs: list[str] | None = None
                 ) -> dict[str, np.ndarray]:
+        from tfdeploy.client import tensors
+
         request = self._predict_pb2.PredictRequest()
         self._spec(request.model_spec, model, version, signature)
         for k, v in inputs.items():
@@ -161,12 +167,30 @@ class GrpcTransport(_Base):
         response = self._with_retries(lambda a: self._rpc(a, "Predict", request))
         return {k: tensors.from_proto(v) for k, v in response.outputs.items()}
 
+    def predict_png(self, model: str, image: bytes, version: int | None = None,
+                    signature: str = "serving_default") -> bytes:
+        """One encoded image -> its palette PNG mask (``mask_png``), built without numpy."""
+        request = self._predict_pb2.PredictRequest()
+        self._spec(request.model_spec, model, version, signature)
+        tensor = request.inputs["image_bytes"]
+        tensor.dtype = 7  # DT_STRING
+        tensor.tensor_shape.dim.add(size=1)
+        tensor.string_val.append(image)
+        request.output_filter.append("mask_png")
+        response = self._with_retries(lambda a: self._rpc(a, "Predict", request))
+        values = response.outputs["mask_png"].string_val
+        if len(values) != 1:
+            raise ClientError("INTERNAL", f"expected one mask_png, got {len(values)}")
+        return values[0]
+
     def predict_async(self, model: str, signature: str, inputs: dict[str, np.ndarray],
                       version: int | None = None, outputs: list[str] | None = None):
         """Send without waiting: returns a ``concurrent.futures.Future`` of the outputs.
         Uses gRPC's own asynchronous call (``Predict.future``), no thread per request;
         a first UNAVAILABLE answer is retried (synchronously) with the usual backoff."""
         from concurrent.futures import Future
+
+        from tfdeploy.client import tensors
 
         request = self._predict_pb2.PredictRequest()
         self._spec(request.model_spec, model, version, signature)
@@ -198,6 +222,8 @@ class GrpcTransport(_Base):
         return result
 
     def request_size(self, model: str, signature: str, inputs: dict[str, np.ndarray]) -> int:
+        from tfdeploy.client import tensors
+
         request = self._predict_pb2.PredictRequest()
         self._spec(request.model_spec, model, None, signature)
         for k, v in inputs.items():
@@ -210,6 +236,8 @@ _HTTP_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUST
 
 
 def _jsonable(array: np.ndarray):
+    import numpy as np
+
     if array.dtype.kind == "O":
         return np.frompyfunc(lambda b: {"b64": base64.b64encode(b).decode()}, 1, 1)(
             array).tolist()
@@ -217,6 +245,8 @@ def _jsonable(array: np.ndarray):
 
 
 def _from_json(value, dtype: str | None) -> np.ndarray:
+    import numpy as np
+
     def dec(v):
         if isinstance(v, dict) and "b64" in v:
             return base64.b64decode(v["b64"])
@@ -289,3 +319,17 @@ class RestTransport(_Base):
         dtypes = dtypes or {}
         arrays = {k: _from_json(v, dtypes.get(k)) for k, v in out.items()}
         return {k: arrays[k] for k in (outputs or arrays)}
+
+    def predict_png(self, model: str, image: bytes, version: int | None = None,
+                    signature: str = "serving_default") -> bytes:
+        body = {"signature_name": signature,
+                "inputs": {"image_bytes": [{"b64": base64.b64encode(image).decode()}]}}
+        result = self._with_retries(
+            lambda a: self._http(a, "POST", self._path(model, version) + ":predict", body))
+        out = result.get("outputs")
+        try:
+            value = (out["mask_png"] if isinstance(out, dict) else out)[0]
+            return base64.b64decode(value["b64"]) if isinstance(value, dict) else \
+                value.encode("latin-1")
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise ClientError("INTERNAL", "response has no mask_png output") from None
