@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -51,16 +50,26 @@ Image.fromarray(seg.astype(np.uint8)).save(sys.argv[3])
 """
 
 
+# ru_maxrss of a child forked from this (large) process starts at this process's size, so
+# each measured command is forked from a tiny fresh interpreter instead.
+_MEASURE = """import os, sys, time
+t = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(time.perf_counter() - t, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_measured(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MB) of one child process."""
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t
-    if os.waitstatus_to_exitcode(status) != 0:
+    """(wall seconds, peak RSS MB) of one command."""
+    out = subprocess.run([sys.executable, "-S", "-c", _MEASURE, *cmd], capture_output=True,
+                         text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    wall, maxrss_kb, code = out.stdout.split()[-3:]
+    if int(code) != 0:
         raise SystemExit(f"{cmd[:3]} failed")
-    return wall, usage.ru_maxrss / 1024
+    return float(wall), int(maxrss_kb) / 1024
 
 
 def rss_mb() -> float:
