@@ -260,3 +260,23 @@ def test_exact_files_are_sent_unchanged(tmp_path):
     small = images.load(jpg, max_side=100)
     assert max(small.rgb.shape[:2]) == 100 and small.original_size == loaded.original_size
     assert small.encoded[:4] == b"\x89PNG"
+
+
+def test_signature_choice():
+    from tfdeploy.client.predict import PredictError, choose_signature
+    from tfdeploy.client.transport import Signature
+
+    seed = {"predict_images": Signature({"images": ("float", [1, None, None, 3])},
+                                        {"segmentation_map": ("int64", [1, None, None])})}
+    ours = {**seed, "serving_default": Signature({"image_bytes": ("string", [None])},
+                                                 {"mask_png": ("string", [None])})}
+    other = {**seed, "serving_default": Signature({"image_bytes": ("string", [None])},
+                                                  {"scores": ("float", [None])})}
+    assert choose_signature(ours, None) == "serving_default"
+    assert choose_signature(seed, None) == "predict_images"  # the seed's own exports
+    assert choose_signature(other, None) == "predict_images"  # no mask_png to save
+    assert choose_signature(ours, "predict_images") == "predict_images"
+    with pytest.raises(PredictError, match="no signature 'x'"):
+        choose_signature(ours, "x")
+    with pytest.raises(PredictError, match="neither"):
+        choose_signature({"classify": other["serving_default"]}, None)

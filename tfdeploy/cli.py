@@ -184,14 +184,8 @@ def predict(images: tuple[str, ...], server, transport, model_name, signature, v
             bar.update(1)
             if not result.ok:
                 click.echo(f"\n{result.path}: {result.error}", err=True)
-    elapsed = _time.perf_counter() - started
-    failed = sum(not r.ok for r in results)
-    summary = {"images": len(results), "ok": len(results) - failed, "failed": failed,
-               "seconds": round(elapsed, 3),
-               "images_per_second": round(len(results) / elapsed, 2) if elapsed else None,
-               "signature": predictor.signature, "transport": transport,
-               "output_dir": str(output_dir),
-               "endpoints": client.endpoints.counts}
+    summary = predictor.summary(results, _time.perf_counter() - started)
+    failed = summary["failed"]
     if as_json:
         click.echo(json.dumps({"results": [r.__dict__ for r in results], "summary": summary},
                               indent=2))

@@ -81,12 +81,14 @@ def choose_signature(signatures: dict[str, Signature], wanted: str | None) -> st
             raise PredictError(f"the model has no signature {wanted!r} "
                                f"(it has: {', '.join(sorted(signatures))})")
         return wanted
-    if ENCODED in signatures and "image_bytes" in signatures[ENCODED].inputs:
+    encoded = signatures.get(ENCODED)
+    if encoded and "image_bytes" in encoded.inputs and "mask_png" in encoded.outputs:
         return ENCODED
     if FLOAT in signatures:
         return FLOAT
-    raise PredictError(f"the model has neither a {ENCODED!r} signature taking image_bytes "
-                       f"nor the seed's {FLOAT!r} (it has: {', '.join(sorted(signatures))})")
+    raise PredictError(f"the model has neither a {ENCODED!r} signature (image_bytes -> "
+                       f"mask_png) nor the seed's {FLOAT!r} (it has: "
+                       f"{', '.join(sorted(signatures))})")
 
 
 class Predictor:
@@ -154,6 +156,15 @@ class Predictor:
             result.error = f"cannot write mask: {exc.strerror or exc}"
         result.seconds = time.perf_counter() - started
         return result
+
+    def summary(self, results: list[ImageResult], seconds: float) -> dict:
+        failed = sum(not r.ok for r in results)
+        return {"images": len(results), "ok": len(results) - failed, "failed": failed,
+                "seconds": round(seconds, 3),
+                "images_per_second": round(len(results) / seconds, 2) if seconds else None,
+                "signature": self.signature, "transport": self.transport.name,
+                "output_dir": str(self.output_dir) if self.output_dir else None,
+                "endpoints": dict(self.transport.endpoints.counts)}
 
     def run(self, jobs: list[Job], concurrency: int = 1) -> Iterator[ImageResult]:
         """Results in input order; at most ``concurrency`` requests in flight."""
