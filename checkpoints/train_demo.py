@@ -25,8 +25,8 @@ from tfdeploy.export.config import ModelConfig
 from tfdeploy.export.model import DeepLabV3
 
 DEMO_CONFIG = ModelConfig(
-    num_classes=len(CLASSES), backbone="demo_resnet_v2", units=(1, 1, 1, 1),
-    base_depths=(16, 32, 48, 64), root_depth=16, aspp_depth=64, output_stride=8,
+    num_classes=len(CLASSES), backbone="demo_resnet_v2", units=(1, 2, 2, 1),
+    base_depths=(16, 32, 64, 96), root_depth=16, aspp_depth=96, output_stride=8,
     multi_grid=(1,),
 )
 
@@ -51,7 +51,7 @@ class TrainableDeepLab(DeepLabV3):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=4500)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "demo")
@@ -83,9 +83,13 @@ def main() -> int:
         loss = step(tf.constant(images, tf.float32), tf.constant(labels, tf.int32))
         if i % 100 == 0 or i == args.steps:
             val_img, val_lbl = batch(np.random.default_rng(10_000 + i), 16, 160, 160)
-            acc = float(np.mean(model.predict(val_img.astype(np.float32)).numpy() == val_lbl))
+            pred = model.predict(val_img.astype(np.float32)).numpy()
+            acc = float(np.mean(pred == val_lbl))
+            ious = [np.sum((pred == c) & (val_lbl == c)) / max(1, np.sum((pred == c) |
+                                                                          (val_lbl == c)))
+                    for c in range(1, len(CLASSES))]
             print(f"step {i:5d}  loss {float(loss):.4f}  val pixel acc {acc:.4f}  "
-                  f"{time.time() - t0:.0f}s", flush=True)
+                  f"shape mIoU {np.mean(ious):.3f}  {time.time() - t0:.0f}s", flush=True)
 
     write_checkpoint(args.out, DEMO_CONFIG, model.named_weights())
     args.examples.mkdir(parents=True, exist_ok=True)

@@ -248,6 +248,8 @@ def test_metrics(server):
     assert ':tensorflow:serving:request_count_total{api="grpc",model_name="deeplab",' \
            'model_version="1",signature_name="predict_images",status="OK"}' in text
     assert ':tensorflow:serving:request_error_count_total{api="rest"' in text
+    # requests rejected before reaching the model (bad JSON) are counted too
+    assert 'status="INVALID_ARGUMENT"' in text and 'model_version=""' in text
     assert ":tensorflow:serving:request_latency_bucket" in text
 
 

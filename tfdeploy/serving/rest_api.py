@@ -15,6 +15,7 @@ import binascii
 import json
 import logging
 import re
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -227,6 +228,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):  # noqa: N802
         ms = self.model_server
+        started = time.perf_counter()
+        name, signature, counted = "", "", False
         try:
             name, version, label, verb = self._route()
             if verb in (":classify", ":regress"):
@@ -255,10 +258,14 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ServingError(Code.INVALID_ARGUMENT, "signature_name must be a string")
             _, sd = servable.signature(signature)
             inputs, fmt = parse_predict(body, sd)
+            counted = True  # from here on ModelServer.predict records the request
             _, _, outputs = ms.predict(name, servable.version, None, signature, inputs,
                                        api="rest")
             self._json(200, render_predict(outputs, fmt))
         except ServingError as exc:
+            if not counted and name:  # rejected before it reached the model
+                ms.metrics.observe(name, "", signature or "serving_default", "rest",
+                                   exc.code.name, time.perf_counter() - started)
             self._error(exc)
         except Exception as exc:  # never a dropped connection for a client
             log.exception("internal error")
