@@ -124,8 +124,11 @@ def test_demo_model_segments_fresh_scenes(demo_base):
     masks = loaded.signatures["serving_default"](image_bytes=tf.constant(encoded))
     accuracy = float(np.mean(masks["segmentation_map"].numpy() == labels))
     assert accuracy >= 0.90, accuracy
-    # not just background: every shape class is predicted somewhere
-    assert set(np.unique(masks["segmentation_map"].numpy())) >= {0, 1, 2, 3, 4}
+    # not just background: every shape class is found, mostly where it is
+    predicted = masks["segmentation_map"].numpy()
+    for c in range(1, 5):
+        iou = np.sum((predicted == c) & (labels == c)) / np.sum((predicted == c) | (labels == c))
+        assert iou >= 0.6, (c, iou)
 
 
 @pytest.mark.parametrize("output_stride", [16, 8])
