@@ -46,7 +46,11 @@ if [ "$REBUILD" = "--rebuild" ] || [ "$current_hash" != "$SOURCE_HASH" ]; then
   rm -f "$CACHE"/app/*.whl "$CACHE"/wheels/tfdeploy-*.whl
   $PY -m pip wheel -q --no-deps --wheel-dir "$CACHE/app" .
   # dependencies only (their layer is cached by docker while they do not change)
-  $PY -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml","rb"))["project"]["dependencies"]))' \
+  $PY -c 'try:
+    import tomllib
+except ImportError:  # Python 3.10: the copy pip ships
+    from pip._vendor import tomli as tomllib
+print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
     > "$CACHE/requirements.txt"
   if [ "$img_py" = "$host_py" ]; then
     $PY -m pip download -q --only-binary=:all: --dest "$CACHE/wheels" -r "$CACHE/requirements.txt"

@@ -467,3 +467,25 @@ def test_seed_tf1_savedmodel_is_served_unchanged(tmp_path):
         np.testing.assert_array_equal(np.array(body["outputs"][0]), expected)
     finally:
         assert srv.stop() == 0
+
+
+def test_failed_load_is_retried(demo_base, tmp_path):
+    """A version that fails to load (here: written incompletely by another tool, then
+    repaired in place) is loaded on a later retry, as tensorflow_model_server does."""
+    base = tmp_path / "deeplab"
+    shutil.copytree(demo_base / "1", base / "1")
+    good = (base / "1" / "saved_model.pb").read_bytes()
+    (base / "1" / "saved_model.pb").write_bytes(b"not a SavedModel yet")
+    srv = ServerProcess("--model_name=deeplab", f"--model_base_path={base}",
+                        "--file_system_poll_wait_seconds=0.2",
+                        "--load_retry_interval_micros=500000", "--max_num_load_retries=50",
+                        log_dir=tmp_path)
+    try:
+        srv.wait_for(lambda s: s == {1: "END"})
+        code, body = http("GET", f"{srv.rest}/v1/models/deeplab")
+        assert "load failed" in body["model_version_status"][0]["status"]["error_message"]
+        (base / "1" / "saved_model.pb").write_bytes(good)
+        srv.wait_for(lambda s: s == {1: "AVAILABLE"}, timeout=60)
+        assert "will retry in 0.5s" in srv.log()
+    finally:
+        assert srv.stop() == 0

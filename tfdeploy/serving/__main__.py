@@ -22,8 +22,7 @@ UNIMPLEMENTED_FLAGS = (
     "rest_api_timeout_in_ms", "rest_api_enable_cors_support", "enable_signature_method_name_check",
     "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
     "tensorflow_inter_op_parallelism", "per_process_gpu_memory_fraction", "saved_model_tags",
-    "platform_config_file", "ssl_config_file", "max_num_load_retries",
-    "load_retry_interval_micros", "num_load_threads", "num_unload_threads",
+    "platform_config_file", "ssl_config_file", "num_load_threads", "num_unload_threads",
     "flush_filesystem_caches", "allow_version_labels_for_unavailable_models",
     "xla_cpu_compilation_enabled", "enable_profiler", "remove_unused_fields_from_bundle_metagraph",
     "prefer_tflite_model", "use_tflite_model", "tensorflow_session_config_file",
@@ -69,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--enable_model_warmup", type=_bool, nargs="?", const=True, default=True,
          help="replay assets.extra/tf_serving_warmup_requests at load (default true)")
     flag("--monitoring_config_file", default="", help="MonitoringConfig text proto")
+    flag("--max_num_load_retries", type=int, default=5,
+         help="retries of a failed version load (default 5)")
+    flag("--load_retry_interval_micros", type=int, default=60_000_000,
+         help="wait between load retries (default 1 minute)")
     flag("--max_request_bytes", type=int, default=256 << 20,
          help="largest accepted request body / message (tfdeploy extension)")
     flag("--grpc_max_threads", type=int, default=32, help="gRPC worker threads")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ class VersionState:
     state: int = START
     servable: Servable | None = None
     error: tuple[Code, str] | None = None
+    failures: int = 0
+    retry_at: float = 0.0  # monotonic time of the next load attempt after a failure
 
 
 @dataclass
@@ -44,8 +47,13 @@ LoaderFactory = Callable[[str, int, Path], object]  # -> object with .load() -> 
 
 
 class Manager:
-    def __init__(self, loader_factory: LoaderFactory):
+    def __init__(self, loader_factory: LoaderFactory, max_load_retries: int = 5,
+                 retry_interval: float = 60.0):
+        """A failed load is tried again ``max_load_retries`` times, ``retry_interval``
+        seconds apart (tensorflow_model_server's --max_num_load_retries and
+        --load_retry_interval_micros), while the version stays aspired."""
         self._loader_factory = loader_factory
+        self._max_retries, self._retry_interval = max_load_retries, retry_interval
         self._models: dict[str, ModelState] = {}
         self._lock = threading.RLock()
         self._load_lock = threading.Lock()  # one load/unload sequence at a time
@@ -58,12 +66,14 @@ class Manager:
                 to_load = []
                 for version, path in aspired.items():
                     current = model.versions.get(version)
-                    # END without error: unloaded earlier, aspired again.  A failed load is
-                    # retried only when the directory is replaced (another path).
-                    if current is None or (current.state == END and (
-                            current.error is None or current.path != path)):
+                    if current is None or (current.state == END and current.error is None):
+                        # new, or unloaded earlier and aspired again
                         model.versions[version] = VersionState(version, path, LOADING)
                         to_load.append(model.versions[version])
+                    elif (current.state == END and current.failures <= self._max_retries
+                          and time.monotonic() >= current.retry_at):
+                        current.state, current.path = LOADING, path  # retry a failed load
+                        to_load.append(current)
             for vs in sorted(to_load, key=lambda v: v.version):
                 self._load(name, vs)
             with self._lock:
@@ -86,12 +96,17 @@ class Manager:
             servable = self._loader_factory(name, vs.version, vs.path).load()
         except Exception as exc:  # a broken version must not stop the server
             message = getattr(exc, "message", None) or str(exc).strip().splitlines()[0]
-            log.error("failed to load %s version %d: %s", name, vs.version, message)
             with self._lock:
+                vs.failures += 1
+                vs.retry_at = time.monotonic() + self._retry_interval
                 vs.state, vs.error = END, (Code.INTERNAL, f"load failed: {message}")
+            retries_left = self._max_retries - vs.failures + 1
+            log.error("failed to load %s version %d: %s (%s)", name, vs.version, message,
+                      f"will retry in {self._retry_interval:g}s" if retries_left > 0
+                      else "giving up")
             return
         with self._lock:
-            vs.servable, vs.state = servable, AVAILABLE
+            vs.servable, vs.state, vs.error = servable, AVAILABLE, None
         log.info("%s version %d is AVAILABLE", name, vs.version)
 
     def set_labels(self, name: str, labels: dict[str, int]) -> None:

@@ -22,6 +22,8 @@ class ServerOptions:
     batching_parameters_file: str = ""
     enable_model_warmup: bool = True
     monitoring_config_file: str = ""
+    max_num_load_retries: int = 5
+    load_retry_interval_micros: int = 60_000_000
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     grpc_max_threads: int = 32
     extra: dict = field(default_factory=dict)

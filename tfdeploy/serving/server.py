@@ -36,7 +36,8 @@ class ModelServer:
         self.batching = None
         if options.enable_batching:
             self.batching = config_files.batching_parameters(options.batching_parameters_file)
-        self.manager = Manager(self._loader)
+        self.manager = Manager(self._loader, max_load_retries=options.max_num_load_retries,
+                               retry_interval=options.load_retry_interval_micros / 1e6)
         self.source = FileSystemSource(self.manager.set_aspired_versions,
                                        options.file_system_poll_wait_seconds)
         self.config = self._initial_config()
