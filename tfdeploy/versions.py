@@ -10,6 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+#: Requests TF Serving replays when it loads a version (PredictionLog TFRecord).
+WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+#: What tfdeploy records about an export (source checkpoint, architecture); servers ignore it.
+METADATA_FILE = Path("assets.extra") / "tfdeploy.json"
 
 
 def saved_model_file(version_dir: Path) -> Path | None:

@@ -15,12 +15,13 @@ from google.protobuf.message import DecodeError
 
 from tfdeploy.client import protos
 from tfdeploy.errors import UserError
-from tfdeploy.versions import SAVED_MODEL_FILES, saved_model_file, versions
-
-
-def _dtype_name(dtype: int) -> str:
-    name = protos.types_pb2().DataType.Name(dtype)
-    return name[3:].lower() if name.startswith("DT_") else name
+from tfdeploy.versions import (
+    METADATA_FILE,
+    SAVED_MODEL_FILES,
+    WARMUP_FILE,
+    saved_model_file,
+    versions,
+)
 
 
 def _shape(info) -> list[int | None] | None:
@@ -62,20 +63,19 @@ def describe_version(version_dir: Path) -> dict[str, Any]:
                 continue
             sigs[key] = {
                 "method_name": sd.method_name,
-                "inputs": {k: {"dtype": _dtype_name(v.dtype), "shape": _shape(v)}
+                "inputs": {k: {"dtype": protos.dtype_name(v.dtype), "shape": _shape(v)}
                            for k, v in sorted(sd.inputs.items())},
-                "outputs": {k: {"dtype": _dtype_name(v.dtype), "shape": _shape(v)}
+                "outputs": {k: {"dtype": protos.dtype_name(v.dtype), "shape": _shape(v)}
                             for k, v in sorted(sd.outputs.items())},
             }
         graphs.append({"tags": sorted(mg.meta_info_def.tags), "signatures": sigs})
     size = sum(f.stat().st_size for f in version_dir.rglob("*") if f.is_file())
-    extra = version_dir / "assets.extra"
-    meta_file = extra / "tfdeploy.json"
+    meta_file = version_dir / METADATA_FILE
     return {
         "path": str(version_dir),
         "file": path.name,
         "size_bytes": size,
-        "warmup": (extra / "tf_serving_warmup_requests").is_file(),
+        "warmup": (version_dir / WARMUP_FILE).is_file(),
         "exported_by": json.loads(meta_file.read_text()) if meta_file.is_file() else None,
         "meta_graphs": graphs,
     }

@@ -16,8 +16,7 @@ from PIL import Image
 
 from tfdeploy.client import protos
 from tfdeploy.export.signatures import PREDICT_IMAGES, SERVING_DEFAULT
-
-WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+from tfdeploy.versions import WARMUP_FILE
 
 
 def probe_image(height: int = 97, width: int = 75, seed: int = 7) -> np.ndarray:

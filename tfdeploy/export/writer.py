@@ -24,10 +24,9 @@ from tfdeploy.export import checkpoint as ckpt
 from tfdeploy.export import warmup
 from tfdeploy.export.model import DeepLabV3
 from tfdeploy.export.signatures import PREDICT_IMAGES, SERVING_DEFAULT, ServingModule
-from tfdeploy.versions import next_version, numeric_dirs
+from tfdeploy.versions import METADATA_FILE, next_version, numeric_dirs
 
 TMP_PREFIX = ".tfdeploy-export-"
-METADATA_FILE = Path("assets.extra") / "tfdeploy.json"
 LOGIT_TOLERANCE = 1e-4
 
 Progress = Callable[[str], None]

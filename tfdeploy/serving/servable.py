@@ -9,7 +9,6 @@ instead of a TF stack trace.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,11 +18,11 @@ import tensorflow as tf
 from tfdeploy.client import tensors
 from tfdeploy.export.inspect import read_saved_model
 from tfdeploy.serving.status import Code, ServingError, tf_error_message
+from tfdeploy.versions import WARMUP_FILE
 
 log = logging.getLogger("tfdeploy.serving")
 
 DEFAULT_SIGNATURE = "serving_default"
-WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000
 
 
@@ -36,7 +35,6 @@ class Servable:
     functions: dict  # key -> concrete function
     keepalive: object = None  # the loaded object the functions belong to
     batchers: dict = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def signature(self, key: str):
         key = key or DEFAULT_SIGNATURE
