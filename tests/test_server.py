@@ -132,7 +132,9 @@ def test_metadata_and_status(server):
     assert [(s.version, s.state) for s in resp.model_version_status] == [(1, 30)]
     assert "flag --xla_cpu_compilation_enabled is not implemented" in server.log()
     code, body = http("GET", f"{server.rest}/v1/models/deeplab/versions/1")
-    assert code == 200 and body["model_version_status"][0]["state"] == "AVAILABLE"
+    assert code == 200 and body == {"model_version_status": [  # TF Serving's exact shape
+        {"version": "1", "state": "AVAILABLE",
+         "status": {"error_code": "OK", "error_message": ""}}]}
     code, body = http("GET", f"{server.rest}/v1/models/deeplab/metadata")
     assert code == 200
     assert set(body["metadata"]["signature_def"]["signature_def"]) == {

@@ -21,8 +21,6 @@ log = logging.getLogger("tfdeploy.serving.manager")
 
 # ModelVersionStatus.State values of get_model_status.proto
 START, LOADING, AVAILABLE, UNLOADING, END = 10, 20, 30, 40, 50
-STATE_NAMES = {START: "START", LOADING: "LOADING", AVAILABLE: "AVAILABLE",
-               UNLOADING: "UNLOADING", END: "END", 0: "UNKNOWN"}
 
 
 @dataclass

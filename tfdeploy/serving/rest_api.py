@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 from google.protobuf import json_format
 
-from tfdeploy.client import tensors
+from tfdeploy.client import protos, tensors
 from tfdeploy.serving.status import Code, ServingError
 
 log = logging.getLogger("tfdeploy.serving.rest")
@@ -30,6 +30,13 @@ _ROUTE = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
     r"(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?"
     r"(?P<verb>/metadata|:predict|:classify|:regress)?/?$")
+
+
+def _to_json(message) -> dict:
+    """A response proto in TF Serving's REST JSON (field names as in the .proto, enum
+    names, int64 as strings, empty fields included)."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
 
 
 def _decode_b64(value):
@@ -203,26 +210,16 @@ class _Handler(BaseHTTPRequestHandler):
             name, version, label, verb = self._route()
             if verb == "/metadata":
                 proto = ms.metadata_proto(name, version, label)
-                meta = {}
-                for key, any_msg in proto.metadata.items():
-                    from tfdeploy.client import protos
-
-                    sdm = protos.module(
-                        "tensorflow_serving.apis.get_model_metadata_pb2").SignatureDefMap()
-                    any_msg.Unpack(sdm)
-                    meta[key] = json_format.MessageToDict(sdm, preserving_proto_field_name=True)
+                sigs = protos.module(
+                    "tensorflow_serving.apis.get_model_metadata_pb2").SignatureDefMap()
+                proto.metadata["signature_def"].Unpack(sigs)
                 return self._json(200, {
                     "model_spec": {"name": name, "signature_name": "",
                                    "version": str(proto.model_spec.version.value)},
-                    "metadata": meta})
+                    "metadata": {"signature_def": _to_json(sigs)}})
             if verb:
                 raise ServingError(Code.INVALID_ARGUMENT, f"use POST for {verb}")
-            statuses = ms.statuses(name, version, label)
-            return self._json(200, {"model_version_status": [
-                {"version": str(vs.version), "state": ms.state_name(vs.state),
-                 "status": {"error_code": vs.error[0].name if vs.error else "OK",
-                            "error_message": vs.error[1] if vs.error else ""}}
-                for vs in statuses]})
+            return self._json(200, _to_json(ms.status_proto(name, version, label)))
         except ServingError as exc:
             self._error(exc)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tfdeploy.serving import config as config_files
-from tfdeploy.serving.manager import STATE_NAMES, Manager, VersionState
+from tfdeploy.serving.manager import Manager
 from tfdeploy.serving.metrics import Metrics
 from tfdeploy.serving.options import ServerOptions
 from tfdeploy.serving.servable import Loader, Servable
@@ -154,16 +154,14 @@ class ModelServer:
             self.metrics.observe(name, servable.version if servable else "", key, api, status,
                                  time.perf_counter() - started)
 
-    def statuses(self, name: str, version: int | None, label: str | None) -> list[VersionState]:
-        return self.manager.statuses(name, version, label)
-
     def status_proto(self, name: str, version: int | None, label: str | None):
         from tfdeploy.client import protos
 
         status_pb2 = protos.module("tensorflow_serving.apis.get_model_status_pb2")
         response = status_pb2.GetModelStatusResponse()
-        for vs in self.statuses(name, version, label):
+        for vs in self.manager.statuses(name, version, label):
             entry = response.model_version_status.add(version=vs.version, state=vs.state)
+            entry.status.SetInParent()  # OK is reported explicitly, as TF Serving does
             if vs.error:
                 entry.status.error_code = vs.error[0].number
                 entry.status.error_message = vs.error[1]
@@ -188,6 +186,3 @@ class ModelServer:
             sigs.signature_def[key].CopyFrom(sd)
         response.metadata["signature_def"].Pack(sigs)
         return response
-
-    def state_name(self, state: int) -> str:
-        return STATE_NAMES.get(state, "UNKNOWN")
