@@ -17,9 +17,6 @@ def resolve_endpoints(server: tuple[str, ...] | list[str], transport: str) -> li
                            else f"{part}:{DEFAULT_PORTS[transport]}")
     if out:
         return out
-    try:
-        from tfdeploy.runtime.state import default_endpoint
-    except ImportError:
-        default_endpoint = None
-    found = default_endpoint(transport) if default_endpoint else None
-    return [found or f"localhost:{DEFAULT_PORTS[transport]}"]
+    from tfdeploy.runtime.state import default_endpoint
+
+    return [default_endpoint(transport) or f"localhost:{DEFAULT_PORTS[transport]}"]
