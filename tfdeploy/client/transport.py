@@ -80,7 +80,9 @@ class Endpoints:
             self.counts[address] += 1
 
 
-RETRYABLE = {"UNAVAILABLE"}
+# Predict is idempotent, so these are retried.  CANCELLED is what a request gets from a gRPC
+# server that is shutting down as it arrives (our client never cancels its own calls).
+RETRYABLE = {"UNAVAILABLE", "CANCELLED"}
 
 
 class _Base:
@@ -90,8 +92,8 @@ class _Base:
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
 
     def _with_retries(self, call):
-        """Call on an endpoint; on UNAVAILABLE try the next one (several endpoints) or back
-        off exponentially and try again (one endpoint), ``retries`` times at most."""
+        """Call on an endpoint; on a RETRYABLE answer try the next one (several endpoints)
+        or back off exponentially and try again (one endpoint), ``retries`` times at most."""
         failures = 0
         budget = self.retries + len(self.endpoints.addresses) - 1
         while True:
