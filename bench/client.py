@@ -25,9 +25,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from servers import ServerProcess  # noqa: E402
 
+from tfdeploy.client.pool import connect  # noqa: E402
 from tfdeploy.client.predict import Predictor, expand  # noqa: E402
-from tfdeploy.client.transport import GrpcTransport  # noqa: E402
 from tfdeploy.demo.scenes import batch, scene  # noqa: E402
+from tfdeploy.tfs.requests import encoded_image_request, predict_request  # noqa: E402
 
 SEED_CLIENT = """
 import sys, numpy as np, grpc
@@ -107,12 +108,10 @@ def main() -> None:
         print(f"peak RSS : tfdeploy predict {m_ours:.0f} MB / seed client {m_seed:.0f} MB "
               f"= {m_ours / m_seed:.3f} (goal <= 0.15)")
 
-        transport = GrpcTransport([srv.grpc_target])
-        enc = transport.request_size("deeplab", "serving_default",
-                                     {"image_bytes": np.array([jpg.read_bytes()], object)})
-        flt = transport.request_size("deeplab", "predict_images", {
+        enc = encoded_image_request("deeplab", [jpg.read_bytes()]).ByteSize()
+        flt = predict_request("deeplab", "predict_images", {
             "images": image[None].astype(np.float32), "height": np.array([513], np.int32),
-            "width": np.array([513], np.int32)})
+            "width": np.array([513], np.int32)}).ByteSize()
         print(f"request bytes: serving_default {enc} / predict_images {flt} = "
               f"{enc / flt:.4f} (goal <= 0.05)")
 
@@ -122,7 +121,7 @@ def main() -> None:
         for i, im in enumerate(imgs):
             Image.fromarray(im).save(folder / f"{i:05d}.jpg", quality=90)
         jobs = expand([str(folder)])
-        predictor = Predictor(transport, output_dir=work / "m2")
+        predictor = Predictor(connect(srv.grpc_target), output_dir=work / "m2")
         warm = 100
         for k, _ in enumerate(predictor.run(jobs, concurrency=4)):
             if k == warm - 1:

@@ -224,9 +224,10 @@ def test_bench_reports_levels(server):
 
 def test_grpc_async_calls(server, in_process):
     """The transport's asynchronous gRPC path: several requests in flight at once."""
-    from tfdeploy.client.transport import ClientError, GrpcTransport
+    from tfdeploy.client.base import ClientError
+    from tfdeploy.client.pool import connect
 
-    transport = GrpcTransport([server.grpc_target])
+    transport = connect(server.grpc_target, "grpc")
     images = [np.asarray(Image.open(p).convert("RGB"))[:64, :64] for p in EXAMPLES]
     futures = [transport.predict_async(
         "deeplab", "predict_images",
@@ -264,7 +265,7 @@ def test_exact_files_are_sent_unchanged(tmp_path):
 
 def test_signature_choice():
     from tfdeploy.client.predict import PredictError, choose_signature
-    from tfdeploy.client.transport import Signature
+    from tfdeploy.tfs.saved_model import Signature
 
     seed = {"predict_images": Signature({"images": ("float", [1, None, None, 3])},
                                         {"segmentation_map": ("int64", [1, None, None])})}

@@ -20,7 +20,7 @@ from PIL import Image
 from tfdeploy.export.checkpoint import write_checkpoint
 from tfdeploy.export.config import ModelConfig
 from tfdeploy.palette import voc_colormap
-from tfdeploy.versions import numeric_dirs, versions
+from tfdeploy.tfs.versions import numeric_dirs, versions
 
 SEED_SIGNATURES = {
     "predict_images": {

@@ -8,8 +8,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from tfdeploy.client.base import ClientError
 from tfdeploy.client.predict import ENCODED, Predictor
-from tfdeploy.client.transport import ClientError
 
 
 @dataclass
@@ -34,7 +34,7 @@ def run_level(predictor: Predictor, image, concurrency: int, duration: float | N
     errors: Counter[str] = Counter()
     lock = threading.Lock()
     budget = [requests if requests is not None else float("inf")]
-    before = dict(predictor.transport.endpoints.counts)
+    before = dict(predictor.transport.counts)
     deadline = time.perf_counter() + (duration if duration is not None else float("inf"))
 
     def worker():
@@ -64,7 +64,7 @@ def run_level(predictor: Predictor, image, concurrency: int, duration: float | N
 
     ms = np.array(latencies) * 1e3
     pct = (lambda q: round(float(np.percentile(ms, q)), 2)) if len(ms) else (lambda q: None)
-    after = predictor.transport.endpoints.counts
+    after = predictor.transport.counts
     return LevelResult(
         concurrency=concurrency, requests=len(latencies) + sum(errors.values()),
         errors=sum(errors.values()), seconds=round(seconds, 3),
@@ -73,6 +73,31 @@ def run_level(predictor: Predictor, image, concurrency: int, duration: float | N
         error_samples=[f"{n}x {msg}" for msg, n in errors.most_common(3)],
         endpoints={k: after[k] - before.get(k, 0) for k in after},
     )
+
+
+COLUMNS = f"{'conc':>5} {'reqs':>6} {'errs':>5} {'req/s':>8} {'p50 ms':>9} {'p90 ms':>9} " \
+          f"{'p99 ms':>9}"
+
+
+def format_level(r: LevelResult) -> str:
+    """One table row (under ``COLUMNS``) for a level."""
+
+    def ms(v: float | None) -> str:
+        return f"{v:9.1f}" if v is not None else f"{'-':>9}"
+
+    return (f"{r.concurrency:>5} {r.requests:>6} {r.errors:>5} {r.throughput:>8.2f} "
+            f"{ms(r.p50_ms)} {ms(r.p90_ms)} {ms(r.p99_ms)}")
+
+
+def parse_levels(text: str) -> list[int]:
+    """``"1,4,8"`` -> [1, 4, 8]; ValueError naming the problem otherwise."""
+    try:
+        levels = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError("use comma-separated integers, e.g. 1,4,8") from None
+    if not levels or min(levels) < 1:
+        raise ValueError("concurrency levels must be >= 1")
+    return levels
 
 
 def describe_input(predictor: Predictor, image) -> str:

@@ -18,10 +18,13 @@ from pathlib import Path
 from PIL import Image
 
 from tfdeploy.client import images, masks
-from tfdeploy.client.transport import ClientError, Signature
+from tfdeploy.client.base import ClientError, Transport
+from tfdeploy.tfs import names
+from tfdeploy.tfs.codes import Code
+from tfdeploy.tfs.saved_model import Signature
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-ENCODED, FLOAT = "serving_default", "predict_images"
+ENCODED, FLOAT = names.SERVING_DEFAULT, names.PREDICT_IMAGES
 
 
 class PredictError(Exception):
@@ -82,17 +85,19 @@ def choose_signature(signatures: dict[str, Signature], wanted: str | None) -> st
                                f"(it has: {', '.join(sorted(signatures))})")
         return wanted
     encoded = signatures.get(ENCODED)
-    if encoded and "image_bytes" in encoded.inputs and "mask_png" in encoded.outputs:
+    if encoded and names.IMAGE_BYTES in encoded.inputs and names.MASK_PNG in encoded.outputs:
         return ENCODED
     if FLOAT in signatures:
         return FLOAT
-    raise PredictError(f"the model has neither a {ENCODED!r} signature (image_bytes -> "
-                       f"mask_png) nor the seed's {FLOAT!r} (it has: "
+    raise PredictError(f"the model has neither a {ENCODED!r} signature "
+                       f"({names.IMAGE_BYTES} -> {names.MASK_PNG}) nor the seed's {FLOAT!r} "
+                       "(it has: "
                        f"{', '.join(sorted(signatures))})")
 
 
 class Predictor:
-    def __init__(self, transport, model: str = "deeplab", signature: str | None = None,
+    def __init__(self, transport: Transport, model: str = names.DEFAULT_MODEL_NAME,
+                 signature: str | None = None,
                  version: int | None = None, output_dir: Path | None = Path("masks"),
                  overlay: bool = False, max_side: int | None = None):
         self.transport, self.model, self.version = transport, model, version
@@ -117,13 +122,13 @@ class Predictor:
         import numpy as np
 
         h, w = image.size
-        inputs = {"images": image.rgb[None].astype(np.float32),
-                  "height": np.array([h], np.int32), "width": np.array([w], np.int32)}
-        kwargs = {"dtypes": {"segmentation_map": "int64"}} \
-            if self.transport.name == "rest" else {}
+        inputs = {names.IMAGES: image.rgb[None].astype(np.float32),
+                  names.HEIGHT: np.array([h], np.int32),
+                  names.WIDTH: np.array([w], np.int32)}
+        dtypes = {k: d for k, (d, _) in self.signatures[FLOAT].outputs.items()}
         out = self.transport.predict(self.model, FLOAT, inputs, self.version,
-                                     outputs=["segmentation_map"], **kwargs)
-        return masks.palette_image(out["segmentation_map"].reshape(h, w)), None
+                                     outputs=[names.SEGMENTATION_MAP], output_dtypes=dtypes)
+        return masks.palette_image(out[names.SEGMENTATION_MAP].reshape(h, w)), None
 
     def one(self, job: Job) -> ImageResult:
         result = ImageResult(str(job.path))
@@ -151,7 +156,7 @@ class Predictor:
         except images.BadImage as exc:
             result.error = str(exc)
         except ClientError as exc:
-            result.error = exc.message if exc.code in ("INVALID_ARGUMENT",) else str(exc)
+            result.error = exc.message if exc.code == Code.INVALID_ARGUMENT else str(exc)
         except OSError as exc:
             result.error = f"cannot write mask: {exc.strerror or exc}"
         result.seconds = time.perf_counter() - started
@@ -164,7 +169,7 @@ class Predictor:
                 "images_per_second": round(len(results) / seconds, 2) if seconds else None,
                 "signature": self.signature, "transport": self.transport.name,
                 "output_dir": str(self.output_dir) if self.output_dir else None,
-                "endpoints": dict(self.transport.endpoints.counts)}
+                "endpoints": dict(self.transport.counts)}
 
     def run(self, jobs: list[Job], concurrency: int = 1) -> Iterator[ImageResult]:
         """Results in input order; at most ``concurrency`` requests in flight."""

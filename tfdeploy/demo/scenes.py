@@ -1,20 +1,18 @@
 """Synthetic segmentation scenes: coloured shapes over textured backgrounds.
 
-Used to train the demo checkpoint, to make the demo images in ``examples/``, and by tests
+Used to train the demo checkpoint, to make the demo images (``tfdeploy/demo/images``), and by tests
 to check that served masks are right on images the model has never seen.  numpy + Pillow.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 #: Class index -> name; indices match the VOC palette colours of the masks.
 CLASSES = ("background", "circle", "square", "triangle", "star")
-DEMO_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "demo"
 
 
 def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:

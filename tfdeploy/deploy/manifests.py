@@ -259,3 +259,32 @@ def write(target: str, spec: ManifestSpec, out_dir: Path) -> list[Path]:
         os.replace(tmp, out_dir / name)
         written.append(out_dir / name)
     return written
+
+
+def parse_node_selectors(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``KEY=VALUE`` strings -> a node selector mapping."""
+    selectors = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--node-selector wants KEY=VALUE, got {item!r}")
+        selectors[key] = value
+    return selectors
+
+
+def check_source(target: str, spec: ManifestSpec) -> None:
+    """A local base path must exist for the targets that mount it."""
+    if not spec.remote and target != "kserve" and not Path(spec.source).is_dir():
+        raise UserError(f"{spec.source}: no such base path (export first, or give a gs:// "
+                        "or s3:// URI)")
+
+
+def next_steps(target: str, spec: ManifestSpec, files: list[Path]) -> str:
+    """What the user does with the files just written."""
+    if target == "compose":
+        return (f"then: docker compose -f {files[0]} up -d && tfdeploy predict IMAGES "
+                f"--server {','.join(endpoints(spec, 'grpc'))}")
+    if not spec.remote:
+        return (f"copy {spec.source} into the volume of claim {spec.pvc} "
+                f"(as {spec.model_name}/<version>/) before applying")
+    return ""

@@ -18,7 +18,7 @@ from tfdeploy.errors import UserError
 #: ImageNet RGB mean the seed subtracts before the backbone.
 IMAGENET_MEAN = (123.68, 116.78, 103.94)
 
-#: Units per block of the ResNet-v2 backbones the seed trains (REFERENCE §1).
+#: Units per block of the ResNet-v2 backbones seed checkpoints hold.
 BACKBONE_UNITS: dict[str, tuple[int, int, int, int]] = {
     "resnet_v2_50": (3, 4, 6, 3),
     "resnet_v2_101": (3, 4, 23, 3),

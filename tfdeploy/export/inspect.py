@@ -10,46 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import text_format
-from google.protobuf.message import DecodeError
-
-from tfdeploy.client import protos
 from tfdeploy.errors import UserError
-from tfdeploy.versions import (
-    METADATA_FILE,
-    SAVED_MODEL_FILES,
-    WARMUP_FILE,
-    saved_model_file,
-    versions,
-)
-
-
-def _shape(info) -> list[int | None] | None:
-    shape = info.tensor_shape
-    if shape.unknown_rank:
-        return None
-    return [d.size if d.size >= 0 else None for d in shape.dim]
-
-
-def shape_text(shape: list[int | None] | None) -> str:
-    if shape is None:
-        return "unknown rank"
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-
-
-def read_saved_model(version_dir: Path):
-    path = saved_model_file(version_dir)
-    if path is None:
-        raise UserError(f"{version_dir}: no {' or '.join(SAVED_MODEL_FILES)}")
-    message = protos.saved_model_pb2().SavedModel()
-    try:
-        if path.suffix == ".pbtxt":
-            text_format.Parse(path.read_text(), message)
-        else:
-            message.ParseFromString(path.read_bytes())
-    except (DecodeError, text_format.ParseError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not a valid SavedModel ({exc})") from None
-    return path, message
+from tfdeploy.tfs.saved_model import read_saved_model, shape_text, signature
+from tfdeploy.tfs.versions import METADATA_FILE, WARMUP_FILE, saved_model_file, versions
 
 
 def describe_version(version_dir: Path) -> dict[str, Any]:
@@ -58,15 +21,13 @@ def describe_version(version_dir: Path) -> dict[str, Any]:
     for mg in message.meta_graphs:
         sigs = {}
         for key in sorted(mg.signature_def):
-            sd = mg.signature_def[key]
             if key.startswith("__"):  # e.g. __saved_model_init_op
                 continue
+            sig = signature(mg.signature_def[key])
             sigs[key] = {
-                "method_name": sd.method_name,
-                "inputs": {k: {"dtype": protos.dtype_name(v.dtype), "shape": _shape(v)}
-                           for k, v in sorted(sd.inputs.items())},
-                "outputs": {k: {"dtype": protos.dtype_name(v.dtype), "shape": _shape(v)}
-                            for k, v in sorted(sd.outputs.items())},
+                "method_name": sig.method_name,
+                "inputs": {k: {"dtype": d, "shape": s} for k, (d, s) in sig.inputs.items()},
+                "outputs": {k: {"dtype": d, "shape": s} for k, (d, s) in sig.outputs.items()},
             }
         graphs.append({"tags": sorted(mg.meta_info_def.tags), "signatures": sigs})
     size = sum(f.stat().st_size for f in version_dir.rglob("*") if f.is_file())
@@ -74,6 +35,7 @@ def describe_version(version_dir: Path) -> dict[str, Any]:
     return {
         "path": str(version_dir),
         "file": path.name,
+        "file_bytes": path.stat().st_size,
         "size_bytes": size,
         "warmup": (version_dir / WARMUP_FILE).is_file(),
         "exported_by": json.loads(meta_file.read_text()) if meta_file.is_file() else None,
@@ -97,14 +59,18 @@ def describe(path: str | Path) -> dict[str, Any]:
             "versions": {str(v): describe_version(d) for v, d in found.items()}}
 
 
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 50_000 else f"{n / 1e3:.1f} kB"
+
+
 def render(info: dict[str, Any]) -> str:
     """Readable text, like ``saved_model_cli show --all`` without the noise."""
     lines = [f"base path: {info['base_path']}"]
     for number, v in info["versions"].items():
-        mb = v["size_bytes"] / 1e6
         origin = v.get("exported_by") or {}
         source = f", from {origin['checkpoint']}" if origin.get("checkpoint") else ""
-        lines.append(f"version {number}  ({v['file']}, {mb:.1f} MB, "
+        lines.append(f"version {number}  ({v['file']} {_mb(v['file_bytes'])}, version "
+                     f"{_mb(v['size_bytes'])} in all, "
                      f"warmup {'yes' if v['warmup'] else 'no'}{source})")
         for mg in v["meta_graphs"]:
             lines.append(f"  tags: {', '.join(mg['tags'])}")

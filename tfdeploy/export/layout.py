@@ -93,8 +93,8 @@ def variable_shapes(config: ModelConfig) -> dict[str, Shape]:
 
 
 def is_training_only(name: str, config: ModelConfig) -> bool:
-    """Variables a seed training checkpoint holds that the served graph never uses
-    (REFERENCE §1): optimizer state, Adam slots, slim's unused postnorm and classifier."""
+    """Variables a seed training checkpoint holds that the served graph never uses:
+    optimizer state, Adam slots, slim's unused postnorm and classifier."""
     return (
         name.startswith("optimizer_vars/")
         or name in ("Variable", "global_step", "beta1_power", "beta2_power")

@@ -16,9 +16,16 @@ import tensorflow as tf
 
 from tfdeploy.export.model import DeepLabV3
 from tfdeploy.palette import voc_colormap
-
-PREDICT_IMAGES = "predict_images"
-SERVING_DEFAULT = "serving_default"
+from tfdeploy.tfs.names import (
+    HEIGHT,
+    IMAGE_BYTES,
+    IMAGES,
+    MASK_PNG,
+    PREDICT_IMAGES,
+    SEGMENTATION_MAP,
+    SERVING_DEFAULT,
+    WIDTH,
+)
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -89,18 +96,18 @@ class ServingModule(tf.Module):
         self.png = PalettePNG()
 
     @tf.function(input_signature=[
-        tf.TensorSpec([1, None, None, 3], tf.float32, name="images"),
-        tf.TensorSpec(None, tf.int32, name="height"),
-        tf.TensorSpec(None, tf.int32, name="width"),
+        tf.TensorSpec([1, None, None, 3], tf.float32, name=IMAGES),
+        tf.TensorSpec(None, tf.int32, name=HEIGHT),
+        tf.TensorSpec(None, tf.int32, name=WIDTH),
     ])
     def predict_images(self, images, height, width):
         # height/width arrive as scalars or shape [1]; the seed reshaped the image with them.
         h = tf.reshape(height, [-1])[0]
         w = tf.reshape(width, [-1])[0]
         images = tf.reshape(images, tf.stack([1, h, w, 3]))
-        return {"segmentation_map": self.model.predict(images)}
+        return {SEGMENTATION_MAP: self.model.predict(images)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES)])
     def serving_default(self, image_bytes):
         tf.debugging.assert_positive(
             tf.size(image_bytes), message="image_bytes must hold at least one image")
@@ -118,7 +125,7 @@ class ServingModule(tf.Module):
                            fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
         masks = tf.cast(self.model.predict(tf.cast(images, tf.float32)), tf.uint8)
         pngs = tf.map_fn(self.png, masks, fn_output_signature=tf.TensorSpec([], tf.string))
-        return {"segmentation_map": masks, "mask_png": pngs}
+        return {SEGMENTATION_MAP: masks, MASK_PNG: pngs}
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
     def logits(self, images):

@@ -14,9 +14,10 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from tfdeploy.client import protos
-from tfdeploy.export.signatures import PREDICT_IMAGES, SERVING_DEFAULT
-from tfdeploy.versions import WARMUP_FILE
+from tfdeploy.tfs import protos
+from tfdeploy.tfs.names import DEFAULT_MODEL_NAME, HEIGHT, IMAGES, PREDICT_IMAGES, WIDTH
+from tfdeploy.tfs.requests import encoded_image_request, predict_request
+from tfdeploy.tfs.versions import WARMUP_FILE
 
 
 def probe_image(height: int = 97, width: int = 75, seed: int = 7) -> np.ndarray:
@@ -37,27 +38,19 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def requests(model_name: str = "deeplab", size: tuple[int, int] = (128, 128)) -> list:
+def requests(model_name: str = DEFAULT_MODEL_NAME, size: tuple[int, int] = (128, 128)) -> list:
     """One PredictRequest per signature."""
-    predict_pb2 = protos.module("tensorflow_serving.apis.predict_pb2")
     image = probe_image(*size)
     h, w = size
-    float_req = predict_pb2.PredictRequest()
-    float_req.model_spec.name = model_name
-    float_req.model_spec.signature_name = PREDICT_IMAGES
-    float_req.inputs["images"].CopyFrom(
-        tf.make_tensor_proto(image[None].astype(np.float32), shape=[1, h, w, 3]))
-    float_req.inputs["height"].CopyFrom(tf.make_tensor_proto(h, shape=[1]))
-    float_req.inputs["width"].CopyFrom(tf.make_tensor_proto(w, shape=[1]))
-    bytes_req = predict_pb2.PredictRequest()
-    bytes_req.model_spec.name = model_name
-    bytes_req.model_spec.signature_name = SERVING_DEFAULT
-    bytes_req.inputs["image_bytes"].CopyFrom(
-        tf.make_tensor_proto([encode_png(image)], dtype=tf.string, shape=[1]))
-    return [float_req, bytes_req]
+    return [
+        predict_request(model_name, PREDICT_IMAGES, {
+            IMAGES: image[None].astype(np.float32),
+            HEIGHT: np.array([h], np.int32), WIDTH: np.array([w], np.int32)}),
+        encoded_image_request(model_name, [encode_png(image)], outputs=()),
+    ]
 
 
-def write(version_dir: Path, model_name: str = "deeplab") -> int:
+def write(version_dir: Path, model_name: str = DEFAULT_MODEL_NAME) -> int:
     """Write the warmup file into ``version_dir``; returns the number of records."""
     log_pb2 = protos.module("tensorflow_serving.apis.prediction_log_pb2")
     path = version_dir / WARMUP_FILE

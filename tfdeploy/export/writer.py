@@ -23,8 +23,14 @@ from tfdeploy.errors import ExportError, UserError
 from tfdeploy.export import checkpoint as ckpt
 from tfdeploy.export import warmup
 from tfdeploy.export.model import DeepLabV3
-from tfdeploy.export.signatures import PREDICT_IMAGES, SERVING_DEFAULT, ServingModule
-from tfdeploy.versions import METADATA_FILE, next_version, numeric_dirs
+from tfdeploy.export.signatures import ServingModule
+from tfdeploy.tfs.names import (
+    DEFAULT_MODEL_NAME,
+    PREDICT_IMAGES,
+    SEGMENTATION_MAP,
+    SERVING_DEFAULT,
+)
+from tfdeploy.tfs.versions import METADATA_FILE, next_version, numeric_dirs
 
 TMP_PREFIX = ".tfdeploy-export-"
 LOGIT_TOLERANCE = 1e-4
@@ -48,6 +54,17 @@ class ExportResult:
     seconds: float
     replaced: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """What the export did, for people: the version path, then one line."""
+        check = (f"verified (max logit diff {self.max_abs_logit_diff:.2g})"
+                 if self.verified else "not verified")
+        return (f"{self.path}\n"
+                f"exported {self.backbone} ({self.format} checkpoint, {self.num_classes} "
+                f"classes, OS{self.output_stride}) as version {self.version}"
+                f"{' (replaced)' if self.replaced else ''}: signatures "
+                f"{', '.join(self.signatures)}; {self.warmup_records} warmup records; "
+                f"{check}; {self.seconds:.1f}s")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -89,27 +106,32 @@ def verify(version_dir: Path, model: DeepLabV3) -> float:
     mask = expected.argmax(-1)
     h, w = image.shape[:2]
     out = loaded.signatures[PREDICT_IMAGES](
-        images=batch, height=tf.constant([h]), width=tf.constant(w))["segmentation_map"]
+        images=batch, height=tf.constant([h]), width=tf.constant(w))[SEGMENTATION_MAP]
     if not np.array_equal(out.numpy(), mask):
         raise ExportError(f"verification failed: {PREDICT_IMAGES} mask differs from checkpoint")
     out = loaded.signatures[SERVING_DEFAULT](
         image_bytes=tf.constant([warmup.encode_png(image)]))
-    if not np.array_equal(out["segmentation_map"].numpy().astype(np.int64), mask):
+    if not np.array_equal(out[SEGMENTATION_MAP].numpy().astype(np.int64), mask):
         raise ExportError(f"verification failed: {SERVING_DEFAULT} mask differs from checkpoint")
     return diff
 
 
 def export(
-    checkpoint_path: str | Path,
+    checkpoint_path: str | Path | None = None,
     output: str | Path = "models/deeplab",
     version: int | None = None,
     overwrite: bool = False,
     do_verify: bool = True,
     do_warmup: bool = True,
-    model_name: str = "deeplab",
+    model_name: str = DEFAULT_MODEL_NAME,
     progress: Progress | None = None,
 ) -> ExportResult:
-    """Export a checkpoint as version ``version`` (default: next) of the base ``output``."""
+    """Export a checkpoint (default: the bundled demo) as version ``version`` (default:
+    next) of the base ``output``."""
+    if checkpoint_path is None:
+        from tfdeploy.demo import DEMO_CHECKPOINT
+
+        checkpoint_path = DEMO_CHECKPOINT
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     timings: dict[str, float] = {}

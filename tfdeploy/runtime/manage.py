@@ -55,6 +55,19 @@ def run_foreground(spec: ServeSpec, runtime: str = "auto",
     return 0
 
 
+def client_endpoints(servers: tuple[str, ...] | list[str], transport: str) -> list[str]:
+    """Where a client command sends requests: the ``--server`` values when given, else
+    the server ``tfdeploy serve`` started last, else TF Serving's default port on
+    localhost.  The client itself only takes plain addresses."""
+    from tfdeploy.client.pool import parse_addresses
+    from tfdeploy.tfs.names import DEFAULT_PORTS
+
+    addresses = parse_addresses(servers, transport)
+    if addresses:
+        return addresses
+    return [state.latest_endpoint(transport) or f"localhost:{DEFAULT_PORTS[transport]}"]
+
+
 def find(name: str | None) -> ServerRecord:
     records = state.load_all()
     if name is None:

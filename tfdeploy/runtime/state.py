@@ -105,7 +105,7 @@ def remove(name: str) -> None:
             _write(path, records)
 
 
-def default_endpoint(transport: str) -> str | None:
+def latest_endpoint(transport: str) -> str | None:
     """The most recently started server's endpoint for ``transport``, if any."""
     records = sorted(load_all().values(), key=lambda r: r.started_at)
     if not records:

@@ -15,6 +15,7 @@ import sys
 import threading
 
 from tfdeploy.errors import UserError
+from tfdeploy.serving.options import ServerOptions
 
 # Flags tensorflow_model_server has that we accept and ignore, with a warning.
 UNIMPLEMENTED_FLAGS = (
@@ -50,31 +51,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tfdeploy-model-server", allow_abbrev=False,
                 description="TF Serving-compatible model server (gRPC + REST) for SavedModels.",
                 epilog=__doc__.split("\n\n", 1)[1])
+    d = ServerOptions()  # the defaults live there once
     flag = p.add_argument
-    flag("--port", type=int, default=8500, help="gRPC port (default 8500)")
-    flag("--grpc_host", default="0.0.0.0", help="gRPC bind address (tfdeploy: 127.0.0.1)")
-    flag("--rest_api_port", type=int, default=0, help="REST port; 0 disables REST")
-    flag("--rest_api_host", default="0.0.0.0", help="REST bind address")
-    flag("--model_name", default="default", help="name of the single model")
-    flag("--model_base_path", default="", help="base path of the single model's versions")
-    flag("--model_config_file", default="", help="ModelServerConfig text proto (many models)")
-    flag("--model_config_file_poll_wait_seconds", type=float, default=0,
+    flag("--port", type=int, default=d.port, help=f"gRPC port (default {d.port})")
+    flag("--grpc_host", default=d.grpc_host, help="gRPC bind address (tfdeploy: 127.0.0.1)")
+    flag("--rest_api_port", type=int, default=d.rest_api_port,
+         help="REST port; 0 disables REST")
+    flag("--rest_api_host", default=d.rest_api_host, help="REST bind address")
+    flag("--model_name", default=d.model_name, help="name of the single model")
+    flag("--model_base_path", default=d.model_base_path,
+         help="base path of the single model's versions")
+    flag("--model_config_file", default=d.model_config_file,
+         help="ModelServerConfig text proto (many models)")
+    flag("--model_config_file_poll_wait_seconds", type=float,
+         default=d.model_config_file_poll_wait_seconds,
          help="re-read --model_config_file this often; 0 = never")
-    flag("--file_system_poll_wait_seconds", type=float, default=1,
+    flag("--file_system_poll_wait_seconds", type=float,
+         default=d.file_system_poll_wait_seconds,
          help="poll base paths for new versions this often; 0 = once at start")
-    flag("--enable_batching", type=_bool, nargs="?", const=True, default=False,
+    flag("--enable_batching", type=_bool, nargs="?", const=True, default=d.enable_batching,
          help="merge concurrent requests into batches")
-    flag("--batching_parameters_file", default="", help="BatchingParameters text proto")
-    flag("--enable_model_warmup", type=_bool, nargs="?", const=True, default=True,
+    flag("--batching_parameters_file", default=d.batching_parameters_file,
+         help="BatchingParameters text proto")
+    flag("--enable_model_warmup", type=_bool, nargs="?", const=True,
+         default=d.enable_model_warmup,
          help="replay assets.extra/tf_serving_warmup_requests at load (default true)")
-    flag("--monitoring_config_file", default="", help="MonitoringConfig text proto")
-    flag("--max_num_load_retries", type=int, default=5,
-         help="retries of a failed version load (default 5)")
-    flag("--load_retry_interval_micros", type=int, default=60_000_000,
+    flag("--monitoring_config_file", default=d.monitoring_config_file,
+         help="MonitoringConfig text proto")
+    flag("--max_num_load_retries", type=int, default=d.max_num_load_retries,
+         help=f"retries of a failed version load (default {d.max_num_load_retries})")
+    flag("--load_retry_interval_micros", type=int, default=d.load_retry_interval_micros,
          help="wait between load retries (default 1 minute)")
-    flag("--max_request_bytes", type=int, default=256 << 20,
+    flag("--max_request_bytes", type=int, default=d.max_request_bytes,
          help="largest accepted request body / message (tfdeploy extension)")
-    flag("--grpc_max_threads", type=int, default=32, help="gRPC worker threads")
+    flag("--grpc_max_threads", type=int, default=d.grpc_max_threads,
+         help="gRPC worker threads")
     flag("--version", action="store_true", help="print the version and exit")
     for name in UNIMPLEMENTED_FLAGS:
         flag(f"--{name}", default=None, nargs="?", const="true", help=argparse.SUPPRESS)
@@ -82,8 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(argv: list[str] | None = None):
-    from tfdeploy.serving.options import ServerOptions
-
     args = build_parser().parse_args(argv)
     ignored = [n for n in UNIMPLEMENTED_FLAGS if getattr(args, n) is not None]
     values = {k: v for k, v in vars(args).items() if k not in UNIMPLEMENTED_FLAGS}
@@ -107,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_import_tensorflow()
     from tfdeploy.serving.server import ModelServer
-    from tfdeploy.serving.status import ServingError
+    from tfdeploy.tfs.codes import StatusError
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -115,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = ModelServer(options)
         server.start()
-    except (ServingError, UserError) as exc:
+    except (StatusError, UserError) as exc:
         print(f"tfdeploy-model-server: error: {exc}", file=sys.stderr)
         return 2
     log.info("serving; pid %d", os.getpid())

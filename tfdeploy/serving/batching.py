@@ -15,11 +15,12 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from tfdeploy.serving.status import Code, ServingError
+from tfdeploy.tfs.codes import Code, StatusError
 
 log = logging.getLogger("tfdeploy.serving.batching")
 
@@ -48,7 +49,28 @@ class _Task:
     key: tuple
     done: threading.Event = field(default_factory=threading.Event)
     result: dict[str, np.ndarray] | None = None
-    error: ServingError | None = None
+    error: StatusError | None = None
+
+
+def merge_inputs(requests: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One input dict: each input of ``requests`` concatenated along the batch dimension, in
+    order (all requests have the same input names, dtypes and non-batch dimensions)."""
+    return {k: np.concatenate([r[k] for r in requests]) for k in requests[0]}
+
+
+def split_outputs(outputs: Mapping[str, np.ndarray],
+                  sizes: Sequence[int]) -> list[dict[str, np.ndarray]] | None:
+    """The outputs of a merged call sliced back into one dict per request (``sizes``: each
+    request's rows, in merge order), or None when some output has no batch dimension of
+    ``sum(sizes)`` rows and so cannot be split."""
+    total = sum(sizes)
+    if not all(v.ndim and v.shape[0] == total for v in outputs.values()):
+        return None
+    parts, start = [], 0
+    for size in sizes:
+        parts.append({k: v[start:start + size] for k, v in outputs.items()})
+        start += size
+    return parts
 
 
 def batchable(signature_def) -> bool:
@@ -85,7 +107,7 @@ class Batcher:
         with self._cond:
             limit = self.options.max_enqueued_batches * self.options.max_batch_size
             if sum(t.size for t in self._queue) + size > limit:
-                raise ServingError(Code.UNAVAILABLE, "batch queue is full; retry later")
+                raise StatusError(Code.UNAVAILABLE, "batch queue is full; retry later")
             self._queue.append(task)
             self._cond.notify()
         task.done.wait()
@@ -127,7 +149,7 @@ class Batcher:
             except Exception as exc:  # never leave a caller waiting
                 for t in tasks:
                     if not t.done.is_set():
-                        t.error = ServingError(Code.INTERNAL, f"batch failed: {exc}")
+                        t.error = StatusError(Code.INTERNAL, f"batch failed: {exc}")
                         t.done.set()
 
     def _run(self, tasks: list[_Task]) -> None:
@@ -135,23 +157,21 @@ class Batcher:
             self.metrics.observe_batch(self.servable, self.signature,
                                        sum(t.size for t in tasks), len(tasks))
         if len(tasks) > 1:
-            merged = {k: np.concatenate([t.inputs[k] for t in tasks]) for k in tasks[0].inputs}
-            total = sum(t.size for t in tasks)
+            merged = merge_inputs([t.inputs for t in tasks])
             try:
                 outputs = self.servable.call(self.signature, merged)
-                if all(v.ndim and v.shape[0] == total for v in outputs.values()):
-                    start = 0
-                    for t in tasks:
-                        t.result = {k: v[start:start + t.size] for k, v in outputs.items()}
-                        start += t.size
+                parts = split_outputs(outputs, [t.size for t in tasks])
+                if parts is not None:
+                    for t, part in zip(tasks, parts, strict=True):
+                        t.result = part
                         t.done.set()
                     return
-            except ServingError as exc:
+            except StatusError as exc:
                 log.debug("merged batch of %d failed (%s); running alone", len(tasks), exc)
         for t in tasks:
             try:
                 t.result = self.servable.call(self.signature, t.inputs)
-            except ServingError as exc:
+            except StatusError as exc:
                 t.error = exc
             t.done.set()
 

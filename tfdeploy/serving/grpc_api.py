@@ -1,8 +1,9 @@
 """gRPC front end: TF Serving's PredictionService and ModelService, registered with the
 official generated servicer helpers so stubs written for tensorflow_model_server connect.
 
-Predict outputs go in the typed value fields (int64_val, ...), never tensor_content: the
-seed's client reads only those (REFERENCE §2).
+Predict outputs go in the typed value fields (int64_val, ...), never tensor_content, as
+tensorflow_model_server does: clients written for it (the tutorial's included) read only
+those.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from concurrent import futures
 
 import grpc
 
-from tfdeploy.client import protos, tensors
-from tfdeploy.serving.status import Code, ServingError
+from tfdeploy.tfs import protos, tensors
+from tfdeploy.tfs.codes import Code, StatusError
 
 log = logging.getLogger("tfdeploy.serving.grpc")
 
@@ -23,25 +24,25 @@ def _spec(model_spec) -> tuple[str, int | None, str | None]:
     return model_spec.name, version, (model_spec.version_label or None)
 
 
-def _abort(context: grpc.ServicerContext, exc: ServingError):
+def _abort(context: grpc.ServicerContext, exc: StatusError):
     context.abort(getattr(grpc.StatusCode, exc.code.name), exc.message)
 
 
 def _guard(method):
-    """ServingError -> the matching gRPC status; anything else -> INTERNAL, logged."""
+    """StatusError -> the matching gRPC status; anything else -> INTERNAL, logged."""
 
     def wrapper(self, request, context):
         try:
             return method(self, request, context)
-        except ServingError as exc:
+        except StatusError as exc:
             _abort(context, exc)
         except ValueError as exc:
-            _abort(context, ServingError(Code.INVALID_ARGUMENT, str(exc)))
+            _abort(context, StatusError(Code.INVALID_ARGUMENT, str(exc)))
         except Exception as exc:
             if isinstance(exc, grpc.RpcError) or type(exc).__name__ == "_AbortError":
                 raise
             log.exception("internal error in %s", method.__name__)
-            _abort(context, ServingError(Code.INTERNAL, f"internal error: {exc}"))
+            _abort(context, StatusError(Code.INTERNAL, f"internal error: {exc}"))
 
     wrapper.__name__ = method.__name__
     return wrapper
@@ -60,7 +61,7 @@ def _servicers(server):
             try:
                 inputs = {k: tensors.from_proto(v) for k, v in request.inputs.items()}
             except ValueError as exc:
-                raise ServingError(Code.INVALID_ARGUMENT, f"bad input tensor: {exc}") from None
+                raise StatusError(Code.INVALID_ARGUMENT, f"bad input tensor: {exc}") from None
             servable, key, outputs = server.predict(
                 name, version, label, request.model_spec.signature_name, inputs,
                 list(request.output_filter), api="grpc")
@@ -79,19 +80,19 @@ def _servicers(server):
 
         @_guard
         def Classify(self, request, context):
-            raise ServingError(Code.UNIMPLEMENTED,
+            raise StatusError(Code.UNIMPLEMENTED,
                                "Classify is not implemented by tfdeploy-model-server; "
                                "DeepLab models serve Predict signatures only")
 
         @_guard
         def Regress(self, request, context):
-            raise ServingError(Code.UNIMPLEMENTED,
+            raise StatusError(Code.UNIMPLEMENTED,
                                "Regress is not implemented by tfdeploy-model-server; "
                                "DeepLab models serve Predict signatures only")
 
         @_guard
         def MultiInference(self, request, context):
-            raise ServingError(Code.UNIMPLEMENTED, "MultiInference is not implemented")
+            raise StatusError(Code.UNIMPLEMENTED, "MultiInference is not implemented")
 
     class ModelService(ms_grpc.ModelServiceServicer):
         @_guard
@@ -104,7 +105,7 @@ def _servicers(server):
             response = mm_pb2.ReloadConfigResponse()
             try:
                 server.apply_config(request.config)
-            except ServingError as exc:
+            except StatusError as exc:
                 response.status.error_code = exc.code.number
                 response.status.error_message = exc.message
             return response
@@ -129,6 +130,6 @@ def serve(server, host: str, port: int) -> grpc.Server:
     except RuntimeError:
         bound = 0
     if not bound:
-        raise ServingError(Code.UNAVAILABLE, f"cannot bind gRPC port {address} (in use?)")
+        raise StatusError(Code.UNAVAILABLE, f"cannot bind gRPC port {address} (in use?)")
     grpc_server.start()
     return grpc_server

@@ -2,7 +2,7 @@
 
 When the Source aspires a new version, the Manager loads it (and replays warmup) while the
 old version keeps serving, and unloads the old one only once the new one is AVAILABLE: the
-"availability preserving" policy of the seed's overview, so a swap fails no request.
+"availability preserving" policy of TF Serving, so a swap fails no request.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tfdeploy.serving.servable import Servable
-from tfdeploy.serving.status import Code, ServingError
+from tfdeploy.tfs.codes import Code, StatusError
 
 log = logging.getLogger("tfdeploy.serving.manager")
 
@@ -126,7 +126,7 @@ class Manager:
     def _model(self, name: str) -> ModelState:
         model = self._models.get(name)
         if model is None:
-            raise ServingError(Code.NOT_FOUND,
+            raise StatusError(Code.NOT_FOUND,
                                f"Servable not found for request: Latest({name})")
         return model
 
@@ -135,14 +135,14 @@ class Manager:
             model = self._model(name)
             if label:
                 if label not in model.labels:
-                    raise ServingError(Code.NOT_FOUND,
+                    raise StatusError(Code.NOT_FOUND,
                                        f"Unrecognized servable version label: {label}")
                 return model.labels[label]
             if version is not None:
                 return version
             available = [v for v, vs in model.versions.items() if vs.state == AVAILABLE]
             if not available:
-                raise ServingError(Code.NOT_FOUND,
+                raise StatusError(Code.NOT_FOUND,
                                    f"Servable not found for request: Latest({name})")
             return max(available)
 
@@ -152,7 +152,7 @@ class Manager:
             number = self.resolve(name, version, label)
             vs = self._model(name).versions.get(number)
             if vs is None or vs.servable is None:
-                raise ServingError(Code.NOT_FOUND,
+                raise StatusError(Code.NOT_FOUND,
                                    f"Servable not found for request: Specific({name}, {number})")
             return vs.servable
 
@@ -163,7 +163,7 @@ class Manager:
             if label or version is not None:
                 number = self.resolve(name, version, label)
                 if number not in model.versions:
-                    raise ServingError(Code.NOT_FOUND,
+                    raise StatusError(Code.NOT_FOUND,
                                        f"Could not find version {number} of model {name}")
                 return [model.versions[number]]
             return [model.versions[v] for v in sorted(model.versions, reverse=True)]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tfdeploy.tfs.names import GRPC_PORT
+
 DEFAULT_MAX_REQUEST_BYTES = 256 << 20
 
 
 @dataclass
 class ServerOptions:
-    port: int = 8500
+    port: int = GRPC_PORT
     grpc_host: str = "0.0.0.0"
     rest_api_port: int = 0
     rest_api_host: str = "0.0.0.0"

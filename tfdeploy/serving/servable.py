@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfdeploy.client import tensors
-from tfdeploy.export.inspect import read_saved_model
-from tfdeploy.serving.status import Code, ServingError, tf_error_message
-from tfdeploy.versions import WARMUP_FILE
+from tfdeploy.tfs import tensors
+from tfdeploy.tfs.codes import Code, StatusError, tf_error_message
+from tfdeploy.tfs.names import DEFAULT_SIGNATURE, SERVE_TAG
+from tfdeploy.tfs.saved_model import read_saved_model, serving_signature_defs, shape_text
+from tfdeploy.tfs.versions import WARMUP_FILE
 
 log = logging.getLogger("tfdeploy.serving")
 
-DEFAULT_SIGNATURE = "serving_default"
 MAX_WARMUP_RECORDS = 1000
 
 
@@ -39,7 +39,7 @@ class Servable:
     def signature(self, key: str):
         key = key or DEFAULT_SIGNATURE
         if key not in self.signature_defs:
-            raise ServingError(Code.INVALID_ARGUMENT,
+            raise StatusError(Code.INVALID_ARGUMENT,
                                f'Serving signature key "{key}" not found. Available: '
                                f"{', '.join(sorted(self.signature_defs))}")
         return key, self.signature_defs[key]
@@ -49,7 +49,7 @@ class Servable:
         expected, got = set(sd.inputs), set(inputs)
         if expected != got:
             extra, missing = sorted(got - expected), sorted(expected - got)
-            raise ServingError(
+            raise StatusError(
                 Code.INVALID_ARGUMENT,
                 f"input size does not match signature {key!r}: {len(got)}!={len(expected)}. "
                 f"Sent extra: {extra}. Missing but required: {missing}.")
@@ -59,7 +59,7 @@ class Servable:
             if (want.kind == "O") != (array.dtype.kind == "O") or (
                     want.kind != "O" and array.dtype != want):
                 have = "string" if array.dtype.kind == "O" else str(array.dtype)
-                raise ServingError(
+                raise StatusError(
                     Code.INVALID_ARGUMENT,
                     f"input {name!r} expects dtype {tensors.dtype_name(info.dtype)}, "
                     f"got {have}")
@@ -68,8 +68,8 @@ class Servable:
             dims = [d.size for d in info.tensor_shape.dim]
             if len(dims) != array.ndim or any(
                     d >= 0 and d != s for d, s in zip(dims, array.shape, strict=True)):
-                spec = "[" + ", ".join("?" if d < 0 else str(d) for d in dims) + "]"
-                raise ServingError(
+                spec = shape_text([d if d >= 0 else None for d in dims])
+                raise StatusError(
                     Code.INVALID_ARGUMENT,
                     f"input {name!r} expects shape {spec}, got {list(array.shape)}")
 
@@ -79,7 +79,7 @@ class Servable:
         key, sd = self.signature(key)
         unknown = [o for o in output_filter if o not in sd.outputs]
         if unknown:
-            raise ServingError(Code.INVALID_ARGUMENT,
+            raise StatusError(Code.INVALID_ARGUMENT,
                                f"output tensor alias {unknown[0]!r} not found in signature "
                                f"{key!r} (outputs: {', '.join(sorted(sd.outputs))})")
         self.check_inputs(key, inputs)
@@ -101,9 +101,9 @@ class Servable:
         try:
             result = fn(**{k: tf.constant(v) for k, v in inputs.items()})
         except tf.errors.InvalidArgumentError as exc:
-            raise ServingError(Code.INVALID_ARGUMENT, tf_error_message(exc)) from None
+            raise StatusError(Code.INVALID_ARGUMENT, tf_error_message(exc)) from None
         except (tf.errors.OpError, TypeError, ValueError) as exc:
-            raise ServingError(Code.INTERNAL, tf_error_message(exc)) from None
+            raise StatusError(Code.INTERNAL, tf_error_message(exc)) from None
         return {k: v.numpy() for k, v in result.items()}
 
 
@@ -119,12 +119,11 @@ class Loader:
 
     def load(self) -> Servable:
         _, proto = read_saved_model(self.path)
-        graphs = [mg for mg in proto.meta_graphs if "serve" in mg.meta_info_def.tags]
-        if not graphs:
-            raise ServingError(Code.FAILED_PRECONDITION,
-                               f"{self.path}: no meta graph tagged 'serve'")
-        defs = {k: v for k, v in graphs[0].signature_def.items() if not k.startswith("__")}
-        loaded = tf.saved_model.load(str(self.path), tags=["serve"])
+        defs = serving_signature_defs(proto, SERVE_TAG)
+        if defs is None:
+            raise StatusError(Code.FAILED_PRECONDITION,
+                              f"{self.path}: no meta graph tagged {SERVE_TAG!r}")
+        loaded = tf.saved_model.load(str(self.path), tags=[SERVE_TAG])
         functions = {k: loaded.signatures[k] for k in defs if k in loaded.signatures}
         servable = Servable(self.name, self.version, self.path,
                             {k: defs[k] for k in functions}, functions, keepalive=loaded)
@@ -141,7 +140,7 @@ class Loader:
         path = self.path / WARMUP_FILE
         if not path.is_file():
             return
-        from tfdeploy.client import protos
+        from tfdeploy.tfs import protos
 
         log_pb2 = protos.module("tensorflow_serving.apis.prediction_log_pb2")
         count = 0

@@ -19,7 +19,9 @@ from tfdeploy.serving.metrics import Metrics
 from tfdeploy.serving.options import ServerOptions
 from tfdeploy.serving.servable import Loader, Servable
 from tfdeploy.serving.source import FileSystemSource
-from tfdeploy.serving.status import Code, ServingError
+from tfdeploy.tfs import protos
+from tfdeploy.tfs.codes import Code, StatusError
+from tfdeploy.tfs.names import DEFAULT_SIGNATURE
 
 log = logging.getLogger("tfdeploy.serving")
 
@@ -55,7 +57,7 @@ class ModelServer:
                 log.warning("--model_config_file given: ignoring --model_name/--model_base_path")
             return config_files.model_server_config(o.model_config_file)
         if not o.model_base_path:
-            raise ServingError(Code.INVALID_ARGUMENT,
+            raise StatusError(Code.INVALID_ARGUMENT,
                                "--model_base_path or --model_config_file is required")
         return config_files.single_model_config(o.model_name, o.model_base_path)
 
@@ -67,17 +69,17 @@ class ModelServer:
         """Make ``config`` (a ModelServerConfig) the served set: new models load, removed
         ones unload, policies and labels change in place."""
         if config.WhichOneof("config") != "model_config_list":
-            raise ServingError(Code.INVALID_ARGUMENT,
+            raise StatusError(Code.INVALID_ARGUMENT,
                                "only model_config_list configurations are supported")
         models, names = {}, set()
         for mc in config.model_config_list.config:
             if not mc.name or not mc.base_path:
-                raise ServingError(Code.INVALID_ARGUMENT,
+                raise StatusError(Code.INVALID_ARGUMENT,
                                    "every model config needs a name and a base_path")
             if mc.name in names:
-                raise ServingError(Code.INVALID_ARGUMENT, f"duplicate model name {mc.name!r}")
+                raise StatusError(Code.INVALID_ARGUMENT, f"duplicate model name {mc.name!r}")
             if mc.model_platform not in ("", "tensorflow"):
-                raise ServingError(Code.INVALID_ARGUMENT,
+                raise StatusError(Code.INVALID_ARGUMENT,
                                    f"model {mc.name}: unsupported platform {mc.model_platform}")
             names.add(mc.name)
             models[mc.name] = (Path(mc.base_path), mc.model_version_policy)
@@ -138,13 +140,13 @@ class ModelServer:
                 api: str = "grpc") -> tuple[Servable, str, dict[str, np.ndarray]]:
         started = time.perf_counter()
         servable = None
-        key = signature or "serving_default"
+        key = signature or DEFAULT_SIGNATURE
         status = "OK"
         try:
             servable = self.manager.handle(name, version, label)
             key, _ = servable.signature(signature)
             return servable, key, servable.run(key, inputs, output_filter)
-        except ServingError as exc:
+        except StatusError as exc:
             status = exc.code.name
             raise
         except Exception:
@@ -155,8 +157,6 @@ class ModelServer:
                                  time.perf_counter() - started)
 
     def status_proto(self, name: str, version: int | None, label: str | None):
-        from tfdeploy.client import protos
-
         status_pb2 = protos.module("tensorflow_serving.apis.get_model_status_pb2")
         response = status_pb2.GetModelStatusResponse()
         for vs in self.manager.statuses(name, version, label):
@@ -169,12 +169,10 @@ class ModelServer:
 
     def metadata_proto(self, name: str, version: int | None, label: str | None,
                        fields=("signature_def",)):
-        from tfdeploy.client import protos
-
         meta_pb2 = protos.module("tensorflow_serving.apis.get_model_metadata_pb2")
         unsupported = [f for f in fields if f != "signature_def"]
         if unsupported or not fields:
-            raise ServingError(Code.INVALID_ARGUMENT,
+            raise StatusError(Code.INVALID_ARGUMENT,
                                f"Metadata field {unsupported[0] if unsupported else '(none)'} "
                                "is not supported (supported: signature_def)")
         servable = self.manager.handle(name, version, label)

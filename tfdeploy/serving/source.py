@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tfdeploy.serving import policy as version_policy
-from tfdeploy.versions import numeric_dirs, saved_model_file
+from tfdeploy.tfs.versions import numeric_dirs, saved_model_file
 
 log = logging.getLogger("tfdeploy.serving.source")
 

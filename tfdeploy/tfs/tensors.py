@@ -2,7 +2,8 @@
 
 Clients send with ``tensor_content`` (raw little-endian bytes: the fast path, no per-value
 protobuf work).  Servers answer in the typed value fields (``int64_val``, ``float_val``,
-...) because the seed's clients read only those (REFERENCE §2); ``typed=True`` does that.
+...), as tensorflow_model_server does, because clients written for it read only those;
+``typed=True`` does that.
 Both directions accept every representation TF itself produces.
 """
 
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tfdeploy.client import protos
+from tfdeploy.tfs import protos
 
 # DataType enum value -> (numpy dtype, typed value field)
 _DTYPES: dict[int, tuple[np.dtype, str]] = {

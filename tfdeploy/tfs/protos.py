@@ -77,3 +77,11 @@ def dtype_name(enum: int) -> str:
     """DataType enum value -> TF's short name (``float``, ``int64``, ``string`` ...)."""
     name = types_pb2().DataType.Name(enum)
     return name[3:].lower() if name.startswith("DT_") else name
+
+
+def dtype_enum(name: str) -> int:
+    """TF's short dtype name (``float``, ``int64``, ``string``) -> DataType enum value."""
+    try:
+        return types_pb2().DataType.Value("DT_" + name.upper())
+    except ValueError:
+        raise ValueError(f"unknown tensor dtype {name!r}") from None

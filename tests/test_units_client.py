@@ -1,0 +1,137 @@
+"""Fast unit tests of the client's endpoint policy: address parsing, round robin,
+cool-down and retries.  The transports here are in-memory implementations of the
+Transport interface that answer from a script, so the policy is tested without sockets
+(the real transports are tested over loopback in test_client.py)."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+
+import pytest
+
+from tfdeploy.client.base import ClientError, Transport
+from tfdeploy.client.pool import EndpointPool, Endpoints, connect, parse_addresses
+
+
+class Scripted(Transport):
+    """Answers each call with the next item of ``script`` (an exception is raised)."""
+
+    name = "grpc"
+
+    def __init__(self, address: str, script: list):
+        self.address, self.script, self.calls = address, list(script), 0
+
+    def _next(self):
+        self.calls += 1
+        item = self.script.pop(0) if self.script else "ok"
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def metadata(self, model, version=None):
+        return self._next()
+
+    def status(self, model, version=None):
+        return self._next()
+
+    def predict(self, model, signature, inputs, version=None, outputs=None,
+                output_dtypes=None):
+        return {"address": self.address, "value": self._next()}
+
+    def predict_png(self, model, image, version=None, signature="serving_default"):
+        return self._next()
+
+
+def unavailable(address="a"):
+    return ClientError("UNAVAILABLE", "down", address)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_parse_addresses():
+    assert parse_addresses(["h1,h2:9000", " ", "[::1]:7", "[::1]"], "grpc") == [
+        "h1:8500", "h2:9000", "[::1]:7", "[::1]:8500"]
+    assert parse_addresses(["host"], "rest") == ["host:8501"]
+    assert parse_addresses([], "grpc") == []
+
+
+def test_connect_builds_one_transport_per_address():
+    pool = connect("127.0.0.1:1,127.0.0.1:1,127.0.0.1:2", "rest", timeout=1)
+    assert pool.name == "rest" and pool.addresses == ["127.0.0.1:1", "127.0.0.1:2"]
+    with pytest.raises(ValueError, match="transport must be"):
+        connect("x", "http")
+
+
+def test_round_robin_and_cooldown():
+    clock = Clock()
+    ep = Endpoints(["a", "b", "c"], cooldown=5, clock=clock)
+    assert [ep.pick() for _ in range(4)] == ["a", "b", "c", "a"]
+    ep.mark_down("b")
+    assert [ep.pick() for _ in range(3)] == ["c", "a", "c"]
+    clock.now += 5.1
+    assert "b" in {ep.pick() for _ in range(3)}
+    for address in ("a", "b", "c"):
+        ep.mark_down(address)
+    assert ep.pick() in {"a", "b", "c"}  # all down: still tries one
+
+
+def test_single_endpoint_is_never_marked_down():
+    clock = Clock()
+    ep = Endpoints(["a"], clock=clock)
+    ep.mark_down("a")
+    assert ep.pick() == "a"
+
+
+def test_retry_with_backoff_on_one_endpoint():
+    sleeps: list[float] = []
+    t = Scripted("a", [unavailable(), ClientError("CANCELLED", "stopping"), "fine"])
+    pool = EndpointPool({"a": t}, retries=4, backoff=0.2, sleep=sleeps.append)
+    assert pool.predict("m", "s", {})["value"] == "fine"
+    assert sleeps == [0.2, 0.4] and t.calls == 3 and pool.counts == {"a": 1}
+
+
+def test_retry_budget_is_bounded():
+    sleeps: list[float] = []
+    t = Scripted("a", [unavailable()] * 10)
+    pool = EndpointPool({"a": t}, retries=2, sleep=sleeps.append)
+    with pytest.raises(ClientError) as info:
+        pool.metadata("m")
+    assert info.value.code == "UNAVAILABLE" and t.calls == 3 and len(sleeps) == 2
+
+
+def test_non_retryable_errors_are_not_retried():
+    t = Scripted("a", [ClientError("INVALID_ARGUMENT", "bad image")])
+    pool = EndpointPool({"a": t}, sleep=lambda s: pytest.fail("slept"))
+    with pytest.raises(ClientError, match="bad image"):
+        pool.predict_png("m", b"x")
+    assert t.calls == 1
+
+
+def test_failover_to_the_next_endpoint_without_sleeping():
+    a, b = Scripted("a", [unavailable("a")] * 3), Scripted("b", [])
+    pool = EndpointPool({"a": a, "b": b}, retries=0, sleep=lambda s: pytest.fail("slept"))
+    results = [pool.predict("m", "s", {})["address"] for _ in range(4)]
+    assert results == ["b"] * 4  # a failed once, then sat out its cool-down
+    assert a.calls == 1 and pool.counts == {"a": 0, "b": 4}
+
+
+def test_predict_async_retries_through_the_pool():
+    a = Scripted("a", [unavailable("a")])
+    pool = EndpointPool({"a": a}, sleep=lambda s: None)
+    future = pool.predict_async("m", "s", {})
+    assert isinstance(future, Future) and future.result(timeout=5)["value"] == "ok"
+    bad = Scripted("b", [ClientError("NOT_FOUND", "no model")])
+    with pytest.raises(ClientError, match="no model"):
+        EndpointPool({"b": bad}).predict_async("m", "s", {}).result(timeout=5)
+
+
+def test_client_error_text_and_code():
+    exc = ClientError("NOT_FOUND", "Servable not found", "h:1")
+    assert str(exc) == "NOT_FOUND: Servable not found" and exc.endpoint == "h:1"
+    assert exc.code.http == 404 and not exc.code.retryable

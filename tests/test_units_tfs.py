@@ -1,0 +1,186 @@
+"""Fast unit tests of TF Serving's contract (``tfdeploy/tfs``): codecs and codes, no
+sockets and no TensorFlow."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+from tfdeploy.tfs import json_tensors, protos, requests, tensors
+from tfdeploy.tfs.codes import Code, StatusError
+from tfdeploy.tfs.saved_model import shape_text, signature
+
+
+# -- codes -------------------------------------------------------------------------------
+def test_codes_numbers_match_grpc():
+    import grpc
+
+    for status in grpc.StatusCode:
+        code = Code(status.name)
+        assert code.number == status.value[0]
+        assert Code.from_number(code.number) is code
+
+
+@pytest.mark.parametrize("code, http", [
+    ("OK", 200), ("INVALID_ARGUMENT", 400), ("FAILED_PRECONDITION", 400), ("NOT_FOUND", 404),
+    ("UNIMPLEMENTED", 501), ("UNAVAILABLE", 503), ("INTERNAL", 500),
+    ("RESOURCE_EXHAUSTED", 429), ("DEADLINE_EXCEEDED", 504), ("UNAUTHENTICATED", 401)])
+def test_codes_http(code, http):
+    assert Code(code).http == http
+
+
+def test_codes_compare_as_names_and_map_back_from_http():
+    assert Code.NOT_FOUND == "NOT_FOUND" and str(Code.NOT_FOUND) == "NOT_FOUND"
+    for code in (Code.INVALID_ARGUMENT, Code.NOT_FOUND, Code.UNIMPLEMENTED, Code.UNAVAILABLE,
+                 Code.INTERNAL, Code.RESOURCE_EXHAUSTED):
+        assert Code.from_http(code.http) is code
+    assert Code.from_http(418) is Code.INVALID_ARGUMENT and Code.from_http(599) is Code.UNKNOWN
+    assert {c for c in Code if c.retryable} == {Code.UNAVAILABLE, Code.CANCELLED}
+
+
+# -- tensors -----------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.uint8, np.int16,
+                                   np.int8, np.int64, np.bool_, np.uint16, np.float16,
+                                   np.uint32, np.uint64])
+@pytest.mark.parametrize("typed", [False, True])
+def test_tensor_round_trip(dtype, typed):
+    array = (np.arange(12).reshape(3, 4) % 7).astype(dtype)
+    proto = tensors.to_proto(array, typed=typed)
+    assert bool(proto.tensor_content) is not typed
+    back = tensors.from_proto(proto)
+    assert back.dtype == array.dtype and back.shape == (3, 4)
+    np.testing.assert_array_equal(back, array)
+
+
+def test_string_tensors_and_tf_conventions():
+    proto = tensors.to_proto(np.array([b"a", "\u00e9"], dtype=object))
+    assert proto.dtype == requests.DT_STRING
+    assert list(tensors.from_proto(proto)) == [b"a", "\u00e9".encode()]
+    one = tensors.to_proto([5.0], typed=True)
+    one.tensor_shape.dim[0].size = 3  # TF's convention: one value fills the shape
+    np.testing.assert_array_equal(tensors.from_proto(one), [5.0, 5.0, 5.0])
+    bad = tensors.to_proto(np.zeros(4, np.float32), typed=True)
+    bad.tensor_shape.dim[0].size = 3
+    with pytest.raises(ValueError, match="4 values but its shape"):
+        tensors.from_proto(bad)
+
+
+def test_dtype_names_both_ways():
+    for name in ("float", "int64", "string", "uint8", "half", "bool"):
+        assert protos.dtype_name(protos.dtype_enum(name)) == name
+    with pytest.raises(ValueError, match="unknown tensor dtype"):
+        protos.dtype_enum("float33")
+
+
+# -- requests ----------------------------------------------------------------------------
+def test_requests():
+    r = requests.encoded_image_request("deeplab", [b"1", b"2"], version=3)
+    assert r.model_spec.version.value == 3 and r.model_spec.signature_name == "serving_default"
+    assert list(r.inputs["image_bytes"].string_val) == [b"1", b"2"]
+    assert [d.size for d in r.inputs["image_bytes"].tensor_shape.dim] == [2]
+    assert list(r.output_filter) == ["mask_png"]
+    p = requests.predict_request("m", "sig", {"x": np.ones((1, 2), np.float32)},
+                                 outputs=["y"])
+    assert not p.model_spec.HasField("version") and list(p.output_filter) == ["y"]
+    np.testing.assert_array_equal(tensors.from_proto(p.inputs["x"]), [[1, 1]])
+    labelled = requests.status_request("m")
+    requests.set_model_spec(labelled.model_spec, "m", label="stable")
+    assert labelled.model_spec.version_label == "stable"
+
+
+# -- signatures --------------------------------------------------------------------------
+def _signature_def():
+    meta_graph_pb2 = protos.module("tensorflow.core.protobuf.meta_graph_pb2")
+    sd = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
+    x = sd.inputs["x"]
+    x.dtype = protos.dtype_enum("float")
+    for size in (-1, 3):
+        x.tensor_shape.dim.add(size=size)
+    s = sd.inputs["s"]
+    s.dtype = protos.dtype_enum("string")
+    s.tensor_shape.unknown_rank = True
+    sd.outputs["y"].dtype = protos.dtype_enum("int64")
+    return sd
+
+
+def test_signature_table_and_shape_text():
+    sig = signature(_signature_def())
+    assert sig.inputs == {"s": ("string", None), "x": ("float", [None, 3])}
+    assert sig.outputs == {"y": ("int64", [])}
+    assert shape_text([None, 3]) == "[?, 3]" and shape_text(None) == "unknown rank"
+
+
+# -- REST JSON ---------------------------------------------------------------------------
+def test_parse_predict_row_and_columnar():
+    sd = _signature_def()
+    row = {"instances": [{"x": [1, 2, 3], "s": "a"}, {"x": [4, 5, 6], "s": {"b64": "Yg=="}}]}
+    inputs, fmt = json_tensors.parse_predict(row, sd)
+    assert fmt == "row" and inputs["x"].dtype == np.float32 and inputs["x"].shape == (2, 3)
+    assert list(inputs["s"]) == [b"a", b"b"]
+    inputs, fmt = json_tensors.parse_predict({"inputs": {"x": [[1, 2, 3]], "s": ["z"]}}, sd)
+    assert fmt == "columnar" and inputs["x"].shape == (1, 3)
+
+
+@pytest.mark.parametrize("body, message", [
+    ({}, "exactly one of"),
+    ({"instances": [], }, "non-empty list"),
+    ({"instances": [{"x": [1]}, {"s": "a"}]}, "same inputs"),
+    ({"inputs": {"x": "text", "s": "a"}}, "expected numbers"),
+    ({"inputs": {"x": [[1, 2], [3]], "s": "a"}}, "ragged"),
+    ({"inputs": {"q": [1], "s": "a"}}, "'q' is not in the signature"),
+    ({"inputs": {"x": [1], "s": {"b64": "!!"}}}, "invalid base64"),
+    ({"inputs": {"x": [1], "s": {"c": 1}}}, "only {\"b64\""),
+    ({"inputs": [1, 2]}, "must be an object"),
+])
+def test_parse_predict_errors(body, message):
+    with pytest.raises(StatusError, match=message.replace("{", r"\{")) as info:
+        json_tensors.parse_predict(body, _signature_def())
+    assert info.value.code is Code.INVALID_ARGUMENT
+
+
+def test_render_predict_and_parse_outputs_round_trip():
+    outputs = {"mask_png": np.array([b"\x89PNG", b"ok"], dtype=object),
+               "name_bytes": np.array([b"abc", b"d"], dtype=object),
+               "segmentation_map": np.array([[1, 2], [3, 4]], np.int64)}
+    row = json_tensors.render_predict(outputs, "row")
+    assert row["predictions"][0]["mask_png"] == {"b64": base64.b64encode(b"\x89PNG").decode()}
+    assert row["predictions"][1]["mask_png"] == "ok"  # valid UTF-8 stays text
+    assert row["predictions"][0]["name_bytes"] == {"b64": "YWJj"}  # _bytes: always b64
+    col = json_tensors.render_predict(outputs, "columnar")
+    dtypes = {"segmentation_map": protos.dtype_enum("int64"),
+              "mask_png": protos.dtype_enum("string"), "name_bytes": protos.dtype_enum("string")}
+    back = json_tensors.parse_outputs(col, dtypes)
+    for key, value in outputs.items():
+        assert back[key].dtype == value.dtype
+        np.testing.assert_array_equal(back[key], value)
+    single = json_tensors.render_predict({"y": np.array([1.5], np.float32)}, "columnar")
+    assert single == {"outputs": [1.5]}
+    assert json_tensors.parse_outputs(single, outputs=["y"])["y"].tolist() == [1.5]
+
+
+def test_render_row_needs_a_common_batch_size():
+    with pytest.raises(StatusError, match="first dimension"):
+        json_tensors.render_predict({"a": np.zeros(2), "b": np.zeros(3)}, "row")
+
+
+def test_predict_body_is_what_the_server_parses():
+    sd = _signature_def()
+    inputs = {"x": np.array([[1, 2, 3]], np.float32), "s": np.array([b"\xff\x00"], object)}
+    body = json_tensors.predict_body("sig", inputs)
+    assert body["signature_name"] == "sig" and body["inputs"]["s"] == [{"b64": "/wA="}]
+    parsed, _ = json_tensors.parse_predict(body, sd)
+    np.testing.assert_array_equal(parsed["x"], inputs["x"])
+    assert list(parsed["s"]) == [b"\xff\x00"]
+
+
+def test_status_json_round_trip():
+    status_pb2 = protos.module("tensorflow_serving.apis.get_model_status_pb2")
+    response = status_pb2.GetModelStatusResponse()
+    response.model_version_status.add(version=2, state=30).status.SetInParent()
+    as_json = json_tensors.message_to_json(response)
+    assert as_json["model_version_status"][0]["state"] == "AVAILABLE"
+    assert as_json["model_version_status"][0]["version"] == "2"
+    back = json_tensors.json_to_message(as_json, status_pb2.GetModelStatusResponse())
+    assert requests.version_states(back) == {2: "AVAILABLE"}

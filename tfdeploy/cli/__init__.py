@@ -1,0 +1,10 @@
+"""The ``tfdeploy`` command line: parse, call the library, print.  No logic here.
+
+One module per command group; each registers its commands on ``main``.  Library calls are
+imported inside the commands, so ``tfdeploy predict`` never pays for TensorFlow.
+"""
+
+from tfdeploy.cli import export, manifest, predict, serve  # noqa: F401 (registers commands)
+from tfdeploy.cli.app import main
+
+__all__ = ["main"]

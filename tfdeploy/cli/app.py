@@ -1,0 +1,51 @@
+"""The command group, its error handling and the helpers every command shares."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from tfdeploy.errors import UserError
+
+
+class _Group(click.Group):
+    """Turns UserError into one line on stderr and its exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tfdeploy")
+def main() -> None:
+    """DeepLab-v3 checkpoint -> TensorFlow Serving -> segmentation masks.
+
+    \b
+      tfdeploy export              checkpoint -> models/deeplab/<N>/ SavedModel
+      tfdeploy serve [--gpu]       serve it (docker, native or embedded server)
+      tfdeploy predict image.jpg   write its segmentation mask (palette PNG)
+      tfdeploy stop
+
+    Run `tfdeploy COMMAND --help` for a command's options and examples.
+    """
+
+
+def emit(as_json: bool, payload: dict | list, text: str) -> None:
+    """Print ``payload`` as JSON (``--json``) or ``text``."""
+    click.echo(json.dumps(payload, indent=2) if as_json else text)
+
+
+def progress_printer(as_json: bool, template: str = "  {}"):
+    """A progress callback that writes to stderr, or None under ``--json``."""
+    if as_json:
+        return None
+    return lambda msg: click.echo(template.format(msg), err=True)

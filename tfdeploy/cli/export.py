@@ -1,0 +1,64 @@
+"""``tfdeploy export`` and ``tfdeploy inspect``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tfdeploy.cli.app import emit, main, progress_printer
+from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
+
+
+@main.command(short_help="Checkpoint -> numbered, verified SavedModel version.")
+@click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
+@click.option("--output", "-o", default="models/deeplab", show_default=True,
+              type=click.Path(path_type=Path), help="Model base path (versions go below it).")
+@click.option("--version", "version", type=int, default=None,
+              help="Version number to write [default: highest existing + 1].")
+@click.option("--overwrite", is_flag=True, help="Replace the version if it exists.")
+@click.option("--no-verify", is_flag=True, help="Skip reloading and comparing the export.")
+@click.option("--no-warmup", is_flag=True, help="Do not write warmup requests.")
+@click.option("--model-name", default=DEFAULT_MODEL_NAME, show_default=True,
+              help="Model name used in the warmup requests.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
+def export(checkpoint: Path | None, output: Path, version: int | None, overwrite: bool,
+           no_verify: bool, no_warmup: bool, model_name: str, as_json: bool) -> None:
+    """Export a DeepLab-v3 checkpoint as a numbered SavedModel version.
+
+    CHECKPOINT is a seed training directory (model.ckpt* + data.json), its `checkpoint`
+    state file, a checkpoint prefix, or a tfdeploy checkpoint (config.json).  Default:
+    the bundled demo checkpoint.
+
+    \b
+    Examples:
+      tfdeploy export                                  # demo model -> models/deeplab/1
+      tfdeploy export tboard_logs/16645/train -o serving/versions
+      tfdeploy export ckpt/ --version 3 --overwrite --json
+    """
+    from tfdeploy.tfimport import quiet_import_tensorflow
+
+    quiet_import_tensorflow()
+    from tfdeploy.export.writer import export as run_export
+
+    result = run_export(checkpoint, output, version=version, overwrite=overwrite,
+                        do_verify=not no_verify, do_warmup=not no_warmup,
+                        model_name=model_name, progress=progress_printer(as_json, "  {}..."))
+    emit(as_json, result.to_json(), result.summary())
+
+
+@main.command(short_help="Versions, tags and signatures of exported models.")
+@click.argument("path", type=click.Path(path_type=Path), default="models/deeplab")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable description.")
+def inspect(path: Path, as_json: bool) -> None:
+    """Show versions, tags and signatures of a model base path or one version.
+
+    \b
+    Examples:
+      tfdeploy inspect models/deeplab
+      tfdeploy inspect models/deeplab/2 --json
+    """
+    from tfdeploy.export.inspect import describe, render
+
+    info = describe(path)
+    emit(as_json, info, render(info))

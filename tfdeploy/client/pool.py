@@ -1,0 +1,185 @@
+"""Several endpoints behind one Transport: round robin, failover and retries, once.
+
+The transports below send one call to one address; this layer decides where each call
+goes and what happens when it fails, so the policy is the same for gRPC and REST.  Calls
+are idempotent (Predict, metadata, status), so a call that fails with a retryable code is
+sent again: to the next endpoint when there are several (the failed one is skipped for a
+cool-down), or to the same one after an exponential backoff.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, TypeVar
+
+from tfdeploy.client.base import ClientError, Transport
+from tfdeploy.tfs.names import DEFAULT_PORTS, SERVING_DEFAULT
+from tfdeploy.tfs.saved_model import Signature
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger("tfdeploy.client")
+T = TypeVar("T")
+
+TRANSPORTS = ("grpc", "rest")
+
+
+def parse_addresses(items: Iterable[str], transport: str) -> list[str]:
+    """``--server`` style values (repeatable, comma-separated) -> ``host:port`` list; a
+    bare host gets the transport's default port."""
+    out: list[str] = []
+    for item in items:
+        for part in item.split(","):
+            part = part.strip()
+            if part:
+                has_port = ":" in part.rsplit("]", 1)[-1]
+                out.append(part if has_port else f"{part}:{DEFAULT_PORTS[transport]}")
+    return out
+
+
+class Endpoints:
+    """Round robin over addresses; one that failed is skipped for ``cooldown`` seconds
+    while others are up.  ``counts`` says how many calls each one served."""
+
+    def __init__(self, addresses: list[str], cooldown: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic):
+        if not addresses:
+            raise ValueError("no server endpoint given")
+        self.addresses = list(addresses)
+        self.counts = dict.fromkeys(self.addresses, 0)
+        self.cooldown, self._clock = cooldown, clock
+        self._cycle = itertools.cycle(self.addresses)
+        self._lock = threading.Lock()
+        self._down_until: dict[str, float] = {}
+
+    def pick(self) -> str:
+        with self._lock:
+            now = self._clock()
+            for _ in range(len(self.addresses)):
+                address = next(self._cycle)
+                if self._down_until.get(address, 0) <= now:
+                    return address
+            return next(self._cycle)  # all marked down: try anyway
+
+    def mark_down(self, address: str) -> None:
+        if len(self.addresses) > 1:
+            with self._lock:
+                if self._down_until.get(address, 0) <= self._clock():
+                    log.warning("endpoint %s failed; using the others for %.0fs",
+                                address, self.cooldown)
+                self._down_until[address] = self._clock() + self.cooldown
+
+    def served(self, address: str) -> None:
+        with self._lock:
+            self.counts[address] += 1
+
+
+class EndpointPool(Transport):
+    """A Transport over one or more endpoints, with the retry policy above."""
+
+    def __init__(self, transports: Mapping[str, Transport], retries: int = 4,
+                 backoff: float = 0.2, sleep: Callable[[float], None] = time.sleep):
+        if not transports:
+            raise ValueError("no server endpoint given")
+        self.transports = dict(transports)
+        self.name = next(iter(self.transports.values())).name
+        self.endpoints = Endpoints(list(self.transports))
+        self.retries, self.backoff, self._sleep = retries, backoff, sleep
+
+    @property
+    def addresses(self) -> list[str]:
+        return self.endpoints.addresses
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.endpoints.counts
+
+    def call(self, fn: Callable[[Transport], T]) -> T:
+        """``fn(transport)`` on the next endpoint; on a retryable failure, again on the
+        next one (several endpoints) or after a backoff (one), ``retries`` times more at
+        most (plus one per extra endpoint)."""
+        failures = 0
+        budget = self.retries + len(self.addresses) - 1
+        while True:
+            address = self.endpoints.pick()
+            try:
+                result = fn(self.transports[address])
+            except ClientError as exc:
+                if not exc.code.retryable or failures >= budget:
+                    raise
+                failures += 1
+                self.endpoints.mark_down(address)
+                if len(self.addresses) == 1:
+                    self._sleep(self.backoff * 2 ** (failures - 1))
+                continue
+            self.endpoints.served(address)
+            return result
+
+    def metadata(self, model: str, version: int | None = None) -> dict[str, Signature]:
+        return self.call(lambda t: t.metadata(model, version))
+
+    def status(self, model: str, version: int | None = None) -> dict[int, str]:
+        return self.call(lambda t: t.status(model, version))
+
+    def predict(self, model, signature, inputs, version=None, outputs=None,
+                output_dtypes=None) -> dict[str, np.ndarray]:
+        return self.call(lambda t: t.predict(model, signature, inputs, version, outputs,
+                                             output_dtypes))
+
+    def predict_png(self, model: str, image: bytes, version: int | None = None,
+                    signature: str = SERVING_DEFAULT) -> bytes:
+        return self.call(lambda t: t.predict_png(model, image, version, signature))
+
+    def predict_async(self, model, signature, inputs, version=None, outputs=None,
+                      output_dtypes=None) -> Future:
+        """The endpoint transport's asynchronous call; a retryable failure is sent again
+        through ``predict`` (with the usual failover and backoff)."""
+        address = self.endpoints.pick()
+        first = self.transports[address].predict_async(model, signature, inputs, version,
+                                                       outputs, output_dtypes)
+        result: Future = Future()
+
+        def done(f: Future) -> None:
+            exc = f.exception()
+            if exc is None:
+                self.endpoints.served(address)
+                result.set_result(f.result())
+                return
+            if isinstance(exc, ClientError) and exc.code.retryable:
+                self.endpoints.mark_down(address)
+                try:
+                    result.set_result(self.predict(model, signature, inputs, version,
+                                                   outputs, output_dtypes))
+                except ClientError as again:
+                    result.set_exception(again)
+                return
+            result.set_exception(exc)
+
+        first.add_done_callback(done)
+        return result
+
+    def close(self) -> None:
+        for transport in self.transports.values():
+            transport.close()
+
+
+def connect(addresses: str | Iterable[str], transport: str = "grpc", timeout: float = 60.0,
+            retries: int = 4) -> EndpointPool:
+    """An EndpointPool over ``addresses`` (``host[:port]``, or several comma-separated)
+    speaking ``transport`` (``grpc`` or ``rest``)."""
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    items = [addresses] if isinstance(addresses, str) else list(addresses)
+    parsed = parse_addresses(items, transport)
+    if transport == "grpc":
+        from tfdeploy.client.grpc_transport import GrpcTransport as cls
+    else:
+        from tfdeploy.client.rest_transport import RestTransport as cls
+    return EndpointPool({a: cls(a, timeout=timeout) for a in dict.fromkeys(parsed)},
+                        retries=retries)

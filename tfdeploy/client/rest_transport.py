@@ -1,0 +1,100 @@
+"""REST transport: TF Serving's HTTP/JSON API (``/v1/models/...``) with the standard
+library's HTTP client, so gRPC-only users never load it."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from tfdeploy.client.base import ClientError, Transport
+from tfdeploy.tfs import json_tensors, protos, requests
+from tfdeploy.tfs.codes import Code, StatusError
+from tfdeploy.tfs.names import MASK_PNG, SERVING_DEFAULT
+from tfdeploy.tfs.saved_model import Signature, signature
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+class RestTransport(Transport):
+    name = "rest"
+
+    def __init__(self, address: str, timeout: float = 60.0):
+        self.address, self.timeout = address, timeout
+
+    def _http(self, method: str, path: str, body: dict | None = None):
+        url = f"http://{self.address}{path}"
+        data = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read()).get("error", exc.reason)
+            except ValueError:
+                message = str(exc.reason)
+            raise ClientError(Code.from_http(exc.code), message, self.address) from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ClientError(Code.UNAVAILABLE, f"cannot reach {url}: {reason}",
+                              self.address) from None
+        except ValueError as exc:  # not JSON: not a TF Serving REST endpoint
+            raise ClientError(Code.INTERNAL, f"{url} answered with non-JSON ({exc})",
+                              self.address) from None
+
+    @staticmethod
+    def _path(model: str, version: int | None) -> str:
+        return f"/v1/models/{model}" + (f"/versions/{version}" if version is not None else "")
+
+    def metadata(self, model: str, version: int | None = None) -> dict[str, Signature]:
+        body = self._http("GET", self._path(model, version) + "/metadata")
+        meta_pb2 = protos.module("tensorflow_serving.apis.get_model_metadata_pb2")
+        try:
+            sigs = json_tensors.json_to_message(body["metadata"]["signature_def"],
+                                                meta_pb2.SignatureDefMap())
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ClientError(Code.INTERNAL, f"unreadable metadata ({exc})",
+                              self.address) from None
+        return {k: signature(sd) for k, sd in sigs.signature_def.items()}
+
+    def status(self, model: str, version: int | None = None) -> dict[int, str]:
+        body = self._http("GET", self._path(model, version))
+        status_pb2 = protos.module("tensorflow_serving.apis.get_model_status_pb2")
+        try:
+            response = json_tensors.json_to_message(body, status_pb2.GetModelStatusResponse())
+        except (TypeError, ValueError) as exc:
+            raise ClientError(Code.INTERNAL, f"unreadable status ({exc})",
+                              self.address) from None
+        return requests.version_states(response)
+
+    def predict(self, model: str, signature: str, inputs: Mapping[str, np.ndarray],
+                version: int | None = None, outputs: list[str] | None = None,
+                output_dtypes: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
+        body = json_tensors.predict_body(signature, inputs)
+        result = self._http("POST", self._path(model, version) + ":predict", body)
+        dtypes = {k: protos.dtype_enum(v) for k, v in (output_dtypes or {}).items()}
+        try:
+            return json_tensors.parse_outputs(result, dtypes, outputs)
+        except StatusError as exc:
+            raise ClientError(Code.INTERNAL, f"unexpected response: {exc.message}",
+                              self.address) from None
+
+    def predict_png(self, model: str, image: bytes, version: int | None = None,
+                    signature: str = SERVING_DEFAULT) -> bytes:
+        body = json_tensors.encoded_image_body(signature, [image])
+        result = self._http("POST", self._path(model, version) + ":predict", body)
+        out = result.get("outputs")
+        try:
+            value = (out[MASK_PNG] if isinstance(out, dict) else out)[0]
+            mask = json_tensors.decode_bytes(value)
+        except (KeyError, IndexError, TypeError, StatusError):
+            mask = None
+        if not isinstance(mask, bytes):
+            raise ClientError(Code.INTERNAL, f"response has no {MASK_PNG} output",
+                              self.address)
+        return mask

@@ -1,0 +1,210 @@
+"""TF Serving's REST JSON codec, one implementation for the server and the client.
+
+Request bodies come in the row format (``{"instances": [...]}``) or the columnar format
+(``{"inputs": ...}``); responses answer in the same format (``predictions`` or
+``outputs``).  Binary values travel as ``{"b64": "..."}``; string outputs are UTF-8 text
+when they decode, else ``{"b64": ...}``, and always ``{"b64": ...}`` for tensor names
+ending in ``_bytes``.  Response protos (status, metadata) use protobuf's JSON mapping with
+the ``.proto`` field names.
+
+numpy is imported only by the functions that build arrays, so a client that sends and
+receives encoded images (``encoded_image_body``, ``decode_bytes``) never loads it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from tfdeploy.tfs.codes import Code, StatusError
+from tfdeploy.tfs.names import IMAGE_BYTES
+
+if TYPE_CHECKING:
+    import numpy as np
+
+ROW, COLUMNAR = "row", "columnar"
+
+
+def _bad(message: str) -> StatusError:
+    return StatusError(Code.INVALID_ARGUMENT, message)
+
+
+# -- values ------------------------------------------------------------------------------
+def decode_bytes(value: Any) -> Any:
+    """Replace every ``{"b64": ...}`` (and every string) in a nested JSON value with bytes."""
+    if isinstance(value, dict):
+        if set(value) == {"b64"} and isinstance(value["b64"], str):
+            try:
+                return base64.b64decode(value["b64"], validate=True)
+            except (binascii.Error, ValueError):
+                raise _bad("invalid base64 in b64 value") from None
+        raise _bad(f"unexpected JSON object {sorted(value)[:3]}; only "
+                   '{"b64": ...} objects are allowed in tensor values')
+    if isinstance(value, list):
+        return [decode_bytes(v) for v in value]
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return value
+
+
+def b64(value: bytes) -> dict[str, str]:
+    return {"b64": base64.b64encode(value).decode("ascii")}
+
+
+def _has_str(value: Any) -> bool:
+    while isinstance(value, list) and value:
+        value = value[0]
+    return isinstance(value, str | dict)
+
+
+def to_array(name: str, value: Any, dtype: int | None) -> np.ndarray:
+    """A JSON tensor value as a numpy array of the DataType enum ``dtype`` (None: as JSON
+    types suggest).  Raises INVALID_ARGUMENT naming the tensor when it does not fit."""
+    import numpy as np
+
+    from tfdeploy.tfs import tensors
+
+    want = tensors.numpy_dtype(dtype) if dtype is not None else None
+    try:
+        if want is not None and want.kind == "O":
+            array = np.array(decode_bytes(value), dtype=object)
+            if array.dtype != object or any(not isinstance(v, bytes) for v in array.flat):
+                raise ValueError('expected strings or {"b64": ...} values')
+            return array
+        if want is None and _has_str(value):
+            return np.array(decode_bytes(value), dtype=object)
+        if isinstance(value, str) or (isinstance(value, list) and _has_str(value)):
+            raise ValueError("expected numbers, got strings")
+        return np.asarray(value, dtype=want)
+    except StatusError:
+        raise
+    except (ValueError, TypeError, OverflowError) as exc:
+        reason = str(exc).splitlines()[0]
+        if "inhomogeneous" in reason or "sequence" in reason:
+            reason = "lists of unequal length (ragged tensor)"
+        kind = tensors.dtype_name(dtype) if dtype is not None else "a tensor"
+        raise _bad(f"input {name!r}: cannot convert to {kind}: {reason}") from None
+
+
+def to_json(name: str, value: Any, force_b64: bool = False) -> Any:
+    """JSON for an array (or one string element) of tensor ``name``."""
+
+    def enc(v: bytes):
+        if not (force_b64 or name.endswith("_bytes")):
+            try:
+                return v.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        return b64(v)
+
+    if isinstance(value, bytes):
+        return enc(value)
+    if value.dtype.kind == "O":
+        import numpy as np
+
+        return np.frompyfunc(enc, 1, 1)(value).tolist() if value.ndim else enc(value.item())
+    return value.tolist()
+
+
+# -- requests ----------------------------------------------------------------------------
+def predict_body(signature: str, inputs: Mapping[str, np.ndarray]) -> dict:
+    """A columnar predict request; string tensors always as ``{"b64": ...}``."""
+    return {"signature_name": signature,
+            "inputs": {k: to_json(k, v, force_b64=True) for k, v in inputs.items()}}
+
+
+def encoded_image_body(signature: str, images: Iterable[bytes]) -> dict:
+    """A columnar predict request of encoded images; no numpy needed."""
+    return {"signature_name": signature, "inputs": {IMAGE_BYTES: [b64(i) for i in images]}}
+
+
+def parse_predict(body: dict, signature_def) -> tuple[dict[str, np.ndarray], str]:
+    """Row (``instances``) or columnar (``inputs``) request -> (named arrays, format),
+    with each input converted to the dtype ``signature_def`` declares for it."""
+    if ("instances" in body) == ("inputs" in body):
+        raise _bad('request needs exactly one of "instances" (row format) or '
+                   '"inputs" (columnar format)')
+    names = sorted(signature_def.inputs)
+    if "instances" in body:
+        rows = body["instances"]
+        if not isinstance(rows, list) or not rows:
+            raise _bad('"instances" must be a non-empty list')
+        if all(isinstance(r, dict) and "b64" not in r for r in rows):
+            keys = set(rows[0])
+            if any(set(r) != keys for r in rows):
+                raise _bad("every instance must name the same inputs")
+            columns = {k: [r[k] for r in rows] for k in keys}
+        elif len(names) == 1:
+            columns = {names[0]: rows}
+        else:
+            raise _bad(f"signature has {len(names)} inputs ({', '.join(names)}); "
+                       "each instance must be an object naming them")
+        return {k: _input(k, v, signature_def) for k, v in columns.items()}, ROW
+    inputs = body["inputs"]
+    if not isinstance(inputs, dict) or (set(inputs) == {"b64"}):
+        if len(names) != 1:
+            raise _bad(f'signature has {len(names)} inputs; "inputs" must be an object '
+                       "naming them")
+        inputs = {names[0]: inputs}
+    return {k: _input(k, v, signature_def) for k, v in inputs.items()}, COLUMNAR
+
+
+def _input(name: str, value: Any, signature_def) -> np.ndarray:
+    if name not in signature_def.inputs:
+        raise _bad(f"input {name!r} is not in the signature (inputs: "
+                   f"{', '.join(sorted(signature_def.inputs))})")
+    return to_array(name, value, signature_def.inputs[name].dtype)
+
+
+# -- responses ---------------------------------------------------------------------------
+def render_predict(outputs: Mapping[str, np.ndarray], fmt: str) -> dict:
+    """The response body for ``outputs`` in the request's format."""
+    if fmt == COLUMNAR:
+        values = {k: to_json(k, v) for k, v in outputs.items()}
+        return {"outputs": next(iter(values.values())) if len(values) == 1 else values}
+    sizes = {v.shape[0] if v.ndim else None for v in outputs.values()}
+    if len(sizes) != 1 or None in sizes:
+        raise _bad("outputs differ in their first dimension; use the columnar "
+                   '"inputs" format for this signature')
+    (n,) = sizes
+    if len(outputs) == 1:
+        ((k, v),) = outputs.items()
+        return {"predictions": [to_json(k, v[i]) for i in range(n)]}
+    return {"predictions": [{k: to_json(k, v[i]) for k, v in outputs.items()}
+                            for i in range(n)]}
+
+
+def parse_outputs(body: dict, dtypes: Mapping[str, int] | None = None,
+                  outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    """A columnar response (``{"outputs": ...}``) -> named arrays.  JSON loses dtypes, so
+    ``dtypes`` (key -> DataType enum, from the signature) restores them; with one output
+    the server sends its value bare, named here ``outputs[0]``."""
+    out = body.get("outputs")
+    if out is None:
+        raise StatusError(Code.INTERNAL, 'response has no "outputs"')
+    if not isinstance(out, dict):
+        out = {(outputs or ["output"])[0]: out}
+    dtypes = dtypes or {}
+    arrays = {k: to_array(k, v, dtypes.get(k)) for k, v in out.items()}
+    missing = [k for k in outputs or () if k not in arrays]
+    if missing:
+        raise StatusError(Code.INTERNAL, f"response has no output {missing[0]!r}")
+    return {k: arrays[k] for k in (outputs or arrays)}
+
+
+def message_to_json(message) -> dict:
+    """A response proto in TF Serving's REST JSON (field names as in the .proto, enum
+    names, int64 as strings, empty fields included)."""
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
+
+
+def json_to_message(value: dict, message):
+    """Fill ``message`` from its REST JSON (the inverse of ``message_to_json``)."""
+    from google.protobuf import json_format
+
+    return json_format.ParseDict(value, message, ignore_unknown_fields=True)
