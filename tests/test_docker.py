@@ -150,7 +150,7 @@ def test_missing_image_and_auto_fallback(demo_base):
                    free_port(), check=False)
     assert proc.returncode == 2
     assert "cannot pull tfdeploy/no-such-image:1" in proc.stderr
-    assert "--image" in proc.stderr and "--runtime embedded" in proc.stderr
+    assert "--image" in proc.stderr and "embedded runtime" in proc.stderr
     # auto: the engine answers but the official image is neither here nor pullable, and
     # tensorflow_model_server is not installed: embedded, and it says why
     proc = run_cli("serve", str(demo_base), "--image", "tfdeploy/no-such-image:1",

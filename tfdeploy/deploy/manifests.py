@@ -267,7 +267,7 @@ def parse_node_selectors(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UserError(f"--node-selector wants KEY=VALUE, got {item!r}")
+            raise UserError(f"wants KEY=VALUE, got {item!r}", param="node_selector")
         selectors[key] = value
     return selectors
 

@@ -144,7 +144,7 @@ def export(
     if base.exists() and not base.is_dir():
         raise UserError(f"{base}: output base path exists and is not a directory")
     if version is not None and version < 1:
-        raise UserError(f"--version must be a positive integer, got {version}")
+        raise UserError(f"must be a positive integer, got {version}", param="version")
     t = time.perf_counter()
     say(f"reading checkpoint {checkpoint_path}")
     source = ckpt.locate(checkpoint_path)

@@ -44,7 +44,7 @@ class ServeSpec:
     def __post_init__(self) -> None:
         self.name = self.name or self.model_name
         if self.base_path is None and self.model_config_file is None:
-            raise UserError("give a model base path (e.g. models/deeplab) or --model-config-file")
+            raise UserError("give a model base path (e.g. models/deeplab) or a model config file")
         if self.base_path is not None:
             self.base_path = Path(self.base_path).absolute()
             if not self.base_path.is_dir():
@@ -55,10 +55,10 @@ class ServeSpec:
             if value is not None:
                 value = Path(value).absolute()
                 if not value.is_file():
-                    raise UserError(f"--{attr.replace('_', '-')}: no such file {value}")
+                    raise UserError(f"no such file {value}", param=attr)
                 setattr(self, attr, value)
         if self.grpc_port == self.rest_port:
-            raise UserError("--grpc-port and --rest-port must differ")
+            raise UserError("must differ from the REST port", param="grpc_port")
 
     def server_flags(self, *, config_path: str | None = None, batching_path: str | None = None,
                      monitoring_path: str | None = None) -> list[str]:

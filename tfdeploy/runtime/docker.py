@@ -113,8 +113,8 @@ class DockerRuntime:
                     last = time.monotonic()
             client.images.get(image)
         except Exception as exc:
-            raise UserError(f"cannot pull {image} ({_short(exc)}); pass --image with an image "
-                            "the engine has, or use --runtime embedded") from None
+            raise UserError(f"cannot pull {image} ({_short(exc)}); choose an image the engine "
+                            "has, or the embedded runtime", param="image") from None
 
     # -- containers ----------------------------------------------------------------------
     def _mounts_and_flags(self, spec: ServeSpec) -> tuple[list, list[str]]:

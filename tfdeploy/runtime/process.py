@@ -157,6 +157,6 @@ class NativeRuntime(ProcessRuntime):
         binary = self.binary()
         if not binary:
             raise UserError("tensorflow_model_server is not on PATH (install it, or use "
-                            "--runtime docker / --runtime embedded)")
+                            "the docker or embedded runtime)", param="runtime")
         # The official binary has no bind-address flags: it listens on all interfaces.
         return [binary, *self._base_flags(spec)]

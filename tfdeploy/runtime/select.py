@@ -30,7 +30,7 @@ def choose(spec: ServeSpec, wanted: str = "auto") -> tuple[Runtime, str]:
         else:
             ok, why = runtime.available(spec)
             if not ok:
-                raise UserError(f"--runtime {wanted}: {why}")
+                raise UserError(f"{wanted}: {why}", param="runtime")
         return runtime, "asked for with --runtime"
     reasons = []
     for name in RUNTIMES:
