@@ -570,7 +570,9 @@ def generate(target: str, spec: ManifestSpec, out_dir: Path) -> tuple[dict[str, 
     from tfdeploy.deploy.composecmd import up_hint
 
     spec.resolve(target)
-    if target in ("k8s", "compose") and not spec.remote and not Path(spec.source).is_dir():
+    # compose bind mounts SOURCE, --fill-from tells the user to upload it: both need it.
+    if (not spec.remote and (target == "compose" or spec.fill_from)
+            and not Path(spec.source).is_dir()):
         raise UserError(f"{spec.source}: no such base path (export first, or give a gs:// "
                         "or s3:// URI)")
     files = write(target, spec, out_dir)
