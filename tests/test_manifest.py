@@ -331,7 +331,7 @@ def test_every_option_is_known_to_the_target_table():
     from tfdeploy.deploy.options import SUPPORT
 
     universal = {"target", "source", "replicas", "gpu", "gpus", "image", "model_name",
-                 "output_dir", "as_json", "help"}
+                 "output_dir", "as_json"}
     params = {p.name for p in manifest.params}
     assert params - universal == set(SUPPORT)
 
@@ -345,3 +345,8 @@ def test_compose_hint_names_the_installed_command(tmp_path, demo_base):
     assert f"then: {expected}" in proc.stdout, proc.stdout
     compose = yaml.safe_load((tmp_path / "compose.yaml").read_text())
     assert "version" not in compose
+    run_cli("manifest", "-t", "compose", demo_base, "--startup-timeout", "1200", "-o",
+            tmp_path)
+    (service,) = yaml.safe_load((tmp_path / "compose.yaml").read_text())["services"].values()
+    assert service["healthcheck"]["start_period"] == "1200s"
+    assert service["healthcheck"]["test"][:2] == ["CMD", "bash"]

@@ -450,7 +450,8 @@ def stop(name, all_servers, timeout) -> None:
 @click.option("--cpu-limit", default=None, help="k8s/kserve: CPU limit [none].")
 @click.option("--memory", default=None, help="k8s/kserve: memory request = limit [2Gi].")
 @click.option("--startup-timeout", type=int, default=None, metavar="SECONDS",
-              help="k8s: time a replica gets to load the model [300, 900 with --gpu].")
+              help="k8s/compose: time a replica gets to load the model before failed "
+                   "health checks count [300, 900 with --gpu].")
 @click.option("--scale-metric", default=None,
               type=click.Choice(["cpu", "memory", "concurrency", "rps"]),
               help="k8s: cpu|memory [cpu]; kserve: also concurrency|rps [concurrency].")

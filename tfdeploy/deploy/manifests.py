@@ -479,6 +479,7 @@ def compose(spec: ManifestSpec) -> dict[str, Any]:
     base = str(Path(spec.source).absolute())
     services = {}
     assert spec.grpc_port is not None and spec.rest_port is not None
+    startup = spec.startup_timeout or (900 if spec.gpu_count else 300)
     for i in range(spec.replicas):
         volumes = [f"{base}:{MODELS_DIR}/{spec.model_name}:ro"]
         service: dict[str, Any] = {
@@ -490,7 +491,7 @@ def compose(spec: ManifestSpec) -> dict[str, Any]:
             "restart": "unless-stopped",
             "healthcheck": {"test": healthcheck(spec.model_name), "interval": "10s",
                             "timeout": "5s", "retries": 3,
-                            "start_period": "900s" if spec.gpu_count else "300s"},
+                            "start_period": f"{startup}s"},
             "stop_grace_period": "30s",  # SIGTERM drains in-flight requests
             "read_only": True,
             "tmpfs": ["/tmp"],

@@ -37,7 +37,7 @@ SUPPORT: dict[str, tuple[str, ...]] = {
     "secret_env": ("k8s",),
     "secret_file": ("k8s",),
     "service_monitor": ("k8s",),
-    "startup_timeout": ("k8s",),
+    "startup_timeout": ("k8s", "compose"),
     "scale_metric": ("k8s", "kserve"),
     "scale_target": ("k8s", "kserve"),
     "batcher_max_batch_size": ("kserve",),
