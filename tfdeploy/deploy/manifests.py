@@ -288,14 +288,8 @@ def _config_data(spec: ManifestSpec) -> dict[str, str]:
     return data
 
 
-def kubernetes(spec: ManifestSpec) -> list[dict[str, Any]]:
-    """ConfigMap, Deployment, Service, PodDisruptionBudget, HPA (when it scales),
-    ServiceMonitor (``--service_monitor``)."""
-    selector = {"app.kubernetes.io/name": spec.name}
-    config_data = _config_data(spec)
-    objects: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "ConfigMap",
-                                      "metadata": spec.meta(f"{spec.name}-config"),
-                                      "data": config_data}]
+def _pod_spec(spec: ManifestSpec, selector: dict[str, str]) -> dict[str, Any]:
+    """The serving pod: model storage, credentials, probes, spread, security."""
     base_path = spec.source if spec.remote else f"{MODELS_DIR}/{spec.model_name}"
     volumes: list[dict[str, Any]] = [
         {"name": "tmp", "emptyDir": {}},
@@ -373,6 +367,18 @@ def kubernetes(spec: ManifestSpec) -> list[dict[str, Any]]:
                                "effect": "NoSchedule"}]
     if spec.node_selector:
         pod["nodeSelector"] = dict(spec.node_selector)
+    return pod
+
+
+def kubernetes(spec: ManifestSpec) -> list[dict[str, Any]]:
+    """ConfigMap, Deployment, Service, PodDisruptionBudget, HPA (when it scales),
+    ServiceMonitor (``--service-monitor``)."""
+    selector = {"app.kubernetes.io/name": spec.name}
+    config_data = _config_data(spec)
+    objects: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "ConfigMap",
+                                      "metadata": spec.meta(f"{spec.name}-config"),
+                                      "data": config_data}]
+    pod = _pod_spec(spec, selector)
     annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(REST),
                    "prometheus.io/path": METRICS_PATH}
     deployment_spec: dict[str, Any] = {
