@@ -79,9 +79,27 @@ def test_bench_reports_per_endpoint_counts(demo_base, tmp_path):
             s.stop()
 
 
-def _compose_ready() -> str:
-    if not shutil.which("docker-compose"):
-        return "docker-compose is not installed"
+def _compose_commands() -> dict[str, list[str] | None]:
+    """The compose commands installed here: v2 (``docker compose``) and v1
+    (``docker-compose``); the generated file must work with both."""
+    v2 = None
+    if shutil.which("docker"):
+        try:
+            if subprocess.run(["docker", "compose", "version"], capture_output=True,
+                              timeout=30).returncode == 0:
+                v2 = ["docker", "compose"]
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return {"v2": v2, "v1": ["docker-compose"] if shutil.which("docker-compose") else None}
+
+
+COMPOSE = _compose_commands()
+
+
+def _compose_skip(version: str) -> str:
+    if not COMPOSE[version]:
+        return {"v2": "the docker compose v2 plugin is not installed",
+                "v1": "docker-compose (v1) is not installed"}[version]
     try:
         import docker
 
@@ -113,40 +131,73 @@ def _port_block(count: int) -> int:
     raise RuntimeError("no free port block")
 
 
-@pytest.mark.skipif(bool(_compose_ready()), reason=_compose_ready() or "ready")
-def test_compose_replicas_serve_predictions(demo_base, tmp_path):
+def _wait_healthy(project: str, count: int, timeout: float = 240) -> list:
+    """The project's containers once all ``count`` report healthy (their compose
+    healthcheck on the REST model status), or AssertionError with their states."""
+    import docker
+
+    client = docker.from_env()
+    deadline = time.monotonic() + timeout
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        containers = client.containers.list(
+            all=True, filters={"label": f"com.docker.compose.project={project}"})
+        states = {c.name: c.attrs["State"].get("Health", {}).get("Status", "none")
+                  for c in containers}
+        if len(states) == count and set(states.values()) == {"healthy"}:
+            return containers
+        assert "unhealthy" not in states.values(), states
+        time.sleep(1)
+    raise AssertionError(f"not healthy after {timeout:.0f} s: {states}")
+
+
+@pytest.mark.parametrize("version", ["v2", "v1"])
+def test_compose_replicas_turn_healthy_and_survive_one_stopping(demo_base, tmp_path,
+                                                                version):
+    reason = _compose_skip(version)
+    if reason:
+        pytest.skip(reason)
     start = _port_block(4)
     out = json.loads(run_cli("manifest", "-t", "compose", str(demo_base), "--replicas", "2",
                              "--image", EMBEDDED_IMAGE, "--grpc-port", start, "--rest-port",
                              start + 1, "-o", str(tmp_path / "deploy"), "--json").stdout)
-    compose = ["docker-compose", "-f", out["files"][0], "-p", f"tfdeploytest{start}"]
-    subprocess.run([*compose, "up", "-d"], check=True, capture_output=True, timeout=300)
+    project = f"tfdeploytest{version}{start}"
+    compose = [*COMPOSE[version], "-f", out["files"][0], "-p", project]
+    proc = subprocess.run([*compose, "up", "-d"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
     try:
+        try:
+            containers = _wait_healthy(project, 2)
+        except AssertionError:
+            logs = subprocess.run([*compose, "logs"], capture_output=True, text=True)
+            raise AssertionError(logs.stdout[-3000:]) from None
+        for c in containers:
+            assert c.attrs["Mounts"] and all(not m["RW"] for m in c.attrs["Mounts"])
+            assert c.attrs["HostConfig"]["ReadonlyRootfs"] is True
         for rest in out["rest_endpoints"]:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    code, body = http("GET", f"http://{rest}/v1/models/deeplab", timeout=5)
-                    if code == 200 and body["model_version_status"][0]["state"] == "AVAILABLE":
-                        break
-                except OSError:
-                    pass
-                time.sleep(0.5)
-            else:
-                logs = subprocess.run([*compose, "logs"], capture_output=True, text=True)
-                raise AssertionError(f"{rest} never AVAILABLE:\n{logs.stdout[-2000:]}")
-        folder, masks = _folder(tmp_path, 8), tmp_path / "masks"
-        report = json.loads(run_cli("predict", str(folder), "-o", str(masks), "-j", "2",
-                                    "--server", ",".join(out["grpc_endpoints"]),
-                                    "--json").stdout)
-        assert report["summary"]["ok"] == 8
-        # 8 predictions and 1 metadata call, round robin over the two replicas
-        assert sorted(report["summary"]["endpoints"].values()) == [4, 5]
-        import docker
-
-        for c in docker.from_env().containers.list(filters={"label": "tfdeploy.managed=compose"}):
-            mounts = c.attrs["Mounts"]
-            assert mounts and all(not m["RW"] for m in mounts)
+            code, body = http("GET", f"http://{rest}/v1/models/deeplab", timeout=5)
+            assert code == 200 and body["model_version_status"][0]["state"] == "AVAILABLE"
+        n = 120
+        folder, masks = _folder(tmp_path, n), tmp_path / "masks"
+        predict = subprocess.Popen(
+            [sys.executable, "-m", "tfdeploy", "predict", str(folder), "-j", "2", "-o",
+             str(masks), "--server", ",".join(out["grpc_endpoints"]), "--json"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and len(list(masks.glob("*.png"))) < n // 3:
+            time.sleep(0.05)
+        assert len(list(masks.glob("*.png"))) < n, "predict finished before the stop"
+        stop = subprocess.run([*compose, "stop", "deeplab-serving-2"], capture_output=True,
+                              text=True, timeout=120)
+        assert stop.returncode == 0, stop.stderr
+        stdout, stderr = predict.communicate(timeout=300)
+        assert predict.returncode == 0, stderr
+        summary = json.loads(stdout)["summary"]
+        assert summary["ok"] == n and summary["failed"] == 0, summary
+        first, second = out["grpc_endpoints"]
+        counts = summary["endpoints"]
+        assert counts[first] > counts[second] > 0, counts
+        assert len(list(masks.glob("*.png"))) == n
     finally:
         subprocess.run([*compose, "down", "--remove-orphans"], capture_output=True,
                        timeout=300)

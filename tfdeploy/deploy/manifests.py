@@ -1,21 +1,40 @@
 """Ready-to-apply manifests for scaling out: plain Kubernetes, KServe, docker compose.
 
 All three run the official ``tensorflow/serving`` image (``-gpu`` with ``--gpu``) on the
-same exported base path.  Storage: a ``gs://``/``s3://`` base path is read by TF Serving
-directly; a local path becomes a PersistentVolumeClaim (Kubernetes, KServe ``pvc://``) or
-a read-only bind mount (compose).  Objects are plain dicts, written as YAML.
+same exported base path.  Storage:
+
+- a ``gs://`` / ``s3://`` SOURCE is read by TF Serving directly, with credentials from
+  ``--service-account`` (workload identity), ``--secret-env`` (env vars) or
+  ``--secret-file`` (a mounted key file);
+- a local SOURCE is not visible to a cluster: Kubernetes mounts an existing claim that
+  holds ``<model>/<version>/`` (``--pvc``), or gives every pod its own ReadWriteOnce claim
+  that an initContainer fills from where SOURCE was uploaded (``--fill-from``); KServe
+  reads ``pvc://<claim>/<model>``; compose bind mounts SOURCE read-only.
+
+Objects are plain dicts, written as YAML.  Option checks live in ``options.py``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from tfdeploy.deploy import options
 from tfdeploy.errors import UserError
+from tfdeploy.tfs.names import GRPC_PORT, REST_PORT
 
-REMOTE_SCHEMES = ("gs://", "s3://", "hdfs://", "http://", "https://")
 MANAGED_BY = {"app.kubernetes.io/managed-by": "tfdeploy"}
+GRPC, REST = GRPC_PORT, REST_PORT
+METRICS_PATH = "/monitoring/prometheus/metrics"
+MODELS_DIR = "/models"
+SECRETS_DIR = "/var/run/secrets/tfdeploy"
+# Images that copy a bucket into the pod's volume (``--fill-image`` overrides).
+FILL_IMAGES = {"gs://": "google/cloud-sdk:488.0.0-slim", "s3://": "amazon/aws-cli:2.17.0"}
+DEFAULTS: dict[str, Any] = {"pvc_size": "2Gi", "cpu": "1", "memory": "2Gi",
+                            "grpc_port": GRPC, "rest_port": REST, "host": "127.0.0.1",
+                            "transport": "grpc"}
 
 
 def default_image(gpu: bool) -> str:
@@ -26,37 +45,45 @@ def default_image(gpu: bool) -> str:
 
 @dataclass
 class ManifestSpec:
+    """What the user asked for.  Options left None were not given: ``resolve`` checks the
+    given ones against the target and fills in the defaults."""
+
     source: str  # local base path or storage URI
     model_name: str = "deeplab"
     replicas: int = 1
     max_replicas: int | None = None
     gpu: bool = False
+    gpus: int | None = None
     image: str | None = None
-    pvc: str | None = None  # claim name for a local base path
-    pvc_size: str = "2Gi"
+    pvc: str | None = None  # existing claim holding <model>/<version>/
+    pvc_size: str | None = None
     storage_class: str | None = None
-    cpu: str = "1"
-    memory: str = "2Gi"
+    fill_from: str | None = None
+    fill_image: str | None = None
+    cpu: str | None = None
+    cpu_limit: str | None = None
+    memory: str | None = None
     namespace: str | None = None
     node_selector: dict[str, str] = field(default_factory=dict)
     model_config_file: Path | None = None
     batching_parameters_file: Path | None = None
-    grpc_port: int = 8500
-    rest_port: int = 8501
-    host: str = "127.0.0.1"
-
-    def __post_init__(self) -> None:
-        if self.replicas < 1:
-            raise UserError("--replicas must be at least 1")
-        self.max_replicas = self.max_replicas or max(3 * self.replicas, self.replicas + 1)
-        if self.max_replicas < self.replicas:
-            raise UserError("--max-replicas must be >= --replicas")
-        self.image = self.image or default_image(self.gpu)
-        self.pvc = self.pvc or f"{self.name}-models"
+    service_account: str | None = None
+    secret_env: str | None = None
+    secret_file: str | None = None  # SECRET[/KEY]
+    service_monitor: bool = False
+    startup_timeout: int | None = None
+    scale_metric: str | None = None
+    scale_target: int | None = None
+    batcher_max_batch_size: int | None = None
+    batcher_max_latency: int | None = None  # milliseconds
+    transport: str | None = None  # kserve: which port the InferenceService exposes
+    grpc_port: int | None = None
+    rest_port: int | None = None
+    host: str | None = None
 
     @property
     def remote(self) -> bool:
-        return self.source.startswith(REMOTE_SCHEMES)
+        return options.is_remote(self.source)
 
     @property
     def name(self) -> str:
@@ -66,15 +93,112 @@ class ManifestSpec:
     def labels(self) -> dict[str, str]:
         return {"app.kubernetes.io/name": self.name, **MANAGED_BY}
 
+    @property
+    def gpu_count(self) -> int:
+        return self.gpus or (1 if self.gpu else 0)
+
+    @property
+    def autoscaled(self) -> bool:
+        """An HPA (or KServe's autoscaler) owns the replica count."""
+        return bool(self.max_replicas and self.max_replicas > self.replicas)
+
+    @property
+    def bucket(self) -> str | None:
+        """The URI pods read from (SOURCE, or where a local SOURCE was uploaded)."""
+        return self.source if self.remote else self.fill_from
+
     def meta(self, name: str | None = None) -> dict[str, Any]:
         m: dict[str, Any] = {"name": name or self.name, "labels": dict(self.labels)}
         if self.namespace:
             m["namespace"] = self.namespace
         return m
 
+    def resolve(self, target: str) -> ManifestSpec:
+        """Refuse what ``target`` cannot honour, check values, fill in defaults."""
+        options.check_target_options(
+            target, {f.name: getattr(self, f.name) for f in fields(self)})
+        if self.replicas < 1:
+            raise UserError("--replicas must be at least 1")
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise UserError("--max-replicas must be >= --replicas")
+        if self.gpus is not None and self.gpus < 1:
+            raise UserError("--gpus must be at least 1")
+        if self.startup_timeout is not None and self.startup_timeout < 10:
+            raise UserError("--startup-timeout must be at least 10 seconds")
+        options.check_scale(target, self.scale_metric, self.scale_target)
+        for opt, name in (("--pvc", self.pvc), ("--service-account", self.service_account),
+                          ("--secret-env", self.secret_env)):
+            if name is not None:
+                options.check_object_name(opt, name)
+        if self.namespace is not None:
+            options.check_object_name("--namespace", self.namespace, label=True)
+        if self.secret_file is not None:
+            options.parse_secret_file(self.secret_file)
+        self._check_storage(target)
+        if target == "kserve":
+            self._check_kserve()
+        if target != "compose" and self.max_replicas is None:
+            self.max_replicas = max(3 * self.replicas, self.replicas + 1)
+        if target == "k8s" and not self.autoscaled and (self.scale_metric or
+                                                        self.scale_target):
+            raise UserError("--scale-metric / --scale-target configure the autoscaler, and "
+                            "--max-replicas equal to --replicas turns it off")
+        for key, value in DEFAULTS.items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        self.image = self.image or default_image(self.gpu_count > 0)
+        return self
+
+    def _check_storage(self, target: str) -> None:
+        if self.remote:
+            for opt, value in (("--pvc", self.pvc), ("--fill-from", self.fill_from)):
+                if value is not None:
+                    raise UserError(f"{opt} is for a local SOURCE; {self.source} is read by "
+                                    "TF Serving directly")
+        elif target == "k8s":
+            if self.pvc and self.fill_from:
+                raise UserError("--pvc (an existing claim) and --fill-from (a new claim per "
+                                "pod, filled from a URI) exclude each other")
+            if not self.pvc and not self.fill_from:
+                raise UserError(
+                    f"a cluster cannot read the local path {self.source}: give --pvc CLAIM "
+                    f"(an existing claim holding {self.model_name}/<version>/) or "
+                    "--fill-from gs://... | s3://... (where you uploaded it; each pod copies "
+                    "it into its own volume), or a gs:// / s3:// SOURCE")
+            if self.fill_from and not self.fill_from.startswith(options.FILL_SCHEMES):
+                raise UserError(f"--fill-from wants a gs:// or s3:// URI, got "
+                                f"{self.fill_from!r}")
+            if self.pvc and (self.pvc_size or self.storage_class or self.fill_image):
+                raise UserError("--pvc names an existing claim: --pvc-size, --storage-class "
+                                "and --fill-image apply to --fill-from only")
+        elif target == "kserve" and not self.pvc:
+            raise UserError(f"KServe cannot read the local path {self.source}: give --pvc "
+                            f"CLAIM (an existing claim holding {self.model_name}/<version>/)"
+                            " or a gs:// / s3:// SOURCE")
+        if target == "k8s" and not self.fill_from and (self.pvc_size or self.storage_class
+                                                       or self.fill_image):
+            raise UserError("--pvc-size, --storage-class and --fill-image describe the claim "
+                            "--fill-from fills; give --fill-from")
+        if (self.secret_env or self.secret_file) and not self.bucket:
+            raise UserError("--secret-env / --secret-file carry bucket credentials: they "
+                            "need a gs:// or s3:// SOURCE or --fill-from")
+
+    def _check_kserve(self) -> None:
+        batcher = self.batcher_max_batch_size is not None or self.batcher_max_latency is not None
+        if batcher and (self.transport or "grpc") != "rest":
+            raise UserError("KServe's batcher only batches REST (v1 protocol) requests: add "
+                            "--transport rest")
+        for opt, value in (("--batcher-max-batch-size", self.batcher_max_batch_size),
+                           ("--batcher-max-latency", self.batcher_max_latency)):
+            if value is not None and value < 1:
+                raise UserError(f"{opt} must be at least 1")
+        if self.transport not in (None, "grpc", "rest"):
+            raise UserError(f"--transport is grpc or rest, got {self.transport!r}")
+
 
 def _server_args(spec: ManifestSpec, base_path: str, config: bool, batching: bool) -> list[str]:
-    args = ["--port=8500", "--rest_api_port=8501"]
+    args = [f"--port={GRPC}", f"--rest_api_port={REST}",
+            "--monitoring_config_file=/config/monitoring.config"]
     if config:
         args.append("--model_config_file=/config/models.config")
     else:
@@ -84,86 +208,222 @@ def _server_args(spec: ManifestSpec, base_path: str, config: bool, batching: boo
     return args
 
 
-def kubernetes(spec: ManifestSpec) -> list[dict[str, Any]]:
-    """ConfigMap (optional), PVC (local source), Deployment, Service, HPA."""
-    objects: list[dict[str, Any]] = []
-    config_data = {}
-    if spec.model_config_file:
-        config_data["models.config"] = Path(spec.model_config_file).read_text()
-    if spec.batching_parameters_file:
-        config_data["batching.config"] = Path(spec.batching_parameters_file).read_text()
-    if config_data:
-        objects.append({"apiVersion": "v1", "kind": "ConfigMap",
-                        "metadata": spec.meta(f"{spec.name}-config"), "data": config_data})
-    mount = f"/models/{spec.model_name}"
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
-    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
-    if not spec.remote:
-        claim: dict[str, Any] = {
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": spec.meta(spec.pvc),
-            "spec": {"accessModes": ["ReadOnlyMany"],
-                     "resources": {"requests": {"storage": spec.pvc_size}}}}
-        if spec.storage_class:
-            claim["spec"]["storageClassName"] = spec.storage_class
-        objects.append(claim)
-        volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": spec.pvc,
-                                                                    "readOnly": True}})
-        mounts.append({"name": "models", "mountPath": mount, "readOnly": True})
-    if config_data:
-        volumes.append({"name": "config", "configMap": {"name": f"{spec.name}-config"}})
-        mounts.append({"name": "config", "mountPath": "/config", "readOnly": True})
-    probe = {"httpGet": {"path": f"/v1/models/{spec.model_name}", "port": "http"}}
+def _resources(spec: ManifestSpec, gpu_as: type = int) -> dict[str, Any]:
+    """Requests = limits for memory (an OOM kill beats a node under pressure), a CPU
+    limit only when asked (throttling slows every request), GPUs as whole devices."""
     resources: dict[str, Any] = {"requests": {"cpu": spec.cpu, "memory": spec.memory},
                                  "limits": {"memory": spec.memory}}
-    if spec.gpu:
-        resources["limits"]["nvidia.com/gpu"] = 1
+    if spec.cpu_limit:
+        resources["limits"]["cpu"] = spec.cpu_limit
+    if spec.gpu_count:
+        resources["requests"]["nvidia.com/gpu"] = gpu_as(spec.gpu_count)
+        resources["limits"]["nvidia.com/gpu"] = gpu_as(spec.gpu_count)
+    return resources
+
+
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "privileged": False,
+                      "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+                      "capabilities": {"drop": ["ALL"]}}
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _credentials(spec: ManifestSpec, for_fill: bool = False
+                 ) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    """(env, envFrom, volumes, volumeMounts) carrying the bucket credentials."""
+    env: list[dict] = []
+    env_from: list[dict] = []
+    volumes: list[dict] = []
+    mounts: list[dict] = []
+    if spec.secret_env:
+        env_from.append({"secretRef": {"name": spec.secret_env}})
+    if spec.secret_file:
+        secret, key = options.parse_secret_file(spec.secret_file)
+        path = f"{SECRETS_DIR}/{key}"
+        volumes.append({"name": "credentials", "secret": {"secretName": secret,
+                                                          "defaultMode": 0o440}})
+        mounts.append({"name": "credentials", "mountPath": SECRETS_DIR, "readOnly": True})
+        if (spec.bucket or "").startswith("s3://"):
+            env.append({"name": "AWS_SHARED_CREDENTIALS_FILE", "value": path})
+        else:
+            env.append({"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": path})
+            if for_fill:  # gcloud does not read GOOGLE_APPLICATION_CREDENTIALS
+                env.append({"name": "CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE", "value": path})
+    return env, env_from, volumes, mounts
+
+
+def _fill_container(spec: ManifestSpec, mounts: list[dict]) -> dict[str, Any]:
+    """Copies the uploaded base path into this pod's own volume before TF Serving starts:
+    each pod has its own ReadWriteOnce claim, so replicas spread over nodes freely."""
+    uri = spec.fill_from or ""
+    dest = f"{MODELS_DIR}/{spec.model_name}"
+    cli_env: list[dict] = []  # both CLIs write their config under HOME (read-only root)
+    if uri.startswith("gs://"):
+        copy = f"gcloud storage rsync --recursive {uri} {dest}"
+        cli_env.append({"name": "CLOUDSDK_CONFIG", "value": "/tmp/gcloud"})
+    else:
+        copy = f"aws s3 sync --no-progress {uri} {dest}"
+    env, env_from, _, cred_mounts = _credentials(spec, for_fill=True)
+    container: dict[str, Any] = {
+        "name": "fill-models",
+        "image": spec.fill_image or FILL_IMAGES[uri[:5]],
+        "command": ["sh", "-c", f"set -e; mkdir -p {dest}; {copy}; ls {dest}"],
+        "env": [{"name": "HOME", "value": "/tmp"}, *cli_env, *env],
+        "resources": {"requests": {"cpu": "250m", "memory": "512Mi"},
+                      "limits": {"memory": "1Gi"}},
+        "securityContext": dict(CONTAINER_SECURITY),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts, *cred_mounts],
+    }
+    if env_from:
+        container["envFrom"] = env_from
+    return container
+
+
+def _config_data(spec: ManifestSpec) -> dict[str, str]:
+    data = {"monitoring.config": "prometheus_config {\n  enable: true\n"
+                                 f'  path: "{METRICS_PATH}"\n}}\n'}
+    if spec.model_config_file:
+        data["models.config"] = Path(spec.model_config_file).read_text()
+    if spec.batching_parameters_file:
+        data["batching.config"] = Path(spec.batching_parameters_file).read_text()
+    return data
+
+
+def _pod_spec(spec: ManifestSpec, selector: dict[str, str]) -> dict[str, Any]:
+    """The serving pod: model storage, credentials, probes, spread, security."""
+    base_path = spec.source if spec.remote else f"{MODELS_DIR}/{spec.model_name}"
+    volumes: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "config", "configMap": {"name": f"{spec.name}-config"}}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"},
+                                    {"name": "config", "mountPath": "/config",
+                                     "readOnly": True}]
+    init_containers = []
+    if spec.pvc:
+        volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": spec.pvc,
+                                                                    "readOnly": True}})
+        mounts.append({"name": "models", "mountPath": MODELS_DIR, "readOnly": True})
+    elif spec.fill_from:
+        claim: dict[str, Any] = {"accessModes": ["ReadWriteOnce"],
+                                 "resources": {"requests": {"storage": spec.pvc_size}}}
+        if spec.storage_class:
+            claim["storageClassName"] = spec.storage_class
+        volumes.append({"name": "models", "ephemeral": {"volumeClaimTemplate": {
+            "metadata": {"labels": dict(spec.labels)}, "spec": claim}}})
+        fill_mount = {"name": "models", "mountPath": MODELS_DIR}
+        init_containers.append(_fill_container(spec, [fill_mount]))
+        mounts.append({**fill_mount, "readOnly": True})
+    env, env_from, cred_volumes, cred_mounts = _credentials(spec)
+    volumes += cred_volumes
+    if spec.remote:
+        mounts += cred_mounts
+    else:  # with --fill-from only the initContainer reads the bucket
+        env, env_from = [], []
+    status = {"httpGet": {"path": f"/v1/models/{spec.model_name}", "port": "http"}}
+    startup = spec.startup_timeout or (900 if spec.gpu_count else 300)
+    container: dict[str, Any] = {
+        "name": "tensorflow-serving",
+        "image": spec.image,
+        "command": ["tensorflow_model_server"],
+        "args": _server_args(spec, base_path, bool(spec.model_config_file),
+                             bool(spec.batching_parameters_file)),
+        "ports": [{"name": "grpc", "containerPort": GRPC, "protocol": "TCP"},
+                  {"name": "http", "containerPort": REST, "protocol": "TCP"}],
+        # Slow (GPU) loads: liveness only starts once the model answered once.
+        "startupProbe": {**status, "periodSeconds": 10, "timeoutSeconds": 5,
+                         "failureThreshold": math.ceil(startup / 10)},
+        "readinessProbe": {**status, "periodSeconds": 5, "timeoutSeconds": 5,
+                           "failureThreshold": 2},
+        "livenessProbe": {**status, "periodSeconds": 15, "timeoutSeconds": 10,
+                          "failureThreshold": 4},
+        # Let endpoints drop this pod before TF Serving stops taking requests.
+        "lifecycle": {"preStop": {"sleep": {"seconds": 10}}},
+        "resources": _resources(spec),
+        "securityContext": dict(CONTAINER_SECURITY),
+        "volumeMounts": mounts,
+    }
+    if env:
+        container["env"] = env
+    if env_from:
+        container["envFrom"] = env_from
     pod: dict[str, Any] = {
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000,
-                            "fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [{
-            "name": "tensorflow-serving",
-            "image": spec.image,
-            "command": ["tensorflow_model_server"],
-            "args": _server_args(spec, spec.source if spec.remote else mount,
-                                 bool(spec.model_config_file),
-                                 bool(spec.batching_parameters_file)),
-            "ports": [{"name": "grpc", "containerPort": 8500, "protocol": "TCP"},
-                      {"name": "http", "containerPort": 8501, "protocol": "TCP"}],
-            "readinessProbe": {**probe, "initialDelaySeconds": 5, "periodSeconds": 5},
-            "livenessProbe": {**probe, "initialDelaySeconds": 60, "periodSeconds": 15,
-                              "failureThreshold": 4},
-            "resources": resources,
-            "securityContext": {"allowPrivilegeEscalation": False, "privileged": False,
-                                "readOnlyRootFilesystem": True,
-                                "capabilities": {"drop": ["ALL"]}},
-            "volumeMounts": mounts,
-        }],
+        "automountServiceAccountToken": False,  # TF Serving never calls the API server
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 60,
+        "securityContext": dict(POD_SECURITY),
+        "topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
+             "labelSelector": {"matchLabels": dict(selector)},
+             "matchLabelKeys": ["pod-template-hash"]}
+            for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone")],
+        "containers": [container],
         "volumes": volumes,
     }
-    if spec.gpu:
+    if init_containers:
+        pod["initContainers"] = init_containers
+    if spec.service_account:
+        pod["serviceAccountName"] = spec.service_account
+    if spec.gpu_count:
         pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists",
                                "effect": "NoSchedule"}]
     if spec.node_selector:
         pod["nodeSelector"] = dict(spec.node_selector)
-    objects.append({
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": spec.meta(),
-        "spec": {"replicas": spec.replicas,
-                 "selector": {"matchLabels": {"app.kubernetes.io/name": spec.name}},
-                 "template": {"metadata": {"labels": dict(spec.labels)}, "spec": pod}}})
+    return pod
+
+
+def kubernetes(spec: ManifestSpec) -> list[dict[str, Any]]:
+    """ConfigMap, Deployment, Service, PodDisruptionBudget, HPA (when it scales),
+    ServiceMonitor (``--service-monitor``)."""
+    selector = {"app.kubernetes.io/name": spec.name}
+    config_data = _config_data(spec)
+    objects: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "ConfigMap",
+                                      "metadata": spec.meta(f"{spec.name}-config"),
+                                      "data": config_data}]
+    pod = _pod_spec(spec, selector)
+    annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(REST),
+                   "prometheus.io/path": METRICS_PATH}
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": dict(selector)},
+        "strategy": {"type": "RollingUpdate",
+                     "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        "minReadySeconds": 5,
+        "template": {"metadata": {"labels": dict(spec.labels), "annotations": annotations},
+                     "spec": pod}}
+    if not spec.autoscaled:  # with an HPA, a replicas field fights it on every apply
+        deployment_spec = {"replicas": spec.replicas, **deployment_spec}
+    objects.append({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": spec.meta(),
+                    "spec": deployment_spec})
     objects.append({
         "apiVersion": "v1", "kind": "Service", "metadata": spec.meta(),
-        "spec": {"selector": {"app.kubernetes.io/name": spec.name},
-                 "ports": [{"name": "grpc", "port": 8500, "targetPort": "grpc"},
-                           {"name": "http", "port": 8501, "targetPort": "http"}]}})
+        "spec": {"selector": dict(selector),
+                 "ports": [{"name": "grpc", "port": GRPC, "targetPort": "grpc",
+                            "appProtocol": "grpc"},
+                           {"name": "http", "port": REST, "targetPort": "http",
+                            "appProtocol": "http"}]}})
     objects.append({
-        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-        "metadata": spec.meta(),
-        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
-                                    "name": spec.name},
-                 "minReplicas": spec.replicas, "maxReplicas": spec.max_replicas,
-                 "metrics": [{"type": "Resource", "resource": {
-                     "name": "cpu", "target": {"type": "Utilization",
-                                               "averageUtilization": 70}}}]}})
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": spec.meta(),
+        # maxUnavailable, not minAvailable: one replica must still let a node drain.
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": dict(selector)}}})
+    if spec.autoscaled:
+        metric = spec.scale_metric or "cpu"
+        objects.append({
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": spec.meta(),
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                                        "name": spec.name},
+                     "minReplicas": spec.replicas, "maxReplicas": spec.max_replicas,
+                     "metrics": [{"type": "Resource", "resource": {
+                         "name": metric, "target": {
+                             "type": "Utilization",
+                             "averageUtilization": spec.scale_target or 70}}}]}})
+    if spec.service_monitor:
+        monitor: dict[str, Any] = {
+            "selector": {"matchLabels": dict(selector)},
+            "endpoints": [{"port": "http", "path": METRICS_PATH, "interval": "30s"}]}
+        if spec.namespace:
+            monitor["namespaceSelector"] = {"matchNames": [spec.namespace]}
+        objects.append({"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+                        "metadata": spec.meta(), "spec": monitor})
     return objects
 
 
@@ -172,22 +432,49 @@ def kserve(spec: ManifestSpec) -> list[dict[str, Any]]:
     from tfdeploy.runtime.docker import serving_version
 
     uri = spec.source if spec.remote else f"pvc://{spec.pvc}/{spec.model_name}"
-    resources: dict[str, Any] = {"requests": {"cpu": spec.cpu, "memory": spec.memory},
-                                 "limits": {"memory": spec.memory}}
-    if spec.gpu:
-        resources["limits"]["nvidia.com/gpu"] = "1"
-    version = serving_version()
+    model: dict[str, Any] = {"modelFormat": {"name": "tensorflow"}, "storageUri": uri,
+                             "resources": _resources(spec, gpu_as=str)}
+    default = default_image(spec.gpu_count > 0)
+    if spec.image == default:
+        version = serving_version()
+        model["runtimeVersion"] = f"{version}-gpu" if spec.gpu_count else version
+    else:  # replaces the runtime's image, as given (a digest stays a digest)
+        model["image"] = spec.image
+    if spec.transport == "grpc":
+        # KServe's TensorFlow runtime serves gRPC on 9000; h2c routes gRPC to it.
+        model["ports"] = [{"name": "h2c", "containerPort": 9000, "protocol": "TCP"}]
+    predictor: dict[str, Any] = {
+        "minReplicas": spec.replicas, "maxReplicas": spec.max_replicas,
+        "scaleMetric": spec.scale_metric or "concurrency",
+        "scaleTarget": spec.scale_target or (70 if spec.scale_metric in ("cpu", "memory")
+                                             else 8),
+        "model": model}
+    if spec.service_account:
+        predictor["serviceAccountName"] = spec.service_account
+    if spec.batcher_max_batch_size is not None or spec.batcher_max_latency is not None:
+        batcher: dict[str, Any] = {}
+        if spec.batcher_max_batch_size is not None:
+            batcher["maxBatchSize"] = spec.batcher_max_batch_size
+        if spec.batcher_max_latency is not None:
+            batcher["maxLatency"] = spec.batcher_max_latency
+        predictor["batcher"] = batcher
+    if spec.gpu_count:
+        predictor["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                     "effect": "NoSchedule"}]
+    if spec.node_selector:
+        predictor["nodeSelector"] = dict(spec.node_selector)
     meta = spec.meta(spec.model_name.lower().replace("_", "-"))
-    return [{
-        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-        "metadata": meta,
-        "spec": {"predictor": {
-            "minReplicas": spec.replicas, "maxReplicas": spec.max_replicas,
-            "model": {"modelFormat": {"name": "tensorflow"},
-                      "runtimeVersion": f"{version}-gpu" if spec.gpu else version,
-                      "storageUri": uri, "resources": resources},
-        }},
-    }]
+    return [{"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+             "metadata": meta, "spec": {"predictor": predictor}}]
+
+
+def healthcheck(model_name: str, port: int = REST) -> list[str]:
+    """Healthy once the REST model status says AVAILABLE.  bash's /dev/tcp, because the
+    official image has neither curl nor wget."""
+    script = (f"exec 3<>/dev/tcp/127.0.0.1/{port} && "
+              f"printf 'GET /v1/models/{model_name} HTTP/1.0\\r\\n\\r\\n' >&3 && "
+              "grep -q AVAILABLE <&3")
+    return ["CMD", "bash", "-c", script]
 
 
 def compose(spec: ManifestSpec) -> dict[str, Any]:
@@ -198,25 +485,42 @@ def compose(spec: ManifestSpec) -> dict[str, Any]:
                         f"{spec.source.split('://')[0]}:// without credentials set up)")
     base = str(Path(spec.source).absolute())
     services = {}
+    assert spec.grpc_port is not None and spec.rest_port is not None
+    startup = spec.startup_timeout or (900 if spec.gpu_count else 300)
     for i in range(spec.replicas):
+        volumes = [f"{base}:{MODELS_DIR}/{spec.model_name}:ro"]
         service: dict[str, Any] = {
             "image": spec.image,
             "environment": {"MODEL_NAME": spec.model_name},
-            "volumes": [f"{base}:/models/{spec.model_name}:ro"],
-            "ports": [f"{spec.host}:{spec.grpc_port + 2 * i}:8500",
-                      f"{spec.host}:{spec.rest_port + 2 * i}:8501"],
+            "volumes": volumes,
+            "ports": [f"{spec.host}:{spec.grpc_port + 2 * i}:{GRPC}",
+                      f"{spec.host}:{spec.rest_port + 2 * i}:{REST}"],
             "restart": "unless-stopped",
+            "healthcheck": {"test": healthcheck(spec.model_name), "interval": "10s",
+                            "timeout": "5s", "retries": 3,
+                            "start_period": f"{startup}s"},
+            "stop_grace_period": "30s",  # SIGTERM drains in-flight requests
+            "read_only": True,
+            "tmpfs": ["/tmp"],
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges:true"],
             "labels": {"tfdeploy.managed": "compose", "tfdeploy.replica": str(i + 1)},
         }
-        if spec.gpu:
+        if spec.batching_parameters_file:
+            volumes.append(f"{Path(spec.batching_parameters_file).absolute()}"
+                           ":/config/batching.config:ro")
+            service["command"] = ["--enable_batching=true",
+                                  "--batching_parameters_file=/config/batching.config"]
+        if spec.gpu_count:
             service["deploy"] = {"resources": {"reservations": {"devices": [
-                {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]}}}
+                {"driver": "nvidia", "count": spec.gpus or "all", "capabilities": ["gpu"]}]}}}
         services[f"{spec.name}-{i + 1}"] = service
-    return {"version": "3.8", "services": services}
+    return {"services": services}
 
 
 def endpoints(spec: ManifestSpec, transport: str = "grpc") -> list[str]:
     port = spec.grpc_port if transport == "grpc" else spec.rest_port
+    assert port is not None
     return [f"{spec.host}:{port + 2 * i}" for i in range(spec.replicas)]
 
 
@@ -229,11 +533,18 @@ def _plain_dumper():
         def ignore_aliases(self, data) -> bool:
             return True
 
+    def text(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+        """Config files in ConfigMaps as readable ``|`` blocks, not escaped one-liners."""
+        style = "|" if "\n" in data and not data.endswith((" ", "\t")) else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+    PlainDumper.add_representer(str, text)
     return PlainDumper
 
 
 def write(target: str, spec: ManifestSpec, out_dir: Path) -> list[Path]:
-    """Write the target's files into ``out_dir`` (atomically each); returns their paths."""
+    """Write the target's files into ``out_dir`` (atomically each); returns their paths.
+    ``spec`` must have been resolved for ``target``."""
     import os
     import tempfile
 
@@ -247,7 +558,7 @@ def write(target: str, spec: ManifestSpec, out_dir: Path) -> list[Path]:
     elif target == "compose":
         files = {"compose.yaml": [compose(spec)]}
     else:
-        raise UserError(f"unknown target {target!r} (k8s, kserve, compose)")
+        raise UserError(f"unknown target {target!r} ({', '.join(options.TARGETS)})")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, docs in files.items():
@@ -261,30 +572,34 @@ def write(target: str, spec: ManifestSpec, out_dir: Path) -> list[Path]:
     return written
 
 
-def parse_node_selectors(items: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """``KEY=VALUE`` strings -> a node selector mapping."""
-    selectors = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"wants KEY=VALUE, got {item!r}", param="node_selector")
-        selectors[key] = value
-    return selectors
+def generate(target: str, spec: ManifestSpec, out_dir: Path) -> tuple[dict[str, Any], str]:
+    """Resolve ``spec`` for ``target``, write the files; returns (the --json payload, the
+    human summary with the next commands to run)."""
+    from tfdeploy.deploy.composecmd import up_hint
 
-
-def check_source(target: str, spec: ManifestSpec) -> None:
-    """A local base path must exist for the targets that mount it."""
-    if not spec.remote and target != "kserve" and not Path(spec.source).is_dir():
+    spec.resolve(target)
+    # compose bind mounts SOURCE, --fill-from tells the user to upload it: both need it.
+    if (not spec.remote and (target == "compose" or spec.fill_from)
+            and not Path(spec.source).is_dir()):
         raise UserError(f"{spec.source}: no such base path (export first, or give a gs:// "
                         "or s3:// URI)")
-
-
-def next_steps(target: str, spec: ManifestSpec, files: list[Path]) -> str:
-    """What the user does with the files just written."""
+    files = write(target, spec, out_dir)
+    payload: dict[str, Any] = {"target": target, "files": [str(f) for f in files],
+                               "image": spec.image}
+    lines = [f"wrote {f}" for f in files]
     if target == "compose":
-        return (f"then: docker compose -f {files[0]} up -d && tfdeploy predict IMAGES "
-                f"--server {','.join(endpoints(spec, 'grpc'))}")
-    if not spec.remote:
-        return (f"copy {spec.source} into the volume of claim {spec.pvc} "
-                f"(as {spec.model_name}/<version>/) before applying")
-    return ""
+        payload["grpc_endpoints"] = endpoints(spec, "grpc")
+        payload["rest_endpoints"] = endpoints(spec, "rest")
+        payload["up"] = up_hint(str(files[0]))
+        lines.append(f"then: {payload['up']} && tfdeploy predict IMAGES --server "
+                     f"{','.join(payload['grpc_endpoints'])}")
+        return payload, "\n".join(lines)
+    if spec.fill_from:
+        upload = ("gcloud storage rsync --recursive" if spec.fill_from.startswith("gs://")
+                  else "aws s3 sync")
+        lines.append(f"upload first: {upload} {spec.source} {spec.fill_from}")
+    elif spec.pvc and not spec.remote:
+        lines.append(f"claim {spec.pvc} must hold {spec.model_name}/<version>/ "
+                     "(README: Scaling out)")
+    lines.append(f"then: kubectl apply -f {files[0]}")
+    return payload, "\n".join(lines)
