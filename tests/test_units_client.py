@@ -81,6 +81,30 @@ def test_round_robin_and_cooldown():
     assert ep.pick() in {"a", "b", "c"}  # all down: still tries one
 
 
+def test_cooldown_doubles_while_failing_and_resets_on_success():
+    clock = Clock()
+    ep = Endpoints(["a", "b"], cooldown=5, max_cooldown=12, clock=clock)
+    for expected in (5, 10, 12):
+        ep.mark_down("a")
+        assert ep.pick() == "b" and ep.pick() == "b"
+        clock.now += expected - 0.1
+        assert ep.pick() == "b"
+        clock.now += 0.2
+    ep.served("a")
+    ep.mark_down("a")
+    clock.now += 5.1
+    assert "a" in {ep.pick(), ep.pick()}
+
+
+def test_all_down_picks_the_one_back_soonest():
+    clock = Clock()
+    ep = Endpoints(["a", "b"], cooldown=5, clock=clock)
+    ep.mark_down("a")
+    ep.mark_down("a")  # 10 s
+    ep.mark_down("b")  # 5 s
+    assert not ep.any_up() and ep.pick() == "b"
+
+
 def test_single_endpoint_is_never_marked_down():
     clock = Clock()
     ep = Endpoints(["a"], clock=clock)
@@ -105,6 +129,46 @@ def test_retry_budget_is_bounded():
     assert info.value.code == "UNAVAILABLE" and t.calls == 3 and len(sleeps) == 2
 
 
+def test_retry_timeout_bounds_the_time_spent():
+    clock = Clock()
+
+    def sleep(seconds: float) -> None:
+        clock.now += seconds
+
+    t = Scripted("a", [unavailable()] * 100)
+    pool = EndpointPool({"a": t}, retries=100, retry_timeout=10, backoff=0.5,
+                        max_backoff=2, sleep=sleep, clock=clock)
+    with pytest.raises(ClientError, match=r"gave up after \d+ attempts"):
+        pool.predict("m", "s", {})
+    assert clock.now - 100 <= 10  # 0.5 + 1 + 2 + 2 + 2 + 2 = 9.5, then the next would pass
+    assert t.calls == 7
+
+
+def test_a_restart_shorter_than_the_budget_is_outlasted():
+    """The default budget rides out a server that is down for 10 s."""
+    clock = Clock()
+
+    class Restarting(Scripted):
+        def _next(self):
+            self.calls += 1
+            if clock.now < 110:
+                raise unavailable()
+            return "back"
+
+    def sleep(seconds: float) -> None:
+        clock.now += seconds
+
+    pool = EndpointPool({"a": Restarting("a", [])}, sleep=sleep, clock=clock)
+    assert pool.predict("m", "s", {})["value"] == "back"
+
+
+def test_deadline_exceeded_fails_over():
+    hung = Scripted("a", [ClientError("DEADLINE_EXCEEDED", "Deadline Exceeded", "a")])
+    pool = EndpointPool({"a": hung, "b": Scripted("b", [])},
+                        sleep=lambda s: pytest.fail("slept"))
+    assert pool.metadata("m") == "ok" and pool.counts == {"a": 0, "b": 1}
+
+
 def test_non_retryable_errors_are_not_retried():
     t = Scripted("a", [ClientError("INVALID_ARGUMENT", "bad image")])
     pool = EndpointPool({"a": t}, sleep=lambda s: pytest.fail("slept"))
@@ -115,7 +179,7 @@ def test_non_retryable_errors_are_not_retried():
 
 def test_failover_to_the_next_endpoint_without_sleeping():
     a, b = Scripted("a", [unavailable("a")] * 3), Scripted("b", [])
-    pool = EndpointPool({"a": a, "b": b}, retries=0, sleep=lambda s: pytest.fail("slept"))
+    pool = EndpointPool({"a": a, "b": b}, retries=1, sleep=lambda s: pytest.fail("slept"))
     results = [pool.predict("m", "s", {})["address"] for _ in range(4)]
     assert results == ["b"] * 4  # a failed once, then sat out its cool-down
     assert a.calls == 1 and pool.counts == {"a": 0, "b": 4}

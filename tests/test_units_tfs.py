@@ -37,7 +37,8 @@ def test_codes_compare_as_names_and_map_back_from_http():
                  Code.INTERNAL, Code.RESOURCE_EXHAUSTED):
         assert Code.from_http(code.http) is code
     assert Code.from_http(418) is Code.INVALID_ARGUMENT and Code.from_http(599) is Code.UNKNOWN
-    assert {c for c in Code if c.retryable} == {Code.UNAVAILABLE, Code.CANCELLED}
+    assert {c for c in Code if c.retryable} == {Code.UNAVAILABLE, Code.CANCELLED,
+                                                Code.DEADLINE_EXCEEDED}
 
 
 # -- tensors -----------------------------------------------------------------------------

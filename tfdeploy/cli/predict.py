@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from tfdeploy.cli.app import main
+from tfdeploy.client.defaults import DEFAULT_RETRIES, DEFAULT_RETRY_TIMEOUT, DEFAULT_TIMEOUT
 from tfdeploy.errors import UserError
 from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
 
@@ -20,14 +21,29 @@ _transport_option = click.option("--transport", type=click.Choice(["grpc", "rest
                                   default="grpc", show_default=True)
 
 
-def _predictor(server, transport, timeout, model_name, signature, version=None, **kw):
+def _retry_options(fn):
+    """--retries / --retry-timeout: how long a request rides out an unavailable, hung or
+    restarting server (defaults outlast a 10 s restart)."""
+    fn = click.option("--retry-timeout", type=click.FloatRange(min=0),
+                      default=DEFAULT_RETRY_TIMEOUT, show_default=True,
+                      help="Seconds a request may spend on retries.")(fn)
+    return click.option("--retries", type=click.IntRange(min=0), default=DEFAULT_RETRIES,
+                        show_default=True,
+                        help="Retries of a request that found its server unavailable, "
+                             "timed out or was cancelled (to the next endpoint when "
+                             "there are several).")(fn)
+
+
+def _predictor(server, transport, timeout, retries, retry_timeout, model_name, signature,
+               version=None, **kw):
     """Connect to the endpoints the user named (or the running server) and read the
     model's signatures; library errors become one-line CLI errors."""
     from tfdeploy.client.pool import connect
     from tfdeploy.client.predict import PredictError, Predictor
     from tfdeploy.runtime.manage import client_endpoints
 
-    pool = connect(client_endpoints(server, transport), transport, timeout=timeout)
+    pool = connect(client_endpoints(server, transport), transport, timeout=timeout,
+                   retries=retries, retry_timeout=retry_timeout)
     try:
         return Predictor(pool, model_name, signature, version, **kw)
     except PredictError as exc:
@@ -50,12 +66,14 @@ def _predictor(server, transport, timeout, model_name, signature, version=None, 
               help="Downsize images so the longer side is at most N before sending; "
                    "masks come back at the original size.")
 @click.option("-j", "--concurrency", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--timeout", type=float, default=60.0, show_default=True,
-              help="Seconds per request.")
+@click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True,
+              help="Seconds one attempt may take at one endpoint (its deadline).")
+@_retry_options
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document: per-image class pixel counts and a summary.")
 def predict(images: tuple[str, ...], server, transport, model_name, signature, version,
-            output_dir, overlay, max_side, concurrency, timeout, as_json) -> None:
+            output_dir, overlay, max_side, concurrency, timeout, retries, retry_timeout,
+            as_json) -> None:
     """Segment IMAGES (files, directories, globs) and write palette PNG masks.
 
     Mask pixel values are class indices, coloured with the Pascal VOC palette.  A file
@@ -74,8 +92,9 @@ def predict(images: tuple[str, ...], server, transport, model_name, signature, v
     jobs = expand(images)
     if not jobs:
         raise UserError("no images found in " + " ".join(images))
-    predictor = _predictor(server, transport, timeout, model_name, signature, version,
-                           output_dir=output_dir, overlay=overlay, max_side=max_side)
+    predictor = _predictor(server, transport, timeout, retries, retry_timeout, model_name,
+                           signature, version, output_dir=output_dir, overlay=overlay,
+                           max_side=max_side)
     results, started = [], time.perf_counter()
     with click.progressbar(length=len(jobs), label=f"predict ({predictor.signature})",
                            file=sys.stderr, show_pos=True) as bar:
@@ -115,10 +134,12 @@ def _levels(ctx, param, text: str) -> list[int]:
 @click.option("--duration", type=float, default=None, help="Seconds per level [10].")
 @click.option("--requests", "-n", type=click.IntRange(min=1), default=None,
               help="Requests per level (instead of --duration).")
-@click.option("--timeout", type=float, default=60.0, show_default=True)
+@click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True,
+              help="Seconds one attempt may take at one endpoint (its deadline).")
+@_retry_options
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 def bench(image, server, transport, model_name, signature, concurrency, duration, requests,
-          timeout, as_json) -> None:
+          timeout, retries, retry_timeout, as_json) -> None:
     """Measure latency percentiles and throughput against a running server.
 
     IMAGE defaults to the first demo image.  Each level is a closed loop of N concurrent
@@ -141,8 +162,8 @@ def bench(image, server, transport, model_name, signature, concurrency, duration
         loaded = image_io.load(path)
     except image_io.BadImage as exc:
         raise UserError(f"{path}: {exc}") from None
-    predictor = _predictor(server, transport, timeout, model_name, signature,
-                           output_dir=None)
+    predictor = _predictor(server, transport, timeout, retries, retry_timeout, model_name,
+                           signature, output_dir=None)
     results = []
     if not as_json:
         click.echo(f"{describe_input(predictor, loaded)} over {transport} to "

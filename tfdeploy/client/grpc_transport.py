@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from tfdeploy.client.base import ClientError, Transport
+from tfdeploy.client.defaults import DEFAULT_TIMEOUT
 from tfdeploy.tfs import protos, requests
 from tfdeploy.tfs.names import MASK_PNG, SERVING_DEFAULT
 from tfdeploy.tfs.saved_model import Signature, signature
@@ -16,15 +17,21 @@ from tfdeploy.tfs.saved_model import Signature, signature
 if TYPE_CHECKING:
     import numpy as np
 
-_UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+_OPTIONS = [
+    ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
+    # Reconnect quickly after a server restart: gRPC's default backoff grows to 2 minutes,
+    # and calls on a channel waiting to reconnect fail at once.
+    ("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
 
 
 class GrpcTransport(Transport):
     name = "grpc"
 
-    def __init__(self, address: str, timeout: float = 60.0):
+    def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT):
         self.address, self.timeout = address, timeout
-        self._channel = grpc.insecure_channel(address, options=_UNLIMITED)
+        self._channel = grpc.insecure_channel(address, options=_OPTIONS)
         services = protos.module("tensorflow_serving.apis.prediction_service_pb2_grpc")
         self._predictions = services.PredictionServiceStub(self._channel)
         self._models = None  # ModelService stub, made on first use

@@ -18,6 +18,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, TypeVar
 
 from tfdeploy.client.base import ClientError, Transport
+from tfdeploy.client.defaults import DEFAULT_RETRIES, DEFAULT_RETRY_TIMEOUT, DEFAULT_TIMEOUT
 from tfdeploy.tfs.names import DEFAULT_PORTS, SERVING_DEFAULT
 from tfdeploy.tfs.saved_model import Signature
 
@@ -44,53 +45,82 @@ def parse_addresses(items: Iterable[str], transport: str) -> list[str]:
 
 
 class Endpoints:
-    """Round robin over addresses; one that failed is skipped for ``cooldown`` seconds
-    while others are up.  ``counts`` says how many calls each one served."""
+    """Round robin over addresses; one that failed is skipped for a cool-down while
+    others are up.  The cool-down doubles with each failure in a row (``cooldown`` up to
+    ``max_cooldown`` seconds), so a hung endpoint costs one deadline per cool-down, not
+    one per request.  ``counts`` says how many calls each one served."""
 
     def __init__(self, addresses: list[str], cooldown: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 max_cooldown: float = 60.0, clock: Callable[[], float] = time.monotonic):
         if not addresses:
             raise ValueError("no server endpoint given")
         self.addresses = list(addresses)
         self.counts = dict.fromkeys(self.addresses, 0)
-        self.cooldown, self._clock = cooldown, clock
+        self.cooldown, self.max_cooldown, self._clock = cooldown, max_cooldown, clock
         self._cycle = itertools.cycle(self.addresses)
         self._lock = threading.Lock()
         self._down_until: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+
+    def _up(self, address: str, now: float) -> bool:
+        return self._down_until.get(address, 0) <= now
 
     def pick(self) -> str:
+        """The next address that is up; when all are down, the one back soonest."""
         with self._lock:
             now = self._clock()
             for _ in range(len(self.addresses)):
                 address = next(self._cycle)
-                if self._down_until.get(address, 0) <= now:
+                if self._up(address, now):
                     return address
-            return next(self._cycle)  # all marked down: try anyway
+            return min(self.addresses, key=lambda a: self._down_until.get(a, 0))
+
+    def any_up(self) -> bool:
+        with self._lock:
+            now = self._clock()
+            return any(self._up(a, now) for a in self.addresses)
 
     def mark_down(self, address: str) -> None:
-        if len(self.addresses) > 1:
-            with self._lock:
-                if self._down_until.get(address, 0) <= self._clock():
-                    log.warning("endpoint %s failed; using the others for %.0fs",
-                                address, self.cooldown)
-                self._down_until[address] = self._clock() + self.cooldown
+        if len(self.addresses) == 1:
+            return  # nothing to fail over to: the pool backs off instead
+        with self._lock:
+            now = self._clock()
+            failures = self._failures.get(address, 0) + 1
+            self._failures[address] = failures
+            seconds = min(self.cooldown * 2 ** (failures - 1), self.max_cooldown)
+            if self._up(address, now):
+                log.warning("endpoint %s failed; using the others for %.0fs", address, seconds)
+            self._down_until[address] = now + seconds
 
     def served(self, address: str) -> None:
         with self._lock:
             self.counts[address] += 1
+            self._failures.pop(address, None)
 
 
 class EndpointPool(Transport):
-    """A Transport over one or more endpoints, with the retry policy above."""
+    """A Transport over one or more endpoints, with the retry policy above.
 
-    def __init__(self, transports: Mapping[str, Transport], retries: int = 4,
-                 backoff: float = 0.2, sleep: Callable[[float], None] = time.sleep):
+    Each attempt has the transports' own deadline (``timeout``); a retryable failure
+    (``Code.retryable``: UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED) is sent again, at
+    once to another endpoint that is up, else after an exponential backoff (``backoff``
+    doubling up to ``max_backoff`` seconds), until ``retries`` retries or
+    ``retry_timeout`` seconds are spent."""
+
+    def __init__(self, transports: Mapping[str, Transport], retries: int = DEFAULT_RETRIES,
+                 retry_timeout: float = DEFAULT_RETRY_TIMEOUT, backoff: float = 0.2,
+                 max_backoff: float = 2.0, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic):
         if not transports:
             raise ValueError("no server endpoint given")
+        if retries < 0 or retry_timeout < 0:
+            raise ValueError("retries and retry_timeout must not be negative")
         self.transports = dict(transports)
         self.name = next(iter(self.transports.values())).name
-        self.endpoints = Endpoints(list(self.transports))
-        self.retries, self.backoff, self._sleep = retries, backoff, sleep
+        self.endpoints = Endpoints(list(self.transports), clock=clock)
+        self.retries, self.retry_timeout = retries, retry_timeout
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self._sleep, self._clock = sleep, clock
 
     @property
     def addresses(self) -> list[str]:
@@ -101,22 +131,30 @@ class EndpointPool(Transport):
         return self.endpoints.counts
 
     def call(self, fn: Callable[[Transport], T]) -> T:
-        """``fn(transport)`` on the next endpoint; on a retryable failure, again on the
-        next one (several endpoints) or after a backoff (one), ``retries`` times more at
-        most (plus one per extra endpoint)."""
+        """``fn(transport)`` on the next endpoint, retried as the class says; the last
+        error is raised when the budget is spent, saying how much was tried."""
+        started = self._clock()
         failures = 0
-        budget = self.retries + len(self.addresses) - 1
         while True:
             address = self.endpoints.pick()
             try:
                 result = fn(self.transports[address])
             except ClientError as exc:
-                if not exc.code.retryable or failures >= budget:
+                if not exc.code.retryable:
                     raise
                 failures += 1
                 self.endpoints.mark_down(address)
-                if len(self.addresses) == 1:
-                    self._sleep(self.backoff * 2 ** (failures - 1))
+                failover = len(self.addresses) > 1 and self.endpoints.any_up()
+                pause = 0.0 if failover else min(self.backoff * 2 ** (failures - 1),
+                                                 self.max_backoff)
+                spent = self._clock() - started
+                if failures > self.retries or spent + pause > self.retry_timeout:
+                    if failures > 1:
+                        exc.message += (f" (gave up after {failures} attempts in "
+                                        f"{spent:.1f}s)")
+                    raise
+                if pause:
+                    self._sleep(pause)
                 continue
             self.endpoints.served(address)
             return result
@@ -169,10 +207,13 @@ class EndpointPool(Transport):
             transport.close()
 
 
-def connect(addresses: str | Iterable[str], transport: str = "grpc", timeout: float = 60.0,
-            retries: int = 4) -> EndpointPool:
+def connect(addresses: str | Iterable[str], transport: str = "grpc",
+            timeout: float = DEFAULT_TIMEOUT,
+            retries: int = DEFAULT_RETRIES,
+            retry_timeout: float = DEFAULT_RETRY_TIMEOUT) -> EndpointPool:
     """An EndpointPool over ``addresses`` (``host[:port]``, or several comma-separated)
-    speaking ``transport`` (``grpc`` or ``rest``)."""
+    speaking ``transport`` (``grpc`` or ``rest``); ``timeout`` is each attempt's deadline
+    at one endpoint, ``retries`` / ``retry_timeout`` bound the retries of a call."""
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
     items = [addresses] if isinstance(addresses, str) else list(addresses)
@@ -182,4 +223,4 @@ def connect(addresses: str | Iterable[str], transport: str = "grpc", timeout: fl
     else:
         from tfdeploy.client.rest_transport import RestTransport as cls
     return EndpointPool({a: cls(a, timeout=timeout) for a in dict.fromkeys(parsed)},
-                        retries=retries)
+                        retries=retries, retry_timeout=retry_timeout)

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from tfdeploy.client.base import ClientError, Transport
+from tfdeploy.client.defaults import DEFAULT_TIMEOUT
 from tfdeploy.tfs import json_tensors, protos, requests
 from tfdeploy.tfs.codes import Code, StatusError
 from tfdeploy.tfs.names import MASK_PNG, SERVING_DEFAULT
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 class RestTransport(Transport):
     name = "rest"
 
-    def __init__(self, address: str, timeout: float = 60.0):
+    def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT):
         self.address, self.timeout = address, timeout
 
     def _http(self, method: str, path: str, body: dict | None = None):

@@ -44,11 +44,13 @@ class Code(str, enum.Enum):
 
     @property
     def retryable(self) -> bool:
-        """Whether an idempotent call (Predict, metadata, status) may be sent again.
+        """Whether an idempotent call (Predict, metadata, status) may be sent again, to
+        another endpoint or later.
 
-        UNAVAILABLE: the server is starting, restarting or swapping.  CANCELLED: what a
-        call gets from a gRPC server that shuts down as it arrives (our client never
-        cancels its own calls)."""
+        UNAVAILABLE: the server is starting, restarting or swapping, or not reachable.
+        CANCELLED: what a call gets from a gRPC server that shuts down as it arrives (our
+        client never cancels its own calls).  DEADLINE_EXCEEDED: the endpoint did not
+        answer in time (hung, overloaded); another one may."""
         return self in _RETRYABLE
 
     @classmethod
@@ -79,7 +81,7 @@ _FROM_HTTP = {
     500: Code.INTERNAL, 501: Code.UNIMPLEMENTED, 503: Code.UNAVAILABLE,
     504: Code.DEADLINE_EXCEEDED,
 }
-_RETRYABLE = frozenset({Code.UNAVAILABLE, Code.CANCELLED})
+_RETRYABLE = frozenset({Code.UNAVAILABLE, Code.CANCELLED, Code.DEADLINE_EXCEEDED})
 
 
 class StatusError(Exception):
