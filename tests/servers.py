@@ -40,9 +40,11 @@ def http(method: str, url: str, body: bytes | dict | None = None,
 class ServerProcess:
     """``tfdeploy-model-server`` in a subprocess, logs in a file."""
 
-    def __init__(self, *flags: str, log_dir: Path):
-        self.grpc_port, self.rest_port = free_port(), free_port()
-        self.log_path = log_dir / f"server-{self.grpc_port}.log"
+    def __init__(self, *flags: str, log_dir: Path, grpc_port: int | None = None,
+                 rest_port: int | None = None):
+        """Ports are free ones unless given (a restarted server takes its old ports)."""
+        self.grpc_port, self.rest_port = grpc_port or free_port(), rest_port or free_port()
+        self.log_path = log_dir / f"server-{self.grpc_port}-{time.time_ns()}.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tfdeploy.serving", f"--port={self.grpc_port}",

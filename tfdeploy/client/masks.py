@@ -50,11 +50,25 @@ def class_counts(mask: Image.Image) -> dict[str, int]:
     return {str(i): n for i, n in enumerate(mask.histogram()[:256]) if n}
 
 
+def _read_umask() -> int:
+    """The process umask (read once, at import, before any worker thread exists: setting
+    it to read it is not thread-safe)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def save_atomic(content: Image.Image | bytes, path: Path, **save_args) -> None:
-    """Write to a temporary file in the target directory, then rename over the target."""
+    """Write to a temporary file in the target directory, then rename over the target.
+    The file gets the mode a plain ``open()`` would give it (0666 less the umask), not
+    the temporary file's private 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as fh:
             if isinstance(content, bytes):
                 fh.write(content)
