@@ -185,3 +185,16 @@ def test_status_json_round_trip():
     assert as_json["model_version_status"][0]["version"] == "2"
     back = json_tensors.json_to_message(as_json, status_pb2.GetModelStatusResponse())
     assert requests.version_states(back) == {2: "AVAILABLE"}
+
+
+def test_tf_error_message_keeps_the_ops_words():
+    from tfdeploy.tfs.codes import tf_error_message
+
+    raw = ("{{function_node __wrapped__SaveV2_dtypes_1_device_/job:localhost/replica:0}} "
+           "/m/variables/part-0.data; File too large [Op:SaveV2]")
+    assert tf_error_message(Exception(raw)) == "/m/variables/part-0.data; File too large"
+    graph = ("Graph execution error:\n\nDetected at node DecodeImage defined at:\n  File \"x\"\n"
+             "Unknown image file format. One of JPEG, PNG, GIF, BMP required.\n"
+             "\t [[{{node DecodeImage}}]] [Op:__inference_serve_1]")
+    assert tf_error_message(Exception(graph)) == \
+        "Unknown image file format. One of JPEG, PNG, GIF, BMP required."

@@ -134,7 +134,13 @@ def read_weights(prefix: Path, config: ModelConfig) -> dict[str, np.ndarray]:
     ]
     if wrong:
         raise UserError(f"{prefix.name}: wrongly shaped variable(s): {_names(wrong)}")
-    return {n: reader.get_tensor(n).astype(np.float32) for n in expected}
+    try:
+        return {n: reader.get_tensor(n).astype(np.float32) for n in expected}
+    except (tf.errors.OpError, IndexError, ValueError) as exc:
+        # a truncated or corrupt data file: the index lists the tensor, its bytes are gone
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{prefix}: unreadable checkpoint data, truncated or corrupt "
+                        f"({msg})") from None
 
 
 def write_checkpoint(directory: Path, config: ModelConfig, weights: dict[str, np.ndarray],

@@ -24,6 +24,7 @@ from tfdeploy.export import checkpoint as ckpt
 from tfdeploy.export import warmup
 from tfdeploy.export.model import DeepLabV3
 from tfdeploy.export.signatures import ServingModule
+from tfdeploy.tfs.codes import tf_error_message
 from tfdeploy.tfs.names import (
     DEFAULT_MODEL_NAME,
     PREDICT_IMAGES,
@@ -156,7 +157,10 @@ def export(
         raise UserError(f"version {number} already exists at {existing[number]} "
                         "(pass --overwrite to replace it, or omit --version)")
 
-    base.mkdir(parents=True, exist_ok=True)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {base} ({exc.strerror})", param="output") from None
     clean_stale_temps(base)
     tmp = base / f"{TMP_PREFIX}{number}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
@@ -191,6 +195,12 @@ def export(
             "config": source.config.to_json()["model"], "exported_at": time.time(),
         }, indent=2))
         _publish(tmp, base / str(number), replace=number in existing)
+    except OSError as exc:  # disk full, quota, permissions while writing
+        raise ExportError(f"cannot write the export under {base} "
+                          f"({exc.strerror or exc}); nothing was published") from None
+    except tf.errors.OpError as exc:  # TF's own file writes (SavedModel, warmup records)
+        raise ExportError(f"cannot write the export under {base} "
+                          f"({tf_error_message(exc)}); nothing was published") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result.seconds = round(time.perf_counter() - started, 3)

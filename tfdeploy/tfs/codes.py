@@ -8,6 +8,7 @@ they print, compare and serialise as the names users see in gRPC errors.
 from __future__ import annotations
 
 import enum
+import re
 
 
 class Code(str, enum.Enum):
@@ -109,6 +110,8 @@ def tf_error_message(exc: Exception) -> str:
     ]
     line = keep[-1] if keep else (text.strip().splitlines() or [type(exc).__name__])[0]
     line = line.split("\t [[", 1)[0].split(" [[", 1)[0].strip()
+    line = re.sub(r"^\{\{[^}]*\}\}\s*", "", line)  # {{function_node ...}} prefix
+    line = re.sub(r"\s*\[Op:\w+\]$", "", line)  # [Op:SaveV2] suffix
     if line.startswith("assertion failed: [") and "]" in line:
         line = line[len("assertion failed: ["):line.index("]")].strip().rstrip(".")
     return line
