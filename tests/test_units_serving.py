@@ -6,11 +6,9 @@ later rewrites of the Manager and Batcher can be checked in seconds, not minutes
 
 from __future__ import annotations
 
-import importlib
 import sys
 import threading
 import time
-import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,25 +26,8 @@ from tfdeploy.tfs.codes import Code, StatusError
 _TF_LOADED_BEFORE = "tensorflow.python" in sys.modules
 
 
-def _import_manager() -> types.ModuleType:
-    """``manager.py`` imports ``Servable`` only for annotations, but ``servable.py`` imports
-    TensorFlow (seconds, hundreds of MB).  Import the manager with a placeholder servable
-    module, then drop the placeholder so a later real import in this process (other test
-    files) still gets the real module."""
-    name = "tfdeploy.serving.servable"
-    if "tfdeploy.serving.manager" in sys.modules or name in sys.modules:
-        return importlib.import_module("tfdeploy.serving.manager")
-    placeholder = types.ModuleType(name)
-    placeholder.Servable = object  # type: ignore[attr-defined]
-    sys.modules[name] = placeholder
-    try:
-        return importlib.import_module("tfdeploy.serving.manager")
-    finally:
-        if sys.modules.get(name) is placeholder:
-            del sys.modules[name]
+from tfdeploy.serving import manager as manager_mod  # noqa: E402
 
-
-manager_mod = _import_manager()
 Manager = manager_mod.Manager
 START, LOADING, AVAILABLE, UNLOADING, END = (manager_mod.START, manager_mod.LOADING,
                                              manager_mod.AVAILABLE, manager_mod.UNLOADING,
@@ -761,3 +742,42 @@ def test_make_batchers_only_for_batchable_signatures():
         for b in batchers.values():
             b.close()
     wait_until(lambda: not batch_threads(servable))
+
+
+def test_batcher_survives_picking_tasks_behind_another_shape():
+    """Regression: the batch thread takes A1 and A2 from the queue [A1, B, A2]; removing A2
+    must not compare it with B (``_Task`` used to compare by value, numpy arrays and all,
+    which raised inside the batch thread, killed it and left every caller waiting)."""
+    entered, release = threading.Event(), threading.Event()
+
+    def fn(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(5)
+        return {"y": inputs["x"] * 2}
+
+    servable = ArrayServable(fn)
+    requests = [rows(0, 1), rows(10, 2), rows(20, 1, width=3), rows(30, 2)]
+    results: list[object] = [None] * len(requests)
+
+    def one(i: int) -> None:
+        results[i] = batcher.submit(requests[i])
+
+    with running(servable, max_batch_size=4) as batcher:
+        threads = [threading.Thread(target=one, args=(i,), daemon=True)
+                   for i in range(len(requests))]
+        threads[0].start()
+        try:
+            assert entered.wait(5)  # the batch thread is busy; queue the rest in order
+            for n, t in enumerate(threads[1:], start=1):
+                t.start()
+                wait_until(lambda n=n: len(batcher._queue) == n)
+        finally:
+            release.set()
+        deadline = time.monotonic() + 5
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        assert not any(t.is_alive() for t in threads), "the batch thread died"
+    for request, result in zip(requests, results, strict=True):
+        np.testing.assert_array_equal(result["y"], request["x"] * 2)
+    assert servable.calls == [1, 4, 1]

@@ -13,9 +13,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tfdeploy.serving.servable import Servable
 from tfdeploy.tfs.codes import Code, StatusError
+
+if TYPE_CHECKING:  # annotations only: servable.py imports TensorFlow
+    from tfdeploy.serving.servable import Servable
 
 log = logging.getLogger("tfdeploy.serving.manager")
 
