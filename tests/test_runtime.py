@@ -8,6 +8,7 @@ import shutil
 import socket
 import time
 
+import psutil
 import pytest
 from conftest import ROOT, run_cli
 from PIL import Image
@@ -20,13 +21,8 @@ EXAMPLE = sorted((ROOT / "examples").glob("*.jpg"))[0]
 
 def _pid_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ", 1)[1].split()[0] != "Z"
-    except OSError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
 
 

@@ -34,7 +34,7 @@ class ServerRecord:
     grpc_port: int
     rest_port: int
     pid: int | None = None
-    pid_start: int | None = None  # the process's start time, so a reused pid is not ours
+    pid_start: float | None = None  # process creation time (epoch s): a reused pid is not ours
     container_id: str | None = None
     image: str | None = None
     log_file: str | None = None
