@@ -16,27 +16,40 @@ _server_option = click.option(
     "--server", "-s", multiple=True, metavar="HOST:PORT[,HOST:PORT...]",
     help="Server endpoint(s); several spread the load round robin. Default: the server "
          "`tfdeploy serve` started, else localhost:8500 (gRPC) / localhost:8501 (REST).")
+_name_option = click.option(
+    "--name", default=None,
+    help="The tfdeploy server to use (see `tfdeploy status`). Default: the only running one.")
 _transport_option = click.option("--transport", type=click.Choice(["grpc", "rest"]),
                                   default="grpc", show_default=True)
 
 
-def _predictor(server, transport, timeout, model_name, signature, version=None, **kw):
+def _predictor(server, name, transport, timeout, model_name, signature, version=None, **kw):
     """Connect to the endpoints the user named (or the running server) and read the
     model's signatures; library errors become one-line CLI errors."""
-    from tfdeploy.client.pool import connect
-    from tfdeploy.client.predict import PredictError, Predictor
+    from tfdeploy.client.predict import Client, PredictError
     from tfdeploy.runtime.manage import client_endpoints
 
-    pool = connect(client_endpoints(server, transport), transport, timeout=timeout)
+    client = Client(client_endpoints(server, transport, name), transport, model=model_name,
+                    signature=signature, version=version, timeout=timeout)
     try:
-        return Predictor(pool, model_name, signature, version, **kw)
+        return client.predictor(**kw)
     except PredictError as exc:
         raise UserError(str(exc)) from None
+
+
+def _check_inputs(items) -> None:
+    """Before any network call: every argument must name something."""
+    from tfdeploy.client.predict import missing_inputs
+
+    missing = missing_inputs(items)
+    if missing:
+        raise UserError(f"no such file or directory: {', '.join(missing)}")
 
 
 @main.command(short_help="Images -> segmentation mask PNGs via a running server.")
 @click.argument("images", nargs=-1, required=True)
 @_server_option
+@_name_option
 @_transport_option
 @click.option("--model-name", "-m", default=DEFAULT_MODEL_NAME, show_default=True)
 @click.option("--signature", default=None,
@@ -54,7 +67,7 @@ def _predictor(server, transport, timeout, model_name, signature, version=None, 
               help="Seconds per request.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document: per-image class pixel counts and a summary.")
-def predict(images: tuple[str, ...], server, transport, model_name, signature, version,
+def predict(images: tuple[str, ...], server, name, transport, model_name, signature, version,
             output_dir, overlay, max_side, concurrency, timeout, as_json) -> None:
     """Segment IMAGES (files, directories, globs) and write palette PNG masks.
 
@@ -65,16 +78,18 @@ def predict(images: tuple[str, ...], server, transport, model_name, signature, v
     Examples:
       tfdeploy predict examples/scene_1.jpg
       tfdeploy predict photos/ -j 4 --overlay -o out/
+      tfdeploy predict photo.jpg --name staging       # one of several servers
       tfdeploy predict 'shots/**/*.png' --transport rest --server 10.0.0.5:8501 --json
     """
     import time
 
     from tfdeploy.client.predict import expand
 
+    _check_inputs(images)
     jobs = expand(images)
     if not jobs:
         raise UserError("no images found in " + " ".join(images))
-    predictor = _predictor(server, transport, timeout, model_name, signature, version,
+    predictor = _predictor(server, name, transport, timeout, model_name, signature, version,
                            output_dir=output_dir, overlay=overlay, max_side=max_side)
     results, started = [], time.perf_counter()
     with click.progressbar(length=len(jobs), label=f"predict ({predictor.signature})",
@@ -89,8 +104,10 @@ def predict(images: tuple[str, ...], server, transport, model_name, signature, v
         click.echo(json.dumps({"results": [r.__dict__ for r in results], "summary": summary},
                               indent=2))
     else:
+        rate = summary["images_per_second"]
         click.echo(f"{summary['images']} images: {summary['ok']} ok, {summary['failed']} "
-                   f"failed, {summary['images_per_second']} img/s -> {output_dir}/")
+                   f"failed" + (f", {rate} img/s" if rate is not None else "")
+                   + (f" -> {output_dir}/" if summary["ok"] else ""))
     if summary["failed"]:
         sys.exit(1)
 

@@ -68,7 +68,8 @@ class ProcessRuntime:
         record = ServerRecord(name=spec.name, runtime=self.name, model_name=spec.model_name,
                               base_path=str(spec.base_path or ""), host=spec.host,
                               grpc_port=spec.grpc_port, rest_port=spec.rest_port,
-                              started_at=time.time(), command=cmd)
+                              started_at=time.time(), command=cmd,
+                              models=spec.model_names())
         if foreground:
             record.pid = os.getpid()
             return record
@@ -78,7 +79,8 @@ class ProcessRuntime:
         with open(log_file, "wb") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+                                         **spec.env})
         record.pid, record.log_file = proc.pid, str(log_file)
         record.pid_start = process_start(proc.pid)
         return record
@@ -86,7 +88,7 @@ class ProcessRuntime:
     def run_foreground(self, spec: ServeSpec) -> int:
         """Run attached to the terminal until Ctrl-C / SIGTERM; returns the exit code."""
         check_ports_free(spec.host, spec.grpc_port, spec.rest_port)
-        proc = subprocess.Popen(self.command(spec))
+        proc = subprocess.Popen(self.command(spec), env={**os.environ, **spec.env})
         forward = lambda signum, _frame: proc.send_signal(signum)  # noqa: E731
         old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
