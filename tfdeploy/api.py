@@ -91,8 +91,23 @@ def stop(name: str | None = None, all_servers: bool = False, timeout: float = 30
     return manage.stop(name, all_servers, timeout)
 
 
-def bench(image=None, **options):
-    """Measure a server like perf_analyzer; see ``tfdeploy.client.bench.run``."""
-    from tfdeploy.client.bench import run
+def bench(client, images=None, *, concurrency=(1,), request_rates=(), **options) -> list:
+    """Measure a server like perf_analyzer: warm-up, stabilised measurement windows,
+    latency percentiles and throughput per concurrency level or request rate.
 
-    return run(image, **options)
+    ``client`` is a ``tfdeploy.Client`` (or a ``Server``: its gRPC client); ``images``
+    are files, directories or globs (default: the bundled demo images).  ``options``:
+    ``warmup``, ``interval`` (window seconds), ``stability`` (percent), ``max_trials``,
+    ``duration`` or ``requests`` (one fixed window), ``max_threads`` (open loop).
+    Returns one ``tfdeploy.client.bench.LevelResult`` per level (``.to_json()``, and
+    ``tfdeploy.client.bench.to_csv(results)``).
+    """
+    from tfdeploy.client import bench as bench_lib
+    from tfdeploy.demo import DEMO_IMAGES
+
+    if hasattr(client, "grpc_address") and not hasattr(client, "predictor"):
+        client = client.client()
+    items = [str(i) for i in ([images] if isinstance(images, (str, Path)) else images or [])]
+    inputs = bench_lib.load_inputs(items or [str(DEMO_IMAGES)])
+    return bench_lib.run(client.predictor(), inputs, concurrency=concurrency,
+                         request_rates=request_rates, **options)
