@@ -95,13 +95,14 @@ class ServeSpec:
         if self.rest_port == 0:
             self.rest_port = free_port(self.host, avoid=self.grpc_port)
 
-    def check_runtime(self, runtime: str) -> None:
+    def check_runtime(self, runtime: str, asked: str = "auto") -> None:
         """Refuse options ``runtime`` would silently ignore (an option that reaches
-        nothing is a bug report waiting to happen)."""
+        nothing is a bug report waiting to happen).  Under ``auto`` an ``--image`` that
+        cannot be used is a reason to fall back, which the runtime choice reports."""
         if runtime != "docker":
             docker_only = {"cpus": self.cpus, "memory": self.memory,
                            "volume": self.volumes, "restart": self.restart,
-                           "image": self.image}
+                           "image": self.image if asked != "auto" else None}
             given = [k for k, v in docker_only.items() if v]
             if given:
                 raise UserError(f"only the docker runtime takes "

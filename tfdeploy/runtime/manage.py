@@ -21,7 +21,7 @@ def serve(spec: ServeSpec, runtime: str = "auto", timeout: float = 180,
                             f"`tfdeploy stop {spec.name}` or pass --name")
         state.remove(spec.name)
     chosen, why = select.choose(spec, runtime)
-    spec.check_runtime(chosen.name)
+    spec.check_runtime(chosen.name, runtime)
     spec.resolve_ports()
     if progress:
         progress(f"runtime: {chosen.name} ({why})")
@@ -42,7 +42,7 @@ def run_foreground(spec: ServeSpec, runtime: str = "auto",
     """Serve attached to the terminal until Ctrl-C; ``emit`` gets the server's log lines
     where the runtime does not write to the terminal itself (docker)."""
     chosen, why = select.choose(spec, runtime)
-    spec.check_runtime(chosen.name)
+    spec.check_runtime(chosen.name, runtime)
     spec.resolve_ports()
     if progress:
         progress(f"runtime: {chosen.name} ({why}); Ctrl-C stops it")
