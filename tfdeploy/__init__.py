@@ -19,7 +19,7 @@ import types
 from typing import TYPE_CHECKING
 
 __all__ = [
-    "Client", "ClientError", "ExportError", "Server", "UserError",
+    "BadImage", "Client", "ClientError", "ExportError", "PredictError", "Server", "UserError",
     "bench", "export", "serve", "servers", "stop",
 ]
 
@@ -27,7 +27,8 @@ __all__ = [
 _LAZY = {
     "serve": "tfdeploy.api", "servers": "tfdeploy.api",
     "stop": "tfdeploy.api", "bench": "tfdeploy.api",
-    "Client": "tfdeploy.client.predict", "Server": "tfdeploy.runtime.manage",
+    "Client": "tfdeploy.client.predict", "PredictError": "tfdeploy.client.predict",
+    "BadImage": "tfdeploy.client.images", "Server": "tfdeploy.runtime.manage",
     "ClientError": "tfdeploy.client.base", "UserError": "tfdeploy.errors",
     "ExportError": "tfdeploy.errors",
 }
@@ -35,7 +36,8 @@ _LAZY = {
 if TYPE_CHECKING:
     from tfdeploy.api import bench, serve, servers, stop
     from tfdeploy.client.base import ClientError
-    from tfdeploy.client.predict import Client
+    from tfdeploy.client.images import BadImage
+    from tfdeploy.client.predict import Client, PredictError
     from tfdeploy.errors import ExportError, UserError
     from tfdeploy.runtime.manage import Server
 

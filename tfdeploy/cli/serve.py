@@ -132,9 +132,9 @@ def status(name, as_json) -> None:
       tfdeploy status
       tfdeploy status deeplab --json
     """
-    from tfdeploy.runtime import manage
+    from tfdeploy.api import servers as list_servers
 
-    servers = manage.status(name)
+    servers = list_servers(name)
     if as_json:
         click.echo(json.dumps(servers, indent=2))
         return
@@ -186,7 +186,7 @@ def stop(name, all_servers, timeout) -> None:
       tfdeploy stop
       tfdeploy stop --all
     """
-    from tfdeploy.runtime import manage
+    from tfdeploy.api import stop as stop_servers
 
-    stopped = manage.stop(name, all_servers, timeout)
+    stopped = stop_servers(name, all_servers, timeout)
     click.echo(f"stopped {', '.join(stopped)}" if stopped else "nothing to stop")
