@@ -164,6 +164,11 @@ def stop(name: str | None = None, all_servers: bool = False, timeout: float = 30
     return stopped
 
 
+def _from_record(field: str, doc: str) -> property:
+    """A read-only Server attribute that is a field of its record."""
+    return property(lambda self: getattr(self.record, field), doc=doc)
+
+
 class Server:
     """A running model server that ``tfdeploy serve`` (or ``tfdeploy.serve``) started.
 
@@ -179,22 +184,10 @@ class Server:
         #: version -> state of the (first) model when the server became ready
         self.versions = dict(versions or {})
 
-    @property
-    def name(self) -> str:
-        return self.record.name
-
-    @property
-    def runtime(self) -> str:
-        return self.record.runtime
-
-    @property
-    def model_name(self) -> str:
-        return self.record.model_name
-
-    @property
-    def grpc_address(self) -> str:
-        """``host:port`` of the gRPC API."""
-        return self.record.grpc_endpoint
+    name = _from_record("name", "The server's name (for status, logs, stop).")
+    runtime = _from_record("runtime", "docker, native or embedded.")
+    model_name = _from_record("model_name", "The (first) model it serves.")
+    grpc_address = _from_record("grpc_endpoint", "``host:port`` of the gRPC API.")
 
     @property
     def rest_url(self) -> str:
