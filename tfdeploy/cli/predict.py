@@ -41,14 +41,17 @@ def _check_inputs(items) -> bool:
     """Before any network call.  Nothing given exists: an error.  Some missing: said at
     once (files also fail in the per-image report; globs matching nothing only here);
     True then, so the exit code is 1."""
+    import glob
+
     from tfdeploy.client.predict import missing_inputs
 
-    missing = missing_inputs(items)
+    missing = [f"{item}: " + ("no file matches" if glob.has_magic(item)
+                              else "no such file or directory")
+               for item in missing_inputs(items)]
     if missing and len(missing) == len(items):
-        raise UserError(f"no images found: {', '.join(missing)} (no such file or directory, "
-                        "or a pattern matching no file)")
-    for item in missing:
-        click.echo(f"{item}: no such file or directory", err=True)
+        raise UserError("no images found: " + "; ".join(missing))
+    for line in missing:
+        click.echo(line, err=True)
     return bool(missing)
 
 
