@@ -10,11 +10,13 @@ export TF_CPP_MIN_LOG_LEVEL ?= 3
 
 .PHONY: demo test venv lint clean docker-images
 
+# Editable install: pyproject's package-dir makes it a plain path entry in a .pth file, no
+# import hook (client start-up time), and no deprecated compat mode for setuptools to warn.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "==> installing tfdeploy and its dependencies into $(VENV) (first time: a few minutes)"
 	$(PY) -m pip install -q --upgrade pip
-	# compat editable mode: a plain path entry, no import hook (client start-up time)
-	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -30,7 +32,9 @@ demo: $(STAMP)
 
 # Images for the docker tests, when a docker engine answers (built once, then reused).
 docker-images: $(STAMP)
-	@if docker info >/dev/null 2>&1; then PYTHON=$(PY) bash docker/build.sh; \
+	@if docker info >/dev/null 2>&1; then \
+	  echo "==> docker images for the docker tests (built when missing or tfdeploy changed)"; \
+	  PYTHON=$(PY) bash docker/build.sh; \
 	else echo "no docker engine: docker tests will be skipped"; fi
 
 # The KServe SDK (its own venv: it pins protobuf < 7, TensorFlow here wants 7) to check

@@ -127,6 +127,10 @@ def test_bad_files_are_reported_and_skipped(server, tmp_path):
     assert "missing.jpg: no such file" in lines
     assert "Traceback" not in lines
     assert sorted(p.name for p in out.iterdir()) == ["good.png"]
+    # when every image fails there is no rate to report
+    proc = predict(server, str(text), "-o", str(out), check=False)
+    assert proc.returncode == 1 and "0 ok, 1 failed" in proc.stdout
+    assert "img/s" not in proc.stdout
 
 
 def test_image_modes_and_orientation(server, in_process, tmp_path):
@@ -203,6 +207,20 @@ def test_unreachable_server_and_bad_model(server, tmp_path):
     proc = run_cli("predict", "--server", "127.0.0.1:1", str(EXAMPLES[0]), check=False,
                    timeout=120)
     assert proc.returncode == 2 and "UNAVAILABLE" in proc.stderr
+    assert "tfdeploy serve" in proc.stderr  # says how to get a server
+    # a missing input is reported as such before any connection is tried
+    proc = run_cli("predict", "--server", "127.0.0.1:1", str(tmp_path / "nothere.jpg"),
+                   check=False)
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+    assert "UNAVAILABLE" not in proc.stderr and "nothere.jpg" in proc.stderr
+    # gRPC sent to the REST port, and REST to the gRPC port: told which transport to use
+    proc = run_cli("predict", "--server", f"127.0.0.1:{server.rest_port}", str(EXAMPLES[0]),
+                   check=False, timeout=120)
+    assert proc.returncode == 2 and "--transport rest" in proc.stderr, proc.stderr
+    proc = run_cli("predict", "--transport", "rest", "--server", server.grpc_target,
+                   str(EXAMPLES[0]), check=False, timeout=120)
+    assert proc.returncode == 2 and "--transport grpc" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
     proc = predict(server, str(EXAMPLES[0]), "-m", "nosuch", check=False)
     assert proc.returncode == 2 and "NOT_FOUND" in proc.stderr
     proc = predict(server, str(tmp_path / "empty-dir-*"), check=False)
@@ -220,6 +238,62 @@ def test_bench_reports_levels(server):
     text = run_cli("bench", "--server", server.grpc_target, "-c", "1", "-n", "2",
                    "--signature", "predict_images").stdout
     assert "p50 ms" in text and "predict_images" in text
+
+
+def test_bench_like_perf_analyzer(server, tmp_path):
+    """Warm-up, stabilised windows, a concurrency range and request rates over a folder of
+    images; CSV and JSON carry the same levels."""
+    import csv
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in EXAMPLES[:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    out_csv = tmp_path / "bench.csv"
+    proc = run_cli("bench", str(folder), "--server", server.grpc_target,
+                   "--concurrency-range", "1:2", "--warmup", "2",
+                   "--measurement-interval", "0.3", "--max-trials", "3",
+                   "--csv", str(out_csv), "--json")
+    report = json.loads(proc.stdout)
+    assert report["images"] == 3
+    levels = report["levels"]
+    assert [lv["concurrency"] for lv in levels] == [1, 2]
+    for level in levels:
+        assert 1 <= level["windows"] <= 3 and isinstance(level["stable"], bool)
+        assert level["errors"] == 0 and level["requests"] > 0
+        assert level["p50_ms"] <= level["p95_ms"] <= level["p99_ms"]
+        assert level["avg_ms"] > 0 and level["throughput"] > 0
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [r["concurrency"] for r in rows] == ["1", "2"]
+    assert [int(r["requests"]) for r in rows] == [lv["requests"] for lv in levels]
+    # open loop at fixed rates; the table says whether each level was stable
+    proc = run_cli("bench", str(EXAMPLES[0]), "--server", server.grpc_target,
+                   "--request-rate", "5,10", "--warmup", "1", "--measurement-interval",
+                   "0.4", "--max-trials", "3")
+    rows = [line for line in proc.stdout.splitlines() if line.strip().endswith(
+        ("yes", "windows)"))]
+    assert [r.split()[0] for r in rows] == ["5/s", "10/s"], proc.stdout
+    # a missing image is an error before any request, and both kinds of level are refused
+    proc = run_cli("bench", str(tmp_path / "nope"), "--server", "127.0.0.1:1", check=False)
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+    proc = run_cli("bench", "-c", "1", "--request-rate", "5", check=False)
+    assert proc.returncode == 2 and "not both" in proc.stderr
+
+
+def test_bench_measurement_units():
+    from tfdeploy.client.bench import is_stable, parse_levels, parse_rates
+
+    assert parse_levels("1,4,8") == [1, 4, 8]
+    assert parse_levels("1:4") == [1, 2, 3, 4] and parse_levels("2:8:3") == [2, 5, 8]
+    assert parse_rates("10:30:10") == [10.0, 20.0, 30.0]
+    for bad in ("0", "4:1", "a,b", "1:2:3:4", "1:4:0"):
+        with pytest.raises(ValueError):
+            parse_levels(bad)
+    steady = [{"throughput": 100, "avg_ms": 10}] * 3
+    assert is_stable(steady, 10) and not is_stable(steady[:2], 10)
+    noisy = [*steady[:2], {"throughput": 150, "avg_ms": 10}]
+    assert not is_stable(noisy, 10) and is_stable(noisy, 30)
+    assert not is_stable([{"throughput": 0, "avg_ms": None}] * 3, 10)
 
 
 def test_grpc_async_calls(server, in_process):

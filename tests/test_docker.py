@@ -151,6 +151,7 @@ def test_missing_image_and_auto_fallback(demo_base):
     assert proc.returncode == 2
     assert "cannot pull tfdeploy/no-such-image:1" in proc.stderr
     assert "--image" in proc.stderr and "embedded runtime" in proc.stderr
+    assert "docker/build.sh" in proc.stderr and EMBEDDED_IMAGE in proc.stderr
     # auto: the engine answers but the official image is neither here nor pullable, and
     # tensorflow_model_server is not installed: embedded, and it says why
     proc = run_cli("serve", str(demo_base), "--image", "tfdeploy/no-such-image:1",
@@ -185,3 +186,56 @@ def test_model_config_file_is_rewritten_for_the_container(demo_base, tmp_path):
         assert status[0]["version"] == "7" and status[0]["state"] == "AVAILABLE"
     finally:
         run_cli("stop", "deeplab")
+
+
+def _official_present() -> bool:
+    from tfdeploy.runtime.docker import default_image
+
+    return any(default_image(gpu=False) in i.tags for i in CLIENT.images.list())
+
+
+@pytest.mark.skipif(_official_present(), reason="the official image is here: auto uses it")
+def test_auto_uses_the_local_image_with_limits_env_volumes_and_free_ports(demo_base,
+                                                                        tmp_path):
+    """Without the official image, auto serves with the locally built one; docker's
+    --cpus, --memory, --env, --volume and flags after -- reach the container; port 0
+    publishes free ports that status shows."""
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    before = {c.id for c in ours()}
+    proc = run_cli("serve", str(demo_base), "--name", "local", "--grpc-port", "0",
+                   "--rest-port", "0", "--cpus", "1.5", "--memory", "2g", "-e",
+                   "CLOUD_TOKEN=abc", "-v", f"{extra}:/extra:ro", "--json", "--",
+                   "--max_num_load_retries=1")
+    out = json.loads(proc.stdout)
+    try:
+        assert out["runtime"] == "docker" and out["image"] == EMBEDDED_IMAGE
+        assert f"using the locally built {EMBEDDED_IMAGE}" in out["why"]
+        assert 0 not in (out["grpc_port"], out["rest_port"])
+        (container,) = new_containers(before)
+        info = container.attrs
+        host = info["HostConfig"]
+        assert host["NanoCpus"] == 1_500_000_000 and host["Memory"] == 2 * 1024 ** 3
+        assert "CLOUD_TOKEN=abc" in info["Config"]["Env"]
+        mounts = {m["Destination"]: (m["Source"], m["RW"]) for m in info["Mounts"]}
+        assert mounts["/extra"] == (str(extra), False)
+        assert "--max_num_load_retries=1" in info["Config"]["Cmd"]
+        listed = json.loads(run_cli("status", "local", "--json").stdout)[0]
+        assert listed["rest"] == f"127.0.0.1:{out['rest_port']}" and listed["running"]
+        masks = tmp_path / "masks"
+        run_cli("predict", str(EXAMPLES[0]), "-o", str(masks))
+        assert (masks / f"{EXAMPLES[0].stem}.png").is_file()
+    finally:
+        run_cli("stop", "local")
+
+
+def test_gpu_is_checked_before_any_pull(demo_base):
+    """No GPU runtime here: the error comes before the (absent) -gpu image is pulled."""
+    before = {c.id for c in ours()}
+    proc = run_cli("serve", str(demo_base), "--runtime", "docker", "--gpu", "--grpc-port",
+                   free_port(), "--rest-port", free_port(), check=False)
+    from tfdeploy.runtime.docker import NO_GPU_HINT
+
+    assert proc.returncode == 2 and NO_GPU_HINT in proc.stderr
+    assert "pulling" not in proc.stderr
+    assert new_containers(before) == [] and state.load_all() == {}

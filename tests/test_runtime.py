@@ -8,6 +8,7 @@ import shutil
 import socket
 import time
 
+import psutil
 import pytest
 from conftest import ROOT, run_cli
 from PIL import Image
@@ -20,13 +21,8 @@ EXAMPLE = sorted((ROOT / "examples").glob("*.jpg"))[0]
 
 def _pid_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ", 1)[1].split()[0] != "Z"
-    except OSError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
 
 
@@ -168,3 +164,93 @@ def test_foreground_serve_stops_on_ctrl_c(demo_base, ports):
     assert proc.returncode == 0, output
     assert "draining" in output and "stopped" in output
     assert state.load_all() == {}  # foreground servers are not recorded
+
+
+def test_two_servers_name_selection_free_ports_and_dead_records(demo_base, tmp_path):
+    """`predict --name`; without it the only live server or an error listing the live
+    ones; a server that died is never chosen; port 0 = free ports; every model a config
+    file serves is listed; flags after -- reach the server."""
+    other = tmp_path / "other"
+    shutil.copytree(demo_base / "1", other / "3")
+    config = tmp_path / "models.config"
+    config.write_text(f'model_config_list {{ config {{ name: "deeplab" base_path: '
+                      f'"{demo_base}" }} config {{ name: "other" base_path: "{other}" }} }}')
+    a = json.loads(run_cli("serve", str(demo_base), "--runtime", "embedded", "--name", "a",
+                           "--grpc-port", "0", "--rest-port", "0", "--json", "--",
+                           "--max_num_load_retries=2").stdout)
+    b = json.loads(run_cli("serve", "--model-config-file", str(config), "--runtime",
+                           "embedded", "--name", "b", "--grpc-port", "0", "--rest-port", "0",
+                           "--json").stdout)
+    try:
+        assert 0 not in (a["grpc_port"], a["rest_port"], b["grpc_port"], b["rest_port"])
+        assert "--max_num_load_retries=2" in a["command"]
+        listed = {s["name"]: s for s in json.loads(run_cli("status", "--json").stdout)}
+        assert listed["b"]["model_versions"] == {"deeplab": {"1": "AVAILABLE"},
+                                                 "other": {"3": "AVAILABLE"}}
+        assert "model other: v3 AVAILABLE" in run_cli("status").stdout
+        assert listed["a"]["grpc"] == f"127.0.0.1:{a['grpc_port']}"
+        masks = tmp_path / "masks"
+        proc = run_cli("predict", str(EXAMPLE), "-o", str(masks), check=False)
+        assert proc.returncode == 2
+        assert "several servers are running" in proc.stderr and "--name" in proc.stderr
+        assert "a (gRPC" in proc.stderr and "b (gRPC" in proc.stderr
+        report = json.loads(run_cli("predict", str(EXAMPLE), "--name", "a", "-o",
+                                    str(masks), "--json").stdout)
+        assert list(report["summary"]["endpoints"]) == [listed["a"]["grpc"]]
+        # a dies behind our back: status says so, and predict never aims at it
+        psutil.Process(a["pid"]).kill()
+        deadline = time.monotonic() + 30
+        while _pid_alive(a["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "a: NOT RUNNING" in run_cli("status").stdout
+        report = json.loads(run_cli("predict", str(EXAMPLE), "-o", str(masks),
+                                    "--json").stdout)
+        assert list(report["summary"]["endpoints"]) == [listed["b"]["grpc"]]
+        proc = run_cli("predict", str(EXAMPLE), "--name", "a", check=False)
+        assert proc.returncode == 2 and "'a' is not running" in proc.stderr
+    finally:
+        run_cli("stop", "--all")
+    assert state.load_all() == {}
+
+
+def test_serve_refuses_options_that_would_reach_nothing(demo_base, tmp_path):
+    """Every mistake here is found before a server starts: exit 2, one line."""
+    cases = [
+        (["--runtime", "embedded", "--cpus", "1"], "only the docker runtime takes --cpus"),
+        (["--runtime", "embedded", "--restart", "always"], "--restart"),
+        (["--runtime", "embedded", "-v", f"{tmp_path}:/data"], "--volume"),
+        (["--runtime", "embedded", "--", "--tensorflow_intra_op_parallelism=2"],
+         "does not implement --tensorflow_intra_op_parallelism=2"),
+        (["--", "--no_such_flag=1"], "not a tensorflow_model_server flag"),
+        (["--", "--port=9000"], "use --grpc-port"),
+        (["--", "positional"], "look like --name=value"),
+        (["--memory", "lots"], "not a size"),
+        (["-e", "NOEQUALS"], "KEY=VALUE"),
+    ]
+    for args, message in cases:
+        proc = run_cli("serve", str(demo_base), *args, check=False)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+    assert state.load_all() == {}
+
+
+def test_serve_spec_units(demo_base, tmp_path):
+    from tfdeploy.errors import UserError
+    from tfdeploy.runtime.base import ServeSpec, check_server_flags, parse_volume
+
+    batching = tmp_path / "batching.config"
+    batching.write_text("max_batch_size { value: 4 }")
+    spec = ServeSpec(base_path=demo_base, batching_parameters_file=batching)
+    assert spec.enable_batching  # a parameters file turns batching on
+    assert f"--batching_parameters_file={batching}" in spec.server_flags()
+    flags = ["--rest_api_timeout_in_ms", "5000", "--enable_model_warmup=false"]
+    check_server_flags(flags)
+    assert flags == ["--rest_api_timeout_in_ms=5000", "--enable_model_warmup=false"]
+    free = ServeSpec(base_path=demo_base, grpc_port=0, rest_port=0)
+    free.resolve_ports()
+    assert free.grpc_port > 0 and free.rest_port > 0 and free.grpc_port != free.rest_port
+    assert parse_volume(f"{tmp_path}:/data:ro") == (str(tmp_path), "/data", True)
+    with pytest.raises(UserError, match="no such path"):
+        parse_volume(f"{tmp_path}/nope:/data")
+    assert ServeSpec(base_path=demo_base).model_names() == ["deeplab"]

@@ -199,3 +199,13 @@ def test_client_error_text_and_code():
     exc = ClientError("NOT_FOUND", "Servable not found", "h:1")
     assert str(exc) == "NOT_FOUND: Servable not found" and exc.endpoint == "h:1"
     assert exc.code.http == 404 and not exc.code.retryable
+
+
+def test_a_transport_can_mark_an_error_final():
+    """A port speaking the other protocol answers UNAVAILABLE, but retrying cannot help."""
+    wrong = ClientError("UNAVAILABLE", "Failed parsing HTTP/2", "a", retryable=False)
+    t = Scripted("a", [wrong, "never reached"])
+    pool = EndpointPool({"a": t}, sleep=lambda s: pytest.fail("slept"))
+    with pytest.raises(ClientError, match="HTTP/2"):
+        pool.status("m")
+    assert t.calls == 1 and ClientError("UNAVAILABLE", "x").retryable

@@ -36,14 +36,11 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
       tfdeploy export tboard_logs/16645/train -o serving/versions
       tfdeploy export ckpt/ --version 3 --overwrite --json
     """
-    from tfdeploy.tfimport import quiet_import_tensorflow
-
-    quiet_import_tensorflow()
-    from tfdeploy.export.writer import export as run_export
+    from tfdeploy.api import export as run_export
 
     result = run_export(checkpoint, output, version=version, overwrite=overwrite,
-                        do_verify=not no_verify, do_warmup=not no_warmup,
-                        model_name=model_name, progress=progress_printer(as_json, "  {}..."))
+                        verify=not no_verify, warmup=not no_warmup, model_name=model_name,
+                        progress=progress_printer(as_json, "  {}..."))
     emit(as_json, result.to_json(), result.summary())
 
 

@@ -17,6 +17,9 @@ _server_option = click.option(
     "--server", "-s", multiple=True, metavar="HOST:PORT[,HOST:PORT...]",
     help="Server endpoint(s); several spread the load round robin. Default: the server "
          "`tfdeploy serve` started, else localhost:8500 (gRPC) / localhost:8501 (REST).")
+_name_option = click.option(
+    "--name", default=None,
+    help="The tfdeploy server to use (see `tfdeploy status`). Default: the only running one.")
 _transport_option = click.option("--transport", type=click.Choice(["grpc", "rest"]),
                                   default="grpc", show_default=True)
 
@@ -34,25 +37,44 @@ def _retry_options(fn):
                              "there are several).")(fn)
 
 
-def _predictor(server, transport, timeout, retries, retry_timeout, model_name, signature,
-               version=None, **kw):
+def _predictor(server, name, transport, timeout, retries, retry_timeout, model_name,
+               signature, version=None, **kw):
     """Connect to the endpoints the user named (or the running server) and read the
     model's signatures; library errors become one-line CLI errors."""
-    from tfdeploy.client.pool import connect
-    from tfdeploy.client.predict import PredictError, Predictor
+    from tfdeploy.client.predict import Client, PredictError
     from tfdeploy.runtime.manage import client_endpoints
 
-    pool = connect(client_endpoints(server, transport), transport, timeout=timeout,
-                   retries=retries, retry_timeout=retry_timeout)
+    client = Client(client_endpoints(server, transport, name), transport, model=model_name,
+                    signature=signature, version=version, timeout=timeout, retries=retries,
+                    retry_timeout=retry_timeout)
     try:
-        return Predictor(pool, model_name, signature, version, **kw)
+        return client.predictor(**kw)
     except PredictError as exc:
         raise UserError(str(exc)) from None
+
+
+def _check_inputs(items) -> bool:
+    """Before any network call.  Nothing given exists: an error.  Some missing: said at
+    once (files also fail in the per-image report; globs matching nothing only here);
+    True then, so the exit code is 1."""
+    import glob
+
+    from tfdeploy.client.predict import missing_inputs
+
+    missing = [f"{item}: " + ("no file matches" if glob.has_magic(item)
+                              else "no such file or directory")
+               for item in missing_inputs(items)]
+    if missing and len(missing) == len(items):
+        raise UserError("no images found: " + "; ".join(missing))
+    for line in missing:
+        click.echo(line, err=True)
+    return bool(missing)
 
 
 @main.command(short_help="Images -> segmentation mask PNGs via a running server.")
 @click.argument("images", nargs=-1, required=True)
 @_server_option
+@_name_option
 @_transport_option
 @click.option("--model-name", "-m", default=DEFAULT_MODEL_NAME, show_default=True)
 @click.option("--signature", default=None,
@@ -71,7 +93,7 @@ def _predictor(server, transport, timeout, retries, retry_timeout, model_name, s
 @_retry_options
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document: per-image class pixel counts and a summary.")
-def predict(images: tuple[str, ...], server, transport, model_name, signature, version,
+def predict(images: tuple[str, ...], server, name, transport, model_name, signature, version,
             output_dir, overlay, max_side, concurrency, timeout, retries, retry_timeout,
             as_json) -> None:
     """Segment IMAGES (files, directories, globs) and write palette PNG masks.
@@ -83,18 +105,20 @@ def predict(images: tuple[str, ...], server, transport, model_name, signature, v
     Examples:
       tfdeploy predict examples/scene_1.jpg
       tfdeploy predict photos/ -j 4 --overlay -o out/
+      tfdeploy predict photo.jpg --name staging       # one of several servers
       tfdeploy predict 'shots/**/*.png' --transport rest --server 10.0.0.5:8501 --json
     """
     import time
 
     from tfdeploy.client.predict import expand
 
+    some_missing = _check_inputs(images)
     jobs = expand(images)
     if not jobs:
         raise UserError("no images found in " + " ".join(images))
-    predictor = _predictor(server, transport, timeout, retries, retry_timeout, model_name,
-                           signature, version, output_dir=output_dir, overlay=overlay,
-                           max_side=max_side)
+    predictor = _predictor(server, name, transport, timeout, retries, retry_timeout,
+                           model_name, signature, version, output_dir=output_dir,
+                           overlay=overlay, max_side=max_side)
     results, started = [], time.perf_counter()
     with click.progressbar(length=len(jobs), label=f"predict ({predictor.signature})",
                            file=sys.stderr, show_pos=True) as bar:
@@ -108,79 +132,143 @@ def predict(images: tuple[str, ...], server, transport, model_name, signature, v
         click.echo(json.dumps({"results": [r.__dict__ for r in results], "summary": summary},
                               indent=2))
     else:
+        rate = summary["images_per_second"]
         click.echo(f"{summary['images']} images: {summary['ok']} ok, {summary['failed']} "
-                   f"failed, {summary['images_per_second']} img/s -> {output_dir}/")
-    if summary["failed"]:
+                   f"failed" + (f", {rate} img/s" if rate is not None else "")
+                   + (f" -> {output_dir}/" if summary["ok"] else ""))
+    if summary["failed"] or some_missing:
         sys.exit(1)
 
 
-def _levels(ctx, param, text: str) -> list[int]:
+def _levels(ctx, param, text: str | None) -> list[int] | None:
     from tfdeploy.client.bench import parse_levels
 
     try:
-        return parse_levels(text)
+        return parse_levels(text) if text is not None else None
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
 
-@main.command(short_help="Latency percentiles and throughput of a server.")
-@click.argument("image", required=False, type=click.Path(path_type=Path))
+def _rates(ctx, param, text: str | None) -> list[float] | None:
+    from tfdeploy.client.bench import parse_rates
+
+    try:
+        return parse_rates(text) if text is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command(short_help="Latency percentiles and throughput of a server (perf_analyzer-like).")
+@click.argument("images", nargs=-1)
 @_server_option
+@_name_option
 @_transport_option
 @click.option("--model-name", "-m", default=DEFAULT_MODEL_NAME, show_default=True)
 @click.option("--signature", default=None, help="Default: serving_default when present.")
-@click.option("--concurrency", "-c", default="1,4,8", show_default=True, callback=_levels,
-              help="Comma-separated concurrency levels.")
-@click.option("--duration", type=float, default=None, help="Seconds per level [10].")
+@click.option("--concurrency", "-c", "concurrency", default=None, callback=_levels,
+              metavar="1,4,8", help="Closed-loop concurrency levels [1,4,8].")
+@click.option("--concurrency-range", "concurrency_range", default=None, callback=_levels,
+              metavar="START:END[:STEP]", help="perf_analyzer's form of --concurrency.")
+@click.option("--request-rate", "--request-rate-range", "request_rate", default=None,
+              callback=_rates, metavar="R[,R..]|START:END[:STEP]",
+              help="Open loop: send R requests/s on a fixed schedule, per level.")
+@click.option("--warmup", type=click.IntRange(min=0), default=None,
+              help="Requests per level sent before measuring, not counted [5; 0 with -n].")
+@click.option("--measurement-interval", "interval", type=click.FloatRange(min=0.05),
+              default=2.0, show_default=True, help="Seconds per measurement window.")
+@click.option("--stability-percentage", "stability", type=click.FloatRange(min=0.1),
+              default=10.0, show_default=True,
+              help="Stable = 3 windows' throughput and latency within this % of their mean.")
+@click.option("--max-trials", type=click.IntRange(min=3), default=10, show_default=True,
+              help="Windows per level before giving up on stability.")
+@click.option("--duration", type=click.FloatRange(min=0.05), default=None,
+              help="One fixed window of this many seconds per level (no stability search).")
 @click.option("--requests", "-n", type=click.IntRange(min=1), default=None,
-              help="Requests per level (instead of --duration).")
+              help="One fixed window of N requests per level (no stability search).")
+@click.option("--max-threads", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Open loop: most requests in flight.")
 @click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True,
               help="Seconds one attempt may take at one endpoint (its deadline).")
 @_retry_options
+@click.option("--csv", "csv_file", type=click.Path(path_type=Path), default=None,
+              help="Also write the results as CSV (- for stdout).")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
-def bench(image, server, transport, model_name, signature, concurrency, duration, requests,
-          timeout, retries, retry_timeout, as_json) -> None:
-    """Measure latency percentiles and throughput against a running server.
+def bench(images, server, name, transport, model_name, signature, concurrency,
+          concurrency_range, request_rate, warmup, interval, stability, max_trials, duration,
+          requests, max_threads, timeout, retries, retry_timeout, csv_file,
+          as_json) -> None:
+    """Measure latency percentiles and throughput against a running server, the way
+    perf_analyzer does: warm-up, then measurement windows until three agree.
 
-    IMAGE defaults to the first demo image.  Each level is a closed loop of N concurrent
-    clients.
+    IMAGES (files, directories, globs; default: the bundled demo images) are sent in
+    turn.  Each level is a closed loop of N clients (--concurrency) or an open loop at a
+    fixed request rate (--request-rate).  The exit code is 1 if any request failed.
 
     \b
     Examples:
       tfdeploy bench
-      tfdeploy bench photo.jpg -c 1,2,4,8,16 --duration 30 --json
+      tfdeploy bench photos/ -c 1,2,4,8,16 --json
+      tfdeploy bench --concurrency-range 1:8:1 --csv results.csv
+      tfdeploy bench --request-rate 10:40:10 --measurement-interval 5
       tfdeploy bench --signature predict_images --transport rest -n 50
     """
-    from tfdeploy.client import images as image_io
-    from tfdeploy.client.bench import COLUMNS, describe_input, format_level, run_level
-    from tfdeploy.demo import demo_images
+    from tfdeploy.client import bench as bench_lib
+    from tfdeploy.client.predict import PredictError
+    from tfdeploy.demo import DEMO_IMAGES
 
-    if duration is None and requests is None:
-        duration = 10.0
-    path = image or demo_images()[0]
+    if concurrency and concurrency_range:
+        raise UserError("give --concurrency or --concurrency-range, not both",
+                        param="concurrency_range")
+    if request_rate and (concurrency or concurrency_range):
+        raise UserError("a level is a concurrency or a request rate, not both",
+                        param="request_rate")
+    if duration is not None and requests is not None:
+        raise UserError("give --duration or --requests, not both", param="requests")
+    levels = concurrency or concurrency_range or [1, 4, 8]
+    if warmup is None:  # -n N keeps meaning "exactly N requests per level"
+        warmup = 0 if requests is not None else 5
     try:
-        loaded = image_io.load(path)
-    except image_io.BadImage as exc:
-        raise UserError(f"{path}: {exc}") from None
-    predictor = _predictor(server, transport, timeout, retries, retry_timeout, model_name,
-                           signature, output_dir=None)
-    results = []
+        inputs = bench_lib.load_inputs(list(images) or [str(DEMO_IMAGES)])
+    except PredictError as exc:
+        raise UserError(str(exc)) from None
+    predictor = _predictor(server, name, transport, timeout, retries, retry_timeout,
+                           model_name, signature, output_dir=None)
+
+    def show(r) -> None:
+        if as_json:
+            return
+        click.echo(bench_lib.format_level(r))
+        for sample in r.error_samples:
+            click.echo(f"      error: {sample}", err=True)
+        if len(r.endpoints) > 1:
+            click.echo("      per endpoint: " + ", ".join(
+                f"{k} {v}" for k, v in r.endpoints.items()))
+
     if not as_json:
-        click.echo(f"{describe_input(predictor, loaded)} over {transport} to "
+        click.echo(f"{bench_lib.describe_input(predictor, inputs)} over {transport} to "
                    f"{', '.join(predictor.transport.counts)}")
-        click.echo(COLUMNS)
-    for level in concurrency:
-        r = run_level(predictor, loaded, level, duration, requests)
-        results.append(r)
-        if not as_json:
-            click.echo(format_level(r))
-            for sample in r.error_samples:
-                click.echo(f"      error: {sample}", err=True)
-            if len(r.endpoints) > 1:
-                click.echo("      per endpoint: " + ", ".join(
-                    f"{k} {v}" for k, v in r.endpoints.items()))
+        mode = (f"fixed windows ({duration:g}s)" if duration else
+                f"fixed windows ({requests} requests)" if requests else
+                f"{interval:g}s windows until 3 agree within {stability:g}% "
+                f"(at most {max_trials})")
+        click.echo(f"warm-up {warmup} requests per level, then {mode}", err=True)
+        click.echo(bench_lib.COLUMNS)
+    results = bench_lib.run(predictor, inputs, concurrency=levels,
+                            request_rates=request_rate or (), on_level=show, warmup=warmup,
+                            interval=interval, stability=stability, max_trials=max_trials,
+                            duration=duration, requests=requests, max_threads=max_threads)
+    if csv_file is not None:
+        text = bench_lib.to_csv(results)
+        if str(csv_file) == "-":
+            click.echo(text, nl=False)
+        else:
+            csv_file.write_text(text)
     if as_json:
         click.echo(json.dumps({"signature": predictor.signature, "transport": transport,
-                               "levels": [r.__dict__ for r in results]}, indent=2))
+                               "images": len(inputs),
+                               "levels": [r.to_json() for r in results]}, indent=2))
+    elif not all(r.stable for r in results):
+        click.echo("some levels did not stabilise: raise --measurement-interval or "
+                   "--max-trials, or quieten the machine", err=True)
     if any(r.errors for r in results):
         sys.exit(1)

@@ -13,75 +13,110 @@ from tfdeploy.errors import UserError
 from tfdeploy.tfs.names import DEFAULT_MODEL_NAME, GRPC_PORT, REST_PORT
 
 
-@main.command(short_help="Start a model server (docker, native or embedded).")
+def _env(ctx, param, values: tuple[str, ...]) -> dict[str, str]:
+    env = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r}: use KEY=VALUE")
+        env[key] = value
+    return env
+
+
+@main.command(short_help="Start a model server (docker, native or embedded).",
+              context_settings={"ignore_unknown_options": False})
 @click.argument("base", required=False, type=click.Path(path_type=Path))
+@click.argument("server_flags", nargs=-1, type=click.UNPROCESSED, metavar="[-- FLAGS...]")
 @click.option("--model-name", default=DEFAULT_MODEL_NAME, show_default=True)
 @click.option("--name", default=None, help="Server name for status/logs/stop [model name].")
 @click.option("--runtime", type=click.Choice(["auto", "docker", "native", "embedded"]),
               default="auto", show_default=True)
 @click.option("--gpu", is_flag=True, help="Docker: the -gpu image and a GPU device request.")
 @click.option("--gpus", default=None, metavar="0,1", help="With --gpu: which GPUs [all].")
-@click.option("--grpc-port", type=click.IntRange(1, 65535), default=GRPC_PORT,
-              show_default=True)
-@click.option("--rest-port", type=click.IntRange(1, 65535), default=REST_PORT,
-              show_default=True)
+@click.option("--grpc-port", type=click.IntRange(0, 65535), default=GRPC_PORT,
+              show_default=True, help="0 = any free port (shown, and in `tfdeploy status`).")
+@click.option("--rest-port", type=click.IntRange(0, 65535), default=REST_PORT,
+              show_default=True, help="0 = any free port.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address the ports are bound / published on.")
-@click.option("--image", default=None, help="Docker image [tensorflow/serving:<version>].")
+@click.option("--image", default=None,
+              help="Docker image [tensorflow/serving:<version>, else a locally built "
+                   "tfdeploy/serving-embedded:latest].")
 @click.option("--model-config-file", type=click.Path(path_type=Path), default=None,
               help="ModelServerConfig text proto (several models, policies, labels).")
 @click.option("--enable-batching", is_flag=True)
-@click.option("--batching-parameters-file", type=click.Path(path_type=Path), default=None)
+@click.option("--batching-parameters-file", type=click.Path(path_type=Path), default=None,
+              help="BatchingParameters text proto (turns batching on).")
 @click.option("--monitoring-config-file", type=click.Path(path_type=Path), default=None)
 @click.option("--restart", type=click.Choice(["no", "on-failure", "unless-stopped", "always"]),
               default=None, help="Docker restart policy.")
+@click.option("--cpus", type=float, default=None, help="Docker: CPU limit (e.g. 1.5).")
+@click.option("--memory", default=None, metavar="SIZE", help="Docker: memory limit (512m, 2g).")
+@click.option("--env", "-e", "env", multiple=True, callback=_env, metavar="KEY=VALUE",
+              help="Environment of the server (repeatable), e.g. cloud credentials.")
+@click.option("--volume", "-v", "volumes", multiple=True, metavar="HOST:CONTAINER[:ro]",
+              help="Docker: an extra bind mount (repeatable).")
 @click.option("--poll-seconds", type=float, default=1.0, show_default=True,
               help="How often the server looks for new versions.")
 @click.option("--foreground", is_flag=True, help="Stay attached; Ctrl-C stops the server.")
 @click.option("--timeout", type=float, default=180, show_default=True,
               help="Seconds to wait for the model to become AVAILABLE.")
 @click.option("--json", "as_json", is_flag=True)
-def serve(base, model_name, name, runtime, gpu, gpus, grpc_port, rest_port, host, image,
-          model_config_file, enable_batching, batching_parameters_file,
-          monitoring_config_file, restart, poll_seconds, foreground, timeout,
-          as_json) -> None:
+def serve(base, server_flags, model_name, name, runtime, gpu, gpus, grpc_port, rest_port,
+          host, image, model_config_file, enable_batching, batching_parameters_file,
+          monitoring_config_file, restart, cpus, memory, env, volumes, poll_seconds,
+          foreground, timeout, as_json) -> None:
     """Serve a model base path with TF Serving (docker, native) or the embedded server.
 
     BASE defaults to models/deeplab.  The server runs in the background until
-    `tfdeploy stop`; `tfdeploy predict` finds it by default.
+    `tfdeploy stop`; `tfdeploy predict` finds it by default.  Flags after `--` go to
+    tensorflow_model_server as they are (checked against the flags it has).
 
     \b
     Examples:
       tfdeploy serve                                   # auto: docker, native or embedded
       tfdeploy serve models/deeplab --runtime docker --gpu
-      tfdeploy serve --runtime embedded --grpc-port 9000 --rest-port 9001
+      tfdeploy serve --runtime embedded --grpc-port 0 --rest-port 0   # free ports
       tfdeploy serve --model-config-file models.config --runtime docker
+      tfdeploy serve --runtime docker --cpus 2 --memory 4g -e AWS_REGION=eu-west-1
+      tfdeploy serve --runtime docker -- --tensorflow_intra_op_parallelism=2
     """
+    from tfdeploy.api import serve as start_server
     from tfdeploy.runtime import manage
     from tfdeploy.runtime.base import ServeSpec
 
+    flags = list(server_flags)
+    if base is not None and str(base).startswith("-"):  # `serve -- --flag`: no BASE
+        flags.insert(0, str(base))
+        base = None
     if base is None and model_config_file is None:
         base = Path("models/deeplab")
     if gpus and not gpu:
         raise UserError("--gpus needs --gpu")
-    spec = ServeSpec(base_path=base, model_name=model_name, name=name or "", host=host,
-                     grpc_port=grpc_port, rest_port=rest_port,
-                     model_config_file=model_config_file, enable_batching=enable_batching,
-                     batching_parameters_file=batching_parameters_file,
-                     monitoring_config_file=monitoring_config_file, gpu=gpu,
-                     gpus=[g.strip() for g in gpus.split(",")] if gpus else [],
-                     image=image, restart=None if restart == "no" else restart,
-                     poll_seconds=poll_seconds)
+    options = dict(model_config_file=model_config_file, enable_batching=enable_batching,
+                   batching_parameters_file=batching_parameters_file,
+                   monitoring_config_file=monitoring_config_file, gpu=gpu,
+                   gpus=[g.strip() for g in gpus.split(",")] if gpus else [],
+                   image=image, restart=None if restart == "no" else restart,
+                   poll_seconds=poll_seconds, extra_flags=flags, env=env, cpus=cpus,
+                   memory=memory, volumes=list(volumes))
     say = progress_printer(as_json)
     if foreground:
+        spec = ServeSpec(base_path=base, model_name=model_name, name=name or "", host=host,
+                         grpc_port=grpc_port, rest_port=rest_port, **options)
         sys.exit(manage.run_foreground(spec, runtime, say, emit=click.echo))
-    record, why, status = manage.serve(spec, runtime, timeout, say)
-    payload = {**record.to_json(), "why": why, "versions": status,
-               "grpc": record.grpc_endpoint, "rest": record.rest_endpoint}
-    versions = ", ".join(f"v{v} {s}" for v, s in sorted(status.items()))
+    server = start_server(base, runtime=runtime, name=name, model_name=model_name,
+                          grpc_port=grpc_port, rest_port=rest_port, host=host,
+                          timeout=timeout, progress=say, **options)
+    record = server.record
+    payload = {**record.to_json(), "why": server.why, "versions": server.versions,
+               "grpc": server.grpc_address, "rest": record.rest_endpoint}
+    versions = ", ".join(f"v{v} {s}" for v, s in sorted(server.versions.items()))
+    models = ("" if len(record.models) < 2
+              else f"\n  models: {', '.join(record.models)}")
     emit(as_json, payload,
-          f"serving {record.model_name} ({versions}) with the {record.runtime} runtime\n"
-          f"  gRPC  {record.grpc_endpoint}\n  REST  http://{record.rest_endpoint}"
+          f"serving {record.model_name} ({versions}) with the {record.runtime} runtime"
+          f"{models}\n  gRPC  {server.grpc_address}\n  REST  {server.rest_url}"
           f"/v1/models/{record.model_name}\n"
           f"  stop with: tfdeploy stop {record.name}")
 
@@ -97,9 +132,9 @@ def status(name, as_json) -> None:
       tfdeploy status
       tfdeploy status deeplab --json
     """
-    from tfdeploy.runtime import manage
+    from tfdeploy.api import servers as list_servers
 
-    servers = manage.status(name)
+    servers = list_servers(name)
     if as_json:
         click.echo(json.dumps(servers, indent=2))
         return
@@ -108,10 +143,13 @@ def status(name, as_json) -> None:
         return
     for s in servers:
         state_text = "running" if s["running"] else "NOT RUNNING"
-        versions = ", ".join(f"v{v} {st}" for v, st in sorted(s["versions"].items())) or "-"
         where = s["container_id"][:12] if s["container_id"] else f"pid {s['pid']}"
-        click.echo(f"{s['name']}: {state_text}, {s['runtime']} ({where}), model "
-                   f"{s['model_name']}: {versions}; gRPC {s['grpc']}, REST {s['rest']}")
+        models = "; ".join(
+            f"model {model}: "
+            + (", ".join(f"v{v} {st}" for v, st in sorted(versions.items())) or "-")
+            for model, versions in s["model_versions"].items())
+        click.echo(f"{s['name']}: {state_text}, {s['runtime']} ({where}), {models}; "
+                   f"gRPC {s['grpc']}, REST {s['rest']}")
 
 
 @main.command(short_help="Print (or follow) a server's log.")
@@ -148,7 +186,7 @@ def stop(name, all_servers, timeout) -> None:
       tfdeploy stop
       tfdeploy stop --all
     """
-    from tfdeploy.runtime import manage
+    from tfdeploy.api import stop as stop_servers
 
-    stopped = manage.stop(name, all_servers, timeout)
+    stopped = stop_servers(name, all_servers, timeout)
     click.echo(f"stopped {', '.join(stopped)}" if stopped else "nothing to stop")

@@ -25,11 +25,15 @@ __all__ = ["ClientError", "Code", "Signature", "Transport"]
 
 class ClientError(StatusError):
     """A call that failed: ``code`` (a ``Code``, compares equal to its name), the
-    server's message, and the endpoint that answered (or did not)."""
+    server's message, and the endpoint that answered (or did not).  ``retryable`` is the
+    code's unless the transport knows better (a port that speaks the other protocol is
+    UNAVAILABLE, but asking again cannot help)."""
 
-    def __init__(self, code: Code | str, message: str, endpoint: str = ""):
+    def __init__(self, code: Code | str, message: str, endpoint: str = "",
+                 retryable: bool | None = None):
         super().__init__(Code(code), message)
         self.endpoint = endpoint
+        self.retryable = self.code.retryable if retryable is None else retryable
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"

@@ -37,7 +37,11 @@ class GrpcTransport(Transport):
         self._models = None  # ModelService stub, made on first use
 
     def _error(self, exc: grpc.RpcError) -> ClientError:
-        return ClientError(exc.code().name, exc.details() or str(exc.code()), self.address)
+        details = exc.details() or str(exc.code())
+        # an HTTP/1.1 server (a REST port) answered: the wrong port, not a passing fault
+        wrong_protocol = "Failed parsing HTTP/2" in details
+        return ClientError(exc.code().name, details, self.address,
+                           retryable=False if wrong_protocol else None)
 
     def _call(self, stub, method: str, request):
         try:

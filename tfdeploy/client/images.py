@@ -55,6 +55,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load(path: str | Path, max_side: int | None = None) -> LoadedImage:
+    """Read and decode an image file (see ``decode``)."""
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -64,6 +65,40 @@ def load(path: str | Path, max_side: int | None = None) -> LoadedImage:
         raise BadImage("is a directory") from None
     except OSError as exc:
         raise BadImage(exc.strerror or str(exc)) from None
+    return decode(raw, max_side, p)
+
+
+def from_any(image, max_side: int | None = None) -> LoadedImage:
+    """What the Python API accepts as an image: a path (``str`` / ``Path``), encoded bytes
+    (JPEG, PNG, ...), a PIL image, or a numpy array (uint8 [H, W], [H, W, 3] or
+    [H, W, 4]).  Pixels in memory are sent as a fast PNG; files and bytes as they are
+    when that is exact."""
+    if isinstance(image, (str, Path)):
+        return load(image, max_side)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return decode(bytes(image), max_side)
+    if not isinstance(image, Image.Image):
+        if not hasattr(image, "__array_interface__"):
+            raise BadImage(f"cannot use a {type(image).__name__} as an image (give a path, "
+                           "bytes, a PIL image or a numpy array)")
+        import numpy as np
+
+        arr = np.asarray(image)
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
+            raise BadImage(f"an image array must be [H, W], [H, W, 3] or [H, W, 4], "
+                           f"got shape {list(arr.shape)}")
+        if arr.dtype != np.uint8:
+            raise BadImage(f"an image array must be uint8, got {arr.dtype}")
+        image = Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
+    return decode(buf.getvalue(), max_side)
+
+
+def decode(raw: bytes, max_side: int | None = None, path: Path | None = None) -> LoadedImage:
+    """Encoded image bytes -> LoadedImage (EXIF orientation applied, 8-bit RGB, downsized
+    to ``max_side``); ``BadImage`` with a one-line reason otherwise."""
+    p = path or Path("<bytes>")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -140,7 +140,7 @@ class EndpointPool(Transport):
             try:
                 result = fn(self.transports[address])
             except ClientError as exc:
-                if not exc.code.retryable:
+                if not exc.retryable:
                     raise
                 failures += 1
                 self.endpoints.mark_down(address)
@@ -189,7 +189,7 @@ class EndpointPool(Transport):
                 self.endpoints.served(address)
                 result.set_result(f.result())
                 return
-            if isinstance(exc, ClientError) and exc.code.retryable:
+            if isinstance(exc, ClientError) and exc.retryable:
                 self.endpoints.mark_down(address)
                 try:
                     result.set_result(self.predict(model, signature, inputs, version,

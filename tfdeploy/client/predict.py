@@ -19,6 +19,7 @@ from PIL import Image
 
 from tfdeploy.client import images, masks
 from tfdeploy.client.base import ClientError, Transport
+from tfdeploy.client.defaults import DEFAULT_RETRIES, DEFAULT_RETRY_TIMEOUT, DEFAULT_TIMEOUT
 from tfdeploy.tfs import names
 from tfdeploy.tfs.codes import Code
 from tfdeploy.tfs.saved_model import Signature
@@ -78,6 +79,38 @@ def expand(items: Iterable[str]) -> list[Job]:
     return jobs
 
 
+def missing_inputs(items: Iterable[str]) -> list[str]:
+    """Arguments that name nothing: a path that does not exist, a glob matching no file.
+    Checked before any network call, so a typo is reported at once as what it is."""
+    missing = []
+    for item in items:
+        if Path(item).exists():
+            continue
+        if not glob.has_magic(item) or not any(
+                Path(f).is_file() for f in glob.iglob(item, recursive=True)):
+            missing.append(item)
+    return missing
+
+
+def connection_hint(exc: ClientError, transport: str) -> str:
+    """What to do about a call that never reached a model server, or '' when the server
+    answered.  The raw messages (a refused connection, grpc's HTTP/2 parse error on a REST
+    port) do not say it."""
+    if exc.code != Code.UNAVAILABLE:
+        return ""
+    text = exc.message.lower()
+    if transport == "grpc" and "http/2" in text:
+        return ("that port does not speak gRPC (a REST port?): use --transport rest, or the "
+                "server's gRPC port")
+    if transport == "rest" and "http/1.1" in text:
+        return ("that port does not speak HTTP/1.1 (a gRPC port?): use --transport grpc, or "
+                "the server's REST port")
+    if "refused" in text or "failed to connect" in text or "cannot reach" in text:
+        return ("is a model server running there? Start one with `tfdeploy serve`, or "
+                "point at one with --server HOST:PORT (`tfdeploy status` lists ours)")
+    return ""
+
+
 def choose_signature(signatures: dict[str, Signature], wanted: str | None) -> str:
     if wanted:
         if wanted not in signatures:
@@ -105,7 +138,10 @@ class Predictor:
         try:
             self.signatures = transport.metadata(model, version)
         except ClientError as exc:
-            raise PredictError(f"cannot get metadata of model {model!r}: {exc}") from None
+            hint = connection_hint(exc, transport.name)
+            where = f" from {exc.endpoint}" if exc.endpoint else ""
+            raise PredictError(f"cannot get metadata of model {model!r}{where}: {exc}"
+                               + (f"; {hint}" if hint else "")) from None
         self.signature = choose_signature(self.signatures, signature)
 
     def infer(self, image: images.LoadedImage) -> tuple[Image.Image, bytes | None]:
@@ -130,22 +166,27 @@ class Predictor:
                                      outputs=[names.SEGMENTATION_MAP], output_dtypes=dtypes)
         return masks.palette_image(out[names.SEGMENTATION_MAP].reshape(h, w)), None
 
+    def mask(self, image: images.LoadedImage) -> tuple[Image.Image, bytes | None]:
+        """(mask at the image's original size, the server's PNG when that is it as sent)."""
+        mask, png = self.infer(image)
+        if (mask.height, mask.width) != image.size:
+            raise ClientError("INTERNAL", f"server returned a {mask.width}x{mask.height} "
+                              f"mask for a {image.image.width}x{image.image.height} image")
+        full = masks.resize_mask(mask, image.original_size)
+        return full, png if full is mask else None
+
     def one(self, job: Job) -> ImageResult:
         result = ImageResult(str(job.path))
         started = time.perf_counter()
         try:
             image = images.load(job.path, self.max_side)
-            mask, png = self.infer(image)
-            if (mask.height, mask.width) != image.size:
-                raise ClientError("INTERNAL", f"server returned a {mask.width}x{mask.height} "
-                                  f"mask for a {image.image.width}x{image.image.height} image")
-            full = masks.resize_mask(mask, image.original_size)
+            full, png = self.mask(image)
             result.height, result.width = image.original_size
             result.classes = masks.class_counts(full)
             if self.output_dir is not None:
                 target = self.output_dir / job.name.with_suffix(".png")
                 # the server's PNG as it is when nothing was resized
-                masks.save_atomic(png if png is not None and full is mask else full, target)
+                masks.save_atomic(png if png is not None else full, target)
                 result.mask = str(target)
                 if self.overlay:
                     target = self.output_dir / job.name.with_name(
@@ -166,7 +207,9 @@ class Predictor:
         failed = sum(not r.ok for r in results)
         return {"images": len(results), "ok": len(results) - failed, "failed": failed,
                 "seconds": round(seconds, 3),
-                "images_per_second": round(len(results) / seconds, 2) if seconds else None,
+                # a rate of failures is no rate: only answered images count
+                "images_per_second": (round((len(results) - failed) / seconds, 2)
+                                      if seconds and failed < len(results) else None),
                 "signature": self.signature, "transport": self.transport.name,
                 "output_dir": str(self.output_dir) if self.output_dir else None,
                 "endpoints": dict(self.transport.counts)}
@@ -188,3 +231,102 @@ class Predictor:
                 job = next(it, None)
                 if job is not None:
                     pending.append(pool.submit(self.one, job))
+
+
+class Client:
+    """A TF Serving model, from Python: ``predict(image)`` returns the segmentation mask.
+
+    ``address`` is ``host[:port]`` or several (a list, or comma-separated: round robin
+    with failover).  Works with the official tensorflow_model_server and with
+    tfdeploy-model-server, over gRPC (default port 8500) or REST (8501).  The model's
+    signatures are read on first use, so creating a Client never blocks.
+
+    >>> with Client("127.0.0.1:8500") as client:          # doctest: +SKIP
+    ...     mask = client.predict("examples/scene_1.jpg")  # PIL "P" image, pixel = class
+    """
+
+    def __init__(self, address: str | Iterable[str], transport: str = "grpc", *,
+                 model: str = names.DEFAULT_MODEL_NAME, signature: str | None = None,
+                 version: int | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 retries: int = DEFAULT_RETRIES, retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
+                 max_side: int | None = None):
+        from tfdeploy.client.pool import connect
+
+        self.model, self.version, self.max_side = model, version, max_side
+        self._signature = signature
+        self.transport: Transport = connect(address, transport, timeout=timeout,
+                                            retries=retries, retry_timeout=retry_timeout)
+        self._predictor: Predictor | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def addresses(self) -> list[str]:
+        return list(getattr(self.transport, "addresses", []))
+
+    def metadata(self) -> dict[str, Signature]:
+        """Signature key -> Signature (inputs and outputs with dtypes and shapes)."""
+        return self.transport.metadata(self.model, self.version)
+
+    def status(self) -> dict[int, str]:
+        """Version -> state (``AVAILABLE``, ``LOADING``, ``END``...)."""
+        return self.transport.status(self.model, self.version)
+
+    def predictor(self, output_dir: Path | None = None, overlay: bool = False,
+                  max_side: int | None = None) -> Predictor:
+        """A Predictor over this client's connection (files in, mask files out); reads
+        the model's metadata.  PredictError when the model cannot be used."""
+        return Predictor(self.transport, self.model, self._signature, self.version,
+                         output_dir=output_dir, overlay=overlay,
+                         max_side=max_side if max_side is not None else self.max_side)
+
+    @property
+    def signature(self) -> str:
+        """The signature predictions use (``serving_default`` when the model has it)."""
+        return self._get_predictor().signature
+
+    def _get_predictor(self) -> Predictor:
+        if self._predictor is None:
+            self._predictor = self.predictor()
+        return self._predictor
+
+    def predict(self, image) -> Image.Image:
+        """The mask of ``image`` (a path, encoded bytes, a PIL image or a uint8 numpy
+        array) as a PIL palette ("P") image of the input's size; pixel value = class
+        index, Pascal VOC colours.  Raises ``images.BadImage`` for unusable input and
+        ``ClientError`` when the server fails."""
+        loaded = images.from_any(image, self.max_side)
+        return self._get_predictor().mask(loaded)[0]
+
+    def predict_async(self, image):
+        """``predict`` without waiting: a ``concurrent.futures.Future`` of the mask."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(8, thread_name_prefix="tfdeploy-client")
+        return self._executor.submit(self.predict, image)
+
+    async def apredict(self, image) -> Image.Image:
+        """``predict`` for asyncio code: awaits the mask without blocking the loop."""
+        import asyncio
+
+        return await asyncio.wrap_future(self.predict_async(image))
+
+    def predict_files(self, items: Iterable[str | Path], output_dir: str | Path = "masks",
+                      overlay: bool = False, concurrency: int = 1) -> list[ImageResult]:
+        """Files, directories and globs -> palette PNG masks under ``output_dir`` (what
+        ``tfdeploy predict`` does); one ImageResult per image, failures included."""
+        items = [str(i) for i in items]
+        missing = missing_inputs(items)
+        if missing:
+            raise PredictError(f"no such file or directory: {', '.join(missing)}")
+        predictor = self.predictor(Path(output_dir), overlay)
+        return list(predictor.run(expand(items), concurrency))
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        self.transport.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -3,6 +3,7 @@ library's HTTP client, so gRPC-only users never load it."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -44,6 +45,10 @@ class RestTransport(Transport):
             reason = getattr(exc, "reason", exc)
             raise ClientError(Code.UNAVAILABLE, f"cannot reach {url}: {reason}",
                               self.address) from None
+        except http.client.HTTPException as exc:  # not HTTP/1.x: e.g. a gRPC (HTTP/2) port
+            raise ClientError(Code.UNAVAILABLE, f"{url} did not answer HTTP/1.1 "
+                              f"({type(exc).__name__}: a gRPC port?)", self.address,
+                              retryable=False) from None
         except ValueError as exc:  # not JSON: not a TF Serving REST endpoint
             raise ClientError(Code.INTERNAL, f"{url} answered with non-JSON ({exc})",
                               self.address) from None

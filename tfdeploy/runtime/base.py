@@ -8,6 +8,7 @@ carries the last lines of its log so the user sees why.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 import urllib.error
@@ -40,9 +41,20 @@ class ServeSpec:
     image: str | None = None
     restart: str | None = None
     poll_seconds: float = 1.0
+    #: tensorflow_model_server flags passed through as they are (``serve ... -- FLAGS``)
+    extra_flags: list[str] = field(default_factory=list)
+    #: environment of the server (docker: the container; native/embedded: the process)
+    env: dict[str, str] = field(default_factory=dict)
+    #: docker only: CPU limit (``--cpus``), memory limit (``512m``, ``2g``), extra bind
+    #: mounts ``HOST:CONTAINER[:ro|rw]``
+    cpus: float | None = None
+    memory: str | None = None
+    volumes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.name = self.name or self.model_name
+        if self.batching_parameters_file is not None:
+            self.enable_batching = True  # a parameters file means "batch like this"
         if self.base_path is None and self.model_config_file is None:
             raise UserError("give a model base path (e.g. models/deeplab) or a model config file")
         if self.base_path is not None:
@@ -57,8 +69,53 @@ class ServeSpec:
                 if not value.is_file():
                     raise UserError(f"no such file {value}", param=attr)
                 setattr(self, attr, value)
-        if self.grpc_port == self.rest_port:
+        if self.grpc_port == self.rest_port and self.grpc_port != 0:
             raise UserError("must differ from the REST port", param="grpc_port")
+        for volume in self.volumes:
+            parse_volume(volume)
+        if self.memory is not None and not _MEMORY.fullmatch(self.memory.strip().lower()):
+            raise UserError(f"{self.memory!r} is not a size like 512m or 2g", param="memory")
+        if self.cpus is not None and self.cpus <= 0:
+            raise UserError("must be > 0", param="cpus")
+        check_server_flags(self.extra_flags)
+
+    def model_names(self) -> list[str]:
+        """Every model this server serves: the config file's, or the one model."""
+        if self.model_config_file is None:
+            return [self.model_name]
+        from tfdeploy.serving.config import model_server_config
+
+        config = model_server_config(self.model_config_file)
+        return [mc.name for mc in config.model_config_list.config] or [self.model_name]
+
+    def resolve_ports(self) -> None:
+        """Port 0 means "any free one": pick them now, so the record holds real ports."""
+        if self.grpc_port == 0:
+            self.grpc_port = free_port(self.host, avoid=self.rest_port)
+        if self.rest_port == 0:
+            self.rest_port = free_port(self.host, avoid=self.grpc_port)
+
+    def check_runtime(self, runtime: str, asked: str = "auto") -> None:
+        """Refuse options ``runtime`` would silently ignore (an option that reaches
+        nothing is a bug report waiting to happen).  Under ``auto`` an ``--image`` that
+        cannot be used is a reason to fall back, which the runtime choice reports."""
+        if runtime != "docker":
+            docker_only = {"cpus": self.cpus, "memory": self.memory,
+                           "volume": self.volumes, "restart": self.restart,
+                           "image": self.image if asked != "auto" else None}
+            given = [k for k, v in docker_only.items() if v]
+            if given:
+                raise UserError(f"only the docker runtime takes "
+                                f"{', '.join('--' + g for g in given)} (the {runtime} runtime "
+                                "was chosen; use --runtime docker)", param=given[0])
+        if runtime == "embedded":
+            from tfdeploy.serving.__main__ import UNIMPLEMENTED_FLAGS
+
+            ignored = [f for f in self.extra_flags if _flag_name(f) in UNIMPLEMENTED_FLAGS]
+            if ignored:
+                raise UserError(f"the embedded server does not implement "
+                                f"{', '.join(ignored)} and would ignore it; use the docker "
+                                "or native runtime for that flag", param="runtime")
 
     def server_flags(self, *, config_path: str | None = None, batching_path: str | None = None,
                      monitoring_path: str | None = None) -> list[str]:
@@ -75,7 +132,78 @@ class ServeSpec:
         if self.monitoring_config_file:
             path = monitoring_path or self.monitoring_config_file
             flags.append(f"--monitoring_config_file={path}")
-        return flags
+        return flags + list(self.extra_flags)
+
+
+_MEMORY = re.compile(r"\d+(\.\d+)?[bkmg]?")
+
+# tensorflow_model_server flags `tfdeploy serve` sets from its own options
+_OWN_FLAGS = {"port": "--grpc-port", "rest_api_port": "--rest-port", "grpc_host": "--host",
+              "rest_api_host": "--host", "model_name": "--model-name",
+              "model_base_path": "BASE", "model_config_file": "--model-config-file",
+              "enable_batching": "--enable-batching",
+              "batching_parameters_file": "--batching-parameters-file",
+              "monitoring_config_file": "--monitoring-config-file",
+              "file_system_poll_wait_seconds": "--poll-seconds"}
+
+
+def _flag_name(flag: str) -> str:
+    return flag[2:].split("=", 1)[0] if flag.startswith("--") else ""
+
+
+def known_server_flags() -> set[str]:
+    """tensorflow_model_server's flag names, as the embedded server's parser knows them
+    (implemented ones and the ones it only accepts)."""
+    from tfdeploy.serving.__main__ import build_parser
+
+    return {opt[2:] for action in build_parser()._actions for opt in action.option_strings
+            if opt.startswith("--")} - {"help", "version"}
+
+
+def check_server_flags(flags: list[str]) -> None:
+    """Flags after ``--`` must be tensorflow_model_server flags, as ``--name=value`` (or
+    ``--name value``), and not ones ``tfdeploy serve`` sets from its own options."""
+    if not flags:
+        return
+    known = known_server_flags()
+    i = 0
+    while i < len(flags):
+        flag, name = flags[i], _flag_name(flags[i])
+        if not name:
+            raise UserError(f"{flag!r}: tensorflow_model_server flags look like --name=value")
+        if name in _OWN_FLAGS:
+            raise UserError(f"{flag}: tfdeploy serve sets this itself; use "
+                            f"{_OWN_FLAGS[name]}")
+        if name not in known:
+            raise UserError(f"{flag}: not a tensorflow_model_server flag (known: "
+                            f"{', '.join(sorted(known - set(_OWN_FLAGS)))})")
+        if "=" not in flag and i + 1 < len(flags) and not flags[i + 1].startswith("--"):
+            flags[i:i + 2] = [f"{flag}={flags[i + 1]}"]
+        i += 1
+
+
+def parse_volume(volume: str) -> tuple[str, str, bool]:
+    """``HOST:CONTAINER[:ro|rw]`` -> (absolute host path, container path, read_only)."""
+    parts = volume.split(":")
+    mode = "rw"
+    if len(parts) == 3 and parts[2] in ("ro", "rw"):
+        mode = parts.pop()
+    if len(parts) != 2 or not parts[0] or not parts[1].startswith("/"):
+        raise UserError(f"{volume!r}: use HOST_PATH:/container/path[:ro]", param="volume")
+    host = Path(parts[0]).expanduser().absolute()
+    if not host.exists():
+        raise UserError(f"{volume!r}: no such path {host}", param="volume")
+    return str(host), parts[1], mode == "ro"
+
+
+def free_port(host: str = "127.0.0.1", avoid: int = 0) -> int:
+    """A port nothing listens on now (the kernel's choice)."""
+    while True:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port != avoid:
+            return port
 
 
 class Runtime(Protocol):

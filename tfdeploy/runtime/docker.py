@@ -16,11 +16,17 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from tfdeploy.errors import UserError
-from tfdeploy.runtime.base import ServeSpec, check_ports_free
+from tfdeploy.runtime.base import ServeSpec, check_ports_free, parse_volume
 from tfdeploy.runtime.state import ServerRecord, state_dir
 
 LABEL = "tfdeploy.managed"
 CONTAINER_PORTS = {"grpc": 8500, "rest": 8501}
+#: What docker/build.sh builds from a source checkout: tfdeploy-model-server with the
+#: official image's contract, for engines that cannot pull tensorflow/serving.
+LOCAL_IMAGE = "tfdeploy/serving-embedded:latest"
+BUILD_HINT = (f"build {LOCAL_IMAGE} with `bash docker/build.sh` (in a tfdeploy source "
+              "checkout; no registry needed), pass --image, or use the embedded runtime "
+              "(--runtime embedded)")
 NO_GPU_HINT = ("the docker engine has no GPU runtime: install the NVIDIA driver and the "
                "NVIDIA Container Toolkit (nvidia-container-toolkit), restart docker, or "
                "serve without --gpu")
@@ -66,8 +72,36 @@ class DockerRuntime:
                                 "or use --runtime embedded") from None
         return self._client
 
+    def _has_image(self, image: str) -> bool:
+        try:
+            self.client().images.get(image)
+            return True
+        except UserError:
+            raise
+        except Exception:
+            return False
+
     def image_for(self, spec: ServeSpec) -> str:
-        return spec.image or default_image(spec.gpu)
+        """``--image``, else the official image; when that is absent (CPU only), a locally
+        built LOCAL_IMAGE if the engine has one (no pull needed)."""
+        if spec.image:
+            return spec.image
+        official = default_image(spec.gpu)
+        if (not spec.gpu and not self._has_image(official)
+                and self._has_image(LOCAL_IMAGE)):
+            return LOCAL_IMAGE
+        return official
+
+    def check_gpu(self) -> None:
+        """Fail before any pull when the engine cannot give containers a GPU."""
+        import shutil
+
+        info = self.client().info()
+        if "nvidia" in (info.get("Runtimes") or {}):
+            return
+        if shutil.which("nvidia-container-cli") or shutil.which("nvidia-ctk"):
+            return  # the toolkit's hook serves --gpus without a named runtime
+        raise UserError(NO_GPU_HINT, param="gpu")
 
     def available(self, spec: ServeSpec) -> tuple[bool, str]:
         try:
@@ -77,6 +111,9 @@ class DockerRuntime:
         image = self.image_for(spec)
         try:
             client.images.get(image)
+            if image == LOCAL_IMAGE and not spec.image:
+                return True, (f"docker engine answers; {default_image(spec.gpu)} is absent, "
+                              f"using the locally built {LOCAL_IMAGE}")
             return True, f"docker engine answers and {image} is present"
         except Exception:
             pass
@@ -84,7 +121,8 @@ class DockerRuntime:
             client.images.get_registry_data(image)
             return True, f"docker engine answers and {image} can be pulled"
         except Exception as exc:
-            return False, f"{image} is not present and cannot be pulled ({_short(exc)})"
+            return False, (f"{image} is not present and cannot be pulled ({_short(exc)}); "
+                           f"to serve with docker anyway, {BUILD_HINT}")
 
     def ensure_image(self, image: str, progress: Callable[[str], None] | None = None) -> None:
         client = self.client()
@@ -113,8 +151,8 @@ class DockerRuntime:
                     last = time.monotonic()
             client.images.get(image)
         except Exception as exc:
-            raise UserError(f"cannot pull {image} ({_short(exc)}); choose an image the engine "
-                            "has, or the embedded runtime", param="image") from None
+            raise UserError(f"cannot pull {image} ({_short(exc)}); {BUILD_HINT}",
+                            param="image") from None
 
     # -- containers ----------------------------------------------------------------------
     def _mounts_and_flags(self, spec: ServeSpec) -> tuple[list, list[str]]:
@@ -169,12 +207,15 @@ class DockerRuntime:
 
     def create(self, spec: ServeSpec, progress: Callable[[str], None] | None = None):
         """Create (not start) the container; returns the docker SDK container object."""
-        from docker.types import DeviceRequest
+        from docker.types import DeviceRequest, Mount
 
         client = self.client()
         image = self.image_for(spec)
         self.ensure_image(image, progress)
         mounts, flags = self._mounts_and_flags(spec)
+        for volume in spec.volumes:
+            host, target, read_only = parse_volume(volume)
+            mounts.append(Mount(target, host, type="bind", read_only=read_only))
         devices = None
         if spec.gpu:
             devices = [DeviceRequest(device_ids=list(spec.gpus), capabilities=[["gpu"]])
@@ -184,7 +225,7 @@ class DockerRuntime:
         try:
             return client.containers.create(
                 image, command=flags, name=name, detach=True,
-                environment={"MODEL_NAME": spec.model_name},
+                environment={"MODEL_NAME": spec.model_name, **spec.env},
                 mounts=mounts,
                 ports={f"{CONTAINER_PORTS['grpc']}/tcp": (spec.host, spec.grpc_port),
                        f"{CONTAINER_PORTS['rest']}/tcp": (spec.host, spec.rest_port)},
@@ -195,6 +236,8 @@ class DockerRuntime:
                         "tfdeploy.state_dir": str(state_dir())},
                 device_requests=devices,
                 restart_policy={"Name": spec.restart} if spec.restart else None,
+                nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
+                mem_limit=spec.memory.strip().lower() if spec.memory else None,
             )
         except Exception as exc:
             raise UserError(f"cannot create container {name}: {_short(exc)}") from None
@@ -216,6 +259,8 @@ class DockerRuntime:
     def start(self, spec: ServeSpec, progress: Callable[[str], None] | None = None
               ) -> ServerRecord:
         check_ports_free(spec.host, spec.grpc_port, spec.rest_port)
+        if spec.gpu:
+            self.check_gpu()  # before create(), which may pull a multi-GB -gpu image
         container = self.create(spec, progress)
         try:
             container.start()
@@ -233,7 +278,7 @@ class DockerRuntime:
                             base_path=str(spec.base_path or ""), host=spec.host,
                             grpc_port=spec.grpc_port, rest_port=spec.rest_port,
                             container_id=container.id, image=self.image_for(spec),
-                            started_at=time.time())
+                            started_at=time.time(), models=spec.model_names())
 
     def _container(self, record: ServerRecord):
         import docker

@@ -21,6 +21,8 @@ def serve(spec: ServeSpec, runtime: str = "auto", timeout: float = 180,
                             f"`tfdeploy stop {spec.name}` or pass --name")
         state.remove(spec.name)
     chosen, why = select.choose(spec, runtime)
+    spec.check_runtime(chosen.name, runtime)
+    spec.resolve_ports()
     if progress:
         progress(f"runtime: {chosen.name} ({why})")
     record = chosen.start(spec, progress)
@@ -40,6 +42,8 @@ def run_foreground(spec: ServeSpec, runtime: str = "auto",
     """Serve attached to the terminal until Ctrl-C; ``emit`` gets the server's log lines
     where the runtime does not write to the terminal itself (docker)."""
     chosen, why = select.choose(spec, runtime)
+    spec.check_runtime(chosen.name, runtime)
+    spec.resolve_ports()
     if progress:
         progress(f"runtime: {chosen.name} ({why}); Ctrl-C stops it")
     if hasattr(chosen, "run_foreground"):
@@ -55,17 +59,49 @@ def run_foreground(spec: ServeSpec, runtime: str = "auto",
     return 0
 
 
-def client_endpoints(servers: tuple[str, ...] | list[str], transport: str) -> list[str]:
+def live_records() -> list[ServerRecord]:
+    """Recorded servers that are still running, oldest first (dead records never count)."""
+    records = sorted(state.load_all().values(), key=lambda r: r.started_at)
+    return [r for r in records if select.get(r.runtime).alive(r)]
+
+
+def choose_server(name: str | None = None) -> ServerRecord | None:
+    """The server a client command talks to: ``name`` (which must be running), else the
+    only live one, else None (nothing recorded runs).  Several live servers and no name is
+    an error listing them: guessing would send work to the wrong model."""
+    if name is not None:
+        record = find(name)
+        if not select.get(record.runtime).alive(record):
+            raise UserError(f"server {name!r} is not running (see `tfdeploy status`; "
+                            f"`tfdeploy serve --name {name}` starts it again)", param="name")
+        return record
+    live = live_records()
+    if len(live) > 1:
+        listing = ", ".join(f"{r.name} (gRPC {r.grpc_endpoint}, REST {r.rest_endpoint})"
+                            for r in live)
+        raise UserError(f"several servers are running: {listing}; choose one with --name "
+                        "or --server", param="name")
+    return live[0] if live else None
+
+
+def client_endpoints(servers: tuple[str, ...] | list[str], transport: str,
+                     name: str | None = None) -> list[str]:
     """Where a client command sends requests: the ``--server`` values when given, else
-    the server ``tfdeploy serve`` started last, else TF Serving's default port on
-    localhost.  The client itself only takes plain addresses."""
+    the server called ``name``, else the only running server ``tfdeploy serve`` started,
+    else TF Serving's default port on localhost.  The client itself only takes plain
+    addresses."""
     from tfdeploy.client.pool import parse_addresses
     from tfdeploy.tfs.names import DEFAULT_PORTS
 
     addresses = parse_addresses(servers, transport)
     if addresses:
+        if name is not None:
+            raise UserError("give --name or --server, not both", param="name")
         return addresses
-    return [state.latest_endpoint(transport) or f"localhost:{DEFAULT_PORTS[transport]}"]
+    record = choose_server(name)
+    if record is None:
+        return [f"localhost:{DEFAULT_PORTS[transport]}"]
+    return [record.grpc_endpoint if transport == "grpc" else record.rest_endpoint]
 
 
 def find(name: str | None) -> ServerRecord:
@@ -84,11 +120,16 @@ def find(name: str | None) -> ServerRecord:
 
 
 def describe(record: ServerRecord) -> dict:
+    """The record plus what the server says now: ``running``, ``versions`` (of its
+    first model) and ``model_versions`` (every model it serves -> version -> state)."""
     runtime = select.get(record.runtime)
     alive = runtime.alive(record)
-    versions = model_status(record) if alive else None
+    per_model = {}
+    for model in record.models or [record.model_name]:
+        versions = model_status(record, model) if alive else None
+        per_model[model] = {str(k): v for k, v in (versions or {}).items()}
     return {**record.to_json(), "running": alive,
-            "versions": {str(k): v for k, v in (versions or {}).items()},
+            "versions": next(iter(per_model.values())), "model_versions": per_model,
             "grpc": record.grpc_endpoint, "rest": record.rest_endpoint}
 
 
@@ -121,3 +162,69 @@ def stop(name: str | None = None, all_servers: bool = False, timeout: float = 30
         except UserError:
             pass
     return stopped
+
+
+def _from_record(field: str, doc: str) -> property:
+    """A read-only Server attribute that is a field of its record."""
+    return property(lambda self: getattr(self.record, field), doc=doc)
+
+
+class Server:
+    """A running model server that ``tfdeploy serve`` (or ``tfdeploy.serve``) started.
+
+    Use it as a context manager to stop the server when the block ends::
+
+        with tfdeploy.serve("models/deeplab", runtime="embedded") as server:
+            mask = server.client().predict("scene.jpg")
+    """
+
+    def __init__(self, record: ServerRecord, why: str = "",
+                 versions: dict[int, str] | None = None):
+        self.record, self.why = record, why
+        #: version -> state of the (first) model when the server became ready
+        self.versions = dict(versions or {})
+
+    name = _from_record("name", "The server's name (for status, logs, stop).")
+    runtime = _from_record("runtime", "docker, native or embedded.")
+    model_name = _from_record("model_name", "The (first) model it serves.")
+    grpc_address = _from_record("grpc_endpoint", "``host:port`` of the gRPC API.")
+
+    @property
+    def rest_url(self) -> str:
+        """``http://host:port`` of the REST API (models under ``/v1/models/<name>``)."""
+        return f"http://{self.record.rest_endpoint}"
+
+    @property
+    def running(self) -> bool:
+        return select.get(self.record.runtime).alive(self.record)
+
+    def status(self) -> dict:
+        """What ``tfdeploy status`` shows for this server (see ``describe``)."""
+        return describe(self.record)
+
+    def logs(self, tail: int = 100) -> list[str]:
+        """The last ``tail`` lines of the server's log."""
+        return list(select.get(self.record.runtime).logs(self.record, tail=tail))
+
+    def client(self, transport: str = "grpc", **options):
+        """A ``tfdeploy.Client`` for this server's model over ``transport``."""
+        from tfdeploy.client.predict import Client
+
+        address = self.grpc_address if transport == "grpc" else self.record.rest_endpoint
+        options.setdefault("model", self.model_name)
+        return Client(address, transport, **options)
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop the server (in-flight requests get ``timeout`` seconds) and forget it."""
+        select.get(self.record.runtime).stop(self.record, timeout)
+        state.remove(self.record.name)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return (f"Server({self.name!r}, runtime={self.runtime!r}, "
+                f"grpc={self.grpc_address!r}, rest={self.rest_url!r})")

@@ -17,23 +17,31 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
+
 from tfdeploy.errors import UserError
 from tfdeploy.runtime.base import ServeSpec, check_ports_free
 from tfdeploy.runtime.state import ServerRecord, state_dir
 
 
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (state is [0], start time [19])."""
+def process_start(pid: int) -> float | None:
+    """The process's creation time (seconds since the epoch), or None if it is gone.
+
+    psutil reads it the same way on Linux and macOS, so the embedded and native runtimes
+    work on both; together with the pid it identifies our process even after pid reuse."""
     try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(") ", 1)[1].split()
-    except (OSError, IndexError):
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return None
 
 
-def process_start(pid: int) -> int | None:
-    fields = _stat(pid)
-    return int(fields[19]) if fields else None
+def same_start(recorded: float | None, actual: float) -> bool:
+    """Whether ``actual`` is the start time we recorded.  Records written before psutil
+    hold clock ticks since boot (< 1e9, never a plausible epoch time): not comparable, so
+    the pid alone decides, as it did then."""
+    if recorded is None or recorded < 1e9:
+        return True
+    return abs(recorded - actual) < 0.01
 
 
 class ProcessRuntime:
@@ -60,7 +68,8 @@ class ProcessRuntime:
         record = ServerRecord(name=spec.name, runtime=self.name, model_name=spec.model_name,
                               base_path=str(spec.base_path or ""), host=spec.host,
                               grpc_port=spec.grpc_port, rest_port=spec.rest_port,
-                              started_at=time.time(), command=cmd)
+                              started_at=time.time(), command=cmd,
+                              models=spec.model_names())
         if foreground:
             record.pid = os.getpid()
             return record
@@ -70,7 +79,8 @@ class ProcessRuntime:
         with open(log_file, "wb") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+                                         **spec.env})
         record.pid, record.log_file = proc.pid, str(log_file)
         record.pid_start = process_start(proc.pid)
         return record
@@ -78,7 +88,7 @@ class ProcessRuntime:
     def run_foreground(self, spec: ServeSpec) -> int:
         """Run attached to the terminal until Ctrl-C / SIGTERM; returns the exit code."""
         check_ports_free(spec.host, spec.grpc_port, spec.rest_port)
-        proc = subprocess.Popen(self.command(spec))
+        proc = subprocess.Popen(self.command(spec), env={**os.environ, **spec.env})
         forward = lambda signum, _frame: proc.send_signal(signum)  # noqa: E731
         old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -91,10 +101,15 @@ class ProcessRuntime:
         """Running, not a zombie, and still the process we started (pids get reused)."""
         if not record.pid:
             return False
-        fields = _stat(record.pid)
-        if fields is None or fields[0] in ("Z", "X"):
+        try:
+            proc = psutil.Process(record.pid)
+            if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                return False
+            return same_start(record.pid_start, proc.create_time())
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
             return False
-        return record.pid_start is None or int(fields[19]) == record.pid_start
+        except psutil.AccessDenied:  # another user's process reusing the pid
+            return False
 
     def logs(self, record: ServerRecord, follow: bool = False, tail: int = 100
              ) -> Iterator[str]:

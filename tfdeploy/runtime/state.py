@@ -34,12 +34,14 @@ class ServerRecord:
     grpc_port: int
     rest_port: int
     pid: int | None = None
-    pid_start: int | None = None  # the process's start time, so a reused pid is not ours
+    pid_start: float | None = None  # process creation time (epoch s): a reused pid is not ours
     container_id: str | None = None
     image: str | None = None
     log_file: str | None = None
     started_at: float = 0.0
     command: list[str] = field(default_factory=list)
+    #: every model the server serves (several with a model config file)
+    models: list[str] = field(default_factory=list)
 
     @property
     def grpc_endpoint(self) -> str:
@@ -103,12 +105,3 @@ def remove(name: str) -> None:
         records = _read(path)
         if records.pop(name, None) is not None:
             _write(path, records)
-
-
-def latest_endpoint(transport: str) -> str | None:
-    """The most recently started server's endpoint for ``transport``, if any."""
-    records = sorted(load_all().values(), key=lambda r: r.started_at)
-    if not records:
-        return None
-    latest = records[-1]
-    return latest.grpc_endpoint if transport == "grpc" else latest.rest_endpoint

@@ -1,0 +1,113 @@
+"""The Python API: what the ``tfdeploy`` commands do, as functions (the CLI calls these).
+
+Reached through the package (``tfdeploy.export``, ``tfdeploy.serve``, ...), which loads
+this module, and what it needs, only when one of them is first used: ``import tfdeploy``
+stays cheap and never imports TensorFlow; only ``export`` (and the embedded server's
+process) does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tfdeploy.tfs.names import DEFAULT_MODEL_NAME, GRPC_PORT, REST_PORT
+
+if TYPE_CHECKING:
+    from tfdeploy.runtime.manage import Server
+
+__all__ = ["bench", "export", "serve", "servers", "stop"]
+
+Progress = Callable[[str], None]
+
+
+def export(checkpoint: str | Path | None = None, output: str | Path = "models/deeplab", *,
+           version: int | None = None, overwrite: bool = False, verify: bool = True,
+           warmup: bool = True, model_name: str = DEFAULT_MODEL_NAME,
+           progress: Progress | None = None):
+    """Export a DeepLab-v3 checkpoint (default: the bundled demo) as version ``version``
+    (default: highest existing + 1) of the model base path ``output``.
+
+    Returns an ``ExportResult`` (``.version``, ``.path``, ``.signatures``, ...).  Raises
+    ``tfdeploy.UserError`` for unusable input (nothing is written then) and
+    ``tfdeploy.ExportError`` when the written model does not match the checkpoint.
+    ``progress`` gets one short line per step.
+    """
+    from tfdeploy.tfimport import quiet_import_tensorflow
+
+    quiet_import_tensorflow()
+    from tfdeploy.export.writer import export as run_export
+
+    return run_export(checkpoint, output, version=version, overwrite=overwrite,
+                      do_verify=verify, do_warmup=warmup, model_name=model_name,
+                      progress=progress)
+
+
+def serve(base: str | Path | None = "models/deeplab", *, runtime: str = "auto",
+          name: str | None = None, model_name: str = DEFAULT_MODEL_NAME,
+          grpc_port: int = GRPC_PORT, rest_port: int = REST_PORT, host: str = "127.0.0.1",
+          timeout: float = 180, progress: Progress | None = None, **options) -> Server:
+    """Start a model server for ``base`` in the background; return once its model is
+    AVAILABLE.
+
+    ``runtime``: ``auto`` (docker when an engine and a serving image are there, else
+    ``tensorflow_model_server`` from PATH, else the embedded server), ``docker``,
+    ``native`` or ``embedded``.  Port 0 picks a free port.  ``options`` are the other
+    fields of ``tfdeploy.runtime.base.ServeSpec``: ``model_config_file``,
+    ``enable_batching``, ``batching_parameters_file``, ``monitoring_config_file``,
+    ``gpu``, ``gpus``, ``image``, ``restart``, ``poll_seconds``, ``extra_flags``
+    (tensorflow_model_server flags), ``env``, and docker's ``cpus``, ``memory``,
+    ``volumes``.  An option the chosen runtime would ignore raises ``UserError``.
+
+    The returned ``Server`` has ``.grpc_address``, ``.rest_url``, ``.client()`` and
+    ``.stop()``; as a context manager it stops the server at the end of the block.
+    """
+    from tfdeploy.runtime import manage
+    from tfdeploy.runtime.base import ServeSpec
+    from tfdeploy.runtime.manage import Server
+
+    if base is None and options.get("model_config_file") is None:
+        base = "models/deeplab"
+    spec = ServeSpec(base_path=Path(base) if base is not None else None,
+                     model_name=model_name, name=name or "", host=host,
+                     grpc_port=grpc_port, rest_port=rest_port, **options)
+    record, why, versions = manage.serve(spec, runtime, timeout, progress)
+    return Server(record, why, versions)
+
+
+def servers(name: str | None = None) -> list[dict]:
+    """The servers tfdeploy started (all, or ``name``): what ``tfdeploy status`` shows."""
+    from tfdeploy.runtime import manage
+
+    return manage.status(name)
+
+
+def stop(name: str | None = None, all_servers: bool = False, timeout: float = 30
+         ) -> list[str]:
+    """Stop the only server, ``name``, or all of them; returns the names stopped."""
+    from tfdeploy.runtime import manage
+
+    return manage.stop(name, all_servers, timeout)
+
+
+def bench(client, images=None, *, concurrency=(1,), request_rates=(), **options) -> list:
+    """Measure a server like perf_analyzer: warm-up, stabilised measurement windows,
+    latency percentiles and throughput per concurrency level or request rate.
+
+    ``client`` is a ``tfdeploy.Client`` (or a ``Server``: its gRPC client); ``images``
+    are files, directories or globs (default: the bundled demo images).  ``options``:
+    ``warmup``, ``interval`` (window seconds), ``stability`` (percent), ``max_trials``,
+    ``duration`` or ``requests`` (one fixed window), ``max_threads`` (open loop).
+    Returns one ``tfdeploy.client.bench.LevelResult`` per level (``.to_json()``, and
+    ``tfdeploy.client.bench.to_csv(results)``).
+    """
+    from tfdeploy.client import bench as bench_lib
+    from tfdeploy.demo import DEMO_IMAGES
+
+    if hasattr(client, "grpc_address") and not hasattr(client, "predictor"):
+        client = client.client()
+    items = [str(i) for i in ([images] if isinstance(images, (str, Path)) else images or [])]
+    inputs = bench_lib.load_inputs(items or [str(DEMO_IMAGES)])
+    return bench_lib.run(client.predictor(), inputs, concurrency=concurrency,
+                         request_rates=request_rates, **options)
