@@ -254,6 +254,10 @@ def test_serve_spec_units(demo_base, tmp_path):
     with pytest.raises(UserError, match="no such path"):
         parse_volume(f"{tmp_path}/nope:/data")
     assert ServeSpec(base_path=demo_base).model_names() == ["deeplab"]
+    ours = ServeSpec(base_path=demo_base, extra_flags=["--max_request_bytes=1000"])
+    ours.check_runtime("embedded", "embedded")  # tfdeploy-model-server's own flag
+    with pytest.raises(UserError, match="only tfdeploy-model-server"):
+        ours.check_runtime("native", "native")
 
 
 def test_process_identity_survives_pid_reuse():
