@@ -238,4 +238,7 @@ def test_gpu_is_checked_before_any_pull(demo_base):
 
     assert proc.returncode == 2 and NO_GPU_HINT in proc.stderr
     assert "pulling" not in proc.stderr
+    proc = run_cli("serve", str(demo_base), "--gpu", "--grpc-port", free_port(),
+                   "--rest-port", free_port(), check=False)  # auto: no runtime fits
+    assert proc.returncode == 2 and f"not docker: {NO_GPU_HINT}" in proc.stderr
     assert new_containers(before) == [] and state.load_all() == {}

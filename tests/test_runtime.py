@@ -254,3 +254,30 @@ def test_serve_spec_units(demo_base, tmp_path):
     with pytest.raises(UserError, match="no such path"):
         parse_volume(f"{tmp_path}/nope:/data")
     assert ServeSpec(base_path=demo_base).model_names() == ["deeplab"]
+    ours = ServeSpec(base_path=demo_base, extra_flags=["--max_request_bytes=1000"])
+    ours.check_runtime("embedded", "embedded")  # tfdeploy-model-server's own flag
+    with pytest.raises(UserError, match="only tfdeploy-model-server"):
+        ours.check_runtime("native", "native")
+
+
+def test_process_identity_survives_pid_reuse():
+    """A record is alive only while its pid is the process we started (same creation
+    time, read by psutil on Linux and macOS)."""
+    from tfdeploy.runtime.process import EmbeddedRuntime, process_start, same_start
+    from tfdeploy.runtime.state import ServerRecord
+
+    me = os.getpid()
+    started = process_start(me)
+    assert started is not None and abs(started - psutil.Process(me).create_time()) < 1e-6
+    record = ServerRecord(name="x", runtime="embedded", model_name="m", base_path="",
+                          host="127.0.0.1", grpc_port=1, rest_port=2, pid=me,
+                          pid_start=started)
+    runtime = EmbeddedRuntime()
+    assert runtime.alive(record)
+    record.pid_start = started - 100  # same pid, another process's start time
+    assert not runtime.alive(record)
+    assert same_start(None, started) and same_start(12345, started)  # legacy records
+    gone = psutil.Popen(["true"])
+    gone.wait()
+    record.pid, record.pid_start = gone.pid, None
+    assert not runtime.alive(record) and process_start(gone.pid) is None

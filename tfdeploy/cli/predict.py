@@ -15,8 +15,9 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
 
 _server_option = click.option(
     "--server", "-s", multiple=True, metavar="HOST:PORT[,HOST:PORT...]",
-    help="Server endpoint(s); several spread the load round robin. Default: the server "
-         "`tfdeploy serve` started, else localhost:8500 (gRPC) / localhost:8501 (REST).")
+    help="Server endpoint(s); several spread the load round robin. Default: the only "
+         "running server `tfdeploy serve` started (several: pick one with --name), else "
+         "localhost:8500 (gRPC) / localhost:8501 (REST).")
 _name_option = click.option(
     "--name", default=None,
     help="The tfdeploy server to use (see `tfdeploy status`). Default: the only running one.")

@@ -108,6 +108,12 @@ class ServeSpec:
                 raise UserError(f"only the docker runtime takes "
                                 f"{', '.join('--' + g for g in given)} (the {runtime} runtime "
                                 "was chosen; use --runtime docker)", param=given[0])
+        if runtime == "native":
+            ours = [f for f in self.extra_flags if _flag_name(f) in EMBEDDED_ONLY_FLAGS]
+            if ours:
+                raise UserError(f"{', '.join(ours)}: only tfdeploy-model-server has this "
+                                "flag, tensorflow_model_server would refuse it",
+                                param="runtime")
         if runtime == "embedded":
             from tfdeploy.serving.__main__ import UNIMPLEMENTED_FLAGS
 
@@ -145,6 +151,11 @@ _OWN_FLAGS = {"port": "--grpc-port", "rest_api_port": "--rest-port", "grpc_host"
               "batching_parameters_file": "--batching-parameters-file",
               "monitoring_config_file": "--monitoring-config-file",
               "file_system_poll_wait_seconds": "--poll-seconds"}
+
+
+# tfdeploy-model-server's own additions (the README's "Our additions"), not flags of
+# the official binary
+EMBEDDED_ONLY_FLAGS = {"max_request_bytes", "grpc_max_threads"}
 
 
 def _flag_name(flag: str) -> str:

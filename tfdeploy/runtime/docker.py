@@ -108,6 +108,11 @@ class DockerRuntime:
             client = self.client()
         except UserError as exc:
             return False, str(exc)
+        if spec.gpu:
+            try:
+                self.check_gpu()  # before looking for (or at the registry for) the image
+            except UserError as exc:
+                return False, exc.message
         image = self.image_for(spec)
         try:
             client.images.get(image)
