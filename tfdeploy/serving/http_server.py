@@ -291,7 +291,8 @@ def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits):
             await respond(send, 500, error_body(f"internal error: {exc}"))
             return
         if (not isinstance(response, HttpResponse) or not 200 <= response.status <= 599
-                or not isinstance(response.body, (bytes, bytearray))):
+                or not isinstance(response.body, (bytes, bytearray))
+                or not (response.content_type.isascii() and response.content_type.isprintable())):
             log.error("handler returned %r for %s %s", response, scope["method"], scope["path"])
             await respond(send, 500, error_body("internal error: handler returned no response"))
             return
