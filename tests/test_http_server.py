@@ -319,6 +319,24 @@ def test_a_chunked_body_over_the_cap_gets_413_and_the_connection_stays_usable(st
         assert read_response(sock)[0] == 200
 
 
+def test_a_connection_idle_after_a_dropped_body_is_closed_after_the_idle_timeout(start):
+    server = start(max_body_bytes=1000, idle_timeout=0.5)
+    with connect(server.port) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n")
+        assert read_response(sock)[0] == 413  # answered before the body...
+        sock.sendall(b"x" * 5000)  # ...which is then read and dropped
+        assert sock.recv(1) == b""
+
+
+def test_a_dropped_body_that_stalls_is_closed_after_the_body_timeout(start):
+    server = start(max_body_bytes=1000, body_timeout=0.5)
+    with connect(server.port) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n")
+        assert read_response(sock)[0] == 413
+        sock.sendall(b"x" * 100)  # and no more
+        assert sock.recv(1) == b""
+
+
 SERVER_SCRIPT = """
 import sys
 from tfdeploy.serving.http_server import HttpResponse, serve

@@ -175,6 +175,10 @@ class _Protocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._in_message = False
         self._disarm()
+        if self.cycle is not None and self.cycle.response_complete:
+            # The end of a body dropped after its answer: uvicorn armed its keep-alive
+            # timer at the answer and the body's data cancelled it; the idle clock starts now.
+            self._arm(self.timeout_keep_alive, "idle")
         super().on_message_complete()
 
     # -- answers of the layer itself --------------------------------------------------------
