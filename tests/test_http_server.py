@@ -232,6 +232,14 @@ def test_an_idle_keepalive_connection_is_closed_after_the_idle_timeout(start):
         assert sock.recv(1) == b""  # ...and closed once idle
 
 
+def test_the_layer_loads_no_tensorflow():
+    code = ("import sys, tfdeploy.serving.http_server\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.strip()
+    assert out == "[]"
+
+
 def test_port_in_use_is_an_oserror_naming_host_and_port(start):
     server = start()
     with pytest.raises(OSError, match=f"127.0.0.1:{server.port}"):
