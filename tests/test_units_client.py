@@ -209,3 +209,29 @@ def test_a_transport_can_mark_an_error_final():
     with pytest.raises(ClientError, match="HTTP/2"):
         pool.status("m")
     assert t.calls == 1 and ClientError("UNAVAILABLE", "x").retryable
+
+
+def refused(address="a"):
+    return ClientError("UNAVAILABLE", "Connection refused", address, refused=True)
+
+
+def test_refused_before_any_answer_fails_at_once():
+    """Nothing listens: say so now (the CLI adds `tfdeploy serve`), no 17 s of backoff."""
+    t = Scripted("a", [refused()] * 5)
+    pool = EndpointPool({"a": t}, sleep=lambda s: pytest.fail("slept"))
+    with pytest.raises(ClientError, match="refused"):
+        pool.metadata("m")
+    assert t.calls == 1
+    a, b = Scripted("a", [refused("a")] * 5), Scripted("b", [refused("b")] * 5)
+    pool = EndpointPool({"a": a, "b": b}, sleep=lambda s: None)
+    with pytest.raises(ClientError, match="refused"):
+        pool.metadata("m")
+    assert a.calls >= 1 and b.calls >= 1  # every endpoint was tried first
+
+
+def test_refused_after_an_answer_is_a_restart_and_retried():
+    sleeps: list[float] = []
+    t = Scripted("a", ["meta", refused(), refused(), "again"])
+    pool = EndpointPool({"a": t}, sleep=sleeps.append)
+    assert pool.metadata("m") == "meta"
+    assert pool.status("m") == "again" and len(sleeps) == 2

@@ -27,13 +27,16 @@ class ClientError(StatusError):
     """A call that failed: ``code`` (a ``Code``, compares equal to its name), the
     server's message, and the endpoint that answered (or did not).  ``retryable`` is the
     code's unless the transport knows better (a port that speaks the other protocol is
-    UNAVAILABLE, but asking again cannot help)."""
+    UNAVAILABLE, but asking again cannot help); ``refused`` says no connection was made,
+    which the pool treats as "no server there" until the endpoint has answered once."""
 
     def __init__(self, code: Code | str, message: str, endpoint: str = "",
-                 retryable: bool | None = None):
+                 retryable: bool | None = None, refused: bool = False):
         super().__init__(Code(code), message)
         self.endpoint = endpoint
         self.retryable = self.code.retryable if retryable is None else retryable
+        #: no connection could be made (nothing listens there, or the host is away)
+        self.refused = refused
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"

@@ -40,8 +40,10 @@ class GrpcTransport(Transport):
         details = exc.details() or str(exc.code())
         # an HTTP/1.1 server (a REST port) answered: the wrong port, not a passing fault
         wrong_protocol = "Failed parsing HTTP/2" in details
+        refused = exc.code() == grpc.StatusCode.UNAVAILABLE and not wrong_protocol and (
+            "failed to connect" in details.lower() or "refused" in details.lower())
         return ClientError(exc.code().name, details, self.address,
-                           retryable=False if wrong_protocol else None)
+                           retryable=False if wrong_protocol else None, refused=refused)
 
     def _call(self, stub, method: str, request):
         try:

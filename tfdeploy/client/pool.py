@@ -61,6 +61,8 @@ class Endpoints:
         self._lock = threading.Lock()
         self._down_until: dict[str, float] = {}
         self._failures: dict[str, int] = {}
+        #: addresses that answered at least once (a refusal there means a restart)
+        self.answered: set[str] = set()
 
     def _up(self, address: str, now: float) -> bool:
         return self._down_until.get(address, 0) <= now
@@ -96,6 +98,7 @@ class Endpoints:
         with self._lock:
             self.counts[address] += 1
             self._failures.pop(address, None)
+            self.answered.add(address)
 
 
 class EndpointPool(Transport):
@@ -141,6 +144,13 @@ class EndpointPool(Transport):
                 result = fn(self.transports[address])
             except ClientError as exc:
                 if not exc.retryable:
+                    raise
+                if exc.refused and not self.endpoints.answered and not (
+                        len(self.addresses) > 1 and failures < len(self.addresses)):
+                    # No endpoint of this pool ever answered and none accepts a
+                    # connection: most likely no server runs there; say so now instead
+                    # of backing off for the whole budget (a restart, where the endpoint
+                    # answered before, still gets it).
                     raise
                 failures += 1
                 self.endpoints.mark_down(address)

@@ -43,8 +43,9 @@ class RestTransport(Transport):
             raise ClientError(Code.from_http(exc.code), message, self.address) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
+            refused = isinstance(reason, OSError) and not isinstance(reason, TimeoutError)
             raise ClientError(Code.UNAVAILABLE, f"cannot reach {url}: {reason}",
-                              self.address) from None
+                              self.address, refused=refused) from None
         except http.client.HTTPException as exc:  # not HTTP/1.x: e.g. a gRPC (HTTP/2) port
             raise ClientError(Code.UNAVAILABLE, f"{url} did not answer HTTP/1.1 "
                               f"({type(exc).__name__}: a gRPC port?)", self.address,
