@@ -145,11 +145,34 @@ def logs(name: str | None, follow: bool = False, tail: int = 100) -> Iterator[st
     yield from select.get(record.runtime).logs(record, follow=follow, tail=tail)
 
 
+class StopError(UserError):
+    """Some servers could not be stopped; the others were.  Exit code 1."""
+
+    exit_code = 1
+
+    def __init__(self, stopped: list[str], failed: dict[str, str]):
+        done = f"stopped {', '.join(stopped)}; " if stopped else ""
+        super().__init__(done + "could not stop " + "; ".join(
+            f"{name} ({why})" for name, why in failed.items()))
+        self.stopped, self.failed = stopped, failed
+
+
 def stop(name: str | None = None, all_servers: bool = False, timeout: float = 30) -> list[str]:
+    """Stop the only server, ``name``, or all of them; returns the names stopped.
+
+    Each server is handled on its own: one that cannot be stopped (its docker engine is
+    down, say) is reported and kept in the state file for another try, and the others are
+    still stopped.  StopError then says which.  A process is signalled only when it is
+    provably the one we started (same pid and start time)."""
     targets = list(state.load_all().values()) if all_servers else [find(name)]
-    stopped = []
+    stopped: list[str] = []
+    failed: dict[str, str] = {}
     for record in targets:
-        select.get(record.runtime).stop(record, timeout)
+        try:
+            select.get(record.runtime).stop(record, timeout)
+        except Exception as exc:  # noqa: BLE001 (any runtime failure: report, go on)
+            failed[record.name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            continue
         state.remove(record.name)
         stopped.append(record.name)
     if all_servers:  # containers of ours the state file lost track of
@@ -160,7 +183,11 @@ def stop(name: str | None = None, all_servers: bool = False, timeout: float = 30
                 c.remove(force=True)
                 stopped.append(c.labels.get("tfdeploy.name", c.name))
         except UserError:
-            pass
+            pass  # no engine: nothing of ours can be running there
+        except Exception as exc:  # noqa: BLE001
+            failed["docker containers"] = str(exc).splitlines()[0]
+    if failed:
+        raise StopError(stopped, failed)
     return stopped
 
 

@@ -36,12 +36,24 @@ def process_start(pid: int) -> float | None:
 
 
 def same_start(recorded: float | None, actual: float) -> bool:
-    """Whether ``actual`` is the start time we recorded.  Records written before psutil
-    hold clock ticks since boot (< 1e9, never a plausible epoch time): not comparable, so
-    the pid alone decides, as it did then."""
-    if recorded is None or recorded < 1e9:
-        return True
+    """Whether ``actual`` (epoch seconds) is the start time we recorded, i.e. whether the
+    process at the recorded pid is provably the one we started.  No recorded start time:
+    not provable, so never ours (we must not signal a stranger that reuses the pid).
+    Records written before psutil hold clock ticks since boot (< 1e9, never a plausible
+    epoch time): converted with the boot time, as the kernel reports both."""
+    if recorded is None:
+        return False
+    if recorded < 1e9:
+        recorded = psutil.boot_time() + recorded / _clock_ticks()
+        return abs(recorded - actual) < 1.0
     return abs(recorded - actual) < 0.01
+
+
+def _clock_ticks() -> int:
+    try:
+        return os.sysconf("SC_CLK_TCK")
+    except (AttributeError, ValueError, OSError):  # not POSIX: ticks records never exist
+        return 100
 
 
 class ProcessRuntime:
