@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from tfdeploy.errors import UserError
+from tfdeploy.export.config import PRECISIONS
 
 
 class _Group(click.Group):
@@ -55,9 +56,21 @@ def _emit(as_json: bool, payload: dict, text: str) -> None:
 @click.option("--no-warmup", is_flag=True, help="Do not write warmup requests.")
 @click.option("--model-name", default="deeplab", show_default=True,
               help="Model name used in the warmup requests.")
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              default="float32", show_default=True,
+              help="Dtype of the stored weights and convolutions (logits stay float32). "
+                   "bfloat16 for CPUs with AVX512_BF16/AMX, float16 for GPUs.")
+@click.option("--min-agreement", type=click.FloatRange(0, 100), default=99.0,
+              show_default=True, metavar="PERCENT",
+              help="Fail unless, on every probe image, this percentage of mask pixels "
+                   "matches the float32 checkpoint model.")
+@click.option("--probe", "probes", multiple=True, type=click.Path(path_type=Path),
+              help="Extra verification images (files or directories), e.g. photographs "
+                   "like your traffic.  Always used: a synthetic probe and examples/.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 def export(checkpoint: Path | None, output: Path, version: int | None, overwrite: bool,
-           no_verify: bool, no_warmup: bool, model_name: str, as_json: bool) -> None:
+           no_verify: bool, no_warmup: bool, model_name: str, precision: str,
+           min_agreement: float, probes: tuple[Path, ...], as_json: bool) -> None:
     """Export a DeepLab-v3 checkpoint as a numbered SavedModel version.
 
     CHECKPOINT is a seed training directory (model.ckpt* + data.json), its `checkpoint`
@@ -69,6 +82,7 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
       tfdeploy export                                  # demo model -> models/deeplab/1
       tfdeploy export tboard_logs/16645/train -o serving/versions
       tfdeploy export ckpt/ --version 3 --overwrite --json
+      tfdeploy export ckpt/ --precision bfloat16 --probe photos/
     """
     from tfdeploy.demo.scenes import DEMO_CHECKPOINT
 
@@ -84,12 +98,17 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
     progress = None if as_json else (lambda msg: click.echo(f"  {msg}...", err=True))
     result = run_export(checkpoint, output, version=version, overwrite=overwrite,
                         do_verify=not no_verify, do_warmup=not no_warmup,
-                        model_name=model_name, progress=progress)
-    check = (f"verified (max logit diff {result.max_abs_logit_diff:.2g})"
-             if result.verified else "not verified")
+                        model_name=model_name, progress=progress, precision=precision,
+                        min_agreement=min_agreement / 100, probes=list(probes))
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    check = (f"verified on {len(result.agreement['images'])} images (pixel agreement with "
+             f"float32 {result.pixel_agreement:.2%}, worst image "
+             f"{result.min_pixel_agreement:.2%}; max logit diff "
+             f"{result.max_abs_logit_diff:.2g})" if result.verified else "not verified")
     text = (f"{result.path}\n"
             f"exported {result.backbone} ({result.format} checkpoint, {result.num_classes} "
-            f"classes, OS{result.output_stride}) as version {result.version}"
+            f"classes, OS{result.output_stride}, {result.precision}) as version {result.version}"
             f"{' (replaced)' if result.replaced else ''}: signatures "
             f"{', '.join(result.signatures)}; {result.warmup_records} warmup records; "
             f"{check}; {result.seconds:.1f}s")

@@ -71,12 +71,16 @@ def describe_version(version_dir: Path) -> dict[str, Any]:
         graphs.append({"tags": sorted(mg.meta_info_def.tags), "signatures": sigs})
     size = sum(f.stat().st_size for f in version_dir.rglob("*") if f.is_file())
     meta_file = version_dir / METADATA_FILE
+    exported_by = json.loads(meta_file.read_text()) if meta_file.is_file() else None
     return {
         "path": str(version_dir),
         "file": path.name,
         "size_bytes": size,
         "warmup": (version_dir / WARMUP_FILE).is_file(),
-        "exported_by": json.loads(meta_file.read_text()) if meta_file.is_file() else None,
+        # Exports from before --precision existed were float32; others (e.g. the seed's
+        # TF1 exports) say nothing, and we do not guess.
+        "precision": (exported_by or {}).get("precision", "float32") if exported_by else None,
+        "exported_by": exported_by,
         "meta_graphs": graphs,
     }
 
@@ -104,7 +108,8 @@ def render(info: dict[str, Any]) -> str:
         mb = v["size_bytes"] / 1e6
         origin = v.get("exported_by") or {}
         source = f", from {origin['checkpoint']}" if origin.get("checkpoint") else ""
-        lines.append(f"version {number}  ({v['file']}, {mb:.1f} MB, "
+        precision = f", {v['precision']}" if v.get("precision") else ""
+        lines.append(f"version {number}  ({v['file']}, {mb:.1f} MB{precision}, "
                      f"warmup {'yes' if v['warmup'] else 'no'}{source})")
         for mg in v["meta_graphs"]:
             lines.append(f"  tags: {', '.join(mg['tags'])}")
