@@ -39,7 +39,7 @@ from skimage import data as skdata  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
 from tfdeploy.demo.scenes import DEMO_CHECKPOINT  # noqa: E402
-from tfdeploy.export.checkpoint import write_checkpoint  # noqa: E402
+from tfdeploy.export.checkpoint import locate, write_checkpoint  # noqa: E402
 from tfdeploy.export.config import ModelConfig  # noqa: E402
 from tfdeploy.export.model import DeepLabV3, random_weights  # noqa: E402
 from tfdeploy.export.precision import cpu_flags, cpu_runs_fast  # noqa: E402
@@ -93,6 +93,20 @@ def agreement_line(label: str, result) -> str:
             f"{a['max_abs_logit_diff']:.3g}")
 
 
+def median_margin(cfg: ModelConfig, weights, folder: Path) -> float:
+    """Median over photograph pixels of the float32 gap between the top two logits, as a
+    fraction of the image's largest logit: how close to a tie a typical pixel is, which
+    is what decides whether rounding flips its class."""
+    model = DeepLabV3(cfg, weights)
+    gaps = []
+    for name in PHOTOGRAPHS:
+        image = np.asarray(Image.open(folder / f"{name}.png").convert("RGB"), np.float32)
+        logits = model.logits(tf.constant(image[None])).numpy()[0]
+        top = np.sort(logits, axis=-1)
+        gaps.append(((top[..., -1] - top[..., -2]) / np.abs(logits).max()).ravel())
+    return float(np.median(np.concatenate(gaps)))
+
+
 def folding(cfg: ModelConfig, weights, image, rounds: int, precisions) -> list[str]:
     """In-process latency of the model built with and without BatchNorm folding."""
     calls, ops = {}, {}
@@ -144,29 +158,34 @@ def main() -> None:
     image = probe_image(args.size, args.size)
     x = tf.constant(image[None].astype(np.float32))
     hw = tf.constant([args.size])
-    fns = {p: tf.saved_model.load(r.path).signatures["predict_images"]
-           for p, r in results.items()}
-    local = interleaved({p: lambda fn=fn: fn(images=x, height=hw, width=hw)["segmentation_map"]
-                         .numpy() for p, fn in fns.items()}, args.requests)
-    del fns
-
     servers = {p: ServerProcess("--model_name=deeplab",
                                 f"--model_base_path={Path(r.path).parent}", log_dir=work)
                for p, r in results.items()}
     try:
-        stubs = {}
+        # In-process and served calls interleave in the same rounds: one set of conditions
+        # (a busy neighbour on the shared cores slows all four figures alike).
+        calls = {}
+        for p, r in results.items():
+            fn = tf.saved_model.load(r.path).signatures["predict_images"]
+            calls[("local", p)] = lambda fn=fn: fn(images=x, height=hw, width=hw)[
+                "segmentation_map"].numpy()
+        req = float_request(image)
         for p, srv in servers.items():
             srv.wait_available(1)
-            stubs[p] = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(
                 srv.grpc_target, options=[("grpc.max_receive_message_length", -1)]))
-        req = float_request(image)
-        served = interleaved({p: lambda s=s: s.Predict(req, 600) for p, s in stubs.items()},
-                             args.requests)
+            calls[("served", p)] = lambda stub=stub: stub.Predict(req, 600)
+        median = interleaved(calls, args.requests)
     finally:
         for srv in servers.values():
             srv.stop()
+    local = {p: median[("local", p)] for p in precisions}
+    served = {p: median[("served", p)] for p in precisions}
 
     fold_lines = folding(cfg, weights, x, args.requests, ["float32", "bfloat16"])
+    margins = (median_margin(locate(DEMO_CHECKPOINT).config,
+                             locate(DEMO_CHECKPOINT).load_weights(), photos),
+               median_margin(cfg, weights, photos))
 
     name = "small random network" if args.small else "random-weight resnet_v2_50 OS16"
     fast = ", ".join(f"{p} {'native' if cpu_runs_fast(p, flags) else 'NOT native'}"
@@ -185,6 +204,9 @@ def main() -> None:
     for p in precisions[1:]:
         print(agreement_line(f"demo model (trained), {p}", demo[p]))
         print(agreement_line(f"{name.split(' OS')[0]}, {p}", results[p]))
+    print(f"median top-2 logit gap on the photographs, relative to the largest logit: demo "
+          f"{margins[0]:.2%}, {name.split(' OS')[0]} {margins[1]:.2%} (smaller: closer to a "
+          f"tie, more pixels flip)")
     print(f"float32 export (BatchNorm folded) vs float32 checkpoint model, max logit diff: "
           f"demo {demo['float32'].max_abs_logit_diff:.3g}, {name.split(' OS')[0]} "
           f"{results['float32'].max_abs_logit_diff:.3g} (logits up to "

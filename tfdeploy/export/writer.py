@@ -171,17 +171,18 @@ def export(
     if not 0.0 <= min_agreement <= 1.0:
         raise UserError(f"minimum agreement must be between 0% and 100%, got {min_agreement:.2%}")
     probe_set = probe_images(probes) if do_verify else []
-    warnings = []
-    if precision != DEFAULT_PRECISION:
-        has_gpu = bool(tf.config.list_physical_devices("GPU"))
-        warning = speed_warning(precision, cpu_flags(), has_gpu=has_gpu)
-        if warning:
-            warnings.append(warning)
     t = time.perf_counter()
     say(f"reading checkpoint {checkpoint_path}")
     source = ckpt.locate(checkpoint_path)
     weights = source.load_weights()
     t = lap("read_checkpoint", t)
+    warnings = []
+    if precision != DEFAULT_PRECISION:
+        say(f"checking this CPU for native {precision} kernels")
+        has_gpu = bool(tf.config.list_physical_devices("GPU"))
+        warning = speed_warning(precision, cpu_flags(), has_gpu=has_gpu)
+        if warning:
+            warnings.append(warning)
     existing = numeric_dirs(base)
     number = version if version is not None else next_version(base)
     if number in existing and not overwrite:
