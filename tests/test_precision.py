@@ -4,6 +4,7 @@ this CPU cannot run them fast."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -181,3 +182,44 @@ def test_large_probe_images_are_shrunk(tmp_path):
     probes = dict(probe_images([tmp_path]))
     assert probes[str(tmp_path / "big.png")].shape == (385, MAX_PROBE_SIDE, 3)
     assert "synthetic probe" in probes and len(probes) == 6
+
+
+def test_embedded_server_serves_bfloat16_export_to_unchanged_clients(bf16_demo, photographs,
+                                                                     tmp_path):
+    """The seed's float request and an encoded-image request, over gRPC, to a bfloat16
+    version: same answers as the SavedModel in-process."""
+    import grpc
+    from servers import ServerProcess
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    image = np.asarray(Image.open(photographs / "chelsea.png").convert("RGB"))
+    h, w = image.shape[:2]
+    loaded = tf.saved_model.load(bf16_demo["path"])
+    expected = loaded.signatures["predict_images"](
+        images=tf.constant(image[None].astype(np.float32)), height=tf.constant(h),
+        width=tf.constant(w))["segmentation_map"].numpy()[0]
+    srv = ServerProcess("--model_name=deeplab",
+                        f"--model_base_path={Path(bf16_demo['path']).parent}", log_dir=tmp_path)
+    try:
+        srv.wait_available(1)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(srv.grpc_target))
+        seed = predict_pb2.PredictRequest()
+        seed.model_spec.name = "deeplab"
+        seed.model_spec.signature_name = "predict_images"
+        seed.inputs["images"].CopyFrom(
+            tf.make_tensor_proto(image.astype(np.float32), shape=[1, h, w, 3]))
+        seed.inputs["height"].CopyFrom(tf.make_tensor_proto(h, shape=[1]))
+        seed.inputs["width"].CopyFrom(tf.make_tensor_proto(w, shape=[1]))
+        out = stub.Predict(seed, 60.0).outputs["segmentation_map"]
+        assert out.dtype == tf.int64.as_datatype_enum
+        np.testing.assert_array_equal(np.array(out.int64_val).reshape(h, w), expected)
+        encoded = predict_pb2.PredictRequest()
+        encoded.model_spec.name = "deeplab"
+        encoded.inputs["image_bytes"].CopyFrom(
+            tf.make_tensor_proto([(photographs / "chelsea.png").read_bytes()]))
+        encoded.output_filter.append("mask_png")
+        png = stub.Predict(encoded, 60.0).outputs["mask_png"].string_val[0]
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)
+    finally:
+        assert srv.stop() == 0
