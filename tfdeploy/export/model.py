@@ -39,7 +39,7 @@ class DeepLabV3(tf.Module):
         super().__init__(name="deeplab_v3")
         self.config = config
         self.precision = check_precision(precision)
-        self.dtype = tf.as_dtype(precision)
+        self.compute_dtype = tf.as_dtype(precision)
         self.folded = fold_batch_norm
         self.units: list[Unit] = units(config)
         shapes = variable_shapes(config)
@@ -61,7 +61,7 @@ class DeepLabV3(tf.Module):
         if name.startswith("DeepLab_v3/logits/") or name.rsplit("/", 1)[1] not in (
                 "weights", "biases"):
             return np.float32
-        return self.dtype.as_numpy_dtype
+        return self.compute_dtype.as_numpy_dtype
 
     # -- weights -------------------------------------------------------------------------
     def weight(self, name: str) -> tf.Variable:
@@ -134,8 +134,9 @@ class DeepLabV3(tf.Module):
         # Mean over all positions in float32 (a long sum), resized back in float32
         # (ResizeBilinear computes in float32 whatever its input).
         image = tf.reduce_mean(tf.cast(net, tf.float32), [1, 2], keepdims=True)
-        image = self._conv_bn(tf.cast(image, self.dtype), f"{s}/image_level_conv_1x1", False)
-        branches = [tf.cast(resize_bilinear(image, size), self.dtype)]
+        image = tf.cast(image, self.compute_dtype)
+        image = self._conv_bn(image, f"{s}/image_level_conv_1x1", False)
+        branches = [tf.cast(resize_bilinear(image, size), self.compute_dtype)]
         branches.append(self._conv_bn(net, f"{s}/conv_1x1_0", False))
         for i, rate in enumerate(self.config.aspp_rates, start=1):
             branches.append(self._conv_bn(net, f"{s}/conv_3x3_{i}", False, rate=rate))
@@ -148,7 +149,7 @@ class DeepLabV3(tf.Module):
         everything after it in float32."""
         c = self.config
         x = tf.cast(images, tf.float32) - tf.constant(c.mean, tf.float32)
-        x = tf.cast(x, self.dtype)
+        x = tf.cast(x, self.compute_dtype)
         x = self._bias(self._conv(x, f"{c.scope}/conv1", stride=2, same_explicit=True),
                        f"{c.scope}/conv1")
         x = tf.nn.max_pool2d(x, 3, 2, padding="SAME")
