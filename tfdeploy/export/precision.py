@@ -124,6 +124,6 @@ def speed_warning(precision: str, flags: frozenset[str], has_gpu: bool = False,
     ratio = reduced / f32
     how = f"{ratio:.1f}x slower than" if ratio > 1 else f"only {1 / ratio:.1f}x faster than"
     return (f"this CPU has no {' or '.join(f.upper() for f in FAST_CPU_FLAGS[precision])}: "
-            f"a {precision} 3x3 convolution measured {reduced * 1e3:.1f} ms here, {how} "
-            f"float32 ({f32 * 1e3:.1f} ms); the {precision} export may serve slower than "
+            f"a {precision} 3x3 convolution measured {reduced * 1e3:.3g} ms here, {how} "
+            f"float32 ({f32 * 1e3:.3g} ms); the {precision} export may serve slower than "
             f"float32 on this machine (it targets CPUs/GPUs that have them)")
