@@ -11,6 +11,9 @@ also reported for the random-weight network, whose near-tied random logits make 
 pessimistic figure.  All latencies are medians of rounds interleaved across models, so
 a busy neighbour slows every model alike; ratios come from one run.
 
+With ``--checkpoint DIR`` agreement is also measured on that checkpoint, e.g. a
+resnet_v2_50 trained briefly by bench/train_resnet.py.
+
 Goals (issue 15): bfloat16 / float32 latency <= 0.6 in-process and served, with >= 99%
 pixel agreement on real photographs.  float16 is included where this CPU has native
 float16 kernels (or with --float16): on other CPUs it is slower than float32.
@@ -134,6 +137,9 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=6, help="timed rounds per figure")
     ap.add_argument("--float16", action="store_true",
                     help="include float16 even where this CPU has no native kernels")
+    ap.add_argument("--checkpoint", type=Path,
+                    help="also measure agreement on this checkpoint (e.g. a trained "
+                         "resnet_v2_50: bench/train_resnet.py makes one)")
     ap.add_argument("--small", action="store_true",
                     help="a small random network instead of resnet_v2_50 (develop the bench)")
     args = ap.parse_args()
@@ -148,7 +154,14 @@ def main() -> None:
     demo = {p: export(DEMO_CHECKPOINT, work / f"demo-{p}", precision=p, min_agreement=0.0,
                       probes=[photos], do_warmup=False) for p in precisions}
 
+    trained = {}
+    if args.checkpoint:
+        trained = {p: export(args.checkpoint, work / f"trained-{p}", precision=p,
+                             min_agreement=0.0, probes=[photos], do_warmup=False)
+                   for p in precisions}
+
     cfg = SMALL if args.small else ModelConfig()
+    name = "small random network" if args.small else "random-weight resnet_v2_50 OS16"
     weights = random_weights(cfg)
     write_checkpoint(work / "ckpt", cfg, weights)
     results = {}
@@ -183,11 +196,14 @@ def main() -> None:
     served = {p: median[("served", p)] for p in precisions}
 
     fold_lines = folding(cfg, weights, x, args.requests, ["float32", "bfloat16"])
-    margins = (median_margin(locate(DEMO_CHECKPOINT).config,
-                             locate(DEMO_CHECKPOINT).load_weights(), photos),
-               median_margin(cfg, weights, photos))
+    margins = {"demo": median_margin(locate(DEMO_CHECKPOINT).config,
+                                     locate(DEMO_CHECKPOINT).load_weights(), photos),
+               name.split(" OS")[0]: median_margin(cfg, weights, photos)}
+    if args.checkpoint:
+        source = locate(args.checkpoint)
+        margins[f"{args.checkpoint.name}"] = median_margin(source.config,
+                                                           source.load_weights(), photos)
 
-    name = "small random network" if args.small else "random-weight resnet_v2_50 OS16"
     fast = ", ".join(f"{p} {'native' if cpu_runs_fast(p, flags) else 'NOT native'}"
                      for p in precisions[1:])
     print(f"speed: {name}, {args.size}x{args.size}, median of {args.requests} interleaved "
@@ -203,10 +219,12 @@ def main() -> None:
     print("agreement with the float32 checkpoint model (pixels whose class matches):")
     for p in precisions[1:]:
         print(agreement_line(f"demo model (trained), {p}", demo[p]))
+        if trained:
+            print(agreement_line(f"{args.checkpoint.name}, {p}", trained[p]))
         print(agreement_line(f"{name.split(' OS')[0]}, {p}", results[p]))
-    print(f"median top-2 logit gap on the photographs, relative to the largest logit: demo "
-          f"{margins[0]:.2%}, {name.split(' OS')[0]} {margins[1]:.2%} (smaller: closer to a "
-          f"tie, more pixels flip)")
+    print("median top-2 logit gap on the photographs, relative to the largest logit: "
+          + ", ".join(f"{k} {v:.2%}" for k, v in margins.items())
+          + " (smaller: closer to a tie, more pixels flip)")
     print(f"float32 export (BatchNorm folded) vs float32 checkpoint model, max logit diff: "
           f"demo {demo['float32'].max_abs_logit_diff:.3g}, {name.split(' OS')[0]} "
           f"{results['float32'].max_abs_logit_diff:.3g} (logits up to "
