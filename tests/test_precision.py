@@ -123,6 +123,9 @@ def test_bfloat16_export_keeps_contract_and_agrees_on_photographs(bf16_demo, pho
     conv_dtypes = {v.dtype for v in loaded.model.variables_list if v.name.endswith(
         "conv2/weights:0")}
     assert conv_dtypes == {tf.bfloat16}
+    # BatchNorm folded: no convolution's statistics are left, only pre-activation norms
+    assert not [v.name for v in loaded.model.variables_list if "BatchNorm" in v.name]
+    assert any("preact/moving_mean" in v.name for v in loaded.model.variables_list)
 
 
 def test_bfloat16_masks_served_agree_with_float32_export(bf16_demo, demo_base, photographs):
