@@ -60,6 +60,22 @@ def demo_base(tmp_path_factory) -> Path:
     return base
 
 
+#: Real photographs scikit-image ships inside its wheel (no download at run time).
+PHOTOGRAPHS = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+@pytest.fixture(scope="session")
+def photographs(tmp_path_factory) -> Path:
+    """A directory of real photographs as PNG files, for export verification probes."""
+    from PIL import Image
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("photographs")
+    for name in PHOTOGRAPHS:
+        Image.fromarray(getattr(data, name)()).save(folder / f"{name}.png")
+    return folder
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

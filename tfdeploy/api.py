@@ -25,14 +25,20 @@ Progress = Callable[[str], None]
 def export(checkpoint: str | Path | None = None, output: str | Path = "models/deeplab", *,
            version: int | None = None, overwrite: bool = False, verify: bool = True,
            warmup: bool = True, model_name: str = DEFAULT_MODEL_NAME,
-           progress: Progress | None = None):
+           precision: str = "float32", min_agreement: float = 0.99,
+           probes: list[str | Path] = (), progress: Progress | None = None):
     """Export a DeepLab-v3 checkpoint (default: the bundled demo) as version ``version``
     (default: highest existing + 1) of the model base path ``output``.
 
     Returns an ``ExportResult`` (``.version``, ``.path``, ``.signatures``, ...).  Raises
     ``tfdeploy.UserError`` for unusable input (nothing is written then) and
     ``tfdeploy.ExportError`` when the written model does not match the checkpoint.
-    ``progress`` gets one short line per step.
+    ``precision`` (``float32``, ``bfloat16``, ``float16``) is the dtype of the stored
+    weights and convolutions; verification fails below ``min_agreement`` (a fraction) of
+    mask pixels equal to the float32 model's on any probe image (synthetic, the demo
+    images, and the files or directories in ``probes``); ``result.warnings`` says when
+    this machine cannot run the precision fast.  ``progress`` gets one short line per
+    step.
     """
     from tfdeploy.tfimport import quiet_import_tensorflow
 
@@ -41,6 +47,7 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
 
     return run_export(checkpoint, output, version=version, overwrite=overwrite,
                       do_verify=verify, do_warmup=warmup, model_name=model_name,
+                      precision=precision, min_agreement=min_agreement, probes=list(probes),
                       progress=progress)
 
 

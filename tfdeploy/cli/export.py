@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from tfdeploy.cli.app import emit, main, progress_printer
+from tfdeploy.export.config import PRECISIONS
 from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
 
 
@@ -21,9 +22,21 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
 @click.option("--no-warmup", is_flag=True, help="Do not write warmup requests.")
 @click.option("--model-name", default=DEFAULT_MODEL_NAME, show_default=True,
               help="Model name used in the warmup requests.")
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              default="float32", show_default=True,
+              help="Dtype of the stored weights and convolutions (logits stay float32). "
+                   "bfloat16 for CPUs with AVX512_BF16/AMX, float16 for GPUs.")
+@click.option("--min-agreement", type=click.FloatRange(0, 100), default=99.0,
+              show_default=True, metavar="PERCENT",
+              help="Fail unless, on every probe image, this percentage of mask pixels "
+                   "matches the float32 checkpoint model.")
+@click.option("--probe", "probes", multiple=True, type=click.Path(path_type=Path),
+              help="Extra verification images (files or directories), e.g. photographs "
+                   "like your traffic.  Always used: a synthetic probe and examples/.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 def export(checkpoint: Path | None, output: Path, version: int | None, overwrite: bool,
-           no_verify: bool, no_warmup: bool, model_name: str, as_json: bool) -> None:
+           no_verify: bool, no_warmup: bool, model_name: str, precision: str,
+           min_agreement: float, probes: tuple[Path, ...], as_json: bool) -> None:
     """Export a DeepLab-v3 checkpoint as a numbered SavedModel version.
 
     CHECKPOINT is a seed training directory (model.ckpt* + data.json), its `checkpoint`
@@ -35,12 +48,16 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
       tfdeploy export                                  # demo model -> models/deeplab/1
       tfdeploy export tboard_logs/16645/train -o serving/versions
       tfdeploy export ckpt/ --version 3 --overwrite --json
+      tfdeploy export ckpt/ --precision bfloat16 --probe photos/
     """
     from tfdeploy.api import export as run_export
 
     result = run_export(checkpoint, output, version=version, overwrite=overwrite,
                         verify=not no_verify, warmup=not no_warmup, model_name=model_name,
-                        progress=progress_printer(as_json, "  {}..."))
+                        precision=precision, min_agreement=min_agreement / 100,
+                        probes=list(probes), progress=progress_printer(as_json, "  {}..."))
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
     emit(as_json, result.to_json(), result.summary())
 
 

@@ -26,6 +26,10 @@ BACKBONE_UNITS: dict[str, tuple[int, int, int, int]] = {
 
 NATIVE_FORMAT = "tfdeploy-deeplab-v3"
 
+#: Precisions ``tfdeploy export --precision`` accepts; float32 is the reference.  Here,
+#: free of numpy and TF, so the CLI can offer them at no import cost.
+PRECISIONS = ("float32", "bfloat16", "float16")
+
 
 @dataclass(frozen=True)
 class ModelConfig:

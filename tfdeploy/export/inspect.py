@@ -32,13 +32,17 @@ def describe_version(version_dir: Path) -> dict[str, Any]:
         graphs.append({"tags": sorted(mg.meta_info_def.tags), "signatures": sigs})
     size = sum(f.stat().st_size for f in version_dir.rglob("*") if f.is_file())
     meta_file = version_dir / METADATA_FILE
+    exported_by = json.loads(meta_file.read_text()) if meta_file.is_file() else None
     return {
         "path": str(version_dir),
         "file": path.name,
         "file_bytes": path.stat().st_size,
         "size_bytes": size,
         "warmup": (version_dir / WARMUP_FILE).is_file(),
-        "exported_by": json.loads(meta_file.read_text()) if meta_file.is_file() else None,
+        # Exports from before --precision existed were float32; others (e.g. the seed's
+        # TF1 exports) say nothing, and we do not guess.
+        "precision": (exported_by or {}).get("precision", "float32") if exported_by else None,
+        "exported_by": exported_by,
         "meta_graphs": graphs,
     }
 
@@ -69,8 +73,9 @@ def render(info: dict[str, Any]) -> str:
     for number, v in info["versions"].items():
         origin = v.get("exported_by") or {}
         source = f", from {origin['checkpoint']}" if origin.get("checkpoint") else ""
+        precision = f", {v['precision']}" if v.get("precision") else ""
         lines.append(f"version {number}  ({v['file']} {_mb(v['file_bytes'])}, version "
-                     f"{_mb(v['size_bytes'])} in all, "
+                     f"{_mb(v['size_bytes'])} in all{precision}, "
                      f"warmup {'yes' if v['warmup'] else 'no'}{source})")
         for mg in v["meta_graphs"]:
             lines.append(f"  tags: {', '.join(mg['tags'])}")

@@ -22,7 +22,14 @@ import tensorflow as tf
 from tfdeploy.errors import ExportError, UserError
 from tfdeploy.export import checkpoint as ckpt
 from tfdeploy.export import warmup
+from tfdeploy.export.agreement import Agreement, measure, probe_images
 from tfdeploy.export.model import DeepLabV3
+from tfdeploy.export.precision import (
+    DEFAULT_PRECISION,
+    check_precision,
+    cpu_flags,
+    speed_warning,
+)
 from tfdeploy.export.signatures import ServingModule
 from tfdeploy.tfs.codes import tf_error_message
 from tfdeploy.tfs.names import (
@@ -35,6 +42,7 @@ from tfdeploy.tfs.versions import METADATA_FILE, next_version, numeric_dirs
 
 TMP_PREFIX = ".tfdeploy-export-"
 LOGIT_TOLERANCE = 1e-4
+DEFAULT_MIN_AGREEMENT = 0.99
 
 Progress = Callable[[str], None]
 
@@ -55,14 +63,25 @@ class ExportResult:
     seconds: float
     replaced: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    precision: str = DEFAULT_PRECISION
+    batch_norm_folded: bool = True
+    #: Fraction of probe pixels whose class matches the float32 checkpoint model: pooled,
+    #: and on the worst image (which --min-agreement gates); per image in ``agreement``.
+    pixel_agreement: float | None = None
+    min_pixel_agreement: float | None = None
+    agreement: dict | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """What the export did, for people: the version path, then one line."""
-        check = (f"verified (max logit diff {self.max_abs_logit_diff:.2g})"
-                 if self.verified else "not verified")
+        check = (f"verified on {len(self.agreement['images'])} images (pixel agreement "
+                 f"with float32 {self.pixel_agreement:.2%}, worst image "
+                 f"{self.min_pixel_agreement:.2%}; max logit diff "
+                 f"{self.max_abs_logit_diff:.2g})" if self.verified else "not verified")
         return (f"{self.path}\n"
                 f"exported {self.backbone} ({self.format} checkpoint, {self.num_classes} "
-                f"classes, OS{self.output_stride}) as version {self.version}"
+                f"classes, OS{self.output_stride}, {self.precision}) as version "
+                f"{self.version}"
                 f"{' (replaced)' if self.replaced else ''}: signatures "
                 f"{', '.join(self.signatures)}; {self.warmup_records} warmup records; "
                 f"{check}; {self.seconds:.1f}s")
@@ -92,29 +111,50 @@ def clean_stale_temps(base: Path) -> list[Path]:
     return removed
 
 
-def verify(version_dir: Path, model: DeepLabV3) -> float:
-    """Reload the written SavedModel and compare it with the in-memory checkpoint model on
-    a probe image: logits within LOGIT_TOLERANCE and identical masks from both signatures.
-    Returns the max abs logit difference; raises ExportError on any mismatch."""
+def verify(version_dir: Path, reference: DeepLabV3, precision: str = "float32",
+           probes: list[tuple[str, np.ndarray]] | None = None,
+           min_agreement: float = DEFAULT_MIN_AGREEMENT) -> Agreement:
+    """Reload the written SavedModel and compare it with the float32 checkpoint model
+    (``reference``) on the probe images.
+
+    - float32: logits within LOGIT_TOLERANCE, relative to the logits' scale where that
+      exceeds 1 (float32 itself rounds at ~1e-7 of the value, and folded BatchNorm
+      reorders the arithmetic);
+    - every precision: on each probe image, masks agree on >= ``min_agreement`` of pixels;
+    - both signatures return the masks of the export's own logits.
+
+    Returns the measured agreement; raises ExportError on any failure."""
+    probes = probe_images() if probes is None else probes
+    loaded = tf.saved_model.load(str(version_dir))
+    agreement = measure(reference, loaded, probes)
+    if precision == "float32":
+        for item in agreement.images:
+            allowed = LOGIT_TOLERANCE * max(1.0, item.max_abs_logit)
+            if not item.max_abs_logit_diff <= allowed:
+                raise ExportError(
+                    f"verification failed on {item.name}: max abs logit difference "
+                    f"{item.max_abs_logit_diff:.3g} > {allowed:.3g} (float32 must match the "
+                    f"checkpoint to {LOGIT_TOLERANCE:g} of the logit scale)")
+    worst = agreement.worst()
+    if not worst.pixel_agreement >= min_agreement:
+        raise ExportError(
+            f"verification failed: the {precision} export agrees with the float32 model on "
+            f"{worst.pixel_agreement:.2%} of the pixels of {worst.name} (required "
+            f"{min_agreement:.2%}; all probes pooled {agreement.pixel_agreement:.2%}, max "
+            f"logit difference {agreement.max_abs_logit_diff:.3g})")
     image = warmup.probe_image()
     batch = tf.constant(image[None].astype(np.float32))
-    expected = model.logits(batch).numpy()
-    loaded = tf.saved_model.load(str(version_dir))
-    diff = float(np.max(np.abs(loaded.logits(batch).numpy() - expected)))
-    if not diff <= LOGIT_TOLERANCE:
-        raise ExportError(f"verification failed: max abs logit difference {diff:.3g} "
-                          f"> {LOGIT_TOLERANCE:g}")
-    mask = expected.argmax(-1)
+    mask = loaded.logits(batch).numpy().argmax(-1)
     h, w = image.shape[:2]
     out = loaded.signatures[PREDICT_IMAGES](
         images=batch, height=tf.constant([h]), width=tf.constant(w))[SEGMENTATION_MAP]
     if not np.array_equal(out.numpy(), mask):
-        raise ExportError(f"verification failed: {PREDICT_IMAGES} mask differs from checkpoint")
+        raise ExportError(f"verification failed: {PREDICT_IMAGES} mask differs from the logits")
     out = loaded.signatures[SERVING_DEFAULT](
         image_bytes=tf.constant([warmup.encode_png(image)]))
     if not np.array_equal(out[SEGMENTATION_MAP].numpy().astype(np.int64), mask):
-        raise ExportError(f"verification failed: {SERVING_DEFAULT} mask differs from checkpoint")
-    return diff
+        raise ExportError(f"verification failed: {SERVING_DEFAULT} mask differs from the logits")
+    return agreement
 
 
 def export(
@@ -126,9 +166,16 @@ def export(
     do_warmup: bool = True,
     model_name: str = DEFAULT_MODEL_NAME,
     progress: Progress | None = None,
+    precision: str = DEFAULT_PRECISION,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    probes: list[str | Path] = (),
 ) -> ExportResult:
     """Export a checkpoint (default: the bundled demo) as version ``version`` (default:
-    next) of the base ``output``."""
+    next) of the base ``output``.
+
+    The served graph computes in ``precision`` with BatchNorm folded into the
+    convolutions; verification compares it with the plain float32 checkpoint model on the
+    probe images (synthetic, demo, and the image files/directories in ``probes``)."""
     if checkpoint_path is None:
         from tfdeploy.demo import DEMO_CHECKPOINT
 
@@ -146,11 +193,23 @@ def export(
         raise UserError(f"{base}: output base path exists and is not a directory")
     if version is not None and version < 1:
         raise UserError(f"must be a positive integer, got {version}", param="version")
+    check_precision(precision)
+    if not 0.0 <= min_agreement <= 1.0:
+        raise UserError(f"must be between 0% and 100%, got {min_agreement:.2%}",
+                        param="min_agreement")
+    probe_set = probe_images(probes) if do_verify else []
     t = time.perf_counter()
     say(f"reading checkpoint {checkpoint_path}")
     source = ckpt.locate(checkpoint_path)
     weights = source.load_weights()
     t = lap("read_checkpoint", t)
+    warnings = []
+    if precision != DEFAULT_PRECISION:
+        say(f"checking this CPU for native {precision} kernels")
+        has_gpu = bool(tf.config.list_physical_devices("GPU"))
+        warning = speed_warning(precision, cpu_flags(), has_gpu=has_gpu)
+        if warning:
+            warnings.append(warning)
     existing = numeric_dirs(base)
     number = version if version is not None else next_version(base)
     if number in existing and not overwrite:
@@ -164,8 +223,9 @@ def export(
     clean_stale_temps(base)
     tmp = base / f"{TMP_PREFIX}{number}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        say(f"building {source.config.backbone} (output stride {source.config.output_stride})")
-        model = DeepLabV3(source.config, weights)
+        say(f"building {source.config.backbone} (output stride {source.config.output_stride}, "
+            f"{precision}, BatchNorm folded)")
+        model = DeepLabV3(source.config, weights, precision=precision, fold_batch_norm=True)
         module = ServingModule(model)
         say("writing SavedModel")
         tf.saved_model.save(module, str(tmp), signatures=module.signatures())
@@ -175,24 +235,31 @@ def export(
             say("writing warmup requests")
             records = warmup.write(tmp, model_name)
             t = lap("warmup", t)
-        diff = None
+        agreement = None
         if do_verify:
-            say("verifying against the checkpoint")
-            diff = verify(tmp, model)
+            say(f"verifying against the float32 checkpoint model on {len(probe_set)} images")
+            agreement = verify(tmp, DeepLabV3(source.config, weights), precision, probe_set,
+                               min_agreement)
             t = lap("verify", t)
         result = ExportResult(
             version=number, path=str(base / str(number)), checkpoint=str(source.prefix),
             format=source.format, backbone=source.config.backbone,
             num_classes=source.config.num_classes, output_stride=source.config.output_stride,
             signatures=[PREDICT_IMAGES, SERVING_DEFAULT], warmup_records=records,
-            verified=do_verify, max_abs_logit_diff=diff, seconds=0.0,
-            replaced=number in existing, timings=timings,
+            verified=do_verify, seconds=0.0, replaced=number in existing, timings=timings,
+            precision=precision, batch_norm_folded=True, warnings=warnings,
+            max_abs_logit_diff=agreement.max_abs_logit_diff if agreement else None,
+            pixel_agreement=agreement.pixel_agreement if agreement else None,
+            min_pixel_agreement=agreement.min_pixel_agreement if agreement else None,
+            agreement=agreement.to_json() if agreement else None,
         )
         meta = tmp / METADATA_FILE
         meta.parent.mkdir(parents=True, exist_ok=True)
         meta.write_text(json.dumps({
             "checkpoint": str(source.prefix), "format": source.format,
             "config": source.config.to_json()["model"], "exported_at": time.time(),
+            "precision": precision, "batch_norm_folded": True,
+            "agreement": result.agreement,
         }, indent=2))
         _publish(tmp, base / str(number), replace=number in existing)
     except OSError as exc:  # disk full, quota, permissions while writing

@@ -1,0 +1,241 @@
+"""float32 vs bfloat16 (vs float16) exports: latency in-process and through the embedded
+server (gRPC), agreement with the float32 model, and what BatchNorm folding saves.
+
+    .venv/bin/python bench/precision.py [--size 513] [--requests 6] [--float16] [--small]
+
+Speed is measured on a random-weight resnet_v2_50 DeepLab-v3 (OS16, 21 classes): the
+full-size network, whose cost does not depend on its weights.  Agreement is measured on
+the bundled demo checkpoint (trained, so its masks mean something) over the demo images
+and real photographs (scikit-image's bundled astronaut, coffee, chelsea, rocket), and
+also reported for the random-weight network, whose near-tied random logits make it a
+pessimistic figure.  All latencies are medians of rounds interleaved across models, so
+a busy neighbour slows every model alike; ratios come from one run.
+
+With ``--checkpoint DIR`` agreement is also measured on that checkpoint, e.g. a
+resnet_v2_50 trained briefly by bench/train_resnet.py.
+
+Goals (issue 15): bfloat16 / float32 latency <= 0.6 in-process and served, with >= 99%
+pixel agreement on real photographs.  float16 is included where this CPU has native
+float16 kernels (or with --float16): on other CPUs it is slower than float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from tfdeploy.tfimport import quiet_import_tensorflow  # noqa: E402
+
+tf = quiet_import_tensorflow()
+
+import grpc  # noqa: E402
+from PIL import Image  # noqa: E402
+from servers import ServerProcess  # noqa: E402
+from skimage import data as skdata  # noqa: E402
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
+
+from tfdeploy.demo.scenes import DEMO_CHECKPOINT  # noqa: E402
+from tfdeploy.export.checkpoint import locate, write_checkpoint  # noqa: E402
+from tfdeploy.export.config import ModelConfig  # noqa: E402
+from tfdeploy.export.model import DeepLabV3, random_weights  # noqa: E402
+from tfdeploy.export.precision import cpu_flags, cpu_runs_fast  # noqa: E402
+from tfdeploy.export.warmup import probe_image  # noqa: E402
+from tfdeploy.export.writer import export  # noqa: E402
+
+PHOTOGRAPHS = ("astronaut", "coffee", "chelsea", "rocket")
+SMALL = ModelConfig(num_classes=5, backbone="small_resnet_v2", units=(1, 1, 1, 1),
+                    base_depths=(8, 16, 16, 32), root_depth=8, aspp_depth=16,
+                    output_stride=16, multi_grid=(1,))
+
+
+def float_request(image: np.ndarray) -> predict_pb2.PredictRequest:
+    h, w = image.shape[:2]
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = "deeplab"
+    req.model_spec.signature_name = "predict_images"
+    req.inputs["images"].CopyFrom(tf.make_tensor_proto(image[None].astype(np.float32)))
+    req.inputs["height"].CopyFrom(tf.make_tensor_proto(h, shape=[1]))
+    req.inputs["width"].CopyFrom(tf.make_tensor_proto(w, shape=[1]))
+    return req
+
+
+def interleaved(calls: dict[str, callable], rounds: int) -> dict[str, float]:
+    """Median seconds per call, one call of each per round (after one untimed call)."""
+    for fn in calls.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(rounds):
+        for key, fn in calls.items():
+            t = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def photographs(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in PHOTOGRAPHS:
+        Image.fromarray(getattr(skdata, name)()).save(folder / f"{name}.png")
+    return folder
+
+
+def agreement_line(label: str, result) -> str:
+    a = result.agreement
+    photos = [i for i in a["images"] if Path(i["name"]).stem in PHOTOGRAPHS]
+    demo = [i for i in a["images"] if Path(i["name"]).stem.startswith("scene_")]
+    return (f"{label:<34} photographs min {min(i['pixel_agreement'] for i in photos):7.2%} "
+            f"| demo images min {min(i['pixel_agreement'] for i in demo):7.2%} "
+            f"| all pooled {a['pixel_agreement']:7.2%} | max logit diff "
+            f"{a['max_abs_logit_diff']:.3g}")
+
+
+def median_margin(cfg: ModelConfig, weights, folder: Path) -> float:
+    """Median over photograph pixels of the float32 gap between the top two logits, as a
+    fraction of the image's largest logit: how close to a tie a typical pixel is, which
+    is what decides whether rounding flips its class."""
+    model = DeepLabV3(cfg, weights)
+    gaps = []
+    for name in PHOTOGRAPHS:
+        image = np.asarray(Image.open(folder / f"{name}.png").convert("RGB"), np.float32)
+        logits = model.logits(tf.constant(image[None])).numpy()[0]
+        top = np.sort(logits, axis=-1)
+        gaps.append(((top[..., -1] - top[..., -2]) / np.abs(logits).max()).ravel())
+    return float(np.median(np.concatenate(gaps)))
+
+
+def folding(cfg: ModelConfig, weights, image, rounds: int, precisions) -> list[str]:
+    """In-process latency of the model built with and without BatchNorm folding."""
+    calls, ops = {}, {}
+    for p in precisions:
+        for fold in (False, True):
+            model = DeepLabV3(cfg, weights, precision=p, fold_batch_norm=fold)
+            fn = tf.function(model.logits).get_concrete_function(
+                tf.TensorSpec([1, None, None, 3], tf.float32))
+            key = f"{p} {'folded' if fold else 'unfolded'}"
+            calls[key] = lambda fn=fn: fn(image).numpy()
+            ops[key] = len(fn.graph.get_operations())
+    median = interleaved(calls, rounds)
+    lines = []
+    for p in precisions:
+        u, f = median[f"{p} unfolded"], median[f"{p} folded"]
+        lines.append(f"BatchNorm folding, {p:<9} unfolded {u * 1e3:7.1f} ms -> folded "
+                     f"{f * 1e3:7.1f} ms = {f / u:.3f} | graph ops {ops[f'{p} unfolded']} -> "
+                     f"{ops[f'{p} folded']}")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=513)
+    ap.add_argument("--requests", type=int, default=6, help="timed rounds per figure")
+    ap.add_argument("--float16", action="store_true",
+                    help="include float16 even where this CPU has no native kernels")
+    ap.add_argument("--checkpoint", type=Path,
+                    help="also measure agreement on this checkpoint (e.g. a trained "
+                         "resnet_v2_50: bench/train_resnet.py makes one)")
+    ap.add_argument("--small", action="store_true",
+                    help="a small random network instead of resnet_v2_50 (develop the bench)")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="tfdeploy-bench-precision-"))
+    flags = cpu_flags()
+    precisions = ["float32", "bfloat16"]
+    if args.float16 or cpu_runs_fast("float16", flags):
+        precisions.append("float16")
+    photos = photographs(work / "photographs")
+
+    # Agreement where it means something: the trained demo model.
+    demo = {p: export(DEMO_CHECKPOINT, work / f"demo-{p}", precision=p, min_agreement=0.0,
+                      probes=[photos], do_warmup=False) for p in precisions}
+
+    trained = {}
+    if args.checkpoint:
+        trained = {p: export(args.checkpoint, work / f"trained-{p}", precision=p,
+                             min_agreement=0.0, probes=[photos], do_warmup=False)
+                   for p in precisions}
+
+    cfg = SMALL if args.small else ModelConfig()
+    name = "small random network" if args.small else "random-weight resnet_v2_50 OS16"
+    weights = random_weights(cfg)
+    write_checkpoint(work / "ckpt", cfg, weights)
+    results = {}
+    for p in precisions:
+        results[p] = export(work / "ckpt", work / f"models-{p}", precision=p, min_agreement=0.0,
+                            probes=[photos])
+    image = probe_image(args.size, args.size)
+    x = tf.constant(image[None].astype(np.float32))
+    hw = tf.constant([args.size])
+    servers = {p: ServerProcess("--model_name=deeplab",
+                                f"--model_base_path={Path(r.path).parent}", log_dir=work)
+               for p, r in results.items()}
+    try:
+        # In-process and served calls interleave in the same rounds: one set of conditions
+        # (a busy neighbour on the shared cores slows all four figures alike).
+        calls = {}
+        for p, r in results.items():
+            fn = tf.saved_model.load(r.path).signatures["predict_images"]
+            calls[("local", p)] = lambda fn=fn: fn(images=x, height=hw, width=hw)[
+                "segmentation_map"].numpy()
+        req = float_request(image)
+        for p, srv in servers.items():
+            srv.wait_available(1)
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(
+                srv.grpc_target, options=[("grpc.max_receive_message_length", -1)]))
+            calls[("served", p)] = lambda stub=stub: stub.Predict(req, 600)
+        median = interleaved(calls, args.requests)
+    finally:
+        for srv in servers.values():
+            srv.stop()
+    local = {p: median[("local", p)] for p in precisions}
+    served = {p: median[("served", p)] for p in precisions}
+
+    fold_lines = folding(cfg, weights, x, args.requests, ["float32", "bfloat16"])
+    margins = {"demo": median_margin(locate(DEMO_CHECKPOINT).config,
+                                     locate(DEMO_CHECKPOINT).load_weights(), photos),
+               name.split(" OS")[0]: median_margin(cfg, weights, photos)}
+    if args.checkpoint:
+        source = locate(args.checkpoint)
+        margins[f"{args.checkpoint.name}"] = median_margin(source.config,
+                                                           source.load_weights(), photos)
+
+    fast = ", ".join(f"{p} {'native' if cpu_runs_fast(p, flags) else 'NOT native'}"
+                     for p in precisions[1:])
+    print(f"speed: {name}, {args.size}x{args.size}, median of {args.requests} interleaved "
+          f"rounds; CPU: {fast}")
+    for p in precisions:
+        print(f"{p:<9} in-process {local[p] * 1e3:7.1f} ms ({local[p] / local['float32']:.2f}x)"
+              f" | gRPC embedded server {served[p] * 1e3:7.1f} ms "
+              f"({served[p] / served['float32']:.2f}x)"
+              f" | SavedModel {_size(results[p].path) / 1e6:6.1f} MB")
+    for p in precisions[1:]:
+        print(f"goal {p}: in-process {local[p] / local['float32']:.2f}x, served "
+              f"{served[p] / served['float32']:.2f}x (goal <= 0.60)")
+    print("agreement with the float32 checkpoint model (pixels whose class matches):")
+    for p in precisions[1:]:
+        print(agreement_line(f"demo model (trained), {p}", demo[p]))
+        if trained:
+            print(agreement_line(f"{args.checkpoint.name}, {p}", trained[p]))
+        print(agreement_line(f"{name.split(' OS')[0]}, {p}", results[p]))
+    print("median top-2 logit gap on the photographs, relative to the largest logit: "
+          + ", ".join(f"{k} {v:.2%}" for k, v in margins.items())
+          + " (smaller: closer to a tie, more pixels flip)")
+    print(f"float32 export (BatchNorm folded) vs float32 checkpoint model, max logit diff: "
+          f"demo {demo['float32'].max_abs_logit_diff:.3g}, {name.split(' OS')[0]} "
+          f"{results['float32'].max_abs_logit_diff:.3g} (logits up to "
+          f"{max(i['max_abs_logit'] for i in results['float32'].agreement['images']):.3g})")
+    for line in fold_lines:
+        print(line)
+
+
+def _size(path: str) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+if __name__ == "__main__":
+    main()

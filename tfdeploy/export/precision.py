@@ -1,0 +1,129 @@
+"""Serving precision: which dtypes an export can compute in, whether this CPU runs them
+fast, and BatchNorm folding (exact algebra done once at export instead of per request).
+
+No TensorFlow at import time: the CLI validates ``--precision`` and ``inspect`` reads the
+recorded precision without paying for a TF import.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from tfdeploy.errors import UserError
+from tfdeploy.export.config import PRECISIONS
+
+DEFAULT_PRECISION = "float32"
+
+#: CPU feature flags (``/proc/cpuinfo``) that give a reduced precision native convolution
+#: kernels.  Without them oneDNN emulates or falls back, and the "fast" dtype is slower.
+FAST_CPU_FLAGS: dict[str, tuple[str, ...]] = {
+    "bfloat16": ("avx512_bf16", "amx_bf16"),
+    "float16": ("avx512_fp16", "amx_fp16"),
+}
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    return precision
+
+
+def parse_cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The feature flags every CPU in a ``/proc/cpuinfo`` text has (x86 ``flags`` lines,
+    ARM ``Features`` lines).  A flag only some cores report does not count: TF schedules
+    on all of them."""
+    sets = [set(m.group(1).split())
+            for m in re.finditer(r"^(?:flags|Features)\s*:\s*(.*)$", cpuinfo, re.M)]
+    return frozenset(set.intersection(*sets)) if sets else frozenset()
+
+
+def cpu_flags(path: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """This machine's CPU flags; empty where there is no ``/proc/cpuinfo`` (not Linux)."""
+    try:
+        return parse_cpu_flags(Path(path).read_text(errors="replace"))
+    except OSError:
+        return frozenset()
+
+
+def cpu_runs_fast(precision: str, flags: frozenset[str]) -> bool:
+    """True when the CPU has native kernels for ``precision`` (float32 always does)."""
+    needs = FAST_CPU_FLAGS.get(precision)
+    return needs is None or any(f in flags for f in needs)
+
+
+# -- BatchNorm folding -------------------------------------------------------------------
+def fold_batch_norm(weights: Mapping[str, np.ndarray], epsilon: float) -> dict[str, np.ndarray]:
+    """Fold every convolution's BatchNorm into the convolution.
+
+    ``BN(conv(x, w)) = conv(x, w * s) + (beta - mean * s)`` with ``s = gamma /
+    sqrt(var + eps)`` per output channel, so ``<conv>/BatchNorm/*`` becomes
+    ``<conv>/weights`` (rescaled) and ``<conv>/biases``: one fused conv+bias(+relu) kernel
+    instead of a convolution and two full-size elementwise passes.  Done in float64 and
+    rounded once.  A pre-activation norm (``<unit>/preact``) follows a residual sum, not a
+    convolution, so it cannot be folded and keeps its statistics (the model runs it as
+    one fused batch-norm kernel).
+    """
+    out = {n: v for n, v in weights.items() if "/BatchNorm/" not in n}
+    for name in weights:
+        if not name.endswith("/BatchNorm/gamma"):
+            continue
+        conv = name[: -len("BatchNorm/gamma")]
+        gamma, beta, mean, var = (np.asarray(weights[f"{conv}BatchNorm/{v}"], np.float64)
+                                  for v in ("gamma", "beta", "moving_mean", "moving_variance"))
+        scale = gamma / np.sqrt(var + epsilon)
+        out[conv + "weights"] = (np.asarray(weights[conv + "weights"], np.float64)
+                                 * scale).astype(np.float32)
+        out[conv + "biases"] = (beta - mean * scale).astype(np.float32)
+    return out
+
+
+# -- measured speed -----------------------------------------------------------------------
+def measure_conv_speed(precision: str, size: int = 33, channels: int = 256,
+                       repeats: int = 5) -> tuple[float, float]:
+    """Median seconds of one 3x3 convolution + bias + ReLU (a DeepLab ASPP-sized layer)
+    in float32 and in ``precision`` on this machine: what the warning for a CPU without
+    native kernels quotes, measured rather than assumed."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x32 = tf.constant(rng.normal(size=(1, size, size, channels)), tf.float32)
+    w32 = tf.constant(rng.normal(size=(3, 3, channels, channels)) * 0.05, tf.float32)
+    b32 = tf.constant(np.zeros(channels), tf.float32)
+
+    def timed(dtype: tf.DType) -> float:
+        x, w, b = (tf.cast(t, dtype) for t in (x32, w32, b32))
+
+        @tf.function
+        def layer(x):
+            return tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, w, 1, "SAME"), b))
+
+        layer(x).numpy()  # trace and let oneDNN pick its kernel
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            layer(x).numpy()
+            times.append(time.perf_counter() - t)
+        return float(np.median(times))
+
+    return timed(tf.float32), timed(tf.as_dtype(precision))
+
+
+def speed_warning(precision: str, flags: frozenset[str], has_gpu: bool = False,
+                  measure=measure_conv_speed) -> str | None:
+    """A warning when this CPU has no native kernels for ``precision`` (and, for float16,
+    no GPU would run it instead), quoting the measured float32 and reduced-precision
+    convolution times; None when the precision runs natively here."""
+    if cpu_runs_fast(precision, flags) or (precision == "float16" and has_gpu):
+        return None
+    f32, reduced = measure(precision)
+    ratio = reduced / f32
+    how = f"{ratio:.1f}x slower than" if ratio > 1 else f"only {1 / ratio:.1f}x faster than"
+    return (f"this CPU has no {' or '.join(f.upper() for f in FAST_CPU_FLAGS[precision])}: "
+            f"a {precision} 3x3 convolution measured {reduced * 1e3:.3g} ms here, {how} "
+            f"float32 ({f32 * 1e3:.3g} ms); the {precision} export may serve slower than "
+            f"float32 on this machine (it targets CPUs/GPUs that have them)")
