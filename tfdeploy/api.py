@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tfdeploy.errors import UserError
 from tfdeploy.tfs.names import DEFAULT_MODEL_NAME, GRPC_PORT, REST_PORT
 
 if TYPE_CHECKING:
@@ -26,7 +27,8 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
            version: int | None = None, overwrite: bool = False, verify: bool = True,
            warmup: bool = True, model_name: str = DEFAULT_MODEL_NAME,
            precision: str = "float32", min_agreement: float = 0.99,
-           probes: list[str | Path] = (), progress: Progress | None = None):
+           probes: list[str | Path] = (), max_pixels: int | str = "4096x4096",
+           progress: Progress | None = None):
     """Export a DeepLab-v3 checkpoint (default: the bundled demo) as version ``version``
     (default: highest existing + 1) of the model base path ``output``.
 
@@ -37,18 +39,25 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
     weights and convolutions; verification fails below ``min_agreement`` (a fraction) of
     mask pixels equal to the float32 model's on any probe image (synthetic, the demo
     images, and the files or directories in ``probes``); ``result.warnings`` says when
-    this machine cannot run the precision fast.  ``progress`` gets one short line per
-    step.
+    this machine cannot run the precision fast.  ``max_pixels`` (a count, or
+    ``"WIDTHxHEIGHT"``) is the largest image the signatures accept: checked in the graph
+    from the image header before decoding, so decompression bombs are refused by any
+    server.  ``progress`` gets one short line per step.
     """
+    from tfdeploy.export.config import parse_max_pixels
     from tfdeploy.tfimport import quiet_import_tensorflow
 
+    try:
+        pixels = parse_max_pixels(max_pixels)
+    except ValueError as exc:
+        raise UserError(str(exc), param="max_pixels") from None
     quiet_import_tensorflow()
     from tfdeploy.export.writer import export as run_export
 
     return run_export(checkpoint, output, version=version, overwrite=overwrite,
                       do_verify=verify, do_warmup=warmup, model_name=model_name,
                       precision=precision, min_agreement=min_agreement, probes=list(probes),
-                      progress=progress)
+                      max_pixels=pixels, progress=progress)
 
 
 def serve(base: str | Path | None = "models/deeplab", *, runtime: str = "auto",

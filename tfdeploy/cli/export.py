@@ -33,10 +33,16 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
 @click.option("--probe", "probes", multiple=True, type=click.Path(path_type=Path),
               help="Extra verification images (files or directories), e.g. photographs "
                    "like your traffic.  Always used: a synthetic probe and examples/.")
+@click.option("--max-pixels", default="4096x4096", show_default=True,
+              metavar="WxH|PIXELS",
+              help="Largest image the model accepts; checked in the graph from the image "
+                   "header before decoding (decompression bombs are refused by any "
+                   "server, TF Serving's too).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 def export(checkpoint: Path | None, output: Path, version: int | None, overwrite: bool,
            no_verify: bool, no_warmup: bool, model_name: str, precision: str,
-           min_agreement: float, probes: tuple[Path, ...], as_json: bool) -> None:
+           min_agreement: float, probes: tuple[Path, ...], max_pixels: str,
+           as_json: bool) -> None:
     """Export a DeepLab-v3 checkpoint as a numbered SavedModel version.
 
     CHECKPOINT is a seed training directory (model.ckpt* + data.json), its `checkpoint`
@@ -55,7 +61,8 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
     result = run_export(checkpoint, output, version=version, overwrite=overwrite,
                         verify=not no_verify, warmup=not no_warmup, model_name=model_name,
                         precision=precision, min_agreement=min_agreement / 100,
-                        probes=list(probes), progress=progress_printer(as_json, "  {}..."))
+                        probes=list(probes), max_pixels=max_pixels,
+                        progress=progress_printer(as_json, "  {}..."))
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     emit(as_json, result.to_json(), result.summary())

@@ -115,3 +115,21 @@ class ModelConfig:
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+
+#: Default pixel limit per image (height x width): 4096x4096.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+
+
+def parse_max_pixels(text: str | int) -> int:
+    """``4096x4096`` or ``16777216`` -> a pixel count; ValueError otherwise."""
+    if isinstance(text, int):
+        value = text
+    else:
+        parts = str(text).lower().replace(" ", "").split("x")
+        if len(parts) > 2 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"expected PIXELS or WIDTHxHEIGHT, got {text!r}")
+        value = int(parts[0]) * (int(parts[1]) if len(parts) == 2 else 1)
+    if value < 1:
+        raise ValueError(f"must be at least 1 pixel, got {value}")
+    return value

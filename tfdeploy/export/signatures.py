@@ -14,6 +14,7 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from tfdeploy.export.config import DEFAULT_MAX_PIXELS
 from tfdeploy.export.model import DeepLabV3
 from tfdeploy.palette import voc_colormap
 from tfdeploy.tfs.names import (
@@ -83,17 +84,75 @@ class PalettePNG(tf.Module):
         return tf.strings.join([_PNG_SIGNATURE, header, self._plte, rest])
 
 
-def _decode(image_bytes: tf.Tensor) -> tf.Tensor:
-    return tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8, expand_animations=False)
+def header_size(data: tf.Tensor) -> tf.Tensor:
+    """[height, width] (int64) of an encoded image, read from its header without decoding
+    it: JPEG (its SOF marker), PNG (IHDR), GIF (logical screen), BMP (info header), WebP
+    (VP8, VP8L and VP8X headers).  [0, 0] for anything else (decoding then rejects it,
+    or, for JPEG XL, decodes it unchecked).  A few-KB PNG can declare 8000x8000
+    pixels; this is how such a decompression bomb is refused before it is decoded."""
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(data, 0, 32), b"\0" * 32]),
+                             0, 32)
+    b = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+
+    def be(i: int, n: int) -> tf.Tensor:
+        return sum(b[i + k] * 256 ** (n - 1 - k) for k in range(n))
+
+    def le(i: int, n: int) -> tf.Tensor:
+        return sum(b[i + k] * 256 ** k for k in range(n))
+
+    def signed32(v: tf.Tensor) -> tf.Tensor:
+        return tf.where(v >= 2 ** 31, v - 2 ** 32, v)
+
+    is_jpeg = tf.logical_and(tf.equal(b[0], 0xFF), tf.equal(b[1], 0xD8))
+    is_png = tf.reduce_all(tf.equal(b[:4], tf.constant([0x89, 0x50, 0x4E, 0x47], tf.int64)))
+    is_gif = tf.reduce_all(tf.equal(b[:3], tf.constant(list(b"GIF"), tf.int64)))
+    is_bmp = tf.reduce_all(tf.equal(b[:2], tf.constant(list(b"BM"), tf.int64)))
+    is_webp = tf.logical_and(
+        tf.reduce_all(tf.equal(b[:4], tf.constant(list(b"RIFF"), tf.int64))),
+        tf.reduce_all(tf.equal(b[8:12], tf.constant(list(b"WEBP"), tf.int64))))
+    png = tf.stack([be(20, 4), be(16, 4)])
+    gif = tf.stack([le(8, 2), le(6, 2)])
+    bmp = tf.stack([tf.abs(signed32(le(22, 4))), tf.abs(signed32(le(18, 4)))])
+    # WebP: the chunk after "WEBP" says where the size is (extended, lossy, lossless)
+    vp8l = le(21, 4)
+    webp = tf.case([
+        (tf.equal(b[15], ord("X")), lambda: tf.stack([le(27, 3) + 1, le(24, 3) + 1])),
+        (tf.equal(b[15], ord("L")), lambda: tf.stack([(vp8l // 2 ** 14) % 2 ** 14 + 1,
+                                                      vp8l % 2 ** 14 + 1])),
+    ], default=lambda: tf.stack([le(28, 2) % 2 ** 14, le(26, 2) % 2 ** 14]))
+    return tf.case([
+        (is_jpeg, lambda: tf.cast(tf.io.extract_jpeg_shape(data)[:2], tf.int64)),
+        (is_png, lambda: png), (is_gif, lambda: gif), (is_bmp, lambda: bmp),
+        (is_webp, lambda: webp),
+    ], default=lambda: tf.zeros([2], tf.int64), exclusive=True)
+
+
+def check_pixels(height: tf.Tensor, width: tf.Tensor, max_pixels: int) -> tf.Operation:
+    """INVALID_ARGUMENT (naming the limit) for an image above ``max_pixels``."""
+    side = int(max_pixels ** 0.5)
+    limit = f"{side}x{side}" if side * side == max_pixels else f"{max_pixels} pixels"
+    pixels = tf.cast(height, tf.int64) * tf.cast(width, tf.int64)
+    return tf.debugging.assert_less_equal(
+        pixels, tf.constant(max_pixels, tf.int64),
+        message=f"image is larger than this model's limit of {limit} "
+                f"({max_pixels} pixels; set at export with --max-pixels)")
+
+
+def _decode(image_bytes: tf.Tensor, max_pixels: int) -> tf.Tensor:
+    hw = header_size(image_bytes)
+    with tf.control_dependencies([check_pixels(hw[0], hw[1], max_pixels)]):
+        return tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8,
+                                  expand_animations=False)
 
 
 class ServingModule(tf.Module):
     """What gets saved: the model's variables plus the serving functions."""
 
-    def __init__(self, model: DeepLabV3) -> None:
+    def __init__(self, model: DeepLabV3, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         super().__init__(name="deeplab_serving")
         self.model = model
         self.png = PalettePNG()
+        self.max_pixels = int(max_pixels)  # baked into the graph: TF Serving enforces it too
 
     @tf.function(input_signature=[
         tf.TensorSpec([1, None, None, 3], tf.float32, name=IMAGES),
@@ -104,17 +163,18 @@ class ServingModule(tf.Module):
         # height/width arrive as scalars or shape [1]; the seed reshaped the image with them.
         h = tf.reshape(height, [-1])[0]
         w = tf.reshape(width, [-1])[0]
-        images = tf.reshape(images, tf.stack([1, h, w, 3]))
+        with tf.control_dependencies([check_pixels(h, w, self.max_pixels)]):
+            images = tf.reshape(images, tf.stack([1, h, w, 3]))
         return {SEGMENTATION_MAP: self.model.predict(images)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES)])
     def serving_default(self, image_bytes):
         tf.debugging.assert_positive(
             tf.size(image_bytes), message="image_bytes must hold at least one image")
-        hw = tf.shape(_decode(image_bytes[0]))[:2]
+        hw = tf.shape(_decode(image_bytes[0], self.max_pixels))[:2]
 
         def decode_same_size(data):
-            image = _decode(data)
+            image = _decode(data, self.max_pixels)
             same = tf.debugging.assert_equal(
                 tf.shape(image)[:2], hw,
                 message="all images in one request must have the same height and width")

@@ -23,6 +23,7 @@ from tfdeploy.errors import ExportError, UserError
 from tfdeploy.export import checkpoint as ckpt
 from tfdeploy.export import warmup
 from tfdeploy.export.agreement import Agreement, measure, probe_images
+from tfdeploy.export.config import DEFAULT_MAX_PIXELS
 from tfdeploy.export.model import DeepLabV3
 from tfdeploy.export.precision import (
     DEFAULT_PRECISION,
@@ -71,6 +72,8 @@ class ExportResult:
     min_pixel_agreement: float | None = None
     agreement: dict | None = None
     warnings: list[str] = field(default_factory=list)
+    #: Largest image (height x width) the signatures accept, checked in the graph.
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def summary(self) -> str:
         """What the export did, for people: the version path, then one line."""
@@ -169,6 +172,7 @@ def export(
     precision: str = DEFAULT_PRECISION,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     probes: list[str | Path] = (),
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ExportResult:
     """Export a checkpoint (default: the bundled demo) as version ``version`` (default:
     next) of the base ``output``.
@@ -194,6 +198,8 @@ def export(
     if version is not None and version < 1:
         raise UserError(f"must be a positive integer, got {version}", param="version")
     check_precision(precision)
+    if max_pixels < 1:
+        raise UserError(f"must be at least 1, got {max_pixels}", param="max_pixels")
     if not 0.0 <= min_agreement <= 1.0:
         raise UserError(f"must be between 0% and 100%, got {min_agreement:.2%}",
                         param="min_agreement")
@@ -226,7 +232,7 @@ def export(
         say(f"building {source.config.backbone} (output stride {source.config.output_stride}, "
             f"{precision}, BatchNorm folded)")
         model = DeepLabV3(source.config, weights, precision=precision, fold_batch_norm=True)
-        module = ServingModule(model)
+        module = ServingModule(model, max_pixels)
         say("writing SavedModel")
         tf.saved_model.save(module, str(tmp), signatures=module.signatures())
         t = lap("save", t)
@@ -248,6 +254,7 @@ def export(
             signatures=[PREDICT_IMAGES, SERVING_DEFAULT], warmup_records=records,
             verified=do_verify, seconds=0.0, replaced=number in existing, timings=timings,
             precision=precision, batch_norm_folded=True, warnings=warnings,
+            max_pixels=max_pixels,
             max_abs_logit_diff=agreement.max_abs_logit_diff if agreement else None,
             pixel_agreement=agreement.pixel_agreement if agreement else None,
             min_pixel_agreement=agreement.min_pixel_agreement if agreement else None,
@@ -258,7 +265,7 @@ def export(
         meta.write_text(json.dumps({
             "checkpoint": str(source.prefix), "format": source.format,
             "config": source.config.to_json()["model"], "exported_at": time.time(),
-            "precision": precision, "batch_norm_folded": True,
+            "precision": precision, "batch_norm_folded": True, "max_pixels": max_pixels,
             "agreement": result.agreement,
         }, indent=2))
         _publish(tmp, base / str(number), replace=number in existing)
