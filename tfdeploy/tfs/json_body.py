@@ -61,7 +61,6 @@ def _lut(pairs: dict[bytes, int], dtype=np.uint8) -> np.ndarray:
 
 
 _DEPTH_STEP = _lut({b"[{": 1, b"]}": -1}, np.int8)
-_BRACKET_STEP = _lut({b"[": 1, b"]": -1}, np.int8)
 # Character classes inside a region: 0 whitespace, 1 '[', 2 ']', 3 ',', 4 '0', 5 '1'-'9',
 # 6 '.', 7 'e'/'E', 8 '+', 9 '-'.  Classes >= 4 make up numbers.
 _WS, _OPEN, _CLOSE, _COMMA, _ZERO, _DIGIT, _DOT, _EXP, _PLUS, _MINUS = range(10)
@@ -115,8 +114,9 @@ def parse_body(raw: bytes, *, max_depth: int = 64) -> Any:
     if not raw.strip(_JSON_WS):
         raise BodyError(f"JSON Parse error: The document is empty. at offset: {len(raw)}")
     starts, ends = _strings(raw)
-    _check_depth(raw, starts, ends, max_depth)
-    regions = [] if len(raw) < THRESHOLD else _regions(raw, starts, ends)
+    offsets, steps = _brackets(raw, starts, ends)
+    _check_depth(steps, max_depth)
+    regions = [] if len(raw) < THRESHOLD else _regions(raw, starts, ends, offsets, steps)
     arrays, pieces, shifts, at = [], [], [], 0
     nonce = secrets.token_hex(16)
     while nonce.encode() in raw:      # never in practice; keeps placeholders unique
@@ -128,7 +128,7 @@ def parse_body(raw: bytes, *, max_depth: int = 64) -> Any:
         try:
             array = _parse_region(raw, lo, hi)
         except _Mixed:                # like [1, [2, 3]]: json gets it, its parts maybe not
-            todo += [g for g in _groups(raw, lo + 1, hi - 1) if g[1] - g[0] >= THRESHOLD][::-1]
+            todo += _groups(lo + 1, hi - 1, offsets, steps)[::-1]
             continue
         if array is None:             # a syntax error or huge integers: json decides
             continue
@@ -195,7 +195,7 @@ def _steps(raw: bytes, lo: int, hi: int, table: np.ndarray):
         step = table[view[at:min(at + _CHUNK, hi)]]
         where = np.flatnonzero(step)
         if where.size:
-            yield where + at, step[where]
+            yield where.astype(np.int64 if hi > 2**31 - 1 else np.int32) + at, step[where]
 
 
 def _outside(offsets: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -206,20 +206,27 @@ def _outside(offsets: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.nd
     return ~((k >= 0) & (offsets < ends[np.maximum(k, 0)]))
 
 
-def _check_depth(raw: bytes, starts: list[int], ends: list[int], max_depth: int) -> None:
-    """Refuse nesting deeper than ``max_depth``, counting brackets outside strings."""
-    depth = 0
+def _brackets(raw: bytes, starts: list[int], ends: list[int]) -> tuple[np.ndarray, ...]:
+    """Offsets of the brackets and braces outside strings, and +1 (open) or -1 (close)."""
     starts_, ends_ = np.asarray(starts, np.int64), np.asarray(ends, np.int64)
-    for offsets, steps in _steps(raw, 0, len(raw), _DEPTH_STEP):
-        steps = steps[_outside(offsets, starts_, ends_)].astype(np.int64)
-        if steps.size:
-            depths = np.cumsum(steps) + depth
-            if depths.max() > max_depth:
-                raise BodyError(f"JSON nesting deeper than {max_depth} levels")
-            depth = int(depths[-1])
+    offsets, steps = [], []
+    for where, step in _steps(raw, 0, len(raw), _DEPTH_STEP):
+        keep = _outside(where, starts_, ends_)
+        offsets.append(where[keep])
+        steps.append(step[keep])
+    if not offsets:
+        return np.zeros(0, np.int64), np.zeros(0, np.int8)
+    return np.concatenate(offsets), np.concatenate(steps)
 
 
-def _regions(raw: bytes, starts: list[int], ends: list[int]) -> list[tuple[int, int]]:
+def _check_depth(steps: np.ndarray, max_depth: int) -> None:
+    """Refuse nesting deeper than ``max_depth`` (no recursion, whatever the depth)."""
+    if steps.size and np.cumsum(steps, dtype=np.int64).max() > max_depth:
+        raise BodyError(f"JSON nesting deeper than {max_depth} levels")
+
+
+def _regions(raw: bytes, starts: list[int], ends: list[int], offsets: np.ndarray,
+             steps: np.ndarray) -> list[tuple[int, int]]:
     """(start, end) of the outermost balanced ``[...]`` of numeric characters that are
     at least THRESHOLD bytes long, outside strings."""
     found = []
@@ -228,23 +235,28 @@ def _regions(raw: bytes, starts: list[int], ends: list[int]) -> list[tuple[int, 
         k = bisect.bisect_right(starts, lo) - 1
         if k >= 0 and lo < ends[k]:   # a run never holds '"': all in or all out
             continue
-        found += [(a, b) for a, b in _groups(raw, lo, hi) if b - a >= THRESHOLD]
+        found += _groups(lo, hi, offsets, steps)
     return found
 
 
-def _groups(raw: bytes, lo: int, hi: int) -> list[tuple[int, int]]:
-    """The top-level balanced bracket groups of raw[lo:hi] (a run with no string in it).
+def _groups(lo: int, hi: int, offsets: np.ndarray, steps: np.ndarray
+            ) -> list[tuple[int, int]]:
+    """The top-level balanced bracket groups of THRESHOLD bytes or more in raw[lo:hi], a
+    run with no string or brace in it, given the body's bracket ``offsets`` and ``steps``.
 
     An open bracket at depth m (before it) starts a top-level group when the depth comes
     back to m later in the run (its close is in the run) and no enclosing open of the run
     is closed in the run: the suffix minimum of the depth is m, or no open of the run
     encloses it (the prefix minimum is m)."""
-    parts = list(_steps(raw, lo, hi, _BRACKET_STEP))
-    if not parts:
+    first, last = np.searchsorted(offsets, [lo, hi])
+    if first == last:
         return []
-    offsets = np.concatenate([p[0] for p in parts])
-    steps = np.concatenate([p[1] for p in parts])
-    depth = np.cumsum(steps, dtype=np.int64)
+    offsets, steps = offsets[first:last], steps[first:last]
+    depth = np.cumsum(steps, dtype=np.int32)
+    if steps[0] > 0 and depth[-1] == 0 and depth[:-1].min(initial=1) > 0:
+        if offsets[-1] + 1 - offsets[0] < THRESHOLD:
+            return []
+        return [(int(offsets[0]), int(offsets[-1]) + 1)]     # the usual case: one array
     opens = steps > 0
     level = depth - 1
     suffix_min = np.minimum.accumulate(depth[::-1])[::-1]
@@ -257,7 +269,7 @@ def _groups(raw: bytes, lo: int, hi: int) -> list[tuple[int, int]]:
         closes = np.flatnonzero(~opens & (depth == m))
         lasts = closes[np.searchsorted(closes, firsts)]
         groups += zip(offsets[firsts].tolist(), (offsets[lasts] + 1).tolist(), strict=True)
-    return sorted(groups)
+    return sorted((a, b) for a, b in groups if b - a >= THRESHOLD)
 
 
 # -- numeric regions ---------------------------------------------------------------------
