@@ -154,7 +154,8 @@ def _loads(skeleton: bytes, shifts: list[tuple[int, int]]) -> Any:
         return json.loads(skeleton)
     except json.JSONDecodeError as exc:
         at = len(exc.doc[:exc.pos].encode("utf-8", "surrogatepass"))
-        raise BodyError(f"JSON Parse error: {exc.msg} at offset: {offset(at)}") from None
+        reason = exc.msg.removesuffix(" at")      # "Unterminated string starting at"
+        raise BodyError(f"JSON Parse error: {reason} at offset: {offset(at)}") from None
     except UnicodeDecodeError as exc:
         raise BodyError(f"JSON Parse error: Invalid encoding in string ({exc.reason}) "
                         f"at offset: {offset(exc.start)}") from None
