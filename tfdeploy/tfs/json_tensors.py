@@ -77,6 +77,8 @@ def to_array(name: str, value: Any, dtype: int | None) -> np.ndarray:
             return np.array(decode_bytes(value), dtype=object)
         if isinstance(value, str) or (isinstance(value, list) and _has_str(value)):
             raise ValueError("expected numbers, got strings")
+        if hasattr(value, "dtype") and want is not None and want.kind in "iu" and value.size:
+            _check_range(value, want)  # as np.asarray refuses such JSON numbers
         return np.asarray(value, dtype=want)
     except StatusError:
         raise
@@ -86,6 +88,20 @@ def to_array(name: str, value: Any, dtype: int | None) -> np.ndarray:
             reason = "lists of unequal length (ragged tensor)"
         kind = tensors.dtype_name(dtype) if dtype is not None else "a tensor"
         raise _bad(f"input {name!r}: cannot convert to {kind}: {reason}") from None
+
+
+def _check_range(value: np.ndarray, want: np.dtype) -> None:
+    """An array from json_body.parse_body cast to an integer dtype would wrap silently;
+    refuse what the same numbers as JSON lists are refused for."""
+    import numpy as np
+
+    low, high = value.min(), value.max()
+    if value.dtype.kind == "f" and not (np.isfinite(low) and np.isfinite(high)):
+        raise OverflowError("cannot convert float infinity to integer")
+    info = np.iinfo(want)
+    if low < info.min or high > info.max:
+        first = value.flat[np.argmax((value < info.min) | (value > info.max))]
+        raise OverflowError(f"Python integer {first} out of bounds for {want}")
 
 
 def to_json(name: str, value: Any, force_b64: bool = False) -> Any:
@@ -129,9 +145,10 @@ def parse_predict(body: dict, signature_def) -> tuple[dict[str, np.ndarray], str
     names = sorted(signature_def.inputs)
     if "instances" in body:
         rows = body["instances"]
-        if not isinstance(rows, list) or not rows:
+        array = getattr(rows, "ndim", 0) > 0  # numbers as json_body.parse_body gives them
+        if not (isinstance(rows, list) or array) or not len(rows):
             raise _bad('"instances" must be a non-empty list')
-        if all(isinstance(r, dict) and "b64" not in r for r in rows):
+        if not array and all(isinstance(r, dict) and "b64" not in r for r in rows):
             keys = set(rows[0])
             if any(set(r) != keys for r in rows):
                 raise _bad("every instance must name the same inputs")
