@@ -42,7 +42,7 @@ class BatchOptions:
         return out
 
 
-@dataclass
+@dataclass(eq=False)  # identity: queue.remove() must not compare numpy inputs
 class _Task:
     inputs: dict[str, np.ndarray]
     size: int

@@ -102,13 +102,10 @@ def _servicers(server):
 
         @_guard
         def HandleReloadConfigRequest(self, request, context):
-            response = mm_pb2.ReloadConfigResponse()
-            try:
-                server.apply_config(request.config)
-            except StatusError as exc:
-                response.status.error_code = exc.code.number
-                response.status.error_message = exc.message
-            return response
+            # A config that is refused fails the call with its status (as
+            # tensorflow_model_server does) and leaves the config in force serving.
+            server.apply_config(request.config)
+            return mm_pb2.ReloadConfigResponse()
 
     return ps_grpc, PredictionService(), ms_grpc, ModelService()
 

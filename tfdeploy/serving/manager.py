@@ -2,7 +2,9 @@
 
 When the Source aspires a new version, the Manager loads it (and replays warmup) while the
 old version keeps serving, and unloads the old one only once the new one is AVAILABLE: the
-"availability preserving" policy of TF Serving, so a swap fails no request.
+"availability preserving" policy of TF Serving, so a swap fails no request, and a new
+version that fails to load leaves the old one serving (the failed one shows its error in
+the model's status).
 """
 
 from __future__ import annotations
@@ -44,6 +46,23 @@ class ModelState:
 LoaderFactory = Callable[[str, int, Path], object]  # -> object with .load() -> Servable
 
 
+def _to_unload(model: ModelState, aspired: dict[int, Path]) -> list[VersionState]:
+    """The serving versions that may leave now: TF Serving's availability preserving policy.
+
+    Versions no longer aspired leave when nothing is aspired any more, or once an aspired
+    version is AVAILABLE.  Until then (the new version is loading, or failed to load: a
+    corrupt directory, a truncated variables file) the newest of them keeps serving, so a
+    bad version can never take a good one down."""
+    unaspired = sorted((vs for v, vs in model.versions.items()
+                        if v not in aspired and vs.state == AVAILABLE),
+                       key=lambda vs: vs.version)
+    aspired_serving = any(vs.state == AVAILABLE for v, vs in model.versions.items()
+                          if v in aspired)
+    if not aspired or aspired_serving:
+        return unaspired
+    return unaspired[:-1]
+
+
 class Manager:
     def __init__(self, loader_factory: LoaderFactory, max_load_retries: int = 5,
                  retry_interval: float = 60.0):
@@ -75,9 +94,7 @@ class Manager:
             for vs in sorted(to_load, key=lambda v: v.version):
                 self._load(name, vs)
             with self._lock:
-                # Unload only once every aspired version that could load has loaded.
-                leaving = [vs for v, vs in model.versions.items()
-                           if v not in aspired and vs.state == AVAILABLE]
+                leaving = _to_unload(model, aspired)
                 for vs in leaving:
                     vs.state = UNLOADING
             for vs in leaving:

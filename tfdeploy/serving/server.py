@@ -25,6 +25,31 @@ from tfdeploy.tfs.names import DEFAULT_SIGNATURE
 
 log = logging.getLogger("tfdeploy.serving")
 
+def validate_config(config) -> dict[str, tuple[Path, object]]:
+    """``{name: (base_path, version_policy)}`` of a ModelServerConfig, or a StatusError with
+    tensorflow_model_server's message; checked in full before anything changes, so a bad
+    config leaves the one in force serving."""
+    if config.WhichOneof("config") != "model_config_list":
+        raise StatusError(Code.INVALID_ARGUMENT,
+                          "ServerModelConfig type not supported by HandleReloadConfigRequest."
+                          " Only ModelConfigList is currently supported")
+    models = {}
+    for mc in config.model_config_list.config:
+        if mc.name in models:
+            raise StatusError(Code.INVALID_ARGUMENT,
+                              f"Illegal to list model {mc.name} multiple times in config list")
+        if not Path(mc.base_path).is_absolute():
+            raise StatusError(Code.INVALID_ARGUMENT,
+                              f"Expected model {mc.name} to have an absolute path or URI; got "
+                              f"base_path()={mc.base_path}")
+        if mc.model_platform not in ("", "tensorflow"):
+            raise StatusError(Code.INVALID_ARGUMENT,
+                              f"Model {mc.name} requests unsupported platform "
+                              f"{mc.model_platform}")
+        models[mc.name] = (Path(mc.base_path), mc.model_version_policy)
+    return models
+
+
 class ModelServer:
     def __init__(self, options: ServerOptions):
         self.options = options
@@ -68,27 +93,13 @@ class ModelServer:
     def apply_config(self, config) -> None:
         """Make ``config`` (a ModelServerConfig) the served set: new models load, removed
         ones unload, policies and labels change in place."""
-        if config.WhichOneof("config") != "model_config_list":
-            raise StatusError(Code.INVALID_ARGUMENT,
-                               "only model_config_list configurations are supported")
-        models, names = {}, set()
-        for mc in config.model_config_list.config:
-            if not mc.name or not mc.base_path:
-                raise StatusError(Code.INVALID_ARGUMENT,
-                                   "every model config needs a name and a base_path")
-            if mc.name in names:
-                raise StatusError(Code.INVALID_ARGUMENT, f"duplicate model name {mc.name!r}")
-            if mc.model_platform not in ("", "tensorflow"):
-                raise StatusError(Code.INVALID_ARGUMENT,
-                                   f"model {mc.name}: unsupported platform {mc.model_platform}")
-            names.add(mc.name)
-            models[mc.name] = (Path(mc.base_path), mc.model_version_policy)
+        models = validate_config(config)
         with self._config_lock:
             for mc in config.model_config_list.config:
                 self.manager.set_labels(mc.name, dict(mc.version_labels))
             self.source.set_models(models)
             self.config = config
-            self.manager.retain_models(names)
+            self.manager.retain_models(set(models))
             self.source.poll_once()
 
     def _poll_config_file(self) -> None:

@@ -1,0 +1,209 @@
+"""Availability under faults, over real sockets on 127.0.0.1: broken versions appearing,
+the base path going away, bad configs.  A client loop keeps sending requests through each
+fault; none may fail.  Counts and durations are bounded."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from servers import ServerProcess, http
+from small_models import (
+    corrupt_graph,
+    put_version,
+    save_half_plus_two,
+    truncate_variables,
+)
+from tensorflow_serving.apis import (
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+from tensorflow_serving.config import model_server_config_pb2
+
+from tfdeploy.tfs import tensors
+
+MAX_REQUESTS = 4000  # per client thread: bounds the test even if a wait misbehaves
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_half_plus_two(tmp_path_factory.mktemp("hp2") / "model")
+
+
+class ClientLoop:
+    """gRPC and REST Predict calls in two threads until stopped; records every outcome."""
+
+    def __init__(self, srv: ServerProcess, model: str = "hp2"):
+        self.srv, self.model = srv, model
+        self.stop_event = threading.Event()
+        self.failures: list[str] = []
+        self.versions: list[int] = []
+        self.sent = 0
+        self._threads = [threading.Thread(target=self._grpc, daemon=True),
+                         threading.Thread(target=self._rest, daemon=True)]
+
+    def __enter__(self) -> ClientLoop:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_event.set()
+        for t in self._threads:
+            t.join(60)
+
+    def _grpc(self) -> None:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(self.srv.grpc_target))
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.model
+        request.inputs["x"].CopyFrom(tensors.to_proto(np.array([[1.0]], np.float32)))
+        for _ in range(MAX_REQUESTS):
+            if self.stop_event.is_set():
+                return
+            try:
+                response = stub.Predict(request, 30)
+                self.versions.append(response.model_spec.version.value)
+                y = tensors.from_proto(response.outputs["y"])
+                if y.tolist() != [[2.5]]:
+                    self.failures.append(f"grpc: wrong answer {y.tolist()}")
+            except grpc.RpcError as exc:
+                self.failures.append(f"grpc: {exc.code().name} {exc.details()}")
+            self.sent += 1
+
+    def _rest(self) -> None:
+        url = f"{self.srv.rest}/v1/models/{self.model}:predict"
+        for _ in range(MAX_REQUESTS):
+            if self.stop_event.is_set():
+                return
+            code, body = http("POST", url, {"instances": [[3.0]]}, timeout=30)
+            if code != 200 or body != {"predictions": [[3.5]]}:
+                self.failures.append(f"rest: {code} {body}")
+            self.sent += 1
+
+    def wait_sent(self, more: int, timeout: float = 60) -> None:
+        """Until ``more`` further requests went out (so the fault really met traffic)."""
+        target, deadline = self.sent + more, time.monotonic() + timeout
+        while self.sent < target and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.sent >= target, "the client loop stalled"
+
+
+def _versions(srv: ServerProcess, model: str = "hp2") -> dict[int, dict]:
+    code, body = http("GET", f"{srv.rest}/v1/models/{model}", timeout=10)
+    assert code == 200, body
+    return {int(v["version"]): v for v in body["model_version_status"]}
+
+
+def test_broken_versions_never_unload_the_serving_one(model_dir, tmp_path):
+    base = tmp_path / "hp2"
+    base.mkdir()
+    put_version(base, 1, model_dir)
+    broken = tmp_path / "broken"
+    srv = ServerProcess("--model_name=hp2", f"--model_base_path={base}",
+                        "--file_system_poll_wait_seconds=0.1", "--max_num_load_retries=1",
+                        "--load_retry_interval_micros=100000", log_dir=tmp_path)
+    try:
+        srv.wait_available(1, model="hp2")
+        with ClientLoop(srv) as loop:
+            loop.wait_sent(50)
+            # version 2: a saved_model.pb that does not parse
+            put_version(base, 2, model_dir)
+            corrupt_graph(base / "2")
+            srv.wait_for(lambda s: s.get(2) == "END", model="hp2", timeout=60)
+            loop.wait_sent(100)
+            # version 3: a whole graph but a truncated variables file
+            put_version(broken, 3, model_dir)
+            truncate_variables(broken / "3")
+            (broken / "3").rename(base / "3")
+            srv.wait_for(lambda s: s.get(3) == "END", model="hp2", timeout=60)
+            time.sleep(0.5)  # the retries of version 3 (0.1 s apart) under traffic
+            loop.wait_sent(100)
+        assert loop.failures == []
+        assert set(loop.versions) == {1}
+        status = _versions(srv)
+        assert status[1]["state"] == "AVAILABLE"
+        for bad in (2, 3):
+            assert status[bad]["state"] == "END"
+            assert status[bad]["status"]["error_code"] != "OK"
+            assert status[bad]["status"]["error_message"].startswith("load failed: ")
+        assert "not a valid SavedModel" in status[2]["status"]["error_message"]
+        assert "giving up" in srv.log()
+        # a good version after the bad ones replaces 1 as usual
+        put_version(base, 4, model_dir)
+        srv.wait_for(lambda s: s.get(4) == "AVAILABLE" and s.get(1) == "END", model="hp2")
+    finally:
+        assert srv.stop() == 0
+
+
+def test_base_path_renamed_away_and_back_keeps_serving(model_dir, tmp_path):
+    base = tmp_path / "hp2"
+    base.mkdir()
+    put_version(base, 1, model_dir)
+    srv = ServerProcess("--model_name=hp2", f"--model_base_path={base}",
+                        "--file_system_poll_wait_seconds=0.1", log_dir=tmp_path)
+    try:
+        srv.wait_available(1, model="hp2")
+        with ClientLoop(srv) as loop:
+            loop.wait_sent(50)
+            base.rename(tmp_path / "away")
+            time.sleep(1.5)  # fifteen polls without a base path
+            loop.wait_sent(100)
+            assert _versions(srv)[1]["state"] == "AVAILABLE"
+            (tmp_path / "away").rename(base)
+            time.sleep(0.5)
+            loop.wait_sent(50)
+        assert loop.failures == []
+        assert {v: s["state"] for v, s in _versions(srv).items()} == {1: "AVAILABLE"}
+        log = srv.log()
+        assert log.count("cannot read base path of model hp2") == 1
+        assert "base path of model hp2 is readable again" in log
+    finally:
+        assert srv.stop() == 0
+
+
+def test_refused_configs_keep_the_one_in_force(model_dir, tmp_path):
+    base = tmp_path / "hp2"
+    base.mkdir()
+    put_version(base, 1, model_dir)
+    config = tmp_path / "models.config"
+    good = f'model_config_list {{ config {{ name: "hp2" base_path: "{base}" }} }}\n'
+    config.write_text(good)
+    srv = ServerProcess(f"--model_config_file={config}",
+                        "--model_config_file_poll_wait_seconds=0.1", log_dir=tmp_path)
+    stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(srv.grpc_target))
+    try:
+        srv.wait_available(1, model="hp2")
+        with ClientLoop(srv) as loop:
+            loop.wait_sent(50)
+            # a file that does not parse: logged, the config in force keeps serving
+            config.write_text("model_config_list { config { name: ")
+            srv.wait_for(lambda _: "cannot reload" in srv.log(), model="hp2", timeout=30)
+            loop.wait_sent(50)
+            config.write_text(good)
+            # refused reload requests fail with their status and change nothing
+            for models, message in (
+                    ([("hp2", str(base)), ("hp2", str(base))],
+                     "Illegal to list model hp2 multiple times in config list"),
+                    ([("hp2", "relative/path")],
+                     "Expected model hp2 to have an absolute path or URI; "
+                     "got base_path()=relative/path")):
+                new = model_server_config_pb2.ModelServerConfig()
+                for name, path in models:
+                    new.model_config_list.config.add(name=name, base_path=path)
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.HandleReloadConfigRequest(
+                        model_management_pb2.ReloadConfigRequest(config=new), 30)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert err.value.details() == message
+            loop.wait_sent(50)
+        assert loop.failures == []
+        assert {v: s["state"] for v, s in _versions(srv).items()} == {1: "AVAILABLE"}
+    finally:
+        assert srv.stop() == 0
