@@ -33,6 +33,28 @@ def save_half_plus_two(path: Path) -> Path:
     return path
 
 
+def save_gated_half_plus_two(path: Path) -> Path:
+    """Like ``save_half_plus_two`` with a second input, ``gate`` (a file path): a call
+    returns only once that file exists (or after a bounded number of looks).  Tests hold
+    requests in flight with it, then open the gate, instead of relying on timing."""
+    import tensorflow as tf
+
+    class Gated(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x"),
+                                      tf.TensorSpec([], tf.string, name="gate")])
+        def serve(self, x, gate):
+            def closed(i):
+                return tf.logical_and(tf.size(tf.io.matching_files(gate)) == 0,
+                                      i < 2_500_000)
+
+            (looks,) = tf.while_loop(closed, lambda i: (i + 1,), [tf.constant(0)])
+            return {"y": x * 0.5 + 2.0, "looks": looks}
+
+    module = Gated()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
 def half_plus_two(x: np.ndarray) -> np.ndarray:
     return x * 0.5 + 2
 

@@ -1,6 +1,8 @@
 """Availability under faults, over real sockets on 127.0.0.1: broken versions appearing,
-the base path going away, bad configs.  A client loop keeps sending requests through each
-fault; none may fail.  Counts and durations are bounded."""
+the base path going away, bad configs, version swaps, requests held in flight.  A client
+loop keeps sending requests through each fault; none may fail.  Counts and durations are
+bounded; requests are held in flight by a model that waits for a gate file, not by
+timing."""
 
 from __future__ import annotations
 
@@ -15,10 +17,13 @@ from servers import ServerProcess, http
 from small_models import (
     corrupt_graph,
     put_version,
+    save_gated_half_plus_two,
     save_half_plus_two,
     truncate_variables,
 )
 from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
@@ -205,5 +210,111 @@ def test_refused_configs_keep_the_one_in_force(model_dir, tmp_path):
             loop.wait_sent(50)
         assert loop.failures == []
         assert {v: s["state"] for v, s in _versions(srv).items()} == {1: "AVAILABLE"}
+    finally:
+        assert srv.stop() == 0
+
+
+# -- requests in flight ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gated_dir(tmp_path_factory) -> Path:
+    return save_gated_half_plus_two(tmp_path_factory.mktemp("gated") / "model")
+
+
+def _gated_request(gate: Path) -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "gated"
+    request.inputs["x"].CopyFrom(tensors.to_proto(np.array([[1.0]], np.float32)))
+    request.inputs["gate"].CopyFrom(tensors.to_proto(np.array(str(gate).encode(), object)))
+    return request
+
+
+def test_model_service_calls_never_wait_behind_predictions(gated_dir, tmp_path):
+    """Predictions fill every inference thread (--grpc_max_threads=2) and queue more;
+    status, metadata and config reload calls still answer while they are held."""
+    base = tmp_path / "gated"
+    base.mkdir()
+    put_version(base, 1, gated_dir)
+    gate = tmp_path / "gate-open"
+    srv = ServerProcess("--model_name=gated", f"--model_base_path={base}",
+                        "--grpc_max_threads=2", log_dir=tmp_path)
+    channel = grpc.insecure_channel(srv.grpc_target)
+    predictions = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    models = model_service_pb2_grpc.ModelServiceStub(channel)
+    held = []
+    try:
+        srv.wait_available(1, model="gated")
+        held = [predictions.Predict.future(_gated_request(gate), 120) for _ in range(4)]
+        time.sleep(0.5)  # let them reach the server
+        status = models.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(
+            model_spec={"name": "gated"}), 30)
+        assert [v.state for v in status.model_version_status] == [30]  # AVAILABLE
+        metadata = predictions.GetModelMetadata(get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec={"name": "gated"}, metadata_field=["signature_def"]), 30)
+        assert metadata.model_spec.version.value == 1
+        config = model_server_config_pb2.ModelServerConfig()
+        config.model_config_list.config.add(name="gated", base_path=str(base),
+                                            model_platform="tensorflow")
+        models.HandleReloadConfigRequest(
+            model_management_pb2.ReloadConfigRequest(config=config), 30)
+        assert _versions(srv, "gated")[1]["state"] == "AVAILABLE"
+        assert not any(f.done() for f in held), "the gate was open too early"
+    finally:
+        gate.touch()
+        results = [f.result() for f in held]
+        assert srv.stop() == 0
+    assert [tensors.from_proto(r.outputs["y"]).tolist() for r in results] == [[[2.5]]] * 4
+
+
+def test_unloaded_version_finishes_its_requests_in_flight(gated_dir, tmp_path):
+    base = tmp_path / "gated"
+    base.mkdir()
+    put_version(base, 1, gated_dir)
+    gate = tmp_path / "gate-open"
+    srv = ServerProcess("--model_name=gated", f"--model_base_path={base}",
+                        "--file_system_poll_wait_seconds=0.1", log_dir=tmp_path)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(
+        grpc.insecure_channel(srv.grpc_target))
+    rest_result: list = []
+    try:
+        srv.wait_available(1, model="gated")
+        over_grpc = stub.Predict.future(_gated_request(gate), 120)
+        over_rest = threading.Thread(target=lambda: rest_result.append(http(
+            "POST", f"{srv.rest}/v1/models/gated:predict",
+            {"inputs": {"x": [[1.0]], "gate": str(gate)}}, timeout=120)))
+        over_rest.start()
+        time.sleep(0.5)  # let them reach the server
+        put_version(base, 2, gated_dir)
+        srv.wait_for(lambda s: s == {1: "END", 2: "AVAILABLE"}, model="gated")
+        assert not over_grpc.done() and not rest_result, "the gate was open too early"
+        gate.touch()
+        response = over_grpc.result()
+        over_rest.join(60)
+        assert response.model_spec.version.value == 1
+        assert tensors.from_proto(response.outputs["y"]).tolist() == [[2.5]]
+        code, body = rest_result[0]
+        assert code == 200 and body["outputs"]["y"] == [[2.5]], body
+    finally:
+        gate.touch()
+        assert srv.stop() == 0
+
+
+def test_rest_and_grpc_requests_never_fail_during_version_swaps(model_dir, tmp_path):
+    """Each request resolves its version once: swaps under traffic fail nothing."""
+    base = tmp_path / "hp2"
+    base.mkdir()
+    put_version(base, 1, model_dir)
+    srv = ServerProcess("--model_name=hp2", f"--model_base_path={base}",
+                        "--file_system_poll_wait_seconds=0.1", log_dir=tmp_path)
+    try:
+        srv.wait_available(1, model="hp2")
+        with ClientLoop(srv) as loop:
+            for version in (2, 3, 4, 5):
+                loop.wait_sent(30)
+                put_version(base, version, model_dir)
+                srv.wait_for(lambda s, v=version: s.get(v) == "AVAILABLE"
+                             and s.get(v - 1) == "END", model="hp2")
+            loop.wait_sent(30)
+        assert loop.failures == []
+        assert {1, 5} <= set(loop.versions)
     finally:
         assert srv.stop() == 0

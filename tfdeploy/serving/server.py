@@ -149,14 +149,26 @@ class ModelServer:
     def predict(self, name: str, version: int | None, label: str | None, signature: str,
                 inputs: dict[str, np.ndarray], output_filter=(),
                 api: str = "grpc") -> tuple[Servable, str, dict[str, np.ndarray]]:
+        """Resolve the model spec once, then run on that servable."""
+        try:
+            servable = self.manager.handle(name, version, label)
+        except StatusError as exc:
+            self.metrics.observe(name, "", signature or DEFAULT_SIGNATURE, api,
+                                 exc.code.name, 0.0)
+            raise
+        key, outputs = self.run(servable, signature, inputs, output_filter, api)
+        return servable, key, outputs
+
+    def run(self, servable: Servable, signature: str, inputs: dict[str, np.ndarray],
+            output_filter=(), api: str = "grpc") -> tuple[str, dict[str, np.ndarray]]:
+        """Run a request on the servable it resolved: that servable serves it to the end,
+        even if it is unloaded meanwhile (the request holds it).  Counted in metrics."""
         started = time.perf_counter()
-        servable = None
         key = signature or DEFAULT_SIGNATURE
         status = "OK"
         try:
-            servable = self.manager.handle(name, version, label)
             key, _ = servable.signature(signature)
-            return servable, key, servable.run(key, inputs, output_filter)
+            return key, servable.run(key, inputs, output_filter)
         except StatusError as exc:
             status = exc.code.name
             raise
@@ -164,7 +176,7 @@ class ModelServer:
             status = Code.INTERNAL.name
             raise
         finally:
-            self.metrics.observe(name, servable.version if servable else "", key, api, status,
+            self.metrics.observe(servable.name, servable.version, key, api, status,
                                  time.perf_counter() - started)
 
     def status_proto(self, name: str, version: int | None, label: str | None):
