@@ -1,9 +1,15 @@
 """Small SavedModels built in the test session, for server tests that need a model that
 loads in well under a second (the DeepLab exports take several).
 
-``half_plus_two``: y = 0.5 * x + 2 with a [?, 1] float input, saved by TF2's
-``tf.saved_model.save`` with the variable the official test models have (so a truncated
-variables file really breaks loading).
+All compute y = 0.5 * x + 2 ("half plus two", the shape of TF Serving's own test models),
+with variables (so a truncated variables file really breaks loading):
+
+- ``save_half_plus_two``: TF2 ``tf.saved_model.save``, x [?, 1] -> y;
+- ``save_tf1_half_plus_two``: a TF1 graph saved with SavedModelBuilder (``.pb`` or
+  ``.pbtxt``): serialized tf.Examples parsed by ParseExample, with a predict signature
+  (x -> y), regress signatures (examples -> y, y2 = 0.5 x + 3) and a classify signature
+  (examples -> scores y);
+- ``save_keras_half_plus_two``: a Keras model exported with ``Model.export``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,48 @@ def save_half_plus_two(path: Path) -> Path:
     return path
 
 
+def save_tf1_half_plus_two(path: Path, as_text: bool = False) -> Path:
+    """The TF1 model described above, saved by SavedModelBuilder."""
+    import tensorflow as tf
+
+    tf1 = tf.compat.v1
+    sig = tf1.saved_model.signature_def_utils
+    graph = tf.Graph()
+    with graph.as_default(), tf1.Session(graph=graph) as session:
+        a, b, c = (tf1.Variable(v, name=n) for v, n in ((0.5, "a"), (2.0, "b"), (3.0, "c")))
+        examples = tf1.placeholder(tf.string, shape=[None], name="tf_example")
+        features = tf1.io.parse_example(examples, {
+            "x": tf1.io.FixedLenFeature([1], tf.float32),
+            "x2": tf1.io.FixedLenFeature([1], tf.float32, default_value=[0.0])})
+        x = tf.identity(features["x"], name="x")
+        y = tf.identity(a * x + b, name="y")
+        y2 = tf.identity(a * x + c, name="y2")
+        signatures = {
+            "serving_default": sig.predict_signature_def(inputs={"x": x}, outputs={"y": y}),
+            "regress_x_to_y": sig.regression_signature_def(examples, y),
+            "regress_x_to_y2": sig.regression_signature_def(examples, y2),
+            "classify_x_to_y": sig.classification_signature_def(examples, None, y),
+        }
+        session.run(tf1.global_variables_initializer())
+        builder = tf1.saved_model.Builder(str(path))
+        builder.add_meta_graph_and_variables(session, ["serve"],
+                                             signature_def_map=signatures)
+        builder.save(as_text=as_text)
+    return path
+
+
+def save_keras_half_plus_two(path: Path) -> Path:
+    """A one-unit Dense layer (kernel 0.5, bias 2) exported by Keras for serving."""
+    import keras
+
+    inputs = keras.Input(shape=(1,), name="x")
+    dense = keras.layers.Dense(1, name="y")
+    model = keras.Model(inputs, dense(inputs))
+    dense.set_weights([np.array([[0.5]], np.float32), np.array([2.0], np.float32)])
+    model.export(str(path), verbose=False)
+    return path
+
+
 def save_gated_half_plus_two(path: Path) -> Path:
     """Like ``save_half_plus_two`` with a second input, ``gate`` (a file path): a call
     returns only once that file exists (or after a bounded number of looks).  Tests hold
@@ -45,7 +93,7 @@ def save_gated_half_plus_two(path: Path) -> Path:
         def serve(self, x, gate):
             def closed(i):
                 return tf.logical_and(tf.size(tf.io.matching_files(gate)) == 0,
-                                      i < 2_500_000)
+                                      i < 100_000_000)
 
             (looks,) = tf.while_loop(closed, lambda i: (i + 1,), [tf.constant(0)])
             return {"y": x * 0.5 + 2.0, "looks": looks}

@@ -22,7 +22,7 @@ UNIMPLEMENTED_FLAGS = (
     "grpc_socket_path", "grpc_channel_arguments", "rest_api_num_threads",
     "rest_api_timeout_in_ms", "rest_api_enable_cors_support", "enable_signature_method_name_check",
     "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
-    "tensorflow_inter_op_parallelism", "per_process_gpu_memory_fraction", "saved_model_tags",
+    "tensorflow_inter_op_parallelism", "per_process_gpu_memory_fraction",
     "platform_config_file", "ssl_config_file", "num_load_threads", "num_unload_threads",
     "flush_filesystem_caches", "allow_version_labels_for_unavailable_models",
     "xla_cpu_compilation_enabled", "enable_profiler", "remove_unused_fields_from_bundle_metagraph",
@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
          help="largest accepted request body / message (tfdeploy extension)")
     flag("--grpc_max_threads", type=int, default=d.grpc_max_threads,
          help="gRPC worker threads")
+    flag("--saved_model_tags", default=d.saved_model_tags,
+         help="comma-separated tag set of the MetaGraph to load (default serve)")
     flag("--version", action="store_true", help="print the version and exit")
     for name in UNIMPLEMENTED_FLAGS:
         flag(f"--{name}", default=None, nargs="?", const="true", help=argparse.SUPPRESS)

@@ -28,4 +28,5 @@ class ServerOptions:
     load_retry_interval_micros: int = 60_000_000
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     grpc_max_threads: int = 32
+    saved_model_tags: str = "serve"
     extra: dict = field(default_factory=dict)

@@ -87,8 +87,9 @@ class ModelServer:
         return config_files.single_model_config(o.model_name, o.model_base_path)
 
     def _loader(self, name: str, version: int, path: Path) -> Loader:
+        tags = tuple(t.strip() for t in self.options.saved_model_tags.split(",") if t.strip())
         return Loader(name, version, path, warmup=self.options.enable_model_warmup,
-                      batching=self.batching, metrics=self.metrics)
+                      batching=self.batching, metrics=self.metrics, tags=tags)
 
     def apply_config(self, config) -> None:
         """Make ``config`` (a ModelServerConfig) the served set: new models load, removed
