@@ -203,7 +203,7 @@ def test_rest_malformed_transport(server):
     status, body = http("POST", f"{base}/deeplab:predict", b"x" * 4_100_000)
     assert status == 400 and "exceeds the limit" in body["error"]
     status, body = http("POST", f"{base}/deeplab:classify", {"examples": []})
-    assert status == 501
+    assert (status, body) == (400, {"error": "'examples' value is an empty array"})
     status, body = http("GET", f"{base}/deeplab/versions/3")
     assert status == 404
     # still serving
@@ -240,8 +240,12 @@ def test_grpc_malformed(server):
     with pytest.raises(grpc.RpcError) as info:
         from tensorflow_serving.apis import classification_pb2
 
-        stub.Classify(classification_pb2.ClassificationRequest(), 10)
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        request = classification_pb2.ClassificationRequest()
+        request.model_spec.name = "deeplab"
+        request.model_spec.signature_name = "predict_images"
+        stub.Classify(request, 10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # not a classify signature
+    assert info.value.details() == "Expected one input Tensor."
     assert server.status() == {1: "AVAILABLE"}
 
 

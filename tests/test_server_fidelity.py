@@ -141,3 +141,142 @@ def test_saved_model_tags_pick_the_meta_graph(tmp_path: Path):
         assert "Could not find meta graph def matching supplied tags: { serve tpu }" in message
     finally:
         assert srv.stop() == 0
+
+
+# -- Classify, Regress, MultiInference ---------------------------------------------------
+def _example(**features: float):
+    from tensorflow.core.example import example_pb2
+
+    example = example_pb2.Example()
+    for name, value in features.items():
+        example.features.feature[name].float_list.value.append(value)
+    return example
+
+
+def _examples_request(request, model: str, signature: str, *examples, context=None):
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    if context is None:
+        request.input.example_list.examples.extend(examples)
+    else:
+        request.input.example_list_with_context.context.CopyFrom(context)
+        request.input.example_list_with_context.examples.extend(examples)
+    return request
+
+
+def test_classify_and_regress_over_grpc(stub):
+    from tensorflow_serving.apis import classification_pb2, regression_pb2
+
+    request = _examples_request(classification_pb2.ClassificationRequest(), "tf1",
+                                "classify_x_to_y", _example(x=1.0), _example(x=2.0))
+    response = stub.Classify(request, 30)
+    assert [[(c.label, c.score) for c in cs.classes]
+            for cs in response.result.classifications] == [[("", 2.5)], [("", 3.0)]]
+    assert (response.model_spec.signature_name, response.model_spec.version.value) == (
+        "classify_x_to_y", 1)
+    # a context is merged into every example; an example's own feature wins
+    request = _examples_request(regression_pb2.RegressionRequest(), "tf1text",
+                                "regress_x_to_y2", _example(), _example(x=3.0),
+                                context=_example(x=1.0))
+    response = stub.Regress(request, 30)
+    assert [r.value for r in response.result.regressions] == [3.5, 4.5]
+
+
+@pytest.mark.parametrize("call,signature,message", [
+    # no signature name: serving_default, a predict signature, is not shaped to classify
+    ("Classify", "", "No classification inputs found in SignatureDef: "),
+    ("Classify", "regress_x_to_y", 'Expected classification signature outputs to contain '
+                                   'at least one of "classes" or "scores".'),
+    ("Regress", "classify_x_to_y", "No regression outputs found in SignatureDef: "),
+    ("Regress", "nope", "No signature was found with the name: nope"),
+])
+def test_classify_and_regress_signature_rules(stub, call, signature, message):
+    from tensorflow_serving.apis import classification_pb2, regression_pb2
+
+    request = (classification_pb2.ClassificationRequest() if call == "Classify"
+               else regression_pb2.RegressionRequest())
+    _examples_request(request, "tf1", signature, _example(x=1.0))
+    with pytest.raises(grpc.RpcError) as err:
+        getattr(stub, call)(request, 30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in err.value.details()
+    request.input.Clear()
+    request.model_spec.signature_name = "regress_x_to_y" if call == "Regress" else \
+        "classify_x_to_y"
+    with pytest.raises(grpc.RpcError) as err:
+        getattr(stub, call)(request, 30)
+    assert (err.value.code(), err.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                       "Input is empty.")
+
+
+def test_multi_inference(stub):
+    from tensorflow_serving.apis import inference_pb2
+
+    request = inference_pb2.MultiInferenceRequest()
+    for signature, method in (("classify_x_to_y", "tensorflow/serving/classify"),
+                              ("regress_x_to_y2", "tensorflow/serving/regress")):
+        task = request.tasks.add(method_name=method)
+        task.model_spec.name, task.model_spec.signature_name = "tf1", signature
+    request.input.example_list.examples.extend([_example(x=2.0), _example(x=4.0)])
+    response = stub.MultiInference(request, 30)
+    classify, regress = response.results
+    assert [cs.classes[0].score for cs in classify.classification_result.classifications] \
+        == [3.0, 4.0]
+    assert [r.value for r in regress.regression_result.regressions] == [4.0, 5.0]
+    assert regress.model_spec.signature_name == "regress_x_to_y2"
+    request.tasks[1].model_spec.signature_name = "classify_x_to_y"
+    with pytest.raises(grpc.RpcError) as err:
+        stub.MultiInference(request, 30)
+    assert err.value.details() == "Duplicate evaluation of signature: classify_x_to_y"
+    request.tasks[1].model_spec.name = "tf2"
+    with pytest.raises(grpc.RpcError) as err:
+        stub.MultiInference(request, 30)
+    assert err.value.details() == ("All ModelSpecs in a MultiInferenceRequest must access the "
+                                   "same model name.")
+
+
+def test_classify_and_regress_over_rest(server):
+    url = f"{server.rest}/v1/models/tf1"
+    code, body = http("POST", f"{url}:classify", {
+        "signature_name": "classify_x_to_y", "examples": [{"x": 1.0}, {"x": [2.0]}]})
+    assert (code, body) == (200, {"result": [[["", 2.5]], [["", 3.0]]]})
+    code, body = http("POST", f"{url}/versions/1:regress", {
+        "signature_name": "regress_x_to_y2", "context": {"x": 1.0},
+        "examples": [{}, {"x": 3.0}]})
+    assert (code, body) == (200, {"result": [3.5, 4.5]})
+    for payload, message in (
+            ({"signature_name": "regress_x_to_y"},
+             "When method is classify, key 'examples' is expected and was not found"),
+            ({"signature_name": "regress_x_to_y", "examples": []},
+             "'examples' value is an empty array"),
+            ({"signature_name": "regress_x_to_y", "examples": [{"x": [1.0, 2]}]},
+             "Unexpected element type in feature: x expecting type: float")):
+        code, body = http("POST", f"{url}:regress", payload)
+        assert (code, body) == (400, {"error": message})
+
+
+def test_signature_method_name_check(tmp_path: Path):
+    from tensorflow_serving.apis import classification_pb2
+
+    base = tmp_path / "tf1"
+    base.mkdir()
+    put_version(base, 1, save_tf1_half_plus_two(tmp_path / "model"))
+    srv = ServerProcess("--model_name=tf1", f"--model_base_path={base}",
+                        "--enable_signature_method_name_check=true", log_dir=tmp_path)
+    try:
+        srv.wait_available(1, model="tf1")
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(srv.grpc_target))
+        request = _examples_request(classification_pb2.ClassificationRequest(), "tf1",
+                                    "regress_x_to_y", _example(x=1.0))
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Classify(request, 30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == (
+            "Expected classification signature method_name to be tensorflow/serving/classify."
+            " Was: tensorflow/serving/regress")
+        code, body = http("POST", f"{srv.rest}/v1/models/tf1:regress", {
+            "signature_name": "regress_x_to_y", "examples": [{"x": 2.0}]})
+        assert (code, body) == (200, {"result": [3.0]})
+    finally:
+        assert srv.stop() == 0

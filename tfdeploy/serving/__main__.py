@@ -20,7 +20,7 @@ from tfdeploy.serving.options import ServerOptions
 # Flags tensorflow_model_server has that we accept and ignore, with a warning.
 UNIMPLEMENTED_FLAGS = (
     "grpc_socket_path", "grpc_channel_arguments", "rest_api_num_threads",
-    "rest_api_timeout_in_ms", "rest_api_enable_cors_support", "enable_signature_method_name_check",
+    "rest_api_timeout_in_ms", "rest_api_enable_cors_support",
     "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
     "tensorflow_inter_op_parallelism", "per_process_gpu_memory_fraction",
     "platform_config_file", "ssl_config_file", "num_load_threads", "num_unload_threads",
@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
          help="gRPC worker threads")
     flag("--saved_model_tags", default=d.saved_model_tags,
          help="comma-separated tag set of the MetaGraph to load (default serve)")
+    flag("--enable_signature_method_name_check", type=_bool, nargs="?", const=True,
+         default=d.enable_signature_method_name_check,
+         help="Classify/Regress/MultiInference require the signature's method name")
     flag("--version", action="store_true", help="print the version and exit")
     for name in UNIMPLEMENTED_FLAGS:
         flag(f"--{name}", default=None, nargs="?", const="true", help=argparse.SUPPRESS)

@@ -100,19 +100,19 @@ def _servicers(server, pools: dict[str, futures.Executor]):
 
         @_pool
         def Classify(self, request):
-            raise StatusError(Code.UNIMPLEMENTED,
-                               "Classify is not implemented by tfdeploy-model-server; "
-                               "DeepLab models serve Predict signatures only")
+            return server.infer("classify", *_spec(request.model_spec), request)
 
         @_pool
         def Regress(self, request):
-            raise StatusError(Code.UNIMPLEMENTED,
-                               "Regress is not implemented by tfdeploy-model-server; "
-                               "DeepLab models serve Predict signatures only")
+            return server.infer("regress", *_spec(request.model_spec), request)
 
         @_pool
         def MultiInference(self, request):
-            raise StatusError(Code.UNIMPLEMENTED, "MultiInference is not implemented")
+            # the first task names the model (all must name the same one); no task names
+            # no model, which is not found, as with the official server
+            spec = request.tasks[0].model_spec if request.tasks else None
+            name, version, label = _spec(spec) if spec is not None else ("", None, None)
+            return server.infer("multi_inference", name, version, label, request)
 
     class ModelService(ms_grpc.ModelServiceServicer):
         @_pool

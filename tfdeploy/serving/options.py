@@ -29,4 +29,5 @@ class ServerOptions:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     grpc_max_threads: int = 32
     saved_model_tags: str = "serve"
+    enable_signature_method_name_check: bool = False
     extra: dict = field(default_factory=dict)

@@ -3,6 +3,8 @@
     GET  /v1/models/{name}[/versions/{v}|/labels/{l}]            model status
     GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata   signature defs
     POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict    row or columnar
+    POST /v1/models/{name}[/versions/{v}|/labels/{l}]:classify   tf.Example features
+    POST /v1/models/{name}[/versions/{v}|/labels/{l}]:regress    tf.Example features
     GET  <prometheus path>                                       metrics, when enabled
 
 Binary values travel as ``{"b64": "..."}``.  Errors are ``{"error": "..."}``.
@@ -128,12 +130,11 @@ class RestApi:
         return json_tensors.message_to_json(self.ms.status_proto(t.name, t.version, t.label))
 
     def _post(self, t: Target, raw: bytes) -> dict:
+        if t.verb in ("classify", "regress"):
+            return self._classify_or_regress(t, raw)
         started = time.perf_counter()
         signature = ""
         try:
-            if t.verb != "predict":
-                raise StatusError(Code.UNIMPLEMENTED,
-                                  f"{t.verb} is not implemented by tfdeploy-model-server")
             body = parse_body(raw)
             signature = body.get("signature_name") or ""
             if not isinstance(signature, str):
@@ -148,6 +149,23 @@ class RestApi:
             raise
         _, outputs = self.ms.run(servable, signature, inputs, api="rest")
         return json_tensors.render_predict(outputs, fmt)
+
+    def _classify_or_regress(self, t: Target, raw: bytes) -> dict:
+        module = "classification_pb2" if t.verb == "classify" else "regression_pb2"
+        pb2 = protos.module(f"tensorflow_serving.apis.{module}")
+        request = (pb2.ClassificationRequest() if t.verb == "classify"
+                   else pb2.RegressionRequest())
+        started = time.perf_counter()
+        try:
+            json_tensors.fill_example_request(parse_body(raw), request)
+        except StatusError as exc:
+            self._rejected(t.name, request.model_spec.signature_name, exc, started)
+            raise
+        request.model_spec.name = t.name
+        response = self.ms.infer(t.verb, t.name, t.version, t.label, request, api="rest")
+        if t.verb == "classify":
+            return json_tensors.render_classification(response.result)
+        return json_tensors.render_regression(response.result)
 
     def _rejected(self, name: str, signature: str, exc: StatusError, started: float) -> None:
         """Count a request refused before it reached a model (ModelServer.run counts the

@@ -104,40 +104,43 @@ class Servable:
         for batcher in self.batchers.values():
             batcher.close()
 
-    def _callable(self, key: str, input_keys: tuple[str, ...], outputs: tuple[str, ...]):
-        """A session callable feeding ``input_keys`` and fetching ``outputs`` by tensor
-        name (made once, then reused: callables skip per-call graph pruning)."""
-        cache_key = (key, input_keys, outputs)
-        fn = self._callables.get(cache_key)
+    def _callable(self, feeds: tuple[str, ...], fetches: tuple[str, ...]):
+        """A session callable feeding and fetching these tensor names (made once, then
+        reused: callables skip per-call graph pruning)."""
+        fn = self._callables.get((feeds, fetches))
         if fn is None:
             from tensorflow.core.protobuf import config_pb2
 
-            sd = self.signature_defs[key]
-            options = config_pb2.CallableOptions(
-                feed=[sd.inputs[k].name for k in input_keys],
-                fetch=[sd.outputs[k].name for k in outputs])
+            options = config_pb2.CallableOptions(feed=feeds, fetch=fetches)
             with self._lock:
-                fn = self._callables.get(cache_key)
+                fn = self._callables.get((feeds, fetches))
                 if fn is None:
                     # the callable API, unlike Session.run, does not hold fed values to
                     # the tensors' static shapes: the graph decides, as in TF Serving
                     fn = self.session._make_callable_from_options(options)
-                    self._callables[cache_key] = fn
+                    self._callables[(feeds, fetches)] = fn
         return fn
 
-    def call(self, key: str, inputs: dict[str, np.ndarray],
-             outputs: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-        """Run the signature on already-checked inputs; all outputs unless ``outputs``."""
-        outputs = outputs or tuple(sorted(self.signature_defs[key].outputs))
-        input_keys = tuple(sorted(inputs))
-        fn = self._callable(key, input_keys, outputs)
+    def run_tensors(self, feeds: dict[str, np.ndarray],
+                    fetches: tuple[str, ...]) -> list[np.ndarray]:
+        """Run the graph: ``feeds`` by tensor name, the ``fetches`` tensors' values back."""
+        names = tuple(sorted(feeds))
+        fn = self._callable(names, tuple(fetches))
         try:
-            values = fn(*(inputs[k] for k in input_keys))
+            return fn(*(feeds[n] for n in names))
         except tf.errors.OpError as exc:
             raise StatusError(Code.from_number(exc.error_code),
                               tf_error_message(exc)) from None
         except (TypeError, ValueError) as exc:
             raise StatusError(Code.INVALID_ARGUMENT, tf_error_message(exc)) from None
+
+    def call(self, key: str, inputs: dict[str, np.ndarray],
+             outputs: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+        """Run the signature on already-checked inputs; all outputs unless ``outputs``."""
+        sd = self.signature_defs[key]
+        outputs = outputs or tuple(sorted(sd.outputs))
+        values = self.run_tensors({sd.inputs[k].name: v for k, v in inputs.items()},
+                                  tuple(sd.outputs[k].name for k in outputs))
         return dict(zip(outputs, values, strict=True))
 
     def __del__(self) -> None:

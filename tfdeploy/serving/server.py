@@ -180,6 +180,34 @@ class ModelServer:
             self.metrics.observe(servable.name, servable.version, key, api, status,
                                  time.perf_counter() - started)
 
+    def infer(self, kind: str, name: str, version: int | None, label: str | None, request,
+              api: str = "grpc"):
+        """Classify, Regress or MultiInference (``kind``) on the servable the model spec
+        resolves to, counted in metrics like Predict."""
+        from tfdeploy.serving import inference
+
+        started = time.perf_counter()
+        servable, status = None, "OK"
+        check = self.options.enable_signature_method_name_check
+        try:
+            servable = self.manager.handle(name, version, label)
+            if kind == "classify":
+                return inference.classify(servable, request, check)
+            if kind == "regress":
+                return inference.regress(servable, request, check)
+            return inference.multi_inference(servable, request, check)
+        except StatusError as exc:
+            status = exc.code.name
+            raise
+        except Exception:
+            status = Code.INTERNAL.name
+            raise
+        finally:
+            signature = (getattr(request, "model_spec", None) and
+                         request.model_spec.signature_name) or DEFAULT_SIGNATURE
+            self.metrics.observe(name, servable.version if servable else "", signature, api,
+                                 status, time.perf_counter() - started)
+
     def status_proto(self, name: str, version: int | None, label: str | None):
         status_pb2 = protos.module("tensorflow_serving.apis.get_model_status_pb2")
         response = status_pb2.GetModelStatusResponse()
