@@ -43,6 +43,7 @@ def server(tmp_path_factory):
     config = root / "models.config"
     config.write_text("model_config_list {\n  " + "\n  ".join(entries) + "\n}\n")
     srv = ServerProcess(f"--model_config_file={config}", log_dir=root)
+    srv.config_entries = entries
     try:
         for name in MODELS:
             srv.wait_available(1, model=name)
@@ -280,3 +281,107 @@ def test_signature_method_name_check(tmp_path: Path):
         assert (code, body) == (200, {"result": [3.0]})
     finally:
         assert srv.stop() == 0
+
+
+# -- status codes and messages -----------------------------------------------------------
+@pytest.mark.parametrize("method,path,message", [
+    ("GET", "/v1/models", "Missing model name in request."),
+    ("GET", "/v1/models/tf2/versions/abc", "Malformed request: GET /v1/models/tf2/versions/abc"),
+    ("GET", "/v1/models/tf2/versions/18446744073709551615",
+     "Failed to convert version: 18446744073709551615 to numeric."),
+    ("GET", "/v1/models/tf2/", "Malformed request: GET /v1/models/tf2/"),
+    ("POST", "/v1/models/tf2:explain", "Malformed request: POST /v1/models/tf2:explain"),
+    ("POST", "/v1/models/tf2/versions/-1:predict",
+     "Malformed request: POST /v1/models/tf2/versions/-1:predict"),
+    ("PUT", "/v1/models/tf2:predict", "Malformed request: PUT /v1/models/tf2:predict"),
+    ("GET", "/v1/models/tf2/labels/nope", "Unrecognized servable version label: nope"),
+    ("POST", "/v1/models/tf2/labels/nope:predict", "Unrecognized servable version label: nope"),
+])
+def test_rest_malformed_urls_are_bad_requests(server, method, path, message):
+    code, body = http(method, server.rest + path, b"{}" if method != "GET" else None)
+    assert (code, body) == (400, {"error": message})
+
+
+def test_rest_urls_are_case_insensitive_and_unknown_paths_not_found(server):
+    code, body = http("POST", f"{server.rest}/V1/Models/tf2:PREDICT", {"instances": [[1.0]]})
+    assert (code, body) == (200, {"predictions": [[2.5]]})
+    code, _ = http("GET", f"{server.rest}/v2/models/tf2")
+    assert code == 404
+
+
+@pytest.mark.parametrize("raw,message", [
+    (b"", "JSON Parse error: The document is empty"),
+    (b"[1]", "JSON Value: [1] Is not object"),
+    (b'{"instances": [["a"]]}', "input 'x': JSON Value: \"a\" Type: String is not of "
+                                "expected type: float"),
+])
+def test_rest_body_errors(server, raw, message):
+    code, body = http("POST", f"{server.rest}/v1/models/tf2:predict", raw)
+    assert (code, body) == (400, {"error": message})
+
+
+def test_unknown_label_over_grpc_is_invalid_argument(stub):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "tf2"
+    request.model_spec.version_label = "nope"
+    request.inputs["x"].CopyFrom(tensors.to_proto(np.ones((1, 1), np.float32)))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Predict(request, 30)
+    assert (err.value.code(), err.value.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "Unrecognized servable version label: nope")
+
+
+def test_labels_only_name_available_versions(server):
+    from google.protobuf import text_format
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+    from tensorflow_serving.config import model_server_config_pb2
+
+    models = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(server.grpc_target))
+
+    def reload(label_version: int):
+        config = text_format.Parse(
+            "model_config_list {" + " ".join(server.config_entries) + "}",
+            model_server_config_pb2.ModelServerConfig())
+        config.model_config_list.config[2].version_labels["stable"] = label_version
+        return models.HandleReloadConfigRequest(
+            model_management_pb2.ReloadConfigRequest(config=config), 60)
+
+    with pytest.raises(grpc.RpcError) as err:
+        reload(7)
+    assert (err.value.code(), err.value.details()) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "Request to assign label to version 7 of model tf2, which is not currently available "
+        "for inference")
+    reload(1)
+    code, body = http("POST", f"{server.rest}/v1/models/tf2/labels/stable:predict",
+                      {"instances": [[1.0]]})
+    assert (code, body) == (200, {"predictions": [[2.5]]})
+    assert all(server.status(m) == {1: "AVAILABLE"} for m in MODELS)
+
+
+def test_start_up_config_errors(tmp_path: Path):
+    """A bad config file, or a label naming a version not loaded (without
+    --allow_version_labels_for_unavailable_models), stops the start with the official
+    message."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    bad = tmp_path / "bad.config"
+    bad.write_text("model_config_list { config { name: ")
+    base = tmp_path / "tf2"
+    base.mkdir()
+    put_version(base, 1, save_half_plus_two(tmp_path / "model"))
+    labelled = tmp_path / "labelled.config"
+    labelled.write_text(f'model_config_list {{ config {{ name: "tf2" base_path: "{base}" '
+                        f'version_labels {{ key: "stable" value: 1 }} }} }}')
+    for config, message in (
+            (bad, "Error parsing text-format tensorflow.serving.ModelServerConfig"),
+            (labelled, "Request to assign label to version 1 of model tf2, which is not "
+                       "currently available for inference")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "tfdeploy.serving", f"--model_config_file={config}",
+             "--port=0", "--grpc_host=127.0.0.1"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]

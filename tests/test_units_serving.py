@@ -294,14 +294,17 @@ def test_manager_labels():
     assert m.resolve("m", version=1, label="canary") == 2  # the label wins
     assert [vs.version for vs in m.statuses("m", label="stable")] == [1]
     err = status_error(lambda: m.handle("m", label="beta"))
-    assert err.code is Code.NOT_FOUND
+    assert err.code is Code.INVALID_ARGUMENT  # as TF Serving: labels resolve first
     assert err.message == "Unrecognized servable version label: beta"
+    err = status_error(lambda: m.handle("nosuch", label="beta"))
+    assert (err.code, err.message) == (Code.INVALID_ARGUMENT,
+                                       "Unrecognized servable version label: beta")
     err = status_error(lambda: m.handle("m", label="gone"))
     assert (err.code, err.message) == (Code.NOT_FOUND,
                                        "Servable not found for request: Specific(m, 7)")
     m.set_labels("m", {"stable": 2})  # replaces, not merges
     assert m.handle("m", label="stable").version == 2
-    assert status_error(lambda: m.resolve("m", label="canary")).code is Code.NOT_FOUND
+    assert status_error(lambda: m.resolve("m", label="canary")).code is Code.INVALID_ARGUMENT
 
 
 def test_manager_set_labels_before_versions_registers_the_model():

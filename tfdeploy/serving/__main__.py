@@ -24,7 +24,7 @@ UNIMPLEMENTED_FLAGS = (
     "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
     "tensorflow_inter_op_parallelism", "per_process_gpu_memory_fraction",
     "platform_config_file", "ssl_config_file", "num_load_threads", "num_unload_threads",
-    "flush_filesystem_caches", "allow_version_labels_for_unavailable_models",
+    "flush_filesystem_caches",
     "xla_cpu_compilation_enabled", "enable_profiler", "remove_unused_fields_from_bundle_metagraph",
     "prefer_tflite_model", "use_tflite_model", "tensorflow_session_config_file",
     "mixed_precision", "skip_initialize_tpu", "use_alts_credentials",
@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--enable_signature_method_name_check", type=_bool, nargs="?", const=True,
          default=d.enable_signature_method_name_check,
          help="Classify/Regress/MultiInference require the signature's method name")
+    flag("--allow_version_labels_for_unavailable_models", type=_bool, nargs="?", const=True,
+         default=d.allow_version_labels_for_unavailable_models,
+         help="let new version labels name versions not loaded yet")
     flag("--version", action="store_true", help="print the version and exit")
     for name in UNIMPLEMENTED_FLAGS:
         flag(f"--{name}", default=None, nargs="?", const="true", help=argparse.SUPPRESS)

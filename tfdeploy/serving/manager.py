@@ -128,6 +128,17 @@ class Manager:
         with self._lock:
             self._models.setdefault(name, ModelState(name)).labels = dict(labels)
 
+    def labels(self, name: str) -> dict[str, int]:
+        with self._lock:
+            model = self._models.get(name)
+            return dict(model.labels) if model else {}
+
+    def is_available(self, name: str, version: int) -> bool:
+        with self._lock:
+            model = self._models.get(name)
+            vs = model.versions.get(version) if model else None
+            return vs is not None and vs.state == AVAILABLE
+
     def retain_models(self, names: set[str]) -> None:
         """Unload models that are no longer configured."""
         for name in [n for n in self.model_names() if n not in names]:
@@ -141,6 +152,8 @@ class Manager:
             return sorted(self._models)
 
     def _model(self, name: str) -> ModelState:
+        if not name:
+            raise StatusError(Code.INVALID_ARGUMENT, "ModelSpec has no name specified.")
         model = self._models.get(name)
         if model is None:
             raise StatusError(Code.NOT_FOUND,
@@ -149,12 +162,13 @@ class Manager:
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> int:
         with self._lock:
-            model = self._model(name)
-            if label:
-                if label not in model.labels:
-                    raise StatusError(Code.NOT_FOUND,
-                                       f"Unrecognized servable version label: {label}")
+            if label:  # labels are looked up first, as TF Serving does: INVALID_ARGUMENT
+                model = self._models.get(name)
+                if model is None or label not in model.labels:
+                    raise StatusError(Code.INVALID_ARGUMENT,
+                                      f"Unrecognized servable version label: {label}")
                 return model.labels[label]
+            model = self._model(name)
             if version is not None:
                 return version
             available = [v for v, vs in model.versions.items() if vs.state == AVAILABLE]

@@ -30,4 +30,5 @@ class ServerOptions:
     grpc_max_threads: int = 32
     saved_model_tags: str = "serve"
     enable_signature_method_name_check: bool = False
+    allow_version_labels_for_unavailable_models: bool = False
     extra: dict = field(default_factory=dict)

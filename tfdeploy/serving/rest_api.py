@@ -188,12 +188,18 @@ class RestApi:
 
 def parse_body(raw: bytes) -> dict:
     """The JSON object of a request body, or INVALID_ARGUMENT naming what is wrong."""
+    if not raw:
+        raise StatusError(Code.INVALID_ARGUMENT, "JSON Parse error: The document is empty")
     try:
         body = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise StatusError(Code.INVALID_ARGUMENT,
+                          f"JSON Parse error: {exc.msg} at offset: {exc.pos}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise StatusError(Code.INVALID_ARGUMENT, f"JSON Parse error: {exc}") from None
     if not isinstance(body, dict):
-        raise StatusError(Code.INVALID_ARGUMENT, "request body must be a JSON object")
+        raise StatusError(Code.INVALID_ARGUMENT,
+                          f"JSON Value: {json.dumps(body)[:200]} Is not object")
     return body
 
 

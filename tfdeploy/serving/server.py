@@ -96,12 +96,29 @@ class ModelServer:
         ones unload, policies and labels change in place."""
         models = validate_config(config)
         with self._config_lock:
+            self._check_labels(config)
             for mc in config.model_config_list.config:
                 self.manager.set_labels(mc.name, dict(mc.version_labels))
             self.source.set_models(models)
             self.config = config
             self.manager.retain_models(set(models))
             self.source.poll_once()
+
+    def _check_labels(self, config) -> None:
+        """A label may only name an AVAILABLE version, as with tensorflow_model_server;
+        ``--allow_version_labels_for_unavailable_models`` lifts that for labels that are
+        new or keep their version."""
+        for mc in config.model_config_list.config:
+            current = self.manager.labels(mc.name)
+            for label, version in mc.version_labels.items():
+                if self.options.allow_version_labels_for_unavailable_models and \
+                        current.get(label, version) == version:
+                    continue
+                if not self.manager.is_available(mc.name, version):
+                    raise StatusError(
+                        Code.FAILED_PRECONDITION,
+                        f"Request to assign label to version {version} of model {mc.name}, "
+                        "which is not currently available for inference")
 
     def _poll_config_file(self) -> None:
         period = self.options.model_config_file_poll_wait_seconds

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -76,7 +77,12 @@ def to_array(name: str, value: Any, dtype: int | None) -> np.ndarray:
         if want is None and _has_str(value):
             return np.array(decode_bytes(value), dtype=object)
         if isinstance(value, str) or (isinstance(value, list) and _has_str(value)):
-            raise ValueError("expected numbers, got strings")
+            leaf = value
+            while isinstance(leaf, list) and leaf:
+                leaf = leaf[0]
+            kind = tensors.dtype_name(dtype) if dtype is not None else "a number"
+            raise _bad(f"input {name!r}: JSON Value: {json.dumps(leaf)} Type: String is not "
+                       f"of expected type: {kind}")
         return np.asarray(value, dtype=want)
     except StatusError:
         raise
@@ -123,9 +129,11 @@ def encoded_image_body(signature: str, images: Iterable[bytes]) -> dict:
 def parse_predict(body: dict, signature_def) -> tuple[dict[str, np.ndarray], str]:
     """Row (``instances``) or columnar (``inputs``) request -> (named arrays, format),
     with each input converted to the dtype ``signature_def`` declares for it."""
-    if ("instances" in body) == ("inputs" in body):
-        raise _bad('request needs exactly one of "instances" (row format) or '
-                   '"inputs" (columnar format)')
+    if "instances" not in body and "inputs" not in body:
+        raise _bad("Missing 'inputs' or 'instances' key")
+    if "instances" in body and "inputs" in body:
+        raise _bad("Not formatted correctly expecting only one of 'inputs' or 'instances' "
+                   "keys exists")
     names = sorted(signature_def.inputs)
     if "instances" in body:
         rows = body["instances"]
