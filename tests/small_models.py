@@ -127,3 +127,14 @@ def truncate_variables(version_dir: Path) -> None:
     for shard in (version_dir / "variables").glob("variables.data-*"):
         data = shard.read_bytes()
         shard.write_bytes(data[: len(data) // 2])
+
+
+def serve_one(source: Path, tmp_path: Path, name: str, *flags: str):
+    """A server for one model, ``source`` copied in as its version 1: (base path, server)."""
+    from servers import ServerProcess
+
+    base = tmp_path / name
+    base.mkdir()
+    put_version(base, 1, source)
+    return base, ServerProcess(f"--model_name={name}", f"--model_base_path={base}", *flags,
+                               log_dir=tmp_path)

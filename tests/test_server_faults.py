@@ -19,6 +19,7 @@ from small_models import (
     put_version,
     save_gated_half_plus_two,
     save_half_plus_two,
+    serve_one,
     truncate_variables,
 )
 from tensorflow_serving.apis import (
@@ -107,13 +108,10 @@ def _versions(srv: ServerProcess, model: str = "hp2") -> dict[int, dict]:
 
 
 def test_broken_versions_never_unload_the_serving_one(model_dir, tmp_path):
-    base = tmp_path / "hp2"
-    base.mkdir()
-    put_version(base, 1, model_dir)
     broken = tmp_path / "broken"
-    srv = ServerProcess("--model_name=hp2", f"--model_base_path={base}",
-                        "--file_system_poll_wait_seconds=0.1", "--max_num_load_retries=1",
-                        "--load_retry_interval_micros=100000", log_dir=tmp_path)
+    base, srv = serve_one(model_dir, tmp_path, "hp2",
+                          "--file_system_poll_wait_seconds=0.1", "--max_num_load_retries=1",
+                          "--load_retry_interval_micros=100000")
     try:
         srv.wait_available(1, model="hp2")
         with ClientLoop(srv) as loop:
@@ -148,11 +146,7 @@ def test_broken_versions_never_unload_the_serving_one(model_dir, tmp_path):
 
 
 def test_base_path_renamed_away_and_back_keeps_serving(model_dir, tmp_path):
-    base = tmp_path / "hp2"
-    base.mkdir()
-    put_version(base, 1, model_dir)
-    srv = ServerProcess("--model_name=hp2", f"--model_base_path={base}",
-                        "--file_system_poll_wait_seconds=0.1", log_dir=tmp_path)
+    base, srv = serve_one(model_dir, tmp_path, "hp2", "--file_system_poll_wait_seconds=0.1")
     try:
         srv.wait_available(1, model="hp2")
         with ClientLoop(srv) as loop:
@@ -231,12 +225,8 @@ def _gated_request(gate: Path) -> predict_pb2.PredictRequest:
 def test_model_service_calls_never_wait_behind_predictions(gated_dir, tmp_path):
     """Predictions fill every inference thread (--grpc_max_threads=2) and queue more;
     status, metadata and config reload calls still answer while they are held."""
-    base = tmp_path / "gated"
-    base.mkdir()
-    put_version(base, 1, gated_dir)
     gate = tmp_path / "gate-open"
-    srv = ServerProcess("--model_name=gated", f"--model_base_path={base}",
-                        "--grpc_max_threads=2", log_dir=tmp_path)
+    base, srv = serve_one(gated_dir, tmp_path, "gated", "--grpc_max_threads=2")
     channel = grpc.insecure_channel(srv.grpc_target)
     predictions = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     models = model_service_pb2_grpc.ModelServiceStub(channel)
@@ -266,12 +256,8 @@ def test_model_service_calls_never_wait_behind_predictions(gated_dir, tmp_path):
 
 
 def test_unloaded_version_finishes_its_requests_in_flight(gated_dir, tmp_path):
-    base = tmp_path / "gated"
-    base.mkdir()
-    put_version(base, 1, gated_dir)
     gate = tmp_path / "gate-open"
-    srv = ServerProcess("--model_name=gated", f"--model_base_path={base}",
-                        "--file_system_poll_wait_seconds=0.1", log_dir=tmp_path)
+    base, srv = serve_one(gated_dir, tmp_path, "gated", "--file_system_poll_wait_seconds=0.1")
     stub = prediction_service_pb2_grpc.PredictionServiceStub(
         grpc.insecure_channel(srv.grpc_target))
     rest_result: list = []
@@ -300,11 +286,7 @@ def test_unloaded_version_finishes_its_requests_in_flight(gated_dir, tmp_path):
 
 def test_rest_and_grpc_requests_never_fail_during_version_swaps(model_dir, tmp_path):
     """Each request resolves its version once: swaps under traffic fail nothing."""
-    base = tmp_path / "hp2"
-    base.mkdir()
-    put_version(base, 1, model_dir)
-    srv = ServerProcess("--model_name=hp2", f"--model_base_path={base}",
-                        "--file_system_poll_wait_seconds=0.1", log_dir=tmp_path)
+    base, srv = serve_one(model_dir, tmp_path, "hp2", "--file_system_poll_wait_seconds=0.1")
     try:
         srv.wait_available(1, model="hp2")
         with ClientLoop(srv) as loop:

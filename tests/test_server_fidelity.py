@@ -16,6 +16,7 @@ from small_models import (
     save_half_plus_two,
     save_keras_half_plus_two,
     save_tf1_half_plus_two,
+    serve_one,
 )
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -129,12 +130,8 @@ def test_predict_checks_what_the_official_server_checks(server, stub):
 
 
 def test_saved_model_tags_pick_the_meta_graph(tmp_path: Path):
-    base = tmp_path / "tf2"
-    base.mkdir()
-    put_version(base, 1, save_half_plus_two(tmp_path / "model"))
-    srv = ServerProcess("--model_name=tf2", f"--model_base_path={base}",
-                        "--saved_model_tags=serve,tpu", "--max_num_load_retries=0",
-                        log_dir=tmp_path)
+    _, srv = serve_one(save_half_plus_two(tmp_path / "model"), tmp_path, "tf2",
+                       "--saved_model_tags=serve,tpu", "--max_num_load_retries=0")
     try:
         srv.wait_for(lambda s: s == {1: "END"}, model="tf2")
         code, body = http("GET", f"{srv.rest}/v1/models/tf2")
@@ -259,11 +256,8 @@ def test_classify_and_regress_over_rest(server):
 def test_signature_method_name_check(tmp_path: Path):
     from tensorflow_serving.apis import classification_pb2
 
-    base = tmp_path / "tf1"
-    base.mkdir()
-    put_version(base, 1, save_tf1_half_plus_two(tmp_path / "model"))
-    srv = ServerProcess("--model_name=tf1", f"--model_base_path={base}",
-                        "--enable_signature_method_name_check=true", log_dir=tmp_path)
+    _, srv = serve_one(save_tf1_half_plus_two(tmp_path / "model"), tmp_path, "tf1",
+                       "--enable_signature_method_name_check=true")
     try:
         srv.wait_available(1, model="tf1")
         stub = prediction_service_pb2_grpc.PredictionServiceStub(

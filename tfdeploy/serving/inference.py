@@ -160,35 +160,24 @@ def _model_spec(target, name: str, signature_name: str, version: int) -> None:
     target.version.value = version
 
 
-def classify(servable, request, check_method: bool):
-    """A ClassificationResponse for ``request`` run on ``servable``."""
-    pb2 = protos.module("tensorflow_serving.apis.classification_pb2")
+def classify_or_regress(kind: str, servable, request, check_method: bool):
+    """A Classification- or RegressionResponse (``kind`` "classify" or "regress") for
+    ``request`` run on ``servable``."""
+    classify = kind == "classify"
+    pb2 = protos.module("tensorflow_serving.apis."
+                        + ("classification_pb2" if classify else "regression_pb2"))
     _, sd = _lookup(servable, request.model_spec.signature_name,
-                      "No signature was found with the name: ")
-    input_name, outputs = classification_tensors(sd, check_method)
+                    "No signature was found with the name: ")
+    tensors_of = classification_tensors if classify else regression_tensors
+    input_name, outputs = tensors_of(sd, check_method)
     examples = examples_tensor(request.input)
     values = dict(zip(outputs, servable.run_tensors({input_name: examples}, tuple(outputs)),
                       strict=True))
-    response = pb2.ClassificationResponse()
+    response = pb2.ClassificationResponse() if classify else pb2.RegressionResponse()
     _model_spec(response.model_spec, request.model_spec.name,
                 request.model_spec.signature_name, servable.version)
-    classification_result(sd, len(examples), values, response.result)
-    return response
-
-
-def regress(servable, request, check_method: bool):
-    """A RegressionResponse for ``request`` run on ``servable``."""
-    pb2 = protos.module("tensorflow_serving.apis.regression_pb2")
-    _, sd = _lookup(servable, request.model_spec.signature_name,
-                      "No signature was found with the name: ")
-    input_name, outputs = regression_tensors(sd, check_method)
-    examples = examples_tensor(request.input)
-    values = dict(zip(outputs, servable.run_tensors({input_name: examples}, tuple(outputs)),
-                      strict=True))
-    response = pb2.RegressionResponse()
-    _model_spec(response.model_spec, request.model_spec.name,
-                request.model_spec.signature_name, servable.version)
-    regression_result(sd, len(examples), values, response.result)
+    fill = classification_result if classify else regression_result
+    fill(sd, len(examples), values, response.result)
     return response
 
 

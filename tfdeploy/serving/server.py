@@ -25,6 +25,25 @@ from tfdeploy.tfs.names import DEFAULT_SIGNATURE
 
 log = logging.getLogger("tfdeploy.serving")
 
+class _Observed:
+    """Times one request and records it in the metrics with the status it ended with."""
+
+    def __init__(self, metrics: Metrics, name: str, signature: str, api: str):
+        self.metrics, self.name, self.api = metrics, name, api
+        self.signature = signature or DEFAULT_SIGNATURE
+        self.version: int | str = ""
+
+    def __enter__(self) -> _Observed:
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        status = ("OK" if exc is None else
+                  exc.code.name if isinstance(exc, StatusError) else Code.INTERNAL.name)
+        self.metrics.observe(self.name, self.version, self.signature, self.api, status,
+                             time.perf_counter() - self.started)
+
+
 def validate_config(config) -> dict[str, tuple[Path, object]]:
     """``{name: (base_path, version_policy)}`` of a ModelServerConfig, or a StatusError with
     tensorflow_model_server's message; checked in full before anything changes, so a bad
@@ -181,21 +200,11 @@ class ModelServer:
             output_filter=(), api: str = "grpc") -> tuple[str, dict[str, np.ndarray]]:
         """Run a request on the servable it resolved: that servable serves it to the end,
         even if it is unloaded meanwhile (the request holds it).  Counted in metrics."""
-        started = time.perf_counter()
-        key = signature or DEFAULT_SIGNATURE
-        status = "OK"
-        try:
+        with _Observed(self.metrics, servable.name, signature, api) as seen:
+            seen.version = servable.version
             key, _ = servable.signature(signature)
+            seen.signature = key
             return key, servable.run(key, inputs, output_filter)
-        except StatusError as exc:
-            status = exc.code.name
-            raise
-        except Exception:
-            status = Code.INTERNAL.name
-            raise
-        finally:
-            self.metrics.observe(servable.name, servable.version, key, api, status,
-                                 time.perf_counter() - started)
 
     def infer(self, kind: str, name: str, version: int | None, label: str | None, request,
               api: str = "grpc"):
@@ -203,27 +212,14 @@ class ModelServer:
         resolves to, counted in metrics like Predict."""
         from tfdeploy.serving import inference
 
-        started = time.perf_counter()
-        servable, status = None, "OK"
-        check = self.options.enable_signature_method_name_check
-        try:
+        spec = getattr(request, "model_spec", None)
+        with _Observed(self.metrics, name, spec.signature_name if spec else "", api) as seen:
             servable = self.manager.handle(name, version, label)
-            if kind == "classify":
-                return inference.classify(servable, request, check)
-            if kind == "regress":
-                return inference.regress(servable, request, check)
-            return inference.multi_inference(servable, request, check)
-        except StatusError as exc:
-            status = exc.code.name
-            raise
-        except Exception:
-            status = Code.INTERNAL.name
-            raise
-        finally:
-            signature = (getattr(request, "model_spec", None) and
-                         request.model_spec.signature_name) or DEFAULT_SIGNATURE
-            self.metrics.observe(name, servable.version if servable else "", signature, api,
-                                 status, time.perf_counter() - started)
+            seen.version = servable.version
+            check = self.options.enable_signature_method_name_check
+            if kind == "multi_inference":
+                return inference.multi_inference(servable, request, check)
+            return inference.classify_or_regress(kind, servable, request, check)
 
     def status_proto(self, name: str, version: int | None, label: str | None):
         status_pb2 = protos.module("tensorflow_serving.apis.get_model_status_pb2")
