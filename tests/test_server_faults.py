@@ -300,3 +300,48 @@ def test_rest_and_grpc_requests_never_fail_during_version_swaps(model_dir, tmp_p
         assert {1, 5} <= set(loop.versions)
     finally:
         assert srv.stop() == 0
+
+
+def test_rest_timeout_and_grpc_channel_arguments(gated_dir, tmp_path):
+    """--rest_api_timeout_in_ms bounds a REST request's model run (504 DEADLINE_EXCEEDED,
+    the server serves on); --grpc_channel_arguments reach the gRPC server."""
+    gate = tmp_path / "gate-open"
+    _, srv = serve_one(gated_dir, tmp_path, "gated", "--rest_api_timeout_in_ms=300",
+                       "--grpc_channel_arguments=grpc.max_receive_message_length=4096")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(
+        grpc.insecure_channel(srv.grpc_target))
+    url = f"{srv.rest}/v1/models/gated:predict"
+    try:
+        srv.wait_available(1, model="gated")
+        code, body = http("POST", url, {"inputs": {"x": [[1.0]], "gate": str(gate)}})
+        assert code == 504, body
+        gate.touch()
+        code, body = http("POST", url, {"inputs": {"x": [[1.0]], "gate": str(gate)}})
+        assert code == 200 and body["outputs"]["y"] == [[2.5]], body
+        big = _gated_request(gate)
+        big.inputs["x"].CopyFrom(tensors.to_proto(np.ones((2000, 1), np.float32)))
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Predict(big, 30)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert tensors.from_proto(stub.Predict(_gated_request(gate), 30).outputs["y"]) \
+            .tolist() == [[2.5]]
+    finally:
+        gate.touch()
+        assert srv.stop() == 0
+
+
+@pytest.mark.parametrize("flag", ["--grpc_socket_path=/tmp/tfs.sock",
+                                  "--ssl_config_file=/tmp/ssl.config",
+                                  "--prefer_tflite_model=true"])
+def test_flags_that_would_change_results_are_refused(flag, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "-m", "tfdeploy.serving", "--model_name=m",
+                           f"--model_base_path={tmp_path}", flag],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    name = flag[2:].split("=")[0]
+    assert proc.returncode == 2
+    assert f"--{name} is not supported by tfdeploy-model-server" in proc.stderr

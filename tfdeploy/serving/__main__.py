@@ -19,8 +19,7 @@ from tfdeploy.serving.options import ServerOptions
 
 # Flags tensorflow_model_server has that we accept and ignore, with a warning.
 UNIMPLEMENTED_FLAGS = (
-    "grpc_socket_path", "grpc_channel_arguments", "rest_api_num_threads",
-    "rest_api_timeout_in_ms", "rest_api_enable_cors_support",
+    "grpc_socket_path", "rest_api_enable_cors_support",
     "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
     "tensorflow_inter_op_parallelism", "per_process_gpu_memory_fraction",
     "platform_config_file", "ssl_config_file", "num_load_threads", "num_unload_threads",
@@ -30,6 +29,15 @@ UNIMPLEMENTED_FLAGS = (
     "mixed_precision", "skip_initialize_tpu", "use_alts_credentials",
     "thread_pool_factory_config_file", "enable_model_warmup_with_session_run",
 )
+
+
+# Of those, the ones that would change what clients get (transport, security, the model
+# that serves, its numbers): setting them is an error at start-up, not a warning.
+REFUSED_FLAGS = frozenset({
+    "grpc_socket_path", "ssl_config_file", "use_alts_credentials", "prefer_tflite_model",
+    "use_tflite_model", "platform_config_file", "mixed_precision",
+    "rest_api_enable_cors_support",
+})
 
 
 def _bool(text: str) -> bool:
@@ -94,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--allow_version_labels_for_unavailable_models", type=_bool, nargs="?", const=True,
          default=d.allow_version_labels_for_unavailable_models,
          help="let new version labels name versions not loaded yet")
+    flag("--rest_api_timeout_in_ms", type=int, default=d.rest_api_timeout_in_ms,
+         help="bound of a REST request's model run (DEADLINE_EXCEEDED after it)")
+    flag("--rest_api_num_threads", type=int, default=d.rest_api_num_threads,
+         help="REST requests processed at once (default: 4 per core)")
+    flag("--grpc_channel_arguments", default=d.grpc_channel_arguments,
+         help="comma-separated key=value gRPC server arguments "
+              "(e.g. grpc.max_connection_age_ms=2000)")
     flag("--version", action="store_true", help="print the version and exit")
     for name in UNIMPLEMENTED_FLAGS:
         flag(f"--{name}", default=None, nargs="?", const="true", help=argparse.SUPPRESS)
@@ -104,6 +119,7 @@ def options_from_args(argv: list[str] | None = None):
     args = build_parser().parse_args(argv)
     ignored = [n for n in UNIMPLEMENTED_FLAGS if getattr(args, n) is not None]
     values = {k: v for k, v in vars(args).items() if k not in UNIMPLEMENTED_FLAGS}
+    values["extra"] = {n: getattr(args, n) for n in ignored}
     values.pop("version")
     return ServerOptions(**values), ignored, args.version
 
@@ -118,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"tfdeploy-model-server {version('tfdeploy')}")
         return 0
+    refused = [n for n in ignored if n in REFUSED_FLAGS
+               and options.extra[n].lower() not in ("false", "0", "")]
+    if refused:
+        print(f"tfdeploy-model-server: error: --{refused[0]} is not supported by "
+              "tfdeploy-model-server (it would change what clients get); use "
+              "tensorflow_model_server for it", file=sys.stderr)
+        return 2
     for name in ignored:
         log.warning("flag --%s is not implemented by tfdeploy-model-server; ignored", name)
     from tfdeploy.tfimport import quiet_import_tensorflow

@@ -130,6 +130,22 @@ def _servicers(server, pools: dict[str, futures.Executor]):
     return ps_grpc, PredictionService(), ms_grpc, ModelService()
 
 
+def channel_arguments(text: str) -> dict[str, int | str]:
+    """--grpc_channel_arguments: ``key=value`` pairs, comma-separated; integer values as
+    integers, as the official server passes them."""
+    out: dict[str, int | str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise StatusError(Code.INVALID_ARGUMENT,
+                              f"--grpc_channel_arguments: expected key=value, got {item!r}")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
 class GrpcServer:
     """The grpc.aio server on its event loop thread, stopped from any thread."""
 
@@ -156,10 +172,10 @@ class GrpcServer:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
     async def _start(self, server, limit: int) -> grpc.aio.Server:
-        grpc_server = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", limit),
-                     ("grpc.max_send_message_length", -1),
-                     ("grpc.so_reuseport", 0)])
+        options = {"grpc.max_receive_message_length": limit,
+                   "grpc.max_send_message_length": -1, "grpc.so_reuseport": 0}
+        options.update(channel_arguments(server.options.grpc_channel_arguments))
+        grpc_server = grpc.aio.server(options=list(options.items()))
         ps_grpc, predictions, ms_grpc, models = _servicers(server, self.pools)
         ps_grpc.add_PredictionServiceServicer_to_server(predictions, grpc_server)
         ms_grpc.add_ModelServiceServicer_to_server(models, grpc_server)

@@ -160,7 +160,8 @@ def _model_spec(target, name: str, signature_name: str, version: int) -> None:
     target.version.value = version
 
 
-def classify_or_regress(kind: str, servable, request, check_method: bool):
+def classify_or_regress(kind: str, servable, request, check_method: bool,
+                        timeout_ms: int = 0):
     """A Classification- or RegressionResponse (``kind`` "classify" or "regress") for
     ``request`` run on ``servable``."""
     classify = kind == "classify"
@@ -171,8 +172,8 @@ def classify_or_regress(kind: str, servable, request, check_method: bool):
     tensors_of = classification_tensors if classify else regression_tensors
     input_name, outputs = tensors_of(sd, check_method)
     examples = examples_tensor(request.input)
-    values = dict(zip(outputs, servable.run_tensors({input_name: examples}, tuple(outputs)),
-                      strict=True))
+    values = dict(zip(outputs, servable.run_tensors({input_name: examples}, tuple(outputs),
+                                                    timeout_ms), strict=True))
     response = pb2.ClassificationResponse() if classify else pb2.RegressionResponse()
     _model_spec(response.model_spec, request.model_spec.name,
                 request.model_spec.signature_name, servable.version)

@@ -31,4 +31,7 @@ class ServerOptions:
     saved_model_tags: str = "serve"
     enable_signature_method_name_check: bool = False
     allow_version_labels_for_unavailable_models: bool = False
+    rest_api_timeout_in_ms: int = 30_000
+    rest_api_num_threads: int = 0
+    grpc_channel_arguments: str = ""
     extra: dict = field(default_factory=dict)

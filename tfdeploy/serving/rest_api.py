@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -96,6 +97,10 @@ class RestApi:
 
     def __init__(self, model_server):
         self.ms = model_server
+        # --rest_api_num_threads: requests processed at once (0: four per core, as the
+        # official server); the others wait their turn, connections stay open
+        threads = model_server.options.rest_api_num_threads or 4 * (os.cpu_count() or 1)
+        self.slots = threading.BoundedSemaphore(threads)
 
     def handle(self, method: str, path: str, body: bytes = b"") -> Reply:
         """Answer one request; never raises (every failure is an error reply)."""
@@ -147,7 +152,8 @@ class RestApi:
         except StatusError as exc:
             self._rejected(t.name, signature, exc, started)
             raise
-        _, outputs = self.ms.run(servable, signature, inputs, api="rest")
+        _, outputs = self.ms.run(servable, signature, inputs, api="rest",
+                                 timeout_ms=self.ms.options.rest_api_timeout_in_ms)
         return json_tensors.render_predict(outputs, fmt)
 
     def _classify_or_regress(self, t: Target, raw: bytes) -> dict:
@@ -162,7 +168,8 @@ class RestApi:
             self._rejected(t.name, request.model_spec.signature_name, exc, started)
             raise
         request.model_spec.name = t.name
-        response = self.ms.infer(t.verb, t.name, t.version, t.label, request, api="rest")
+        response = self.ms.infer(t.verb, t.name, t.version, t.label, request, api="rest",
+                                 timeout_ms=self.ms.options.rest_api_timeout_in_ms)
         if t.verb == "classify":
             return json_tensors.render_classification(response.result)
         return json_tensors.render_regression(response.result)
@@ -240,7 +247,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._discard(length)
             return self._send(self.api.too_large(self.command, self.path, length))
         body = self.rfile.read(length) if length > 0 else b""
-        self._send(self.api.handle(self.command, self.path, body))
+        with self.api.slots:
+            reply = self.api.handle(self.command, self.path, body)
+        self._send(reply)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _request  # noqa: N815
 

@@ -76,8 +76,10 @@ class Servable:
                     f"got {have}")
 
     def run(self, key: str, inputs: dict[str, np.ndarray],
-            output_filter: list[str] | tuple = ()) -> dict[str, np.ndarray]:
-        """Check, then run (through the batcher when batching is on)."""
+            output_filter: list[str] | tuple = (), timeout_ms: int = 0) -> dict[str, np.ndarray]:
+        """Check, then run (through the batcher when batching is on).  ``timeout_ms`` > 0
+        bounds the graph run (DEADLINE_EXCEEDED after it), as the session run timeout
+        of --rest_api_timeout_in_ms; batched runs are not bounded."""
         key, sd = self.signature(key)
         seen = set()
         for alias in output_filter:
@@ -95,7 +97,7 @@ class Servable:
         if batcher is not None:
             outputs = batcher.submit(inputs)
             return {k: outputs[k] for k in output_filter} if output_filter else outputs
-        return self.call(key, inputs, tuple(output_filter))
+        return self.call(key, inputs, tuple(output_filter), timeout_ms)
 
     def close(self) -> None:
         """On unload: batch threads finish what is queued, then end; later calls (requests
@@ -104,28 +106,31 @@ class Servable:
         for batcher in self.batchers.values():
             batcher.close()
 
-    def _callable(self, feeds: tuple[str, ...], fetches: tuple[str, ...]):
+    def _callable(self, feeds: tuple[str, ...], fetches: tuple[str, ...], timeout_ms: int):
         """A session callable feeding and fetching these tensor names (made once, then
         reused: callables skip per-call graph pruning)."""
-        fn = self._callables.get((feeds, fetches))
+        cache_key = (feeds, fetches, timeout_ms)
+        fn = self._callables.get(cache_key)
         if fn is None:
             from tensorflow.core.protobuf import config_pb2
 
             options = config_pb2.CallableOptions(feed=feeds, fetch=fetches)
+            if timeout_ms > 0:
+                options.run_options.timeout_in_ms = timeout_ms
             with self._lock:
-                fn = self._callables.get((feeds, fetches))
+                fn = self._callables.get(cache_key)
                 if fn is None:
                     # the callable API, unlike Session.run, does not hold fed values to
                     # the tensors' static shapes: the graph decides, as in TF Serving
                     fn = self.session._make_callable_from_options(options)
-                    self._callables[(feeds, fetches)] = fn
+                    self._callables[cache_key] = fn
         return fn
 
-    def run_tensors(self, feeds: dict[str, np.ndarray],
-                    fetches: tuple[str, ...]) -> list[np.ndarray]:
+    def run_tensors(self, feeds: dict[str, np.ndarray], fetches: tuple[str, ...],
+                    timeout_ms: int = 0) -> list[np.ndarray]:
         """Run the graph: ``feeds`` by tensor name, the ``fetches`` tensors' values back."""
         names = tuple(sorted(feeds))
-        fn = self._callable(names, tuple(fetches))
+        fn = self._callable(names, tuple(fetches), timeout_ms)
         try:
             return fn(*(feeds[n] for n in names))
         except tf.errors.OpError as exc:
@@ -134,13 +139,13 @@ class Servable:
         except (TypeError, ValueError) as exc:
             raise StatusError(Code.INVALID_ARGUMENT, tf_error_message(exc)) from None
 
-    def call(self, key: str, inputs: dict[str, np.ndarray],
-             outputs: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    def call(self, key: str, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] = (),
+             timeout_ms: int = 0) -> dict[str, np.ndarray]:
         """Run the signature on already-checked inputs; all outputs unless ``outputs``."""
         sd = self.signature_defs[key]
         outputs = outputs or tuple(sorted(sd.outputs))
         values = self.run_tensors({sd.inputs[k].name: v for k, v in inputs.items()},
-                                  tuple(sd.outputs[k].name for k in outputs))
+                                  tuple(sd.outputs[k].name for k in outputs), timeout_ms)
         return dict(zip(outputs, values, strict=True))
 
     def __del__(self) -> None:

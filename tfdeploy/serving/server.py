@@ -197,17 +197,18 @@ class ModelServer:
         return servable, key, outputs
 
     def run(self, servable: Servable, signature: str, inputs: dict[str, np.ndarray],
-            output_filter=(), api: str = "grpc") -> tuple[str, dict[str, np.ndarray]]:
+            output_filter=(), api: str = "grpc",
+            timeout_ms: int = 0) -> tuple[str, dict[str, np.ndarray]]:
         """Run a request on the servable it resolved: that servable serves it to the end,
         even if it is unloaded meanwhile (the request holds it).  Counted in metrics."""
         with _Observed(self.metrics, servable.name, signature, api) as seen:
             seen.version = servable.version
             key, _ = servable.signature(signature)
             seen.signature = key
-            return key, servable.run(key, inputs, output_filter)
+            return key, servable.run(key, inputs, output_filter, timeout_ms)
 
     def infer(self, kind: str, name: str, version: int | None, label: str | None, request,
-              api: str = "grpc"):
+              api: str = "grpc", timeout_ms: int = 0):
         """Classify, Regress or MultiInference (``kind``) on the servable the model spec
         resolves to, counted in metrics like Predict."""
         from tfdeploy.serving import inference
@@ -219,7 +220,7 @@ class ModelServer:
             check = self.options.enable_signature_method_name_check
             if kind == "multi_inference":
                 return inference.multi_inference(servable, request, check)
-            return inference.classify_or_regress(kind, servable, request, check)
+            return inference.classify_or_regress(kind, servable, request, check, timeout_ms)
 
     def status_proto(self, name: str, version: int | None, label: str | None):
         status_pb2 = protos.module("tensorflow_serving.apis.get_model_status_pb2")
