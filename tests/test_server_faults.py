@@ -345,3 +345,35 @@ def test_flags_that_would_change_results_are_refused(flag, tmp_path):
     name = flag[2:].split("=")[0]
     assert proc.returncode == 2
     assert f"--{name} is not supported by tfdeploy-model-server" in proc.stderr
+
+
+def test_rest_api_num_threads_bounds_inference_not_status(gated_dir, tmp_path):
+    """With --rest_api_num_threads=1 a second REST prediction waits for the held one; a
+    status GET answers meanwhile."""
+    held_gate, open_gate = tmp_path / "gate-held", tmp_path / "gate-open"
+    open_gate.touch()
+    _, srv = serve_one(gated_dir, tmp_path, "gated", "--rest_api_num_threads=1")
+    url = f"{srv.rest}/v1/models/gated:predict"
+    finished: list[str] = []
+
+    def predict(name: str, gate: Path) -> None:
+        code, _ = http("POST", url, {"inputs": {"x": [[1.0]], "gate": str(gate)}})
+        finished.append(f"{name} {code}")
+
+    try:
+        srv.wait_available(1, model="gated")
+        threads = [threading.Thread(target=predict, args=("held", held_gate))]
+        threads[0].start()
+        time.sleep(0.5)  # the held request takes the only slot
+        threads.append(threading.Thread(target=predict, args=("second", open_gate)))
+        threads[1].start()
+        time.sleep(0.5)
+        assert _versions(srv, "gated")[1]["state"] == "AVAILABLE"
+        assert finished == []
+        held_gate.touch()
+        for t in threads:
+            t.join(60)
+        assert finished == ["held 200", "second 200"]
+    finally:
+        held_gate.touch()
+        assert srv.stop() == 0

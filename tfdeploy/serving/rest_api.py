@@ -247,6 +247,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._discard(length)
             return self._send(self.api.too_large(self.command, self.path, length))
         body = self.rfile.read(length) if length > 0 else b""
+        if self.command == "GET":  # status, metadata, metrics: never behind predictions
+            return self._send(self.api.handle(self.command, self.path, body))
         with self.api.slots:
             reply = self.api.handle(self.command, self.path, body)
         self._send(reply)
