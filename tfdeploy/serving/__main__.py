@@ -77,13 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--file_system_poll_wait_seconds", type=float,
          default=d.file_system_poll_wait_seconds,
          help="poll base paths for new versions this often; 0 = once at start")
-    flag("--enable_batching", type=_bool, nargs="?", const=True, default=d.enable_batching,
-         help="merge concurrent requests into batches")
+    def switch(name: str, help: str) -> None:
+        """A boolean flag: --name, --name=true or --name=false (the default from d)."""
+        flag(f"--{name}", type=_bool, nargs="?", const=True, default=getattr(d, name),
+             help=help)
+
+    switch("enable_batching", "merge concurrent requests into batches")
     flag("--batching_parameters_file", default=d.batching_parameters_file,
          help="BatchingParameters text proto")
-    flag("--enable_model_warmup", type=_bool, nargs="?", const=True,
-         default=d.enable_model_warmup,
-         help="replay assets.extra/tf_serving_warmup_requests at load (default true)")
+    switch("enable_model_warmup",
+           "replay assets.extra/tf_serving_warmup_requests at load (default true)")
     flag("--monitoring_config_file", default=d.monitoring_config_file,
          help="MonitoringConfig text proto")
     flag("--max_num_load_retries", type=int, default=d.max_num_load_retries,
@@ -96,12 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
          help="gRPC worker threads")
     flag("--saved_model_tags", default=d.saved_model_tags,
          help="comma-separated tag set of the MetaGraph to load (default serve)")
-    flag("--enable_signature_method_name_check", type=_bool, nargs="?", const=True,
-         default=d.enable_signature_method_name_check,
-         help="Classify/Regress/MultiInference require the signature's method name")
-    flag("--allow_version_labels_for_unavailable_models", type=_bool, nargs="?", const=True,
-         default=d.allow_version_labels_for_unavailable_models,
-         help="let new version labels name versions not loaded yet")
+    switch("enable_signature_method_name_check",
+           "Classify/Regress/MultiInference require the signature's method name")
+    switch("allow_version_labels_for_unavailable_models",
+           "let new version labels name versions not loaded yet")
     flag("--rest_api_timeout_in_ms", type=int, default=d.rest_api_timeout_in_ms,
          help="bound of a REST request's model run (DEADLINE_EXCEEDED after it)")
     flag("--rest_api_num_threads", type=int, default=d.rest_api_num_threads,
