@@ -38,7 +38,10 @@ def server(tmp_path_factory):
     entries = []
     for name, build in builders.items():
         (root / name).mkdir()
-        put_version(root / name, 1, build(root / f"{name}-model"))
+        model = build(root / f"{name}-model")
+        if name == "tf1":
+            _write_warmup(model)
+        put_version(root / name, 1, model)
         entries.append(f'config {{ name: "{name}" base_path: "{root / name}" '
                        f'model_platform: "tensorflow" }}')
     config = root / "models.config"
@@ -51,6 +54,34 @@ def server(tmp_path_factory):
         yield srv
     finally:
         assert srv.stop() == 0
+
+
+def _write_warmup(model: Path) -> None:
+    """One warmup record of each kind TF Serving replays (Predict, Classify, Regress,
+    MultiInference) for the TF1 model."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    logs = []
+    entry = prediction_log_pb2.PredictionLog()
+    entry.predict_log.request.model_spec.name = "tf1"
+    entry.predict_log.request.inputs["x"].CopyFrom(
+        tensors.to_proto(np.ones((1, 1), np.float32)))
+    logs.append(entry)
+    for kind, signature in (("classify_log", "classify_x_to_y"),
+                            ("regress_log", "regress_x_to_y")):
+        entry = prediction_log_pb2.PredictionLog()
+        _examples_request(getattr(entry, kind).request, "tf1", signature, _example(x=1.0))
+        logs.append(entry)
+    entry = prediction_log_pb2.PredictionLog()
+    task = entry.multi_inference_log.request.tasks.add(method_name="tensorflow/serving/regress")
+    task.model_spec.name, task.model_spec.signature_name = "tf1", "regress_x_to_y2"
+    entry.multi_inference_log.request.input.example_list.examples.append(_example(x=1.0))
+    logs.append(entry)
+    (model / "assets.extra").mkdir()
+    with tf.io.TFRecordWriter(str(model / "assets.extra" / "tf_serving_warmup_requests")) as w:
+        for entry in logs:
+            w.write(entry.SerializeToString())
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +125,10 @@ def test_keras_export_serves_and_its_graph_decides_shapes(server, stub):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "is not a matrix" in err.value.details()
     assert server.status("keras") == {1: "AVAILABLE"}
+
+
+def test_warmup_replays_every_kind_of_record(server):
+    assert "replayed 4 warmup request(s) for tf1 version 1" in server.log()
 
 
 def test_tf1_model_with_shapeless_example_signatures_loads(server, stub):

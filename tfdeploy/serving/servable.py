@@ -205,14 +205,26 @@ class Loader:
         from tfdeploy.tfs import protos
 
         log_pb2 = protos.module("tensorflow_serving.apis.prediction_log_pb2")
+        from tfdeploy.serving import inference
+
         count = 0
         for record in tf.data.TFRecordDataset(str(path)).take(MAX_WARMUP_RECORDS):
             entry = log_pb2.PredictionLog.FromString(record.numpy())
-            if entry.WhichOneof("log_type") != "predict_log":
+            kind = entry.WhichOneof("log_type")
+            if kind == "predict_log":
+                request = entry.predict_log.request
+                inputs = {k: tensors.from_proto(v) for k, v in request.inputs.items()}
+                key, _ = servable.signature(request.model_spec.signature_name)
+                servable.call(key, inputs)
+            elif kind in ("classify_log", "regress_log"):
+                verb = "classify" if kind == "classify_log" else "regress"
+                inference.classify_or_regress(verb, servable, getattr(entry, kind).request,
+                                              check_method=False)
+            elif kind == "multi_inference_log":
+                inference.multi_inference(servable, entry.multi_inference_log.request,
+                                          check_method=False)
+            else:
                 continue
-            request = entry.predict_log.request
-            inputs = {k: tensors.from_proto(v) for k, v in request.inputs.items()}
-            servable.call(*servable.signature(request.model_spec.signature_name)[:1], inputs)
             count += 1
         log.info("replayed %d warmup request(s) for %s version %d", count, self.name,
                  self.version)
