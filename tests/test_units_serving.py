@@ -275,14 +275,17 @@ def test_manager_labels():
     assert m.resolve("m", version=1, label="canary") == 2  # the label wins
     assert [vs.version for vs in m.statuses("m", label="stable")] == [1]
     err = status_error(lambda: m.handle("m", label="beta"))
-    assert err.code is Code.NOT_FOUND
+    assert err.code is Code.INVALID_ARGUMENT  # as TF Serving: labels resolve first
     assert err.message == "Unrecognized servable version label: beta"
+    err = status_error(lambda: m.handle("nosuch", label="beta"))
+    assert (err.code, err.message) == (Code.INVALID_ARGUMENT,
+                                       "Unrecognized servable version label: beta")
     err = status_error(lambda: m.handle("m", label="gone"))
     assert (err.code, err.message) == (Code.NOT_FOUND,
                                        "Servable not found for request: Specific(m, 7)")
     m.set_labels("m", {"stable": 2})  # replaces, not merges
     assert m.handle("m", label="stable").version == 2
-    assert status_error(lambda: m.resolve("m", label="canary")).code is Code.NOT_FOUND
+    assert status_error(lambda: m.resolve("m", label="canary")).code is Code.INVALID_ARGUMENT
 
 
 def test_manager_set_labels_before_versions_registers_the_model():
@@ -335,16 +338,46 @@ def test_manager_failed_load_is_end_with_internal_error():
                                        "Servable not found for request: Latest(m)")
 
 
-def test_manager_failed_new_version_still_unloads_the_old_one():
-    """Pinned as it is today: the old version leaves once every aspired version has been
-    tried, even if none of them loaded (so the model has nothing AVAILABLE)."""
+def test_manager_failed_new_version_keeps_the_old_one_serving():
+    """Availability preserving: a new version that fails to load (after its retries) never
+    unloads the version that serves; the failed one shows END with its error."""
     loads = Loads(failures={("m", 2): float("inf")})
     m = Manager(loads, max_load_retries=0)
     m.set_aspired_versions("m", paths(1))
     m.set_aspired_versions("m", paths(2))
-    assert loads.log == [("load", "m", 1), ("load", "m", 2), ("close", "m", 1)]
+    m.set_aspired_versions("m", paths(2))  # later polls change nothing
+    assert loads.log == [("load", "m", 1), ("load", "m", 2)]
+    assert states(m) == {2: END, 1: AVAILABLE}
+    assert m.handle("m").version == 1
+    assert m.statuses("m", 2)[0].error == (Code.INTERNAL, "load failed: bad version 2")
+
+
+def test_manager_unloads_the_old_version_once_a_later_one_loads():
+    loads = Loads(failures={("m", 2): float("inf")})
+    m = Manager(loads, max_load_retries=0)
+    m.set_aspired_versions("m", paths(1))
+    m.set_aspired_versions("m", paths(2))
+    m.set_aspired_versions("m", paths(3))
+    assert states(m) == {3: AVAILABLE, 2: END, 1: END}
+    assert loads.log[-1] == ("close", "m", 1)
+
+
+def test_manager_keeps_only_the_newest_unaspired_version_while_none_aspired_serves():
+    """As TF Serving's policy: of several serving versions no longer aspired, all but the
+    newest leave even while the aspired one is not AVAILABLE."""
+    loads = Loads(failures={("m", 3): float("inf")})
+    m = Manager(loads, max_load_retries=0)
+    m.set_aspired_versions("m", paths(1, 2))
+    m.set_aspired_versions("m", paths(3))
+    assert states(m) == {3: END, 2: AVAILABLE, 1: END}
+
+
+def test_manager_nothing_aspired_unloads_everything():
+    loads = Loads()
+    m = Manager(loads)
+    m.set_aspired_versions("m", paths(1, 2))
+    m.set_aspired_versions("m", {})
     assert states(m) == {2: END, 1: END}
-    assert status_error(lambda: m.handle("m")).code is Code.NOT_FOUND
 
 
 def test_manager_retries_a_failed_load_up_to_max_load_retries():

@@ -125,10 +125,11 @@ def test_parse_predict_row_and_columnar():
 
 
 @pytest.mark.parametrize("body, message", [
-    ({}, "exactly one of"),
+    ({}, "Missing 'inputs' or 'instances' key"),
+    ({"inputs": {}, "instances": []}, "expecting only one of 'inputs' or 'instances'"),
     ({"instances": [], }, "non-empty list"),
     ({"instances": [{"x": [1]}, {"s": "a"}]}, "same inputs"),
-    ({"inputs": {"x": "text", "s": "a"}}, "expected numbers"),
+    ({"inputs": {"x": "text", "s": "a"}}, "not of expected type: float"),
     ({"inputs": {"x": [[1, 2], [3]], "s": "a"}}, "ragged"),
     ({"inputs": {"q": [1], "s": "a"}}, "'q' is not in the signature"),
     ({"inputs": {"x": [1], "s": {"b64": "!!"}}}, "invalid base64"),

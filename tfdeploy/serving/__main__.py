@@ -19,17 +19,25 @@ from tfdeploy.serving.options import ServerOptions
 
 # Flags tensorflow_model_server has that we accept and ignore, with a warning.
 UNIMPLEMENTED_FLAGS = (
-    "grpc_socket_path", "grpc_channel_arguments", "rest_api_num_threads",
-    "rest_api_timeout_in_ms", "rest_api_enable_cors_support", "enable_signature_method_name_check",
+    "grpc_socket_path", "rest_api_enable_cors_support",
     "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
-    "tensorflow_inter_op_parallelism", "per_process_gpu_memory_fraction", "saved_model_tags",
+    "tensorflow_inter_op_parallelism", "per_process_gpu_memory_fraction",
     "platform_config_file", "ssl_config_file", "num_load_threads", "num_unload_threads",
-    "flush_filesystem_caches", "allow_version_labels_for_unavailable_models",
+    "flush_filesystem_caches",
     "xla_cpu_compilation_enabled", "enable_profiler", "remove_unused_fields_from_bundle_metagraph",
     "prefer_tflite_model", "use_tflite_model", "tensorflow_session_config_file",
     "mixed_precision", "skip_initialize_tpu", "use_alts_credentials",
     "thread_pool_factory_config_file", "enable_model_warmup_with_session_run",
 )
+
+
+# Of those, the ones that would change what clients get (transport, security, the model
+# that serves, its numbers): setting them is an error at start-up, not a warning.
+REFUSED_FLAGS = frozenset({
+    "grpc_socket_path", "ssl_config_file", "use_alts_credentials", "prefer_tflite_model",
+    "use_tflite_model", "platform_config_file", "mixed_precision",
+    "rest_api_enable_cors_support",
+})
 
 
 def _bool(text: str) -> bool:
@@ -69,13 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--file_system_poll_wait_seconds", type=float,
          default=d.file_system_poll_wait_seconds,
          help="poll base paths for new versions this often; 0 = once at start")
-    flag("--enable_batching", type=_bool, nargs="?", const=True, default=d.enable_batching,
-         help="merge concurrent requests into batches")
+    def switch(name: str, help: str) -> None:
+        """A boolean flag: --name, --name=true or --name=false (the default from d)."""
+        flag(f"--{name}", type=_bool, nargs="?", const=True, default=getattr(d, name),
+             help=help)
+
+    switch("enable_batching", "merge concurrent requests into batches")
     flag("--batching_parameters_file", default=d.batching_parameters_file,
          help="BatchingParameters text proto")
-    flag("--enable_model_warmup", type=_bool, nargs="?", const=True,
-         default=d.enable_model_warmup,
-         help="replay assets.extra/tf_serving_warmup_requests at load (default true)")
+    switch("enable_model_warmup",
+           "replay assets.extra/tf_serving_warmup_requests at load (default true)")
     flag("--monitoring_config_file", default=d.monitoring_config_file,
          help="MonitoringConfig text proto")
     flag("--max_num_load_retries", type=int, default=d.max_num_load_retries,
@@ -86,6 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
          help="largest accepted request body / message (tfdeploy extension)")
     flag("--grpc_max_threads", type=int, default=d.grpc_max_threads,
          help="gRPC worker threads")
+    flag("--saved_model_tags", default=d.saved_model_tags,
+         help="comma-separated tag set of the MetaGraph to load (default serve)")
+    switch("enable_signature_method_name_check",
+           "Classify/Regress/MultiInference require the signature's method name")
+    switch("allow_version_labels_for_unavailable_models",
+           "let new version labels name versions not loaded yet")
+    flag("--rest_api_timeout_in_ms", type=int, default=d.rest_api_timeout_in_ms,
+         help="bound of a REST request's model run (DEADLINE_EXCEEDED after it)")
+    flag("--rest_api_num_threads", type=int, default=d.rest_api_num_threads,
+         help="REST requests processed at once (default: 4 per core)")
+    flag("--grpc_channel_arguments", default=d.grpc_channel_arguments,
+         help="comma-separated key=value gRPC server arguments "
+              "(e.g. grpc.max_connection_age_ms=2000)")
     flag("--version", action="store_true", help="print the version and exit")
     for name in UNIMPLEMENTED_FLAGS:
         flag(f"--{name}", default=None, nargs="?", const="true", help=argparse.SUPPRESS)
@@ -96,6 +120,7 @@ def options_from_args(argv: list[str] | None = None):
     args = build_parser().parse_args(argv)
     ignored = [n for n in UNIMPLEMENTED_FLAGS if getattr(args, n) is not None]
     values = {k: v for k, v in vars(args).items() if k not in UNIMPLEMENTED_FLAGS}
+    values["extra"] = {n: getattr(args, n) for n in ignored}
     values.pop("version")
     return ServerOptions(**values), ignored, args.version
 
@@ -110,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"tfdeploy-model-server {version('tfdeploy')}")
         return 0
+    refused = [n for n in ignored if n in REFUSED_FLAGS
+               and options.extra[n].lower() not in ("false", "0", "")]
+    if refused:
+        print(f"tfdeploy-model-server: error: --{refused[0]} is not supported by "
+              "tfdeploy-model-server (it would change what clients get); use "
+              "tensorflow_model_server for it", file=sys.stderr)
+        return 2
     for name in ignored:
         log.warning("flag --%s is not implemented by tfdeploy-model-server; ignored", name)
     from tfdeploy.tfimport import quiet_import_tensorflow

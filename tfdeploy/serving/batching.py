@@ -100,16 +100,21 @@ class Batcher:
 
     def submit(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         size = next(iter(inputs.values())).shape[0] if inputs else 0
-        if size == 0 or size > self.options.max_batch_size or self._closed:
+        if size == 0 or size > self.options.max_batch_size:
             return self.servable.call(self.signature, inputs)
         key = tuple(sorted((k, v.dtype.str, v.shape[1:]) for k, v in inputs.items()))
         task = _Task(inputs, size, key)
         with self._cond:
-            limit = self.options.max_enqueued_batches * self.options.max_batch_size
-            if sum(t.size for t in self._queue) + size > limit:
-                raise StatusError(Code.UNAVAILABLE, "batch queue is full; retry later")
-            self._queue.append(task)
-            self._cond.notify()
+            # checked under the lock: a task queued after the threads left would wait forever
+            closed = self._closed
+            if not closed:
+                limit = self.options.max_enqueued_batches * self.options.max_batch_size
+                if sum(t.size for t in self._queue) + size > limit:
+                    raise StatusError(Code.UNAVAILABLE, "batch queue is full; retry later")
+                self._queue.append(task)
+                self._cond.notify()
+        if closed:  # the servable was unloaded while this request held it: run it alone
+            return self.servable.call(self.signature, inputs)
         task.done.wait()
         if task.error is not None:
             raise task.error

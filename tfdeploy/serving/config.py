@@ -70,7 +70,8 @@ def _parse(path: str | Path, message, what: str):
     except OSError as exc:
         raise UserError(f"{what} {p}: {exc.strerror}") from None
     except text_format.ParseError as exc:
-        raise UserError(f"{what} {p}: {exc}") from None
+        raise UserError(f"{what} {p}: Error parsing text-format "
+                        f"{message.DESCRIPTOR.full_name}: {exc}") from None
     return message
 
 

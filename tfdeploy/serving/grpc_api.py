@@ -4,11 +4,20 @@ official generated servicer helpers so stubs written for tensorflow_model_server
 Predict outputs go in the typed value fields (int64_val, ...), never tensor_content, as
 tensorflow_model_server does: clients written for it (the tutorial's included) read only
 those.
+
+The server is grpc.aio on an event loop thread of its own; each call runs in a thread
+pool chosen by its kind.  Predictions (and the other inference calls) share
+``--grpc_max_threads`` threads; ModelService and metadata calls have a small pool of
+their own, so GetModelStatus or HandleReloadConfigRequest never queue behind predictions
+in flight (a health check must answer while the model is busy).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+import threading
 from concurrent import futures
 
 import grpc
@@ -24,39 +33,50 @@ def _spec(model_spec) -> tuple[str, int | None, str | None]:
     return model_spec.name, version, (model_spec.version_label or None)
 
 
-def _abort(context: grpc.ServicerContext, exc: StatusError):
-    context.abort(getattr(grpc.StatusCode, exc.code.name), exc.message)
+def _status_error(exc: Exception) -> StatusError:
+    """The status a failed call answers with: its own, INVALID_ARGUMENT for a ValueError
+    (a malformed message), INTERNAL (logged) for anything else."""
+    if isinstance(exc, StatusError):
+        return exc
+    if isinstance(exc, ValueError):
+        return StatusError(Code.INVALID_ARGUMENT, str(exc))
+    log.exception("internal error", exc_info=exc)
+    return StatusError(Code.INTERNAL, f"internal error: {exc}")
 
 
-def _guard(method):
-    """StatusError -> the matching gRPC status; anything else -> INTERNAL, logged."""
+#: Which pool runs a call: "control" for ModelService and metadata, "inference" otherwise.
+CONTROL_METHODS = frozenset({"GetModelStatus", "HandleReloadConfigRequest",
+                             "GetModelMetadata"})
+CONTROL_THREADS = 4
 
-    def wrapper(self, request, context):
+
+def _in_pool(method, pools: dict[str, futures.Executor]):
+    """An async handler that runs the blocking ``method(self, request)`` in its pool and
+    turns a failure into the call's gRPC status."""
+    pool = pools["control" if method.__name__ in CONTROL_METHODS else "inference"]
+
+    @functools.wraps(method)
+    async def handler(self, request, context):
+        loop = asyncio.get_running_loop()
         try:
-            return method(self, request, context)
-        except StatusError as exc:
-            _abort(context, exc)
-        except ValueError as exc:
-            _abort(context, StatusError(Code.INVALID_ARGUMENT, str(exc)))
-        except Exception as exc:
-            if isinstance(exc, grpc.RpcError) or type(exc).__name__ == "_AbortError":
-                raise
-            log.exception("internal error in %s", method.__name__)
-            _abort(context, StatusError(Code.INTERNAL, f"internal error: {exc}"))
+            return await loop.run_in_executor(pool, method, self, request)
+        except Exception as exc:  # every failure becomes a status
+            error = _status_error(exc)
+        await context.abort(getattr(grpc.StatusCode, error.code.name), error.message)
 
-    wrapper.__name__ = method.__name__
-    return wrapper
+    return handler
 
 
-def _servicers(server):
+def _servicers(server, pools: dict[str, futures.Executor]):
     ps_grpc = protos.module("tensorflow_serving.apis.prediction_service_pb2_grpc")
     ms_grpc = protos.module("tensorflow_serving.apis.model_service_pb2_grpc")
+    _pool = functools.partial(_in_pool, pools=pools)  # noqa: N806 (a decorator)
     predict_pb2 = protos.module("tensorflow_serving.apis.predict_pb2")
     mm_pb2 = protos.module("tensorflow_serving.apis.model_management_pb2")
 
     class PredictionService(ps_grpc.PredictionServiceServicer):
-        @_guard
-        def Predict(self, request, context):
+        @_pool
+        def Predict(self, request):
             name, version, label = _spec(request.model_spec)
             try:
                 inputs = {k: tensors.from_proto(v) for k, v in request.inputs.items()}
@@ -73,63 +93,123 @@ def _servicers(server):
                 response.outputs[k].CopyFrom(tensors.to_proto(v, typed=True))
             return response
 
-        @_guard
-        def GetModelMetadata(self, request, context):
+        @_pool
+        def GetModelMetadata(self, request):
             name, version, label = _spec(request.model_spec)
             return server.metadata_proto(name, version, label, tuple(request.metadata_field))
 
-        @_guard
-        def Classify(self, request, context):
-            raise StatusError(Code.UNIMPLEMENTED,
-                               "Classify is not implemented by tfdeploy-model-server; "
-                               "DeepLab models serve Predict signatures only")
+        @_pool
+        def Classify(self, request):
+            return server.infer("classify", *_spec(request.model_spec), request)
 
-        @_guard
-        def Regress(self, request, context):
-            raise StatusError(Code.UNIMPLEMENTED,
-                               "Regress is not implemented by tfdeploy-model-server; "
-                               "DeepLab models serve Predict signatures only")
+        @_pool
+        def Regress(self, request):
+            return server.infer("regress", *_spec(request.model_spec), request)
 
-        @_guard
-        def MultiInference(self, request, context):
-            raise StatusError(Code.UNIMPLEMENTED, "MultiInference is not implemented")
+        @_pool
+        def MultiInference(self, request):
+            # the first task names the model (all must name the same one); no task names
+            # no model, which is not found, as with the official server
+            spec = request.tasks[0].model_spec if request.tasks else None
+            name, version, label = _spec(spec) if spec is not None else ("", None, None)
+            return server.infer("multi_inference", name, version, label, request)
 
     class ModelService(ms_grpc.ModelServiceServicer):
-        @_guard
-        def GetModelStatus(self, request, context):
+        @_pool
+        def GetModelStatus(self, request):
             name, version, label = _spec(request.model_spec)
             return server.status_proto(name, version, label)
 
-        @_guard
-        def HandleReloadConfigRequest(self, request, context):
-            response = mm_pb2.ReloadConfigResponse()
-            try:
-                server.apply_config(request.config)
-            except StatusError as exc:
-                response.status.error_code = exc.code.number
-                response.status.error_message = exc.message
-            return response
+        @_pool
+        def HandleReloadConfigRequest(self, request):
+            # A config that is refused fails the call with its status (as
+            # tensorflow_model_server does) and leaves the config in force serving.
+            server.apply_config(request.config)
+            return mm_pb2.ReloadConfigResponse()
 
     return ps_grpc, PredictionService(), ms_grpc, ModelService()
 
 
-def serve(server, host: str, port: int) -> grpc.Server:
-    limit = server.options.max_request_bytes
-    grpc_server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=server.options.grpc_max_threads,
-                                   thread_name_prefix="grpc"),
-        options=[("grpc.max_receive_message_length", limit),
-                 ("grpc.max_send_message_length", -1),
-                 ("grpc.so_reuseport", 0)])
-    ps_grpc, predictions, ms_grpc, models = _servicers(server)
-    ps_grpc.add_PredictionServiceServicer_to_server(predictions, grpc_server)
-    ms_grpc.add_ModelServiceServicer_to_server(models, grpc_server)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        bound = grpc_server.add_insecure_port(address)
-    except RuntimeError:
-        bound = 0
-    if not bound:
-        raise StatusError(Code.UNAVAILABLE, f"cannot bind gRPC port {address} (in use?)")
-    grpc_server.start()
-    return grpc_server
+def channel_arguments(text: str) -> dict[str, int | str]:
+    """--grpc_channel_arguments: ``key=value`` pairs, comma-separated; integer values as
+    integers, as the official server passes them."""
+    out: dict[str, int | str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise StatusError(Code.INVALID_ARGUMENT,
+                              f"--grpc_channel_arguments: expected key=value, got {item!r}")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+class GrpcServer:
+    """The grpc.aio server on its event loop thread, stopped from any thread."""
+
+    def __init__(self, server, host: str, port: int):
+        options = server.options
+        self.pools = {
+            "inference": futures.ThreadPoolExecutor(options.grpc_max_threads,
+                                                    thread_name_prefix="grpc"),
+            "control": futures.ThreadPoolExecutor(CONTROL_THREADS,
+                                                  thread_name_prefix="grpc-control"),
+        }
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="grpc-loop")
+        self._thread.start()
+        try:
+            self._server = self._call(self._start(server, options.max_request_bytes))
+        except BaseException:
+            self._close_loop()
+            raise
+
+    def _call(self, coroutine, timeout: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    async def _start(self, server, limit: int) -> grpc.aio.Server:
+        options = {"grpc.max_receive_message_length": limit,
+                   "grpc.max_send_message_length": -1, "grpc.so_reuseport": 0}
+        options.update(channel_arguments(server.options.grpc_channel_arguments))
+        grpc_server = grpc.aio.server(options=list(options.items()))
+        ps_grpc, predictions, ms_grpc, models = _servicers(server, self.pools)
+        ps_grpc.add_PredictionServiceServicer_to_server(predictions, grpc_server)
+        ms_grpc.add_ModelServiceServicer_to_server(models, grpc_server)
+        try:
+            bound = grpc_server.add_insecure_port(self.address)
+        except RuntimeError:
+            bound = 0
+        if not bound:
+            raise StatusError(Code.UNAVAILABLE,
+                              f"cannot bind gRPC port {self.address} (in use?)")
+        await grpc_server.start()
+        return grpc_server
+
+    def stop(self, grace: float) -> threading.Event:
+        """Refuse new calls, let those in flight finish (up to ``grace`` s); the event is
+        set once stopped."""
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                self._call(self._server.stop(grace))
+            finally:
+                for pool in self.pools.values():
+                    pool.shutdown(wait=False)
+                self._close_loop()
+                done.set()
+
+        threading.Thread(target=run, daemon=True, name="grpc-stop").start()
+        return done
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def serve(server, host: str, port: int) -> GrpcServer:
+    return GrpcServer(server, host, port)

@@ -2,7 +2,9 @@
 
 When the Source aspires a new version, the Manager loads it (and replays warmup) while the
 old version keeps serving, and unloads the old one only once the new one is AVAILABLE: the
-"availability preserving" policy of TF Serving, so a swap fails no request.
+"availability preserving" policy of TF Serving, so a swap fails no request, and a new
+version that fails to load leaves the old one serving (the failed one shows its error in
+the model's status).
 """
 
 from __future__ import annotations
@@ -47,6 +49,23 @@ class ModelState:
 LoaderFactory = Callable[[str, int, Path], object]  # -> object with .load() -> Servable
 
 
+def _to_unload(model: ModelState, aspired: dict[int, Path]) -> list[VersionState]:
+    """The serving versions that may leave now: TF Serving's availability preserving policy.
+
+    Versions no longer aspired leave when nothing is aspired any more, or once an aspired
+    version is AVAILABLE.  Until then (the new version is loading, or failed to load: a
+    corrupt directory, a truncated variables file) the newest of them keeps serving, so a
+    bad version can never take a good one down."""
+    unaspired = sorted((vs for v, vs in model.versions.items()
+                        if v not in aspired and vs.state == AVAILABLE),
+                       key=lambda vs: vs.version)
+    aspired_serving = any(vs.state == AVAILABLE for v, vs in model.versions.items()
+                          if v in aspired)
+    if not aspired or aspired_serving:
+        return unaspired
+    return unaspired[:-1]
+
+
 class Manager:
     def __init__(self, loader_factory: LoaderFactory, max_load_retries: int = 5,
                  retry_interval: float = 60.0):
@@ -78,9 +97,7 @@ class Manager:
             for vs in sorted(to_load, key=lambda v: v.version):
                 self._load(name, vs)
             with self._lock:
-                # Unload only once every aspired version that could load has loaded.
-                leaving = [vs for v, vs in model.versions.items()
-                           if v not in aspired and vs.state == AVAILABLE]
+                leaving = _to_unload(model, aspired)
                 for vs in leaving:
                     vs.state = UNLOADING
             for vs in leaving:
@@ -114,6 +131,17 @@ class Manager:
         with self._lock:
             self._models.setdefault(name, ModelState(name)).labels = dict(labels)
 
+    def labels(self, name: str) -> dict[str, int]:
+        with self._lock:
+            model = self._models.get(name)
+            return dict(model.labels) if model else {}
+
+    def is_available(self, name: str, version: int) -> bool:
+        with self._lock:
+            model = self._models.get(name)
+            vs = model.versions.get(version) if model else None
+            return vs is not None and vs.state == AVAILABLE
+
     def retain_models(self, names: set[str]) -> None:
         """Unload models that are no longer configured."""
         for name in [n for n in self.model_names() if n not in names]:
@@ -127,6 +155,8 @@ class Manager:
             return sorted(self._models)
 
     def _model(self, name: str) -> ModelState:
+        if not name:
+            raise StatusError(Code.INVALID_ARGUMENT, "ModelSpec has no name specified.")
         model = self._models.get(name)
         if model is None:
             raise StatusError(Code.NOT_FOUND,
@@ -135,12 +165,13 @@ class Manager:
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> int:
         with self._lock:
-            model = self._model(name)
-            if label:
-                if label not in model.labels:
-                    raise StatusError(Code.NOT_FOUND,
-                                       f"Unrecognized servable version label: {label}")
+            if label:  # labels are looked up first, as TF Serving does: INVALID_ARGUMENT
+                model = self._models.get(name)
+                if model is None or label not in model.labels:
+                    raise StatusError(Code.INVALID_ARGUMENT,
+                                      f"Unrecognized servable version label: {label}")
                 return model.labels[label]
+            model = self._model(name)
             if version is not None:
                 return version
             available = [v for v, vs in model.versions.items() if vs.state == AVAILABLE]

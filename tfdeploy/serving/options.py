@@ -28,4 +28,10 @@ class ServerOptions:
     load_retry_interval_micros: int = 60_000_000
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     grpc_max_threads: int = 32
+    saved_model_tags: str = "serve"
+    enable_signature_method_name_check: bool = False
+    allow_version_labels_for_unavailable_models: bool = False
+    rest_api_timeout_in_ms: int = 30_000
+    rest_api_num_threads: int = 0
+    grpc_channel_arguments: str = ""
     extra: dict = field(default_factory=dict)

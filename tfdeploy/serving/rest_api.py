@@ -3,153 +3,233 @@
     GET  /v1/models/{name}[/versions/{v}|/labels/{l}]            model status
     GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata   signature defs
     POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict    row or columnar
+    POST /v1/models/{name}[/versions/{v}|/labels/{l}]:classify   tf.Example features
+    POST /v1/models/{name}[/versions/{v}|/labels/{l}]:regress    tf.Example features
     GET  <prometheus path>                                       metrics, when enabled
 
 Binary values travel as ``{"b64": "..."}``.  Errors are ``{"error": "..."}``.
+
+Two layers: ``RestApi.handle(method, path, body)`` routes and answers a request as plain
+data (status, body bytes, content type) and knows nothing of sockets; the HTTP transport
+below it (``http_server``: uvicorn with a bounded worker pool, the body cap, timeouts and
+a graceful drain) only reads requests and writes replies.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
+from urllib.parse import unquote
 
-from tfdeploy.tfs import json_tensors, protos
+from tfdeploy.serving import http_server
+from tfdeploy.tfs import json_body, json_tensors, protos
 from tfdeploy.tfs.codes import Code, StatusError
 from tfdeploy.tfs.names import DEFAULT_SIGNATURE
 
 log = logging.getLogger("tfdeploy.serving.rest")
 
-_ROUTE = re.compile(
-    r"^/v1/models/(?P<name>[^/:]+)"
-    r"(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?"
-    r"(?P<verb>/metadata|:predict|:classify|:regress)?/?$")
+JSON = "application/json"
+
+# tensorflow_model_server's URL grammar (case-insensitive, whole path): anything under
+# /v1/ that does not match is a malformed request (400), not an unknown resource.
+_API = re.compile(r"/v1/.*", re.IGNORECASE)
+_POST = re.compile(
+    r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+    r":(?P<verb>classify|regress|predict)", re.IGNORECASE)
+_GET = re.compile(
+    r"/v1/models(?:/(?P<name>[^/:]+))?(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+    r"(?:/(?P<verb>metadata))?", re.IGNORECASE)
+_INT64_MAX = (1 << 63) - 1
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "tfdeploy-model-server"
-    model_server = None  # set by serve()
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    content_type: str = JSON
 
-    def log_message(self, format, *args):  # route through logging, quietly
-        log.debug("%s - %s", self.address_string(), format % args)
 
-    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+def json_reply(status: int, payload) -> Reply:
+    return Reply(status, json.dumps(payload, separators=(",", ":")).encode())
 
-    def _json(self, status: int, payload) -> None:
-        self._send(status, json.dumps(payload, separators=(",", ":")).encode())
 
-    def _error(self, exc: StatusError) -> None:
-        self._json(exc.code.http, {"error": exc.message})
+def error_reply(exc: StatusError) -> Reply:
+    return json_reply(exc.code.http, {"error": exc.message})
 
-    def _discard(self, length: int, cap: int = 64 << 20) -> None:
-        """Read (and drop) an oversized body, up to ``cap`` bytes, so the client gets our
-        400 answer instead of a broken pipe."""
-        remaining = min(length, cap)
-        while remaining > 0:
-            chunk = self.rfile.read(min(remaining, 1 << 20))
-            if not chunk:
-                break
-            remaining -= len(chunk)
 
-    def _route(self):
-        path = self.path.split("?", 1)[0]
-        m = _ROUTE.match(path)
-        if not m:
-            raise StatusError(Code.NOT_FOUND, f"Malformed request: {self.command} {path}")
-        version = int(m["version"]) if m["version"] else None
-        return m["name"], version, m["label"], m["verb"] or ""
+@dataclass(frozen=True)
+class Target:
+    """What a /v1/models URL names."""
 
-    def do_GET(self):  # noqa: N802 (http.server naming)
-        ms = self.model_server
+    name: str
+    version: int | None
+    label: str | None
+    verb: str  # "predict", "classify", "regress", "metadata" or "" (status)
+
+
+def parse_path(method: str, path: str) -> Target:
+    """The model, version or label and verb of an API path; INVALID_ARGUMENT (400) with
+    tensorflow_model_server's message when it does not parse."""
+    grammar = {"POST": _POST, "GET": _GET}.get(method)
+    m = grammar.fullmatch(path) if grammar else None
+    if m is None:
+        raise StatusError(Code.INVALID_ARGUMENT, f"Malformed request: {method} {path}")
+    version = None
+    if m["version"] is not None:
+        version = int(m["version"])
+        if version > _INT64_MAX:
+            raise StatusError(Code.INVALID_ARGUMENT,
+                              f"Failed to convert version: {m['version']} to numeric.")
+    name = unquote(m["name"] or "")
+    if not name:
+        raise StatusError(Code.INVALID_ARGUMENT, "Missing model name in request.")
+    label = unquote(m["label"]) if m["label"] else None
+    return Target(name, version, label, (m["verb"] or "").lower())
+
+
+class RestApi:
+    """The REST API of one ModelServer, transport-free."""
+
+    def __init__(self, model_server):
+        self.ms = model_server
+        # --rest_api_num_threads: requests processed at once (0: four per core, as the
+        # official server); the others wait their turn, connections stay open
+        self.threads = model_server.options.rest_api_num_threads or 4 * (os.cpu_count() or 1)
+        self.slots = threading.BoundedSemaphore(self.threads)
+
+    def handle(self, method: str, path: str, body: bytes = b"") -> Reply:
+        """Answer one request; never raises (every failure is an error reply)."""
+        path = path.split("?", 1)[0]
+        ms = self.ms
+        if method == "GET" and ms.prometheus_path and path == ms.prometheus_path:
+            from tfdeploy.serving.metrics import CONTENT_TYPE
+
+            return Reply(200, ms.metrics.render(), CONTENT_TYPE)
+        if not _API.fullmatch(path):
+            return error_reply(StatusError(Code.NOT_FOUND, f"Not found: {method} {path}"))
         try:
-            if ms.prometheus_path and self.path.split("?", 1)[0] == ms.prometheus_path:
-                from tfdeploy.serving.metrics import CONTENT_TYPE
-
-                return self._send(200, ms.metrics.render(), CONTENT_TYPE)
-            name, version, label, verb = self._route()
-            if verb == "/metadata":
-                proto = ms.metadata_proto(name, version, label)
-                sigs = protos.module(
-                    "tensorflow_serving.apis.get_model_metadata_pb2").SignatureDefMap()
-                proto.metadata["signature_def"].Unpack(sigs)
-                return self._json(200, {
-                    "model_spec": {"name": name, "signature_name": "",
-                                   "version": str(proto.model_spec.version.value)},
-                    "metadata": {"signature_def": json_tensors.message_to_json(sigs)}})
-            if verb:
-                raise StatusError(Code.INVALID_ARGUMENT, f"use POST for {verb}")
-            return self._json(200, json_tensors.message_to_json(
-                ms.status_proto(name, version, label)))
+            target = parse_path(method, path)
+            if method == "POST":
+                return json_reply(200, self._post(target, body))
+            return json_reply(200, self._get(target))
         except StatusError as exc:
-            self._error(exc)
+            return error_reply(exc)
+        except Exception as exc:  # never a dropped connection for a client
+            log.exception("internal error")
+            return error_reply(StatusError(Code.INTERNAL, f"internal error: {exc}"))
 
-    def do_POST(self):  # noqa: N802
-        ms = self.model_server
+    def _get(self, t: Target) -> dict:
+        if t.verb == "metadata":
+            proto = self.ms.metadata_proto(t.name, t.version, t.label)
+            sigs = protos.module(
+                "tensorflow_serving.apis.get_model_metadata_pb2").SignatureDefMap()
+            proto.metadata["signature_def"].Unpack(sigs)
+            return {"model_spec": {"name": t.name, "signature_name": "",
+                                   "version": str(proto.model_spec.version.value)},
+                    "metadata": {"signature_def": json_tensors.message_to_json(sigs)}}
+        return json_tensors.message_to_json(self.ms.status_proto(t.name, t.version, t.label))
+
+    def _post(self, t: Target, raw: bytes) -> dict:
+        if t.verb in ("classify", "regress"):
+            return self._classify_or_regress(t, raw)
         started = time.perf_counter()
-        name, signature, counted = "", "", False
+        signature = ""
         try:
-            name, version, label, verb = self._route()
-            if verb in (":classify", ":regress"):
-                raise StatusError(Code.UNIMPLEMENTED,
-                                   f"{verb[1:]} is not implemented by tfdeploy-model-server")
-            if verb != ":predict":
-                raise StatusError(Code.NOT_FOUND, f"Malformed request: POST {self.path}")
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > ms.options.max_request_bytes:
-                self.close_connection = True
-                self._discard(length)
-                raise StatusError(Code.INVALID_ARGUMENT,
-                                   f"request body of {length} bytes exceeds the limit of "
-                                   f"{ms.options.max_request_bytes} bytes")
-            raw = self.rfile.read(length)
-            try:
-                body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise StatusError(Code.INVALID_ARGUMENT,
-                                   f"JSON Parse error: {exc}") from None
-            if not isinstance(body, dict):
-                raise StatusError(Code.INVALID_ARGUMENT, "request body must be a JSON object")
-            servable = ms.manager.handle(name, version, label)
+            body = parse_body(raw)
             signature = body.get("signature_name") or ""
             if not isinstance(signature, str):
                 raise StatusError(Code.INVALID_ARGUMENT, "signature_name must be a string")
+            # Resolved once: the request runs on the servable it parsed its inputs against,
+            # even if a newer version becomes AVAILABLE (or this one unloads) meanwhile.
+            servable = self.ms.manager.handle(t.name, t.version, t.label)
             _, sd = servable.signature(signature)
             inputs, fmt = json_tensors.parse_predict(body, sd)
-            counted = True  # from here on ModelServer.predict records the request
-            _, _, outputs = ms.predict(name, servable.version, None, signature, inputs,
-                                       api="rest")
-            self._json(200, json_tensors.render_predict(outputs, fmt))
         except StatusError as exc:
-            if not counted and name:  # rejected before it reached the model
-                ms.metrics.observe(name, "", signature or DEFAULT_SIGNATURE, "rest",
-                                   exc.code.name, time.perf_counter() - started)
-            self._error(exc)
-        except Exception as exc:  # never a dropped connection for a client
-            log.exception("internal error")
-            self._error(StatusError(Code.INTERNAL, f"internal error: {exc}"))
+            self._rejected(t.name, signature, exc, started)
+            raise
+        _, outputs = self.ms.run(servable, signature, inputs, api="rest",
+                                 timeout_ms=self.ms.options.rest_api_timeout_in_ms)
+        return json_tensors.render_predict(outputs, fmt)
+
+    def _classify_or_regress(self, t: Target, raw: bytes) -> dict:
+        module = "classification_pb2" if t.verb == "classify" else "regression_pb2"
+        pb2 = protos.module(f"tensorflow_serving.apis.{module}")
+        request = (pb2.ClassificationRequest() if t.verb == "classify"
+                   else pb2.RegressionRequest())
+        started = time.perf_counter()
+        try:
+            json_tensors.fill_example_request(_as_lists(parse_body(raw)), request)
+        except StatusError as exc:
+            self._rejected(t.name, request.model_spec.signature_name, exc, started)
+            raise
+        request.model_spec.name = t.name
+        response = self.ms.infer(t.verb, t.name, t.version, t.label, request, api="rest",
+                                 timeout_ms=self.ms.options.rest_api_timeout_in_ms)
+        if t.verb == "classify":
+            return json_tensors.render_classification(response.result)
+        return json_tensors.render_regression(response.result)
+
+    def _rejected(self, name: str, signature: str, exc: StatusError, started: float) -> None:
+        """Count a request refused before it reached a model (ModelServer.run counts the
+        others)."""
+        self.ms.metrics.observe(name, "", signature or DEFAULT_SIGNATURE, "rest",
+                                exc.code.name, time.perf_counter() - started)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False  # server_close() waits for in-flight requests (SIGTERM drain)
-    block_on_close = True
-    allow_reuse_address = True
-
-
-def serve(model_server, host: str, port: int) -> ThreadingHTTPServer:
-    import threading
-
-    handler = type("Handler", (_Handler,), {"model_server": model_server})
+def parse_body(raw: bytes) -> dict:
+    """The JSON object of a request body, or INVALID_ARGUMENT naming what is wrong.  Big
+    numeric arrays come back as numpy arrays, without a Python object per number (a
+    100 MB body costs about its own size, not gigabytes); nesting is capped."""
     try:
-        httpd = _Server((host, port), handler)
+        body = json_body.parse_body(raw)
+    except json_body.BodyError as exc:
+        raise StatusError(Code.INVALID_ARGUMENT, str(exc)) from None
+    if not isinstance(body, dict):
+        shown = json.dumps(body.tolist() if hasattr(body, "tolist") else body)[:200]
+        raise StatusError(Code.INVALID_ARGUMENT, f"JSON Value: {shown} Is not object")
+    return body
+
+
+def _as_lists(value):
+    """Example features are built value by value: numpy arrays back to plain lists."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _as_lists(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_lists(v) for v in value]
+    return value
+
+
+# -- the HTTP transport ------------------------------------------------------------------
+#: Worker threads beyond --rest_api_num_threads, so status, metadata and metrics GETs
+#: find a thread while every inference slot is taken.
+CONTROL_THREADS = 8
+
+
+def serve(model_server, host: str, port: int) -> http_server.HttpServerHandle:
+    """Serve the REST API on host:port (``http_server``: uvicorn, a bounded worker pool,
+    the body cap, timeouts and a graceful drain); returns the handle to ``stop(grace)``."""
+    api = RestApi(model_server)
+
+    def handler(request: http_server.HttpRequest) -> http_server.HttpResponse:
+        if request.method == "GET":  # status, metadata, metrics: never behind predictions
+            reply = api.handle(request.method, request.path, request.body)
+        else:
+            with api.slots:
+                reply = api.handle(request.method, request.path, request.body)
+        return http_server.HttpResponse(reply.status, reply.body, reply.content_type)
+
+    try:
+        return http_server.serve(handler, host, port,
+                                 max_body_bytes=model_server.options.max_request_bytes,
+                                 num_threads=api.threads + CONTROL_THREADS)
     except OSError as exc:
         raise StatusError(Code.UNAVAILABLE,
-                           f"cannot bind REST port {host}:{port} ({exc.strerror})") from None
-    threading.Thread(target=httpd.serve_forever, daemon=True, name="rest").start()
-    return httpd
+                          f"cannot bind REST port {host}:{port} "
+                          f"({exc.strerror or exc})") from None

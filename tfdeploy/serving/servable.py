@@ -1,14 +1,23 @@
-"""Loader and Servable: one SavedModel version, loaded, validated against and run.
+"""Loader and Servable: one SavedModel version, loaded, checked against and run.
 
-The Loader knows how to load a version (and replay its warmup requests); the Servable is
-what the Manager hands to requests.  Requests are checked against the SignatureDef read
-from the SavedModel proto, so a bad request gets a message naming the input at fault
-instead of a TF stack trace.
+A version is loaded as tensorflow_model_server loads it: the MetaGraph whose tags are
+``--saved_model_tags`` (default "serve") is imported into a graph of its own with a
+session, its variables restored and its init ops run; a request is fed to the graph by the
+tensor names of its SignatureDef and the signature's output tensors are fetched.  So the
+graph, not a declared shape, decides what it accepts (x of shape [3] for a [?, 1]
+signature runs wherever the graph's ops allow it), and TF1 MetaGraphs (``.pb`` or
+``.pbtxt``, ParseExample inputs, tables) serve as well as TF2 and Keras exports.  Feeds
+and fetches go through session callables (made once per signature and output set), the
+fast path of a TF session.
+
+Before the graph runs, a request is checked for what the official server checks: the
+signature exists, the input names match, each input's dtype is the signature's.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +27,7 @@ import tensorflow as tf
 from tfdeploy.tfs import tensors
 from tfdeploy.tfs.codes import Code, StatusError, tf_error_message
 from tfdeploy.tfs.names import DEFAULT_SIGNATURE, SERVE_TAG
-from tfdeploy.tfs.saved_model import read_saved_model, serving_signature_defs, shape_text
+from tfdeploy.tfs.saved_model import meta_graph, read_saved_model, signature_defs
 from tfdeploy.tfs.versions import WARMUP_FILE
 
 log = logging.getLogger("tfdeploy.serving")
@@ -32,16 +41,16 @@ class Servable:
     version: int
     path: Path
     signature_defs: dict  # key -> SignatureDef proto
-    functions: dict  # key -> concrete function
-    keepalive: object = None  # the loaded object the functions belong to
+    session: object = None  # the tf.compat.v1.Session holding the version's graph
     batchers: dict = field(default_factory=dict)
+    _callables: dict = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def signature(self, key: str):
         key = key or DEFAULT_SIGNATURE
         if key not in self.signature_defs:
-            raise StatusError(Code.INVALID_ARGUMENT,
-                               f'Serving signature key "{key}" not found. Available: '
-                               f"{', '.join(sorted(self.signature_defs))}")
+            raise StatusError(Code.FAILED_PRECONDITION,
+                              f'Serving signature key "{key}" not found.')
         return key, self.signature_defs[key]
 
     def check_inputs(self, key: str, inputs: dict[str, np.ndarray]) -> None:
@@ -51,8 +60,10 @@ class Servable:
             extra, missing = sorted(got - expected), sorted(expected - got)
             raise StatusError(
                 Code.INVALID_ARGUMENT,
-                f"input size does not match signature {key!r}: {len(got)}!={len(expected)}. "
-                f"Sent extra: {extra}. Missing but required: {missing}.")
+                f"input size does not match signature: {len(got)}!={len(expected)} "
+                f"len({{{','.join(sorted(got))}}}) != len({{{','.join(sorted(expected))}}}). "
+                f"Sent extra: {{{','.join(extra)}}}. "
+                f"Missing but required: {{{','.join(missing)}}}.")
         for name, array in inputs.items():
             info = sd.inputs[name]
             want = tensors.numpy_dtype(info.dtype)
@@ -63,70 +74,121 @@ class Servable:
                     Code.INVALID_ARGUMENT,
                     f"input {name!r} expects dtype {tensors.dtype_name(info.dtype)}, "
                     f"got {have}")
-            if info.tensor_shape.unknown_rank:
-                continue
-            dims = [d.size for d in info.tensor_shape.dim]
-            if len(dims) != array.ndim or any(
-                    d >= 0 and d != s for d, s in zip(dims, array.shape, strict=True)):
-                spec = shape_text([d if d >= 0 else None for d in dims])
-                raise StatusError(
-                    Code.INVALID_ARGUMENT,
-                    f"input {name!r} expects shape {spec}, got {list(array.shape)}")
 
     def run(self, key: str, inputs: dict[str, np.ndarray],
-            output_filter: list[str] | tuple = ()) -> dict[str, np.ndarray]:
-        """Validate, then run (through the batcher when batching is on)."""
+            output_filter: list[str] | tuple = (), timeout_ms: int = 0) -> dict[str, np.ndarray]:
+        """Check, then run (through the batcher when batching is on).  ``timeout_ms`` > 0
+        bounds the graph run (DEADLINE_EXCEEDED after it), as the session run timeout
+        of --rest_api_timeout_in_ms; batched runs are not bounded."""
         key, sd = self.signature(key)
-        unknown = [o for o in output_filter if o not in sd.outputs]
-        if unknown:
-            raise StatusError(Code.INVALID_ARGUMENT,
-                               f"output tensor alias {unknown[0]!r} not found in signature "
-                               f"{key!r} (outputs: {', '.join(sorted(sd.outputs))})")
+        seen = set()
+        for alias in output_filter:
+            if alias not in sd.outputs:
+                raise StatusError(
+                    Code.INVALID_ARGUMENT,
+                    f"output tensor alias not found in signature: {alias} Outputs expected "
+                    f"to be in the set {{{','.join(sorted(sd.outputs))}}}.")
+            if alias in seen:
+                raise StatusError(Code.INVALID_ARGUMENT,
+                                  f"duplicate output tensor alias: {alias}")
+            seen.add(alias)
         self.check_inputs(key, inputs)
         batcher = self.batchers.get(key)
-        outputs = batcher.submit(inputs) if batcher else self.call(key, inputs)
-        if output_filter:
-            outputs = {k: outputs[k] for k in output_filter}
-        return outputs
+        if batcher is not None:
+            outputs = batcher.submit(inputs)
+            return {k: outputs[k] for k in output_filter} if output_filter else outputs
+        return self.call(key, inputs, tuple(output_filter), timeout_ms)
 
     def close(self) -> None:
         """On unload: batch threads finish what is queued, then end; later calls (requests
-        that still hold this servable) run unbatched."""
+        that still hold this servable) run unbatched on the session, which stays open
+        until the last of them drops the servable."""
         for batcher in self.batchers.values():
             batcher.close()
 
-    def call(self, key: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the signature function on already-validated inputs."""
-        fn = self.functions[key]
+    def _callable(self, feeds: tuple[str, ...], fetches: tuple[str, ...], timeout_ms: int):
+        """A session callable feeding and fetching these tensor names (made once, then
+        reused: callables skip per-call graph pruning)."""
+        cache_key = (feeds, fetches, timeout_ms)
+        fn = self._callables.get(cache_key)
+        if fn is None:
+            from tensorflow.core.protobuf import config_pb2
+
+            options = config_pb2.CallableOptions(feed=feeds, fetch=fetches)
+            if timeout_ms > 0:
+                options.run_options.timeout_in_ms = timeout_ms
+            with self._lock:
+                fn = self._callables.get(cache_key)
+                if fn is None:
+                    # the callable API, unlike Session.run, does not hold fed values to
+                    # the tensors' static shapes: the graph decides, as in TF Serving
+                    fn = self.session._make_callable_from_options(options)
+                    self._callables[cache_key] = fn
+        return fn
+
+    def run_tensors(self, feeds: dict[str, np.ndarray], fetches: tuple[str, ...],
+                    timeout_ms: int = 0) -> list[np.ndarray]:
+        """Run the graph: ``feeds`` by tensor name, the ``fetches`` tensors' values back."""
+        names = tuple(sorted(feeds))
+        fn = self._callable(names, tuple(fetches), timeout_ms)
         try:
-            result = fn(**{k: tf.constant(v) for k, v in inputs.items()})
-        except tf.errors.InvalidArgumentError as exc:
+            return fn(*(feeds[n] for n in names))
+        except tf.errors.OpError as exc:
+            raise StatusError(Code.from_number(exc.error_code),
+                              tf_error_message(exc)) from None
+        except (TypeError, ValueError) as exc:
             raise StatusError(Code.INVALID_ARGUMENT, tf_error_message(exc)) from None
-        except (tf.errors.OpError, TypeError, ValueError) as exc:
-            raise StatusError(Code.INTERNAL, tf_error_message(exc)) from None
-        return {k: v.numpy() for k, v in result.items()}
+
+    def call(self, key: str, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] = (),
+             timeout_ms: int = 0) -> dict[str, np.ndarray]:
+        """Run the signature on already-checked inputs; all outputs unless ``outputs``."""
+        sd = self.signature_defs[key]
+        outputs = outputs or tuple(sorted(sd.outputs))
+        values = self.run_tensors({sd.inputs[k].name: v for k, v in inputs.items()},
+                                  tuple(sd.outputs[k].name for k in outputs), timeout_ms)
+        return dict(zip(outputs, values, strict=True))
+
+    def __del__(self) -> None:
+        session = self.session
+        if session is not None:
+            try:
+                session.close()
+            except Exception:  # interpreter shutdown: nothing left to free
+                pass
 
 
 class Loader:
     """Knows how to load one version; loading is only done when the Manager says so."""
 
     def __init__(self, name: str, version: int, path: Path, warmup: bool = True,
-                 batching=None, metrics=None):
+                 batching=None, metrics=None, tags: tuple[str, ...] = (SERVE_TAG,)):
         self.name, self.version, self.path = name, version, path
         self.warmup = warmup
         self.batching = batching
         self.metrics = metrics
+        self.tags = tuple(tags)
 
     def load(self) -> Servable:
         _, proto = read_saved_model(self.path)
-        defs = serving_signature_defs(proto, SERVE_TAG)
-        if defs is None:
-            raise StatusError(Code.FAILED_PRECONDITION,
-                              f"{self.path}: no meta graph tagged {SERVE_TAG!r}")
-        loaded = tf.saved_model.load(str(self.path), tags=[SERVE_TAG])
-        functions = {k: loaded.signatures[k] for k in defs if k in loaded.signatures}
-        servable = Servable(self.name, self.version, self.path,
-                            {k: defs[k] for k in functions}, functions, keepalive=loaded)
+        mg = meta_graph(proto, self.tags)
+        if mg is None:
+            raise StatusError(Code.NOT_FOUND,
+                              "Could not find meta graph def matching supplied tags: { "
+                              f"{' '.join(self.tags)} }}. To inspect available tag-sets in "
+                              "the SavedModel, please use the SavedModel CLI: "
+                              "`saved_model_cli`")
+        graph = tf.Graph()
+        # Threads of its own per version: a long request on one version (or many) must not
+        # starve the restore ops of a version loading beside it.
+        session = tf.compat.v1.Session(graph=graph, config=tf.compat.v1.ConfigProto(
+            allow_soft_placement=True, use_per_session_threads=True))
+        try:
+            with graph.as_default():
+                tf.compat.v1.saved_model.loader.load(session, list(self.tags), str(self.path))
+        except Exception:
+            session.close()
+            raise
+        servable = Servable(self.name, self.version, self.path, signature_defs(mg), session)
         if self.batching is not None:
             from tfdeploy.serving.batching import make_batchers
 
@@ -143,14 +205,26 @@ class Loader:
         from tfdeploy.tfs import protos
 
         log_pb2 = protos.module("tensorflow_serving.apis.prediction_log_pb2")
+        from tfdeploy.serving import inference
+
         count = 0
         for record in tf.data.TFRecordDataset(str(path)).take(MAX_WARMUP_RECORDS):
             entry = log_pb2.PredictionLog.FromString(record.numpy())
-            if entry.WhichOneof("log_type") != "predict_log":
+            kind = entry.WhichOneof("log_type")
+            if kind == "predict_log":
+                request = entry.predict_log.request
+                inputs = {k: tensors.from_proto(v) for k, v in request.inputs.items()}
+                key, _ = servable.signature(request.model_spec.signature_name)
+                servable.call(key, inputs)
+            elif kind in ("classify_log", "regress_log"):
+                verb = "classify" if kind == "classify_log" else "regress"
+                inference.classify_or_regress(verb, servable, getattr(entry, kind).request,
+                                              check_method=False)
+            elif kind == "multi_inference_log":
+                inference.multi_inference(servable, entry.multi_inference_log.request,
+                                          check_method=False)
+            else:
                 continue
-            request = entry.predict_log.request
-            inputs = {k: tensors.from_proto(v) for k, v in request.inputs.items()}
-            servable.call(*servable.signature(request.model_spec.signature_name)[:1], inputs)
             count += 1
         log.info("replayed %d warmup request(s) for %s version %d", count, self.name,
                  self.version)

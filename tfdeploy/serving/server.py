@@ -25,6 +25,50 @@ from tfdeploy.tfs.names import DEFAULT_SIGNATURE
 
 log = logging.getLogger("tfdeploy.serving")
 
+class _Observed:
+    """Times one request and records it in the metrics with the status it ended with."""
+
+    def __init__(self, metrics: Metrics, name: str, signature: str, api: str):
+        self.metrics, self.name, self.api = metrics, name, api
+        self.signature = signature or DEFAULT_SIGNATURE
+        self.version: int | str = ""
+
+    def __enter__(self) -> _Observed:
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        status = ("OK" if exc is None else
+                  exc.code.name if isinstance(exc, StatusError) else Code.INTERNAL.name)
+        self.metrics.observe(self.name, self.version, self.signature, self.api, status,
+                             time.perf_counter() - self.started)
+
+
+def validate_config(config) -> dict[str, tuple[Path, object]]:
+    """``{name: (base_path, version_policy)}`` of a ModelServerConfig, or a StatusError with
+    tensorflow_model_server's message; checked in full before anything changes, so a bad
+    config leaves the one in force serving."""
+    if config.WhichOneof("config") != "model_config_list":
+        raise StatusError(Code.INVALID_ARGUMENT,
+                          "ServerModelConfig type not supported by HandleReloadConfigRequest."
+                          " Only ModelConfigList is currently supported")
+    models = {}
+    for mc in config.model_config_list.config:
+        if mc.name in models:
+            raise StatusError(Code.INVALID_ARGUMENT,
+                              f"Illegal to list model {mc.name} multiple times in config list")
+        if not Path(mc.base_path).is_absolute():
+            raise StatusError(Code.INVALID_ARGUMENT,
+                              f"Expected model {mc.name} to have an absolute path or URI; got "
+                              f"base_path()={mc.base_path}")
+        if mc.model_platform not in ("", "tensorflow"):
+            raise StatusError(Code.INVALID_ARGUMENT,
+                              f"Model {mc.name} requests unsupported platform "
+                              f"{mc.model_platform}")
+        models[mc.name] = (Path(mc.base_path), mc.model_version_policy)
+    return models
+
+
 class ModelServer:
     def __init__(self, options: ServerOptions):
         self.options = options
@@ -62,34 +106,38 @@ class ModelServer:
         return config_files.single_model_config(o.model_name, o.model_base_path)
 
     def _loader(self, name: str, version: int, path: Path) -> Loader:
+        tags = tuple(t.strip() for t in self.options.saved_model_tags.split(",") if t.strip())
         return Loader(name, version, path, warmup=self.options.enable_model_warmup,
-                      batching=self.batching, metrics=self.metrics)
+                      batching=self.batching, metrics=self.metrics, tags=tags)
 
     def apply_config(self, config) -> None:
         """Make ``config`` (a ModelServerConfig) the served set: new models load, removed
         ones unload, policies and labels change in place."""
-        if config.WhichOneof("config") != "model_config_list":
-            raise StatusError(Code.INVALID_ARGUMENT,
-                               "only model_config_list configurations are supported")
-        models, names = {}, set()
-        for mc in config.model_config_list.config:
-            if not mc.name or not mc.base_path:
-                raise StatusError(Code.INVALID_ARGUMENT,
-                                   "every model config needs a name and a base_path")
-            if mc.name in names:
-                raise StatusError(Code.INVALID_ARGUMENT, f"duplicate model name {mc.name!r}")
-            if mc.model_platform not in ("", "tensorflow"):
-                raise StatusError(Code.INVALID_ARGUMENT,
-                                   f"model {mc.name}: unsupported platform {mc.model_platform}")
-            names.add(mc.name)
-            models[mc.name] = (Path(mc.base_path), mc.model_version_policy)
+        models = validate_config(config)
         with self._config_lock:
+            self._check_labels(config)
             for mc in config.model_config_list.config:
                 self.manager.set_labels(mc.name, dict(mc.version_labels))
             self.source.set_models(models)
             self.config = config
-            self.manager.retain_models(names)
+            self.manager.retain_models(set(models))
             self.source.poll_once()
+
+    def _check_labels(self, config) -> None:
+        """A label may only name an AVAILABLE version, as with tensorflow_model_server;
+        ``--allow_version_labels_for_unavailable_models`` lifts that for labels that are
+        new or keep their version."""
+        for mc in config.model_config_list.config:
+            current = self.manager.labels(mc.name)
+            for label, version in mc.version_labels.items():
+                if self.options.allow_version_labels_for_unavailable_models and \
+                        current.get(label, version) == version:
+                    continue
+                if not self.manager.is_available(mc.name, version):
+                    raise StatusError(
+                        Code.FAILED_PRECONDITION,
+                        f"Request to assign label to version {version} of model {mc.name}, "
+                        "which is not currently available for inference")
 
     def _poll_config_file(self) -> None:
         period = self.options.model_config_file_poll_wait_seconds
@@ -126,9 +174,8 @@ class ModelServer:
         """Stop accepting, let in-flight requests finish (up to ``grace`` s), unload."""
         self._stop.set()
         done = self._grpc.stop(grace) if self._grpc else None
-        if self._rest:
-            self._rest.shutdown()
-            self._rest.server_close()  # joins the request threads: in-flight ones finish
+        if self._rest:  # idle connections close at once, in-flight requests finish
+            self._rest.stop(grace)
         if done is not None:
             done.wait(grace)
         self.source.stop()
@@ -138,23 +185,41 @@ class ModelServer:
     def predict(self, name: str, version: int | None, label: str | None, signature: str,
                 inputs: dict[str, np.ndarray], output_filter=(),
                 api: str = "grpc") -> tuple[Servable, str, dict[str, np.ndarray]]:
-        started = time.perf_counter()
-        servable = None
-        key = signature or DEFAULT_SIGNATURE
-        status = "OK"
+        """Resolve the model spec once, then run on that servable."""
         try:
             servable = self.manager.handle(name, version, label)
-            key, _ = servable.signature(signature)
-            return servable, key, servable.run(key, inputs, output_filter)
         except StatusError as exc:
-            status = exc.code.name
+            self.metrics.observe(name, "", signature or DEFAULT_SIGNATURE, api,
+                                 exc.code.name, 0.0)
             raise
-        except Exception:
-            status = Code.INTERNAL.name
-            raise
-        finally:
-            self.metrics.observe(name, servable.version if servable else "", key, api, status,
-                                 time.perf_counter() - started)
+        key, outputs = self.run(servable, signature, inputs, output_filter, api)
+        return servable, key, outputs
+
+    def run(self, servable: Servable, signature: str, inputs: dict[str, np.ndarray],
+            output_filter=(), api: str = "grpc",
+            timeout_ms: int = 0) -> tuple[str, dict[str, np.ndarray]]:
+        """Run a request on the servable it resolved: that servable serves it to the end,
+        even if it is unloaded meanwhile (the request holds it).  Counted in metrics."""
+        with _Observed(self.metrics, servable.name, signature, api) as seen:
+            seen.version = servable.version
+            key, _ = servable.signature(signature)
+            seen.signature = key
+            return key, servable.run(key, inputs, output_filter, timeout_ms)
+
+    def infer(self, kind: str, name: str, version: int | None, label: str | None, request,
+              api: str = "grpc", timeout_ms: int = 0):
+        """Classify, Regress or MultiInference (``kind``) on the servable the model spec
+        resolves to, counted in metrics like Predict."""
+        from tfdeploy.serving import inference
+
+        spec = getattr(request, "model_spec", None)
+        with _Observed(self.metrics, name, spec.signature_name if spec else "", api) as seen:
+            servable = self.manager.handle(name, version, label)
+            seen.version = servable.version
+            check = self.options.enable_signature_method_name_check
+            if kind == "multi_inference":
+                return inference.multi_inference(servable, request, check)
+            return inference.classify_or_regress(kind, servable, request, check, timeout_ms)
 
     def status_proto(self, name: str, version: int | None, label: str | None):
         status_pb2 = protos.module("tensorflow_serving.apis.get_model_status_pb2")

@@ -3,6 +3,10 @@
 A version directory is offered only once it holds a complete SavedModel that has stopped
 changing: a copy still in progress, or a directory someone is filling by hand, is ignored
 until it is whole (our own exports appear atomically, other tools' may not).
+
+A base path that is missing or unreadable (renamed, unmounted, permissions) changes
+nothing: the loaded versions keep serving until it is back.  An existing base path with
+no versions in it unloads the model, as with tensorflow_model_server.
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ class FileSystemSource:
         self._poll_seconds = poll_seconds
         self._models: dict[str, tuple[Path, object]] = {}
         self._seen: dict[tuple[str, int], tuple] = {}
-        self._warned: set[str] = set()
+        self._warned: set[str] = set()  # models whose base path is unreadable
+        self._empty: set[str] = set()  # models with no complete version on disk
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -76,14 +81,30 @@ class FileSystemSource:
         with self._lock:
             models = dict(self._models)
         for name, (base, policy) in models.items():
-            if not base.is_dir():
+            try:
+                if not base.is_dir():
+                    raise FileNotFoundError(f"Could not find base path {base} for servable "
+                                            f"{name}")
+                ready = self.ready_versions(name, base)
+                if not base.is_dir():  # went away while we looked: what we saw is partial
+                    raise FileNotFoundError(f"base path {base} of servable {name} vanished")
+            except OSError as exc:
+                # Missing (renamed, unmounted) or unreadable: say nothing to the Manager, so
+                # what is loaded keeps serving until the base path is back, as
+                # tensorflow_model_server does.  Logged once per outage.
                 if name not in self._warned:
-                    log.warning("no versions of model %s found under base path %s", name, base)
+                    log.error("cannot read base path of model %s (keeping what is loaded): "
+                              "%s", name, exc)
                     self._warned.add(name)
-                self._on_aspired(name, {})
                 continue
-            self._warned.discard(name)
-            ready = self.ready_versions(name, base)
+            if name in self._warned:
+                log.info("base path of model %s is readable again", name)
+                self._warned.discard(name)
+            if ready:
+                self._empty.discard(name)
+            elif name not in self._empty:
+                log.warning("No versions of servable %s found under base path %s", name, base)
+                self._empty.add(name)
             keep = version_policy.aspired_versions(policy, ready)
             self._on_aspired(name, {v: ready[v] for v in sorted(keep)})
 

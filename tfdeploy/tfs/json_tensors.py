@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -76,7 +77,12 @@ def to_array(name: str, value: Any, dtype: int | None) -> np.ndarray:
         if want is None and _has_str(value):
             return np.array(decode_bytes(value), dtype=object)
         if isinstance(value, str) or (isinstance(value, list) and _has_str(value)):
-            raise ValueError("expected numbers, got strings")
+            leaf = value
+            while isinstance(leaf, list) and leaf:
+                leaf = leaf[0]
+            kind = tensors.dtype_name(dtype) if dtype is not None else "a number"
+            raise _bad(f"input {name!r}: JSON Value: {json.dumps(leaf)} Type: String is not "
+                       f"of expected type: {kind}")
         if hasattr(value, "dtype") and want is not None and want.kind in "iu" and value.size:
             _check_range(value, want)  # as np.asarray refuses such JSON numbers
         return np.asarray(value, dtype=want)
@@ -139,9 +145,11 @@ def encoded_image_body(signature: str, images: Iterable[bytes]) -> dict:
 def parse_predict(body: dict, signature_def) -> tuple[dict[str, np.ndarray], str]:
     """Row (``instances``) or columnar (``inputs``) request -> (named arrays, format),
     with each input converted to the dtype ``signature_def`` declares for it."""
-    if ("instances" in body) == ("inputs" in body):
-        raise _bad('request needs exactly one of "instances" (row format) or '
-                   '"inputs" (columnar format)')
+    if "instances" not in body and "inputs" not in body:
+        raise _bad("Missing 'inputs' or 'instances' key")
+    if "instances" in body and "inputs" in body:
+        raise _bad("Not formatted correctly expecting only one of 'inputs' or 'instances' "
+                   "keys exists")
     names = sorted(signature_def.inputs)
     if "instances" in body:
         rows = body["instances"]
@@ -225,3 +233,82 @@ def json_to_message(value: dict, message):
     from google.protobuf import json_format
 
     return json_format.ParseDict(value, message, ignore_unknown_fields=True)
+
+
+# -- classify and regress ----------------------------------------------------------------
+def _feature_kind(value: Any, name: str) -> str:
+    """The Feature list a JSON value goes in: bools and integers int64, other numbers
+    float, strings and ``{"b64": ...}`` bytes."""
+    if isinstance(value, bool) or isinstance(value, int):
+        return "int64_list"
+    if isinstance(value, float):
+        return "float_list"
+    if isinstance(value, str) or (isinstance(value, dict) and set(value) == {"b64"}):
+        return "bytes_list"
+    kind = "null" if value is None else type(value).__name__
+    raise _bad(f"Feature: {name} has element with unexpected JSON type: {kind}")
+
+
+_KIND_NAMES = {"int64_list": "int64", "float_list": "float", "bytes_list": "bytes"}
+
+
+def _fill_example(value: Any, example) -> None:
+    if not isinstance(value, dict):
+        raise _bad(f"Example must be JSON object but got JSON {type(value).__name__}")
+    for name, content in value.items():
+        feature = example.features.feature[name]
+        for item in content if isinstance(content, list) else [content]:
+            kind = _feature_kind(item, name)
+            current = feature.WhichOneof("kind")
+            if current is not None and current != kind:
+                raise _bad(f"Unexpected element type in feature: {name} expecting type: "
+                           f"{_KIND_NAMES[current]}")
+            values = getattr(feature, kind).value
+            if kind == "bytes_list":
+                values.append(decode_bytes(item))
+            elif kind == "int64_list":
+                if item >= 1 << 63:
+                    raise _bad(f"Feature: {name} has uint64_t element. Only int64_t is "
+                               "supported.")
+                values.append(int(item))
+            else:
+                values.append(item)
+
+
+def fill_example_request(body: dict, request) -> None:
+    """A Classification or Regression request from TF Serving's REST body:
+    ``{"signature_name": ..., "context": {features}, "examples": [{features}, ...]}``,
+    features as JSON numbers (int64 or float), strings or ``{"b64": ...}``."""
+    signature = body.get("signature_name", "")
+    if not isinstance(signature, str):
+        raise _bad("'signature_name' key must be a string")
+    request.model_spec.signature_name = signature
+    examples = body.get("examples")
+    if "context" in body:
+        _fill_example(body["context"], request.input.example_list_with_context.context)
+        target = request.input.example_list_with_context.examples
+    else:
+        target = request.input.example_list.examples
+    if examples is None:
+        raise _bad("When method is classify, key 'examples' is expected and was not found")
+    if not isinstance(examples, list):
+        raise _bad("Expecting 'examples' value to be an list/array")
+    if not examples:
+        raise _bad("'examples' value is an empty array")
+    for value in examples:
+        _fill_example(value, target.add())
+
+
+def render_classification(result) -> dict:
+    """``{"result": [[[label, score], ...] per example]}``, as TF Serving answers."""
+    if not result.classifications:
+        raise _bad("Cannot convert empty ClassificationResults to JSON")
+    return {"result": [[[c.label, c.score] for c in cs.classes]
+                       for cs in result.classifications]}
+
+
+def render_regression(result) -> dict:
+    """``{"result": [value per example]}``."""
+    if not result.regressions:
+        raise _bad("Cannot convert empty RegressionResults to JSON")
+    return {"result": [r.value for r in result.regressions]}

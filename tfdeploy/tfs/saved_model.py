@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,10 +77,26 @@ def read_saved_model(version_dir: Path):
     return path, message
 
 
+def meta_graph(message, tags: Iterable[str]):
+    """The MetaGraphDef whose tag set is exactly ``tags`` (as loaders match them), or
+    None."""
+    wanted = set(tags)
+    for mg in message.meta_graphs:
+        if set(mg.meta_info_def.tags) == wanted:
+            return mg
+    return None
+
+
+def signature_defs(meta_graph_def) -> dict:
+    """Key -> SignatureDef of a MetaGraphDef, without internal entries
+    (``__saved_model_init_op``)."""
+    return {k: v for k, v in meta_graph_def.signature_def.items() if not k.startswith("__")}
+
+
 def serving_signature_defs(message, tag: str) -> dict | None:
     """Key -> SignatureDef of the first MetaGraph tagged ``tag``, without internal
     entries (``__saved_model_init_op``); None when no MetaGraph has the tag."""
     for mg in message.meta_graphs:
         if tag in mg.meta_info_def.tags:
-            return {k: v for k, v in mg.signature_def.items() if not k.startswith("__")}
+            return signature_defs(mg)
     return None

@@ -1,0 +1,140 @@
+"""Small SavedModels built in the test session, for server tests that need a model that
+loads in well under a second (the DeepLab exports take several).
+
+All compute y = 0.5 * x + 2 ("half plus two", the shape of TF Serving's own test models),
+with variables (so a truncated variables file really breaks loading):
+
+- ``save_half_plus_two``: TF2 ``tf.saved_model.save``, x [?, 1] -> y;
+- ``save_tf1_half_plus_two``: a TF1 graph saved with SavedModelBuilder (``.pb`` or
+  ``.pbtxt``): serialized tf.Examples parsed by ParseExample, with a predict signature
+  (x -> y), regress signatures (examples -> y, y2 = 0.5 x + 3) and a classify signature
+  (examples -> scores y);
+- ``save_keras_half_plus_two``: a Keras model exported with ``Model.export``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+
+def save_half_plus_two(path: Path) -> Path:
+    """A TF2 SavedModel at ``path``: ``serving_default`` maps x [?, 1] to y = x / 2 + 2."""
+    import tensorflow as tf
+
+    class HalfPlusTwo(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = tf.Variable(0.5)
+            self.b = tf.Variable(2.0)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": self.a * x + self.b}
+
+    module = HalfPlusTwo()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
+def save_tf1_half_plus_two(path: Path, as_text: bool = False) -> Path:
+    """The TF1 model described above, saved by SavedModelBuilder."""
+    import tensorflow as tf
+
+    tf1 = tf.compat.v1
+    sig = tf1.saved_model.signature_def_utils
+    graph = tf.Graph()
+    with graph.as_default(), tf1.Session(graph=graph) as session:
+        a, b, c = (tf1.Variable(v, name=n) for v, n in ((0.5, "a"), (2.0, "b"), (3.0, "c")))
+        examples = tf1.placeholder(tf.string, shape=[None], name="tf_example")
+        features = tf1.io.parse_example(examples, {
+            "x": tf1.io.FixedLenFeature([1], tf.float32),
+            "x2": tf1.io.FixedLenFeature([1], tf.float32, default_value=[0.0])})
+        x = tf.identity(features["x"], name="x")
+        y = tf.identity(a * x + b, name="y")
+        y2 = tf.identity(a * x + c, name="y2")
+        signatures = {
+            "serving_default": sig.predict_signature_def(inputs={"x": x}, outputs={"y": y}),
+            "regress_x_to_y": sig.regression_signature_def(examples, y),
+            "regress_x_to_y2": sig.regression_signature_def(examples, y2),
+            "classify_x_to_y": sig.classification_signature_def(examples, None, y),
+        }
+        session.run(tf1.global_variables_initializer())
+        builder = tf1.saved_model.Builder(str(path))
+        builder.add_meta_graph_and_variables(session, ["serve"],
+                                             signature_def_map=signatures)
+        builder.save(as_text=as_text)
+    return path
+
+
+def save_keras_half_plus_two(path: Path) -> Path:
+    """A one-unit Dense layer (kernel 0.5, bias 2) exported by Keras for serving."""
+    import keras
+
+    inputs = keras.Input(shape=(1,), name="x")
+    dense = keras.layers.Dense(1, name="y")
+    model = keras.Model(inputs, dense(inputs))
+    dense.set_weights([np.array([[0.5]], np.float32), np.array([2.0], np.float32)])
+    model.export(str(path), verbose=False)
+    return path
+
+
+def save_gated_half_plus_two(path: Path) -> Path:
+    """Like ``save_half_plus_two`` with a second input, ``gate`` (a file path): a call
+    returns only once that file exists (or after a bounded number of looks).  Tests hold
+    requests in flight with it, then open the gate, instead of relying on timing."""
+    import tensorflow as tf
+
+    class Gated(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x"),
+                                      tf.TensorSpec([], tf.string, name="gate")])
+        def serve(self, x, gate):
+            def closed(i):
+                return tf.logical_and(tf.size(tf.io.matching_files(gate)) == 0,
+                                      i < 100_000_000)
+
+            (looks,) = tf.while_loop(closed, lambda i: (i + 1,), [tf.constant(0)])
+            return {"y": x * 0.5 + 2.0, "looks": looks}
+
+    module = Gated()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
+def half_plus_two(x: np.ndarray) -> np.ndarray:
+    return x * 0.5 + 2
+
+
+def put_version(base: Path, version: int, source: Path) -> Path:
+    """Copy ``source`` to ``base/version`` atomically (as an export does): copy beside it,
+    then rename into place, so the server never sees a half-copied directory."""
+    staging = base / f".staging-{version}"
+    shutil.copytree(source, staging)
+    target = base / str(version)
+    staging.rename(target)
+    return target
+
+
+def corrupt_graph(version_dir: Path) -> None:
+    """Replace the SavedModel proto with bytes that do not parse."""
+    (version_dir / "saved_model.pb").write_bytes(b"\x0a\xff\xff garbage, not a SavedModel")
+
+
+def truncate_variables(version_dir: Path) -> None:
+    """Cut every variables data shard to half its size (the index still lists them whole)."""
+    for shard in (version_dir / "variables").glob("variables.data-*"):
+        data = shard.read_bytes()
+        shard.write_bytes(data[: len(data) // 2])
+
+
+def serve_one(source: Path, tmp_path: Path, name: str, *flags: str):
+    """A server for one model, ``source`` copied in as its version 1: (base path, server)."""
+    from servers import ServerProcess
+
+    base = tmp_path / name
+    base.mkdir()
+    put_version(base, 1, source)
+    return base, ServerProcess(f"--model_name={name}", f"--model_base_path={base}", *flags,
+                               log_dir=tmp_path)

@@ -1,0 +1,380 @@
+"""Availability under faults, over real sockets on 127.0.0.1: broken versions appearing,
+the base path going away, bad configs, version swaps, requests held in flight.  A client
+loop keeps sending requests through each fault; none may fail.  Counts and durations are
+bounded; requests are held in flight by a model that waits for a gate file, not by
+timing."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from servers import ServerProcess, http
+from small_models import (
+    corrupt_graph,
+    put_version,
+    save_gated_half_plus_two,
+    save_half_plus_two,
+    serve_one,
+    truncate_variables,
+)
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+from tensorflow_serving.config import model_server_config_pb2
+
+from tfdeploy.tfs import tensors
+
+MAX_REQUESTS = 4000  # per client thread: bounds the test even if a wait misbehaves
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_half_plus_two(tmp_path_factory.mktemp("hp2") / "model")
+
+
+class ClientLoop:
+    """gRPC and REST Predict calls in two threads until stopped; records every outcome."""
+
+    def __init__(self, srv: ServerProcess, model: str = "hp2"):
+        self.srv, self.model = srv, model
+        self.stop_event = threading.Event()
+        self.failures: list[str] = []
+        self.versions: list[int] = []
+        self.sent = 0
+        self._threads = [threading.Thread(target=self._grpc, daemon=True),
+                         threading.Thread(target=self._rest, daemon=True)]
+
+    def __enter__(self) -> ClientLoop:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_event.set()
+        for t in self._threads:
+            t.join(60)
+
+    def _grpc(self) -> None:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(self.srv.grpc_target))
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.model
+        request.inputs["x"].CopyFrom(tensors.to_proto(np.array([[1.0]], np.float32)))
+        for _ in range(MAX_REQUESTS):
+            if self.stop_event.is_set():
+                return
+            try:
+                response = stub.Predict(request, 30)
+                self.versions.append(response.model_spec.version.value)
+                y = tensors.from_proto(response.outputs["y"])
+                if y.tolist() != [[2.5]]:
+                    self.failures.append(f"grpc: wrong answer {y.tolist()}")
+            except grpc.RpcError as exc:
+                self.failures.append(f"grpc: {exc.code().name} {exc.details()}")
+            self.sent += 1
+
+    def _rest(self) -> None:
+        url = f"{self.srv.rest}/v1/models/{self.model}:predict"
+        for _ in range(MAX_REQUESTS):
+            if self.stop_event.is_set():
+                return
+            code, body = http("POST", url, {"instances": [[3.0]]}, timeout=30)
+            if code != 200 or body != {"predictions": [[3.5]]}:
+                self.failures.append(f"rest: {code} {body}")
+            self.sent += 1
+
+    def wait_sent(self, more: int, timeout: float = 60) -> None:
+        """Until ``more`` further requests went out (so the fault really met traffic)."""
+        target, deadline = self.sent + more, time.monotonic() + timeout
+        while self.sent < target and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.sent >= target, "the client loop stalled"
+
+
+def _versions(srv: ServerProcess, model: str = "hp2") -> dict[int, dict]:
+    code, body = http("GET", f"{srv.rest}/v1/models/{model}", timeout=10)
+    assert code == 200, body
+    return {int(v["version"]): v for v in body["model_version_status"]}
+
+
+def test_broken_versions_never_unload_the_serving_one(model_dir, tmp_path):
+    broken = tmp_path / "broken"
+    base, srv = serve_one(model_dir, tmp_path, "hp2",
+                          "--file_system_poll_wait_seconds=0.1", "--max_num_load_retries=1",
+                          "--load_retry_interval_micros=100000")
+    try:
+        srv.wait_available(1, model="hp2")
+        with ClientLoop(srv) as loop:
+            loop.wait_sent(50)
+            # version 2: a saved_model.pb that does not parse
+            put_version(base, 2, model_dir)
+            corrupt_graph(base / "2")
+            srv.wait_for(lambda s: s.get(2) == "END", model="hp2", timeout=60)
+            loop.wait_sent(100)
+            # version 3: a whole graph but a truncated variables file
+            put_version(broken, 3, model_dir)
+            truncate_variables(broken / "3")
+            (broken / "3").rename(base / "3")
+            srv.wait_for(lambda s: s.get(3) == "END", model="hp2", timeout=60)
+            time.sleep(0.5)  # the retries of version 3 (0.1 s apart) under traffic
+            loop.wait_sent(100)
+        assert loop.failures == []
+        assert set(loop.versions) == {1}
+        status = _versions(srv)
+        assert status[1]["state"] == "AVAILABLE"
+        for bad in (2, 3):
+            assert status[bad]["state"] == "END"
+            assert status[bad]["status"]["error_code"] != "OK"
+            assert status[bad]["status"]["error_message"].startswith("load failed: ")
+        assert "not a valid SavedModel" in status[2]["status"]["error_message"]
+        assert "giving up" in srv.log()
+        # a good version after the bad ones replaces 1 as usual
+        put_version(base, 4, model_dir)
+        srv.wait_for(lambda s: s.get(4) == "AVAILABLE" and s.get(1) == "END", model="hp2")
+    finally:
+        assert srv.stop() == 0
+
+
+def test_base_path_renamed_away_and_back_keeps_serving(model_dir, tmp_path):
+    base, srv = serve_one(model_dir, tmp_path, "hp2", "--file_system_poll_wait_seconds=0.1")
+    try:
+        srv.wait_available(1, model="hp2")
+        with ClientLoop(srv) as loop:
+            loop.wait_sent(50)
+            base.rename(tmp_path / "away")
+            time.sleep(1.5)  # fifteen polls without a base path
+            loop.wait_sent(100)
+            assert _versions(srv)[1]["state"] == "AVAILABLE"
+            (tmp_path / "away").rename(base)
+            time.sleep(0.5)
+            loop.wait_sent(50)
+        assert loop.failures == []
+        assert {v: s["state"] for v, s in _versions(srv).items()} == {1: "AVAILABLE"}
+        log = srv.log()
+        assert log.count("cannot read base path of model hp2") == 1
+        assert "base path of model hp2 is readable again" in log
+    finally:
+        assert srv.stop() == 0
+
+
+def test_refused_configs_keep_the_one_in_force(model_dir, tmp_path):
+    base = tmp_path / "hp2"
+    base.mkdir()
+    put_version(base, 1, model_dir)
+    config = tmp_path / "models.config"
+    good = f'model_config_list {{ config {{ name: "hp2" base_path: "{base}" }} }}\n'
+    config.write_text(good)
+    srv = ServerProcess(f"--model_config_file={config}",
+                        "--model_config_file_poll_wait_seconds=0.1", log_dir=tmp_path)
+    stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(srv.grpc_target))
+    try:
+        srv.wait_available(1, model="hp2")
+        with ClientLoop(srv) as loop:
+            loop.wait_sent(50)
+            # a file that does not parse: logged, the config in force keeps serving
+            config.write_text("model_config_list { config { name: ")
+            srv.wait_for(lambda _: "cannot reload" in srv.log(), model="hp2", timeout=30)
+            loop.wait_sent(50)
+            config.write_text(good)
+            # refused reload requests fail with their status and change nothing
+            for models, message in (
+                    ([("hp2", str(base)), ("hp2", str(base))],
+                     "Illegal to list model hp2 multiple times in config list"),
+                    ([("hp2", "relative/path")],
+                     "Expected model hp2 to have an absolute path or URI; "
+                     "got base_path()=relative/path")):
+                new = model_server_config_pb2.ModelServerConfig()
+                for name, path in models:
+                    new.model_config_list.config.add(name=name, base_path=path)
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.HandleReloadConfigRequest(
+                        model_management_pb2.ReloadConfigRequest(config=new), 30)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert err.value.details() == message
+            loop.wait_sent(50)
+        assert loop.failures == []
+        assert {v: s["state"] for v, s in _versions(srv).items()} == {1: "AVAILABLE"}
+    finally:
+        assert srv.stop() == 0
+
+
+# -- requests in flight ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gated_dir(tmp_path_factory) -> Path:
+    return save_gated_half_plus_two(tmp_path_factory.mktemp("gated") / "model")
+
+
+def _gated_request(gate: Path) -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "gated"
+    request.inputs["x"].CopyFrom(tensors.to_proto(np.array([[1.0]], np.float32)))
+    request.inputs["gate"].CopyFrom(tensors.to_proto(np.array(str(gate).encode(), object)))
+    return request
+
+
+def test_model_service_calls_never_wait_behind_predictions(gated_dir, tmp_path):
+    """Predictions fill every inference thread (--grpc_max_threads=2) and queue more;
+    status, metadata and config reload calls still answer while they are held."""
+    gate = tmp_path / "gate-open"
+    base, srv = serve_one(gated_dir, tmp_path, "gated", "--grpc_max_threads=2")
+    channel = grpc.insecure_channel(srv.grpc_target)
+    predictions = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    models = model_service_pb2_grpc.ModelServiceStub(channel)
+    held = []
+    try:
+        srv.wait_available(1, model="gated")
+        held = [predictions.Predict.future(_gated_request(gate), 120) for _ in range(4)]
+        time.sleep(0.5)  # let them reach the server
+        status = models.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(
+            model_spec={"name": "gated"}), 30)
+        assert [v.state for v in status.model_version_status] == [30]  # AVAILABLE
+        metadata = predictions.GetModelMetadata(get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec={"name": "gated"}, metadata_field=["signature_def"]), 30)
+        assert metadata.model_spec.version.value == 1
+        config = model_server_config_pb2.ModelServerConfig()
+        config.model_config_list.config.add(name="gated", base_path=str(base),
+                                            model_platform="tensorflow")
+        models.HandleReloadConfigRequest(
+            model_management_pb2.ReloadConfigRequest(config=config), 30)
+        assert _versions(srv, "gated")[1]["state"] == "AVAILABLE"
+        assert not any(f.done() for f in held), "the gate was open too early"
+    finally:
+        gate.touch()
+        results = [f.result() for f in held]
+        assert srv.stop() == 0
+    assert [tensors.from_proto(r.outputs["y"]).tolist() for r in results] == [[[2.5]]] * 4
+
+
+def test_unloaded_version_finishes_its_requests_in_flight(gated_dir, tmp_path):
+    gate = tmp_path / "gate-open"
+    base, srv = serve_one(gated_dir, tmp_path, "gated", "--file_system_poll_wait_seconds=0.1")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(
+        grpc.insecure_channel(srv.grpc_target))
+    rest_result: list = []
+    try:
+        srv.wait_available(1, model="gated")
+        over_grpc = stub.Predict.future(_gated_request(gate), 120)
+        over_rest = threading.Thread(target=lambda: rest_result.append(http(
+            "POST", f"{srv.rest}/v1/models/gated:predict",
+            {"inputs": {"x": [[1.0]], "gate": str(gate)}}, timeout=120)))
+        over_rest.start()
+        time.sleep(0.5)  # let them reach the server
+        put_version(base, 2, gated_dir)
+        srv.wait_for(lambda s: s == {1: "END", 2: "AVAILABLE"}, model="gated")
+        assert not over_grpc.done() and not rest_result, "the gate was open too early"
+        gate.touch()
+        response = over_grpc.result()
+        over_rest.join(60)
+        assert response.model_spec.version.value == 1
+        assert tensors.from_proto(response.outputs["y"]).tolist() == [[2.5]]
+        code, body = rest_result[0]
+        assert code == 200 and body["outputs"]["y"] == [[2.5]], body
+    finally:
+        gate.touch()
+        assert srv.stop() == 0
+
+
+def test_rest_and_grpc_requests_never_fail_during_version_swaps(model_dir, tmp_path):
+    """Each request resolves its version once: swaps under traffic fail nothing."""
+    base, srv = serve_one(model_dir, tmp_path, "hp2", "--file_system_poll_wait_seconds=0.1")
+    try:
+        srv.wait_available(1, model="hp2")
+        with ClientLoop(srv) as loop:
+            for version in (2, 3, 4, 5):
+                loop.wait_sent(30)
+                put_version(base, version, model_dir)
+                srv.wait_for(lambda s, v=version: s.get(v) == "AVAILABLE"
+                             and s.get(v - 1) == "END", model="hp2")
+            loop.wait_sent(30)
+        assert loop.failures == []
+        assert {1, 5} <= set(loop.versions)
+    finally:
+        assert srv.stop() == 0
+
+
+def test_rest_timeout_and_grpc_channel_arguments(gated_dir, tmp_path):
+    """--rest_api_timeout_in_ms bounds a REST request's model run (504 DEADLINE_EXCEEDED,
+    the server serves on); --grpc_channel_arguments reach the gRPC server."""
+    gate = tmp_path / "gate-open"
+    _, srv = serve_one(gated_dir, tmp_path, "gated", "--rest_api_timeout_in_ms=300",
+                       "--grpc_channel_arguments=grpc.max_receive_message_length=4096")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(
+        grpc.insecure_channel(srv.grpc_target))
+    url = f"{srv.rest}/v1/models/gated:predict"
+    try:
+        srv.wait_available(1, model="gated")
+        code, body = http("POST", url, {"inputs": {"x": [[1.0]], "gate": str(gate)}})
+        assert code == 504, body
+        gate.touch()
+        code, body = http("POST", url, {"inputs": {"x": [[1.0]], "gate": str(gate)}})
+        assert code == 200 and body["outputs"]["y"] == [[2.5]], body
+        big = _gated_request(gate)
+        big.inputs["x"].CopyFrom(tensors.to_proto(np.ones((2000, 1), np.float32)))
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Predict(big, 30)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert tensors.from_proto(stub.Predict(_gated_request(gate), 30).outputs["y"]) \
+            .tolist() == [[2.5]]
+    finally:
+        gate.touch()
+        assert srv.stop() == 0
+
+
+@pytest.mark.parametrize("flag", ["--grpc_socket_path=/tmp/tfs.sock",
+                                  "--ssl_config_file=/tmp/ssl.config",
+                                  "--prefer_tflite_model=true"])
+def test_flags_that_would_change_results_are_refused(flag, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "-m", "tfdeploy.serving", "--model_name=m",
+                           f"--model_base_path={tmp_path}", flag],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    name = flag[2:].split("=")[0]
+    assert proc.returncode == 2
+    assert f"--{name} is not supported by tfdeploy-model-server" in proc.stderr
+
+
+def test_rest_api_num_threads_bounds_inference_not_status(gated_dir, tmp_path):
+    """With --rest_api_num_threads=1 a second REST prediction waits for the held one; a
+    status GET answers meanwhile."""
+    held_gate, open_gate = tmp_path / "gate-held", tmp_path / "gate-open"
+    open_gate.touch()
+    _, srv = serve_one(gated_dir, tmp_path, "gated", "--rest_api_num_threads=1")
+    url = f"{srv.rest}/v1/models/gated:predict"
+    finished: list[str] = []
+
+    def predict(name: str, gate: Path) -> None:
+        code, _ = http("POST", url, {"inputs": {"x": [[1.0]], "gate": str(gate)}})
+        finished.append(f"{name} {code}")
+
+    try:
+        srv.wait_available(1, model="gated")
+        threads = [threading.Thread(target=predict, args=("held", held_gate))]
+        threads[0].start()
+        time.sleep(0.5)  # the held request takes the only slot
+        threads.append(threading.Thread(target=predict, args=("second", open_gate)))
+        threads[1].start()
+        time.sleep(0.5)
+        assert _versions(srv, "gated")[1]["state"] == "AVAILABLE"
+        assert finished == []
+        held_gate.touch()
+        for t in threads:
+            t.join(60)
+        # (both answer once the held one frees the slot; which reply lands first varies)
+        assert sorted(finished) == ["held 200", "second 200"]
+    finally:
+        held_gate.touch()
+        assert srv.stop() == 0

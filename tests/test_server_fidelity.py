@@ -1,0 +1,416 @@
+"""The embedded server behaves as tensorflow_model_server, over real sockets on 127.0.0.1,
+with small models built here: a TF1 graph with ParseExample inputs and predict, classify
+and regress signatures (saved as .pb and as .pbtxt), a TF2 ``tf.saved_model.save`` model
+and a Keras export.  One server (module scope) serves them all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from servers import ServerProcess, http
+from small_models import (
+    put_version,
+    save_half_plus_two,
+    save_keras_half_plus_two,
+    save_tf1_half_plus_two,
+    serve_one,
+)
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from tfdeploy.tfs import tensors
+
+MODELS = ("tf1", "tf1text", "tf2", "keras")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fidelity")
+    builders = {"tf1": save_tf1_half_plus_two,
+                "tf1text": lambda p: save_tf1_half_plus_two(p, as_text=True),
+                "tf2": save_half_plus_two, "keras": save_keras_half_plus_two}
+    entries = []
+    for name, build in builders.items():
+        (root / name).mkdir()
+        model = build(root / f"{name}-model")
+        if name == "tf1":
+            _write_warmup(model)
+        put_version(root / name, 1, model)
+        entries.append(f'config {{ name: "{name}" base_path: "{root / name}" '
+                       f'model_platform: "tensorflow" }}')
+    config = root / "models.config"
+    config.write_text("model_config_list {\n  " + "\n  ".join(entries) + "\n}\n")
+    srv = ServerProcess(f"--model_config_file={config}", log_dir=root)
+    srv.config_entries = entries
+    try:
+        for name in MODELS:
+            srv.wait_available(1, model=name)
+        yield srv
+    finally:
+        assert srv.stop() == 0
+
+
+def _write_warmup(model: Path) -> None:
+    """One warmup record of each kind TF Serving replays (Predict, Classify, Regress,
+    MultiInference) for the TF1 model."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    logs = []
+    entry = prediction_log_pb2.PredictionLog()
+    entry.predict_log.request.model_spec.name = "tf1"
+    entry.predict_log.request.inputs["x"].CopyFrom(
+        tensors.to_proto(np.ones((1, 1), np.float32)))
+    logs.append(entry)
+    for kind, signature in (("classify_log", "classify_x_to_y"),
+                            ("regress_log", "regress_x_to_y")):
+        entry = prediction_log_pb2.PredictionLog()
+        _examples_request(getattr(entry, kind).request, "tf1", signature, _example(x=1.0))
+        logs.append(entry)
+    entry = prediction_log_pb2.PredictionLog()
+    task = entry.multi_inference_log.request.tasks.add(method_name="tensorflow/serving/regress")
+    task.model_spec.name, task.model_spec.signature_name = "tf1", "regress_x_to_y2"
+    entry.multi_inference_log.request.input.example_list.examples.append(_example(x=1.0))
+    logs.append(entry)
+    (model / "assets.extra").mkdir()
+    with tf.io.TFRecordWriter(str(model / "assets.extra" / "tf_serving_warmup_requests")) as w:
+        for entry in logs:
+            w.write(entry.SerializeToString())
+
+
+@pytest.fixture(scope="module")
+def stub(server):
+    return prediction_service_pb2_grpc.PredictionServiceStub(
+        grpc.insecure_channel(server.grpc_target))
+
+
+def _predict(stub, model: str, x, key: str = "x", signature: str = ""):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    request.inputs[key].CopyFrom(tensors.to_proto(np.asarray(x, np.float32)))
+    return stub.Predict(request, 30)
+
+
+# -- item: signatures run as the graph allows --------------------------------------------
+@pytest.mark.parametrize("model", ["tf1", "tf1text", "tf2"])
+def test_inputs_of_other_shapes_are_fed_to_the_graph(server, stub, model):
+    """x of shape [1] for a [?, 1] signature: the graph accepts it, so the server does."""
+    response = _predict(stub, model, [2.0])
+    assert tensors.from_proto(response.outputs["y"]).tolist() == [3.0]
+    assert response.model_spec.signature_name == "serving_default"
+    code, body = http("POST", f"{server.rest}/v1/models/{model}:predict",
+                      {"instances": [2.0, 3.0, 4.0]})
+    assert (code, body) == (200, {"predictions": [3.0, 3.5, 4.0]})
+    code, body = http("POST", f"{server.rest}/v1/models/{model}:predict",
+                      {"inputs": {"x": [[1.0], [2.0]]}})
+    assert (code, body) == (200, {"outputs": [[2.5], [3.0]]})
+
+
+def test_keras_export_serves_and_its_graph_decides_shapes(server, stub):
+    response = _predict(stub, "keras", [[1.0], [4.0]])
+    assert tensors.from_proto(response.outputs["output_0"]).tolist() == [[2.5], [4.0]]
+    code, body = http("POST", f"{server.rest}/v1/models/keras:predict",
+                      {"instances": [[1.0]]})
+    assert (code, body) == (200, {"predictions": [[2.5]]})
+    # a Dense layer needs a matrix: the graph refuses a vector, with its own words
+    with pytest.raises(grpc.RpcError) as err:
+        _predict(stub, "keras", [1.0, 2.0])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is not a matrix" in err.value.details()
+    assert server.status("keras") == {1: "AVAILABLE"}
+
+
+def test_warmup_replays_every_kind_of_record(server):
+    assert "replayed 4 warmup request(s) for tf1 version 1" in server.log()
+
+
+def test_tf1_model_with_shapeless_example_signatures_loads(server, stub):
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = "tf1"
+    response = stub.GetModelMetadata(request, 30)
+    sigs = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(sigs)
+    methods = {k: v.method_name for k, v in sigs.signature_def.items()}
+    assert methods == {"serving_default": "tensorflow/serving/predict",
+                       "classify_x_to_y": "tensorflow/serving/classify",
+                       "regress_x_to_y": "tensorflow/serving/regress",
+                       "regress_x_to_y2": "tensorflow/serving/regress"}
+
+
+def test_predict_checks_what_the_official_server_checks(server, stub):
+    with pytest.raises(grpc.RpcError) as err:
+        _predict(stub, "tf2", [[1.0]], key="z")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == ("input size does not match signature: 1!=1 len({z}) != "
+                                   "len({x}). Sent extra: {z}. Missing but required: {x}.")
+    with pytest.raises(grpc.RpcError) as err:
+        _predict(stub, "tf2", [[1.0]], signature="nope")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.details() == 'Serving signature key "nope" not found.'
+    request = predict_pb2.PredictRequest(output_filter=["w"])
+    request.model_spec.name = "tf2"
+    request.inputs["x"].CopyFrom(tensors.to_proto(np.ones((1, 1), np.float32)))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Predict(request, 30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == ("output tensor alias not found in signature: w Outputs "
+                                   "expected to be in the set {y}.")
+
+
+def test_saved_model_tags_pick_the_meta_graph(tmp_path: Path):
+    _, srv = serve_one(save_half_plus_two(tmp_path / "model"), tmp_path, "tf2",
+                       "--saved_model_tags=serve,tpu", "--max_num_load_retries=0")
+    try:
+        srv.wait_for(lambda s: s == {1: "END"}, model="tf2")
+        code, body = http("GET", f"{srv.rest}/v1/models/tf2")
+        message = body["model_version_status"][0]["status"]["error_message"]
+        assert "Could not find meta graph def matching supplied tags: { serve tpu }" in message
+    finally:
+        assert srv.stop() == 0
+
+
+# -- Classify, Regress, MultiInference ---------------------------------------------------
+def _example(**features: float):
+    from tensorflow.core.example import example_pb2
+
+    example = example_pb2.Example()
+    for name, value in features.items():
+        example.features.feature[name].float_list.value.append(value)
+    return example
+
+
+def _examples_request(request, model: str, signature: str, *examples, context=None):
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    if context is None:
+        request.input.example_list.examples.extend(examples)
+    else:
+        request.input.example_list_with_context.context.CopyFrom(context)
+        request.input.example_list_with_context.examples.extend(examples)
+    return request
+
+
+def test_classify_and_regress_over_grpc(stub):
+    from tensorflow_serving.apis import classification_pb2, regression_pb2
+
+    request = _examples_request(classification_pb2.ClassificationRequest(), "tf1",
+                                "classify_x_to_y", _example(x=1.0), _example(x=2.0))
+    response = stub.Classify(request, 30)
+    assert [[(c.label, c.score) for c in cs.classes]
+            for cs in response.result.classifications] == [[("", 2.5)], [("", 3.0)]]
+    assert (response.model_spec.signature_name, response.model_spec.version.value) == (
+        "classify_x_to_y", 1)
+    # a context is merged into every example; an example's own feature wins
+    request = _examples_request(regression_pb2.RegressionRequest(), "tf1text",
+                                "regress_x_to_y2", _example(), _example(x=3.0),
+                                context=_example(x=1.0))
+    response = stub.Regress(request, 30)
+    assert [r.value for r in response.result.regressions] == [3.5, 4.5]
+
+
+@pytest.mark.parametrize("call,signature,message", [
+    # no signature name: serving_default, a predict signature, is not shaped to classify
+    ("Classify", "", "No classification inputs found in SignatureDef: "),
+    ("Classify", "regress_x_to_y", 'Expected classification signature outputs to contain '
+                                   'at least one of "classes" or "scores".'),
+    ("Regress", "classify_x_to_y", "No regression outputs found in SignatureDef: "),
+    ("Regress", "nope", "No signature was found with the name: nope"),
+])
+def test_classify_and_regress_signature_rules(stub, call, signature, message):
+    from tensorflow_serving.apis import classification_pb2, regression_pb2
+
+    request = (classification_pb2.ClassificationRequest() if call == "Classify"
+               else regression_pb2.RegressionRequest())
+    _examples_request(request, "tf1", signature, _example(x=1.0))
+    with pytest.raises(grpc.RpcError) as err:
+        getattr(stub, call)(request, 30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in err.value.details()
+    request.input.Clear()
+    request.model_spec.signature_name = "regress_x_to_y" if call == "Regress" else \
+        "classify_x_to_y"
+    with pytest.raises(grpc.RpcError) as err:
+        getattr(stub, call)(request, 30)
+    assert (err.value.code(), err.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                       "Input is empty.")
+
+
+def test_multi_inference(stub):
+    from tensorflow_serving.apis import inference_pb2
+
+    request = inference_pb2.MultiInferenceRequest()
+    for signature, method in (("classify_x_to_y", "tensorflow/serving/classify"),
+                              ("regress_x_to_y2", "tensorflow/serving/regress")):
+        task = request.tasks.add(method_name=method)
+        task.model_spec.name, task.model_spec.signature_name = "tf1", signature
+    request.input.example_list.examples.extend([_example(x=2.0), _example(x=4.0)])
+    response = stub.MultiInference(request, 30)
+    classify, regress = response.results
+    assert [cs.classes[0].score for cs in classify.classification_result.classifications] \
+        == [3.0, 4.0]
+    assert [r.value for r in regress.regression_result.regressions] == [4.0, 5.0]
+    assert regress.model_spec.signature_name == "regress_x_to_y2"
+    request.tasks[1].model_spec.signature_name = "classify_x_to_y"
+    with pytest.raises(grpc.RpcError) as err:
+        stub.MultiInference(request, 30)
+    assert err.value.details() == "Duplicate evaluation of signature: classify_x_to_y"
+    request.tasks[1].model_spec.name = "tf2"
+    with pytest.raises(grpc.RpcError) as err:
+        stub.MultiInference(request, 30)
+    assert err.value.details() == ("All ModelSpecs in a MultiInferenceRequest must access the "
+                                   "same model name.")
+
+
+def test_classify_and_regress_over_rest(server):
+    url = f"{server.rest}/v1/models/tf1"
+    code, body = http("POST", f"{url}:classify", {
+        "signature_name": "classify_x_to_y", "examples": [{"x": 1.0}, {"x": [2.0]}]})
+    assert (code, body) == (200, {"result": [[["", 2.5]], [["", 3.0]]]})
+    code, body = http("POST", f"{url}/versions/1:regress", {
+        "signature_name": "regress_x_to_y2", "context": {"x": 1.0},
+        "examples": [{}, {"x": 3.0}]})
+    assert (code, body) == (200, {"result": [3.5, 4.5]})
+    for payload, message in (
+            ({"signature_name": "regress_x_to_y"},
+             "When method is classify, key 'examples' is expected and was not found"),
+            ({"signature_name": "regress_x_to_y", "examples": []},
+             "'examples' value is an empty array"),
+            ({"signature_name": "regress_x_to_y", "examples": [{"x": [1.0, 2]}]},
+             "Unexpected element type in feature: x expecting type: float")):
+        code, body = http("POST", f"{url}:regress", payload)
+        assert (code, body) == (400, {"error": message})
+
+
+def test_signature_method_name_check(tmp_path: Path):
+    from tensorflow_serving.apis import classification_pb2
+
+    _, srv = serve_one(save_tf1_half_plus_two(tmp_path / "model"), tmp_path, "tf1",
+                       "--enable_signature_method_name_check=true")
+    try:
+        srv.wait_available(1, model="tf1")
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(srv.grpc_target))
+        request = _examples_request(classification_pb2.ClassificationRequest(), "tf1",
+                                    "regress_x_to_y", _example(x=1.0))
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Classify(request, 30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == (
+            "Expected classification signature method_name to be tensorflow/serving/classify."
+            " Was: tensorflow/serving/regress")
+        code, body = http("POST", f"{srv.rest}/v1/models/tf1:regress", {
+            "signature_name": "regress_x_to_y", "examples": [{"x": 2.0}]})
+        assert (code, body) == (200, {"result": [3.0]})
+    finally:
+        assert srv.stop() == 0
+
+
+# -- status codes and messages -----------------------------------------------------------
+@pytest.mark.parametrize("method,path,message", [
+    ("GET", "/v1/models", "Missing model name in request."),
+    ("GET", "/v1/models/tf2/versions/abc", "Malformed request: GET /v1/models/tf2/versions/abc"),
+    ("GET", "/v1/models/tf2/versions/18446744073709551615",
+     "Failed to convert version: 18446744073709551615 to numeric."),
+    ("GET", "/v1/models/tf2/", "Malformed request: GET /v1/models/tf2/"),
+    ("POST", "/v1/models/tf2:explain", "Malformed request: POST /v1/models/tf2:explain"),
+    ("POST", "/v1/models/tf2/versions/-1:predict",
+     "Malformed request: POST /v1/models/tf2/versions/-1:predict"),
+    ("PUT", "/v1/models/tf2:predict", "Malformed request: PUT /v1/models/tf2:predict"),
+    ("GET", "/v1/models/tf2/labels/nope", "Unrecognized servable version label: nope"),
+    ("POST", "/v1/models/tf2/labels/nope:predict", "Unrecognized servable version label: nope"),
+])
+def test_rest_malformed_urls_are_bad_requests(server, method, path, message):
+    code, body = http(method, server.rest + path, b"{}" if method != "GET" else None)
+    assert (code, body) == (400, {"error": message})
+
+
+def test_rest_urls_are_case_insensitive_and_unknown_paths_not_found(server):
+    code, body = http("POST", f"{server.rest}/V1/Models/tf2:PREDICT", {"instances": [[1.0]]})
+    assert (code, body) == (200, {"predictions": [[2.5]]})
+    code, _ = http("GET", f"{server.rest}/v2/models/tf2")
+    assert code == 404
+
+
+@pytest.mark.parametrize("raw,message", [
+    (b"", "JSON Parse error: The document is empty"),
+    (b"[1]", "JSON Value: [1] Is not object"),
+    (b'{"instances": [["a"]]}', "input 'x': JSON Value: \"a\" Type: String is not of "
+                                "expected type: float"),
+])
+def test_rest_body_errors(server, raw, message):
+    code, body = http("POST", f"{server.rest}/v1/models/tf2:predict", raw)
+    assert (code, body) == (400, {"error": message})
+
+
+def test_unknown_label_over_grpc_is_invalid_argument(stub):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "tf2"
+    request.model_spec.version_label = "nope"
+    request.inputs["x"].CopyFrom(tensors.to_proto(np.ones((1, 1), np.float32)))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Predict(request, 30)
+    assert (err.value.code(), err.value.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "Unrecognized servable version label: nope")
+
+
+def test_labels_only_name_available_versions(server):
+    from google.protobuf import text_format
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+    from tensorflow_serving.config import model_server_config_pb2
+
+    models = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(server.grpc_target))
+
+    def reload(label_version: int):
+        config = text_format.Parse(
+            "model_config_list {" + " ".join(server.config_entries) + "}",
+            model_server_config_pb2.ModelServerConfig())
+        config.model_config_list.config[2].version_labels["stable"] = label_version
+        return models.HandleReloadConfigRequest(
+            model_management_pb2.ReloadConfigRequest(config=config), 60)
+
+    with pytest.raises(grpc.RpcError) as err:
+        reload(7)
+    assert (err.value.code(), err.value.details()) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "Request to assign label to version 7 of model tf2, which is not currently available "
+        "for inference")
+    reload(1)
+    code, body = http("POST", f"{server.rest}/v1/models/tf2/labels/stable:predict",
+                      {"instances": [[1.0]]})
+    assert (code, body) == (200, {"predictions": [[2.5]]})
+    assert all(server.status(m) == {1: "AVAILABLE"} for m in MODELS)
+
+
+def test_start_up_config_errors(tmp_path: Path):
+    """A bad config file, or a label naming a version not loaded (without
+    --allow_version_labels_for_unavailable_models), stops the start with the official
+    message."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    bad = tmp_path / "bad.config"
+    bad.write_text("model_config_list { config { name: ")
+    base = tmp_path / "tf2"
+    base.mkdir()
+    put_version(base, 1, save_half_plus_two(tmp_path / "model"))
+    labelled = tmp_path / "labelled.config"
+    labelled.write_text(f'model_config_list {{ config {{ name: "tf2" base_path: "{base}" '
+                        f'version_labels {{ key: "stable" value: 1 }} }} }}')
+    for config, message in (
+            (bad, "Error parsing text-format tensorflow.serving.ModelServerConfig"),
+            (labelled, "Request to assign label to version 1 of model tf2, which is not "
+                       "currently available for inference")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "tfdeploy.serving", f"--model_config_file={config}",
+             "--port=0", "--grpc_host=127.0.0.1"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
