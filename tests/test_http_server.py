@@ -336,6 +336,20 @@ def test_a_connection_idle_after_a_dropped_body_is_closed_after_the_idle_timeout
         assert sock.recv(1) == b""
 
 
+def test_an_oversized_body_with_connection_close_is_drained_before_the_answer(start):
+    """A client that says "Connection: close" and sends its whole body before reading
+    (urllib) gets the 413, not a connection reset."""
+    import urllib.error
+    import urllib.request
+
+    server = start(max_body_bytes=1000)
+    request = urllib.request.Request(f"http://127.0.0.1:{server.port}/echo",
+                                     data=b"x" * 3_000_000, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=HANG)
+    assert info.value.code == 413 and b"exceeds the limit of 1000" in info.value.read()
+
+
 def test_a_dropped_body_that_stalls_is_closed_after_the_body_timeout(start):
     server = start(max_body_bytes=1000, body_timeout=0.5)
     with connect(server.port) as sock:

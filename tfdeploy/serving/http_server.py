@@ -250,11 +250,29 @@ def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits):
         headers = _headers(scope["headers"])
         declared = headers.get("content-length")
         if declared is not None and int(declared) > limits.max_body_bytes:
-            # Before any receive(): no "100 Continue" goes out, so a client that asked
-            # first never sends the body, and we close; a client that did not ask has its
-            # body read and dropped by the protocol (see _Protocol.data_received).
-            await respond(send, 413, too_large(f"{declared} bytes"),
-                          close="100-continue" in headers.get("expect", "").lower())
+            if "100-continue" in headers.get("expect", "").lower():
+                # Before any receive(): no "100 Continue" goes out, so the client never
+                # sends the body, and we close.
+                await respond(send, 413, too_large(f"{declared} bytes"), close=True)
+                return
+            if "close" not in headers.get("connection", "").lower():
+                # Keep-alive: answer now; the protocol reads and drops the body that
+                # follows (see _Protocol.data_received), so the connection lives on.
+                await respond(send, 413, too_large(f"{declared} bytes"))
+                return
+            # "Connection: close" (urllib does this): the answer would close the socket
+            # under a client still sending, which then sees a reset instead of the 413.
+            # Read and drop the body first (never keeping it), then answer.
+            more = True
+            while more:
+                try:
+                    message = await asyncio.wait_for(receive(), limits.body_timeout)
+                except asyncio.TimeoutError:
+                    break
+                if message["type"] == "http.disconnect":
+                    return
+                more = message.get("more_body", False)
+            await respond(send, 413, too_large(f"{declared} bytes"), close=True)
             return
         buffer = io.BytesIO()  # getvalue() hands over its buffer: no second copy
         more = True
