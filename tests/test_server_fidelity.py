@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import tensorflow  # noqa: F401  (before tensorflow_serving: see tfdeploy/tfs/protos.py)
 from servers import ServerProcess, http
 from small_models import (
     put_version,

@@ -5,6 +5,11 @@ any ``tensorflow.*`` module normally runs ``tensorflow/__init__.py``: seconds an
 of MB before a client sends a byte.  We import those pure-protobuf modules under a
 temporary placeholder package instead, then remove the placeholder so that a later real
 ``import tensorflow`` in the same process still works (it reuses the loaded modules).
+
+One order does not work: after a lean load, importing a generated module the ordinary way
+(``from tensorflow_serving.apis import classification_pb2``) before TensorFlow itself
+starts TensorFlow's import from inside a half-imported proto module.  Code that wants
+both imports TensorFlow first (the server does), or loads protos only through here.
 """
 
 from __future__ import annotations
