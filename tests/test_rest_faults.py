@@ -5,7 +5,7 @@ Bounded in count and time."""
 
 from __future__ import annotations
 
-import http.client
+import http.client as httpclient
 import json
 import socket
 import threading
@@ -42,10 +42,11 @@ def raw_request(port: int, data: bytes, timeout: float = 10) -> bytes:
 
 def test_64_concurrent_clients_get_every_answer(server):
     failures: list[str] = []
+    answered = [0]
     lock = threading.Lock()
 
     def client() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=60)
+        conn = httpclient.HTTPConnection("127.0.0.1", server.rest_port, timeout=60)
         for _ in range(PER_CLIENT):  # keep-alive: one connection per client
             try:
                 conn.request("POST", "/v1/models/hp2:predict",
@@ -55,11 +56,13 @@ def test_64_concurrent_clients_get_every_answer(server):
                 body = json.loads(response.read())
                 if response.status != 200 or body != {"predictions": [[2.5]]}:
                     raise AssertionError(f"{response.status} {body}")
+                with lock:
+                    answered[0] += 1
             except Exception as exc:  # noqa: BLE001 (record every kind of failure)
                 with lock:
                     failures.append(repr(exc))
                 conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=60)
+                conn = httpclient.HTTPConnection("127.0.0.1", server.rest_port, timeout=60)
         conn.close()
 
     threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
@@ -67,7 +70,7 @@ def test_64_concurrent_clients_get_every_answer(server):
         t.start()
     for t in threads:
         t.join(300)
-    assert failures == []
+    assert failures == [] and answered[0] == CLIENTS * PER_CLIENT
 
 
 def test_silent_and_half_sent_connections_do_not_block_others(server):
@@ -130,7 +133,7 @@ def test_sigterm_with_idle_keep_alive_connections_exits_promptly(tmp_path):
     srv.wait_available(1, model="hp2")
     conns = []
     for _ in range(4):  # keep-alive connections, idle after one request each
-        conn = http.client.HTTPConnection("127.0.0.1", srv.rest_port, timeout=10)
+        conn = httpclient.HTTPConnection("127.0.0.1", srv.rest_port, timeout=10)
         conn.request("GET", "/v1/models/hp2")
         conn.getresponse().read()
         conns.append(conn)
