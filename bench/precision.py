@@ -32,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from tfdeploy.tfimport import quiet_import_tensorflow  # noqa: E402
+from tfdeploy.tfs.requests import images_request  # noqa: E402
 
 tf = quiet_import_tensorflow()
 
@@ -56,14 +57,7 @@ SMALL = ModelConfig(num_classes=5, backbone="small_resnet_v2", units=(1, 1, 1, 1
 
 
 def float_request(image: np.ndarray) -> predict_pb2.PredictRequest:
-    h, w = image.shape[:2]
-    req = predict_pb2.PredictRequest()
-    req.model_spec.name = "deeplab"
-    req.model_spec.signature_name = "predict_images"
-    req.inputs["images"].CopyFrom(tf.make_tensor_proto(image[None].astype(np.float32)))
-    req.inputs["height"].CopyFrom(tf.make_tensor_proto(h, shape=[1]))
-    req.inputs["width"].CopyFrom(tf.make_tensor_proto(w, shape=[1]))
-    return req
+    return images_request("deeplab", image)
 
 
 def interleaved(calls: dict[str, callable], rounds: int) -> dict[str, float]:

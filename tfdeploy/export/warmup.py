@@ -15,8 +15,8 @@ import tensorflow as tf
 from PIL import Image
 
 from tfdeploy.tfs import protos
-from tfdeploy.tfs.names import DEFAULT_MODEL_NAME, HEIGHT, IMAGES, PREDICT_IMAGES, WIDTH
-from tfdeploy.tfs.requests import encoded_image_request, predict_request
+from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
+from tfdeploy.tfs.requests import encoded_image_request, images_request
 from tfdeploy.tfs.versions import WARMUP_FILE
 
 
@@ -41,13 +41,8 @@ def encode_png(image: np.ndarray) -> bytes:
 def requests(model_name: str = DEFAULT_MODEL_NAME, size: tuple[int, int] = (128, 128)) -> list:
     """One PredictRequest per signature."""
     image = probe_image(*size)
-    h, w = size
-    return [
-        predict_request(model_name, PREDICT_IMAGES, {
-            IMAGES: image[None].astype(np.float32),
-            HEIGHT: np.array([h], np.int32), WIDTH: np.array([w], np.int32)}),
-        encoded_image_request(model_name, [encode_png(image)], outputs=()),
-    ]
+    return [images_request(model_name, image),
+            encoded_image_request(model_name, [encode_png(image)], outputs=())]
 
 
 def write(version_dir: Path, model_name: str = DEFAULT_MODEL_NAME) -> int:

@@ -5,7 +5,7 @@ Why not ``http.server`` (issue 12): its listen backlog of 5 reset 4.5-27% of req
 64 concurrent clients, a thread per connection with no timeout let 300 half-open
 connections hold 300 threads, one idle keep-alive connection blocked shutdown for good,
 ``Content-Length: -1`` hung, ``abc`` gave 500 and ``Expect: 100-continue`` was never
-answered.  Why uvicorn: see ``bench/http.py`` (throughput at 1 and 64 clients, RSS and
+answered.  Why uvicorn: see ``bench/http_layer.py`` (throughput at 1 and 64 clients, RSS and
 time to stop, for every candidate) and the README's "The embedded model server".
 
 What this layer guarantees, whatever the handler does:

@@ -10,7 +10,15 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from tfdeploy.tfs import protos
-from tfdeploy.tfs.names import IMAGE_BYTES, MASK_PNG, SERVING_DEFAULT
+from tfdeploy.tfs.names import (
+    HEIGHT,
+    IMAGE_BYTES,
+    IMAGES,
+    MASK_PNG,
+    PREDICT_IMAGES,
+    SERVING_DEFAULT,
+    WIDTH,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,6 +49,18 @@ def predict_request(model: str, signature: str, inputs: Mapping[str, np.ndarray]
         request.inputs[key].CopyFrom(tensors.to_proto(value))
     request.output_filter.extend(outputs)
     return request
+
+
+def images_request(model: str, image: np.ndarray, version: int | None = None):
+    """The seed's ``predict_images`` request for one RGB image [H, W, 3]: float32 pixels
+    [1, H, W, 3] plus ``height`` and ``width`` of shape [1], as the tutorial's client
+    sends them."""
+    import numpy as np
+
+    h, w = image.shape[:2]
+    return predict_request(model, PREDICT_IMAGES, {
+        IMAGES: image[None].astype(np.float32),
+        HEIGHT: np.array([h], np.int32), WIDTH: np.array([w], np.int32)}, version)
 
 
 def encoded_image_request(model: str, images: Iterable[bytes], version: int | None = None,

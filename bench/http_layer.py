@@ -1,6 +1,6 @@
 """HTTP server candidates for the REST front end, measured in one run on 127.0.0.1.
 
-    .venv/bin/python bench/http.py [--seconds 1.2] [--only NAME ...]
+    .venv/bin/python bench/http_layer.py [--seconds 1.2] [--only NAME ...]
 
 Each candidate serves two routes from a server subprocess with a bounded pool of 16
 worker threads where the library has one (``http.server`` has a thread per connection):
