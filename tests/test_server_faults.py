@@ -331,8 +331,32 @@ def test_rest_timeout_and_grpc_channel_arguments(gated_dir, tmp_path):
         assert srv.stop() == 0
 
 
-@pytest.mark.parametrize("flag", ["--grpc_socket_path=/tmp/tfs.sock",
-                                  "--ssl_config_file=/tmp/ssl.config",
+def test_grpc_on_a_unix_socket_too(model_dir, tmp_path):
+    """--grpc_socket_path: the same services on a UNIX domain socket, as the official
+    server offers them; the TCP port keeps working."""
+    sock = tmp_path / "tfs.sock"
+    _, srv = serve_one(model_dir, tmp_path, "hp2", f"--grpc_socket_path={sock}")
+    try:
+        srv.wait_available(1, model="hp2")
+        for target in (f"unix:{sock}", srv.grpc_target):
+            channel = grpc.insecure_channel(target)
+            request = get_model_status_pb2.GetModelStatusRequest()
+            request.model_spec.name = "hp2"
+            status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+                request, 30)
+            assert [v.state for v in status.model_version_status] == [30]  # AVAILABLE
+            predict = predict_pb2.PredictRequest()
+            predict.model_spec.name = "hp2"
+            predict.inputs["x"].CopyFrom(tensors.to_proto(np.array([[1.0]], np.float32)))
+            y = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+                predict, 30).outputs["y"]
+            assert tensors.from_proto(y).tolist() == [[2.5]]
+            channel.close()
+    finally:
+        assert srv.stop() == 0
+
+
+@pytest.mark.parametrize("flag", ["--ssl_config_file=/tmp/ssl.config",
                                   "--prefer_tflite_model=true"])
 def test_flags_that_would_change_results_are_refused(flag, tmp_path):
     import subprocess

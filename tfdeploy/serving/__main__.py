@@ -19,7 +19,7 @@ from tfdeploy.serving.options import ServerOptions
 
 # Flags tensorflow_model_server has that we accept and ignore, with a warning.
 UNIMPLEMENTED_FLAGS = (
-    "grpc_socket_path", "rest_api_enable_cors_support",
+    "rest_api_enable_cors_support",
     "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
     "tensorflow_inter_op_parallelism", "per_process_gpu_memory_fraction",
     "platform_config_file", "ssl_config_file", "num_load_threads", "num_unload_threads",
@@ -34,7 +34,7 @@ UNIMPLEMENTED_FLAGS = (
 # Of those, the ones that would change what clients get (transport, security, the model
 # that serves, its numbers): setting them is an error at start-up, not a warning.
 REFUSED_FLAGS = frozenset({
-    "grpc_socket_path", "ssl_config_file", "use_alts_credentials", "prefer_tflite_model",
+    "ssl_config_file", "use_alts_credentials", "prefer_tflite_model",
     "use_tflite_model", "platform_config_file", "mixed_precision",
     "rest_api_enable_cors_support",
 })
@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
          help="bound of a REST request's model run (DEADLINE_EXCEEDED after it)")
     flag("--rest_api_num_threads", type=int, default=d.rest_api_num_threads,
          help="REST requests processed at once (default: 4 per core)")
+    flag("--grpc_socket_path", default=d.grpc_socket_path,
+         help="also serve gRPC on this UNIX domain socket")
     flag("--grpc_channel_arguments", default=d.grpc_channel_arguments,
          help="comma-separated key=value gRPC server arguments "
               "(e.g. grpc.max_connection_age_ms=2000)")

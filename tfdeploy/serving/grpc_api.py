@@ -186,6 +186,15 @@ class GrpcServer:
         if not bound:
             raise StatusError(Code.UNAVAILABLE,
                               f"cannot bind gRPC port {self.address} (in use?)")
+        socket_path = server.options.grpc_socket_path
+        if socket_path:  # as tensorflow_model_server: the same services on a UNIX socket
+            try:
+                bound = grpc_server.add_insecure_port(f"unix:{socket_path}")
+            except RuntimeError:
+                bound = 0
+            if not bound:
+                raise StatusError(Code.UNAVAILABLE,
+                                  f"cannot listen on UNIX socket {socket_path}")
         await grpc_server.start()
         return grpc_server
 

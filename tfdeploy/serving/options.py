@@ -34,4 +34,5 @@ class ServerOptions:
     rest_api_timeout_in_ms: int = 30_000
     rest_api_num_threads: int = 0
     grpc_channel_arguments: str = ""
+    grpc_socket_path: str = ""
     extra: dict = field(default_factory=dict)
