@@ -138,3 +138,26 @@ def serve_one(source: Path, tmp_path: Path, name: str, *flags: str):
     put_version(base, 1, source)
     return base, ServerProcess(f"--model_name={name}", f"--model_base_path={base}", *flags,
                                log_dir=tmp_path)
+
+
+def add_tflite(saved_model: Path, b: float) -> Path:
+    """Write ``model.tflite`` into a SavedModel directory: the same signature as
+    ``save_half_plus_two`` (x [?, 1] -> y) but y = x / 2 + ``b``, so answers tell which of
+    the two models served them."""
+    import tensorflow as tf
+
+    class HalfPlusB(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": 0.5 * x + b}
+
+    module = HalfPlusB()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.serve.get_concrete_function()], module)
+    tflite = converter.convert()
+    # keep the signature key the SavedModel uses
+    interpreter = tf.lite.Interpreter(model_content=tflite)
+    if "serving_default" not in interpreter.get_signature_list():
+        raise AssertionError(f"unexpected TFLite signatures {interpreter.get_signature_list()}")
+    (saved_model / "model.tflite").write_bytes(tflite)
+    return saved_model

@@ -357,7 +357,7 @@ def test_grpc_on_a_unix_socket_too(model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("flag", ["--ssl_config_file=/tmp/ssl.config",
-                                  "--prefer_tflite_model=true"])
+                                  "--use_tflite_model=true"])
 def test_flags_that_would_change_results_are_refused(flag, tmp_path):
     import subprocess
     import sys

@@ -13,6 +13,7 @@ import pytest
 import tensorflow  # noqa: F401  (before tensorflow_serving: see tfdeploy/tfs/protos.py)
 from servers import ServerProcess, http
 from small_models import (
+    add_tflite,
     put_version,
     save_half_plus_two,
     save_keras_half_plus_two,
@@ -415,3 +416,29 @@ def test_start_up_config_errors(tmp_path: Path):
              "--port=0", "--grpc_host=127.0.0.1"],
             cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+
+
+def test_prefer_tflite_model_serves_the_versions_tflite_model(tmp_path: Path):
+    """--prefer_tflite_model: a version with model.tflite answers from it (TensorFlow's
+    TFLite interpreter, inputs of any batch size); without the flag, or without the file,
+    the SavedModel answers.  The two compute y = x/2 + 3 and y = x/2 + 2."""
+    source = add_tflite(save_half_plus_two(tmp_path / "hp2"), 3.0)
+    body = {"instances": [[1.0], [3.0]]}
+    for flags, expected in ((["--prefer_tflite_model=true"], [[3.5], [4.5]]),
+                            ([], [[2.5], [3.5]])):
+        run = tmp_path / f"run{len(flags)}"
+        run.mkdir()
+        _, srv = serve_one(source, run, "m", *flags)
+        try:
+            srv.wait_available(1, model="m")
+            status, answer = http("POST", f"{srv.rest}/v1/models/m:predict", body)
+            assert (status, answer) == (200, {"predictions": expected})
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "m"
+            request.inputs["x"].CopyFrom(tensors.to_proto(np.array([[5.0]], np.float32)))
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(
+                grpc.insecure_channel(srv.grpc_target))
+            y = tensors.from_proto(stub.Predict(request, 30).outputs["y"])
+            assert y.tolist() == [[5.0 / 2 + (3.0 if flags else 2.0)]]
+        finally:
+            assert srv.stop() == 0

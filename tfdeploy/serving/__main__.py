@@ -25,7 +25,7 @@ UNIMPLEMENTED_FLAGS = (
     "platform_config_file", "ssl_config_file", "num_load_threads", "num_unload_threads",
     "flush_filesystem_caches",
     "xla_cpu_compilation_enabled", "enable_profiler", "remove_unused_fields_from_bundle_metagraph",
-    "prefer_tflite_model", "use_tflite_model", "tensorflow_session_config_file",
+    "use_tflite_model", "tensorflow_session_config_file",
     "mixed_precision", "skip_initialize_tpu", "use_alts_credentials",
     "thread_pool_factory_config_file", "enable_model_warmup_with_session_run",
 )
@@ -34,7 +34,7 @@ UNIMPLEMENTED_FLAGS = (
 # Of those, the ones that would change what clients get (transport, security, the model
 # that serves, its numbers): setting them is an error at start-up, not a warning.
 REFUSED_FLAGS = frozenset({
-    "ssl_config_file", "use_alts_credentials", "prefer_tflite_model",
+    "ssl_config_file", "use_alts_credentials",
     "use_tflite_model", "platform_config_file", "mixed_precision",
     "rest_api_enable_cors_support",
 })
@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
          help="bound of a REST request's model run (DEADLINE_EXCEEDED after it)")
     flag("--rest_api_num_threads", type=int, default=d.rest_api_num_threads,
          help="REST requests processed at once (default: 4 per core)")
+    flag("--prefer_tflite_model", type=_bool, nargs="?", const=True,
+         default=d.prefer_tflite_model,
+         help="serve a version's model.tflite (TensorFlow Lite) when it has one")
     flag("--grpc_socket_path", default=d.grpc_socket_path,
          help="also serve gRPC on this UNIX domain socket")
     flag("--grpc_channel_arguments", default=d.grpc_channel_arguments,

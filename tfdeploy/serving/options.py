@@ -29,6 +29,7 @@ class ServerOptions:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     grpc_max_threads: int = 32
     saved_model_tags: str = "serve"
+    prefer_tflite_model: bool = False
     enable_signature_method_name_check: bool = False
     allow_version_labels_for_unavailable_models: bool = False
     rest_api_timeout_in_ms: int = 30_000

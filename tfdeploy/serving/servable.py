@@ -157,16 +157,61 @@ class Servable:
                 pass
 
 
+TFLITE_FILE = "model.tflite"
+
+
+class TfliteServable(Servable):
+    """A version served from its ``model.tflite`` through TensorFlow's own TFLite
+    interpreter (``--prefer_tflite_model``), as tensorflow_model_server does: the
+    signatures (keys, inputs, outputs) are the TFLite model's, run by signature runners;
+    the SavedModel beside it only describes them to clients."""
+
+    interpreter: object = None
+
+    @classmethod
+    def load(cls, name: str, version: int, path: Path, defs: dict) -> TfliteServable:
+        interpreter = tf.lite.Interpreter(model_path=str(path / TFLITE_FILE))
+        keys = set(interpreter.get_signature_list())
+        missing = sorted(k for k in defs if k not in keys)
+        if missing or not keys:
+            raise StatusError(Code.INVALID_ARGUMENT,
+                              f"{path / TFLITE_FILE}: no TFLite signature for "
+                              f"{', '.join(missing) or 'any SignatureDef'} (it has "
+                              f"{', '.join(sorted(keys)) or 'none'})")
+        servable = cls(name, version, path, {k: defs[k] for k in defs if k in keys})
+        servable.interpreter = interpreter
+        return servable
+
+    def call(self, key: str, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] = (),
+             timeout_ms: int = 0) -> dict[str, np.ndarray]:
+        with self._lock:  # an interpreter runs one call at a time
+            runner = self.interpreter.get_signature_runner(key)
+            try:
+                result = runner(**inputs)
+            except (ValueError, RuntimeError) as exc:
+                raise StatusError(Code.INVALID_ARGUMENT, str(exc).splitlines()[0]) from None
+        wanted = outputs or tuple(sorted(result))
+        return {k: np.asarray(result[k]) for k in wanted}
+
+    def run_tensors(self, feeds: dict[str, np.ndarray], fetches: tuple[str, ...],
+                    timeout_ms: int = 0) -> list[np.ndarray]:
+        raise StatusError(Code.UNIMPLEMENTED, "Classify, Regress and MultiInference run on "
+                          "TensorFlow graphs; this version serves its TFLite model "
+                          "(Predict only)")
+
+
 class Loader:
     """Knows how to load one version; loading is only done when the Manager says so."""
 
     def __init__(self, name: str, version: int, path: Path, warmup: bool = True,
-                 batching=None, metrics=None, tags: tuple[str, ...] = (SERVE_TAG,)):
+                 batching=None, metrics=None, tags: tuple[str, ...] = (SERVE_TAG,),
+                 prefer_tflite: bool = False):
         self.name, self.version, self.path = name, version, path
         self.warmup = warmup
         self.batching = batching
         self.metrics = metrics
         self.tags = tuple(tags)
+        self.prefer_tflite = prefer_tflite
 
     def load(self) -> Servable:
         _, proto = read_saved_model(self.path)
@@ -177,6 +222,12 @@ class Loader:
                               f"{' '.join(self.tags)} }}. To inspect available tag-sets in "
                               "the SavedModel, please use the SavedModel CLI: "
                               "`saved_model_cli`")
+        if self.prefer_tflite and (self.path / TFLITE_FILE).is_file():
+            servable = TfliteServable.load(self.name, self.version, self.path,
+                                           signature_defs(mg))
+            if self.warmup:
+                self._replay_warmup(servable)
+            return servable
         graph = tf.Graph()
         # Threads of its own per version: a long request on one version (or many) must not
         # starve the restore ops of a version loading beside it.

@@ -108,7 +108,8 @@ class ModelServer:
     def _loader(self, name: str, version: int, path: Path) -> Loader:
         tags = tuple(t.strip() for t in self.options.saved_model_tags.split(",") if t.strip())
         return Loader(name, version, path, warmup=self.options.enable_model_warmup,
-                      batching=self.batching, metrics=self.metrics, tags=tags)
+                      batching=self.batching, metrics=self.metrics, tags=tags,
+                      prefer_tflite=self.options.prefer_tflite_model)
 
     def apply_config(self, config) -> None:
         """Make ``config`` (a ModelServerConfig) the served set: new models load, removed
