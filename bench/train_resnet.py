@@ -26,7 +26,7 @@ from tfdeploy.tfimport import quiet_import_tensorflow  # noqa: E402
 
 tf = quiet_import_tensorflow()
 
-from train_demo import TrainableDeepLab  # noqa: E402
+from train_demo import TrainableDeepLab, train_step  # noqa: E402
 
 from tfdeploy.demo.scenes import CLASSES, batch  # noqa: E402
 from tfdeploy.export.checkpoint import write_checkpoint  # noqa: E402
@@ -44,20 +44,8 @@ def main() -> None:
     tf.random.set_seed(0)
     rng = np.random.default_rng(0)
     model = TrainableDeepLab(cfg)
-    trainable = [model.variables_list[i] for n, i in model._index.items()
-                 if not n.endswith(("moving_mean", "moving_variance"))]
-    opt = tf.keras.optimizers.Adam(
-        tf.keras.optimizers.schedules.CosineDecay(1e-3, args.steps, alpha=0.05))
-
-    @tf.function
-    def step(images, labels):
-        model.training = True
-        with tf.GradientTape() as tape:
-            logits = model.logits(images)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
-        opt.apply_gradients(zip(tape.gradient(loss, trainable), trainable, strict=True))
-        model.training = False
-        return loss
+    step = train_step(model, tf.keras.optimizers.Adam(
+        tf.keras.optimizers.schedules.CosineDecay(1e-3, args.steps, alpha=0.05)))
 
     started = time.time()
     for i in range(1, args.steps + 1):

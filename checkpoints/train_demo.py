@@ -49,6 +49,25 @@ class TrainableDeepLab(DeepLabV3):
         return tf.nn.relu(y) if relu else y
 
 
+def train_step(model: TrainableDeepLab, opt):
+    """One optimiser step on a batch (batch norm in training mode, cross-entropy on every
+    pixel); moving statistics are updated by the model, not the optimiser."""
+    trainable = [model.variables_list[i] for n, i in model._index.items()
+                 if not n.endswith(("moving_mean", "moving_variance"))]
+
+    @tf.function(jit_compile=False)
+    def step(images, labels):
+        model.training = True
+        with tf.GradientTape() as tape:
+            logits = model.logits(images)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        opt.apply_gradients(zip(tape.gradient(loss, trainable), trainable, strict=True))
+        model.training = False
+        return loss
+
+    return step
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=4500)
@@ -61,21 +80,8 @@ def main() -> int:
     tf.random.set_seed(0)
     rng = np.random.default_rng(0)
     model = TrainableDeepLab(DEMO_CONFIG)
-    trainable = [v for n, i in model._index.items()
-                 if not n.endswith(("moving_mean", "moving_variance"))
-                 for v in [model.variables_list[i]]]
     schedule = tf.keras.optimizers.schedules.CosineDecay(2e-3, args.steps, alpha=0.05)
-    opt = tf.keras.optimizers.Adam(schedule)
-
-    @tf.function(jit_compile=False)
-    def step(images, labels):
-        model.training = True
-        with tf.GradientTape() as tape:
-            logits = model.logits(images)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
-        opt.apply_gradients(zip(tape.gradient(loss, trainable), trainable, strict=True))
-        model.training = False
-        return loss
+    step = train_step(model, tf.keras.optimizers.Adam(schedule))
 
     t0 = time.time()
     for i in range(1, args.steps + 1):
