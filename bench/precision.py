@@ -42,7 +42,7 @@ from servers import ServerProcess  # noqa: E402
 from skimage import data as skdata  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
-from tfdeploy.demo.scenes import DEMO_CHECKPOINT  # noqa: E402
+from tfdeploy.demo import DEMO_CHECKPOINT  # noqa: E402
 from tfdeploy.export.checkpoint import locate, write_checkpoint  # noqa: E402
 from tfdeploy.export.config import ModelConfig  # noqa: E402
 from tfdeploy.export.model import DeepLabV3, random_weights  # noqa: E402
