@@ -6,6 +6,7 @@ timing."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -356,7 +357,61 @@ def test_grpc_on_a_unix_socket_too(model_dir, tmp_path):
         assert srv.stop() == 0
 
 
-@pytest.mark.parametrize("flag", ["--ssl_config_file=/tmp/ssl.config",
+def _self_signed(tmp_path: Path) -> tuple[bytes, bytes]:
+    """A key and a self-signed certificate for localhost / 127.0.0.1 (openssl CLI)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed: no certificate to serve TLS with")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    return key.read_bytes(), cert.read_bytes()
+
+
+def test_ssl_config_file_serves_grpc_over_tls(model_dir, tmp_path):
+    """--ssl_config_file (the official SSLConfig text): gRPC needs TLS with the server's
+    certificate; a plaintext client gets no answer.  A broken file stops start-up with
+    the official parse message."""
+    key, cert = _self_signed(tmp_path)
+    config = tmp_path / "ssl.config"
+    config.write_text(f"server_key: {json.dumps(key.decode())}\n"
+                      f"server_cert: {json.dumps(cert.decode())}\n"
+                      "client_verify: false\n")
+    _, srv = serve_one(model_dir, tmp_path, "hp2", f"--ssl_config_file={config}")
+    try:
+        srv.wait_available(1, model="hp2")  # REST stays plain, as in TF Serving
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = "hp2"
+        secure = grpc.secure_channel(srv.grpc_target, grpc.ssl_channel_credentials(cert),
+                                     options=[("grpc.ssl_target_name_override", "localhost")])
+        status = model_service_pb2_grpc.ModelServiceStub(secure).GetModelStatus(request, 30)
+        assert [v.state for v in status.model_version_status] == [30]
+        plain = grpc.insecure_channel(srv.grpc_target)
+        with pytest.raises(grpc.RpcError) as err:
+            model_service_pb2_grpc.ModelServiceStub(plain).GetModelStatus(request, 5)
+        assert err.value.code() in (grpc.StatusCode.UNAVAILABLE,
+                                    grpc.StatusCode.DEADLINE_EXCEEDED)
+    finally:
+        assert srv.stop() == 0
+    broken = tmp_path / "broken.config"
+    broken.write_text("server_key: 3 4 5\n")
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "-m", "tfdeploy.serving", "--model_name=m",
+                           f"--model_base_path={model_dir}", f"--ssl_config_file={broken}",
+                           "--port=0"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Error parsing text-format tensorflow.serving.SSLConfig" in proc.stderr
+
+
+@pytest.mark.parametrize("flag", ["--platform_config_file=/tmp/platform.config",
                                   "--use_tflite_model=true"])
 def test_flags_that_would_change_results_are_refused(flag, tmp_path):
     import subprocess

@@ -22,7 +22,7 @@ UNIMPLEMENTED_FLAGS = (
     "rest_api_enable_cors_support",
     "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
     "tensorflow_inter_op_parallelism", "per_process_gpu_memory_fraction",
-    "platform_config_file", "ssl_config_file", "num_load_threads", "num_unload_threads",
+    "platform_config_file", "num_load_threads", "num_unload_threads",
     "flush_filesystem_caches",
     "xla_cpu_compilation_enabled", "enable_profiler", "remove_unused_fields_from_bundle_metagraph",
     "use_tflite_model", "tensorflow_session_config_file",
@@ -34,7 +34,7 @@ UNIMPLEMENTED_FLAGS = (
 # Of those, the ones that would change what clients get (transport, security, the model
 # that serves, its numbers): setting them is an error at start-up, not a warning.
 REFUSED_FLAGS = frozenset({
-    "ssl_config_file", "use_alts_credentials",
+    "use_alts_credentials",
     "use_tflite_model", "platform_config_file", "mixed_precision",
     "rest_api_enable_cors_support",
 })
@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--prefer_tflite_model", type=_bool, nargs="?", const=True,
          default=d.prefer_tflite_model,
          help="serve a version's model.tflite (TensorFlow Lite) when it has one")
+    flag("--ssl_config_file", default=d.ssl_config_file,
+         help="SSLConfig text proto: gRPC (port and socket) over TLS")
     flag("--grpc_socket_path", default=d.grpc_socket_path,
          help="also serve gRPC on this UNIX domain socket")
     flag("--grpc_channel_arguments", default=d.grpc_channel_arguments,

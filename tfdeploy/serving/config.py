@@ -54,13 +54,17 @@ def _messages() -> dict[str, type]:
         ("enable_large_batch_splitting", 8, _F.TYPE_BOOL, None, False),
         ("max_execution_batch_size", 9, _F.TYPE_MESSAGE, i64, False),
     ])
+    msg("SSLConfig", [("server_key", 1, _F.TYPE_STRING, None, False),
+                      ("server_cert", 2, _F.TYPE_STRING, None, False),
+                      ("custom_ca", 3, _F.TYPE_STRING, None, False),
+                      ("client_verify", 4, _F.TYPE_BOOL, None, False)])
     pool = descriptor_pool.DescriptorPool()
     pool.Add(descriptor_pb2.FileDescriptorProto.FromString(
         wrappers_pb2.DESCRIPTOR.serialized_pb))
     pool.Add(fdp)
     return {name: message_factory.GetMessageClass(
         pool.FindMessageTypeByName(f"tensorflow.serving.{name}"))
-        for name in ("MonitoringConfig", "BatchingParameters")}
+        for name in ("MonitoringConfig", "BatchingParameters", "SSLConfig")}
 
 
 def _parse(path: str | Path, message, what: str):
@@ -77,6 +81,12 @@ def _parse(path: str | Path, message, what: str):
 
 def monitoring_config(path: str | Path):
     return _parse(path, _messages()["MonitoringConfig"](), "--monitoring_config_file")
+
+
+def ssl_config(path: str | Path):
+    """tensorflow_model_server's SSLConfig text (server_key, server_cert, custom_ca,
+    client_verify), whose message the pip tensorflow-serving-api does not ship."""
+    return _parse(path, _messages()["SSLConfig"](), "--ssl_config_file")
 
 
 def batching_parameters(path: str | Path | None):

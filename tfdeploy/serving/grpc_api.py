@@ -146,6 +146,29 @@ def channel_arguments(text: str) -> dict[str, int | str]:
     return out
 
 
+def ssl_credentials(path: str):
+    """--ssl_config_file as tensorflow_model_server reads it: the server's key and
+    certificate, an optional CA for client certificates, which client_verify requires."""
+    if not path:
+        return None
+    from tfdeploy.serving.config import ssl_config
+
+    config = ssl_config(path)
+    if not config.server_key or not config.server_cert:
+        raise StatusError(Code.INVALID_ARGUMENT,
+                          f"--ssl_config_file {path}: server_key and server_cert are required")
+    return grpc.ssl_server_credentials(
+        [(config.server_key.encode(), config.server_cert.encode())],
+        root_certificates=config.custom_ca.encode() or None,
+        require_client_auth=config.client_verify)
+
+
+def add_port(grpc_server, address: str, credentials) -> int:
+    if credentials is None:
+        return grpc_server.add_insecure_port(address)
+    return grpc_server.add_secure_port(address, credentials)
+
+
 class GrpcServer:
     """The grpc.aio server on its event loop thread, stopped from any thread."""
 
@@ -179,8 +202,9 @@ class GrpcServer:
         ps_grpc, predictions, ms_grpc, models = _servicers(server, self.pools)
         ps_grpc.add_PredictionServiceServicer_to_server(predictions, grpc_server)
         ms_grpc.add_ModelServiceServicer_to_server(models, grpc_server)
+        credentials = ssl_credentials(server.options.ssl_config_file)
         try:
-            bound = grpc_server.add_insecure_port(self.address)
+            bound = add_port(grpc_server, self.address, credentials)
         except RuntimeError:
             bound = 0
         if not bound:
@@ -189,7 +213,7 @@ class GrpcServer:
         socket_path = server.options.grpc_socket_path
         if socket_path:  # as tensorflow_model_server: the same services on a UNIX socket
             try:
-                bound = grpc_server.add_insecure_port(f"unix:{socket_path}")
+                bound = add_port(grpc_server, f"unix:{socket_path}", credentials)
             except RuntimeError:
                 bound = 0
             if not bound:

@@ -36,4 +36,5 @@ class ServerOptions:
     rest_api_num_threads: int = 0
     grpc_channel_arguments: str = ""
     grpc_socket_path: str = ""
+    ssl_config_file: str = ""
     extra: dict = field(default_factory=dict)
