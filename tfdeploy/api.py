@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tfdeploy.errors import UserError
+from tfdeploy.export.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_AGREEMENT, DEFAULT_PRECISION
 from tfdeploy.tfs.names import DEFAULT_MODEL_NAME, GRPC_PORT, REST_PORT
 
 if TYPE_CHECKING:
@@ -26,8 +27,8 @@ Progress = Callable[[str], None]
 def export(checkpoint: str | Path | None = None, output: str | Path = "models/deeplab", *,
            version: int | None = None, overwrite: bool = False, verify: bool = True,
            warmup: bool = True, model_name: str = DEFAULT_MODEL_NAME,
-           precision: str = "float32", min_agreement: float = 0.99,
-           probes: list[str | Path] = (), max_pixels: int | str = "4096x4096",
+           precision: str = DEFAULT_PRECISION, min_agreement: float = DEFAULT_MIN_AGREEMENT,
+           probes: list[str | Path] = (), max_pixels: int | str = DEFAULT_MAX_PIXELS,
            progress: Progress | None = None):
     """Export a DeepLab-v3 checkpoint (default: the bundled demo) as version ``version``
     (default: highest existing + 1) of the model base path ``output``.

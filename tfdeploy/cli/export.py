@@ -7,7 +7,12 @@ from pathlib import Path
 import click
 
 from tfdeploy.cli.app import emit, main, progress_printer
-from tfdeploy.export.config import PRECISIONS
+from tfdeploy.export.config import (
+    DEFAULT_MAX_SIDE,
+    DEFAULT_MIN_AGREEMENT,
+    DEFAULT_PRECISION,
+    PRECISIONS,
+)
 from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
 
 
@@ -23,17 +28,18 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
 @click.option("--model-name", default=DEFAULT_MODEL_NAME, show_default=True,
               help="Model name used in the warmup requests.")
 @click.option("--precision", type=click.Choice(PRECISIONS),
-              default="float32", show_default=True,
+              default=DEFAULT_PRECISION, show_default=True,
               help="Dtype of the stored weights and convolutions (logits stay float32). "
                    "bfloat16 for CPUs with AVX512_BF16/AMX, float16 for GPUs.")
-@click.option("--min-agreement", type=click.FloatRange(0, 100), default=99.0,
+@click.option("--min-agreement", type=click.FloatRange(0, 100),
+              default=DEFAULT_MIN_AGREEMENT * 100,
               show_default=True, metavar="PERCENT",
               help="Fail unless, on every probe image, this percentage of mask pixels "
                    "matches the float32 checkpoint model.")
 @click.option("--probe", "probes", multiple=True, type=click.Path(path_type=Path),
               help="Extra verification images (files or directories), e.g. photographs "
                    "like your traffic.  Always used: a synthetic probe and examples/.")
-@click.option("--max-pixels", default="4096x4096", show_default=True,
+@click.option("--max-pixels", default=f"{DEFAULT_MAX_SIDE}x{DEFAULT_MAX_SIDE}", show_default=True,
               metavar="WxH|PIXELS",
               help="Largest image the model accepts; checked in the graph from the image "
                    "header before decoding (decompression bombs are refused by any "

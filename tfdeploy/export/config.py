@@ -29,6 +29,10 @@ NATIVE_FORMAT = "tfdeploy-deeplab-v3"
 #: Precisions ``tfdeploy export --precision`` accepts; float32 is the reference.  Here,
 #: free of numpy and TF, so the CLI can offer them at no import cost.
 PRECISIONS = ("float32", "bfloat16", "float16")
+DEFAULT_PRECISION = "float32"
+
+#: Fraction of mask pixels a reduced precision export must agree on, per probe image.
+DEFAULT_MIN_AGREEMENT = 0.99
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,8 @@ class ModelConfig:
 
 
 #: Default pixel limit per image (height x width): 4096x4096.
-DEFAULT_MAX_PIXELS = 4096 * 4096
+DEFAULT_MAX_SIDE = 4096
+DEFAULT_MAX_PIXELS = DEFAULT_MAX_SIDE * DEFAULT_MAX_SIDE
 
 
 def parse_max_pixels(text: str | int) -> int:

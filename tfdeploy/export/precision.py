@@ -17,8 +17,6 @@ import numpy as np
 from tfdeploy.errors import UserError
 from tfdeploy.export.config import PRECISIONS
 
-DEFAULT_PRECISION = "float32"
-
 #: CPU feature flags (``/proc/cpuinfo``) that give a reduced precision native convolution
 #: kernels.  Without them oneDNN emulates or falls back, and the "fast" dtype is slower.
 FAST_CPU_FLAGS: dict[str, tuple[str, ...]] = {

@@ -23,10 +23,9 @@ from tfdeploy.errors import ExportError, UserError
 from tfdeploy.export import checkpoint as ckpt
 from tfdeploy.export import warmup
 from tfdeploy.export.agreement import Agreement, measure, probe_images
-from tfdeploy.export.config import DEFAULT_MAX_PIXELS
+from tfdeploy.export.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_AGREEMENT, DEFAULT_PRECISION
 from tfdeploy.export.model import DeepLabV3
 from tfdeploy.export.precision import (
-    DEFAULT_PRECISION,
     check_precision,
     cpu_flags,
     speed_warning,
@@ -43,7 +42,6 @@ from tfdeploy.tfs.versions import METADATA_FILE, next_version, numeric_dirs
 
 TMP_PREFIX = ".tfdeploy-export-"
 LOGIT_TOLERANCE = 1e-4
-DEFAULT_MIN_AGREEMENT = 0.99
 
 Progress = Callable[[str], None]
 
