@@ -235,3 +235,24 @@ def test_refused_after_an_answer_is_a_restart_and_retried():
     pool = EndpointPool({"a": t}, sleep=sleeps.append)
     assert pool.metadata("m") == "meta"
     assert pool.status("m") == "again" and len(sleeps) == 2
+
+
+def test_connection_problems_are_named_without_cli_flags():
+    """The library says what is wrong (the CLI adds which flag fixes it): a Python caller
+    is not told to use ``--transport``."""
+    from tfdeploy.client.predict import connection_problem
+
+    cases = [
+        (ClientError("UNAVAILABLE", "Trying to connect an http1.x server (HTTP/2 frame)"),
+         "grpc", "wrong_transport"),
+        (ClientError("UNAVAILABLE", "cannot reach a: HTTP/1.1 parse error"), "rest",
+         "wrong_transport"),
+        (refused(), "grpc", "no_server"),
+        (refused(), "rest", "no_server"),
+    ]
+    for exc, transport, cause in cases:
+        got = connection_problem(exc, transport)
+        assert got is not None and got[0] == cause, (exc, got)
+        assert "--" not in got[1]
+    assert connection_problem(ClientError("NOT_FOUND", "Connection refused"), "grpc") is None
+    assert connection_problem(ClientError("UNAVAILABLE", "socket closed"), "grpc") is None

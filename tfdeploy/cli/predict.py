@@ -51,7 +51,18 @@ def _predictor(server, name, transport, timeout, retries, retry_timeout, model_n
     try:
         return client.predictor(**kw)
     except PredictError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(str(exc) + _how_to_fix(exc.cause, transport)) from None
+
+
+def _how_to_fix(cause: str | None, transport: str) -> str:
+    """The library says what went wrong; the CLI says which flag changes it."""
+    other = "rest" if transport == "grpc" else "grpc"
+    if cause == "wrong_transport":
+        return f": use --transport {other}, or the server's {transport} port"
+    if cause == "no_server":
+        return (": start one with `tfdeploy serve`, or point at one with --server HOST:PORT "
+                "(`tfdeploy status` lists ours)")
+    return ""
 
 
 def _check_inputs(items) -> bool:

@@ -29,7 +29,15 @@ ENCODED, FLOAT = names.SERVING_DEFAULT, names.PREDICT_IMAGES
 
 
 class PredictError(Exception):
-    """Nothing can be predicted (no such model, no usable signature, ...)."""
+    """Nothing can be predicted (no such model, no usable signature, ...).
+
+    ``cause`` tells a front end what the user can change, so it can say how in its own
+    terms (a flag, an argument): ``"wrong_transport"`` (the port speaks the other
+    protocol), ``"no_server"`` (nothing answers there), or None."""
+
+    def __init__(self, message: str, cause: str | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 @dataclass
@@ -92,23 +100,20 @@ def missing_inputs(items: Iterable[str]) -> list[str]:
     return missing
 
 
-def connection_hint(exc: ClientError, transport: str) -> str:
-    """What to do about a call that never reached a model server, or '' when the server
-    answered.  The raw messages (a refused connection, grpc's HTTP/2 parse error on a REST
-    port) do not say it."""
+def connection_problem(exc: ClientError, transport: str) -> tuple[str, str] | None:
+    """(cause, what it means) for a call that never reached a model server, None when the
+    server answered.  The raw messages (a refused connection, grpc's HTTP/2 parse error
+    on a REST port) do not say it."""
     if exc.code != Code.UNAVAILABLE:
-        return ""
+        return None
     text = exc.message.lower()
     if transport == "grpc" and "http/2" in text:
-        return ("that port does not speak gRPC (a REST port?): use --transport rest, or the "
-                "server's gRPC port")
+        return "wrong_transport", "that port does not speak gRPC (a REST port?)"
     if transport == "rest" and "http/1.1" in text:
-        return ("that port does not speak HTTP/1.1 (a gRPC port?): use --transport grpc, or "
-                "the server's REST port")
+        return "wrong_transport", "that port does not speak HTTP/1.1 (a gRPC port?)"
     if "refused" in text or "failed to connect" in text or "cannot reach" in text:
-        return ("is a model server running there? Start one with `tfdeploy serve`, or "
-                "point at one with --server HOST:PORT (`tfdeploy status` lists ours)")
-    return ""
+        return "no_server", "is a model server running there?"
+    return None
 
 
 def choose_signature(signatures: dict[str, Signature], wanted: str | None) -> str:
@@ -138,10 +143,11 @@ class Predictor:
         try:
             self.signatures = transport.metadata(model, version)
         except ClientError as exc:
-            hint = connection_hint(exc, transport.name)
+            problem = connection_problem(exc, transport.name)
             where = f" from {exc.endpoint}" if exc.endpoint else ""
             raise PredictError(f"cannot get metadata of model {model!r}{where}: {exc}"
-                               + (f"; {hint}" if hint else "")) from None
+                               + (f"; {problem[1]}" if problem else ""),
+                               cause=problem[0] if problem else None) from None
         self.signature = choose_signature(self.signatures, signature)
 
     def infer(self, image: images.LoadedImage) -> tuple[Image.Image, bytes | None]:
