@@ -274,11 +274,11 @@ def test_classify_and_regress_over_rest(server):
     url = f"{server.rest}/v1/models/tf1"
     code, body = http("POST", f"{url}:classify", {
         "signature_name": "classify_x_to_y", "examples": [{"x": 1.0}, {"x": [2.0]}]})
-    assert (code, body) == (200, {"result": [[["", 2.5]], [["", 3.0]]]})
+    assert (code, body) == (200, {"results": [[["", 2.5]], [["", 3.0]]]})
     code, body = http("POST", f"{url}/versions/1:regress", {
         "signature_name": "regress_x_to_y2", "context": {"x": 1.0},
         "examples": [{}, {"x": 3.0}]})
-    assert (code, body) == (200, {"result": [3.5, 4.5]})
+    assert (code, body) == (200, {"results": [3.5, 4.5]})
     for payload, message in (
             ({"signature_name": "regress_x_to_y"},
              "When method is classify, key 'examples' is expected and was not found"),
@@ -309,7 +309,7 @@ def test_signature_method_name_check(tmp_path: Path):
             " Was: tensorflow/serving/regress")
         code, body = http("POST", f"{srv.rest}/v1/models/tf1:regress", {
             "signature_name": "regress_x_to_y", "examples": [{"x": 2.0}]})
-        assert (code, body) == (200, {"result": [3.0]})
+        assert (code, body) == (200, {"results": [3.0]})
     finally:
         assert srv.stop() == 0
 
