@@ -483,3 +483,27 @@ def test_prefer_tflite_model_alone_gets_the_generated_signature(tmp_path: Path):
         assert (status, answer) == (200, {"predictions": [[3.5]]})
     finally:
         assert srv.stop() == 0
+
+
+def test_config_file_rewritten_before_the_first_poll_is_reloaded(tmp_path: Path):
+    """A --model_config_file changed right after start-up, before the first poll, is a
+    change like any other: the poll compares with the config loaded at start-up."""
+    base = tmp_path / "hp2"
+    base.mkdir()
+    put_version(base, 1, save_half_plus_two(tmp_path / "model"))
+    config = tmp_path / "models.config"
+
+    def write(name: str) -> None:
+        config.write_text(f'model_config_list {{ config {{ name: "{name}" '
+                          f'base_path: "{base}" model_platform: "tensorflow" }} }}\n')
+
+    write("first")
+    srv = ServerProcess(f"--model_config_file={config}",
+                        "--model_config_file_poll_wait_seconds=3", log_dir=tmp_path)
+    try:
+        srv.wait_available(1, model="first")
+        write("second")  # the first poll is up to 3 s away
+        srv.wait_for(lambda s: s.get(1) == "AVAILABLE", model="second", timeout=30)
+        srv.wait_for(lambda s: not s, model="first", timeout=30)
+    finally:
+        assert srv.stop() == 0
