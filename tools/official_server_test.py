@@ -9,9 +9,10 @@ runfiles (``$TEST_SRCDIR/tf_serving/tensorflow_serving/...``), where the
 ``model_servers/tensorflow_model_server`` binary the test starts is a two-line script
 exec'ing ``tfdeploy-model-server``.  Only plumbing differs from a bazel run: the test's
 ``tensorflow_serving.model_servers`` package is found beside the pip-installed
-``tensorflow_serving.apis``, and ``portpicker`` (which the test imports to choose server
-ports) is replaced by a picker of free ports in ``--ports``.  The assertions are the
-official ones.
+``tensorflow_serving.apis``, ``portpicker`` (which the test imports to choose server
+ports) is replaced by a picker of free ports in ``--ports``, and the test process uses
+Keras 2 (``tf_keras``) for ``tf.keras`` when it is installed, as the test's Keras models
+assume.  The assertions are the official ones.
 
 Tests that need what issue 11 puts out of scope (a GPU or TPU, TF-Text ops, the profiler
 service) are skipped with that reason unless ``--all``.  Prints one line per test and
@@ -202,9 +203,13 @@ def run_tests(work: Path, names: list[str], run_all: bool, ports: tuple[int, int
             if reason:
                 setattr(cls, name, unittest.skip(f"out of scope: {reason}")(getattr(cls, name)))
     tf.enable_eager_execution()  # as the test's own __main__ does
-    loader = unittest.TestLoader()
-    suite = (unittest.TestSuite(cls(n) for n in names) if names
-             else loader.loadTestsFromTestCase(cls))
+    # The official order (alphabetical) even for a selection: tests depend on it, e.g.
+    # the distribute test configures virtual CPUs, which must precede TF's first use.
+    order = unittest.TestLoader().getTestCaseNames(cls)
+    unknown = sorted(set(names) - set(order))
+    if unknown:
+        raise SystemExit(f"no such test: {', '.join(unknown)}")
+    suite = unittest.TestSuite(cls(n) for n in order if not names or n in names)
     runner = unittest.TextTestRunner(stream=sys.stdout, verbosity=2, resultclass=_Recorder)
     result = runner.run(suite)
     (work / "results.json").write_text(json.dumps(result.outcomes, indent=1))
@@ -212,6 +217,17 @@ def run_tests(work: Path, names: list[str], run_all: bool, ports: tuple[int, int
 
 
 # -- the driver --------------------------------------------------------------------------
+def failure_summary(traceback_text: str) -> str:
+    """The exception line of a traceback, with a gRPC error's status and details."""
+    lines = traceback_text.strip().splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    rest = lines[frames[-1] + 1:] if frames else lines
+    head = next((line for line in rest if line and not line[0].isspace()), lines[-1])
+    grpc_parts = [line.strip() for line in rest
+                  if line.strip().startswith(("status = ", "details = "))]
+    return " ".join([head.split(" <_InactiveRpcError")[0], *grpc_parts])[:300]
+
+
 def default_server() -> str:
     return str(Path(sys.executable).with_name("tfdeploy-model-server"))
 
@@ -253,7 +269,17 @@ def main(argv: list[str] | None = None) -> int:
                "--ports", args.ports, *(f"--test={t}" for t in args.test)]
     if args.all:
         command.append("--all")
-    child = subprocess.Popen(command, start_new_session=True)
+    env = dict(os.environ)
+    if importlib.util.find_spec("tf_keras") is not None:
+        # The test builds its Keras models with tf.keras and sends them input "x": Keras 2
+        # names the signature's input after the Input layer, Keras 3 (tf.keras of
+        # TensorFlow >= 2.16 by default) calls it "inputs", which no server would accept.
+        # So the test process uses Keras 2, as the test was written for.
+        env["TF_USE_LEGACY_KERAS"] = "1"
+    else:
+        print("tf_keras is not installed: the Keras tests will build Keras 3 models, whose "
+              "signature input is not the test's 'x'")
+    child = subprocess.Popen(command, start_new_session=True, env=env)
     try:
         child.wait()
     finally:
@@ -276,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         if outcome == "skipped":
             line += f" ({detail})"
         elif outcome == "failed":
-            line += " -- " + detail.strip().splitlines()[-1][:200]
+            line += " -- " + failure_summary(detail)
         print(line)
     print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     if args.workdir is None and not counts.get("failed"):
