@@ -45,11 +45,11 @@ $(KSERVE_STAMP):
 	  && touch $(KSERVE_STAMP)) || echo "KServe SDK unavailable: its test will be skipped"
 
 test: $(STAMP) docker-images $(KSERVE_STAMP)
-	$(PY) -m ruff check tfdeploy tests bench checkpoints
+	$(PY) -m ruff check tfdeploy tests bench checkpoints tools
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check tfdeploy tests bench checkpoints
+	$(PY) -m ruff check tfdeploy tests bench checkpoints tools
 
 clean:
 	rm -rf $(VENV) .venv-kserve models masks deploy .pytest_cache

@@ -140,10 +140,9 @@ def serve_one(source: Path, tmp_path: Path, name: str, *flags: str):
                                log_dir=tmp_path)
 
 
-def add_tflite(saved_model: Path, b: float) -> Path:
-    """Write ``model.tflite`` into a SavedModel directory: the same signature as
-    ``save_half_plus_two`` (x [?, 1] -> y) but y = x / 2 + ``b``, so answers tell which of
-    the two models served them."""
+def half_plus_b_tflite(b: float) -> bytes:
+    """A TFLite model computing y = x / 2 + ``b`` for x of shape [?, 1], as converted from
+    a tf.function: no ``signature_defs_metadata``, tensors named by the converter."""
     import tensorflow as tf
 
     class HalfPlusB(tf.Module):
@@ -154,10 +153,73 @@ def add_tflite(saved_model: Path, b: float) -> Path:
     module = HalfPlusB()
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [module.serve.get_concrete_function()], module)
-    tflite = converter.convert()
-    # keep the signature key the SavedModel uses
+    return converter.convert()
+
+
+def tflite_tensor_names(tflite: bytes) -> tuple[list[str], list[str]]:
+    """The model's input and output tensor names."""
+    import tensorflow as tf
+
     interpreter = tf.lite.Interpreter(model_content=tflite)
-    if "serving_default" not in interpreter.get_signature_list():
-        raise AssertionError(f"unexpected TFLite signatures {interpreter.get_signature_list()}")
+    return ([d["name"] for d in interpreter.get_input_details()],
+            [d["name"] for d in interpreter.get_output_details()])
+
+
+def renamed_tensor(tflite: bytes, name: str, new_name: str) -> bytes:
+    """``tflite`` with its tensor ``name`` renamed ``new_name``."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite))
+    for tensor in model.subgraphs[0].tensors:
+        if tensor.name == name.encode():
+            tensor.name = new_name.encode()
+            return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    raise AssertionError(f"no tensor {name}")
+
+
+def with_signature_metadata(tflite: bytes, signatures: dict[str, tuple[dict, dict]]) -> bytes:
+    """``tflite`` with a ``signature_defs_metadata`` entry, the way TF Serving's TFLite
+    models carry their SignatureDefs: a flexbuffer map, signature key -> serialized
+    SignatureDef.  ``signatures``: key -> ({input alias: tensor name}, {output alias:
+    tensor name}); names may carry TF's ``:0`` suffix."""
+    from flatbuffers import flexbuffers
+    from tensorflow.core.protobuf import meta_graph_pb2
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    builder = flexbuffers.Builder()
+    with builder.Map():
+        for key, (inputs, outputs) in signatures.items():
+            sd = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
+            for alias, name in inputs.items():
+                sd.inputs[alias].name = name
+                sd.inputs[alias].dtype = 1  # DT_FLOAT
+            for alias, name in outputs.items():
+                sd.outputs[alias].name = name
+                sd.outputs[alias].dtype = 1
+            data = sd.SerializeToString()
+            # a flexbuffer string, as TF Serving's writer stores it; Builder.String takes
+            # text, so the proto must be ASCII (it is: short names, no shapes)
+            assert data.isascii(), data
+            builder.String(key, data.decode("ascii"))
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite))
+    buffer = schema.BufferT()
+    buffer.data = list(builder.Finish())
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = "signature_defs_metadata", len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def add_tflite(saved_model: Path, b: float) -> Path:
+    """Write ``model.tflite`` into a SavedModel directory: the same signature as
+    ``save_half_plus_two`` (serving_default, x -> y, carried in the model's signature
+    metadata) but y = x / 2 + ``b``, so answers tell which of the two models served them."""
+    tflite = renamed_tensor(half_plus_b_tflite(b), "serving_default_x:0", "x_input")
+    (y,) = tflite_tensor_names(tflite)[1]
+    # "x_input:0" names the tensor "x_input" the way older TFLite converters named them
+    tflite = with_signature_metadata(tflite, {"serving_default": ({"x": "x_input:0"},
+                                                                  {"y": y})})
     (saved_model / "model.tflite").write_bytes(tflite)
     return saved_model

@@ -14,11 +14,13 @@ import tensorflow  # noqa: F401  (before tensorflow_serving: see tfdeploy/tfs/pr
 from servers import ServerProcess, http
 from small_models import (
     add_tflite,
+    half_plus_b_tflite,
     put_version,
     save_half_plus_two,
     save_keras_half_plus_two,
     save_tf1_half_plus_two,
     serve_one,
+    tflite_tensor_names,
 )
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -274,11 +276,11 @@ def test_classify_and_regress_over_rest(server):
     url = f"{server.rest}/v1/models/tf1"
     code, body = http("POST", f"{url}:classify", {
         "signature_name": "classify_x_to_y", "examples": [{"x": 1.0}, {"x": [2.0]}]})
-    assert (code, body) == (200, {"result": [[["", 2.5]], [["", 3.0]]]})
+    assert (code, body) == (200, {"results": [[["", 2.5]], [["", 3.0]]]})
     code, body = http("POST", f"{url}/versions/1:regress", {
         "signature_name": "regress_x_to_y2", "context": {"x": 1.0},
         "examples": [{}, {"x": 3.0}]})
-    assert (code, body) == (200, {"result": [3.5, 4.5]})
+    assert (code, body) == (200, {"results": [3.5, 4.5]})
     for payload, message in (
             ({"signature_name": "regress_x_to_y"},
              "When method is classify, key 'examples' is expected and was not found"),
@@ -309,7 +311,7 @@ def test_signature_method_name_check(tmp_path: Path):
             " Was: tensorflow/serving/regress")
         code, body = http("POST", f"{srv.rest}/v1/models/tf1:regress", {
             "signature_name": "regress_x_to_y", "examples": [{"x": 2.0}]})
-        assert (code, body) == (200, {"result": [3.0]})
+        assert (code, body) == (200, {"results": [3.0]})
     finally:
         assert srv.stop() == 0
 
@@ -442,3 +444,66 @@ def test_prefer_tflite_model_serves_the_versions_tflite_model(tmp_path: Path):
             assert y.tolist() == [[5.0 / 2 + (3.0 if flags else 2.0)]]
         finally:
             assert srv.stop() == 0
+
+
+def test_prefer_tflite_model_alone_gets_the_generated_signature(tmp_path: Path):
+    """A version holding only model.tflite, without signature metadata, serves with
+    --prefer_tflite_model as tensorflow_model_server serves it: one generated
+    ``serving_default`` signature, its inputs and outputs the model's tensors keyed by
+    their names without ":0"; an input of another shape resizes the interpreter's."""
+    model = tmp_path / "tflite-only"
+    model.mkdir()
+    tflite = half_plus_b_tflite(3.0)
+    (model / "model.tflite").write_bytes(tflite)
+    (x_name,), (y_name,) = tflite_tensor_names(tflite)
+    x_key, y_key = x_name.split(":")[0], y_name.split(":")[0]
+    _, srv = serve_one(model, tmp_path, "m", "--prefer_tflite_model")
+    try:
+        srv.wait_available(1, model="m")
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(srv.grpc_target))
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            metadata_field=["signature_def"])
+        request.model_spec.name = "m"
+        sigs = get_model_metadata_pb2.SignatureDefMap()
+        stub.GetModelMetadata(request, 30).metadata["signature_def"].Unpack(sigs)
+        assert list(sigs.signature_def) == ["serving_default"]
+        sd = sigs.signature_def["serving_default"]
+        assert (sd.method_name, list(sd.inputs), list(sd.outputs)) == (
+            "tensorflow/serving/predict", [x_key], [y_key])
+        assert (sd.inputs[x_key].name, sd.outputs[y_key].name) == (x_name, y_name)
+        for x in (np.array([[1.0], [3.0]], np.float32), np.array([5.0], np.float32)):
+            predict = predict_pb2.PredictRequest(output_filter=[y_key])
+            predict.model_spec.name = "m"
+            predict.inputs[x_key].CopyFrom(tensors.to_proto(x))
+            y = tensors.from_proto(stub.Predict(predict, 30).outputs[y_key])
+            assert y.tolist() == (x / 2 + 3.0).tolist()
+        status, answer = http("POST", f"{srv.rest}/v1/models/m:predict",
+                              {"instances": [[1.0]]})
+        assert (status, answer) == (200, {"predictions": [[3.5]]})
+    finally:
+        assert srv.stop() == 0
+
+
+def test_config_file_rewritten_before_the_first_poll_is_reloaded(tmp_path: Path):
+    """A --model_config_file changed right after start-up, before the first poll, is a
+    change like any other: the poll compares with the config loaded at start-up."""
+    base = tmp_path / "hp2"
+    base.mkdir()
+    put_version(base, 1, save_half_plus_two(tmp_path / "model"))
+    config = tmp_path / "models.config"
+
+    def write(name: str) -> None:
+        config.write_text(f'model_config_list {{ config {{ name: "{name}" '
+                          f'base_path: "{base}" model_platform: "tensorflow" }} }}\n')
+
+    write("first")
+    srv = ServerProcess(f"--model_config_file={config}",
+                        "--model_config_file_poll_wait_seconds=3", log_dir=tmp_path)
+    try:
+        srv.wait_available(1, model="first")
+        write("second")  # the first poll is up to 3 s away
+        srv.wait_for(lambda s: s.get(1) == "AVAILABLE", model="second", timeout=30)
+        srv.wait_for(lambda s: not s, model="first", timeout=30)
+    finally:
+        assert srv.stop() == 0

@@ -28,7 +28,7 @@ from tfdeploy.tfs import tensors
 from tfdeploy.tfs.codes import Code, StatusError, tf_error_message
 from tfdeploy.tfs.names import DEFAULT_SIGNATURE, SERVE_TAG
 from tfdeploy.tfs.saved_model import meta_graph, read_saved_model, signature_defs
-from tfdeploy.tfs.versions import WARMUP_FILE
+from tfdeploy.tfs.versions import TFLITE_FILE, WARMUP_FILE
 
 log = logging.getLogger("tfdeploy.serving")
 
@@ -157,49 +157,6 @@ class Servable:
                 pass
 
 
-TFLITE_FILE = "model.tflite"
-
-
-class TfliteServable(Servable):
-    """A version served from its ``model.tflite`` through TensorFlow's own TFLite
-    interpreter (``--prefer_tflite_model``), as tensorflow_model_server does: the
-    signatures (keys, inputs, outputs) are the TFLite model's, run by signature runners;
-    the SavedModel beside it only describes them to clients."""
-
-    interpreter: object = None
-
-    @classmethod
-    def load(cls, name: str, version: int, path: Path, defs: dict) -> TfliteServable:
-        interpreter = tf.lite.Interpreter(model_path=str(path / TFLITE_FILE))
-        keys = set(interpreter.get_signature_list())
-        missing = sorted(k for k in defs if k not in keys)
-        if missing or not keys:
-            raise StatusError(Code.INVALID_ARGUMENT,
-                              f"{path / TFLITE_FILE}: no TFLite signature for "
-                              f"{', '.join(missing) or 'any SignatureDef'} (it has "
-                              f"{', '.join(sorted(keys)) or 'none'})")
-        servable = cls(name, version, path, {k: defs[k] for k in defs if k in keys})
-        servable.interpreter = interpreter
-        return servable
-
-    def call(self, key: str, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] = (),
-             timeout_ms: int = 0) -> dict[str, np.ndarray]:
-        with self._lock:  # an interpreter runs one call at a time
-            runner = self.interpreter.get_signature_runner(key)
-            try:
-                result = runner(**inputs)
-            except (ValueError, RuntimeError) as exc:
-                raise StatusError(Code.INVALID_ARGUMENT, str(exc).splitlines()[0]) from None
-        wanted = outputs or tuple(sorted(result))
-        return {k: np.asarray(result[k]) for k in wanted}
-
-    def run_tensors(self, feeds: dict[str, np.ndarray], fetches: tuple[str, ...],
-                    timeout_ms: int = 0) -> list[np.ndarray]:
-        raise StatusError(Code.UNIMPLEMENTED, "Classify, Regress and MultiInference run on "
-                          "TensorFlow graphs; this version serves its TFLite model "
-                          "(Predict only)")
-
-
 class Loader:
     """Knows how to load one version; loading is only done when the Manager says so."""
 
@@ -214,6 +171,14 @@ class Loader:
         self.prefer_tflite = prefer_tflite
 
     def load(self) -> Servable:
+        if self.prefer_tflite and (self.path / TFLITE_FILE).is_file():
+            # the TFLite model alone: no SavedModel needed beside it (tflite.py says why)
+            from tfdeploy.serving.tflite import TfliteServable
+
+            servable = TfliteServable.load(self.name, self.version, self.path, TFLITE_FILE)
+            if self.warmup:
+                self._replay_warmup(servable)
+            return servable
         _, proto = read_saved_model(self.path)
         mg = meta_graph(proto, self.tags)
         if mg is None:
@@ -222,12 +187,6 @@ class Loader:
                               f"{' '.join(self.tags)} }}. To inspect available tag-sets in "
                               "the SavedModel, please use the SavedModel CLI: "
                               "`saved_model_cli`")
-        if self.prefer_tflite and (self.path / TFLITE_FILE).is_file():
-            servable = TfliteServable.load(self.name, self.version, self.path,
-                                           signature_defs(mg))
-            if self.warmup:
-                self._replay_warmup(servable)
-            return servable
         graph = tf.Graph()
         # Threads of its own per version: a long request on one version (or many) must not
         # starve the restore ops of a version loading beside it.

@@ -140,17 +140,19 @@ class ModelServer:
                         f"Request to assign label to version {version} of model {mc.name}, "
                         "which is not currently available for inference")
 
-    def _poll_config_file(self) -> None:
+    def _poll_config_file(self, loaded) -> None:
+        """Apply the file's config whenever it differs from ``loaded``, the one last taken
+        from the file (at start-up, then each reload).  Compared with what was loaded, not
+        with the first poll's read: a file rewritten before that poll is a change too."""
         period = self.options.model_config_file_poll_wait_seconds
-        last = None
+        last = loaded
         while not self._stop.wait(period):
             try:
-                text = Path(self.options.model_config_file).read_text()
-                if text != last and last is not None:
+                config = config_files.model_server_config(self.options.model_config_file)
+                if config != last:
                     log.info("model config file changed; reloading")
-                    self.apply_config(config_files.model_server_config(
-                        self.options.model_config_file))
-                last = text
+                    self.apply_config(config)
+                    last = config
             except Exception as exc:  # keep serving the last good config
                 log.error("cannot reload %s: %s", self.options.model_config_file, exc)
 
@@ -158,7 +160,8 @@ class ModelServer:
     def start(self) -> None:
         from tfdeploy.serving import grpc_api, rest_api
 
-        self.apply_config(self.config)
+        loaded = self.config
+        self.apply_config(loaded)
         self.source.start()
         self._grpc = grpc_api.serve(self, self.options.grpc_host, self.options.port)
         log.info("gRPC API on %s:%d", self.options.grpc_host, self.options.port)
@@ -167,7 +170,8 @@ class ModelServer:
                                         self.options.rest_api_port)
             log.info("REST API on %s:%d", self.options.rest_api_host, self.options.rest_api_port)
         if self.options.model_config_file and self.options.model_config_file_poll_wait_seconds > 0:
-            t = threading.Thread(target=self._poll_config_file, daemon=True, name="config-poll")
+            t = threading.Thread(target=self._poll_config_file, args=(loaded,), daemon=True,
+                                 name="config-poll")
             t.start()
             self._threads.append(t)
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tfdeploy.serving import policy as version_policy
-from tfdeploy.tfs.versions import numeric_dirs, saved_model_file
+from tfdeploy.tfs.versions import TFLITE_FILE, numeric_dirs, saved_model_file
 
 log = logging.getLogger("tfdeploy.serving.source")
 
@@ -27,8 +27,12 @@ SETTLED_SECONDS = 2.0
 
 
 def _fingerprint(version_dir: Path) -> tuple | None:
-    """(relative path, size, mtime) of every file, or None if the SavedModel is incomplete."""
-    if saved_model_file(version_dir) is None:
+    """(relative path, size, mtime) of every file, or None if the SavedModel is incomplete.
+
+    A directory with only ``model.tflite`` is offered too: tensorflow_model_server's source
+    offers every version directory, and with --prefer_tflite_model that file is all a
+    version needs (without the flag its load fails and its status says so)."""
+    if saved_model_file(version_dir) is None and not (version_dir / TFLITE_FILE).is_file():
         return None
     variables = version_dir / "variables"
     if variables.is_dir() and not (variables / "variables.index").is_file():

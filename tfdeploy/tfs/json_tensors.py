@@ -300,15 +300,16 @@ def fill_example_request(body: dict, request) -> None:
 
 
 def render_classification(result) -> dict:
-    """``{"result": [[[label, score], ...] per example]}``, as TF Serving answers."""
+    """``{"results": [[[label, score], ...] per example]}``: plural, as tensorflow_model_server
+    sends it (its REST documentation shows "result", which no client receives)."""
     if not result.classifications:
         raise _bad("Cannot convert empty ClassificationResults to JSON")
-    return {"result": [[[c.label, c.score] for c in cs.classes]
-                       for cs in result.classifications]}
+    return {"results": [[[c.label, c.score] for c in cs.classes]
+                        for cs in result.classifications]}
 
 
 def render_regression(result) -> dict:
-    """``{"result": [value per example]}``."""
+    """``{"results": [value per example]}``."""
     if not result.regressions:
         raise _bad("Cannot convert empty RegressionResults to JSON")
-    return {"result": [r.value for r in result.regressions]}
+    return {"results": [r.value for r in result.regressions]}

@@ -1,8 +1,10 @@
 """Version directories under a model base path, the way TF Serving sees them.
 
 A version is a directory whose name is a positive integer and that holds a complete
-SavedModel (``saved_model.pb`` or ``saved_model.pbtxt``).  Anything else, such as our
-export's temporary directories, is invisible to servers.  No TensorFlow here.
+SavedModel (``saved_model.pb`` or ``saved_model.pbtxt``); a server started with
+``--prefer_tflite_model`` also serves a version that holds only ``model.tflite``.
+Anything else, such as our export's temporary directories, is invisible to servers.  No
+TensorFlow here.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+#: The TensorFlow Lite model a version may hold (served with --prefer_tflite_model).
+TFLITE_FILE = "model.tflite"
 #: Requests TF Serving replays when it loads a version (PredictionLog TFRecord).
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 #: What tfdeploy records about an export (source checkpoint, architecture); servers ignore it.
