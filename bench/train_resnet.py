@@ -50,7 +50,8 @@ def main() -> None:
     started = time.time()
     for i in range(1, args.steps + 1):
         images, labels = batch(rng, args.batch, args.size, args.size)
-        loss = step(tf.constant(images, tf.float32), tf.constant(labels, tf.int32))
+        loss = step(tf.constant(images, tf.float32), tf.constant(labels, tf.int32),
+                    tf.ones(labels.shape))
         if i % 50 == 0 or i == args.steps:
             val_img, val_lbl = batch(np.random.default_rng(10_000), 8, 160, 160)
             acc = float(np.mean(model.predict(val_img.astype(np.float32)).numpy() == val_lbl))

@@ -49,14 +49,23 @@ def _polygon(cls: int, cx: float, cy: float, r: float, rot: float) -> list[tuple
 
 
 def scene(rng: np.random.Generator, height: int = 128, width: int = 128,
-          max_shapes: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """One scene: (image uint8 [H, W, 3], label uint8 [H, W] with CLASSES indices)."""
+          max_shapes: int = 4, radius_ref: float | None = None,
+          stats: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One scene: (image uint8 [H, W, 3], label uint8 [H, W] with CLASSES indices).
+
+    Shape radii are 8-22% of ``radius_ref`` (default: the shorter side), so training can
+    show a small window of a large scene's shapes without paying for the whole scene.
+    Later shapes are drawn over earlier ones; ``stats``, when given, gets
+    ``overlap_pixels`` added: how many pixels of a shape another one covers (so a test
+    can show that its scenes include overlaps)."""
+    ref = min(height, width) if radius_ref is None else radius_ref
+    covered = np.zeros((height, width), bool)
     image = _texture(rng, height, width)
     label = Image.new("L", (width, height), 0)
     draw_label = ImageDraw.Draw(label)
     for _ in range(int(rng.integers(1, max_shapes + 1))):
         cls = int(rng.integers(1, len(CLASSES)))
-        r = rng.uniform(0.08, 0.22) * min(height, width)
+        r = min(rng.uniform(0.08, 0.22) * ref, min(height, width) / 2 - 1)
         cx, cy = rng.uniform(r, width - r), rng.uniform(r, height - r)
         shape_mask = Image.new("L", (width, height), 0)
         draw = ImageDraw.Draw(shape_mask)
@@ -69,12 +78,18 @@ def scene(rng: np.random.Generator, height: int = 128, width: int = 128,
             draw.polygon(pts, fill=255)
             draw_label.polygon(pts, fill=cls)
         m = np.asarray(shape_mask, np.float32)[..., None] / 255
+        if stats is not None:
+            inside = m[..., 0] > 0.5
+            stats["overlap_pixels"] = stats.get("overlap_pixels", 0) + int(
+                np.sum(covered & inside))
+            covered |= inside
         fill = _texture(rng, height, width) * 0.3 + rng.uniform(0, 255, 3) * 0.7
         image = image * (1 - m) + fill * m
     return image.astype(np.uint8), np.asarray(label, np.uint8)
 
 
-def batch(rng: np.random.Generator, n: int, height: int = 128,
-          width: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    pairs = [scene(rng, height, width) for _ in range(n)]
+def batch(rng: np.random.Generator, n: int, height: int = 128, width: int = 128,
+          max_shapes: int = 4, radius_ref: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` scenes stacked: (images uint8 [n, H, W, 3], labels uint8 [n, H, W])."""
+    pairs = [scene(rng, height, width, max_shapes, radius_ref) for _ in range(n)]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
