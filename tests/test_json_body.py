@@ -115,6 +115,8 @@ def test_big_arrays_become_numpy_arrays_small_ones_stay_lists():
     np.testing.assert_array_equal(got["x"], floats)
     assert got["n"].dtype == np.int64 and got["n"].tolist() == list(range(2000))
     assert got["small"] == [1, 2] and got["s"] == "[1, 2, 3]" * 2000
+    # read value by value (tf.Example features): plain lists, as json.loads gives them
+    assert parse_body(raw, arrays=False) == json.loads(raw)
 
 
 def test_edge_arrays():

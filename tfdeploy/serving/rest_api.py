@@ -163,7 +163,7 @@ class RestApi:
                    else pb2.RegressionRequest())
         started = time.perf_counter()
         try:
-            json_tensors.fill_example_request(_as_lists(parse_body(raw)), request)
+            json_tensors.fill_example_request(parse_body(raw, arrays=False), request)
         except StatusError as exc:
             self._rejected(t.name, request.model_spec.signature_name, exc, started)
             raise
@@ -181,29 +181,19 @@ class RestApi:
                                 exc.code.name, time.perf_counter() - started)
 
 
-def parse_body(raw: bytes) -> dict:
+def parse_body(raw: bytes, arrays: bool = True) -> dict:
     """The JSON object of a request body, or INVALID_ARGUMENT naming what is wrong.  Big
-    numeric arrays come back as numpy arrays, without a Python object per number (a
-    100 MB body costs about its own size, not gigabytes); nesting is capped."""
+    numeric arrays come back as numpy arrays (unless ``arrays`` is False), without a
+    Python object per number (a 100 MB body costs about its own size, not gigabytes);
+    nesting is capped."""
     try:
-        body = json_body.parse_body(raw)
+        body = json_body.parse_body(raw, arrays=arrays)
     except json_body.BodyError as exc:
         raise StatusError(Code.INVALID_ARGUMENT, str(exc)) from None
     if not isinstance(body, dict):
         shown = json.dumps(body.tolist() if hasattr(body, "tolist") else body)[:200]
         raise StatusError(Code.INVALID_ARGUMENT, f"JSON Value: {shown} Is not object")
     return body
-
-
-def _as_lists(value):
-    """Example features are built value by value: numpy arrays back to plain lists."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, dict):
-        return {k: _as_lists(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_as_lists(v) for v in value]
-    return value
 
 
 # -- the HTTP transport ------------------------------------------------------------------

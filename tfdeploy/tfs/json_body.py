@@ -98,9 +98,10 @@ _STREAM_OK[[0 * 4 + 0, 0 * 4 + 3, 0 * 4 + 1, 3 * 4 + 2, 3 * 4 + 1, 2 * 4 + 0, 2 
             1 * 4 + 1, 1 * 4 + 2]] = True
 
 
-def parse_body(raw: bytes, *, max_depth: int = 64) -> Any:
+def parse_body(raw: bytes, *, max_depth: int = 64, arrays: bool = True) -> Any:
     """``json.loads(raw)``, with numeric arrays of ``THRESHOLD`` bytes or more as numpy
-    arrays (see the module docstring); every refusal is a ``BodyError``."""
+    arrays (see the module docstring) unless ``arrays`` is False (for bodies read value by
+    value, like tf.Example features); every refusal is a ``BodyError``."""
     raw = bytes(raw)
     if not raw:
         raise BodyError("JSON Parse error: The document is empty")
@@ -116,7 +117,8 @@ def parse_body(raw: bytes, *, max_depth: int = 64) -> Any:
     starts, ends = _strings(raw)
     offsets, steps = _brackets(raw, starts, ends)
     _check_depth(steps, max_depth)
-    regions = [] if len(raw) < THRESHOLD else _regions(raw, starts, ends, offsets, steps)
+    big = arrays and len(raw) >= THRESHOLD
+    regions = _regions(raw, starts, ends, offsets, steps) if big else []
     arrays, pieces, shifts, at = [], [], [], 0
     nonce = secrets.token_hex(16)
     while nonce.encode() in raw:      # never in practice; keeps placeholders unique
