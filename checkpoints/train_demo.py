@@ -32,7 +32,8 @@ from PIL import Image
 from tfdeploy.demo.scenes import CLASSES, batch, scene
 from tfdeploy.export.checkpoint import locate, read_weights, write_checkpoint
 from tfdeploy.export.config import ModelConfig
-from tfdeploy.export.model import DeepLabV3
+from tfdeploy.export.layout import variable_shapes
+from tfdeploy.export.model import DeepLabV3, initial_weights
 
 DEMO_CONFIG = ModelConfig(
     num_classes=len(CLASSES), backbone="demo_resnet_v2", units=(1, 2, 2, 1),
@@ -95,6 +96,24 @@ def edge_weights(labels: np.ndarray, weight: float) -> np.ndarray:
     return np.where(edge, np.float32(weight), np.float32(1.0))
 
 
+def grown_weights(start: dict[str, np.ndarray], config: ModelConfig) -> dict[str, np.ndarray]:
+    """``start``'s weights for a ``config`` with as many or more units per block: units
+    the start lacks begin as the identity (their last convolution zero; pre-activation
+    units add their residual to the input), so the grown network computes what the
+    trained one did and training goes on from there, not from scratch."""
+    shapes = variable_shapes(config)
+    weights = initial_weights(shapes)
+    for name, shape in shapes.items():
+        if name in start:
+            if tuple(start[name].shape) != tuple(shape):
+                raise SystemExit(f"--init: {name} is {start[name].shape}, this model needs "
+                                 f"{shape}")
+            weights[name] = start[name]
+        elif "/conv3/" in name:
+            weights[name] = np.zeros(shape, np.float32)
+    return weights
+
+
 def scene_batches(seed: int, n: int, size: tuple[int, int], ref: tuple[int, int],
                   max_shapes: int, edge_weight: float, depth: int = 6) -> queue.Queue:
     """Batches of ``n`` scenes of ``size`` (height, width) whose shapes are sized as in a
@@ -138,6 +157,11 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay)")
     ap.add_argument("--output-stride", type=int, default=DEMO_CONFIG.output_stride)
     ap.add_argument("--init", type=Path, help="start from this checkpoint's weights")
+    ap.add_argument("--units", type=int, nargs=4, default=DEMO_CONFIG.units,
+                    help="units per block; more than --init has grows it (new units start "
+                         "as the identity)")
+    ap.add_argument("--multi-grid", type=int, nargs="+", default=None,
+                    help="block4 rate multipliers, one per block4 unit [default: 1, 2, 4, ...]")
     ap.add_argument("--edge-weight", type=float, default=1.0,
                     help="loss weight of pixels on a class boundary (others: 1)")
     ap.add_argument("--seed", type=int, default=0)
@@ -146,14 +170,16 @@ def main() -> int:
     ap.add_argument("--examples", type=Path, default=Path(__file__).parents[1] / "examples")
     args = ap.parse_args()
 
+    units = tuple(args.units)
     config = dataclasses.replace(
-        DEMO_CONFIG, output_stride=args.output_stride,
+        DEMO_CONFIG, output_stride=args.output_stride, units=units,
+        multi_grid=tuple(args.multi_grid or [2 ** i for i in range(units[3])]),
         # the same receptive field in pixels at every output stride
         aspp_rates=tuple(r * 8 // args.output_stride for r in DEMO_CONFIG.aspp_rates))
     weights = None
     if args.init:
         start = locate(args.init)
-        weights = read_weights(start.prefix, start.config)
+        weights = grown_weights(read_weights(start.prefix, start.config), config)
     tf.random.set_seed(args.seed)
     model = TrainableDeepLab(config, weights)
     schedule = tf.keras.optimizers.schedules.CosineDecay(args.lr, args.steps, alpha=0.05)

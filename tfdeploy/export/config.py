@@ -53,8 +53,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.output_stride not in (8, 16, 32):
-            problems.append(f"output_stride must be 8, 16 or 32, got {self.output_stride}")
+        if self.output_stride not in (4, 8, 16, 32):
+            problems.append(f"output_stride must be 4, 8, 16 or 32, got {self.output_stride}")
         if len(self.units) != 4 or len(self.base_depths) != 4:
             problems.append("units and base_depths need exactly 4 entries (block1..block4)")
         if len(self.multi_grid) != (self.units[3] if len(self.units) == 4 else 0):

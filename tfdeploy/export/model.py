@@ -43,7 +43,7 @@ class DeepLabV3(tf.Module):
         self.folded = fold_batch_norm
         self.units: list[Unit] = units(config)
         shapes = variable_shapes(config)
-        init = _initial_weights(shapes) if weights is None else weights
+        init = initial_weights(shapes) if weights is None else weights
         init = {name: np.asarray(init[name], np.float32).reshape(shape)
                 for name, shape in shapes.items()}
         if fold_batch_norm:
@@ -169,7 +169,7 @@ def _var_name(slim_name: str) -> str:
     return slim_name.replace(":", "_")
 
 
-def _initial_weights(shapes: Mapping[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
+def initial_weights(shapes: Mapping[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
     """He-initialised convolutions and identity batch norm: the starting point for training
     (the demo) and for random-weight benchmarks."""
     rng = np.random.default_rng(seed)
@@ -189,7 +189,7 @@ def _initial_weights(shapes: Mapping[str, tuple[int, ...]], seed: int = 0) -> di
 def random_weights(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
     """Random weights with non-trivial batch-norm statistics (benchmarks, tests)."""
     rng = np.random.default_rng(seed)
-    weights = _initial_weights(variable_shapes(config), seed)
+    weights = initial_weights(variable_shapes(config), seed)
     for name, value in weights.items():
         if name.endswith("moving_mean"):
             weights[name] = rng.normal(0, 0.1, value.shape).astype(np.float32)
