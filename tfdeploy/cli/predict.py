@@ -60,8 +60,7 @@ def _how_to_fix(cause: str | None, transport: str) -> str:
     if cause == "wrong_transport":
         return f": use --transport {other}, or the server's {transport} port"
     if cause == "no_server":
-        return (": start one with `tfdeploy serve`, or point at one with --server HOST:PORT "
-                "(`tfdeploy status` lists ours)")
+        return ", or point at one with --server HOST:PORT (`tfdeploy status` lists ours)"
     return ""
 
 

@@ -112,7 +112,8 @@ def connection_problem(exc: ClientError, transport: str) -> tuple[str, str] | No
     if transport == "rest" and "http/1.1" in text:
         return "wrong_transport", "that port does not speak HTTP/1.1 (a gRPC port?)"
     if "refused" in text or "failed to connect" in text or "cannot reach" in text:
-        return "no_server", "is a model server running there?"
+        return "no_server", ("is a model server running there? Start one with tfdeploy.serve() "
+                             "or `tfdeploy serve`")
     return None
 
 
