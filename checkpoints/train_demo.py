@@ -30,6 +30,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tfdeploy.demo.scenes import CLASSES, batch, scene
+from tfdeploy.errors import UserError
 from tfdeploy.export.checkpoint import locate, read_weights, write_checkpoint
 from tfdeploy.export.config import ModelConfig
 from tfdeploy.export.layout import variable_shapes
@@ -102,12 +103,15 @@ def grown_weights(start: dict[str, np.ndarray], config: ModelConfig) -> dict[str
     units add their residual to the input), so the grown network computes what the
     trained one did and training goes on from there, not from scratch."""
     shapes = variable_shapes(config)
+    dropped = sorted(set(start) - set(shapes))
+    if dropped:
+        raise UserError(f"{len(dropped)} of its weights have no place in this model (fewer "
+                        f"units or another layout?), e.g. {dropped[0]}")
     weights = initial_weights(shapes)
     for name, shape in shapes.items():
         if name in start:
             if tuple(start[name].shape) != tuple(shape):
-                raise SystemExit(f"--init: {name} is {start[name].shape}, this model needs "
-                                 f"{shape}")
+                raise UserError(f"{name} is {start[name].shape}, this model needs {shape}")
             weights[name] = start[name]
         elif "/conv3/" in name:
             weights[name] = np.zeros(shape, np.float32)
@@ -178,8 +182,11 @@ def main() -> int:
         aspp_rates=tuple(r * 8 // args.output_stride for r in DEMO_CONFIG.aspp_rates))
     weights = None
     if args.init:
-        start = locate(args.init)
-        weights = grown_weights(read_weights(start.prefix, start.config), config)
+        try:
+            start = locate(args.init)
+            weights = grown_weights(read_weights(start.prefix, start.config), config)
+        except UserError as exc:
+            ap.error(f"--init: {exc}")
     tf.random.set_seed(args.seed)
     model = TrainableDeepLab(config, weights)
     schedule = tf.keras.optimizers.schedules.CosineDecay(args.lr, args.steps, alpha=0.05)
