@@ -62,10 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     d = ServerOptions()  # the defaults live there once
     flag = p.add_argument
     flag("--port", type=int, default=d.port, help=f"gRPC port (default {d.port})")
-    flag("--grpc_host", default=d.grpc_host, help="gRPC bind address (tfdeploy: 127.0.0.1)")
+    flag("--grpc_host", default=d.grpc_host,
+         help=f"gRPC bind address (default {d.grpc_host}, where tensorflow_model_server "
+         "listens; a tfdeploy flag: 127.0.0.1 for this machine only)")
     flag("--rest_api_port", type=int, default=d.rest_api_port,
          help="REST port; 0 disables REST")
-    flag("--rest_api_host", default=d.rest_api_host, help="REST bind address")
+    flag("--rest_api_host", default=d.rest_api_host,
+         help=f"REST bind address (default {d.rest_api_host}; a tfdeploy flag)")
     flag("--model_name", default=d.model_name, help="name of the single model")
     flag("--model_base_path", default=d.model_base_path,
          help="base path of the single model's versions")
