@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from tfdeploy.demo.scenes import CLASSES, batch, scene
+from tfdeploy.demo.scenes import CLASSES, batch, class_iou, scene
 from tfdeploy.errors import UserError
 from tfdeploy.export.checkpoint import locate, read_weights, write_checkpoint
 from tfdeploy.export.config import ModelConfig
@@ -143,10 +143,7 @@ def evaluate(model: DeepLabV3, seed: int = 123, n: int = 8, height: int = 240,
     images, labels = batch(np.random.default_rng(seed), n, height, width, max_shapes=5)
     pred = np.concatenate([model.predict(tf.constant(images[i:i + 4], tf.float32)).numpy()
                            for i in range(0, n, 4)])
-    ious = [float(np.sum((pred == c) & (labels == c)) / max(1, np.sum((pred == c) |
-                                                                      (labels == c))))
-            for c in range(1, len(CLASSES))]
-    return float(np.mean(pred == labels)), ious
+    return float(np.mean(pred == labels)), list(class_iou(pred, labels).values())
 
 
 def main() -> int:

@@ -114,7 +114,7 @@ def test_demo_model_segments_fresh_scenes(demo_base):
     """The bundled demo checkpoint, served from its export, is visibly right: per-class
     IoU >= 0.9 on scenes it has never seen, of the demo images' size, shapes overlapping
     one another included (most of these scenes have some)."""
-    from tfdeploy.demo.scenes import CLASSES, scene
+    from tfdeploy.demo.scenes import class_iou, scene
 
     loaded = tf.saved_model.load(str(demo_base / "1"))
     rng = np.random.default_rng(2026)
@@ -132,10 +132,18 @@ def test_demo_model_segments_fresh_scenes(demo_base):
         loaded.signatures["serving_default"](image_bytes=tf.constant(encoded[i:i + 4]))[
             "segmentation_map"].numpy() for i in range(0, len(encoded), 4)])
     truth = np.stack(labels)
-    ious = {name: float(np.sum((predicted == c) & (truth == c))
-                        / np.sum((predicted == c) | (truth == c)))
-            for c, name in enumerate(CLASSES) if c}
+    ious = class_iou(predicted, truth)
     assert min(ious.values()) >= 0.9, ious
+
+
+def test_class_iou_counts_each_shape_class_over_all_pixels():
+    from tfdeploy.demo.scenes import class_iou
+
+    truth = np.array([[0, 1, 1, 4], [0, 3, 3, 4]])
+    predicted = np.array([[0, 1, 4, 4], [3, 3, 3, 0]])
+    # circle 1 of 2, triangle 2 of 3, star 1 of 3; no square anywhere counts as 1
+    assert class_iou(predicted, truth) == pytest.approx(
+        {"circle": 0.5, "square": 1.0, "triangle": 2 / 3, "star": 1 / 3})
 
 
 @pytest.mark.parametrize("output_stride", [16, 8])

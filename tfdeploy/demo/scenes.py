@@ -93,3 +93,14 @@ def batch(rng: np.random.Generator, n: int, height: int = 128, width: int = 128,
     """``n`` scenes stacked: (images uint8 [n, H, W, 3], labels uint8 [n, H, W])."""
     pairs = [scene(rng, height, width, max_shapes, radius_ref) for _ in range(n)]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def class_iou(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Intersection over union of each shape class (background left out), over all the
+    pixels of ``predicted`` and ``truth`` (class-index arrays of one shape): the number
+    the demo model is trained and tested for.  A class absent from both counts as 1."""
+    ious = {}
+    for c, name in enumerate(CLASSES[1:], start=1):
+        union = int(np.sum((predicted == c) | (truth == c)))
+        ious[name] = float(np.sum((predicted == c) & (truth == c)) / union) if union else 1.0
+    return ious
