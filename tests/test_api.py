@@ -120,5 +120,5 @@ def test_api_errors_are_user_errors(tmp_path):
     with tfdeploy.Client("127.0.0.1:1", retries=0, timeout=5) as client:
         with pytest.raises(tfdeploy.BadImage, match="not an image"):
             client.predict(b"x")  # checked before any network call
-        with pytest.raises(tfdeploy.PredictError, match="tfdeploy serve"):
+        with pytest.raises(tfdeploy.PredictError, match=r"Start one with tfdeploy\.serve\(\)"):
             client.predict(EXAMPLES[0])

@@ -51,7 +51,7 @@ def _predictor(server, name, transport, timeout, retries, retry_timeout, model_n
     try:
         return client.predictor(**kw)
     except PredictError as exc:
-        raise UserError(str(exc) + _how_to_fix(exc.cause, transport)) from None
+        raise UserError(exc.message + _how_to_fix(exc.cause, transport)) from None
 
 
 def _how_to_fix(cause: str | None, transport: str) -> str:
@@ -60,7 +60,8 @@ def _how_to_fix(cause: str | None, transport: str) -> str:
     if cause == "wrong_transport":
         return f": use --transport {other}, or the server's {transport} port"
     if cause == "no_server":
-        return ", or point at one with --server HOST:PORT (`tfdeploy status` lists ours)"
+        return (" Start one with `tfdeploy serve`, or point at one with --server HOST:PORT "
+                "(`tfdeploy status` lists ours)")
     return ""
 
 

@@ -33,11 +33,21 @@ class PredictError(Exception):
 
     ``cause`` tells a front end what the user can change, so it can say how in its own
     terms (a flag, an argument): ``"wrong_transport"`` (the port speaks the other
-    protocol), ``"no_server"`` (nothing answers there), or None."""
+    protocol), ``"no_server"`` (nothing answers there), or None.  ``str()`` is
+    ``message`` plus the library's ``hint`` (in Python terms); a front end with its own
+    words for the fix uses ``message``."""
 
-    def __init__(self, message: str, cause: str | None = None) -> None:
-        super().__init__(message)
-        self.cause = cause
+    def __init__(self, message: str, cause: str | None = None, hint: str = "") -> None:
+        super().__init__(f"{message} {hint}" if hint else message)
+        self.message, self.cause, self.hint = message, cause, hint
+
+
+#: How a Python caller fixes each connection problem (the CLI says it with flags).
+_HINTS = {
+    "no_server": "Start one with tfdeploy.serve().",
+    "wrong_transport": "Use the other transport (Client(..., transport=...)), or the "
+                       "server's port for this one.",
+}
 
 
 @dataclass
@@ -112,8 +122,7 @@ def connection_problem(exc: ClientError, transport: str) -> tuple[str, str] | No
     if transport == "rest" and "http/1.1" in text:
         return "wrong_transport", "that port does not speak HTTP/1.1 (a gRPC port?)"
     if "refused" in text or "failed to connect" in text or "cannot reach" in text:
-        return "no_server", ("is a model server running there? Start one with tfdeploy.serve() "
-                             "or `tfdeploy serve`")
+        return "no_server", "is a model server running there?"
     return None
 
 
@@ -146,9 +155,10 @@ class Predictor:
         except ClientError as exc:
             problem = connection_problem(exc, transport.name)
             where = f" from {exc.endpoint}" if exc.endpoint else ""
+            cause = problem[0] if problem else None
             raise PredictError(f"cannot get metadata of model {model!r}{where}: {exc}"
                                + (f"; {problem[1]}" if problem else ""),
-                               cause=problem[0] if problem else None) from None
+                               cause=cause, hint=_HINTS.get(cause, "")) from None
         self.signature = choose_signature(self.signatures, signature)
 
     def infer(self, image: images.LoadedImage) -> tuple[Image.Image, bytes | None]:
