@@ -48,6 +48,9 @@ def test_whole_pipeline_from_python(tmp_path):
     assert (base / "1" / "saved_model.pb").is_file() and lines
     again = tfdeploy.export(output=base, verify=False)
     assert again.version == 2
+    info = tfdeploy.inspect(base)  # what `tfdeploy inspect --json` prints
+    assert sorted(info["versions"]) == ["1", "2"]
+    assert "serving_default" in info["versions"]["2"]["meta_graphs"][0]["signatures"]
 
     with tfdeploy.serve(base, runtime="embedded", name="api", grpc_port=0, rest_port=0,
                         timeout=180) as server:
@@ -56,6 +59,7 @@ def test_whole_pipeline_from_python(tmp_path):
         assert server.rest_url.startswith("http://127.0.0.1:")
         assert not server.grpc_address.endswith(":0")
         assert [s["name"] for s in tfdeploy.servers()] == ["api"]
+        assert any("REST API" in line for line in tfdeploy.logs("api", tail=50))
 
         rgb = Image.open(EXAMPLES[0]).convert("RGB")
         inputs = [EXAMPLES[0], str(EXAMPLES[0]), EXAMPLES[0].read_bytes(), rgb,
@@ -122,3 +126,29 @@ def test_api_errors_are_user_errors(tmp_path):
             client.predict(b"x")  # checked before any network call
         with pytest.raises(tfdeploy.PredictError, match=r"Start one with tfdeploy\.serve\(\)"):
             client.predict(EXAMPLES[0])
+
+
+def test_manifests_from_python(tmp_path):
+    """``tfdeploy.manifest`` writes what ``tfdeploy manifest`` does; its errors name the
+    Python arguments (the CLI shows the same error with flags)."""
+    out = tmp_path / "deploy"
+    result = tfdeploy.manifest("k8s", "gs://bucket/deeplab", output_dir=out, replicas=2,
+                               node_selector={"pool": "gpu"}, gpu=True)
+    [written] = result["files"]
+    assert written == str(out / "deeplab-serving.k8s.yaml") and result["image"].endswith("-gpu")
+    assert result["next_steps"] == [f"then: kubectl apply -f {written}"]
+    with pytest.raises(tfdeploy.UserError) as info:
+        tfdeploy.manifest("kserve", "models/deeplab", output_dir=tmp_path / "none")
+    assert "give pvc (an existing claim" in str(info.value)
+    assert "give --pvc (an existing claim" in info.value.flag_text()
+    with pytest.raises(tfdeploy.UserError) as info:
+        tfdeploy.manifest("k8s", "gs://b/x", output_dir=tmp_path / "none", grpc_port=9000)
+    assert str(info.value).startswith("target k8s cannot honour grpc_port:")
+    assert info.value.flag_text().startswith("--target k8s cannot honour --grpc-port:")
+    with pytest.raises(tfdeploy.UserError) as info:  # a brace in a value stays a brace
+        tfdeploy.manifest("k8s", tmp_path, output_dir=tmp_path / "none", fill_from="x/{y}")
+    assert str(info.value) == "fill_from: wants a gs:// or s3:// URI, got 'x/{y}'"
+    assert info.value.flag_text() == "--fill-from: wants a gs:// or s3:// URI, got 'x/{y}'"
+    with pytest.raises(TypeError, match="unexpected keyword argument 'replica'"):
+        tfdeploy.manifest("k8s", "gs://b/x", output_dir=tmp_path / "none", replica=2)
+    assert not (tmp_path / "none").exists()

@@ -8,9 +8,9 @@ process) does.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tfdeploy.errors import UserError
 from tfdeploy.export.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_AGREEMENT, DEFAULT_PRECISION
@@ -19,7 +19,7 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME, GRPC_PORT, REST_PORT
 if TYPE_CHECKING:
     from tfdeploy.runtime.manage import Server
 
-__all__ = ["bench", "export", "serve", "servers", "stop"]
+__all__ = ["bench", "export", "inspect", "logs", "manifest", "serve", "servers", "stop"]
 
 Progress = Callable[[str], None]
 
@@ -91,6 +91,53 @@ def serve(base: str | Path | None = "models/deeplab", *, runtime: str = "auto",
                      grpc_port=grpc_port, rest_port=rest_port, **options)
     record, why, versions = manage.serve(spec, runtime, timeout, progress)
     return Server(record, why, versions)
+
+
+def inspect(path: str | Path = "models/deeplab") -> dict[str, Any]:
+    """What ``tfdeploy inspect`` shows, as a dict: for a model base path (every version)
+    or one version directory, each version's file and total sizes, precision, warm-up
+    file, who exported it, and its meta graphs' tags and signatures (dtypes, shapes).
+    Reads the protobuf without TensorFlow.  A path with no SavedModel raises
+    ``UserError``."""
+    from tfdeploy.export.inspect import describe
+
+    return describe(path)
+
+
+def logs(name: str | None = None, *, follow: bool = False, tail: int = 100
+         ) -> Iterator[str]:
+    """The log lines of the only running server, or of ``name``: the last ``tail``, then,
+    with ``follow``, new ones as they come (until the server stops or the caller stops
+    iterating)."""
+    from tfdeploy.runtime import manage
+
+    return manage.logs(name, follow=follow, tail=tail)
+
+
+def manifest(target: str, source: str | Path = "models/deeplab", *,
+             output_dir: str | Path = "deploy", **options) -> dict[str, Any]:
+    """Write ready-to-apply files serving ``source`` (a local base path or a gs:// / s3://
+    URI) with the official TF Serving image: ``target`` ``"k8s"`` (Deployment, Service,
+    PodDisruptionBudget, HorizontalPodAutoscaler, ConfigMap), ``"kserve"``
+    (InferenceService) or ``"compose"``.
+
+    ``options`` are the fields of ``tfdeploy.deploy.manifests.ManifestSpec`` (the
+    ``tfdeploy manifest`` flags with underscores: ``replicas``, ``gpu``, ``pvc``,
+    ``fill_from``, ``service_account``, ``node_selector`` as a dict, ...).  An option
+    ``target`` cannot carry out raises ``UserError`` naming it; nothing is written then.
+    Returns ``files``, ``image``, ``next_steps`` (the commands to run next) and, for
+    compose, the replicas' ``grpc_endpoints`` and ``rest_endpoints``.
+    """
+    from dataclasses import fields
+
+    from tfdeploy.deploy.manifests import ManifestSpec, generate
+
+    known = {f.name for f in fields(ManifestSpec)} - {"source"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"manifest() got an unexpected keyword argument {unknown[0]!r} "
+                        f"(options: {', '.join(sorted(known))})")
+    return generate(target, ManifestSpec(source=str(source), **options), Path(output_dir))
 
 
 def servers(name: str | None = None) -> list[dict]:

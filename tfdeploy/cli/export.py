@@ -85,7 +85,8 @@ def inspect(path: Path, as_json: bool) -> None:
       tfdeploy inspect models/deeplab
       tfdeploy inspect models/deeplab/2 --json
     """
-    from tfdeploy.export.inspect import describe, render
+    from tfdeploy.api import inspect as describe
+    from tfdeploy.export.inspect import render
 
     info = describe(path)
     emit(as_json, info, render(info))

@@ -96,9 +96,10 @@ def manifest(target, output_dir, as_json, node_selector, **opts) -> None:
       tfdeploy manifest -t kserve s3://bucket/deeplab --service-account kserve-s3
       tfdeploy manifest -t compose models/deeplab --replicas 2
     """
-    from tfdeploy.deploy.manifests import ManifestSpec, generate
+    from tfdeploy.api import manifest as write_manifests
+    from tfdeploy.deploy.manifests import summary
     from tfdeploy.deploy.options import parse_node_selector
 
-    spec = ManifestSpec(node_selector=parse_node_selector(node_selector), **opts)
-    payload, text = generate(target, spec, output_dir)
-    emit(as_json, payload, text)
+    payload = write_manifests(target, output_dir=output_dir,
+                              node_selector=parse_node_selector(node_selector), **opts)
+    emit(as_json, payload, summary(payload))

@@ -164,10 +164,10 @@ def logs(name, follow, tail) -> None:
       tfdeploy logs
       tfdeploy logs deeplab -f
     """
-    from tfdeploy.runtime import manage
+    from tfdeploy.api import logs as server_logs
 
     try:
-        for line in manage.logs(name, follow=follow, tail=tail):
+        for line in server_logs(name, follow=follow, tail=tail):
             click.echo(line)
     except KeyboardInterrupt:
         pass

@@ -118,20 +118,20 @@ class ManifestSpec:
         options.check_target_options(
             target, {f.name: getattr(self, f.name) for f in fields(self)})
         if self.replicas < 1:
-            raise UserError("--replicas must be at least 1")
+            raise UserError("must be at least 1", param="replicas")
         if self.max_replicas is not None and self.max_replicas < self.replicas:
-            raise UserError("--max-replicas must be >= --replicas")
+            raise UserError.about("must be at least {replicas}", param="max_replicas")
         if self.gpus is not None and self.gpus < 1:
-            raise UserError("--gpus must be at least 1")
+            raise UserError("must be at least 1", param="gpus")
         if self.startup_timeout is not None and self.startup_timeout < 10:
-            raise UserError("--startup-timeout must be at least 10 seconds")
+            raise UserError("must be at least 10 seconds", param="startup_timeout")
         options.check_scale(target, self.scale_metric, self.scale_target)
-        for opt, name in (("--pvc", self.pvc), ("--service-account", self.service_account),
-                          ("--secret-env", self.secret_env)):
+        for opt, name in (("pvc", self.pvc), ("service_account", self.service_account),
+                          ("secret_env", self.secret_env)):
             if name is not None:
                 options.check_object_name(opt, name)
         if self.namespace is not None:
-            options.check_object_name("--namespace", self.namespace, label=True)
+            options.check_object_name("namespace", self.namespace, label=True)
         if self.secret_file is not None:
             options.parse_secret_file(self.secret_file)
         self._check_storage(target)
@@ -141,8 +141,8 @@ class ManifestSpec:
             self.max_replicas = max(3 * self.replicas, self.replicas + 1)
         if target == "k8s" and not self.autoscaled and (self.scale_metric or
                                                         self.scale_target):
-            raise UserError("--scale-metric / --scale-target configure the autoscaler, and "
-                            "--max-replicas equal to --replicas turns it off")
+            raise UserError.about("{scale_metric} / {scale_target} configure the autoscaler, "
+                                  "and {max_replicas} equal to {replicas} turns it off")
         for key, value in DEFAULTS.items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
@@ -151,49 +151,51 @@ class ManifestSpec:
 
     def _check_storage(self, target: str) -> None:
         if self.remote:
-            for opt, value in (("--pvc", self.pvc), ("--fill-from", self.fill_from)):
+            for opt, value in (("pvc", self.pvc), ("fill_from", self.fill_from)):
                 if value is not None:
-                    raise UserError(f"{opt} is for a local SOURCE; {self.source} is read by "
-                                    "TF Serving directly")
+                    raise UserError.about("is for a local base path; {source} is read by TF "
+                                          "Serving directly", param=opt, source=self.source)
         elif target == "k8s":
             if self.pvc and self.fill_from:
-                raise UserError("--pvc (an existing claim) and --fill-from (a new claim per "
-                                "pod, filled from a URI) exclude each other")
+                raise UserError.about("{pvc} (an existing claim) and {fill_from} (a new claim "
+                                      "per pod, filled from a URI) exclude each other")
             if not self.pvc and not self.fill_from:
-                raise UserError(
-                    f"a cluster cannot read the local path {self.source}: give --pvc CLAIM "
-                    f"(an existing claim holding {self.model_name}/<version>/) or "
-                    "--fill-from gs://... | s3://... (where you uploaded it; each pod copies "
-                    "it into its own volume), or a gs:// / s3:// SOURCE")
+                raise UserError.about(
+                    "a cluster cannot read the local path {source}: give {pvc} (an existing "
+                    "claim holding {model}/<version>/) or {fill_from} gs://... | s3://... "
+                    "(where you uploaded it; each pod copies it into its own volume), or a "
+                    "gs:// / s3:// base path", source=self.source, model=self.model_name)
             if self.fill_from and not self.fill_from.startswith(options.FILL_SCHEMES):
-                raise UserError(f"--fill-from wants a gs:// or s3:// URI, got "
-                                f"{self.fill_from!r}")
+                raise UserError.about("wants a gs:// or s3:// URI, got {value!r}",
+                                      param="fill_from", value=self.fill_from)
             if self.pvc and (self.pvc_size or self.storage_class or self.fill_image):
-                raise UserError("--pvc names an existing claim: --pvc-size, --storage-class "
-                                "and --fill-image apply to --fill-from only")
+                raise UserError.about("{pvc} names an existing claim: {pvc_size}, "
+                                      "{storage_class} and {fill_image} apply to {fill_from} "
+                                      "only")
         elif target == "kserve" and not self.pvc:
-            raise UserError(f"KServe cannot read the local path {self.source}: give --pvc "
-                            f"CLAIM (an existing claim holding {self.model_name}/<version>/)"
-                            " or a gs:// / s3:// SOURCE")
+            raise UserError.about("KServe cannot read the local path {source}: give {pvc} "
+                                  "(an existing claim holding {model}/<version>/) or a gs:// "
+                                  "/ s3:// base path", source=self.source, model=self.model_name)
         if target == "k8s" and not self.fill_from and (self.pvc_size or self.storage_class
                                                        or self.fill_image):
-            raise UserError("--pvc-size, --storage-class and --fill-image describe the claim "
-                            "--fill-from fills; give --fill-from")
+            raise UserError.about("{pvc_size}, {storage_class} and {fill_image} describe the "
+                                  "claim {fill_from} fills; give {fill_from}")
         if (self.secret_env or self.secret_file) and not self.bucket:
-            raise UserError("--secret-env / --secret-file carry bucket credentials: they "
-                            "need a gs:// or s3:// SOURCE or --fill-from")
+            raise UserError.about("{secret_env} / {secret_file} carry bucket credentials: "
+                                  "they need a gs:// or s3:// base path or {fill_from}")
 
     def _check_kserve(self) -> None:
         batcher = self.batcher_max_batch_size is not None or self.batcher_max_latency is not None
         if batcher and (self.transport or "grpc") != "rest":
-            raise UserError("KServe's batcher only batches REST (v1 protocol) requests: add "
-                            "--transport rest")
-        for opt, value in (("--batcher-max-batch-size", self.batcher_max_batch_size),
-                           ("--batcher-max-latency", self.batcher_max_latency)):
+            raise UserError.about("KServe's batcher only batches REST (v1 protocol) requests: "
+                                  "set {transport} to rest")
+        for opt, value in (("batcher_max_batch_size", self.batcher_max_batch_size),
+                           ("batcher_max_latency", self.batcher_max_latency)):
             if value is not None and value < 1:
-                raise UserError(f"{opt} must be at least 1")
+                raise UserError("must be at least 1", param=opt)
         if self.transport not in (None, "grpc", "rest"):
-            raise UserError(f"--transport is grpc or rest, got {self.transport!r}")
+            raise UserError.about("is grpc or rest, got {value!r}", param="transport",
+                                  value=self.transport)
 
 
 def _server_args(spec: ManifestSpec, base_path: str, config: bool, batching: bool) -> list[str]:
@@ -572,9 +574,10 @@ def write(target: str, spec: ManifestSpec, out_dir: Path) -> list[Path]:
     return written
 
 
-def generate(target: str, spec: ManifestSpec, out_dir: Path) -> tuple[dict[str, Any], str]:
-    """Resolve ``spec`` for ``target``, write the files; returns (the --json payload, the
-    human summary with the next commands to run)."""
+def generate(target: str, spec: ManifestSpec, out_dir: Path) -> dict[str, Any]:
+    """Resolve ``spec`` for ``target`` and write its files.  Returns what was done: the
+    ``files``, the ``image``, the ``next_steps`` to run (upload, apply, compose up), and
+    for compose the replicas' ``grpc_endpoints`` / ``rest_endpoints`` and ``up``."""
     from tfdeploy.deploy.composecmd import up_hint
 
     spec.resolve(target)
@@ -586,20 +589,25 @@ def generate(target: str, spec: ManifestSpec, out_dir: Path) -> tuple[dict[str, 
     files = write(target, spec, out_dir)
     payload: dict[str, Any] = {"target": target, "files": [str(f) for f in files],
                                "image": spec.image}
-    lines = [f"wrote {f}" for f in files]
+    steps = payload["next_steps"] = []
     if target == "compose":
         payload["grpc_endpoints"] = endpoints(spec, "grpc")
         payload["rest_endpoints"] = endpoints(spec, "rest")
         payload["up"] = up_hint(str(files[0]))
-        lines.append(f"then: {payload['up']} && tfdeploy predict IMAGES --server "
+        steps.append(f"then: {payload['up']} && tfdeploy predict IMAGES --server "
                      f"{','.join(payload['grpc_endpoints'])}")
-        return payload, "\n".join(lines)
+        return payload
     if spec.fill_from:
         upload = ("gcloud storage rsync --recursive" if spec.fill_from.startswith("gs://")
                   else "aws s3 sync")
-        lines.append(f"upload first: {upload} {spec.source} {spec.fill_from}")
+        steps.append(f"upload first: {upload} {spec.source} {spec.fill_from}")
     elif spec.pvc and not spec.remote:
-        lines.append(f"claim {spec.pvc} must hold {spec.model_name}/<version>/ "
+        steps.append(f"claim {spec.pvc} must hold {spec.model_name}/<version>/ "
                      "(README: Scaling out)")
-    lines.append(f"then: kubectl apply -f {files[0]}")
-    return payload, "\n".join(lines)
+    steps.append(f"then: kubectl apply -f {files[0]}")
+    return payload
+
+
+def summary(payload: dict[str, Any]) -> str:
+    """``generate``'s result for a person: the files written, then the next steps."""
+    return "\n".join([f"wrote {f}" for f in payload["files"]] + payload["next_steps"])

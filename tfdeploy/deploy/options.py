@@ -48,27 +48,28 @@ SUPPORT: dict[str, tuple[str, ...]] = {
     "host": ("compose",),
 }
 
-# (option, target) -> what to do instead, where there is something better than "drop it"
+# (option, target) -> what to do instead, where there is something better than "drop it";
+# other options are named as {field} (UserError.about spells them for Python or the CLI)
 INSTEAD: dict[tuple[str, str], str] = {
     ("model_config_file", "kserve"): "an InferenceService serves one model from its "
     "storageUri; write one InferenceService per model",
     ("model_config_file", "compose"): "its base paths are host paths the containers cannot "
     "see; run one compose file per model",
-    ("batching_parameters_file", "kserve"): "use KServe's batcher: --batcher-max-batch-size "
-    "and --batcher-max-latency",
+    ("batching_parameters_file", "kserve"): "use KServe's batcher: {batcher_max_batch_size} "
+    "and {batcher_max_latency}",
     ("secret_env", "kserve"): "KServe's storage initializer reads credentials from the "
-    "secrets attached to the predictor's service account: use --service-account",
+    "secrets attached to the predictor's service account: use {service_account}",
     ("secret_file", "kserve"): "KServe's storage initializer reads credentials from the "
-    "secrets attached to the predictor's service account: use --service-account",
-    ("fill_from", "kserve"): "KServe downloads storageUri itself: give the URI as SOURCE",
+    "secrets attached to the predictor's service account: use {service_account}",
+    ("fill_from", "kserve"): "KServe downloads storageUri itself: give the URI as the source",
     ("secret_env", "compose"): "compose serves a local base path only",
     ("secret_file", "compose"): "compose serves a local base path only",
     ("startup_timeout", "kserve"): "the KServe runtime owns the predictor's probes",
-    ("batcher_max_batch_size", "k8s"): "use --batching-parameters-file (TF Serving's "
+    ("batcher_max_batch_size", "k8s"): "use {batching_parameters_file} (TF Serving's "
     "batching)",
-    ("batcher_max_latency", "k8s"): "use --batching-parameters-file (TF Serving's batching)",
-    ("batcher_max_batch_size", "compose"): "use --batching-parameters-file",
-    ("batcher_max_latency", "compose"): "use --batching-parameters-file",
+    ("batcher_max_latency", "k8s"): "use {batching_parameters_file} (TF Serving's batching)",
+    ("batcher_max_batch_size", "compose"): "use {batching_parameters_file}",
+    ("batcher_max_latency", "compose"): "use {batching_parameters_file}",
     ("grpc_port", "k8s"): "the Service always exposes 8500 (gRPC) and 8501 (REST)",
     ("rest_port", "k8s"): "the Service always exposes 8500 (gRPC) and 8501 (REST)",
     ("host", "k8s"): "expose the Service with an Ingress or a LoadBalancer instead",
@@ -76,10 +77,6 @@ INSTEAD: dict[tuple[str, str], str] = {
 
 K8S_SCALE_METRICS = ("cpu", "memory")
 KSERVE_SCALE_METRICS = ("concurrency", "rps", "cpu", "memory")
-
-
-def option_name(field: str) -> str:
-    return "--" + field.replace("_", "-")
 
 
 def is_remote(uri: str) -> bool:
@@ -90,7 +87,8 @@ def check_target_options(target: str, given: dict[str, Any]) -> None:
     """Raise UserError for the first option in ``given`` (field -> value; None, False and
     empty mean "not given") that ``target`` cannot honour."""
     if target not in TARGETS:
-        raise UserError(f"unknown target {target!r} ({', '.join(TARGETS)})")
+        raise UserError.about("unknown {target} {value!r} ({known})", value=target,
+                              known=", ".join(TARGETS))
     for field, value in given.items():
         if value is None or value is False or value == {} or value == ():
             continue
@@ -98,8 +96,9 @@ def check_target_options(target: str, given: dict[str, Any]) -> None:
         if targets is None or target in targets:
             continue
         instead = INSTEAD.get((field, target))
-        reason = f": {instead}" if instead else f" (it applies to -t {', -t '.join(targets)})"
-        raise UserError(f"-t {target} cannot honour {option_name(field)}{reason}")
+        reason = f": {instead}" if instead else " (only {targets} can)"
+        raise UserError.about(f"{{target}} {{value}} cannot honour {{{field}}}{reason}",
+                              value=target, targets=" and ".join(targets))
 
 
 def parse_node_selector(items: list[str] | tuple[str, ...]) -> dict[str, str]:
@@ -108,7 +107,8 @@ def parse_node_selector(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UserError(f"--node-selector wants KEY=VALUE, got {item!r}")
+            raise UserError.about("wants KEY=VALUE, got {value!r}", param="node_selector",
+                                  value=item)
         selectors[key] = value
     return selectors
 
@@ -120,12 +120,14 @@ _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 
 def check_object_name(option: str, name: str, label: bool = False) -> str:
     """Kubernetes names (secrets, claims, service accounts, namespaces) are lower-case DNS
-    names; a typo here would only fail at ``kubectl apply``, so fail now."""
+    names; a typo here would only fail at ``kubectl apply``, so fail now.  ``option`` is
+    the ManifestSpec field the name came from."""
     pattern, limit = (_DNS_LABEL, 63) if label else (_DNS_SUBDOMAIN, 253)
     if not pattern.match(name) or len(name) > limit:
         kind = "DNS label" if label else "DNS subdomain name"
-        raise UserError(f"{option} {name!r} is not a valid Kubernetes name (a {kind}: "
-                        "lower case letters, digits and '-')")
+        raise UserError.about("{value!r} is not a valid Kubernetes name (a {kind}: lower "
+                              "case letters, digits and '-')", param=option, value=name,
+                              kind=kind)
     return name
 
 
@@ -133,19 +135,22 @@ def parse_secret_file(value: str) -> tuple[str, str]:
     """``SECRET[/KEY]`` -> (secret name, key in it; default ``key.json``)."""
     name, _, key = value.partition("/")
     key = key or "key.json"
-    check_object_name("--secret-file", name)
+    check_object_name("secret_file", name)
     if not _SECRET_KEY.match(key):
-        raise UserError(f"--secret-file: {key!r} is not a valid secret key")
+        raise UserError.about("{value!r} is not a valid secret key", param="secret_file",
+                              value=key)
     return name, key
 
 
 def check_scale(target: str, metric: str | None, value: int | None) -> None:
     allowed = K8S_SCALE_METRICS if target == "k8s" else KSERVE_SCALE_METRICS
     if metric is not None and metric not in allowed:
-        extra = (" (concurrency and rps need a custom metrics adapter; use -t kserve)"
+        extra = (" (concurrency and rps need a custom metrics adapter; use {target} kserve)"
                  if target == "k8s" else "")
-        raise UserError(f"-t {target} scales on {', '.join(allowed)}, not {metric!r}{extra}")
+        raise UserError.about("{target} {value} scales on {allowed}, not {metric!r}" + extra,
+                              value=target, allowed=", ".join(allowed), metric=metric)
     if value is not None and value < 1:
-        raise UserError("--scale-target must be at least 1")
+        raise UserError("must be at least 1", param="scale_target")
     if metric in ("cpu", "memory") and value is not None and value > 100:
-        raise UserError(f"--scale-target for {metric} is a utilization percentage (1-100)")
+        raise UserError.about("for {metric} is a utilization percentage (1-100)",
+                              param="scale_target", metric=metric)
