@@ -279,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("tf_keras is not installed: the Keras tests will build Keras 3 models, whose "
               "signature input is not the test's 'x'")
+    # testPredictUDS's server listens on this fixed path and is SIGKILLed, so the socket
+    # file outlives it; remove it unless it was there before we started.
+    socket_file = Path("/tmp/tf-serving.sock")
+    socket_was_there = socket_file.exists()
     child = subprocess.Popen(command, start_new_session=True, env=env)
     try:
         child.wait()
@@ -287,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
             os.killpg(child.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        if not socket_was_there:
+            socket_file.unlink(missing_ok=True)
 
     results_file = work / "results.json"
     if not results_file.is_file():
