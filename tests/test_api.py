@@ -59,7 +59,7 @@ def test_whole_pipeline_from_python(tmp_path):
         assert server.rest_url.startswith("http://127.0.0.1:")
         assert not server.grpc_address.endswith(":0")
         assert [s["name"] for s in tfdeploy.servers()] == ["api"]
-        assert any("REST API" in line for line in tfdeploy.logs("api", tail=50))
+        assert any("Exporting HTTP/REST API at:" in line for line in tfdeploy.logs("api", tail=50))
 
         rgb = Image.open(EXAMPLES[0]).convert("RGB")
         inputs = [EXAMPLES[0], str(EXAMPLES[0]), EXAMPLES[0].read_bytes(), rgb,

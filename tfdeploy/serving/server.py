@@ -164,11 +164,14 @@ class ModelServer:
         self.apply_config(loaded)
         self.source.start()
         self._grpc = grpc_api.serve(self, self.options.grpc_host, self.options.port)
-        log.info("gRPC API on %s:%d", self.options.grpc_host, self.options.port)
+        # tensorflow_model_server's own words: scripts wait for these lines
+        log.info("Running gRPC ModelServer at %s:%d ...", self.options.grpc_host,
+                 self.options.port)
         if self.options.rest_api_port:
             self._rest = rest_api.serve(self, self.options.rest_api_host,
                                         self.options.rest_api_port)
-            log.info("REST API on %s:%d", self.options.rest_api_host, self.options.rest_api_port)
+            log.info("Exporting HTTP/REST API at:%s:%d ...", self.options.rest_api_host,
+                     self.options.rest_api_port)
         if self.options.model_config_file and self.options.model_config_file_poll_wait_seconds > 0:
             t = threading.Thread(target=self._poll_config_file, args=(loaded,), daemon=True,
                                  name="config-poll")
