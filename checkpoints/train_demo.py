@@ -138,12 +138,12 @@ def scene_batches(seed: int, n: int, size: tuple[int, int], ref: tuple[int, int]
 
 
 def evaluate(model: DeepLabV3, seed: int = 123, n: int = 8, height: int = 240,
-             width: int = 320) -> tuple[float, list[float]]:
+             width: int = 320) -> tuple[float, dict[str, float]]:
     """Pixel accuracy and per-shape-class IoU on fresh scenes of the demo images' size."""
     images, labels = batch(np.random.default_rng(seed), n, height, width, max_shapes=5)
     pred = np.concatenate([model.predict(tf.constant(images[i:i + 4], tf.float32)).numpy()
                            for i in range(0, n, 4)])
-    return float(np.mean(pred == labels)), list(class_iou(pred, labels).values())
+    return float(np.mean(pred == labels)), class_iou(pred, labels)
 
 
 def main() -> int:
@@ -200,7 +200,7 @@ def main() -> int:
         if i % args.eval_every == 0 or i == args.steps:
             acc, ious = evaluate(model)
             print(f"step {i:5d}  loss {float(loss):.4f}  240x320 pixel acc {acc:.4f}  IoU "
-                  + " ".join(f"{c} {v:.3f}" for c, v in zip(CLASSES[1:], ious, strict=True))
+                  + " ".join(f"{c} {v:.3f}" for c, v in ious.items())
                   + f"  {time.time() - t0:.0f}s", flush=True)
             # a snapshot next to the output, so a stopped run keeps its progress
             write_checkpoint(args.out.with_name(args.out.name + ".partial"), config,
