@@ -458,3 +458,40 @@ def test_rest_api_num_threads_bounds_inference_not_status(gated_dir, tmp_path):
     finally:
         held_gate.touch()
         assert srv.stop() == 0
+
+
+def test_client_chosen_names_never_become_metric_labels(model_dir, tmp_path):
+    """Predictions for 300 random model names and 300 random signatures (REST and gRPC)
+    count under one fixed label: /metrics keeps the configured model's series and one
+    ``__unknown__`` series, and does not grow with the names."""
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text('prometheus_config { enable: true, path: "/metrics" }\n')
+    _, srv = serve_one(model_dir, tmp_path, "hp2", f"--monitoring_config_file={monitoring}")
+    try:
+        srv.wait_available(1, model="hp2")
+        assert http("POST", f"{srv.rest}/v1/models/hp2:predict",
+                    {"instances": [[1.0]]})[0] == 200
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(srv.grpc_target))
+        request = predict_pb2.PredictRequest()
+        request.inputs["x"].CopyFrom(tensors.to_proto(np.array([[1.0]], np.float32)))
+        for i in range(300):
+            code, _ = http("POST", f"{srv.rest}/v1/models/random-{i}:predict",
+                           {"instances": [[1.0]]}, timeout=10)
+            assert code == 404
+            code, _ = http("POST", f"{srv.rest}/v1/models/hp2:predict",
+                           {"signature_name": f"sig-{i}", "instances": [[1.0]]}, timeout=10)
+            assert code == 400
+            request.model_spec.name = f"grpc-random-{i}"
+            with pytest.raises(grpc.RpcError):
+                stub.Predict(request, 10)
+        code, text = http("GET", f"{srv.rest}/metrics")
+        assert code == 200
+        assert "random-" not in text and "sig-" not in text
+        assert 'model_name="__unknown__"' in text
+        assert 'signature_name="__unknown__"' in text
+        assert 'model_name="hp2"' in text and 'signature_name="serving_default"' in text
+        assert len(text) < 64_000, len(text)
+    finally:
+        assert srv.stop() == 0
+

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,19 @@ class _Observed:
                   exc.code.name if isinstance(exc, StatusError) else Code.INTERNAL.name)
         self.metrics.observe(self.name, self.version, self.signature, self.api, status,
                              time.perf_counter() - self.started)
+
+
+class _Announced:
+    """A Loader whose loaded servable is announced (to the metrics: its signature names
+    become label values) before the Manager makes it AVAILABLE."""
+
+    def __init__(self, loader: Loader, announce: Callable[[Servable], None]):
+        self.loader, self.announce = loader, announce
+
+    def load(self) -> Servable:
+        servable = self.loader.load()
+        self.announce(servable)
+        return servable
 
 
 def validate_config(config) -> dict[str, tuple[Path, object]]:
@@ -107,9 +121,10 @@ class ModelServer:
 
     def _loader(self, name: str, version: int, path: Path) -> Loader:
         tags = tuple(t.strip() for t in self.options.saved_model_tags.split(",") if t.strip())
-        return Loader(name, version, path, warmup=self.options.enable_model_warmup,
-                      batching=self.batching, metrics=self.metrics, tags=tags,
-                      prefer_tflite=self.options.prefer_tflite_model)
+        loader = Loader(name, version, path, warmup=self.options.enable_model_warmup,
+                        batching=self.batching, metrics=self.metrics, tags=tags,
+                        prefer_tflite=self.options.prefer_tflite_model)
+        return _Announced(loader, self.metrics.servable_loaded)
 
     def apply_config(self, config) -> None:
         """Make ``config`` (a ModelServerConfig) the served set: new models load, removed
@@ -119,6 +134,7 @@ class ModelServer:
             self._check_labels(config)
             for mc in config.model_config_list.config:
                 self.manager.set_labels(mc.name, dict(mc.version_labels))
+            self.metrics.set_models(models)  # label values: configured names only
             self.source.set_models(models)
             self.config = config
             self.manager.retain_models(set(models))
