@@ -495,3 +495,30 @@ def test_client_chosen_names_never_become_metric_labels(model_dir, tmp_path):
     finally:
         assert srv.stop() == 0
 
+
+@pytest.mark.parametrize("flag, refused", [("--enable_grpc_healthcheck_service=true", True),
+                                           ("--enable_serialization_as_tensor_content", True),
+                                           ("--num_tflite_pools=2", False)])
+def test_every_official_flag_is_refused_or_warned_not_unknown(flag, refused, model_dir,
+                                                              tmp_path):
+    """Official flags the embedded server does not implement: the ones that would change
+    what clients get stop start-up naming the flag; tuning ones start with a warning."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    name = flag[2:].split("=")[0]
+    if refused:
+        proc = subprocess.run([sys.executable, "-m", "tfdeploy.serving", "--model_name=m",
+                               f"--model_base_path={model_dir}", flag],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2
+        assert f"--{name} is not supported by tfdeploy-model-server" in proc.stderr
+        return
+    _, srv = serve_one(model_dir, tmp_path, "hp2", flag)
+    try:
+        srv.wait_available(1, model="hp2")
+        assert f"flag --{name} is not implemented by tfdeploy-model-server" in srv.log()
+    finally:
+        assert srv.stop() == 0

@@ -4,6 +4,7 @@ sockets and no TensorFlow."""
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,3 +200,83 @@ def test_tf_error_message_keeps_the_ops_words():
              "\t [[{{node DecodeImage}}]] [Op:__inference_serve_1]")
     assert tf_error_message(Exception(graph)) == \
         "Unknown image file format. One of JPEG, PNG, GIF, BMP required."
+
+
+# -- server flags ------------------------------------------------------------------------
+MIRROR = Path("/work/.mirror/tensorflow+serving/repo")
+
+#: tensorflow_model_server's flags (model_servers/main.cc), our own record of them for
+#: machines without a TF Serving checkout; test_flag_table_matches_main_cc checks it there.
+OFFICIAL_FLAGS = {
+    "port", "grpc_socket_path", "rest_api_port", "rest_api_num_threads",
+    "rest_api_timeout_in_ms", "rest_api_enable_cors_support", "enable_batching",
+    "allow_version_labels_for_unavailable_models", "batching_parameters_file",
+    "enable_per_model_batching_parameters", "model_config_file",
+    "model_config_file_poll_wait_seconds", "model_name", "model_base_path",
+    "num_load_threads", "num_unload_threads", "max_num_load_retries",
+    "load_retry_interval_micros", "file_system_poll_wait_seconds", "flush_filesystem_caches",
+    "tensorflow_session_parallelism", "tensorflow_session_config_file",
+    "tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism",
+    "use_alts_credentials", "ssl_config_file", "platform_config_file",
+    "per_process_gpu_memory_fraction", "saved_model_tags", "grpc_channel_arguments",
+    "grpc_max_threads", "enable_model_warmup", "num_request_iterations_for_warmup",
+    "monitoring_config_file", "remove_unused_fields_from_bundle_metagraph",
+    "prefer_tflite_model", "num_tflite_pools", "num_tflite_interpreters_per_pool",
+    "enable_signature_method_name_check", "xla_cpu_compilation_enabled",
+    "xla_gpu_compilation_enabled", "enable_profiler", "thread_pool_factory_config_file",
+    "mixed_precision", "skip_initialize_tpu", "enable_grpc_healthcheck_service",
+    "enable_serialization_as_tensor_content",
+}
+
+
+def _current_official(table) -> set[str]:
+    return {f.name for f in table if f.kind != "ours" and not f.legacy}
+
+
+def test_flag_table_has_every_official_flag():
+    from tfdeploy.tfs import flags
+
+    assert _current_official(flags.FLAGS) == OFFICIAL_FLAGS
+    for f in flags.FLAGS:
+        assert f.type in (bool, int, float, str) and isinstance(f.default, f.type), f
+        assert f.help and f.kind in tuple(flags.Kind)
+
+
+@pytest.mark.skipif(not MIRROR.is_dir(), reason="no TF Serving mirror on this machine")
+def test_flag_table_matches_main_cc():
+    """The flags tensorflow_model_server defines are the table's (version aside)."""
+    import re
+    import subprocess
+
+    from tfdeploy.tfs import flags
+
+    main_cc = subprocess.run(
+        ["git", f"--git-dir={MIRROR}", "show",
+         "HEAD:tensorflow_serving/model_servers/main.cc"],
+        capture_output=True, text=True, check=True).stdout
+    defined = set(re.findall(r'tensorflow::Flag\(\s*"(\w+)"', main_cc)) - {"version"}
+    assert defined == OFFICIAL_FLAGS == _current_official(flags.FLAGS)
+
+
+def test_parser_options_and_runtimes_derive_from_the_flag_table():
+    from tfdeploy.runtime.base import known_server_flags, pass_through_help
+    from tfdeploy.serving.__main__ import build_parser, options_from_args
+    from tfdeploy.serving.options import ServerOptions
+    from tfdeploy.tfs import flags
+
+    parsed = {opt[2:] for action in build_parser()._actions for opt in action.option_strings
+              if opt.startswith("--")} - {"help", "version"}
+    assert parsed == set(flags.BY_NAME) == known_server_flags()
+    defaults = ServerOptions()
+    for f in flags.implemented():
+        assert getattr(defaults, f.name) == f.default
+    options, ignored, _ = options_from_args(["--model_base_path=/m", "--num_tflite_pools=2",
+                                             "--enable_batching", "--port=9"])
+    assert (options.port, options.enable_batching, ignored) == (9, True, ["num_tflite_pools"])
+    assert options.extra == {"num_tflite_pools": "2"}
+    text = pass_through_help()
+    assert "--rest_api_timeout_in_ms" in text and "--max_request_bytes" in text
+    assert "--port," not in text  # serve sets it itself
+    assert flags.format_flag("enable_batching", True) == "--enable_batching=true"
+    assert flags.format_flag("file_system_poll_wait_seconds", 1.0) == \
+        "--file_system_poll_wait_seconds=1"

@@ -10,6 +10,7 @@ import click
 
 from tfdeploy.cli.app import emit, main, progress_printer
 from tfdeploy.errors import UserError
+from tfdeploy.runtime.base import pass_through_help
 from tfdeploy.tfs.names import DEFAULT_MODEL_NAME, GRPC_PORT, REST_PORT
 
 
@@ -24,7 +25,8 @@ def _env(ctx, param, values: tuple[str, ...]) -> dict[str, str]:
 
 
 @main.command(short_help="Start a model server (docker, native or embedded).",
-              context_settings={"ignore_unknown_options": False})
+              context_settings={"ignore_unknown_options": False},
+              epilog=pass_through_help())
 @click.argument("base", required=False, type=click.Path(path_type=Path))
 @click.argument("server_flags", nargs=-1, type=click.UNPROCESSED, metavar="[-- FLAGS...]")
 @click.option("--model-name", default=DEFAULT_MODEL_NAME, show_default=True)

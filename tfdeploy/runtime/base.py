@@ -20,6 +20,7 @@ from typing import Protocol
 
 from tfdeploy.errors import UserError
 from tfdeploy.runtime.state import ServerRecord
+from tfdeploy.tfs.flags import BY_NAME, FLAGS, Kind, flag_name, format_flag
 
 
 @dataclass
@@ -109,15 +110,14 @@ class ServeSpec:
                                 f"{', '.join('--' + g for g in given)} (the {runtime} runtime "
                                 "was chosen; use --runtime docker)", param=given[0])
         if runtime == "native":
-            ours = [f for f in self.extra_flags if _flag_name(f) in EMBEDDED_ONLY_FLAGS]
+            ours = [f for f in self.extra_flags if _kind(f) is Kind.OURS]
             if ours:
                 raise UserError(f"{', '.join(ours)}: only tfdeploy-model-server has this "
                                 "flag, tensorflow_model_server would refuse it",
                                 param="runtime")
         if runtime == "embedded":
-            from tfdeploy.serving.__main__ import UNIMPLEMENTED_FLAGS
-
-            ignored = [f for f in self.extra_flags if _flag_name(f) in UNIMPLEMENTED_FLAGS]
+            ignored = [f for f in self.extra_flags
+                       if _kind(f) in (Kind.WARNED, Kind.REFUSED)]
             if ignored:
                 raise UserError(f"the embedded server does not implement "
                                 f"{', '.join(ignored)} and would ignore it; use the docker "
@@ -127,48 +127,45 @@ class ServeSpec:
                      monitoring_path: str | None = None) -> list[str]:
         """tensorflow_model_server flags beyond model name/base path (paths as seen by the
         server, which differ inside a container)."""
-        flags = [f"--file_system_poll_wait_seconds={self.poll_seconds:g}"]
+        flags = [format_flag("file_system_poll_wait_seconds", self.poll_seconds)]
         if self.model_config_file:
-            flags.append(f"--model_config_file={config_path or self.model_config_file}")
+            flags.append(format_flag("model_config_file",
+                                     config_path or self.model_config_file))
         if self.enable_batching:
-            flags.append("--enable_batching=true")
+            flags.append(format_flag("enable_batching", True))
             if self.batching_parameters_file:
-                flags.append("--batching_parameters_file="
-                             f"{batching_path or self.batching_parameters_file}")
+                flags.append(format_flag("batching_parameters_file",
+                                         batching_path or self.batching_parameters_file))
         if self.monitoring_config_file:
-            path = monitoring_path or self.monitoring_config_file
-            flags.append(f"--monitoring_config_file={path}")
+            flags.append(format_flag("monitoring_config_file",
+                                     monitoring_path or self.monitoring_config_file))
         return flags + list(self.extra_flags)
 
 
 _MEMORY = re.compile(r"\d+(\.\d+)?[bkmg]?")
 
-# tensorflow_model_server flags `tfdeploy serve` sets from its own options
-_OWN_FLAGS = {"port": "--grpc-port", "rest_api_port": "--rest-port", "grpc_host": "--host",
-              "rest_api_host": "--host", "model_name": "--model-name",
-              "model_base_path": "BASE", "model_config_file": "--model-config-file",
-              "enable_batching": "--enable-batching",
-              "batching_parameters_file": "--batching-parameters-file",
-              "monitoring_config_file": "--monitoring-config-file",
-              "file_system_poll_wait_seconds": "--poll-seconds"}
 
-
-# tfdeploy-model-server's own additions (the README's "Our additions"), not flags of
-# the official binary
-EMBEDDED_ONLY_FLAGS = {"max_request_bytes", "grpc_max_threads"}
-
-
-def _flag_name(flag: str) -> str:
-    return flag[2:].split("=", 1)[0] if flag.startswith("--") else ""
+def _kind(arg: str) -> Kind | None:
+    flag = BY_NAME.get(flag_name(arg))
+    return flag.kind if flag else None
 
 
 def known_server_flags() -> set[str]:
-    """tensorflow_model_server's flag names, as the embedded server's parser knows them
-    (implemented ones and the ones it only accepts)."""
-    from tfdeploy.serving.__main__ import build_parser
+    """Every flag name of the table: tensorflow_model_server's (implemented by the
+    embedded server or not) and tfdeploy-model-server's own."""
+    return set(BY_NAME)
 
-    return {opt[2:] for action in build_parser()._actions for opt in action.option_strings
-            if opt.startswith("--")} - {"help", "version"}
+
+def pass_through_help() -> str:
+    """Which flags ``tfdeploy serve ... -- FLAGS`` takes, for which runtime (CLI help)."""
+    def names(*kinds: Kind) -> str:
+        return ", ".join(f"--{f.name}" for f in FLAGS
+                         if f.kind in kinds and not f.serve_option and not f.legacy)
+
+    return ("Flags after -- (for every runtime): " + names(Kind.OFFICIAL)
+            + ".  Embedded only: " + names(Kind.OURS)
+            + ".  Docker or native only (the embedded server does not implement them): "
+            + names(Kind.WARNED, Kind.REFUSED) + ".")
 
 
 def check_server_flags(flags: list[str]) -> None:
@@ -177,17 +174,17 @@ def check_server_flags(flags: list[str]) -> None:
     if not flags:
         return
     known = known_server_flags()
+    own = {f.name: f.serve_option for f in FLAGS if f.serve_option}
     i = 0
     while i < len(flags):
-        flag, name = flags[i], _flag_name(flags[i])
+        flag, name = flags[i], flag_name(flags[i])
         if not name:
             raise UserError(f"{flag!r}: tensorflow_model_server flags look like --name=value")
-        if name in _OWN_FLAGS:
-            raise UserError(f"{flag}: tfdeploy serve sets this itself; use "
-                            f"{_OWN_FLAGS[name]}")
+        if name in own:
+            raise UserError(f"{flag}: tfdeploy serve sets this itself; use {own[name]}")
         if name not in known:
             raise UserError(f"{flag}: not a tensorflow_model_server flag (known: "
-                            f"{', '.join(sorted(known - set(_OWN_FLAGS)))})")
+                            f"{', '.join(sorted(known - set(own)))})")
         if "=" not in flag and i + 1 < len(flags) and not flags[i + 1].startswith("--"):
             flags[i:i + 2] = [f"{flag}={flags[i + 1]}"]
         i += 1

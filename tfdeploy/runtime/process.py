@@ -22,6 +22,7 @@ import psutil
 from tfdeploy.errors import UserError
 from tfdeploy.runtime.base import ServeSpec, check_ports_free
 from tfdeploy.runtime.state import ServerRecord, state_dir
+from tfdeploy.tfs.flags import format_flag
 
 
 def process_start(pid: int) -> float | None:
@@ -63,9 +64,11 @@ class ProcessRuntime:
         raise NotImplementedError
 
     def _base_flags(self, spec: ServeSpec) -> list[str]:
-        flags = [f"--port={spec.grpc_port}", f"--rest_api_port={spec.rest_port}"]
+        flags = [format_flag("port", spec.grpc_port),
+                 format_flag("rest_api_port", spec.rest_port)]
         if spec.model_config_file is None:
-            flags += [f"--model_name={spec.model_name}", f"--model_base_path={spec.base_path}"]
+            flags += [format_flag("model_name", spec.model_name),
+                      format_flag("model_base_path", spec.base_path)]
         return flags + spec.server_flags()
 
     def available(self, spec: ServeSpec) -> tuple[bool, str]:
@@ -164,7 +167,7 @@ class EmbeddedRuntime(ProcessRuntime):
 
     def command(self, spec: ServeSpec) -> list[str]:
         return [sys.executable, "-m", "tfdeploy.serving", *self._base_flags(spec),
-                f"--grpc_host={spec.host}", f"--rest_api_host={spec.host}"]
+                format_flag("grpc_host", spec.host), format_flag("rest_api_host", spec.host)]
 
 
 class NativeRuntime(ProcessRuntime):

@@ -16,37 +16,8 @@ import threading
 
 from tfdeploy.errors import UserError
 from tfdeploy.serving.options import ServerOptions
-
-# Flags tensorflow_model_server has that we accept and ignore, with a warning.
-UNIMPLEMENTED_FLAGS = (
-    "rest_api_enable_cors_support",
-    "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
-    "tensorflow_inter_op_parallelism", "per_process_gpu_memory_fraction",
-    "platform_config_file", "num_load_threads", "num_unload_threads",
-    "flush_filesystem_caches",
-    "xla_cpu_compilation_enabled", "enable_profiler", "remove_unused_fields_from_bundle_metagraph",
-    "use_tflite_model", "tensorflow_session_config_file",
-    "mixed_precision", "skip_initialize_tpu", "use_alts_credentials",
-    "thread_pool_factory_config_file", "enable_model_warmup_with_session_run",
-)
-
-
-# Of those, the ones that would change what clients get (transport, security, the model
-# that serves, its numbers): setting them is an error at start-up, not a warning.
-REFUSED_FLAGS = frozenset({
-    "use_alts_credentials",
-    "use_tflite_model", "platform_config_file", "mixed_precision",
-    "rest_api_enable_cors_support",
-})
-
-
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "t"):
-        return True
-    if value in ("0", "false", "no", "f"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+from tfdeploy.tfs import flags
+from tfdeploy.tfs.flags import Kind
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,83 +26,48 @@ class _Parser(argparse.ArgumentParser):
                      "(run with --help for the flags)\n")
 
 
+def _bool(text: str) -> bool:
+    try:
+        return flags.parse_bool(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_GROUPS = {Kind.OFFICIAL: "tensorflow_model_server flags",
+           Kind.OURS: "tfdeploy additions (tensorflow_model_server would refuse them)",
+           Kind.WARNED: "accepted and ignored, with a warning (tuning only)",
+           Kind.REFUSED: "refused: they would change what clients get"}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The parser, one argument per row of the flag table (tfdeploy.tfs.flags)."""
     p = _Parser(prog="tfdeploy-model-server", allow_abbrev=False,
                 description="TF Serving-compatible model server (gRPC + REST) for SavedModels.",
-                epilog=__doc__.split("\n\n", 1)[1])
-    d = ServerOptions()  # the defaults live there once
-    flag = p.add_argument
-    flag("--port", type=int, default=d.port, help=f"gRPC port (default {d.port})")
-    flag("--grpc_host", default=d.grpc_host,
-         help=f"gRPC bind address (default {d.grpc_host}, where tensorflow_model_server "
-         "listens; a tfdeploy flag: 127.0.0.1 for this machine only)")
-    flag("--rest_api_port", type=int, default=d.rest_api_port,
-         help="REST port; 0 disables REST")
-    flag("--rest_api_host", default=d.rest_api_host,
-         help=f"REST bind address (default {d.rest_api_host}; a tfdeploy flag)")
-    flag("--model_name", default=d.model_name, help="name of the single model")
-    flag("--model_base_path", default=d.model_base_path,
-         help="base path of the single model's versions")
-    flag("--model_config_file", default=d.model_config_file,
-         help="ModelServerConfig text proto (many models)")
-    flag("--model_config_file_poll_wait_seconds", type=float,
-         default=d.model_config_file_poll_wait_seconds,
-         help="re-read --model_config_file this often; 0 = never")
-    flag("--file_system_poll_wait_seconds", type=float,
-         default=d.file_system_poll_wait_seconds,
-         help="poll base paths for new versions this often; 0 = once at start")
-    def switch(name: str, help: str) -> None:
-        """A boolean flag: --name, --name=true or --name=false (the default from d)."""
-        flag(f"--{name}", type=_bool, nargs="?", const=True, default=getattr(d, name),
-             help=help)
-
-    switch("enable_batching", "merge concurrent requests into batches")
-    flag("--batching_parameters_file", default=d.batching_parameters_file,
-         help="BatchingParameters text proto")
-    switch("enable_model_warmup",
-           "replay assets.extra/tf_serving_warmup_requests at load (default true)")
-    flag("--monitoring_config_file", default=d.monitoring_config_file,
-         help="MonitoringConfig text proto")
-    flag("--max_num_load_retries", type=int, default=d.max_num_load_retries,
-         help=f"retries of a failed version load (default {d.max_num_load_retries})")
-    flag("--load_retry_interval_micros", type=int, default=d.load_retry_interval_micros,
-         help="wait between load retries (default 1 minute)")
-    flag("--max_request_bytes", type=int, default=d.max_request_bytes,
-         help="largest accepted request body / message (tfdeploy extension)")
-    flag("--grpc_max_threads", type=int, default=d.grpc_max_threads,
-         help="gRPC worker threads")
-    flag("--saved_model_tags", default=d.saved_model_tags,
-         help="comma-separated tag set of the MetaGraph to load (default serve)")
-    switch("enable_signature_method_name_check",
-           "Classify/Regress/MultiInference require the signature's method name")
-    switch("allow_version_labels_for_unavailable_models",
-           "let new version labels name versions not loaded yet")
-    flag("--rest_api_timeout_in_ms", type=int, default=d.rest_api_timeout_in_ms,
-         help="bound of a REST request's model run (DEADLINE_EXCEEDED after it)")
-    flag("--rest_api_num_threads", type=int, default=d.rest_api_num_threads,
-         help="REST requests processed at once (default: 4 per core)")
-    flag("--prefer_tflite_model", type=_bool, nargs="?", const=True,
-         default=d.prefer_tflite_model,
-         help="serve a version's model.tflite (TensorFlow Lite) when it has one")
-    flag("--ssl_config_file", default=d.ssl_config_file,
-         help="SSLConfig text proto: gRPC (port and socket) over TLS")
-    flag("--grpc_socket_path", default=d.grpc_socket_path,
-         help="also serve gRPC on this UNIX domain socket")
-    flag("--grpc_channel_arguments", default=d.grpc_channel_arguments,
-         help="comma-separated key=value gRPC server arguments "
-              "(e.g. grpc.max_connection_age_ms=2000)")
-    flag("--version", action="store_true", help="print the version and exit")
-    for name in UNIMPLEMENTED_FLAGS:
-        flag(f"--{name}", default=None, nargs="?", const="true", help=argparse.SUPPRESS)
+                epilog=__doc__.split("\n\n", 1)[1],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    groups = {kind: p.add_argument_group(title) for kind, title in _GROUPS.items()}
+    for f in flags.FLAGS:
+        add = groups[f.kind].add_argument
+        if not f.implemented:  # the raw text, so a refused flag set to false passes
+            add(f"--{f.name}", default=None, nargs="?", const="true", metavar=f.type.__name__,
+                help=f.help)
+        elif f.type is bool:  # --name, --name=true or --name=false
+            add(f"--{f.name}", type=_bool, nargs="?", const=True, default=f.default,
+                metavar="bool", help=f"{f.help} (default {str(f.default).lower()})")
+        else:
+            add(f"--{f.name}", type=f.type, default=f.default,
+                help=f"{f.help} (default {f.default!r})" if f.default != "" else f.help)
+    p.add_argument("--version", action="store_true", help="print the version and exit")
     return p
 
 
 def options_from_args(argv: list[str] | None = None):
+    """(ServerOptions, names of the unimplemented flags given, --version asked)."""
     args = build_parser().parse_args(argv)
-    ignored = [n for n in UNIMPLEMENTED_FLAGS if getattr(args, n) is not None]
-    values = {k: v for k, v in vars(args).items() if k not in UNIMPLEMENTED_FLAGS}
+    ignored = [f.name for f in flags.FLAGS
+               if not f.implemented and getattr(args, f.name) is not None]
+    values = {f.name: getattr(args, f.name) for f in flags.implemented()}
     values["extra"] = {n: getattr(args, n) for n in ignored}
-    values.pop("version")
     return ServerOptions(**values), ignored, args.version
 
 
@@ -145,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"tfdeploy-model-server {version('tfdeploy')}")
         return 0
-    refused = [n for n in ignored if n in REFUSED_FLAGS
-               and options.extra[n].lower() not in ("false", "0", "")]
+    refused = [n for n in ignored if flags.BY_NAME[n].kind is Kind.REFUSED
+               and flags.is_set(options.extra[n])]
     if refused:
         print(f"tfdeploy-model-server: error: --{refused[0]} is not supported by "
               "tfdeploy-model-server (it would change what clients get); use "
