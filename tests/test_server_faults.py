@@ -522,3 +522,67 @@ def test_every_official_flag_is_refused_or_warned_not_unknown(flag, refused, mod
         assert f"flag --{name} is not implemented by tfdeploy-model-server" in srv.log()
     finally:
         assert srv.stop() == 0
+
+
+def _batch_sizes(srv: ServerProcess, model: str = "hp2") -> tuple[float, float]:
+    """(batches run, rows run including padding) from the batch-size histogram."""
+    code, text = http("GET", f"{srv.rest}/metrics")
+    assert code == 200
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(":tensorflow:serving:batching_session:batch_size_") and \
+                f'model_name="{model}"' in line:
+            values[line.split("{")[0].rsplit("_", 1)[1]] = float(line.split()[-1])
+    return values.get("count", 0.0), values.get("sum", 0.0)
+
+
+def test_batching_parameters_pad_and_split_as_tf_serving(model_dir, tmp_path):
+    """allowed_batch_sizes [2, 4] with splitting at 2 rows: one row runs as a batch of 2,
+    three rows as two batches of 2 (split, then padded); answers are each caller's own."""
+    params = tmp_path / "batching.config"
+    params.write_text("max_batch_size { value: 4 } batch_timeout_micros { value: 0 } "
+                      "allowed_batch_sizes: [2, 4] "
+                      "enable_large_batch_splitting { value: true } "
+                      "max_execution_batch_size { value: 2 }\n")
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text('prometheus_config { enable: true, path: "/metrics" }\n')
+    _, srv = serve_one(model_dir, tmp_path, "hp2", "--enable_batching",
+                       f"--batching_parameters_file={params}",
+                       f"--monitoring_config_file={monitoring}")
+    try:
+        srv.wait_available(1, model="hp2")
+        url = f"{srv.rest}/v1/models/hp2:predict"
+        assert http("POST", url, {"instances": [[1.0]]}) == (200, {"predictions": [[2.5]]})
+        assert _batch_sizes(srv) == (1.0, 2.0)
+        assert http("POST", url, {"instances": [[2.0], [4.0], [6.0]]}) == (
+            200, {"predictions": [[3.0], [4.0], [5.0]]})
+        assert _batch_sizes(srv) == (3.0, 6.0)
+    finally:
+        assert srv.stop() == 0
+
+
+@pytest.mark.parametrize("batching, config, message", [
+    ("max_batch_size { value: 8 } allowed_batch_sizes: [2, 4]", "",
+     "Last entry in allowed_batch_sizes must match max_batch_size; last entry was 4; "
+     "expected 8"),
+    ("", "logging_config { sampling_config { sampling_rate: 1.0 } }",
+     "Model hp2 has a logging_config: request logging is not implemented"),
+])
+def test_batching_and_logging_configs_tf_serving_would_refuse_stop_start_up(
+        batching, config, message, model_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    params = tmp_path / "batching.config"
+    params.write_text(batching)
+    models = tmp_path / "models.config"
+    models.write_text(f'model_config_list {{ config {{ name: "hp2" base_path: "{model_dir}" '
+                      f'model_platform: "tensorflow" {config} }} }}\n')
+    proc = subprocess.run([sys.executable, "-m", "tfdeploy.serving", "--port=0",
+                           f"--model_config_file={models}", "--enable_batching",
+                           f"--batching_parameters_file={params}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr

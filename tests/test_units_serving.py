@@ -814,3 +814,93 @@ def test_batcher_survives_picking_tasks_behind_another_shape():
     for request, result in zip(requests, results, strict=True):
         np.testing.assert_array_equal(result["y"], request["x"] * 2)
     assert servable.calls == [1, 4, 1]
+
+
+def test_batcher_pads_batches_up_to_the_next_allowed_size():
+    """allowed_batch_sizes: 3 rows run as 4 (the last request's first row repeated), 1 row
+    as 2; the padding never reaches a caller, and the metric sees the size that ran."""
+    servable, metrics = ArrayServable(), Metrics()
+    requests = [rows(0, 1), rows(100, 2)]
+    with running(servable, metrics, max_batch_size=8, allowed_batch_sizes=(2, 4, 8),
+                 batch_timeout_micros=5_000_000) as b:
+        results = submit_all(b, requests)
+        alone = b.submit(rows(500, 1))
+    for request, result in zip(requests, results, strict=True):
+        np.testing.assert_array_equal(result["y"], request["x"] * 2)
+    np.testing.assert_array_equal(alone["y"], rows(500, 1)["x"] * 2)
+    assert servable.calls == [4, 2] and metrics.batches == [(4, 2), (2, 1)]
+
+
+def test_merge_inputs_pads_rows_and_variable_lengths_as_tf_serving():
+    a = {"x": np.array([[1, 2]], np.int32)}
+    b = {"x": np.array([[5, 6, 7], [8, 9, 10]], np.int32)}
+    merged = batching.merge_inputs([a, b], padding=1, pad_variable_length=True)
+    # each padded with its own first element; the padding row is the last request's first
+    np.testing.assert_array_equal(merged["x"], [[1, 2, 1], [5, 6, 7], [8, 9, 10], [5, 6, 7]])
+    words = {"s": np.array([[b"a"]], object)}
+    longer = {"s": np.array([[b"b", b"c"]], object)}
+    assert batching.merge_inputs([words, longer], pad_variable_length=True)["s"].tolist() == [
+        [b"a", b"a"], [b"b", b"c"]]
+    assert BatchOptions(allowed_batch_sizes=(2, 4)).padded_size(5) == 5  # none holds it
+
+
+def test_batcher_pad_variable_length_inputs_merges_different_widths():
+    servable = ArrayServable()
+    requests = [rows(0, 1, width=2), rows(10, 1, width=3)]
+    with running(servable, max_batch_size=2, batch_timeout_micros=5_000_000,
+                 pad_variable_length_inputs=True) as b:
+        results = submit_all(b, requests)
+    assert servable.calls == [2]
+    by_width = sorted(results, key=lambda r: r["y"].shape[1])
+    # tensorflow_model_server answers on the padded inputs: the narrow request's row is
+    # padded with its first element to the batch's width
+    np.testing.assert_array_equal(by_width[0]["y"], [[0, 2, 0]])
+    np.testing.assert_array_equal(by_width[1]["y"], rows(10, 1, width=3)["x"] * 2)
+
+
+def test_batcher_splits_large_requests_when_splitting_is_enabled():
+    servable, metrics = ArrayServable(), Metrics()
+    big = rows(0, 7)
+    with running(servable, metrics, max_batch_size=8, enable_large_batch_splitting=True,
+                 max_execution_batch_size=3) as b:
+        out = b.submit(big)
+    np.testing.assert_array_equal(out["y"], big["x"] * 2)
+    assert max(servable.calls) <= 3 and sum(servable.calls) == 7
+    with running(ArrayServable(), max_batch_size=8) as b:  # without: one batch of 7
+        b.submit(big)
+        assert b.servable.calls == [7]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("max_batch_size { value: 8 } allowed_batch_sizes: [2, 4]",
+     "Last entry in allowed_batch_sizes must match max_batch_size; last entry was 4; "
+     "expected 8"),
+    ("allowed_batch_sizes: [2, 4]",
+     "Last entry in allowed_batch_sizes must match max_batch_size; last entry was 4; "
+     "expected 1000"),
+    ("max_batch_size { value: 4 } enable_large_batch_splitting { value: true } "
+     "max_execution_batch_size { value: 8 }",
+     "When enable_large_batch_splitting is true, input_batch_size_limit must be greater "
+     "than or equal to max_execution_batch_size."),
+])
+def test_batch_options_refuses_what_tf_serving_refuses(text, message, tmp_path):
+    from tfdeploy.serving.config import batching_parameters
+
+    path = tmp_path / "batching.config"
+    path.write_text(text)
+    err = status_error(lambda: BatchOptions.from_proto(batching_parameters(path)))
+    assert (err.code, err.message) == (Code.INVALID_ARGUMENT, message)
+
+
+def test_batch_options_read_the_four_fields(tmp_path):
+    from tfdeploy.serving.config import batching_parameters
+
+    path = tmp_path / "batching.config"
+    path.write_text("max_batch_size { value: 8 } allowed_batch_sizes: [2, 8] "
+                    "pad_variable_length_inputs: true "
+                    "enable_large_batch_splitting { value: true } "
+                    "max_execution_batch_size { value: 2 }")
+    options = BatchOptions.from_proto(batching_parameters(path))
+    assert (options.allowed_batch_sizes, options.pad_variable_length_inputs,
+            options.enable_large_batch_splitting, options.execution_limit) == (
+        (2, 8), True, True, 2)

@@ -7,6 +7,16 @@ be merged (``serving_default`` can, the seed's ``predict_images`` with its fixed
 cannot), and only requests whose other dimensions and dtypes agree.  If a merged call
 fails (say, images of different sizes in one ``serving_default`` batch), each request is
 re-run alone so one caller's input never decides another's result.
+
+The BatchingParameters fields act as in tensorflow_model_server: ``allowed_batch_sizes``
+pads each executed batch up to the next allowed size (repeating the first row of the last
+request) and slices the padding off the outputs; ``pad_variable_length_inputs`` lets
+requests whose inputs differ in non-batch dimensions merge, each input padded at the end
+of every dimension to the largest size in the batch with its own first element;
+``enable_large_batch_splitting`` splits a request larger than ``max_execution_batch_size``
+(default ``max_batch_size``) into pieces that run in batches of at most that size, their
+outputs joined again.  Parameters tensorflow_model_server refuses are refused at start-up
+with its message.
 """
 
 from __future__ import annotations
@@ -31,15 +41,63 @@ class BatchOptions:
     batch_timeout_micros: int = 0
     max_enqueued_batches: int = 10
     num_batch_threads: int = field(default_factory=lambda: os.cpu_count() or 4)
+    allowed_batch_sizes: tuple[int, ...] = ()
+    pad_variable_length_inputs: bool = False
+    enable_large_batch_splitting: bool = False
+    max_execution_batch_size: int = 0  # with splitting; 0: max_batch_size
 
     @classmethod
     def from_proto(cls, params) -> BatchOptions:
+        """The options of a BatchingParameters message, checked as tensorflow_model_server
+        checks them (StatusError INVALID_ARGUMENT with its message otherwise)."""
         out = cls()
+        if params is None:
+            return out
         for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches",
-                     "num_batch_threads"):
-            if params is not None and params.HasField(name):
+                     "num_batch_threads", "max_execution_batch_size"):
+            if params.HasField(name):
                 setattr(out, name, int(getattr(params, name).value))
+        out.allowed_batch_sizes = tuple(int(v) for v in params.allowed_batch_sizes)
+        out.pad_variable_length_inputs = bool(params.pad_variable_length_inputs)
+        out.enable_large_batch_splitting = (params.HasField("enable_large_batch_splitting")
+                                            and params.enable_large_batch_splitting.value)
+        out.validate()
         return out
+
+    @property
+    def execution_limit(self) -> int:
+        """The most rows one executed batch has (before padding to an allowed size)."""
+        if self.enable_large_batch_splitting:
+            return self.max_execution_batch_size or self.max_batch_size
+        return self.max_batch_size
+
+    def validate(self) -> None:
+        def invalid(message: str) -> StatusError:
+            return StatusError(Code.INVALID_ARGUMENT, message)
+
+        if self.max_batch_size <= 0:
+            raise invalid(f"input_batch_size_limit must be positive; was "
+                          f"{self.max_batch_size}")
+        if self.max_enqueued_batches <= 0:
+            raise invalid(f"max_enqueued_batches must be positive; was "
+                          f"{self.max_enqueued_batches}")
+        if self.allowed_batch_sizes and self.allowed_batch_sizes[-1] != self.max_batch_size:
+            raise invalid("Last entry in allowed_batch_sizes must match max_batch_size; last "
+                          f"entry was {self.allowed_batch_sizes[-1]}; expected "
+                          f"{self.max_batch_size}")
+        if self.enable_large_batch_splitting:
+            if self.execution_limit <= 0:
+                raise invalid(f"max_execution_batch_size must be positive; was "
+                              f"{self.execution_limit}")
+            if self.execution_limit > self.max_batch_size:
+                raise invalid("When enable_large_batch_splitting is true, "
+                              "input_batch_size_limit must be greater than or equal to "
+                              "max_execution_batch_size.")
+
+    def padded_size(self, size: int) -> int:
+        """The batch size ``size`` rows run as: the first allowed size that holds them
+        (``size`` itself without allowed sizes, or when none is large enough)."""
+        return next((a for a in self.allowed_batch_sizes if a >= size), size)
 
 
 @dataclass(eq=False)  # identity: queue.remove() must not compare the numpy inputs
@@ -52,10 +110,33 @@ class _Task:
     error: StatusError | None = None
 
 
-def merge_inputs(requests: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def pad_to(array: np.ndarray, dims: Sequence[int]) -> np.ndarray:
+    """``array`` padded at the end of each non-batch dimension to ``dims`` (one size per
+    non-batch dimension) with its own first element, as tensorflow_model_server pads
+    variable-length inputs."""
+    widths = [(0, 0)] + [(0, d - s) for s, d in zip(array.shape[1:], dims, strict=True)]
+    if not any(after for _, after in widths):
+        return array
+    value = array.flat[0] if array.size else array.dtype.type()
+    return np.pad(array, widths, mode="constant", constant_values=value)
+
+
+def merge_inputs(requests: Sequence[Mapping[str, np.ndarray]], padding: int = 0,
+                 pad_variable_length: bool = False) -> dict[str, np.ndarray]:
     """One input dict: each input of ``requests`` concatenated along the batch dimension, in
-    order (all requests have the same input names, dtypes and non-batch dimensions)."""
-    return {k: np.concatenate([r[k] for r in requests]) for k in requests[0]}
+    order (all requests have the same input names and dtypes; the same non-batch
+    dimensions unless ``pad_variable_length``, which pads each to the largest).
+    ``padding`` more rows follow, copies of the last request's first row."""
+    merged = {}
+    for k in requests[0]:
+        parts = [r[k] for r in requests]
+        if pad_variable_length:
+            dims = np.max([p.shape[1:] for p in parts], axis=0) if parts[0].ndim > 1 else []
+            parts = [pad_to(p, [int(d) for d in dims]) for p in parts]
+        if padding:
+            parts.append(np.repeat(parts[-1][:1], padding, axis=0))
+        merged[k] = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    return merged
 
 
 def split_outputs(outputs: Mapping[str, np.ndarray],
@@ -71,6 +152,16 @@ def split_outputs(outputs: Mapping[str, np.ndarray],
         parts.append({k: v[start:start + size] for k, v in outputs.items()})
         start += size
     return parts
+
+
+def join_outputs(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The outputs of a request's pieces (large-batch splitting) joined along the batch
+    dimension, in order."""
+    for k, v in parts[0].items():
+        if v.ndim == 0:
+            raise StatusError(Code.FAILED_PRECONDITION,
+                              f"Batched output tensor {k} has 0 dimensions")
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def batchable(signature_def) -> bool:
@@ -98,12 +189,21 @@ class Batcher:
         for t in self._threads:
             t.start()
 
+    def _key(self, inputs: Mapping[str, np.ndarray]) -> tuple:
+        """What requests must share to merge: input names and dtypes, and the non-batch
+        dimensions (only their number with pad_variable_length_inputs)."""
+        if self.options.pad_variable_length_inputs:
+            return tuple(sorted((k, v.dtype.str, v.ndim) for k, v in inputs.items()))
+        return tuple(sorted((k, v.dtype.str, v.shape[1:]) for k, v in inputs.items()))
+
     def submit(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         size = next(iter(inputs.values())).shape[0] if inputs else 0
         if size == 0 or size > self.options.max_batch_size:
             return self.servable.call(self.signature, inputs)
-        key = tuple(sorted((k, v.dtype.str, v.shape[1:]) for k, v in inputs.items()))
-        task = _Task(inputs, size, key)
+        key, step = self._key(inputs), self.options.execution_limit
+        # a request larger than one executed batch (only with splitting) runs in pieces
+        tasks = [_Task({k: v[i:i + step] for k, v in inputs.items()}, min(step, size - i), key)
+                 for i in range(0, size, step)] if size > step else [_Task(inputs, size, key)]
         with self._cond:
             # checked under the lock: a task queued after the threads left would wait forever
             closed = self._closed
@@ -111,14 +211,18 @@ class Batcher:
                 limit = self.options.max_enqueued_batches * self.options.max_batch_size
                 if sum(t.size for t in self._queue) + size > limit:
                     raise StatusError(Code.UNAVAILABLE, "batch queue is full; retry later")
-                self._queue.append(task)
-                self._cond.notify()
+                self._queue.extend(tasks)
+                self._cond.notify(len(tasks))
         if closed:  # the servable was unloaded while this request held it: run it alone
             return self.servable.call(self.signature, inputs)
-        task.done.wait()
-        if task.error is not None:
-            raise task.error
-        return task.result
+        for task in tasks:
+            task.done.wait()
+        for task in tasks:
+            if task.error is not None:
+                raise task.error
+        if len(tasks) == 1:
+            return tasks[0].result
+        return join_outputs([t.result for t in tasks])
 
     def _take(self) -> list[_Task] | None:
         timeout = self.options.batch_timeout_micros / 1e6
@@ -129,17 +233,18 @@ class Batcher:
                 self._cond.wait(0.5)
             first = self._queue[0]
             deadline = time.monotonic() + timeout
+            limit = self.options.execution_limit
 
             def gather() -> list[_Task]:
                 picked, total = [], 0
                 for t in self._queue:
-                    if t.key == first.key and total + t.size <= self.options.max_batch_size:
+                    if t.key == first.key and total + t.size <= limit:
                         picked.append(t)
                         total += t.size
                 return picked
 
             picked = gather()
-            while (sum(t.size for t in picked) < self.options.max_batch_size
+            while (sum(t.size for t in picked) < limit
                    and (remaining := deadline - time.monotonic()) > 0):
                 self._cond.wait(remaining)
                 picked = gather()
@@ -158,16 +263,19 @@ class Batcher:
                         t.done.set()
 
     def _run(self, tasks: list[_Task]) -> None:
-        if self.metrics is not None:
-            self.metrics.observe_batch(self.servable, self.signature,
-                                       sum(t.size for t in tasks), len(tasks))
-        if len(tasks) > 1:
-            merged = merge_inputs([t.inputs for t in tasks])
+        sizes = [t.size for t in tasks]
+        padded = self.options.padded_size(sum(sizes))
+        padding = padded - sum(sizes)
+        if self.metrics is not None:  # the size that runs, padding included (as TF Serving)
+            self.metrics.observe_batch(self.servable, self.signature, padded, len(tasks))
+        if len(tasks) > 1 or padding:
+            merged = merge_inputs([t.inputs for t in tasks], padding,
+                                  self.options.pad_variable_length_inputs)
             try:
                 outputs = self.servable.call(self.signature, merged)
-                parts = split_outputs(outputs, [t.size for t in tasks])
+                parts = split_outputs(outputs, sizes + [padding] if padding else sizes)
                 if parts is not None:
-                    for t, part in zip(tasks, parts, strict=True):
+                    for t, part in zip(tasks, parts[:len(tasks)], strict=True):
                         t.result = part
                         t.done.set()
                     return

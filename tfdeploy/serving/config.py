@@ -43,6 +43,7 @@ def _messages() -> dict[str, type]:
     msg("MonitoringConfig", [("prometheus_config", 1, _F.TYPE_MESSAGE,
                               ".tensorflow.serving.PrometheusConfig", False)])
     i64, s = ".google.protobuf.Int64Value", ".google.protobuf.StringValue"
+    b = ".google.protobuf.BoolValue"
     msg("BatchingParameters", [
         ("max_batch_size", 1, _F.TYPE_MESSAGE, i64, False),
         ("batch_timeout_micros", 2, _F.TYPE_MESSAGE, i64, False),
@@ -51,7 +52,7 @@ def _messages() -> dict[str, type]:
         ("thread_pool_name", 5, _F.TYPE_MESSAGE, s, False),
         ("allowed_batch_sizes", 6, _F.TYPE_INT64, None, True),
         ("pad_variable_length_inputs", 7, _F.TYPE_BOOL, None, False),
-        ("enable_large_batch_splitting", 8, _F.TYPE_BOOL, None, False),
+        ("enable_large_batch_splitting", 8, _F.TYPE_MESSAGE, b, False),
         ("max_execution_batch_size", 9, _F.TYPE_MESSAGE, i64, False),
     ])
     msg("SSLConfig", [("server_key", 1, _F.TYPE_STRING, None, False),

@@ -79,6 +79,11 @@ def validate_config(config) -> dict[str, tuple[Path, object]]:
             raise StatusError(Code.INVALID_ARGUMENT,
                               f"Model {mc.name} requests unsupported platform "
                               f"{mc.model_platform}")
+        if mc.HasField("logging_config"):
+            raise StatusError(Code.UNIMPLEMENTED,
+                              f"Model {mc.name} has a logging_config: request logging is not "
+                              "implemented by tfdeploy-model-server (remove it, or use "
+                              "tensorflow_model_server)")
         models[mc.name] = (Path(mc.base_path), mc.model_version_policy)
     return models
 
@@ -96,6 +101,9 @@ class ModelServer:
         self.batching = None
         if options.enable_batching:
             self.batching = config_files.batching_parameters(options.batching_parameters_file)
+            from tfdeploy.serving.batching import BatchOptions
+
+            BatchOptions.from_proto(self.batching)  # tensorflow_model_server's checks, now
         self.manager = Manager(self._loader, max_load_retries=options.max_num_load_retries,
                                retry_interval=options.load_retry_interval_micros / 1e6)
         self.source = FileSystemSource(self.manager.set_aspired_versions,
