@@ -23,6 +23,7 @@ from typing import Any
 
 from tfdeploy.deploy import options
 from tfdeploy.errors import UserError
+from tfdeploy.tfs.flags import format_flag
 from tfdeploy.tfs.names import GRPC_PORT, REST_PORT
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "tfdeploy"}
@@ -199,15 +200,21 @@ class ManifestSpec:
 
 
 def _server_args(spec: ManifestSpec, base_path: str, config: bool, batching: bool) -> list[str]:
-    args = [f"--port={GRPC}", f"--rest_api_port={REST}",
-            "--monitoring_config_file=/config/monitoring.config"]
+    args = [format_flag("port", GRPC), format_flag("rest_api_port", REST),
+            format_flag("monitoring_config_file", "/config/monitoring.config")]
     if config:
-        args.append("--model_config_file=/config/models.config")
+        args.append(format_flag("model_config_file", "/config/models.config"))
     else:
-        args += [f"--model_name={spec.model_name}", f"--model_base_path={base_path}"]
+        args += [format_flag("model_name", spec.model_name),
+                 format_flag("model_base_path", base_path)]
     if batching:
-        args += ["--enable_batching=true", "--batching_parameters_file=/config/batching.config"]
+        args += _batching_args()
     return args
+
+
+def _batching_args() -> list[str]:
+    return [format_flag("enable_batching", True),
+            format_flag("batching_parameters_file", "/config/batching.config")]
 
 
 def _resources(spec: ManifestSpec, gpu_as: type = int) -> dict[str, Any]:
@@ -511,8 +518,7 @@ def compose(spec: ManifestSpec) -> dict[str, Any]:
         if spec.batching_parameters_file:
             volumes.append(f"{Path(spec.batching_parameters_file).absolute()}"
                            ":/config/batching.config:ro")
-            service["command"] = ["--enable_batching=true",
-                                  "--batching_parameters_file=/config/batching.config"]
+            service["command"] = _batching_args()
         if spec.gpu_count:
             service["deploy"] = {"resources": {"reservations": {"devices": [
                 {"driver": "nvidia", "count": spec.gpus or "all", "capabilities": ["gpu"]}]}}}
