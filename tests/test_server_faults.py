@@ -586,3 +586,48 @@ def test_batching_and_logging_configs_tf_serving_would_refuse_stop_start_up(
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
+
+
+def test_per_model_batching_parameters_and_a_file_without_enable_batching(model_dir,
+                                                                          tmp_path):
+    """--enable_per_model_batching_parameters: a version batches with its own
+    batching_params.pbtxt, one without the file is not batched (as TF Serving); and a
+    --batching_parameters_file without --enable_batching stops start-up, not ignored."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    own, plain = tmp_path / "own", tmp_path / "plain"
+    put_version(own, 1, model_dir)
+    put_version(plain, 1, model_dir)
+    (own / "1" / "batching_params.pbtxt").write_text(
+        "max_batch_size { value: 4 } allowed_batch_sizes: [2, 4]\n")
+    models = tmp_path / "models.config"
+    models.write_text("model_config_list { "
+                      + " ".join(f'config {{ name: "{p.name}" base_path: "{p}" '
+                                 'model_platform: "tensorflow" }' for p in (own, plain))
+                      + " }\n")
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text('prometheus_config { enable: true, path: "/metrics" }\n')
+    srv = ServerProcess(f"--model_config_file={models}", "--enable_batching",
+                        "--enable_per_model_batching_parameters",
+                        f"--monitoring_config_file={monitoring}", log_dir=tmp_path)
+    try:
+        for name in ("own", "plain"):
+            srv.wait_available(1, model=name)
+            assert http("POST", f"{srv.rest}/v1/models/{name}:predict",
+                        {"instances": [[1.0]]}) == (200, {"predictions": [[2.5]]})
+        assert _batch_sizes(srv, "own") == (1.0, 2.0)  # padded to its allowed size 2
+        assert _batch_sizes(srv, "plain") == (0.0, 0.0)  # no file: not batched
+    finally:
+        assert srv.stop() == 0
+    params = tmp_path / "batching.config"
+    params.write_text("max_batch_size { value: 4 }\n")
+    proc = subprocess.run([sys.executable, "-m", "tfdeploy.serving", "--port=0",
+                           f"--model_config_file={models}",
+                           f"--batching_parameters_file={params}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "batching_parameters_file is set without setting " \
+           "server_options.enable_batching to true." in proc.stderr

@@ -26,6 +26,9 @@ from tfdeploy.tfs.names import DEFAULT_SIGNATURE
 
 log = logging.getLogger("tfdeploy.serving")
 
+#: a version's own BatchingParameters (--enable_per_model_batching_parameters)
+PER_MODEL_BATCHING_FILE = "batching_params.pbtxt"
+
 class _Observed:
     """Times one request and records it in the metrics with the status it ended with."""
 
@@ -104,6 +107,10 @@ class ModelServer:
             from tfdeploy.serving.batching import BatchOptions
 
             BatchOptions.from_proto(self.batching)  # tensorflow_model_server's checks, now
+        elif options.batching_parameters_file:  # as tensorflow_model_server: not ignored
+            raise StatusError(Code.INVALID_ARGUMENT,
+                              "server_options.batching_parameters_file is set without "
+                              "setting server_options.enable_batching to true.")
         self.manager = Manager(self._loader, max_load_retries=options.max_num_load_retries,
                                retry_interval=options.load_retry_interval_micros / 1e6)
         self.source = FileSystemSource(self.manager.set_aspired_versions,
@@ -130,9 +137,25 @@ class ModelServer:
     def _loader(self, name: str, version: int, path: Path) -> Loader:
         tags = tuple(t.strip() for t in self.options.saved_model_tags.split(",") if t.strip())
         loader = Loader(name, version, path, warmup=self.options.enable_model_warmup,
-                        batching=self.batching, metrics=self.metrics, tags=tags,
+                        batching=self._batching_for(path), metrics=self.metrics, tags=tags,
                         prefer_tflite=self.options.prefer_tflite_model)
         return _Announced(loader, self.metrics.servable_loaded)
+
+    def _batching_for(self, path: Path):
+        """The BatchingParameters of the version at ``path``: the server's, or with
+        --enable_per_model_batching_parameters the version's own batching_params.pbtxt,
+        and no batching for a version without one (as tensorflow_model_server).  A file
+        that does not parse or that TF Serving would refuse fails the load."""
+        if self.batching is None or not self.options.enable_per_model_batching_parameters:
+            return self.batching
+        own = path / PER_MODEL_BATCHING_FILE
+        if not own.is_file():
+            return None
+        from tfdeploy.serving.batching import BatchOptions
+
+        params = config_files.batching_parameters(own)
+        BatchOptions.from_proto(params)
+        return params
 
     def apply_config(self, config) -> None:
         """Make ``config`` (a ModelServerConfig) the served set: new models load, removed

@@ -118,8 +118,9 @@ FLAGS: tuple[ServerFlag, ...] = (
          "--batching-parameters-file"),
     _row("monitoring_config_file", OFFICIAL, str, "", "MonitoringConfig text proto",
          "--monitoring-config-file"),
-    _row("enable_per_model_batching_parameters", WARNED, bool, False,
-         "batching parameters from each SavedModel's assets.extra"),
+    _row("enable_per_model_batching_parameters", OFFICIAL, bool, False,
+         "with --enable_batching: each version batches with its own batching_params.pbtxt "
+         "(none: not batched)"),
     # -- tuning: accepted and ignored -----------------------------------------------------
     _row("num_load_threads", WARNED, int, 0, "threads that load servables"),
     _row("num_unload_threads", WARNED, int, 0, "threads that unload servables"),
