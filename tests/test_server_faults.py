@@ -557,6 +557,9 @@ def test_batching_parameters_pad_and_split_as_tf_serving(model_dir, tmp_path):
         assert http("POST", url, {"instances": [[2.0], [4.0], [6.0]]}) == (
             200, {"predictions": [[3.0], [4.0], [5.0]]})
         assert _batch_sizes(srv) == (3.0, 6.0)
+        # more rows than max_batch_size: refused, as tensorflow_model_server's queue does
+        assert http("POST", url, {"instances": [[1.0]] * 5}) == (
+            400, {"error": "Task size 5 is larger than maximum input batch size 4"})
     finally:
         assert srv.stop() == 0
 

@@ -723,16 +723,18 @@ def test_batcher_queue_full_is_unavailable():
 
 
 def test_batcher_bypass_runs_on_the_callers_thread():
-    """Empty requests, requests larger than max_batch_size, and anything after close()
-    (requests still holding an unloaded servable) are run directly."""
+    """Empty requests and anything after close() (requests still holding an unloaded
+    servable) are run directly; a request larger than max_batch_size is refused, as
+    tensorflow_model_server's batch queue refuses it."""
     servable = ArrayServable()
     me = threading.current_thread().name
     with running(servable, max_batch_size=2) as b:
         out = b.submit({"x": np.zeros((0, 2), np.float32)})
         assert out["y"].shape == (0, 2)
-        big = rows(0, 3)
-        np.testing.assert_array_equal(b.submit(big)["y"], big["x"] * 2)
-        assert servable.threads == [me, me]
+        err = status_error(lambda: b.submit(rows(0, 3)))
+        assert (err.code, err.message) == (
+            Code.INVALID_ARGUMENT, "Task size 3 is larger than maximum input batch size 2")
+        assert servable.threads == [me]
         b.submit(rows(0, 1))
         assert servable.threads[-1].startswith("batch-")
         b.close()
@@ -881,7 +883,11 @@ def test_batcher_splits_large_requests_when_splitting_is_enabled():
     ("max_batch_size { value: 4 } enable_large_batch_splitting { value: true } "
      "max_execution_batch_size { value: 8 }",
      "When enable_large_batch_splitting is true, input_batch_size_limit must be greater "
-     "than or equal to max_execution_batch_size."),
+     "than or equal to max_execution_batch_size.148"),
+    ("num_batch_threads { value: 0 }", "num_batch_threads must be positive; was 0"),
+    ("batch_timeout_micros { value: -1 }", "batch_timeout_micros must be non-negative; was -1"),
+    ("max_enqueued_batches { value: 0 } enable_large_batch_splitting { value: true }",
+     "max_enqueued_batches must be positive; was 0"),
 ])
 def test_batch_options_refuses_what_tf_serving_refuses(text, message, tmp_path):
     from tfdeploy.serving.config import batching_parameters
@@ -904,3 +910,6 @@ def test_batch_options_read_the_four_fields(tmp_path):
     assert (options.allowed_batch_sizes, options.pad_variable_length_inputs,
             options.enable_large_batch_splitting, options.execution_limit) == (
         (2, 8), True, True, 2)
+    rewritten = BatchOptions(max_enqueued_batches=0)
+    rewritten.validate()  # without splitting TF Serving takes 0 as 1
+    assert rewritten.max_enqueued_batches == 1

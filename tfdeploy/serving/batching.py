@@ -75,9 +75,16 @@ class BatchOptions:
         def invalid(message: str) -> StatusError:
             return StatusError(Code.INVALID_ARGUMENT, message)
 
+        if self.num_batch_threads < 1:
+            raise invalid(f"num_batch_threads must be positive; was {self.num_batch_threads}")
         if self.max_batch_size <= 0:
             raise invalid(f"input_batch_size_limit must be positive; was "
                           f"{self.max_batch_size}")
+        if self.batch_timeout_micros < 0:
+            raise invalid(f"batch_timeout_micros must be non-negative; was "
+                          f"{self.batch_timeout_micros}")
+        if self.max_enqueued_batches == 0 and not self.enable_large_batch_splitting:
+            self.max_enqueued_batches = 1  # tensorflow_model_server rewrites it so, too
         if self.max_enqueued_batches <= 0:
             raise invalid(f"max_enqueued_batches must be positive; was "
                           f"{self.max_enqueued_batches}")
@@ -90,9 +97,11 @@ class BatchOptions:
                 raise invalid(f"max_execution_batch_size must be positive; was "
                               f"{self.execution_limit}")
             if self.execution_limit > self.max_batch_size:
+                # TF Serving's text, the three values it appends included (true is "1")
                 raise invalid("When enable_large_batch_splitting is true, "
                               "input_batch_size_limit must be greater than or equal to "
-                              "max_execution_batch_size.")
+                              f"max_execution_batch_size.1{self.max_batch_size}"
+                              f"{self.execution_limit}")
 
     def padded_size(self, size: int) -> int:
         """The batch size ``size`` rows run as: the first allowed size that holds them
@@ -198,7 +207,11 @@ class Batcher:
 
     def submit(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         size = next(iter(inputs.values())).shape[0] if inputs else 0
-        if size == 0 or size > self.options.max_batch_size:
+        if size > self.options.max_batch_size:  # as tensorflow_model_server's queue
+            raise StatusError(Code.INVALID_ARGUMENT,
+                              f"Task size {size} is larger than maximum input batch size "
+                              f"{self.options.max_batch_size}")
+        if size == 0:
             return self.servable.call(self.signature, inputs)
         key, step = self._key(inputs), self.options.execution_limit
         # a request larger than one executed batch (only with splitting) runs in pieces
