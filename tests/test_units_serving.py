@@ -873,6 +873,22 @@ def test_batcher_splits_large_requests_when_splitting_is_enabled():
         assert b.servable.calls == [7]
 
 
+def test_batcher_split_pieces_fill_the_open_batch_first():
+    """As tensorflow_model_server splits: the first piece fills what the open batch has
+    left, the rest go in pieces of max_execution_batch_size."""
+    servable = ArrayServable()
+    with running(servable, max_batch_size=8, enable_large_batch_splitting=True,
+                 max_execution_batch_size=3) as b:
+        b.close()
+        wait_until(lambda: not batch_threads(servable))
+        key = b._key(rows(0, 1))
+        assert b._pieces(7, key) == [(0, 3), (3, 6), (6, 7)]
+        assert b._pieces(3, key) == [(0, 3)]
+        b._queue.append(batching._Task(rows(0, 1), 1, key))  # an open batch holding 1 row
+        assert b._pieces(7, key) == [(0, 2), (2, 5), (5, 7)]
+        assert b._pieces(2, key) == [(0, 2)]
+
+
 @pytest.mark.parametrize("text, message", [
     ("max_batch_size { value: 8 } allowed_batch_sizes: [2, 4]",
      "Last entry in allowed_batch_sizes must match max_batch_size; last entry was 4; "

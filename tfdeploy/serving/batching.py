@@ -205,6 +205,25 @@ class Batcher:
             return tuple(sorted((k, v.dtype.str, v.ndim) for k, v in inputs.items()))
         return tuple(sorted((k, v.dtype.str, v.shape[1:]) for k, v in inputs.items()))
 
+    def _pieces(self, size: int, key: tuple) -> list[tuple[int, int]]:
+        """The row ranges a request of ``size`` rows is queued as (called under the lock).
+        Whole, unless large-batch splitting is on and it does not fit the open batch
+        (what is queued with its key past the last full execution batch): then, as
+        tensorflow_model_server splits, a first piece fills the open batch and the rest
+        goes in pieces of max_execution_batch_size."""
+        step = self.options.execution_limit
+        if not self.options.enable_large_batch_splitting:
+            return [(0, size)]
+        queued = sum(t.size for t in self._queue if t.key == key) % step
+        room = step - queued
+        if size <= room:
+            return [(0, size)]
+        bounds = [0, room] if queued else [0]
+        while bounds[-1] + step < size:
+            bounds.append(bounds[-1] + step)
+        bounds.append(size)
+        return list(zip(bounds, bounds[1:], strict=False))
+
     def submit(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         size = next(iter(inputs.values())).shape[0] if inputs else 0
         if size > self.options.max_batch_size:  # as tensorflow_model_server's queue
@@ -213,10 +232,7 @@ class Batcher:
                               f"{self.options.max_batch_size}")
         if size == 0:
             return self.servable.call(self.signature, inputs)
-        key, step = self._key(inputs), self.options.execution_limit
-        # a request larger than one executed batch (only with splitting) runs in pieces
-        tasks = [_Task({k: v[i:i + step] for k, v in inputs.items()}, min(step, size - i), key)
-                 for i in range(0, size, step)] if size > step else [_Task(inputs, size, key)]
+        key = self._key(inputs)
         with self._cond:
             # checked under the lock: a task queued after the threads left would wait forever
             closed = self._closed
@@ -224,6 +240,8 @@ class Batcher:
                 limit = self.options.max_enqueued_batches * self.options.max_batch_size
                 if sum(t.size for t in self._queue) + size > limit:
                     raise StatusError(Code.UNAVAILABLE, "batch queue is full; retry later")
+                tasks = [_Task({k: v[start:stop] for k, v in inputs.items()}, stop - start,
+                               key) for start, stop in self._pieces(size, key)]
                 self._queue.extend(tasks)
                 self._cond.notify(len(tasks))
         if closed:  # the servable was unloaded while this request held it: run it alone
