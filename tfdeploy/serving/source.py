@@ -7,6 +7,11 @@ until it is whole (our own exports appear atomically, other tools' may not).
 A base path that is missing or unreadable (renamed, unmounted, permissions) changes
 nothing: the loaded versions keep serving until it is back.  An existing base path with
 no versions in it unloads the model, as with tensorflow_model_server.
+
+Directory names are read as tensorflow_model_server reads them (``tfs/versions.py``): a
+name that looks like a version but is not one (``²``, a 20-digit number) is ignored with
+one log line, the first time it is seen.  Whatever goes wrong with one model's base path
+is that model's problem only: the others are still polled.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tfdeploy.serving import policy as version_policy
-from tfdeploy.tfs.versions import TFLITE_FILE, numeric_dirs, saved_model_file
+from tfdeploy.tfs.versions import TFLITE_FILE, saved_model_file, scan_versions
 
 log = logging.getLogger("tfdeploy.serving.source")
 
@@ -57,6 +62,8 @@ class FileSystemSource:
         self._seen: dict[tuple[str, int], tuple] = {}
         self._warned: set[str] = set()  # models whose base path is unreadable
         self._empty: set[str] = set()  # models with no complete version on disk
+        self._ignored: set[tuple[str, str]] = set()  # (model, directory) already logged
+        self._failing: dict[str, str] = {}  # model -> the error its last poll logged
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -69,7 +76,13 @@ class FileSystemSource:
     def ready_versions(self, name: str, base: Path) -> dict[int, Path]:
         ready = {}
         now = time.time()
-        for version, path in numeric_dirs(base).items():
+        found, ignored = scan_versions(base)
+        for dirname, why in ignored:
+            if (name, dirname) not in self._ignored:
+                self._ignored.add((name, dirname))
+                log.warning("ignoring directory %r under base path of model %s: %s",
+                            dirname, name, why)
+        for version, path in found.items():
             fp = _fingerprint(path)
             key = (name, version)
             previous = self._seen.get(key)
@@ -101,6 +114,10 @@ class FileSystemSource:
                               "%s", name, exc)
                     self._warned.add(name)
                 continue
+            except Exception as exc:  # anything else: this model waits, the others go on
+                self._log_failure(name, f"cannot scan base path of model {name} (keeping "
+                                  f"what is loaded): {exc}")
+                continue
             if name in self._warned:
                 log.info("base path of model %s is readable again", name)
                 self._warned.discard(name)
@@ -110,7 +127,18 @@ class FileSystemSource:
                 log.warning("No versions of servable %s found under base path %s", name, base)
                 self._empty.add(name)
             keep = version_policy.aspired_versions(policy, ready)
-            self._on_aspired(name, {v: ready[v] for v in sorted(keep)})
+            try:
+                self._on_aspired(name, {v: ready[v] for v in sorted(keep)})
+            except Exception as exc:  # one model's trouble never stops the others' discovery
+                self._log_failure(name, f"cannot update versions of model {name}: {exc}")
+                continue
+            self._failing.pop(name, None)
+
+    def _log_failure(self, name: str, message: str) -> None:
+        """Log a model's failed poll once, not once per poll: again only if it changes."""
+        if self._failing.get(name) != message:
+            self._failing[name] = message
+            log.error("%s", message)
 
     def start(self) -> None:
         self.poll_once()
