@@ -33,6 +33,18 @@ def _bool(text: str) -> bool:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _number(flag: flags.ServerFlag):
+    """argparse type of a numeric flag with a minimum (a one-line error below it)."""
+    def parse(text: str) -> int | float:
+        try:
+            return flags.parse_number(flag, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = flag.type.__name__  # argparse names the type in its messages
+    return parse
+
+
 _GROUPS = {Kind.OFFICIAL: "tensorflow_model_server flags",
            Kind.OURS: "tfdeploy additions (tensorflow_model_server would refuse them)",
            Kind.WARNED: "accepted and ignored, with a warning (tuning only)",
@@ -54,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         elif f.type is bool:  # --name, --name=true or --name=false
             add(f"--{f.name}", type=_bool, nargs="?", const=True, default=f.default,
                 metavar="bool", help=f"{f.help} (default {str(f.default).lower()})")
+        elif f.minimum is not None:
+            add(f"--{f.name}", type=_number(f), default=f.default, metavar=f.type.__name__,
+                help=f"{f.help} (default {f.default!r})")
         else:
             add(f"--{f.name}", type=f.type, default=f.default,
                 help=f"{f.help} (default {f.default!r})" if f.default != "" else f.help)

@@ -5,11 +5,20 @@ old version keeps serving, and unloads the old one only once the new one is AVAI
 "availability preserving" policy of TF Serving, so a swap fails no request, and a new
 version that fails to load leaves the old one serving (the failed one shows its error in
 the model's status).
+
+Loads run on loader threads (``--num_load_threads``; 0 means one, loading in the order
+versions were aspired) and unloads on unload threads (``--num_unload_threads``), never on
+the thread that aspired them: a file-system poll, a config reload or a ModelService call
+only records what it wants, so a slow load never holds up status calls, another model's
+requests or the next poll.  Each model has its own lock for its bookkeeping; the shared
+lock guards the state tables and is never held while TensorFlow works.  A load that
+outlives ``--load_timeout_seconds`` (0 = no bound) is marked failed and abandoned.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +46,9 @@ class VersionState:
     error: tuple[Code, str] | None = None
     failures: int = 0
     retry_at: float = 0.0  # monotonic time of the next load attempt after a failure
+    #: set when the load in progress is no longer wanted (timed out, model removed): the
+    #: loader stops where it can (between warmup records) and its result is dropped
+    abandon: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -44,6 +56,8 @@ class ModelState:
     name: str
     versions: dict[int, VersionState] = field(default_factory=dict)
     labels: dict[str, int] = field(default_factory=dict)
+    aspired: dict[int, Path] = field(default_factory=dict)  # the Source's latest word
+    lock: threading.Lock = field(default_factory=threading.Lock)  # this model's bookkeeping
 
 
 LoaderFactory = Callable[[str, int, Path], object]  # -> object with .load() -> Servable
@@ -66,23 +80,69 @@ def _to_unload(model: ModelState, aspired: dict[int, Path]) -> list[VersionState
     return unaspired[:-1]
 
 
+class _Workers:
+    """``count`` daemon threads running jobs in the order they were given.
+
+    Daemon threads: a load TensorFlow cannot interrupt must not keep the process alive
+    at exit."""
+
+    def __init__(self, count: int, name: str):
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._threads = [threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True)
+                         for i in range(max(1, count))]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job()
+            except Exception:  # a job's failure must not end the thread
+                log.exception("load/unload job failed")
+            # Hold nothing while idle: a servable a finished job still referenced would
+            # otherwise be freed (its TF session closed) whenever this thread next wakes,
+            # at worst while the interpreter shuts down, which TensorFlow aborts on.
+            job = None
+
+    def stop(self, wait: float = 5.0) -> None:
+        """End the threads once their queued jobs are done; wait up to ``wait`` s for
+        them (a load TensorFlow is still busy with is left behind)."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        deadline = time.monotonic() + wait
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+
 class Manager:
     def __init__(self, loader_factory: LoaderFactory, max_load_retries: int = 5,
-                 retry_interval: float = 60.0):
+                 retry_interval: float = 60.0, num_load_threads: int = 0,
+                 num_unload_threads: int = 0, load_timeout: float = 0.0):
         """A failed load is tried again ``max_load_retries`` times, ``retry_interval``
         seconds apart (tensorflow_model_server's --max_num_load_retries and
-        --load_retry_interval_micros), while the version stays aspired."""
+        --load_retry_interval_micros), while the version stays aspired.  ``load_timeout``
+        > 0 bounds each load attempt (seconds)."""
         self._loader_factory = loader_factory
         self._max_retries, self._retry_interval = max_load_retries, retry_interval
+        self._load_timeout = load_timeout
         self._models: dict[str, ModelState] = {}
-        self._lock = threading.RLock()
-        self._load_lock = threading.Lock()  # one load/unload sequence at a time
+        self._lock = threading.RLock()  # the state tables; never held during a load
+        self._changed = threading.Condition(self._lock)  # notified on every state change
+        self._loaders = _Workers(num_load_threads, "loader")
+        self._unloaders = _Workers(num_unload_threads, "unloader")
 
     # -- the Source side -----------------------------------------------------------------
     def set_aspired_versions(self, name: str, aspired: dict[int, Path]) -> None:
-        with self._load_lock:
+        """Record the versions the Source wants and start their loads and unloads on the
+        worker threads; returns at once."""
+        with self._lock:
+            model = self._models.setdefault(name, ModelState(name))
+        with model.lock:
             with self._lock:
-                model = self._models.setdefault(name, ModelState(name))
+                model.aspired = dict(aspired)
                 to_load = []
                 for version, path in aspired.items():
                     current = model.versions.get(version)
@@ -93,39 +153,126 @@ class Manager:
                     elif (current.state == END and current.failures <= self._max_retries
                           and time.monotonic() >= current.retry_at):
                         current.state, current.path = LOADING, path  # retry a failed load
+                        current.abandon = threading.Event()
                         to_load.append(current)
+                if to_load:
+                    self._changed.notify_all()
             for vs in sorted(to_load, key=lambda v: v.version):
-                self._load(name, vs)
-            with self._lock:
-                leaving = _to_unload(model, aspired)
-                for vs in leaving:
-                    vs.state = UNLOADING
-            for vs in leaving:
-                log.info("unloading %s version %d", name, vs.version)
-                with self._lock:
-                    servable, vs.servable = vs.servable, None
-                    vs.state = END
-                if servable is not None:
-                    servable.close()  # in-flight requests keep their own reference
+                self._loaders.submit(lambda vs=vs: self._load(model, vs))
+            self._unload_leaving(model)
 
-    def _load(self, name: str, vs: VersionState) -> None:
+    def _unload_leaving(self, model: ModelState) -> None:
+        """Hand the versions that may leave now to the unload threads.  Their servables
+        are out of the tables at once (no new request gets them); requests in flight keep
+        their own reference and finish."""
+        with self._lock:
+            leaving = [(vs, vs.servable) for vs in _to_unload(model, model.aspired)]
+            for vs, _ in leaving:
+                vs.state, vs.servable = UNLOADING, None
+            if leaving:
+                self._changed.notify_all()
+        for vs, servable in leaving:
+            self._unloaders.submit(lambda vs=vs, s=servable: self._unload(model.name, vs, s))
+
+    def _unload(self, name: str, vs: VersionState, servable: Servable | None) -> None:
+        log.info("unloading %s version %d", name, vs.version)
+        if servable is not None:
+            servable.close()
+        with self._lock:
+            if vs.state == UNLOADING:
+                vs.state = END
+            self._changed.notify_all()
+
+    def _load(self, model: ModelState, vs: VersionState) -> None:
+        """One load attempt, on a loader thread; then the unloads it makes possible."""
+        with self._lock:
+            if vs.state != LOADING:  # its model was removed while this waited its turn
+                return
+        name = model.name
         log.info("loading %s version %d from %s", name, vs.version, vs.path)
-        try:
-            servable = self._loader_factory(name, vs.version, vs.path).load()
-        except Exception as exc:  # a broken version must not stop the server
-            message = getattr(exc, "message", None) or str(exc).strip().splitlines()[0]
-            with self._lock:
+        servable, error = self._attempt(name, vs)
+        with self._lock:
+            wanted = vs.state == LOADING  # else its model went away meanwhile
+            if wanted and error is None:
+                vs.servable, vs.state, vs.error = servable, AVAILABLE, None
+            elif wanted:
                 vs.failures += 1
                 vs.retry_at = time.monotonic() + self._retry_interval
-                vs.state, vs.error = END, (Code.INTERNAL, f"load failed: {message}")
+                vs.state, vs.error = END, error
+            self._changed.notify_all()
+        if not wanted:  # abandoned meanwhile: what it made is not served
+            if servable is not None:
+                servable.close()
+            return
+        if error is not None:
             retries_left = self._max_retries - vs.failures + 1
-            log.error("failed to load %s version %d: %s (%s)", name, vs.version, message,
+            log.error("failed to load %s version %d: %s (%s)", name, vs.version,
+                      error[1].removeprefix("load failed: "),
                       f"will retry in {self._retry_interval:g}s" if retries_left > 0
                       else "giving up")
             return
-        with self._lock:
-            vs.servable, vs.state, vs.error = servable, AVAILABLE, None
         log.info("%s version %d is AVAILABLE", name, vs.version)
+        with model.lock:
+            self._unload_leaving(model)
+
+    def _attempt(self, name: str, vs: VersionState) -> tuple[Servable | None,
+                                                             tuple[Code, str] | None]:
+        """(servable, None) or (None, (code, message)).  With a load timeout the load runs
+        on a thread of its own that this one waits for at most that long; past it the
+        attempt fails and that thread is left to finish (TensorFlow cannot be
+        interrupted; it stops between warmup records) and drop what it made."""
+        result: list = []
+        gave_up = []  # non-empty once the waiting thread stopped waiting
+
+        def work() -> None:
+            try:
+                loader = self._loader_factory(name, vs.version, vs.path)
+                loader.abandon = vs.abandon
+                outcome = (loader.load(), None)
+            except Exception as exc:  # a broken version must not stop the server
+                message = getattr(exc, "message", None) or str(exc).strip().splitlines()[0]
+                outcome = (None, (Code.INTERNAL, f"load failed: {message}"))
+            with self._lock:
+                result.append(outcome)
+                late = bool(gave_up)
+            if late and outcome[0] is not None:
+                outcome[0].close()  # too late: nobody will serve it
+                log.info("abandoned load of %s version %d finished; dropped", name,
+                         vs.version)
+
+        if self._load_timeout <= 0:
+            work()
+            return result[0]
+        worker = threading.Thread(target=work, name=f"load-{name}-{vs.version}", daemon=True)
+        worker.start()
+        worker.join(self._load_timeout)
+        with self._lock:
+            if result:
+                return result[0]
+            gave_up.append(True)
+            vs.abandon.set()
+        log.error("load of %s version %d did not finish within --load_timeout_seconds=%g; "
+                  "abandoned", name, vs.version, self._load_timeout)
+        return None, (Code.DEADLINE_EXCEEDED,
+                      f"load failed: not loaded within --load_timeout_seconds="
+                      f"{self._load_timeout:g}; abandoned")
+
+    def wait_loaded(self, names: set[str], timeout: float | None = None) -> None:
+        """Until no version of these models is LOADING (each became AVAILABLE or failed):
+        how a reload waits for the models it adds, and start-up for the first config, as
+        tensorflow_model_server's ServerCore does.  The waiting thread only waits."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def settled() -> bool:
+            return not any(vs.state == LOADING for n in names if n in self._models
+                           for vs in self._models[n].versions.values())
+
+        with self._changed:
+            while not settled():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return
+                self._changed.wait(left if left is not None else 1.0)
 
     def set_labels(self, name: str, labels: dict[str, int]) -> None:
         with self._lock:
@@ -143,11 +290,17 @@ class Manager:
             return vs is not None and vs.state == AVAILABLE
 
     def retain_models(self, names: set[str]) -> None:
-        """Unload models that are no longer configured."""
+        """Unload models that are no longer configured (on the unload threads; a load of
+        theirs still running is abandoned)."""
         for name in [n for n in self.model_names() if n not in names]:
             self.set_aspired_versions(name, {})
             with self._lock:
-                self._models.pop(name, None)
+                model = self._models.pop(name, None)
+                for vs in model.versions.values() if model else ():
+                    if vs.state == LOADING:
+                        vs.abandon.set()
+                        vs.state = END
+                self._changed.notify_all()
 
     # -- the request side ----------------------------------------------------------------
     def model_names(self) -> list[str]:
@@ -203,5 +356,19 @@ class Manager:
             return [model.versions[v] for v in sorted(model.versions, reverse=True)]
 
     def unload_all(self) -> None:
-        for name in self.model_names():
-            self.set_aspired_versions(name, {})
+        """At shutdown: abandon loads (queued ones never start), let the worker threads
+        end, close every servable on this thread."""
+        with self._lock:
+            servables = []
+            for model in self._models.values():
+                model.aspired = {}
+                for vs in model.versions.values():
+                    vs.abandon.set()
+                    if vs.servable is not None:
+                        servables.append(vs.servable)
+                    vs.servable, vs.state = None, END
+            self._changed.notify_all()
+        self._loaders.stop()
+        self._unloaders.stop()
+        for servable in servables:
+            servable.close()

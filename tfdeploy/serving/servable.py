@@ -1,4 +1,11 @@
-"""Loader and Servable: one SavedModel version, loaded, checked against and run.
+"""Servable: one loaded version, as the request path sees it; and SavedModelLoader.
+
+``Servable`` is what every platform's servable is (``tflite.TfliteServable`` too): its
+SignatureDefs, the request checks, ``run`` (checks, then batcher or ``call``), ``call`` and
+``close``.  Its own ``call`` runs a TF session, the SavedModel platform's; other platforms
+override ``call``/``run_tensors``.  Each platform has its loader (``SavedModelLoader``
+here, ``tflite.TfliteLoader``); ``loader.Loader`` picks one and replays warmup.  This
+module imports neither of the others, so there is no import circle.
 
 A version is loaded as tensorflow_model_server loads it: the MetaGraph whose tags are
 ``--saved_model_tags`` (default "serve") is imported into a graph of its own with a
@@ -16,7 +23,6 @@ signature exists, the input names match, each input's dtype is the signature's.
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +34,6 @@ from tfdeploy.tfs import tensors
 from tfdeploy.tfs.codes import Code, StatusError, tf_error_message
 from tfdeploy.tfs.names import DEFAULT_SIGNATURE, SERVE_TAG
 from tfdeploy.tfs.saved_model import meta_graph, read_saved_model, signature_defs
-from tfdeploy.tfs.versions import TFLITE_FILE, WARMUP_FILE
-
-log = logging.getLogger("tfdeploy.serving")
-
-MAX_WARMUP_RECORDS = 1000
 
 
 @dataclass
@@ -157,28 +158,16 @@ class Servable:
                 pass
 
 
-class Loader:
-    """Knows how to load one version; loading is only done when the Manager says so."""
+class SavedModelLoader:
+    """Loads one SavedModel version (the "tensorflow" platform): its MetaGraph into a
+    graph and session of their own.  Platform choice and warmup are ``loader.Loader``'s."""
 
-    def __init__(self, name: str, version: int, path: Path, warmup: bool = True,
-                 batching=None, metrics=None, tags: tuple[str, ...] = (SERVE_TAG,),
-                 prefer_tflite: bool = False):
+    def __init__(self, name: str, version: int, path: Path,
+                 tags: tuple[str, ...] = (SERVE_TAG,)):
         self.name, self.version, self.path = name, version, path
-        self.warmup = warmup
-        self.batching = batching
-        self.metrics = metrics
         self.tags = tuple(tags)
-        self.prefer_tflite = prefer_tflite
 
     def load(self) -> Servable:
-        if self.prefer_tflite and (self.path / TFLITE_FILE).is_file():
-            # the TFLite model alone: no SavedModel needed beside it (tflite.py says why)
-            from tfdeploy.serving.tflite import TfliteServable
-
-            servable = TfliteServable.load(self.name, self.version, self.path, TFLITE_FILE)
-            if self.warmup:
-                self._replay_warmup(servable)
-            return servable
         _, proto = read_saved_model(self.path)
         mg = meta_graph(proto, self.tags)
         if mg is None:
@@ -198,43 +187,4 @@ class Loader:
         except Exception:
             session.close()
             raise
-        servable = Servable(self.name, self.version, self.path, signature_defs(mg), session)
-        if self.batching is not None:
-            from tfdeploy.serving.batching import make_batchers
-
-            servable.batchers = make_batchers(servable, self.batching, self.metrics)
-        if self.warmup:
-            self._replay_warmup(servable)
-        return servable
-
-    def _replay_warmup(self, servable: Servable) -> None:
-        """Run the recorded requests so tracing and allocation happen before traffic."""
-        path = self.path / WARMUP_FILE
-        if not path.is_file():
-            return
-        from tfdeploy.tfs import protos
-
-        log_pb2 = protos.module("tensorflow_serving.apis.prediction_log_pb2")
-        from tfdeploy.serving import inference
-
-        count = 0
-        for record in tf.data.TFRecordDataset(str(path)).take(MAX_WARMUP_RECORDS):
-            entry = log_pb2.PredictionLog.FromString(record.numpy())
-            kind = entry.WhichOneof("log_type")
-            if kind == "predict_log":
-                request = entry.predict_log.request
-                inputs = {k: tensors.from_proto(v) for k, v in request.inputs.items()}
-                key, _ = servable.signature(request.model_spec.signature_name)
-                servable.call(key, inputs)
-            elif kind in ("classify_log", "regress_log"):
-                verb = "classify" if kind == "classify_log" else "regress"
-                inference.classify_or_regress(verb, servable, getattr(entry, kind).request,
-                                              check_method=False)
-            elif kind == "multi_inference_log":
-                inference.multi_inference(servable, entry.multi_inference_log.request,
-                                          check_method=False)
-            else:
-                continue
-            count += 1
-        log.info("replayed %d warmup request(s) for %s version %d", count, self.name,
-                 self.version)
+        return Servable(self.name, self.version, self.path, signature_defs(mg), session)

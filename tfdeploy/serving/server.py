@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from tfdeploy.serving import config as config_files
+from tfdeploy.serving.loader import Loader
 from tfdeploy.serving.manager import Manager
 from tfdeploy.serving.metrics import Metrics
 from tfdeploy.serving.options import ServerOptions
-from tfdeploy.serving.servable import Loader, Servable
+from tfdeploy.serving.servable import Servable
 from tfdeploy.serving.source import FileSystemSource
 from tfdeploy.tfs import protos
 from tfdeploy.tfs.codes import Code, StatusError
@@ -112,7 +113,10 @@ class ModelServer:
                               "server_options.batching_parameters_file is set without "
                               "setting server_options.enable_batching to true.")
         self.manager = Manager(self._loader, max_load_retries=options.max_num_load_retries,
-                               retry_interval=options.load_retry_interval_micros / 1e6)
+                               retry_interval=options.load_retry_interval_micros / 1e6,
+                               num_load_threads=options.num_load_threads,
+                               num_unload_threads=options.num_unload_threads,
+                               load_timeout=options.load_timeout_seconds)
         self.source = FileSystemSource(self.manager.set_aspired_versions,
                                        options.file_system_poll_wait_seconds)
         self.config = self._initial_config()
@@ -159,10 +163,16 @@ class ModelServer:
 
     def apply_config(self, config) -> None:
         """Make ``config`` (a ModelServerConfig) the served set: new models load, removed
-        ones unload, policies and labels change in place."""
+        ones unload, policies and labels change in place.
+
+        As tensorflow_model_server's ServerCore: labels are checked against what is loaded
+        now, before anything changes; then the models it adds are waited for (each loaded
+        or failed; at start-up that is every model).  The loads themselves run on loader
+        threads: this thread only scans base paths and waits."""
         models = validate_config(config)
         with self._config_lock:
             self._check_labels(config)
+            new = set(models) - set(self.manager.model_names())
             for mc in config.model_config_list.config:
                 self.manager.set_labels(mc.name, dict(mc.version_labels))
             self.metrics.set_models(models)  # label values: configured names only
@@ -170,6 +180,7 @@ class ModelServer:
             self.config = config
             self.manager.retain_models(set(models))
             self.source.poll_once()
+            self.manager.wait_loaded(new)
 
     def _check_labels(self, config) -> None:
         """A label may only name an AVAILABLE version, as with tensorflow_model_server;
@@ -190,18 +201,32 @@ class ModelServer:
     def _poll_config_file(self, loaded) -> None:
         """Apply the file's config whenever it differs from ``loaded``, the one last taken
         from the file (at start-up, then each reload).  Compared with what was loaded, not
-        with the first poll's read: a file rewritten before that poll is a change too."""
+        with the first poll's read: a file rewritten before that poll is a change too.
+
+        A refused file is tried again at every poll (a label may become valid once its
+        version loads) but logged once per change of the file or of the reason."""
+        path = Path(self.options.model_config_file)
         period = self.options.model_config_file_poll_wait_seconds
-        last = loaded
+        last, refused = loaded, None
         while not self._stop.wait(period):
             try:
+                raw = path.read_bytes()
+            except OSError as exc:
+                raw = exc  # compared by its text below
+            try:
+                if isinstance(raw, OSError):
+                    raise raw
                 config = config_files.model_server_config(self.options.model_config_file)
                 if config != last:
                     log.info("model config file changed; reloading")
                     self.apply_config(config)
                     last = config
+                refused = None
             except Exception as exc:  # keep serving the last good config
-                log.error("cannot reload %s: %s", self.options.model_config_file, exc)
+                seen = (raw if isinstance(raw, bytes) else str(raw), str(exc))
+                if seen != refused:
+                    log.error("cannot reload %s: %s", self.options.model_config_file, exc)
+                    refused = seen
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:

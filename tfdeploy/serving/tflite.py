@@ -23,6 +23,7 @@ import tensorflow as tf
 from tfdeploy.serving.servable import Servable
 from tfdeploy.tfs.codes import Code, StatusError
 from tfdeploy.tfs.names import DEFAULT_SIGNATURE
+from tfdeploy.tfs.versions import TFLITE_FILE
 
 SIGNATURE_DEFS_METADATA = b"signature_defs_metadata"
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -144,3 +145,13 @@ class TfliteServable(Servable):
         raise StatusError(Code.UNIMPLEMENTED, "Classify, Regress and MultiInference run on "
                           "TensorFlow graphs; this version serves its TFLite model "
                           "(Predict only)")
+
+
+class TfliteLoader:
+    """Loads one version's ``model.tflite`` (``--prefer_tflite_model``)."""
+
+    def __init__(self, name: str, version: int, path: Path, filename: str = TFLITE_FILE):
+        self.name, self.version, self.path, self.filename = name, version, path, filename
+
+    def load(self) -> TfliteServable:
+        return TfliteServable.load(self.name, self.version, self.path, self.filename)

@@ -48,6 +48,8 @@ class ServerFlag:
     serve_option: str = ""
     #: only older tensorflow_model_server releases have it (absent from today's binary)
     legacy: bool = False
+    #: the smallest value accepted (numbers only; None: any)
+    minimum: float | None = None
 
     @property
     def implemented(self) -> bool:
@@ -106,6 +108,13 @@ FLAGS: tuple[ServerFlag, ...] = (
          "Classify/Regress/MultiInference require the signature's method name"),
     _row("allow_version_labels_for_unavailable_models", OFFICIAL, bool, False,
          "let new version labels name versions not loaded yet"),
+    _row("num_load_threads", OFFICIAL, int, 0,
+         "threads that load versions; 0 = one, loading in order", minimum=0),
+    _row("num_unload_threads", OFFICIAL, int, 0, "threads that unload versions; 0 = one",
+         minimum=0),
+    _row("load_timeout_seconds", OURS, float, 0.0,
+         "a version load taking longer fails (DEADLINE_EXCEEDED) and is abandoned; "
+         "0 = no bound", minimum=0),
     _row("prefer_tflite_model", OFFICIAL, bool, False,
          "serve a version's model.tflite (TensorFlow Lite) when it has one"),
     _row("platform_config_file", REFUSED, str, "", "PlatformConfigMap text proto"),
@@ -122,8 +131,6 @@ FLAGS: tuple[ServerFlag, ...] = (
          "with --enable_batching: each version batches with its own batching_params.pbtxt "
          "(none: not batched)"),
     # -- tuning: accepted and ignored -----------------------------------------------------
-    _row("num_load_threads", WARNED, int, 0, "threads that load servables"),
-    _row("num_unload_threads", WARNED, int, 0, "threads that unload servables"),
     _row("flush_filesystem_caches", WARNED, bool, True,
          "flush filesystem caches after the initial load"),
     _row("tensorflow_session_parallelism", WARNED, int, 0, "threads of a session run"),
@@ -178,6 +185,18 @@ def format_flag(name: str, value: object) -> str:
     elif isinstance(value, float):
         value = f"{value:g}"
     return f"--{name}={value}"
+
+
+def parse_number(flag: ServerFlag, text: str) -> int | float:
+    """A numeric flag's value, checked against its ``minimum``; ValueError otherwise."""
+    try:
+        value = flag.type(text)
+    except ValueError:
+        kind = "a whole number" if flag.type is int else "a number"
+        raise ValueError(f"expected {kind}, got {text!r}") from None
+    if flag.minimum is not None and not (flag.minimum <= value < float("inf")):
+        raise ValueError(f"must be at least {flag.minimum:g}, got {text}")
+    return value
 
 
 def parse_bool(text: str) -> bool:
