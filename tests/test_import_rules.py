@@ -98,3 +98,54 @@ def test_encoded_image_path_needs_no_numpy():
             "json_tensors.encoded_image_body('serving_default', [b'a'])\n"
             "print('numpy' in sys.modules)\n")
     assert run_python(code) == "False"
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """``{module: modules of ours it imports}`` for every module of the package, lazy
+    imports included (``from tfdeploy.x import y`` counts as importing ``tfdeploy.x.y``
+    when that is a module)."""
+    modules = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    return {name: {m for m in imports_of(path) if m in modules and m != name}
+            for name, path in modules.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle (its modules in order, the first repeated at the end), or []."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return []
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return []
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) == []
+
+
+def test_serving_has_no_import_circle():
+    """One Servable protocol, one loader per platform behind it: ``servable`` (the
+    protocol and the SavedModel platform), ``tflite`` and ``loader`` (which picks one)
+    import one way only, as does every other module of the server."""
+    graph = {k: {m for m in v if m.startswith("tfdeploy.serving")}
+             for k, v in _module_graph().items() if k.startswith("tfdeploy.serving")}
+    assert _cycle(graph) == []
+    assert "tfdeploy.serving.tflite" not in graph["tfdeploy.serving.servable"]

@@ -9,7 +9,9 @@ The server is grpc.aio on an event loop thread of its own; each call runs in a t
 pool chosen by its kind.  Predictions (and the other inference calls) share
 ``--grpc_max_threads`` threads; ModelService and metadata calls have a small pool of
 their own, so GetModelStatus or HandleReloadConfigRequest never queue behind predictions
-in flight (a health check must answer while the model is busy).
+in flight (a health check must answer while the model is busy).  Reload calls wait for
+the models they add to load (as tensorflow_model_server's do), so they have a pool of
+their own too: reloads waiting on a slow load never hold up a status call.
 """
 
 from __future__ import annotations
@@ -44,16 +46,18 @@ def _status_error(exc: Exception) -> StatusError:
     return StatusError(Code.INTERNAL, f"internal error: {exc}")
 
 
-#: Which pool runs a call: "control" for ModelService and metadata, "inference" otherwise.
-CONTROL_METHODS = frozenset({"GetModelStatus", "HandleReloadConfigRequest",
-                             "GetModelMetadata"})
+#: Which pool runs a call: "reload" for config reloads, "control" for status and
+#: metadata, "inference" otherwise.
+CONTROL_METHODS = frozenset({"GetModelStatus", "GetModelMetadata"})
+RELOAD_METHODS = frozenset({"HandleReloadConfigRequest"})
 CONTROL_THREADS = 4
 
 
 def _in_pool(method, pools: dict[str, futures.Executor]):
     """An async handler that runs the blocking ``method(self, request)`` in its pool and
     turns a failure into the call's gRPC status."""
-    pool = pools["control" if method.__name__ in CONTROL_METHODS else "inference"]
+    pool = pools["reload" if method.__name__ in RELOAD_METHODS else
+                 "control" if method.__name__ in CONTROL_METHODS else "inference"]
 
     @functools.wraps(method)
     async def handler(self, request, context):
@@ -179,6 +183,8 @@ class GrpcServer:
                                                     thread_name_prefix="grpc"),
             "control": futures.ThreadPoolExecutor(CONTROL_THREADS,
                                                   thread_name_prefix="grpc-control"),
+            "reload": futures.ThreadPoolExecutor(CONTROL_THREADS,
+                                                 thread_name_prefix="grpc-reload"),
         }
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._loop = asyncio.new_event_loop()
