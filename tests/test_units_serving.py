@@ -153,6 +153,13 @@ def paths(*versions: int) -> dict[int, Path]:
     return {v: Path(f"/models/m/{v}") for v in versions}
 
 
+def aspire(manager, name: str, versions: dict[int, Path]) -> None:
+    """What a Source poll does, then wait for the loads and unloads it started (they run
+    on the Manager's own threads)."""
+    manager.set_aspired_versions(name, versions)
+    assert manager.wait_idle(10)
+
+
 def states(manager, name: str = "m") -> dict[int, int]:
     return {vs.version: vs.state for vs in manager.statuses(name)}
 
@@ -160,7 +167,7 @@ def states(manager, name: str = "m") -> dict[int, int]:
 def test_manager_loads_an_aspired_version():
     loads = Loads()
     m = Manager(loads)
-    m.set_aspired_versions("m", paths(1))
+    aspire(m, "m", paths(1))
     [vs] = m.statuses("m")
     assert (vs.version, vs.state, vs.error, vs.failures) == (1, AVAILABLE, None, 0)
     servable = m.handle("m")
@@ -180,7 +187,7 @@ def test_manager_loads_new_version_before_unloading_old():
     it is closed only after version 2 is AVAILABLE."""
     loads = Loads()
     m = Manager(loads)
-    m.set_aspired_versions("m", paths(1))
+    aspire(m, "m", paths(1))
     old = m.handle("m")
     seen: dict[str, object] = {}
 
@@ -189,7 +196,7 @@ def test_manager_loads_new_version_before_unloading_old():
             seen["states"], seen["serving"] = states(m), m.handle("m").version
 
     loads.during_load = during_load
-    m.set_aspired_versions("m", paths(2))
+    aspire(m, "m", paths(2))
     assert seen == {"states": {2: LOADING, 1: AVAILABLE}, "serving": 1}
     assert loads.log == [("load", "m", 1), ("load", "m", 2), ("close", "m", 1)]
     assert states(m) == {2: AVAILABLE, 1: END}
@@ -205,7 +212,7 @@ def test_manager_requests_are_served_while_another_thread_loads():
     with the old version at once instead of waiting for the load."""
     loads = Loads()
     m = Manager(loads)
-    m.set_aspired_versions("m", paths(1))
+    aspire(m, "m", paths(1))
     entered, release = threading.Event(), threading.Event()
 
     def during_load(name: str, version: int) -> None:
@@ -213,28 +220,26 @@ def test_manager_requests_are_served_while_another_thread_loads():
         assert release.wait(5)
 
     loads.during_load = during_load
-    loader = threading.Thread(target=m.set_aspired_versions, args=("m", paths(2)))
-    loader.start()
+    m.set_aspired_versions("m", paths(2))  # returns at once: the load is a loader's
     try:
         assert entered.wait(5)
         assert m.handle("m").version == 1
         assert states(m) == {2: LOADING, 1: AVAILABLE}
     finally:
         release.set()
-        loader.join(5)
-    assert not loader.is_alive()
+    assert m.wait_idle(5)
     assert m.handle("m").version == 2
 
 
 def test_manager_serves_latest_of_several_and_explicit_versions():
     loads = Loads()
     m = Manager(loads)
-    m.set_aspired_versions("m", paths(3, 1, 2))
+    aspire(m, "m", paths(3, 1, 2))
     assert [e[2] for e in loads.log] == [1, 2, 3]  # loaded in version order
     assert m.handle("m").version == 3
     assert m.handle("m", version=1).version == 1
     assert m.resolve("m") == 3 and m.resolve("m", version=2) == 2
-    m.set_aspired_versions("m", paths(2, 3, 4))
+    aspire(m, "m", paths(2, 3, 4))
     assert loads.log[3:] == [("load", "m", 4), ("close", "m", 1)]
     assert states(m) == {4: AVAILABLE, 3: AVAILABLE, 2: AVAILABLE, 1: END}
     assert [vs.version for vs in m.statuses("m")] == [4, 3, 2, 1]  # newest first
@@ -243,9 +248,9 @@ def test_manager_serves_latest_of_several_and_explicit_versions():
 def test_manager_does_not_reload_versions_already_available():
     loads = Loads()
     m = Manager(loads)
-    m.set_aspired_versions("m", paths(1))
+    aspire(m, "m", paths(1))
     first = m.handle("m")
-    m.set_aspired_versions("m", paths(1))
+    aspire(m, "m", paths(1))
     assert loads.log == [("load", "m", 1)]
     assert m.handle("m") is first and not first.closed
 
@@ -255,10 +260,10 @@ def test_manager_reloads_a_version_aspired_again_after_unload():
     "latest" then means the highest AVAILABLE version, 1."""
     loads = Loads()
     m = Manager(loads)
-    m.set_aspired_versions("m", paths(1))
+    aspire(m, "m", paths(1))
     first = m.handle("m")
-    m.set_aspired_versions("m", paths(2))
-    m.set_aspired_versions("m", paths(1))
+    aspire(m, "m", paths(2))
+    aspire(m, "m", paths(1))
     assert loads.log == [("load", "m", 1), ("load", "m", 2), ("close", "m", 1),
                          ("load", "m", 1), ("close", "m", 2)]
     assert states(m) == {2: END, 1: AVAILABLE}
@@ -268,7 +273,7 @@ def test_manager_reloads_a_version_aspired_again_after_unload():
 
 def test_manager_labels():
     m = Manager(Loads())
-    m.set_aspired_versions("m", paths(1, 2))
+    aspire(m, "m", paths(1, 2))
     m.set_labels("m", {"stable": 1, "canary": 2, "gone": 7})
     assert m.resolve("m", label="canary") == 2
     assert m.handle("m", label="stable").version == 1
@@ -303,7 +308,7 @@ def test_manager_set_labels_before_versions_registers_the_model():
 @pytest.mark.parametrize("call", ["resolve", "handle", "statuses"])
 def test_manager_unknown_model_is_not_found(call: str):
     m = Manager(Loads())
-    m.set_aspired_versions("m", paths(1))
+    aspire(m, "m", paths(1))
     err = status_error(lambda: getattr(m, call)("other"))
     assert (err.code, err.message) == (Code.NOT_FOUND,
                                        "Servable not found for request: Latest(other)")
@@ -312,7 +317,7 @@ def test_manager_unknown_model_is_not_found(call: str):
 def test_manager_unknown_version_is_not_found():
     """resolve() passes an explicit version through; handle() and statuses() check it."""
     m = Manager(Loads())
-    m.set_aspired_versions("m", paths(1))
+    aspire(m, "m", paths(1))
     assert m.resolve("m", version=9) == 9
     err = status_error(lambda: m.handle("m", version=9))
     assert (err.code, err.message) == (Code.NOT_FOUND,
@@ -328,7 +333,7 @@ def test_manager_failed_load_is_end_with_internal_error():
     loads.error = lambda v: (RuntimeError(f"bad version {v}\ntraceback noise") if v == 1
                              else StatusError(Code.FAILED_PRECONDITION, "no serve graph"))
     m = Manager(loads, max_load_retries=0)
-    m.set_aspired_versions("m", paths(1, 2))
+    aspire(m, "m", paths(1, 2))
     s = {vs.version: vs for vs in m.statuses("m")}
     assert (s[1].state, s[1].error, s[1].failures, s[1].servable) == (
         END, (Code.INTERNAL, "load failed: bad version 1"), 1, None)
@@ -343,9 +348,9 @@ def test_manager_failed_new_version_keeps_the_old_one_serving():
     unloads the version that serves; the failed one shows END with its error."""
     loads = Loads(failures={("m", 2): float("inf")})
     m = Manager(loads, max_load_retries=0)
-    m.set_aspired_versions("m", paths(1))
-    m.set_aspired_versions("m", paths(2))
-    m.set_aspired_versions("m", paths(2))  # later polls change nothing
+    aspire(m, "m", paths(1))
+    aspire(m, "m", paths(2))
+    aspire(m, "m", paths(2))  # later polls change nothing
     assert loads.log == [("load", "m", 1), ("load", "m", 2)]
     assert states(m) == {2: END, 1: AVAILABLE}
     assert m.handle("m").version == 1
@@ -355,9 +360,9 @@ def test_manager_failed_new_version_keeps_the_old_one_serving():
 def test_manager_unloads_the_old_version_once_a_later_one_loads():
     loads = Loads(failures={("m", 2): float("inf")})
     m = Manager(loads, max_load_retries=0)
-    m.set_aspired_versions("m", paths(1))
-    m.set_aspired_versions("m", paths(2))
-    m.set_aspired_versions("m", paths(3))
+    aspire(m, "m", paths(1))
+    aspire(m, "m", paths(2))
+    aspire(m, "m", paths(3))
     assert states(m) == {3: AVAILABLE, 2: END, 1: END}
     assert loads.log[-1] == ("close", "m", 1)
 
@@ -367,16 +372,16 @@ def test_manager_keeps_only_the_newest_unaspired_version_while_none_aspired_serv
     newest leave even while the aspired one is not AVAILABLE."""
     loads = Loads(failures={("m", 3): float("inf")})
     m = Manager(loads, max_load_retries=0)
-    m.set_aspired_versions("m", paths(1, 2))
-    m.set_aspired_versions("m", paths(3))
+    aspire(m, "m", paths(1, 2))
+    aspire(m, "m", paths(3))
     assert states(m) == {3: END, 2: AVAILABLE, 1: END}
 
 
 def test_manager_nothing_aspired_unloads_everything():
     loads = Loads()
     m = Manager(loads)
-    m.set_aspired_versions("m", paths(1, 2))
-    m.set_aspired_versions("m", {})
+    aspire(m, "m", paths(1, 2))
+    aspire(m, "m", {})
     assert states(m) == {2: END, 1: END}
 
 
@@ -386,7 +391,7 @@ def test_manager_retries_a_failed_load_up_to_max_load_retries():
     loads = Loads(failures={("m", 1): float("inf")})
     m = Manager(loads, max_load_retries=2, retry_interval=0)
     for _ in range(6):
-        m.set_aspired_versions("m", paths(1))
+        aspire(m, "m", paths(1))
     assert loads.attempts("m", 1) == 3
     [vs] = m.statuses("m")
     assert (vs.state, vs.failures, vs.error[0]) == (END, 3, Code.INTERNAL)
@@ -395,9 +400,9 @@ def test_manager_retries_a_failed_load_up_to_max_load_retries():
 def test_manager_retry_that_succeeds_clears_the_error():
     loads = Loads(failures={("m", 1): 1})
     m = Manager(loads, max_load_retries=5, retry_interval=0)
-    m.set_aspired_versions("m", paths(1))
+    aspire(m, "m", paths(1))
     assert states(m) == {1: END}
-    m.set_aspired_versions("m", paths(1))
+    aspire(m, "m", paths(1))
     [vs] = m.statuses("m")
     assert (vs.state, vs.error, vs.failures) == (AVAILABLE, None, 1)
     assert m.handle("m").version == 1
@@ -407,12 +412,12 @@ def test_manager_retry_that_succeeds_clears_the_error():
 def test_manager_waits_retry_interval_between_attempts():
     loads = Loads(failures={("m", 1): float("inf")})
     m = Manager(loads, max_load_retries=5, retry_interval=0.05)
-    m.set_aspired_versions("m", paths(1))
-    m.set_aspired_versions("m", paths(1))  # too soon: no new attempt
+    aspire(m, "m", paths(1))
+    aspire(m, "m", paths(1))  # too soon: no new attempt
     assert loads.attempts("m", 1) == 1
     retry_at = m.statuses("m")[0].retry_at
     wait_until(lambda: time.monotonic() >= retry_at, timeout=2)
-    m.set_aspired_versions("m", paths(1))
+    aspire(m, "m", paths(1))
     assert loads.attempts("m", 1) == 2
 
 
@@ -420,18 +425,19 @@ def test_manager_no_retries_with_max_load_retries_zero():
     loads = Loads(failures={("m", 1): 1})
     m = Manager(loads, max_load_retries=0, retry_interval=0)
     for _ in range(3):
-        m.set_aspired_versions("m", paths(1))
+        aspire(m, "m", paths(1))
     assert loads.attempts("m", 1) == 1 and states(m) == {1: END}
 
 
 def test_manager_retain_models_unloads_and_forgets_the_others():
     loads = Loads()
     m = Manager(loads)
-    m.set_aspired_versions("a", paths(1))
-    m.set_aspired_versions("b", paths(1, 2))
+    aspire(m, "a", paths(1))
+    aspire(m, "b", paths(1, 2))
     b_servables = [m.handle("b", version=v) for v in (1, 2)]
     m.retain_models({"a"})
     assert m.model_names() == ["a"]
+    assert m.wait_idle(5)  # the unloads run on the unload thread
     assert all(s.closed for s in b_servables)
     assert ("close", "a", 1) not in loads.log and not m.handle("a").closed
     err = status_error(lambda: m.handle("b"))
@@ -441,8 +447,8 @@ def test_manager_retain_models_unloads_and_forgets_the_others():
 
 def test_manager_unload_all_closes_everything_but_keeps_the_models():
     m = Manager(Loads())
-    m.set_aspired_versions("a", paths(1))
-    m.set_aspired_versions("b", paths(1, 2))
+    aspire(m, "a", paths(1))
+    aspire(m, "b", paths(1, 2))
     servables = [m.handle("a"), m.handle("b", version=1), m.handle("b", version=2)]
     m.unload_all()
     assert all(s.closed for s in servables)
@@ -450,6 +456,72 @@ def test_manager_unload_all_closes_everything_but_keeps_the_models():
     assert states(m, "a") == {1: END} and states(m, "b") == {2: END, 1: END}
     assert all(vs.servable is None for vs in m.statuses("b"))
     assert status_error(lambda: m.handle("a")).code is Code.NOT_FOUND
+
+
+class Held:
+    """``during_load`` that holds the loads of the listed models until released."""
+
+    def __init__(self, *names: str):
+        self.names, self.entered, self.release = set(names), threading.Event(), threading.Event()
+
+    def __call__(self, name: str, version: int) -> None:
+        if name in self.names:
+            self.entered.set()
+            assert self.release.wait(10)
+
+
+def test_manager_loads_on_a_loader_thread_in_order():
+    """set_aspired_versions (a poll, a reload) only records: it returns while the load
+    runs; with the default one loader thread, loads run one after another in order."""
+    held = Held("a")
+    loads = Loads(during_load=held)
+    m = Manager(loads)
+    try:
+        m.set_aspired_versions("a", paths(1))
+        m.set_aspired_versions("b", paths(1))
+        assert held.entered.wait(5)
+        assert states(m, "a") == {1: LOADING} and states(m, "b") == {1: LOADING}
+        time.sleep(0.05)
+        assert loads.log == [("load", "a", 1)]  # b waits its turn
+    finally:
+        held.release.set()
+    assert m.wait_idle(5)
+    assert loads.log == [("load", "a", 1), ("load", "b", 1)]
+    assert states(m, "a") == {1: AVAILABLE} and states(m, "b") == {1: AVAILABLE}
+
+
+def test_manager_num_load_threads_loads_models_side_by_side():
+    held = Held("a")
+    loads = Loads(during_load=held)
+    m = Manager(loads, num_load_threads=2)
+    try:
+        m.set_aspired_versions("a", paths(1))
+        assert held.entered.wait(5)
+        m.set_aspired_versions("b", paths(1))
+        wait_until(lambda: states(m, "b") == {1: AVAILABLE})
+        assert states(m, "a") == {1: LOADING}
+    finally:
+        held.release.set()
+    assert m.wait_idle(5) and states(m, "a") == {1: AVAILABLE}
+
+
+def test_manager_load_timeout_fails_the_load_and_drops_what_it_made():
+    held = Held("a")
+    loads = Loads(during_load=held)
+    m = Manager(loads, max_load_retries=0, load_timeout=0.2)
+    try:
+        m.set_aspired_versions("a", paths(1))
+        wait_until(lambda: states(m, "a") == {1: END})
+        [vs] = m.statuses("a")
+        assert vs.error == (Code.DEADLINE_EXCEEDED, "load failed: not loaded within "
+                            "--load_timeout_seconds=0.2; abandoned")
+        assert vs.abandon.is_set()  # the loader's cue to stop where it can
+        m.set_aspired_versions("b", paths(1))  # the loader thread is free again
+        wait_until(lambda: states(m, "b") == {1: AVAILABLE})
+    finally:
+        held.release.set()
+    wait_until(lambda: ("close", "a", 1) in loads.log)  # finished late: dropped
+    assert states(m, "a") == {1: END} and m.statuses("a")[0].servable is None
 
 
 # -- batching: merge and split -----------------------------------------------------------

@@ -88,13 +88,22 @@ class _Workers:
 
     def __init__(self, count: int, name: str):
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._pending = 0  # jobs submitted and not finished
+        self._idle = threading.Condition()
         self._threads = [threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True)
                          for i in range(max(1, count))]
         for t in self._threads:
             t.start()
 
     def submit(self, job: Callable[[], None]) -> None:
+        with self._idle:
+            self._pending += 1
         self._jobs.put(job)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """True once every job submitted so far has finished (False on timeout)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -102,6 +111,9 @@ class _Workers:
                 job()
             except Exception:  # a job's failure must not end the thread
                 log.exception("load/unload job failed")
+            with self._idle:
+                self._pending -= 1
+                self._idle.notify_all()
             # Hold nothing while idle: a servable a finished job still referenced would
             # otherwise be freed (its TF session closed) whenever this thread next wakes,
             # at worst while the interpreter shuts down, which TensorFlow aborts on.
@@ -256,6 +268,17 @@ class Manager:
         return None, (Code.DEADLINE_EXCEEDED,
                       f"load failed: not loaded within --load_timeout_seconds="
                       f"{self._load_timeout:g}; abandoned")
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """True once every load and unload asked for so far has finished (a load may ask
+        for unloads, so both are checked until neither has work)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            if not (self._loaders.wait_idle(left) and self._unloaders.wait_idle(left)):
+                return False
+            if self._loaders.wait_idle(0) and self._unloaders.wait_idle(0):
+                return True
 
     def wait_loaded(self, names: set[str], timeout: float | None = None) -> None:
         """Until no version of these models is LOADING (each became AVAILABLE or failed):
