@@ -280,3 +280,30 @@ def test_parser_options_and_runtimes_derive_from_the_flag_table():
     assert flags.format_flag("enable_batching", True) == "--enable_batching=true"
     assert flags.format_flag("file_system_poll_wait_seconds", 1.0) == \
         "--file_system_poll_wait_seconds=1"
+
+
+# -- version directory names -------------------------------------------------------------
+@pytest.mark.parametrize("name, version", [
+    ("1", 1), ("007", 7), ("+3", 3), (" 12 ", 12), ("0", 0), ("-2", -2),
+    ("9223372036854775807", (1 << 63) - 1), ("-9223372036854775808", -(1 << 63)),
+    ("9223372036854775808", None), ("99999999999999999999", None), ("²", None),
+    ("١٢", None), ("１", None), ("1a", None), ("0x1", None), ("", None), ("+", None),
+    ("1.0", None), (".staging-3", None)])
+def test_parse_version_reads_names_as_tensorflow_model_server(name, version):
+    """ASCII digits with an optional sign and ASCII spaces, within int64: what
+    tensorflow_model_server's file-system source reads; str.isdigit() digits are not."""
+    from tfdeploy.tfs.versions import parse_version
+
+    assert parse_version(name) == version
+
+
+def test_scan_versions_reports_names_that_look_like_versions(tmp_path):
+    from tfdeploy.tfs.versions import numeric_dirs, scan_versions
+
+    for name in ("1", "01", "3", "²", "99999999999999999999", ".staging-4", "tmp"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "5").write_text("a file, not a version directory")
+    found, ignored = scan_versions(tmp_path)
+    assert found == {1: tmp_path / "1", 3: tmp_path / "3"}  # "1" sorts after "01"
+    assert sorted(name for name, _ in ignored) == ["01", "99999999999999999999", "²"]
+    assert numeric_dirs(tmp_path) == found
