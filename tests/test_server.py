@@ -364,7 +364,9 @@ def test_model_config_file_policies_labels_and_reload(demo_base, tmp_path):
         resp = model_service_pb2_grpc.ModelServiceStub(
             grpc.insecure_channel(srv.grpc_target)).HandleReloadConfigRequest(reload, 120)
         assert resp.status.error_code == 0, resp.status.error_message
-        assert srv.status() == {1: "AVAILABLE", 2: "AVAILABLE", 3: "AVAILABLE"}
+        # as tensorflow_model_server, the reload waits for models it adds, not for new
+        # versions of models it keeps: version 2 comes up on the loader thread
+        srv.wait_for(lambda s: s == {1: "AVAILABLE", 2: "AVAILABLE", 3: "AVAILABLE"})
         assert srv.status("other") == {}
         # editing the file is picked up by polling: back to one model, latest version only
         config.write_text(f'model_config_list {{ config {{ name: "deeplab" '
