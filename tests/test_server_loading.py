@@ -255,3 +255,26 @@ def test_refused_config_file_is_logged_once_per_change(hp2, tmp_path):
         assert srv.status("hp2") == {1: "AVAILABLE"}
     finally:
         assert srv.stop() == 0
+
+
+def test_sigterm_while_a_version_loads_exits_cleanly(hp2, gated, tmp_path):
+    """SIGTERM while a new version's load is held (its warmup waits for a gate that never
+    opens): the server still drains, stops and exits 0, the version that served having
+    served until then; the load, which TensorFlow cannot interrupt, is abandoned."""
+    gate = tmp_path / "gate-never-opens"
+    base = tmp_path / "m"
+    base.mkdir()
+    put_version(base, 1, hp2)
+    srv = ServerProcess("--model_name=m", f"--model_base_path={base}",
+                        "--file_system_poll_wait_seconds=0.1", log_dir=tmp_path)
+    try:
+        srv.wait_available(1, model="m")
+        slow_version(gated, tmp_path / "staging", gate)
+        (tmp_path / "staging").rename(base / "2")
+        srv.wait_for(lambda s: s == {1: "AVAILABLE", 2: "LOADING"}, model="m", timeout=60)
+        time.sleep(2.0)  # let the load reach its warmup record, inside TensorFlow
+        code, body = http("POST", f"{srv.rest}/v1/models/m:predict", {"instances": [[3.0]]})
+        assert (code, body) == (200, {"predictions": [[3.5]]})
+    finally:
+        assert srv.stop(timeout=60) == 0, srv.log()[-3000:]
+    assert "stopped" in srv.log()

@@ -125,6 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     log.info("shutting down: draining in-flight requests")
     server.stop()
     log.info("stopped")
+    if server.manager.loads_running():
+        # A load TensorFlow cannot interrupt is still running on a daemon thread: the
+        # interpreter's shutdown would kill that thread inside TensorFlow, which aborts
+        # the process.  Everything is closed and flushed; leave without it.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

@@ -105,6 +105,9 @@ class _Workers:
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
+    def busy(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
             try:
@@ -144,6 +147,7 @@ class Manager:
         self._lock = threading.RLock()  # the state tables; never held during a load
         self._changed = threading.Condition(self._lock)  # notified on every state change
         self._loaders = _Workers(num_load_threads, "loader")
+        self._load_threads: set[threading.Thread] = set()  # loads with a timeout of their own
         self._unloaders = _Workers(num_unload_threads, "unloader")
 
     # -- the Source side -----------------------------------------------------------------
@@ -256,6 +260,7 @@ class Manager:
             work()
             return result[0]
         worker = threading.Thread(target=work, name=f"load-{name}-{vs.version}", daemon=True)
+        self._load_threads.add(worker)
         worker.start()
         worker.join(self._load_timeout)
         with self._lock:
@@ -378,6 +383,12 @@ class Manager:
                 return [model.versions[number]]
             return [model.versions[v] for v in sorted(model.versions, reverse=True)]
 
+    def loads_running(self) -> bool:
+        """True while TensorFlow still works on a load (one abandoned, or one that was in
+        progress at shutdown): the process must then end without the interpreter's
+        shutdown, which would stop that thread inside TensorFlow and abort."""
+        return self._loaders.busy() or any(t.is_alive() for t in self._load_threads)
+
     def unload_all(self) -> None:
         """At shutdown: abandon loads (queued ones never start), let the worker threads
         end, close every servable on this thread."""
@@ -393,5 +404,7 @@ class Manager:
             self._changed.notify_all()
         self._loaders.stop()
         self._unloaders.stop()
+        for thread in list(self._load_threads):
+            thread.join(0.1)
         for servable in servables:
             servable.close()
