@@ -15,7 +15,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from tfdeploy.serving.servable import SavedModelLoader, Servable
+from tfdeploy.serving.servable import PlatformLoader, SavedModelLoader, Servable
 from tfdeploy.serving.tflite import TfliteLoader
 from tfdeploy.tfs import tensors
 from tfdeploy.tfs.names import SERVE_TAG
@@ -45,18 +45,23 @@ class Loader:
 
     def load(self) -> Servable:
         """The platform's loader, then batching and warmup: the version as it will serve."""
-        if self.prefer_tflite and (self.path / TFLITE_FILE).is_file():
-            # the TFLite model alone: no SavedModel needed beside it (tflite.py says why)
-            servable = TfliteLoader(self.name, self.version, self.path).load()
-        else:
-            servable = SavedModelLoader(self.name, self.version, self.path, self.tags).load()
-            if self.batching is not None:
-                from tfdeploy.serving.batching import make_batchers
+        platform = self.platform_loader()
+        servable = platform.load()
+        if isinstance(platform, SavedModelLoader) and self.batching is not None:
+            from tfdeploy.serving.batching import make_batchers
 
-                servable.batchers = make_batchers(servable, self.batching, self.metrics)
+            servable.batchers = make_batchers(servable, self.batching, self.metrics)
         if self.warmup:
             self._replay_warmup(servable)
         return servable
+
+    def platform_loader(self) -> PlatformLoader:
+        """The loader of the platform this version is served on: its ``model.tflite``
+        alone with --prefer_tflite_model (no SavedModel needed beside it; tflite.py says
+        why), else its SavedModel.  Batching applies to SavedModels only."""
+        if self.prefer_tflite and (self.path / TFLITE_FILE).is_file():
+            return TfliteLoader(self.name, self.version, self.path)
+        return SavedModelLoader(self.name, self.version, self.path, self.tags)
 
     def _replay_warmup(self, servable: Servable) -> None:
         """Run the recorded requests so tracing and allocation happen before traffic."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import tensorflow as tf
@@ -156,6 +157,18 @@ class Servable:
                 session.close()
             except Exception:  # interpreter shutdown: nothing left to free
                 pass
+
+
+class PlatformLoader(Protocol):
+    """What each platform's loader is (``SavedModelLoader``, ``tflite.TfliteLoader``):
+    made for one version, asked once to ``load()`` it, on a loader thread; what it
+    returns is a ``Servable``, whatever the platform, so the request path has one type."""
+
+    name: str
+    version: int
+    path: Path
+
+    def load(self) -> Servable: ...
 
 
 class SavedModelLoader:
