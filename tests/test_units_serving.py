@@ -240,7 +240,8 @@ def test_manager_serves_latest_of_several_and_explicit_versions():
     assert m.handle("m", version=1).version == 1
     assert m.resolve("m") == 3 and m.resolve("m", version=2) == 2
     aspire(m, "m", paths(2, 3, 4))
-    assert loads.log[3:] == [("load", "m", 4), ("close", "m", 1)]
+    # 1 may leave at once (2 and 3, aspired, serve), on the unload thread while 4 loads
+    assert sorted(loads.log[3:]) == [("close", "m", 1), ("load", "m", 4)]
     assert states(m) == {4: AVAILABLE, 3: AVAILABLE, 2: AVAILABLE, 1: END}
     assert [vs.version for vs in m.statuses("m")] == [4, 3, 2, 1]  # newest first
 

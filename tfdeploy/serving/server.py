@@ -61,6 +61,15 @@ class _Announced:
         self.announce(servable)
         return servable
 
+    @property
+    def abandon(self):
+        """The wrapped Loader's cue to stop (the Manager sets it: --load_timeout_seconds)."""
+        return self.loader.abandon
+
+    @abandon.setter
+    def abandon(self, event) -> None:
+        self.loader.abandon = event
+
 
 def validate_config(config) -> dict[str, tuple[Path, object]]:
     """``{name: (base_path, version_policy)}`` of a ModelServerConfig, or a StatusError with
