@@ -105,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name in ignored:
         log.warning("flag --%s is not implemented by tfdeploy-model-server; ignored", name)
+    from tfdeploy.serving.memory import use_system_allocator
     from tfdeploy.tfimport import quiet_import_tensorflow
 
+    use_system_allocator()            # before TensorFlow starts: see serving/memory.py
     quiet_import_tensorflow()
     from tfdeploy.serving.server import ModelServer
     from tfdeploy.tfs.codes import StatusError

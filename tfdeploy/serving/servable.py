@@ -31,6 +31,7 @@ from typing import Protocol
 import numpy as np
 import tensorflow as tf
 
+from tfdeploy.serving import memory
 from tfdeploy.tfs import tensors
 from tfdeploy.tfs.codes import Code, StatusError, tf_error_message
 from tfdeploy.tfs.names import DEFAULT_SIGNATURE, SERVE_TAG
@@ -134,7 +135,8 @@ class Servable:
         names = tuple(sorted(feeds))
         fn = self._callable(names, tuple(fetches), timeout_ms)
         try:
-            return fn(*(feeds[n] for n in names))
+            with memory.running():    # the last run in flight gives free memory back
+                return fn(*(feeds[n] for n in names))
         except tf.errors.OpError as exc:
             raise StatusError(Code.from_number(exc.error_code),
                               tf_error_message(exc)) from None
