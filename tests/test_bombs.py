@@ -49,7 +49,8 @@ def test_header_size_of_odd_inputs():
 
 
 def test_parse_max_pixels():
-    assert parse_max_pixels("4096x4096") == DEFAULT_MAX_PIXELS == 4096 * 4096
+    assert parse_max_pixels("2048x2048") == DEFAULT_MAX_PIXELS == 2048 * 2048
+    assert parse_max_pixels("4096x4096") == 4096 * 4096
     assert parse_max_pixels("1000") == 1000 and parse_max_pixels(7) == 7
     for bad in ("3x", "axb", "0", "1x2x3", "-5"):
         with pytest.raises(ValueError):
@@ -91,7 +92,7 @@ def test_limit_is_enforced_by_the_served_graph(limited):
 
 
 def test_bomb_under_the_default_limit_costs_no_memory(demo_base, tmp_path):
-    """The demo model (default 4096x4096 limit): an 8000x8000 PNG bomb is refused, and
+    """The demo model (default 2048x2048 limit): an 8000x8000 PNG bomb is refused, and
     the server's memory does not grow by the 192 MB it would decode to."""
     srv = ServerProcess("--model_name=deeplab", f"--model_base_path={demo_base}",
                         log_dir=tmp_path)
@@ -106,7 +107,7 @@ def test_bomb_under_the_default_limit_costs_no_memory(demo_base, tmp_path):
             with pytest.raises(ClientError) as info:
                 pool.predict_png("deeplab", data)
             assert info.value.code == "INVALID_ARGUMENT"
-            assert "limit of 4096x4096" in info.value.message
+            assert "limit of 2048x2048" in info.value.message
         growth = process.memory_info().rss - before
         assert growth < 100 << 20, f"server grew by {growth >> 20} MB"
         # and it still serves

@@ -121,13 +121,18 @@ class ModelConfig:
         path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
 
 
-#: Default pixel limit per image (height x width): 4096x4096.
-DEFAULT_MAX_SIDE = 4096
+#: Default pixel limit per image (height x width): 2048x2048, from the measured cost of
+#: an image in the embedded server (bench/pixels.py: peak RSS above idle ~= 111 MB + 267
+#: B x pixels for the demo export, 68 MB + 165 B x pixels for resnet_v2_50 OS16): about
+#: 1.2 GB and a few seconds of CPU for the largest image, where 4096x4096 cost ~4.6 GB.
+#: Larger photographs are downscaled by the client (``tfdeploy predict --max-side``) or
+#: need an export with a larger ``--max-pixels``.
+DEFAULT_MAX_SIDE = 2048
 DEFAULT_MAX_PIXELS = DEFAULT_MAX_SIDE * DEFAULT_MAX_SIDE
 
 
 def parse_max_pixels(text: str | int) -> int:
-    """``4096x4096`` or ``16777216`` -> a pixel count; ValueError otherwise."""
+    """``2048x2048`` or ``4194304`` -> a pixel count; ValueError otherwise."""
     if isinstance(text, int):
         value = text
     else:
