@@ -13,7 +13,7 @@ answer.  Last, a least-squares fit ``peak - idle ~= a + b x pixels`` per model: 
 the README's "Under faults" formula and the export's default pixel limit come from.
 
 ``--env NAME=VALUE`` sets a variable in the servers' environment (to compare allocator
-settings, e.g. ``--env TFDEPLOY_MALLOC=glibc``).
+settings, e.g. ``--env TF_ONEDNN_USE_SYSTEM_ALLOCATOR=0`` for oneDNN's own pool).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -286,3 +287,43 @@ def test_memory_stays_near_the_body_size(tmp_path):
     growth, shape = int(out[0]), tuple(map(int, out[1:]))
     assert shape == (900_000, 3) and size > 45e6
     assert growth < 4 * size, (size, growth)
+
+
+#: Bodies of ~8 MB (twice COST_SLACK) made of one repeated item: (item, refused?).
+COSTLY = {
+    "empty objects": (b"{}", True),
+    "short strings": (b'"ab"', True),
+    "tiny b64": (b'{"b64": "AA=="}', True),
+    "rows": (b'{"x": 1.5}', True),
+    "nested": (b'[[[["a"]]]]', True),
+    "short numbers in objects": (b'{"x": [1.5, 2]}', True),
+    "b64 images": (b'{"b64": "' + b"QUJD" * 1024 + b'"}', False),
+    "long strings": (b'"' + b"x" * 200 + b'"', False),
+    "braces in strings": (b'"' + b'{}, [1], \\"{' * 20 + b'\\\\"', False),
+    "empty lists": (b"[]", False),
+    "numbers": (b"[0.25, 1.5, 3.125]", False),
+}
+
+
+@pytest.mark.parametrize("kind", COSTLY)
+def test_no_body_costs_more_than_twice_its_size(kind):
+    """Tiny values cost 15-40x their text as Python objects: such a body is refused from
+    one scan, before any of it is built; the others parse within ~2x."""
+    item, refused = COSTLY[kind]
+    raw = b'{"instances": [' + b", ".join([item] * (8_000_000 // (len(item) + 2))) + b"]}"
+    tracemalloc.start()
+    try:
+        value = parse_body(raw)
+        outcome = "parsed"
+    except BodyError as exc:
+        value, outcome = None, str(exc)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    if refused:
+        assert outcome.startswith("JSON body too costly to parse: "), outcome
+        assert peak < 16 << 20, peak  # the scan's temporaries: a constant, not the body's
+    else:
+        assert outcome == "parsed" and len(value["instances"]) > 1000
+        assert same(as_lists(value), json.loads(raw))
+    assert peak < 2 * len(raw) + (4 << 20), (peak, len(raw))
+

@@ -4,13 +4,18 @@ Python's json makes a float object (24 bytes) plus a list slot per number, so a 
 numeric body cost 4.3 GB of RSS and stalled the server; and a deeply nested body makes it
 raise RecursionError (a 500) instead of a clean 400.  ``parse_body`` therefore:
 
-1. scans the body once (vectorised, outside strings) for its nesting depth and refuses more
-   than ``max_depth`` levels before any recursive parser sees it;
-2. finds bracketed regions of at least ``THRESHOLD`` bytes that hold only numbers, checks
-   their syntax and shape with numpy (per 1 MB chunk, so temporaries stay small) and parses
-   the numbers with ``np.fromstring`` into one preallocated array;
-3. hands the rest of the body (each region replaced by a placeholder string) to
-   ``json.loads`` and puts the arrays where the placeholders were.
+1. scans the body once (vectorised, a chunk at a time, no Python object per token) for
+   which bytes are inside strings, its nesting depth (more than ``max_depth`` levels are
+   refused before any recursive parser sees them) and the runs of numeric characters;
+2. finds bracketed regions of at least ``THRESHOLD`` bytes in those runs that hold only
+   numbers, checks their syntax and shape with numpy (per chunk, so temporaries stay
+   small) and parses the numbers with ``np.fromstring`` into one preallocated array;
+3. estimates from the same counts what the rest (each region replaced by a placeholder
+   string) would cost as Python objects, and refuses it when that is more than
+   ``COST_RATIO`` x the body plus ``COST_SLACK``: tiny values (``[{}, {}, ...]``,
+   ``["ab", ...]``) cost 15-40x their text, so a 30 MB body grew the server by 0.9 GB
+   before its 400;
+4. hands that rest to ``json.loads`` and puts the arrays where the placeholders were.
 
 The result equals ``json.loads(raw)`` once arrays are turned back into lists, with these
 documented differences: a region is float64 when any of its numbers has '.', 'e' or 'E',
@@ -26,21 +31,21 @@ tensorflow_serving/util/json_tensor.cc), with json's reasons.
 
 from __future__ import annotations
 
-import bisect
 import json
 import re
 import secrets
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 THRESHOLD = 4096          # regions smaller than this go through json: no gain below it
-_CHUNK = 1 << 20          # bytes per vectorised step; bounds the temporaries
+COST_RATIO = 2.0          # the parsed value may cost this many times the body ...
+COST_SLACK = 4 << 20      # ... plus this (small bodies are never refused for it)
+_CHUNK = 1 << 18          # bytes per vectorised step; bounds the temporaries
+_SCAN_CHUNK = 1 << 18     # the same for _scan, whose temporaries are ~30 bytes per byte
 
 _JSON_WS = b" \t\n\r"
-# A string, or an unterminated one up to the end; a trailing lone backslash included.
-_STRING = re.compile(rb'"[^"\\]*(?:\\[\s\S]?[^"\\]*)*(?:"|\Z)')
-_RUN = re.compile(rb"[\[\]0-9.eE+\-, \t\n\r]{%d,}" % THRESHOLD)
 _SEPARATOR = re.compile(rb"[\[\], \t\n\r]")
 _LEADING_OPENS = re.compile(rb"\[*")
 
@@ -61,6 +66,7 @@ def _lut(pairs: dict[bytes, int], dtype=np.uint8) -> np.ndarray:
 
 
 _DEPTH_STEP = _lut({b"[{": 1, b"]}": -1}, np.int8)
+_RUN_CHAR = _lut({b"[]0123456789.eE+-, \t\n\r": 1}).view(bool)
 # Character classes inside a region: 0 whitespace, 1 '[', 2 ']', 3 ',', 4 '0', 5 '1'-'9',
 # 6 '.', 7 'e'/'E', 8 '+', 9 '-'.  Classes >= 4 make up numbers.
 _WS, _OPEN, _CLOSE, _COMMA, _ZERO, _DIGIT, _DOT, _EXP, _PLUS, _MINUS = range(10)
@@ -114,11 +120,8 @@ def parse_body(raw: bytes, *, max_depth: int = 64, arrays: bool = True) -> Any:
                             f"at offset: {exc.start}") from None
     if not raw.strip(_JSON_WS):
         raise BodyError(f"JSON Parse error: The document is empty. at offset: {len(raw)}")
-    starts, ends = _strings(raw)
-    offsets, steps = _brackets(raw, starts, ends)
-    _check_depth(steps, max_depth)
-    big = arrays and len(raw) >= THRESHOLD
-    regions = _regions(raw, starts, ends, offsets, steps) if big else []
+    scan = _scan(raw, max_depth, runs=arrays and len(raw) >= THRESHOLD)
+    regions = [group for lo, hi in scan.runs for group in _groups(raw, lo, hi)]
     arrays, pieces, shifts, at = [], [], [], 0
     nonce = secrets.token_hex(16)
     while nonce.encode() in raw:      # never in practice; keeps placeholders unique
@@ -130,7 +133,7 @@ def parse_body(raw: bytes, *, max_depth: int = 64, arrays: bool = True) -> Any:
         try:
             array = _parse_region(raw, lo, hi)
         except _Mixed:                # like [1, [2, 3]]: json gets it, its parts maybe not
-            todo += _groups(lo + 1, hi - 1, offsets, steps)[::-1]
+            todo += _groups(raw, lo + 1, hi - 1)[::-1]
             continue
         if array is None:             # a syntax error or huge integers: json decides
             continue
@@ -142,6 +145,9 @@ def parse_body(raw: bytes, *, max_depth: int = 64, arrays: bool = True) -> Any:
         at = hi
     skeleton = raw if not arrays else b"".join([*pieces, raw[at:]])
     del pieces
+    if arrays:                        # what json.loads will see: the body less its arrays
+        scan = _scan(skeleton, max_depth, runs=False)
+    _check_cost(scan, len(raw))
     value = _loads(skeleton, shifts)
     return _fill(value, arrays, nonce) if arrays else value
 
@@ -181,85 +187,136 @@ def _fill(value: Any, arrays: list[np.ndarray], nonce: str) -> Any:
 
 
 # -- structure ---------------------------------------------------------------------------
-def _strings(raw: bytes) -> tuple[list[int], list[int]]:
-    """Start and end (exclusive) offsets of every string, in order."""
-    starts, ends = [], []
-    for match in _STRING.finditer(raw):
-        starts.append(match.start())
-        ends.append(match.end())
-    return starts, ends
+@dataclass
+class _Scan:
+    """What one pass over a body found, outside strings unless said: the counts the cost
+    estimate needs, and the runs of numeric characters of THRESHOLD bytes or more."""
+
+    objects: int = 0
+    lists: int = 0
+    commas: int = 0
+    colons: int = 0
+    numbers: int = 0
+    strings: int = 0
+    string_bytes: int = 0             # inside strings, escapes as written
+    width: int = 1                    # bytes per character of the text json.loads decodes
+    runs: list[tuple[int, int]] = field(default_factory=list)
 
 
-def _steps(raw: bytes, lo: int, hi: int, table: np.ndarray):
-    """(offsets, steps) of the bytes in raw[lo:hi] that ``table`` maps to +1/-1, a chunk at
-    a time."""
+def _scan(raw: bytes, max_depth: int, runs: bool) -> _Scan:
+    """One vectorised pass, a _SCAN_CHUNK at a time (temporaries of a few times _CHUNK, never
+    of the body's size, and no Python object per token): which bytes are inside strings
+    (a quote after an even run of backslashes opens or closes one), the nesting depth
+    (refused past ``max_depth`` before any recursive parser sees it), the counts of
+    ``_Scan`` and, when ``runs``, the numeric runs outside strings."""
     view = np.frombuffer(raw, np.uint8)
-    for at in range(lo, hi, _CHUNK):
-        step = table[view[at:min(at + _CHUNK, hi)]]
-        where = np.flatnonzero(step)
-        if where.size:
-            yield where.astype(np.int64 if hi > 2**31 - 1 else np.int32) + at, step[where]
-
-
-def _outside(offsets: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Mask of the offsets that are not inside a string."""
-    if not starts.size:
-        return np.ones(offsets.shape, bool)
-    k = np.searchsorted(starts, offsets, "right") - 1
-    return ~((k >= 0) & (offsets < ends[np.maximum(k, 0)]))
-
-
-def _brackets(raw: bytes, starts: list[int], ends: list[int]) -> tuple[np.ndarray, ...]:
-    """Offsets of the brackets and braces outside strings, and +1 (open) or -1 (close)."""
-    starts_, ends_ = np.asarray(starts, np.int64), np.asarray(ends, np.int64)
-    offsets, steps = [], []
-    for where, step in _steps(raw, 0, len(raw), _DEPTH_STEP):
-        keep = _outside(where, starts_, ends_)
-        offsets.append(where[keep])
-        steps.append(step[keep])
-    if not offsets:
-        return np.zeros(0, np.int64), np.zeros(0, np.int8)
-    return np.concatenate(offsets), np.concatenate(steps)
-
-
-def _check_depth(steps: np.ndarray, max_depth: int) -> None:
-    """Refuse nesting deeper than ``max_depth`` (no recursion, whatever the depth)."""
-    if steps.size and np.cumsum(steps, dtype=np.int64).max() > max_depth:
-        raise BodyError(f"JSON nesting deeper than {max_depth} levels")
-
-
-def _regions(raw: bytes, starts: list[int], ends: list[int], offsets: np.ndarray,
-             steps: np.ndarray) -> list[tuple[int, int]]:
-    """(start, end) of the outermost balanced ``[...]`` of numeric characters that are
-    at least THRESHOLD bytes long, outside strings."""
-    found = []
-    for run in _RUN.finditer(raw):
-        lo, hi = run.span()
-        k = bisect.bisect_right(starts, lo) - 1
-        if k >= 0 and lo < ends[k]:   # a run never holds '"': all in or all out
-            continue
-        found += _groups(lo, hi, offsets, steps)
+    found = _Scan()
+    in_string, backslashes, depth, run_start = False, 0, 0, -1
+    top = 0
+    for at in range(0, len(raw), _SCAN_CHUNK):
+        chunk = view[at:at + _SCAN_CHUNK]
+        n = chunk.size
+        index = np.arange(n, dtype=np.int32)
+        # the run of backslashes just before each byte (carried over from the last chunk)
+        last = np.where(chunk == 92, -1, index)
+        np.maximum.accumulate(last, out=last)
+        before = np.empty(n, np.int32)
+        before[0] = backslashes
+        before[1:] = index[:-1] - last[:-1] + np.where(last[:-1] < 0, backslashes, 0)
+        quote = (chunk == 34) & ((before & 1) == 0)
+        backslashes = n - 1 - int(last[-1]) + (backslashes if last[-1] < 0 else 0)
+        del last, before, index
+        inside = (np.cumsum(quote, dtype=np.int32) & 1).astype(bool)
+        if in_string:
+            np.logical_not(inside, out=inside)
+        in_string = bool(inside[-1])  # an opening quote is inside, a closing one outside
+        opening = quote & inside
+        found.strings += int(np.count_nonzero(opening))
+        found.string_bytes += int(np.count_nonzero(inside)) - int(np.count_nonzero(opening))
+        del quote, opening
+        outside = ~inside
+        del inside
+        counts = np.bincount(chunk[outside], minlength=256)
+        found.objects += int(counts[ord("{")])
+        found.lists += int(counts[ord("[")])
+        found.commas += int(counts[ord(",")])
+        found.colons += int(counts[ord(":")])
+        top = max(top, int(chunk.max()))
+        cls = _CLASS[chunk]
+        starts = ((cls == _DIGIT) | (cls == _ZERO) | (cls == _MINUS)) & outside
+        starts[1:] &= cls[:-1] < _ZERO                      # not a number's later digit
+        found.numbers += int(np.count_nonzero(starts))
+        del starts
+        steps = _DEPTH_STEP[chunk]
+        steps[~outside] = 0
+        if steps.any():
+            level = np.cumsum(steps, dtype=np.int32) + depth
+            if level.max() > max_depth:
+                raise BodyError(f"JSON nesting deeper than {max_depth} levels")
+            depth = int(level[-1])
+        if runs:                      # numeric characters, outside strings
+            numeric = (_RUN_CHAR[chunk] & outside).view(np.int8)
+            edges = np.flatnonzero(np.diff(numeric, prepend=np.int8(0), append=np.int8(0)))
+            ends = edges[1::2]
+            keep = (ends - edges[::2] >= THRESHOLD) | (edges[::2] == 0) | (ends == n)
+            spans = list(zip(edges[::2][keep].tolist(), ends[keep].tolist(), strict=True))
+            del edges, ends, keep
+            if run_start >= 0:        # a run that began in an earlier chunk
+                if spans and spans[0][0] == 0:
+                    spans[0] = (run_start - at, spans[0][1])
+                else:
+                    spans.insert(0, (run_start - at, 0))
+                run_start = -1
+            if spans and spans[-1][1] == n and at + n < len(raw):
+                run_start = at + spans.pop()[0]     # goes on in the next chunk
+            found.runs += [(at + lo, at + hi) for lo, hi in spans if hi - lo >= THRESHOLD]
+    found.width = 4 if top >= 0xF0 else 2 if top >= 0xC4 else 1
     return found
 
 
-def _groups(lo: int, hi: int, offsets: np.ndarray, steps: np.ndarray
-            ) -> list[tuple[int, int]]:
+#: What the value json.loads builds costs, per token (CPython, 64-bit): a list slot for
+#: every value, a list, a small dict (keys are shared: json memoises them; a dict entry
+#: beyond the first few), a str's header, a float.
+_SLOT, _LIST, _DICT, _ENTRY, _STR, _FLOAT = 8, 56, 184, 40, 49, 24
+
+
+def _check_cost(scan: _Scan, size: int) -> None:
+    """Refuse a body whose parsed value would take more than ``COST_RATIO`` x its size
+    (plus ``COST_SLACK``), before json.loads builds any of it: tiny objects, strings and
+    numbers (``[{}, {}, ...]``, ``["ab", "ab", ...]``) cost 20-40x their text as Python
+    objects.  Numbers in big arrays are not counted: they become numpy arrays (~1x)."""
+    values = scan.commas + scan.lists + scan.objects
+    cost = (values * _SLOT + scan.lists * _LIST + scan.objects * _DICT
+            + scan.colons * _ENTRY + (scan.strings - scan.colons) * _STR
+            + scan.string_bytes * scan.width + scan.numbers * (_FLOAT + _SLOT))
+    if cost > COST_RATIO * size + COST_SLACK:
+        raise BodyError(
+            f"JSON body too costly to parse: its {values} values would take about "
+            f"{cost >> 20} MB in memory for a {size / (1 << 20):.1f} MB body (at most "
+            f"{COST_RATIO:g}x its size plus {COST_SLACK >> 20} MB); send numbers as arrays "
+            "and binary data as fewer, larger b64 values")
+
+
+def _groups(raw: bytes, lo: int, hi: int) -> list[tuple[int, int]]:
     """The top-level balanced bracket groups of THRESHOLD bytes or more in raw[lo:hi], a
-    run with no string or brace in it, given the body's bracket ``offsets`` and ``steps``.
+    run with no string or brace in it (so every bracket in it counts).
 
     An open bracket at depth m (before it) starts a top-level group when the depth comes
     back to m later in the run (its close is in the run) and no enclosing open of the run
     is closed in the run: the suffix minimum of the depth is m, or no open of the run
     encloses it (the prefix minimum is m)."""
-    first, last = np.searchsorted(offsets, [lo, hi])
-    if first == last:
+    if _one_group(raw, lo, hi):
+        first = raw.index(b"[", lo, hi)
+        last = raw.rindex(b"]", lo, hi) + 1
+        return [(first, last)] if last - first >= THRESHOLD else []
+    step = _DEPTH_STEP[np.frombuffer(raw, np.uint8, hi - lo, lo)]
+    offsets = np.flatnonzero(step)
+    if not offsets.size:
         return []
-    offsets, steps = offsets[first:last], steps[first:last]
+    steps = step[offsets]
+    offsets += lo
+    del step
     depth = np.cumsum(steps, dtype=np.int32)
-    if steps[0] > 0 and depth[-1] == 0 and depth[:-1].min(initial=1) > 0:
-        if offsets[-1] + 1 - offsets[0] < THRESHOLD:
-            return []
-        return [(int(offsets[0]), int(offsets[-1]) + 1)]     # the usual case: one array
     opens = steps > 0
     level = depth - 1
     suffix_min = np.minimum.accumulate(depth[::-1])[::-1]
@@ -273,6 +330,27 @@ def _groups(lo: int, hi: int, offsets: np.ndarray, steps: np.ndarray
         lasts = closes[np.searchsorted(closes, firsts)]
         groups += zip(offsets[firsts].tolist(), (offsets[lasts] + 1).tolist(), strict=True)
     return sorted((a, b) for a, b in groups if b - a >= THRESHOLD)
+
+
+def _one_group(raw: bytes, lo: int, hi: int) -> bool:
+    """Whether the brackets of raw[lo:hi] make one balanced group (the usual case: one
+    array), checked a chunk at a time with no offsets kept."""
+    view = np.frombuffer(raw, np.uint8)
+    depth, first, closed = 0, True, False
+    for at in range(lo, hi, _CHUNK):
+        steps = _DEPTH_STEP[view[at:min(at + _CHUNK, hi)]]
+        steps = steps[steps != 0]
+        if not steps.size:
+            continue
+        if closed or (first and steps[0] < 0):
+            return False          # something after the group closed, or a close first
+        first = False
+        level = np.cumsum(steps, dtype=np.int32) + depth
+        zeros = np.flatnonzero(level <= 0)
+        if zeros.size and (zeros[0] != level.size - 1 or level[-1] < 0):
+            return False
+        closed, depth = bool(zeros.size), int(level[-1])
+    return closed and not first
 
 
 # -- numeric regions ---------------------------------------------------------------------
@@ -334,17 +412,20 @@ def _parse_region(raw: bytes, lo: int, hi: int) -> np.ndarray | None:
                                      | start].tobytes())
     tokens = b"".join(stream)
     del stream
-    symbols = _STREAM_CLASS[np.frombuffer(tokens, np.uint8)]
-    if not _STREAM_OK[symbols[:-1] * 4 + symbols[1:]].all():
-        return None
+    token_view = np.frombuffer(tokens, np.uint8)
+    for at in range(0, len(tokens), _CHUNK):  # a chunk at a time: small temporaries
+        symbols = _STREAM_CLASS[token_view[at:at + _CHUNK + 1]]
+        if not _STREAM_OK[symbols[:-1] * 4 + symbols[1:]].all():
+            return None
     shape = _shape(tokens)
     if shape is None or not _matches(memoryview(tokens), shape):
+        symbols = _STREAM_CLASS[token_view]
         depth = np.cumsum(np.choose(symbols, [1, -1, 0, 0]).astype(np.int8), dtype=np.int64)
         if np.unique(depth[symbols == 3]).size > 1:
             raise _Mixed
         raise BodyError(f"JSON array at offset {lo}: lists of unequal length "
                         "(ragged tensor)")
-    del symbols
+    del symbols, token_view
     dtype = np.float64 if is_float else np.int64
     out = np.empty(sum(counts), dtype)
     filled = 0
