@@ -14,6 +14,11 @@ the README's "Under faults" formula and the export's default pixel limit come fr
 
 ``--env NAME=VALUE`` sets a variable in the servers' environment (to compare allocator
 settings, e.g. ``--env TF_ONEDNN_USE_SYSTEM_ALLOCATOR=0`` for oneDNN's own pool).
+
+``--ab SIZE`` instead times the allocator choice: two servers of each model, one with
+malloc (``TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1``, the server's default) and one with oneDNN's
+pool (``=0``), answer SIZE x SIZE images in turn (``--requests`` each, after one
+untimed); printed: each one's median seconds and their ratio (goal: malloc / pool <= 1.05).
 """
 
 from __future__ import annotations
@@ -105,9 +110,7 @@ def png_of(size: int) -> bytes:
 
 def measure(base: Path, work: Path, sizes: list[int]) -> tuple[int, list[tuple]]:
     import grpc
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
-    from tfdeploy.tfs.tensors import to_proto
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     srv = ServerProcess("--model_name=deeplab", f"--model_base_path={base}", log_dir=work)
     rows = []
@@ -119,11 +122,7 @@ def measure(base: Path, work: Path, sizes: list[int]) -> tuple[int, list[tuple]]
         time.sleep(1)
         idle = rss(pid)
         for size in sizes:
-            req = predict_pb2.PredictRequest()
-            req.model_spec.name = "deeplab"
-            req.inputs["image_bytes"].CopyFrom(
-                to_proto(np.array([png_of(size)], dtype=object)))
-            req.output_filter.append("mask_png")
+            req = request_of(size)
             reset_peak(pid)
             sampler = PeakSampler(pid)
             start = time.perf_counter()
@@ -137,11 +136,57 @@ def measure(base: Path, work: Path, sizes: list[int]) -> tuple[int, list[tuple]]
         srv.stop()
 
 
+def request_of(size: int):
+    from tensorflow_serving.apis import predict_pb2
+
+    from tfdeploy.tfs.tensors import to_proto
+
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = "deeplab"
+    req.inputs["image_bytes"].CopyFrom(to_proto(np.array([png_of(size)], dtype=object)))
+    req.output_filter.append("mask_png")
+    return req
+
+
+def allocator_ab(base: Path, work: Path, size: int, requests: int) -> tuple[float, float]:
+    """Median seconds per request with malloc and with oneDNN's pool, served in turn."""
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    servers = []
+    try:
+        for value in ("1", "0"):
+            os.environ["TF_ONEDNN_USE_SYSTEM_ALLOCATOR"] = value
+            servers.append(ServerProcess("--model_name=deeplab",
+                                         f"--model_base_path={base}", log_dir=work))
+        stubs = []
+        for srv in servers:
+            srv.wait_available(1)
+            stubs.append(prediction_service_pb2_grpc.PredictionServiceStub(
+                grpc.insecure_channel(srv.grpc_target)))
+        req = request_of(size)
+        times: list[list[float]] = [[], []]
+        for i in range(requests + 1):
+            for k, stub in enumerate(stubs):
+                start = time.perf_counter()
+                stub.Predict(req, 600)
+                if i:
+                    times[k].append(time.perf_counter() - start)
+        return float(np.median(times[0])), float(np.median(times[1]))
+    finally:
+        os.environ.pop("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", None)
+        for srv in servers:
+            srv.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="demo,resnet50")
     ap.add_argument("--sizes", default="256,512,1024,2048")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    ap.add_argument("--ab", type=int, default=0, metavar="SIZE",
+                    help="time malloc against oneDNN's pool at SIZE x SIZE instead")
+    ap.add_argument("--requests", type=int, default=8, help="timed requests (--ab)")
     args = ap.parse_args()
     print(f"CPU: {cpu_name()} ({os.cpu_count()} cores)", flush=True)
     for item in args.env:
@@ -152,6 +197,12 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     work = Path(tempfile.mkdtemp(prefix="tfdeploy-bench-pixels-"))
     bases = export_models(work, args.models.split(","))
+    if args.ab:
+        for name, base in bases.items():
+            malloc, pool = allocator_ab(base, work, args.ab, args.requests)
+            print(f"{name} {args.ab}x{args.ab}: malloc {malloc:.3f} s, oneDNN pool "
+                  f"{pool:.3f} s, malloc / pool {malloc / pool:.2f} (goal <= 1.05)")
+        return
     for name, base in bases.items():
         idle, rows = measure(base, work, sizes)
         print(f"\n{name}: idle RSS {idle / MB:.0f} MB")

@@ -18,7 +18,7 @@ bench/pixels.py (demo export, 1024x1024 then 2048x2048, RSS kept 1 s after the a
 2. glibc keeps what was freed in its arenas: ``malloc_trim(0)`` hands every free page of
    every arena back (glibc 2.8+ releases pages inside the heaps too, not only at their
    tops): 41 MB kept.  It runs when the last graph run in flight ends (``running``), so
-   a busy server does not pay for it, and a trim with nothing to give back is cheap.
+   a busy server does not pay for it, on a thread of its own, so no answer waits for it.
    Where the C library has no ``malloc_trim`` (musl, macOS) it does nothing.
 """
 
@@ -34,6 +34,8 @@ from collections.abc import Iterator
 _lock = threading.Lock()
 _in_flight = 0
 _trim = None
+_idle = threading.Event()             # set when the last run in flight ended
+_trimmer: threading.Thread | None = None
 
 
 def _malloc_trim():
@@ -61,17 +63,28 @@ def release_memory() -> bool:
     return bool(trim(0)) if trim else False
 
 
+def _trim_when_idle() -> None:
+    while True:
+        _idle.wait()
+        _idle.clear()
+        release_memory()
+
+
 @contextlib.contextmanager
 def running() -> Iterator[None]:
-    """Around one graph run: when the last run in flight ends, ``release_memory``."""
-    global _in_flight
+    """Around one graph run: when the last run in flight ends, ``release_memory`` on the
+    trimming thread (started on first use)."""
+    global _in_flight, _trimmer
     with _lock:
         _in_flight += 1
+        if _trimmer is None and _malloc_trim() is not None:
+            _trimmer = threading.Thread(target=_trim_when_idle, name="malloc-trim",
+                                        daemon=True)
+            _trimmer.start()
     try:
         yield
     finally:
         with _lock:
             _in_flight -= 1
-            last = _in_flight == 0
-        if last:
-            release_memory()
+            if _in_flight == 0:
+                _idle.set()
