@@ -19,7 +19,7 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME, GRPC_PORT, REST_PORT
 if TYPE_CHECKING:
     from tfdeploy.runtime.manage import Server
 
-__all__ = ["bench", "export", "inspect", "logs", "manifest", "serve", "servers", "stop"]
+__all__ = ["bench", "export", "inspect", "logs", "manifest", "serve", "servers", "stop", "ui"]
 
 Progress = Callable[[str], None]
 
@@ -175,3 +175,24 @@ def bench(client, images=None, *, concurrency=(1,), request_rates=(), **options)
     inputs = bench_lib.load_inputs(items or [str(DEMO_IMAGES)])
     return bench_lib.run(client.predictor(), inputs, concurrency=concurrency,
                          request_rates=request_rates, **options)
+
+
+def ui(server: str | None = None, name: str | None = None, *, model: str | None = None,
+       host: str = "127.0.0.1", port: int = 0, classes: str = "auto",
+       max_upload_mb: float = 32, open_browser: bool = False,
+       ready: Callable[[str], None] | None = None) -> None:
+    """Serve the ``tfdeploy ui`` page until interrupted (Ctrl-C): pick or drop images,
+    see their masks, compare two versions or labels.
+
+    The page talks to one TF Serving REST endpoint: ``server`` (``host:port``, ours or
+    tensorflow_model_server), else the server ``tfdeploy serve`` started called ``name``,
+    else the only one running, else ``localhost:8501``.  ``model`` defaults to the
+    server's model(s).  The page listens on ``host``:``port`` (0: a free port) and
+    ``ready(url)`` is called once it does.  ``classes``: ``auto`` (from the served export
+    when known), ``voc``, ``demo`` or comma-separated names.  Uploads larger than
+    ``max_upload_mb`` are refused; none is written to disk.
+    """
+    from tfdeploy.webui.server import run
+
+    run(server, name, model=model, host=host, port=port, classes=classes,
+        max_upload_mb=max_upload_mb, open_browser=open_browser, ready=ready)

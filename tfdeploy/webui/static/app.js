@@ -1,0 +1,244 @@
+// tfdeploy ui: the page's behaviour.  Plain JavaScript, no build step, no dependencies.
+// Every request goes to this page's own app (/api/...), which proxies the model server.
+"use strict";
+
+const $ = (sel, el = document) => el.querySelector(sel);
+const state = { files: [], run: 0, classes: [] };
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+// JSON from the app; throws an Error whose message is the app's plain-words error.
+async function api(path, options) {
+  let resp;
+  try {
+    resp = await fetch(path, options);
+  } catch (e) {
+    throw new Error("This page lost its connection to tfdeploy ui (is it still running?)");
+  }
+  let body = null;
+  try { body = await resp.json(); } catch (e) { /* not JSON */ }
+  if (!resp.ok) {
+    throw new Error((body && body.error) || `tfdeploy ui answered HTTP ${resp.status}`);
+  }
+  return body;
+}
+
+function showBanner(message) {
+  const banner = $("#error");
+  banner.textContent = message || "";
+  banner.hidden = !message;
+}
+
+const pct = (x) => (100 * x).toFixed(x > 0.9999 && x < 1 ? 3 : 2) + "%";
+const png = (b64) => "data:image/png;base64," + b64;
+const model = () => $("#model").value.trim();
+const comparing = () => $("#compare").checked;
+
+function fillSelect(select, options, value) {
+  select.replaceChildren(...options.map(([v, text]) => el("option", { value: v, text })));
+  if (value !== undefined && options.some(([v]) => v === value)) select.value = value;
+}
+
+async function loadStatus() {
+  const name = model();
+  if (!name) { showBanner("Choose a model."); return; }
+  let status;
+  try {
+    status = await api(`/api/status?model=${encodeURIComponent(name)}`);
+  } catch (e) {
+    showBanner(e.message);
+    $("#versions").textContent = "";
+    return;
+  }
+  showBanner("");
+  const available = status.versions.filter((v) => v.state === "AVAILABLE")
+    .map((v) => String(v.version));
+  const options = [["", "latest"]];
+  for (const v of status.versions) {
+    options.push([String(v.version), `version ${v.version}` +
+      (v.state === "AVAILABLE" ? "" : ` (${v.state.toLowerCase()})`)]);
+  }
+  for (const [label, version] of Object.entries(status.labels)) {
+    options.push([label, `label ${label} → ${version}`]);
+  }
+  const keepSelect = $("#select").value;
+  fillSelect($("#select"), options, keepSelect);
+  // compare defaults: the two newest available versions, older as A
+  const b = available[available.length - 1] || "";
+  const a = available.length > 1 ? available[available.length - 2] : b;
+  fillSelect($("#compare-a"), options, $("#compare-a").value || a);
+  fillSelect($("#compare-b"), options, $("#compare-b").value || b);
+  $("#versions").textContent = "versions: " + (status.versions.map(
+    (v) => `${v.version} ${v.state}`).join(", ") || "none") +
+    (Object.keys(status.labels).length ? " · labels: " + Object.entries(status.labels)
+      .map(([l, v]) => `${l}→${v}`).join(", ") : "");
+}
+
+function legendTable(classes, title = "class") {
+  const table = el("table", { class: "legend" },
+    el("tr", {}, el("th", { text: title }), el("th", { text: "share of pixels" })));
+  for (const c of classes) {
+    table.append(el("tr", { "data-class": c.index },
+      el("td", {}, el("span", { class: "swatch", style: `background:${c.color}` }),
+         `${c.index} ${c.name}`),
+      el("td", { class: "num", text: pct(c.share) })));
+  }
+  return table;
+}
+
+function overlayFigure(url, result, caption, which) {
+  const overlay = el("img", { class: "overlay" + (which ? " " + which : ""),
+                              src: png(result.overlay_png), alt: `mask over ${caption}` });
+  const stack = el("div", { class: "stack" },
+    el("img", { class: "under", src: url, alt: "" }), overlay);
+  return el("figure", {}, stack, el("figcaption", { text: caption }));
+}
+
+function opacityRow(card) {
+  const slider = el("input", { type: "range", class: "opacity", min: "0", max: "100",
+                               value: "60", "aria-label": "mask opacity" });
+  const apply = () => card.querySelectorAll("img.overlay")
+    .forEach((img) => { img.style.opacity = slider.value / 100; });
+  slider.addEventListener("input", apply);
+  apply();
+  return el("label", { class: "opacity-row" }, "mask opacity", slider);
+}
+
+function renderSingle(card, url, r) {
+  const views = el("div", { class: "views" },
+    el("figure", {}, el("img", { class: "original", src: url, alt: "original" }),
+       el("figcaption", { text: `original ${r.width}×${r.height}` })),
+    overlayFigure(url, r, "mask over the image"),
+    el("figure", {}, el("img", { class: "mask", src: png(r.mask_png), alt: "mask" }),
+       el("figcaption", { text: "mask" })));
+  card.append(views);
+  card.append(opacityRow(card));
+  card.append(el("p", { class: "meta" }, `${r.model}, ${r.used} · `,
+                 el("span", { class: "latency", text: `${r.latency_ms} ms` })));
+  card.append(legendTable(r.classes));
+}
+
+function renderCompare(card, url, r) {
+  const views = el("div", { class: "views" },
+    overlayFigure(url, r.a, `A: ${r.a.used}`, "a"),
+    overlayFigure(url, r.b, `B: ${r.b.used}`, "b"),
+    el("figure", {}, el("img", { class: "diff", src: png(r.diff_png), alt: "difference" }),
+       el("figcaption", { text: "difference (B's class where A and B disagree)" })));
+  card.append(views);
+  card.append(opacityRow(card));
+  card.append(el("p", { class: "agreement", "data-agreement": String(r.agreement),
+                        text: `pixel agreement ${pct(r.agreement)} · mean IoU ` +
+                              r.mean_iou.toFixed(3) }));
+  const iou = el("table", { class: "iou" }, el("tr", {},
+    el("th", { text: "class" }), el("th", { text: "IoU" }),
+    el("th", { text: "pixels A" }), el("th", { text: "pixels B" })));
+  for (const c of r.iou) {
+    iou.append(el("tr", { "data-class": c.index },
+      el("td", {}, el("span", { class: "swatch", style: `background:${c.color}` }),
+         `${c.index} ${c.name}`),
+      el("td", { class: "num", text: c.iou.toFixed(3) }),
+      el("td", { class: "num", text: String(c.pixels_a) }),
+      el("td", { class: "num", text: String(c.pixels_b) })));
+  }
+  card.append(iou);
+  card.append(el("p", { class: "meta" }, `${r.a.model} · `, el("span", {
+    class: "latency", text: `A ${r.a.latency_ms} ms · B ${r.b.latency_ms} ms` })));
+  card.append(legendTable(r.b.classes, "class in B"));
+}
+
+async function runOne(file, run) {
+  const card = el("article", { class: "result pending" }, el("h2", { text: file.name }));
+  $("#results").append(card);
+  const name = encodeURIComponent(model());
+  const path = comparing()
+    ? `/api/compare?model=${name}&a=${encodeURIComponent($("#compare-a").value)}` +
+      `&b=${encodeURIComponent($("#compare-b").value)}`
+    : `/api/predict?model=${name}&select=${encodeURIComponent($("#select").value)}`;
+  try {
+    const r = await api(path, { method: "POST", body: file,
+                               headers: { "Content-Type": "application/octet-stream" } });
+    if (run !== state.run) return;
+    const url = URL.createObjectURL(file);
+    (comparing() ? renderCompare : renderSingle)(card, url, r);
+    card.classList.add("done");
+  } catch (e) {
+    card.append(el("p", { class: "error", text: e.message }));
+    card.classList.add("failed");
+  } finally {
+    card.classList.remove("pending");
+  }
+}
+
+async function runAll() {
+  const run = ++state.run;
+  $("#results").replaceChildren();
+  // one at a time: the order on the page is the order picked, and a small server
+  // is not flooded by a folder of photographs
+  for (const file of state.files) {
+    if (run !== state.run) return;
+    await runOne(file, run);
+  }
+}
+
+function setFiles(files) {
+  state.files = Array.from(files).filter((f) => f.size !== undefined);
+  if (state.files.length) runAll();
+}
+
+async function init() {
+  let info;
+  try {
+    info = await api("/api/info");
+  } catch (e) {
+    showBanner(e.message);
+    return;
+  }
+  $("#server").textContent = info.server;
+  $("#models").replaceChildren(...info.models.map((m) => el("option", { value: m })));
+  $("#model").value = info.model;
+  await loadStatus();
+}
+
+$("#model").addEventListener("change", async () => { await loadStatus(); runAll(); });
+$("#select").addEventListener("change", runAll);
+$("#compare-a").addEventListener("change", runAll);
+$("#compare-b").addEventListener("change", runAll);
+$("#compare").addEventListener("change", () => {
+  document.body.classList.toggle("comparing", comparing());
+  runAll();
+});
+// A label typed by hand (TF Serving's status API does not list them): offered in every
+// version menu and chosen where the page is looking now.
+$("#add-label").addEventListener("change", (e) => {
+  const label = e.target.value.trim();
+  if (!label) return;
+  const targets = comparing() ? ["#compare-b"] : ["#select"];
+  for (const id of ["#select", "#compare-a", "#compare-b"]) {
+    const select = $(id);
+    if (![...select.options].some((o) => o.value === label)) {
+      select.append(el("option", { value: label, text: `label ${label}` }));
+    }
+    if (targets.includes(id)) select.value = label;
+  }
+  e.target.value = "";
+  runAll();
+});
+$("#images").addEventListener("change", (e) => setFiles(e.target.files));
+const drop = $("#drop");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault();
+  drop.classList.remove("over");
+  setFiles(e.dataTransfer.files);
+});
+init();
