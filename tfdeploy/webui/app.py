@@ -179,11 +179,14 @@ class Backend:
             number = ""
         return (f"label {label}" if label else "latest") + number
 
+    def too_large(self, size: int) -> UiError:
+        return UiError(f"Image too large: the file is {size / 2**20:.3g} MB, this page "
+                       f"takes at most {self.max_upload / 2**20:.3g} MB "
+                       "(tfdeploy ui --max-upload-mb)", 413)
+
     def decode(self, raw: bytes) -> images.LoadedImage:
         if len(raw) > self.max_upload:
-            raise UiError(f"Image too large: the file is {len(raw) / 2**20:.1f} MB, this page "
-                          f"takes at most {self.max_upload / 2**20:.0f} MB "
-                          "(tfdeploy ui --max-upload-mb)", 413)
+            raise self.too_large(len(raw))
         if not raw:
             raise UiError("The file is empty.", 400)
         try:
@@ -265,11 +268,14 @@ def create_app(backend: Backend) -> Starlette:
 
     async def _body(request: Request) -> bytes:
         """The upload, refused as soon as it passes the limit (never read whole first)."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > backend.max_upload:
+            raise backend.too_large(int(declared))
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > backend.max_upload:
-                backend.decode(b"\0" * (backend.max_upload + 1))  # raises the size error
+                raise backend.too_large(size)
             chunks.append(chunk)
         return b"".join(chunks)
 
