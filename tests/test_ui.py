@@ -258,6 +258,8 @@ def test_errors_are_shown_in_plain_words(page, ui_url, tmp_path):
     page.dispatch_event("#model", "change")
     page.wait_for_selector("#error:not([hidden])")
     assert "The server has no model 'nope'" in page.inner_text("#error")
+    # the masks of the model shown before are gone, not left under the wrong name
+    page.wait_for_function("document.querySelectorAll('.result').length == 0")
     shot(page, tmp_path, "wrong-model")
 
 
@@ -304,3 +306,33 @@ def test_ui_refuses_name_and_server_together():
                           "127.0.0.1:1"], cwd=ROOT, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode != 0 and "give --name or --server, not both" in out.stderr
+
+
+def test_labels_and_class_names_of_a_recorded_server(model_server, two_versions, tmp_path):
+    """A server `tfdeploy serve` started: its config file's labels are listed (TF
+    Serving's status API has none), and the legend's names come from its export."""
+    from tfdeploy.runtime.state import ServerRecord
+    from tfdeploy.webui.app import Backend
+    from tfdeploy.webui.server import class_names, record_labels
+
+    config = next(Path(model_server.log_path).parent.glob("models.config"))
+    record = ServerRecord(name="t", runtime="embedded", model_name="deeplab",
+                          base_path=str(two_versions), host="127.0.0.1",
+                          grpc_port=model_server.grpc_port, rest_port=model_server.rest_port,
+                          command=["python", f"--model_config_file={config}"])
+    labels = record_labels(record)
+    assert labels == {"deeplab": {"stable": 1, "canary": 2}}
+    # version 2 is the shifted demo checkpoint: 5 classes, not the demo's own checkpoint
+    assert class_names("auto", record) == []
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "1").symlink_to(two_versions / "1")  # the demo's own export
+    demo = ServerRecord(**{**record.to_json(), "base_path": str(tmp_path / "demo"),
+                           "command": []})
+    assert class_names("auto", demo) == ["background", "circle", "square", "triangle",
+                                         "star"]
+    assert record_labels(demo) == {}
+    assert class_names("a, b") == ["a", "b"] and class_names("voc")[15] == "person"
+    status = Backend(f"127.0.0.1:{model_server.rest_port}",
+                     ["deeplab"], labels=labels).status("deeplab")
+    assert status["labels"] == {"canary": 2, "stable": 1}
+    assert [v["version"] for v in status["versions"]] == [1, 2]

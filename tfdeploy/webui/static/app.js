@@ -48,16 +48,18 @@ function fillSelect(select, options, value) {
   if (value !== undefined && options.some(([v]) => v === value)) select.value = value;
 }
 
+// The model's versions (and labels, where the app knows them) into the menus; false
+// when the server cannot say (the banner then says why).
 async function loadStatus() {
   const name = model();
-  if (!name) { showBanner("Choose a model."); return; }
+  if (!name) { showBanner("Choose a model."); return false; }
   let status;
   try {
     status = await api(`/api/status?model=${encodeURIComponent(name)}`);
   } catch (e) {
     showBanner(e.message);
     $("#versions").textContent = "";
-    return;
+    return false;
   }
   showBanner("");
   const available = status.versions.filter((v) => v.state === "AVAILABLE")
@@ -81,6 +83,7 @@ async function loadStatus() {
     (v) => `${v.version} ${v.state}`).join(", ") || "none") +
     (Object.keys(status.labels).length ? " · labels: " + Object.entries(status.labels)
       .map(([l, v]) => `${l}→${v}`).join(", ") : "");
+  return true;
 }
 
 function legendTable(classes, title = "class") {
@@ -208,7 +211,14 @@ async function init() {
   await loadStatus();
 }
 
-$("#model").addEventListener("change", async () => { await loadStatus(); runAll(); });
+$("#model").addEventListener("change", async () => {
+  if (await loadStatus()) {
+    runAll();
+  } else {  // masks of the model shown before would now be mislabelled
+    state.run++;
+    $("#results").replaceChildren();
+  }
+});
 $("#select").addEventListener("change", runAll);
 $("#compare-a").addEventListener("change", runAll);
 $("#compare-b").addEventListener("change", runAll);
