@@ -8,7 +8,7 @@ DEMO_BASE := models/deeplab
 
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: demo test venv lint clean docker-images
+.PHONY: demo test venv lint clean docker-images chromium
 
 # Editable install: pyproject's package-dir makes it a plain path entry in a .pth file, no
 # import hook (client start-up time), and no deprecated compat mode for setuptools to warn.
@@ -44,7 +44,19 @@ $(KSERVE_STAMP):
 	@($(PYTHON) -m venv .venv-kserve && .venv-kserve/bin/pip install -q kserve pyyaml \
 	  && touch $(KSERVE_STAMP)) || echo "KServe SDK unavailable: its test will be skipped"
 
-test: $(STAMP) docker-images $(KSERVE_STAMP)
+# Debian's headless Chromium for the `tfdeploy ui` browser tests (Playwright drives it;
+# its own browser download needs the network).  Installed when missing and apt-get can;
+# without it those tests are skipped, saying why.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "==> installing chromium for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      chromium chromium-driver >/dev/null || echo "chromium could not be installed"; \
+	  else echo "no chromium (apt-get install chromium chromium-driver): browser tests will be skipped"; fi; \
+	fi
+
+test: $(STAMP) docker-images $(KSERVE_STAMP) chromium
 	$(PY) -m ruff check tfdeploy tests bench checkpoints tools
 	$(PY) -m pytest -q
 

@@ -78,3 +78,25 @@ def test_installed_wheel_runs_export_serve_predict_bench(installed, tmp_path):
         assert report["images"] >= 4 and report["levels"][0]["errors"] == 0
     finally:
         _run([tfd, "stop", "--all"], work, env)
+
+
+def test_installed_wheel_serves_the_ui_page(installed, tmp_path):
+    """The page is package data: an installed wheel serves it (no model server needed)."""
+    import re
+    import urllib.request
+
+    venv, env = installed
+    proc = subprocess.Popen([venv / "bin" / "tfdeploy", "ui", "--server", "127.0.0.1:9",
+                             "--port", "0"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        assert url, line + proc.stdout.read()
+        for path, needle in (("", b'id="images"'), ("static/app.js", b"/api/predict"),
+                             ("static/style.css", b".result")):
+            with urllib.request.urlopen(url.group(0) + path, timeout=30) as resp:
+                assert resp.status == 200 and needle in resp.read(), path
+    finally:
+        proc.terminate()
+        proc.wait(30)
