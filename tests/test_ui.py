@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, export_json
+from conftest import ROOT, export_json, run_cli
 from PIL import Image
-from servers import ServerProcess, free_port
+from servers import ServerProcess, free_port, http
 
 from tfdeploy.client.compare import compare_masks
 from tfdeploy.client.predict import Client
@@ -336,3 +336,34 @@ def test_labels_and_class_names_of_a_recorded_server(model_server, two_versions,
                      ["deeplab"], labels=labels).status("deeplab")
     assert status["labels"] == {"canary": 2, "stable": 1}
     assert [v["version"] for v in status["versions"]] == [1, 2]
+
+
+def test_ui_by_name_lists_the_recorded_servers_labels(page, two_versions, tmp_path):
+    """`tfdeploy ui --name` finds the server `tfdeploy serve` started, and the page's
+    menus offer the labels of its model config file."""
+    config = tmp_path / "models.config"
+    config.write_text(f"""model_config_list {{ config {{
+      name: "deeplab" base_path: "{two_versions}" model_platform: "tensorflow"
+      model_version_policy {{ all {{}} }}
+      version_labels {{ key: "stable" value: 1 }}
+    }} }}""")
+    run_cli("serve", "--runtime", "embedded", "--name", "ui-by-name", "--grpc-port", "0",
+            "--rest-port", "0", "--model-config-file", str(config), "--timeout", "300",
+            "--", "--allow_version_labels_for_unavailable_models")
+    proc = None
+    try:
+        proc, url = start_ui("--name", "ui-by-name")
+        code, info = http("GET", url + "api/info")
+        assert code == 200 and info["models"] == ["deeplab"]
+        open_page(page, url)
+        options = page.eval_on_selector_all("#select option", "os => os.map(o => o.value)")
+        assert options == ["", "1", "2", "stable"]
+        page.select_option("#select", "stable")
+        page.set_input_files("#images", str(demo_images()[0]))
+        wait_results(page, 1)
+        assert "label stable (version 1)" in page.inner_text(".result .meta")
+        shot(page, tmp_path, "by-name")
+    finally:
+        if proc is not None:
+            stop(proc)
+        run_cli("stop", "ui-by-name", check=False)

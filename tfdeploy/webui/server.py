@@ -20,7 +20,8 @@ VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "
                "pottedplant", "sheep", "sofa", "train", "tvmonitor")
 
 
-def class_names(spec: str, record: ServerRecord | None = None) -> list[str]:
+def class_names(spec: str, record: ServerRecord | None = None,
+                model: str | None = None) -> list[str]:
     """``voc``, ``demo``, or names separated by commas, in class index order.  ``auto``:
     what the served export says when the server is one ``tfdeploy serve`` started here
     (the demo checkpoint's names, or VOC's for a 21-class model), else none (the page
@@ -37,7 +38,7 @@ def class_names(spec: str, record: ServerRecord | None = None) -> list[str]:
         if not all(names):
             raise UserError(f"--classes {spec!r}: an empty class name", param="classes")
         return names
-    meta = _export_metadata(record)
+    meta = _export_metadata(_base_path(record, model))
     classes = meta.get("config", {}).get("num_classes") if meta else None
     if classes == len(DEMO_CLASSES) and "demo" in str(meta.get("checkpoint", "")):
         return list(DEMO_CLASSES)
@@ -46,11 +47,24 @@ def class_names(spec: str, record: ServerRecord | None = None) -> list[str]:
     return []
 
 
-def _export_metadata(record: ServerRecord | None) -> dict:
-    """The newest version's export metadata under the record's base path, if readable."""
-    if record is None or not record.base_path:
+def _base_path(record: ServerRecord | None, model: str | None) -> str:
+    """Where the recorded server reads ``model`` (its first model by default): the
+    record's base path, or the model config file's entry for it."""
+    if record is None:
+        return ""
+    if record.base_path:
+        return record.base_path
+    config = _config(record)
+    entries = list(config.model_config_list.config) if config is not None else []
+    chosen = [m for m in entries if m.name == model] if model else entries
+    return chosen[0].base_path if chosen else ""
+
+
+def _export_metadata(base_path: str) -> dict:
+    """The newest version's export metadata under ``base_path``, if readable."""
+    if not base_path:
         return {}
-    base = Path(record.base_path)
+    base = Path(base_path)
     try:
         newest = max(numeric_dirs(base), default=None)
         if newest is None:
@@ -60,21 +74,27 @@ def _export_metadata(record: ServerRecord | None) -> dict:
         return {}
 
 
+def _config(record: ServerRecord):
+    """The ModelServerConfig the recorded server was started with, None without one (or
+    when it cannot be read here: a docker server's path is inside its container)."""
+    path = next((arg.split("=", 1)[1] for arg in record.command
+                 if arg.startswith("--model_config_file=")), None)
+    if not path:
+        return None
+    try:
+        from tfdeploy.serving.config import model_server_config
+
+        return model_server_config(path)
+    except (UserError, ImportError):
+        return None
+
+
 def record_labels(record: ServerRecord | None) -> dict[str, dict[str, int]]:
     """model -> label -> version, from the model config file the recorded server was
     started with.  TF Serving's status API does not report labels, so this is the only
     place they can be listed from; for any other server the page lists versions only."""
-    if record is None:
-        return {}
-    path = next((arg.split("=", 1)[1] for arg in record.command
-                 if arg.startswith("--model_config_file=")), None)
-    if not path:
-        return {}
-    try:
-        from tfdeploy.serving.config import model_server_config
-
-        config = model_server_config(path)
-    except (UserError, ImportError):
+    config = _config(record) if record is not None else None
+    if config is None:
         return {}
     return {m.name: dict(m.version_labels) for m in config.model_config_list.config
             if m.version_labels}
@@ -115,7 +135,7 @@ def run(server: str | None = None, name: str | None = None, *, model: str | None
     address, record = resolve(server, name)
     models = [model] if model else (list(record.models or [record.model_name]) if record
                                     else [DEFAULT_MODEL_NAME])
-    backend = Backend(address, models, classes=class_names(classes, record),
+    backend = Backend(address, models, classes=class_names(classes, record, models[0]),
                       labels=record_labels(record), max_upload=int(max_upload_mb * 2**20))
     sock = bind(host, port)
     shown = f"[{host}]" if ":" in host else host
