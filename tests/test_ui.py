@@ -196,6 +196,29 @@ def test_page_shows_the_masks_the_api_returns(page, ui_url, model_server, tmp_pa
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
 
 
+def test_large_images_are_shown_smaller_but_segmented_whole(page, ui_url, model_server,
+                                                            tmp_path):
+    large = tmp_path / "large.png"
+    Image.open(demo_images()[2]).resize((1600, 1200), Image.BILINEAR).save(large)
+    open_page(page, ui_url)
+    page.set_input_files("#images", str(large))
+    wait_results(page, 1)
+    mask = page.query_selector(".result img.mask")
+    assert mask.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [1600, 1200]
+    assert mask.evaluate("i => i.clientWidth") < 600  # a third of a 1100 px page
+    shown = pixels(page, mask)
+    assert (shown[..., :3] == voc_colormap(256)[api_mask(model_server, large)]).all()
+    assert "original 1600×1200" in page.inner_text(".result")
+
+
+def test_the_app_never_imports_tensorflow():
+    code = ("import sys, tfdeploy.webui.app, tfdeploy.webui.server, tfdeploy.cli.ui\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_version_and_label_choice(page, ui_url, model_server, tmp_path):
     image = demo_images()[1]
     open_page(page, ui_url)
