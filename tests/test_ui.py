@@ -211,6 +211,27 @@ def test_large_images_are_shown_smaller_but_segmented_whole(page, ui_url, model_
     assert "original 1600×1200" in page.inner_text(".result")
 
 
+def test_dropped_images_are_segmented(page, ui_url, model_server, tmp_path):
+    """Drag and drop: the browser's drop event with the files, as a desktop sends it."""
+    image = demo_images()[3]
+    open_page(page, ui_url)
+    page.evaluate("""([name, b64]) => {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const data = new DataTransfer();
+        data.items.add(new File([bytes], name, { type: "image/jpeg" }));
+        const drop = document.querySelector("#drop");
+        drop.dispatchEvent(new DragEvent("dragover", { dataTransfer: data, bubbles: true,
+                                                       cancelable: true }));
+        drop.dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true,
+                                                   cancelable: true }));
+    }""", [image.name, base64.b64encode(image.read_bytes()).decode()])
+    wait_results(page, 1)
+    assert page.inner_text(".result h2") == image.name
+    shown = pixels(page, page.query_selector(".result img.mask"))
+    assert (shown[..., :3] == voc_colormap(256)[api_mask(model_server, image)]).all()
+    shot(page, tmp_path, "dropped")
+
+
 def test_the_app_never_imports_tensorflow():
     code = ("import sys, tfdeploy.webui.app, tfdeploy.webui.server, tfdeploy.cli.ui\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow'))")
