@@ -285,18 +285,24 @@ def test_compare_mode_shows_agreement_of_two_versions(page, ui_url, model_server
         assert card.query_selector("img.diff") is not None
 
 
-def test_errors_are_shown_in_plain_words(page, ui_url, tmp_path):
+def test_errors_are_shown_in_plain_words(page, ui_url, two_versions, tmp_path):
     open_page(page, ui_url)
     bad = tmp_path / "notes.jpg"
     bad.write_text("not a picture")
-    huge = tmp_path / "huge.png"  # over the export's 4096x4096 limit, a few KB as a file
-    Image.new("L", (5000, 4000)).save(huge)
+    import json
+
+    from tfdeploy.tfs.versions import METADATA_FILE
+
+    limit = json.loads((two_versions / "2" / METADATA_FILE).read_text())["max_pixels"]
+    side = int(limit ** 0.5)
+    huge = tmp_path / "huge.png"  # over the export's --max-pixels, a few KB as a file
+    Image.new("L", (side + 100, side)).save(huge)
     page.set_input_files("#images", [str(bad), str(huge)])
     wait_results(page, 2, ".result.failed .error")
     shot(page, tmp_path, "bad-files")
     errors = [e.inner_text() for e in page.query_selector_all(".result .error")]
     assert errors[0].startswith("Cannot read this file as an image: not an image")
-    assert errors[1].startswith("Image too large:") and "4096x4096" in errors[1]
+    assert errors[1].startswith("Image too large:") and f"{side}x{side}" in errors[1]
     # a model the server does not have
     page.fill("#model", "nope")
     page.dispatch_event("#model", "change")
