@@ -22,10 +22,23 @@ from tfdeploy.export.config import PRECISIONS
 FAST_CPU_FLAGS: dict[str, tuple[str, ...]] = {
     "bfloat16": ("avx512_bf16", "amx_bf16"),
     "float16": ("avx512_fp16", "amx_fp16"),
+    "int8": ("avx512_vnni", "avx_vnni", "amx_int8"),
 }
+
+#: Which servers run an int8 export: its convolutions are TensorFlow's oneDNN int8 kernels
+#: (QuantizedConv2DWithBias*AndRequantize), compiled only into TensorFlow built with oneDNN
+#: (``--config=mkl``).  TF Serving's docker/Dockerfile.mkl builds tensorflow_model_server
+#: that way; its default release build (the plain CPU and GPU images) does not.
+INT8_SERVERS = (
+    "int8 exports run on TensorFlow's oneDNN int8 kernels: served by tfdeploy-model-server "
+    "and TensorFlow on x86 Linux (oneDNN on, i.e. TF_ENABLE_ONEDNN_OPTS not 0) and by "
+    "tensorflow_model_server built with --config=mkl (the tensorflow/serving:<version>-mkl "
+    "images); the official tensorflow/serving:<version> and -gpu images are built without "
+    "them and cannot run this version")
 
 
 def check_precision(precision: str) -> str:
+    """``precision`` if tfdeploy can export it; UserError otherwise."""
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
     return precision
@@ -78,6 +91,25 @@ def fold_batch_norm(weights: Mapping[str, np.ndarray], epsilon: float) -> dict[s
                                  * scale).astype(np.float32)
         out[conv + "biases"] = (beta - mean * scale).astype(np.float32)
     return out
+
+
+# -- int8 ----------------------------------------------------------------------------------
+def float_convs(config) -> frozenset[str]:
+    """Convolutions an int8 export keeps in float32: the first (3 input channels, raw
+    pixel values: little compute, much error), the image-level pooling branch (one pixel)
+    and the logits (compared across precisions; a few channels)."""
+    return frozenset({f"{config.scope}/conv1", "DeepLab_v3/logits",
+                      "DeepLab_v3/ASPP_layer/image_level_conv_1x1"})
+
+
+def quantize_weights(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel int8 weights: ``w ~ q * max|w_c| / 127``.  Returns
+    the int8 weights and each channel's max |w| (the kernels' min/max filter ranges)."""
+    w = np.asarray(weights, np.float64)
+    wmax = np.abs(w).reshape(-1, w.shape[-1]).max(axis=0)
+    wmax = np.where(wmax > 0, wmax, 1.0)
+    q = np.clip(np.round(w / wmax * 127.0), -127, 127).astype(np.int8)
+    return q, wmax.astype(np.float32)
 
 
 # -- measured speed -----------------------------------------------------------------------
