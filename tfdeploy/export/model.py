@@ -18,6 +18,9 @@ from tfdeploy.export.layout import Unit, units, variable_shapes
 from tfdeploy.export.precision import check_precision, float_convs, quantize_weights
 from tfdeploy.export.precision import fold_batch_norm as fold
 
+#: Candidate int8 clipping ranges, as fractions of a tensor's calibrated max |value|.
+CLIP_FRACTIONS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
+
 
 def resize_bilinear(x: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
     """TF1's ``tf.image.resize_bilinear`` (no half-pixel centres), which the seed used.
@@ -70,7 +73,8 @@ class DeepLabV3(tf.Module):
                     continue
                 wq, wmax = quantize_weights(init.pop(name))
                 self._quantized[scope] = (wq, wmax, init.pop(f"{scope}/biases"))
-            # One traced graph for every signature: the int8 constants are saved once.
+            # One traced graph shared by every signature (tf.saved_model.save still
+            # writes it twice): the int8 constants are not copied per signature.
             self._int8_logits = tf.function(
                 self._logits, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
         self._index = {name: i for i, name in enumerate(init)}
@@ -176,9 +180,18 @@ class DeepLabV3(tf.Module):
 
     # -- int8 ----------------------------------------------------------------------------
     def _tap(self, name: str, x: tf.Tensor) -> tf.Tensor:
-        """Record max |x| under ``name`` while ``calibrate`` traces; x unchanged."""
+        """While ``calibrate`` traces: record max |x| and the int8 rounding error of each
+        candidate clipping range under ``name``.  x passes unchanged."""
         if self._taps is not None:
-            self._taps[name] = tf.reduce_max(tf.abs(tf.cast(x, tf.float32)))
+            a = tf.reshape(tf.cast(x, tf.float32), [-1])
+            top = tf.reduce_max(tf.abs(a))
+            levels = tf.where(tf.reduce_min(a) >= 0, 255.0, 127.0)
+            errors = []
+            for f in CLIP_FRACTIONS:
+                step = tf.maximum(top * f, 1e-12) / levels
+                q = tf.clip_by_value(tf.round(a / step), -levels, levels) * step
+                errors.append(tf.reduce_mean(tf.square(q - a)))
+            self._taps[name] = tf.stack([top, *errors])
         return x
 
     def _range(self, name: str) -> float:
@@ -255,8 +268,9 @@ class DeepLabV3(tf.Module):
         return self._dequantize(self._qconv(net, f"{s}:concat", out, False), out)
 
     def calibrate(self, images) -> dict[str, float]:
-        """Max |activation| over ``images`` (RGB arrays) at every point the int8 graph
-        quantizes: run on the float32 folded model whose weights the int8 one rounds."""
+        """The int8 range of every tensor the int8 graph quantizes, from ``images`` (RGB
+        arrays) run through this float32 folded model (whose weights the int8 one rounds):
+        per tensor, the candidate clipping range with the least rounding error."""
         if not self.folded or self.precision != "float32":
             raise ValueError("calibrate a float32 model with folded BatchNorm")
 
@@ -269,10 +283,18 @@ class DeepLabV3(tf.Module):
             finally:
                 self._taps = None
 
-        ranges: dict[str, float] = {}
+        tops: dict[str, float] = {}
+        errors: dict[str, np.ndarray] = {}
         for image in images:
             for name, value in taps(tf.constant(np.asarray(image, np.float32)[None])).items():
-                ranges[name] = max(ranges.get(name, 0.0), float(value))
+                value = value.numpy().astype(np.float64)
+                tops[name] = max(tops.get(name, 0.0), float(value[0]))
+                errors[name] = errors.get(name, 0.0) + value[1:]
+        # Per tensor, the clipping range whose int8 rounding error (mean squared, over the
+        # calibration images) is smallest: a few outliers clipped beats every other value
+        # rounded coarsely.
+        ranges = {name: tops[name] * CLIP_FRACTIONS[int(np.argmin(errors[name]))]
+                  for name in tops}
         return ranges
 
     def logits(self, images: tf.Tensor) -> tf.Tensor:
