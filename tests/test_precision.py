@@ -316,6 +316,13 @@ def test_int8_export_calibrates_on_the_probes_by_default(tmp_path, small_checkpo
     text = run_cli("export", str(small_checkpoint), "-o", str(tmp_path / "m"),
                    "--precision", "int8", "--min-agreement", "0").stdout
     assert "calibrated on 5 images" in text and "no held-out images" in text
+    # a relative --calibration path names the same files as the probes' absolute ones
+    result = export_json(str(small_checkpoint), "-o", str(tmp_path / "m"), "--precision",
+                         "int8", "--min-agreement", "0", "--calibration", "examples")
+    assert result["calibration"]["images"] == 4
+    flags = {Path(i["name"]).stem: i["calibration"] for i in result["agreement"]["images"]}
+    assert flags == {"synthetic probe": False, "scene_1": True, "scene_2": True,
+                     "scene_3": True, "scene_4": True}
 
 
 def test_bad_calibration(tmp_path, small_checkpoint):

@@ -128,11 +128,17 @@ def user_images(items: list[str | Path], what: str = "probe",
     return [(str(p), _shrink(read_image(p))) for p in paths]
 
 
+def image_key(name: str) -> str:
+    """The same image file however its path was spelled (``examples/x.jpg`` given to
+    --calibration, the absolute path probe_images lists): to tell calibration images."""
+    return str(Path(name).resolve())
+
+
 def measure(reference, exported, probes: list[tuple[str, np.ndarray]],
             calibration: frozenset[str] = frozenset()) -> Agreement:
     """Compare ``exported.logits`` (the loaded SavedModel) with ``reference.logits`` (the
     float32 checkpoint model) image by image: argmax agreement and max logit difference.
-    Images named in ``calibration`` are marked as such."""
+    Images in ``calibration`` (``image_key`` of their names) are marked as such."""
     result = Agreement()
     for name, image in probes:
         batch = tf.constant(image[None].astype(np.float32))
@@ -144,6 +150,6 @@ def measure(reference, exported, probes: list[tuple[str, np.ndarray]],
             pixel_agreement=float(np.mean(expected.argmax(-1) == got.argmax(-1))),
             max_abs_logit_diff=float(np.max(np.abs(got - expected))),
             max_abs_logit=float(np.max(np.abs(expected))),
-            calibration=name in calibration,
+            calibration=image_key(name) in calibration,
         ))
     return result

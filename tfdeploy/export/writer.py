@@ -22,7 +22,13 @@ import tensorflow as tf
 from tfdeploy.errors import ExportError, UserError
 from tfdeploy.export import checkpoint as ckpt
 from tfdeploy.export import warmup
-from tfdeploy.export.agreement import Agreement, measure, probe_images, user_images
+from tfdeploy.export.agreement import (
+    Agreement,
+    image_key,
+    measure,
+    probe_images,
+    user_images,
+)
 from tfdeploy.export.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_AGREEMENT, DEFAULT_PRECISION
 from tfdeploy.export.model import DeepLabV3
 from tfdeploy.export.precision import (
@@ -275,7 +281,7 @@ def export(
         if do_verify:
             say(f"verifying against the float32 checkpoint model on {len(probe_set)} images")
             agreement = verify(tmp, DeepLabV3(source.config, weights), precision, probe_set,
-                               min_agreement, frozenset(n for n, _ in calibration_set))
+                               min_agreement, frozenset(image_key(n) for n, _ in calibration_set))
             t = lap("verify", t)
         result = ExportResult(
             version=number, path=str(base / str(number)), checkpoint=str(source.prefix),
