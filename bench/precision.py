@@ -1,7 +1,14 @@
-"""float32 vs bfloat16 (vs float16) exports: latency in-process and through the embedded
-server (gRPC), agreement with the float32 model, and what BatchNorm folding saves.
+"""float32 vs bfloat16 (vs float16) vs int8 exports: latency in-process and through the
+embedded server (gRPC), agreement with the float32 model, what BatchNorm folding saves, and
+OpenVINO on the same weights as the outside reference (bfloat16, and int8 after NNCF
+post-training quantization).
 
     .venv/bin/python bench/precision.py [--size 513] [--requests 6] [--float16] [--small]
+                                        [--no-openvino]
+
+OpenVINO and NNCF are bench-only: ``pip install openvino nncf`` (or ``pip install
+.[bench]``); without them the OpenVINO rows are skipped with a note.  The first line names
+the CPU and its AMX/VNNI/BF16/FP16 flags: every figure below depends on them.
 
 Speed is measured on a random-weight resnet_v2_50 DeepLab-v3 (OS16, 21 classes): the
 full-size network, whose cost does not depend on its weights.  Agreement is measured on
@@ -14,14 +21,20 @@ a busy neighbour slows every model alike; ratios come from one run.
 With ``--checkpoint DIR`` agreement is also measured on that checkpoint, e.g. a
 resnet_v2_50 trained briefly by bench/train_resnet.py.
 
+int8 exports are calibrated on the demo images (examples/), so the photographs are
+held out for int8 agreement; OpenVINO's NNCF int8 is calibrated on the same images.
+
 Goals (issue 15): bfloat16 / float32 latency <= 0.6 in-process and served, with >= 99%
-pixel agreement on real photographs.  float16 is included where this CPU has native
-float16 kernels (or with --float16): on other CPUs it is slower than float32.
+pixel agreement on real photographs.  Issue 20: int8 <= 0.35x float32 on a CPU with
+VNNI and AVX512-BF16 but no AMX (<= 0.10x with AMX), bfloat16 <= 0.25x with AMX.
+float16 is included where this CPU has native float16 kernels (or with --float16): on
+other CPUs it is slower than float32.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -43,6 +56,7 @@ from skimage import data as skdata  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
 from tfdeploy.demo import DEMO_CHECKPOINT  # noqa: E402
+from tfdeploy.export.agreement import EXAMPLES_DIR  # noqa: E402
 from tfdeploy.export.checkpoint import locate, write_checkpoint  # noqa: E402
 from tfdeploy.export.config import ModelConfig  # noqa: E402
 from tfdeploy.export.model import DeepLabV3, random_weights  # noqa: E402
@@ -80,11 +94,57 @@ def photographs(folder: Path) -> Path:
     return folder
 
 
+#: The CPU flags that decide which reduced precisions run natively.
+FEATURE_FLAGS = ("amx_bf16", "amx_int8", "amx_fp16", "avx512_bf16", "avx512_vnni", "avx_vnni",
+                 "avx512_fp16")
+
+
+def cpu_line(flags: frozenset[str]) -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    have = [f for f in FEATURE_FLAGS if f in flags]
+    return (f"CPU: {model}, {os.cpu_count()} logical cores; "
+            f"{' '.join(have) if have else 'no AMX/VNNI/BF16/FP16 flags'}")
+
+
+def openvino_models(cfg: ModelConfig, weights, size: int, calibration: list[np.ndarray]):
+    """OpenVINO on the same weights, converted from the same float32 tf.function our
+    export traces: {"openvino bfloat16": compiled, "openvino int8 (NNCF)": compiled}, or
+    a note why not (not installed)."""
+    try:
+        import nncf
+        import openvino as ov
+    except ImportError as exc:
+        return f"OpenVINO rows skipped ({exc.name} not installed: pip install openvino nncf)"
+    model = DeepLabV3(cfg, weights, fold_batch_norm=True)
+    fn = tf.function(model.logits).get_concrete_function(
+        tf.TensorSpec([1, size, size, 3], tf.float32))
+    ov_model = ov.convert_model(fn)
+    core = ov.Core()
+    data = [np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR),
+                       np.float32)[None] for im in calibration]
+    quantized = nncf.quantize(ov_model, nncf.Dataset(data), subset_size=len(data))
+    return {
+        "openvino bfloat16": core.compile_model(
+            ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16"}),
+        "openvino int8 (NNCF)": core.compile_model(quantized, "CPU"),
+    }
+
+
 def agreement_line(label: str, result) -> str:
     a = result.agreement
     photos = [i for i in a["images"] if Path(i["name"]).stem in PHOTOGRAPHS]
     demo = [i for i in a["images"] if Path(i["name"]).stem.startswith("scene_")]
-    return (f"{label:<34} photographs min {min(i['pixel_agreement'] for i in photos):7.2%} "
+    held = " (held out)" if result.calibration and not photos[0]["calibration"] else ""
+    return (f"{label:<34} photographs{held} min "
+            f"{min(i['pixel_agreement'] for i in photos):7.2%}, pooled "
+            f"{sum(i['pixel_agreement'] * i['height'] * i['width'] for i in photos) / sum(i['height'] * i['width'] for i in photos):7.2%} "  # noqa: E501
             f"| demo images min {min(i['pixel_agreement'] for i in demo):7.2%} "
             f"| all pooled {a['pixel_agreement']:7.2%} | max logit diff "
             f"{a['max_abs_logit_diff']:.3g}")
@@ -136,22 +196,30 @@ def main() -> None:
                          "resnet_v2_50: bench/train_resnet.py makes one)")
     ap.add_argument("--small", action="store_true",
                     help="a small random network instead of resnet_v2_50 (develop the bench)")
+    ap.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO rows")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tfdeploy-bench-precision-"))
     flags = cpu_flags()
+    print(cpu_line(flags), flush=True)
     precisions = ["float32", "bfloat16"]
     if args.float16 or cpu_runs_fast("float16", flags):
         precisions.append("float16")
+    precisions.append("int8")
     photos = photographs(work / "photographs")
+    # int8 calibrates on the demo images: the photographs stay held out.
+    calib = {"calibration": [EXAMPLES_DIR]}
+
+    def extra(p):
+        return calib if p == "int8" else {}
 
     # Agreement where it means something: the trained demo model.
     demo = {p: export(DEMO_CHECKPOINT, work / f"demo-{p}", precision=p, min_agreement=0.0,
-                      probes=[photos], do_warmup=False) for p in precisions}
+                      probes=[photos], do_warmup=False, **extra(p)) for p in precisions}
 
     trained = {}
     if args.checkpoint:
         trained = {p: export(args.checkpoint, work / f"trained-{p}", precision=p,
-                             min_agreement=0.0, probes=[photos], do_warmup=False)
+                             min_agreement=0.0, probes=[photos], do_warmup=False, **extra(p))
                    for p in precisions}
 
     cfg = SMALL if args.small else ModelConfig()
@@ -161,10 +229,16 @@ def main() -> None:
     results = {}
     for p in precisions:
         results[p] = export(work / "ckpt", work / f"models-{p}", precision=p, min_agreement=0.0,
-                            probes=[photos])
+                            probes=[photos], **extra(p))
     image = probe_image(args.size, args.size)
     x = tf.constant(image[None].astype(np.float32))
     hw = tf.constant([args.size])
+    openvino = "OpenVINO rows skipped (--no-openvino)"
+    if not args.no_openvino:
+        from tfdeploy.export.agreement import read_image
+
+        demo_images = [read_image(p) for p in sorted(EXAMPLES_DIR.glob("*.jpg"))]
+        openvino = openvino_models(cfg, weights, args.size, demo_images)
     servers = {p: ServerProcess("--model_name=deeplab",
                                 f"--model_base_path={Path(r.path).parent}", log_dir=work)
                for p, r in results.items()}
@@ -182,6 +256,10 @@ def main() -> None:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(
                 srv.grpc_target, options=[("grpc.max_receive_message_length", -1)]))
             calls[("served", p)] = lambda stub=stub: stub.Predict(req, 600)
+        if isinstance(openvino, dict):
+            for key, compiled in openvino.items():
+                request = compiled.create_infer_request()
+                calls[("local", key)] = lambda r=request: r.infer({0: x.numpy()})
         median = interleaved(calls, args.requests)
     finally:
         for srv in servers.values():
@@ -207,9 +285,18 @@ def main() -> None:
               f" | gRPC embedded server {served[p] * 1e3:7.1f} ms "
               f"({served[p] / served['float32']:.2f}x)"
               f" | SavedModel {_size(results[p].path) / 1e6:6.1f} MB")
+    if isinstance(openvino, dict):
+        for key in openvino:
+            t = median[("local", key)]
+            print(f"{key:<20} in-process {t * 1e3:7.1f} ms ({t / local['float32']:.2f}x of our "
+                  f"float32; our int8 / this = {local['int8'] / t:.2f})")
+    else:
+        print(openvino)
+    amx = "amx_int8" in flags
     for p in precisions[1:]:
+        goal = {"int8": 0.10 if amx else 0.35, "bfloat16": 0.25 if amx else 0.60}.get(p, 0.60)
         print(f"goal {p}: in-process {local[p] / local['float32']:.2f}x, served "
-              f"{served[p] / served['float32']:.2f}x (goal <= 0.60)")
+              f"{served[p] / served['float32']:.2f}x (goal <= {goal:.2f})")
     print("agreement with the float32 checkpoint model (pixels whose class matches):")
     for p in precisions[1:]:
         print(agreement_line(f"demo model (trained), {p}", demo[p]))

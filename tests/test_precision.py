@@ -19,6 +19,7 @@ from test_export import SEED_SIGNATURES, _signature_table
 from tfdeploy.export.config import ModelConfig
 from tfdeploy.export.model import DeepLabV3, random_weights
 from tfdeploy.export.precision import (
+    INT8_SERVERS,
     cpu_flags,
     cpu_runs_fast,
     fold_batch_norm,
@@ -173,8 +174,8 @@ def test_bad_probe_and_precision(tmp_path, small_checkpoint):
     proc = run_cli("export", str(small_checkpoint), "-o", str(tmp_path / "m"),
                    "--probe", str(tmp_path / "notes.txt"), check=False)
     assert proc.returncode == 2 and "not a readable image" in proc.stderr
-    proc = run_cli("export", str(small_checkpoint), "--precision", "int8", check=False)
-    assert proc.returncode == 2 and "int8" in proc.stderr
+    proc = run_cli("export", str(small_checkpoint), "--precision", "int4", check=False)
+    assert proc.returncode == 2 and "int4" in proc.stderr
 
 
 def test_large_probe_images_are_shrunk(tmp_path):
@@ -224,5 +225,153 @@ def test_embedded_server_serves_bfloat16_export_to_unchanged_clients(bf16_demo, 
         encoded.output_filter.append("mask_png")
         png = stub.Predict(encoded, 60.0).outputs["mask_png"].string_val[0]
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)
+    finally:
+        assert srv.stop() == 0
+
+
+# -- int8 ---------------------------------------------------------------------------------
+def test_int8_speed_warning_quotes_a_real_measurement():
+    epyc = parse_cpu_flags(EPYC)
+    assert cpu_runs_fast("int8", epyc) and cpu_runs_fast("int8", frozenset({"amx_int8"}))
+    assert speed_warning("int8", epyc) is None
+
+    def small(precision):
+        return measure_conv_speed(precision, size=9, channels=32, repeats=2)
+
+    warning = speed_warning("int8", frozenset({"avx512f", "avx2"}), measure=small)
+    assert "no AVX512_VNNI or AVX_VNNI or AMX_INT8" in warning
+    m = re.search(r"an int8 3x3 convolution measured ([\d.e+-]+) ms here, .* float32 "
+                  r"\(([\d.e+-]+) ms\)", warning)
+    assert m and float(m.group(1)) > 0 and float(m.group(2)) > 0, warning
+
+
+@pytest.fixture(scope="module")
+def int8_demo(tmp_path_factory, photographs) -> dict:
+    """The demo checkpoint in int8, calibrated on the photographs only: the demo images
+    and the synthetic probe are held out.  The gate is lowered to 95%: the demo model,
+    trained on drawn shapes, has near-tied logits on photographs (int8 agrees on ~97-99%
+    of their pixels, bfloat16 on ~99.4%)."""
+    base = tmp_path_factory.mktemp("int8") / "deeplab"
+    proc = run_cli("export", "-o", str(base), "--precision", "int8", "--probe",
+                   str(photographs), "--calibration", str(photographs),
+                   "--min-agreement", "95", "--json")
+    return {**json.loads(proc.stdout), "stderr": proc.stderr}
+
+
+def test_int8_export_keeps_contract_and_agrees_on_photographs(int8_demo, photographs):
+    result = int8_demo
+    assert result["precision"] == "int8" and result["batch_norm_folded"]
+    calibrated = {str(photographs / f"{n}.png") for n in PHOTOGRAPHS}
+    assert result["calibration"] == {"images": 4, "names": sorted(calibrated)}
+    images = {i["name"]: i for i in result["agreement"]["images"]}
+    assert {n for n, i in images.items() if i["calibration"]} == calibrated
+    held = [i for n, i in images.items() if not i["calibration"]]
+    assert {Path(i["name"]).stem for i in held} >= {"scene_1", "scene_2", "scene_3",
+                                                     "scene_4", "synthetic probe"}
+    assert result["agreement"]["calibration"]["images"] == 4
+    assert result["agreement"]["held_out"]["images"] == len(held) == 5
+    assert result["agreement"]["held_out"]["min_pixel_agreement"] == pytest.approx(
+        min(i["pixel_agreement"] for i in held), abs=1e-6)
+    # held-out images like the training data: >= 99% of the pixels on every one;
+    # the photographs (out of the demo's domain): >= 96% each, >= 97% pooled
+    assert min(i["pixel_agreement"] for i in held) >= 0.99
+    assert result["min_pixel_agreement"] >= 0.96
+    assert result["agreement"]["calibration"]["pixel_agreement"] >= 0.97
+    assert result["max_abs_logit_diff"] > 1e-3  # really int8
+    # which servers can run it: said at export time, in tfdeploy.json and by inspect
+    assert result["servers"] == INT8_SERVERS and f"warning: {INT8_SERVERS}" in result["stderr"]
+    meta = json.loads((Path(result["path"]) / METADATA_FILE).read_text())
+    assert meta["precision"] == "int8" and meta["servers"] == INT8_SERVERS
+    assert meta["calibration"]["images"] == 4
+    base = Path(result["path"]).parent
+    info = json.loads(run_cli("inspect", str(base), "--json").stdout)
+    assert _signature_table(info, "1") == SEED_SIGNATURES  # every client keeps working
+    assert info["versions"]["1"]["precision"] == "int8"
+    assert info["versions"]["1"]["servers"] == INT8_SERVERS
+    text = run_cli("inspect", str(base)).stdout
+    assert "int8" in text and "tensorflow/serving:<version>-mkl" in text
+    # the int8 kernels are in the graph, their weights stored as int8 constants;
+    # the first convolution and the logits stay float32 variables
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel.FromString(
+        (Path(result["path"]) / "saved_model.pb").read_bytes())
+    ops = [n.op for f in sm.meta_graphs[0].graph_def.library.function for n in f.node_def]
+    convs = ops.count("QuantizedConv2DWithBiasAndReluAndRequantize")
+    assert convs and ops.count("QuantizedConv2DWithBiasAndRequantize")
+    assert convs % (2 * 9) == 0  # conv1 and conv2 of the demo's nine units, per trace
+    loaded = tf.saved_model.load(result["path"])
+    names = {v.name for v in loaded.model.variables_list}
+    assert {"demo_resnet_v2/conv1/weights:0", "DeepLab_v3/logits/weights:0"} <= names
+    assert not [n for n in names if "unit_1/bottleneck_v2/conv2" in n]
+
+
+def test_int8_export_calibrates_on_the_probes_by_default(tmp_path, small_checkpoint):
+    proc = run_cli("export", str(small_checkpoint), "-o", str(tmp_path / "m"),
+                   "--precision", "int8", "--min-agreement", "0", "--json")
+    result = json.loads(proc.stdout)
+    names = [i["name"] for i in result["agreement"]["images"]]
+    assert result["calibration"] == {"images": 5, "names": names}  # synthetic + 4 demo
+    assert result["agreement"]["held_out"]["images"] == 0
+    text = run_cli("export", str(small_checkpoint), "-o", str(tmp_path / "m"),
+                   "--precision", "int8", "--min-agreement", "0").stdout
+    assert "calibrated on 5 images" in text and "no held-out images" in text
+    # a relative --calibration path names the same files as the probes' absolute ones
+    result = export_json(str(small_checkpoint), "-o", str(tmp_path / "m"), "--precision",
+                         "int8", "--min-agreement", "0", "--calibration", "examples")
+    assert result["calibration"]["images"] == 4
+    flags = {Path(i["name"]).stem: i["calibration"] for i in result["agreement"]["images"]}
+    assert flags == {"synthetic probe": False, "scene_1": True, "scene_2": True,
+                     "scene_3": True, "scene_4": True}
+
+
+def test_bad_calibration(tmp_path, small_checkpoint):
+    out = str(tmp_path / "m")
+    proc = run_cli("export", str(small_checkpoint), "-o", out, "--precision", "int8",
+                   "--calibration", str(tmp_path / "nowhere"), check=False)
+    assert proc.returncode == 2 and "no such calibration image" in proc.stderr
+    (tmp_path / "empty").mkdir()
+    proc = run_cli("export", str(small_checkpoint), "-o", out, "--precision", "int8",
+                   "--calibration", str(tmp_path / "empty"), check=False)
+    assert proc.returncode == 2 and "no images" in proc.stderr
+    proc = run_cli("export", str(small_checkpoint), "-o", out, "--calibration",
+                   str(ROOT / "examples"), check=False)
+    assert proc.returncode == 2 and "only an int8 export is calibrated" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "m").exists()
+
+
+def test_embedded_server_serves_int8_export_to_unchanged_clients(int8_demo, photographs,
+                                                                 tmp_path):
+    """The seed's float request and an encoded-image request over gRPC to an int8
+    version: the answers of the SavedModel in-process."""
+    import grpc
+    from servers import ServerProcess
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from tfdeploy.tfs.requests import images_request
+
+    image = np.asarray(Image.open(ROOT / "examples" / "scene_2.jpg").convert("RGB"))
+    h, w = image.shape[:2]
+    loaded = tf.saved_model.load(int8_demo["path"])
+    expected = loaded.signatures["predict_images"](
+        images=tf.constant(image[None].astype(np.float32)), height=tf.constant(h),
+        width=tf.constant(w))["segmentation_map"].numpy()[0]
+    assert len(np.unique(expected)) > 1
+    srv = ServerProcess("--model_name=deeplab",
+                        f"--model_base_path={Path(int8_demo['path']).parent}", log_dir=tmp_path)
+    try:
+        srv.wait_available(1)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(srv.grpc_target))
+        out = stub.Predict(images_request("deeplab", image), 60.0).outputs["segmentation_map"]
+        np.testing.assert_array_equal(np.array(out.int64_val).reshape(h, w), expected)
+        encoded = predict_pb2.PredictRequest()
+        encoded.model_spec.name = "deeplab"
+        encoded.inputs["image_bytes"].CopyFrom(
+            tf.make_tensor_proto([(ROOT / "examples" / "scene_2.jpg").read_bytes()]))
+        mask = stub.Predict(encoded, 60.0).outputs["segmentation_map"]
+        decoded = loaded.signatures["serving_default"](image_bytes=tf.constant(
+            [(ROOT / "examples" / "scene_2.jpg").read_bytes()]))["segmentation_map"].numpy()
+        np.testing.assert_array_equal(tf.make_ndarray(mask), decoded)
     finally:
         assert srv.stop() == 0

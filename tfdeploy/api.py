@@ -29,18 +29,20 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
            warmup: bool = True, model_name: str = DEFAULT_MODEL_NAME,
            precision: str = DEFAULT_PRECISION, min_agreement: float = DEFAULT_MIN_AGREEMENT,
            probes: list[str | Path] = (), max_pixels: int | str = DEFAULT_MAX_PIXELS,
-           progress: Progress | None = None):
+           calibration: list[str | Path] = (), progress: Progress | None = None):
     """Export a DeepLab-v3 checkpoint (default: the bundled demo) as version ``version``
     (default: highest existing + 1) of the model base path ``output``.
 
     Returns an ``ExportResult`` (``.version``, ``.path``, ``.signatures``, ...).  Raises
     ``tfdeploy.UserError`` for unusable input (nothing is written then) and
     ``tfdeploy.ExportError`` when the written model does not match the checkpoint.
-    ``precision`` (``float32``, ``bfloat16``, ``float16``) is the dtype of the stored
-    weights and convolutions; verification fails below ``min_agreement`` (a fraction) of
-    mask pixels equal to the float32 model's on any probe image (synthetic, the demo
-    images, and the files or directories in ``probes``); ``result.warnings`` says when
-    this machine cannot run the precision fast.  ``max_pixels`` (a count, or
+    ``precision`` (``float32``, ``bfloat16``, ``float16``, ``int8``) is the dtype of the
+    stored weights and convolutions; ``int8`` takes its activation ranges from the images
+    in ``calibration`` (files or directories; default: the probe images); verification
+    fails below ``min_agreement`` (a fraction) of mask pixels equal to the float32
+    model's on any probe image (synthetic, the demo images, and the files or directories
+    in ``probes``); ``result.warnings`` says when this machine cannot run the precision
+    fast (and which servers can run an int8 export).  ``max_pixels`` (a count, or
     ``"WIDTHxHEIGHT"``) is the largest image the signatures accept: checked in the graph
     from the image header before decoding, so decompression bombs are refused by any
     server.  ``progress`` gets one short line per step.
@@ -58,7 +60,7 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
     return run_export(checkpoint, output, version=version, overwrite=overwrite,
                       do_verify=verify, do_warmup=warmup, model_name=model_name,
                       precision=precision, min_agreement=min_agreement, probes=list(probes),
-                      max_pixels=pixels, progress=progress)
+                      max_pixels=pixels, calibration=list(calibration), progress=progress)
 
 
 def serve(base: str | Path | None = "models/deeplab", *, runtime: str = "auto",

@@ -30,7 +30,8 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
 @click.option("--precision", type=click.Choice(PRECISIONS),
               default=DEFAULT_PRECISION, show_default=True,
               help="Dtype of the stored weights and convolutions (logits stay float32). "
-                   "bfloat16 for CPUs with AVX512_BF16/AMX, float16 for GPUs.")
+                   "bfloat16 for CPUs with AVX512_BF16/AMX, float16 for GPUs, int8 for "
+                   "CPUs with VNNI/AMX (oneDNN builds of TF Serving only).")
 @click.option("--min-agreement", type=click.FloatRange(0, 100),
               default=DEFAULT_MIN_AGREEMENT * 100,
               show_default=True, metavar="PERCENT",
@@ -39,6 +40,10 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
 @click.option("--probe", "probes", multiple=True, type=click.Path(path_type=Path),
               help="Extra verification images (files or directories), e.g. photographs "
                    "like your traffic.  Always used: a synthetic probe and examples/.")
+@click.option("--calibration", "calibration", multiple=True, type=click.Path(path_type=Path),
+              metavar="FILE|DIR",
+              help="int8: images whose activation ranges set the quantization scales "
+                   "[default: the verification probes].")
 @click.option("--max-pixels", default=f"{DEFAULT_MAX_SIDE}x{DEFAULT_MAX_SIDE}", show_default=True,
               metavar="WxH|PIXELS",
               help="Largest image the model accepts; checked in the graph from the image "
@@ -47,8 +52,8 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 def export(checkpoint: Path | None, output: Path, version: int | None, overwrite: bool,
            no_verify: bool, no_warmup: bool, model_name: str, precision: str,
-           min_agreement: float, probes: tuple[Path, ...], max_pixels: str,
-           as_json: bool) -> None:
+           min_agreement: float, probes: tuple[Path, ...], calibration: tuple[Path, ...],
+           max_pixels: str, as_json: bool) -> None:
     """Export a DeepLab-v3 checkpoint as a numbered SavedModel version.
 
     CHECKPOINT is a seed training directory (model.ckpt* + data.json), its `checkpoint`
@@ -61,6 +66,7 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
       tfdeploy export tboard_logs/16645/train -o serving/versions
       tfdeploy export ckpt/ --version 3 --overwrite --json
       tfdeploy export ckpt/ --precision bfloat16 --probe photos/
+      tfdeploy export ckpt/ --precision int8 --calibration photos/ --probe held-out/
     """
     from tfdeploy.api import export as run_export
 
@@ -68,6 +74,7 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
                         verify=not no_verify, warmup=not no_warmup, model_name=model_name,
                         precision=precision, min_agreement=min_agreement / 100,
                         probes=list(probes), max_pixels=max_pixels,
+                        calibration=list(calibration),
                         progress=progress_printer(as_json, "  {}..."))
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)

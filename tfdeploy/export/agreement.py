@@ -34,6 +34,8 @@ class ImageAgreement:
     pixel_agreement: float
     max_abs_logit_diff: float
     max_abs_logit: float  # of the float32 reference: the scale the difference is judged by
+    #: An int8 export was calibrated on this image: its agreement is not held-out evidence.
+    calibration: bool = False
 
 
 @dataclass
@@ -49,8 +51,19 @@ class Agreement:
     @property
     def pixel_agreement(self) -> float:
         """All probe pixels pooled."""
-        total = sum(i.height * i.width for i in self.images)
-        return sum(i.pixel_agreement * i.height * i.width for i in self.images) / total
+        return _pooled(self.images)
+
+    def split(self) -> dict[str, dict]:
+        """Pooled and worst agreement of the calibration images and of the held-out ones
+        (an int8 export has seen the former; only the latter is unbiased evidence)."""
+        out = {}
+        for key, flag in (("calibration", True), ("held_out", False)):
+            chosen = [i for i in self.images if i.calibration == flag]
+            out[key] = {"images": len(chosen),
+                        "pixel_agreement": round(_pooled(chosen), 6) if chosen else None,
+                        "min_pixel_agreement": (round(min(i.pixel_agreement for i in chosen), 6)
+                                                if chosen else None)}
+        return out
 
     @property
     def max_abs_logit_diff(self) -> float:
@@ -63,7 +76,13 @@ class Agreement:
         return {"pixel_agreement": round(self.pixel_agreement, 6),
                 "min_pixel_agreement": round(self.min_pixel_agreement, 6),
                 "max_abs_logit_diff": self.max_abs_logit_diff,
+                **self.split(),
                 "images": [asdict(i) for i in self.images]}
+
+
+def _pooled(images: list[ImageAgreement]) -> float:
+    total = sum(i.height * i.width for i in images)
+    return sum(i.pixel_agreement * i.height * i.width for i in images) / total
 
 
 def _shrink(image: np.ndarray) -> np.ndarray:
@@ -88,7 +107,15 @@ def probe_images(extra: list[str | Path] = ()) -> list[tuple[str, np.ndarray]]:
     (image files, or directories of them), each shrunk to at most MAX_PROBE_SIDE."""
     probes = [("synthetic probe", warmup.probe_image())]
     paths = sorted(p for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    for item in map(Path, extra):
+    return probes + user_images(extra, "probe", paths)
+
+
+def user_images(items: list[str | Path], what: str = "probe",
+                paths: list[Path] | None = None) -> list[tuple[str, np.ndarray]]:
+    """(path, RGB uint8) for image files and directories of them (after ``paths``),
+    each shrunk to at most MAX_PROBE_SIDE; UserError naming ``what`` they were for."""
+    paths = list(paths or [])
+    for item in map(Path, items):
         if item.is_dir():
             found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
@@ -97,14 +124,21 @@ def probe_images(extra: list[str | Path] = ()) -> list[tuple[str, np.ndarray]]:
         elif item.is_file():
             paths.append(item)
         else:
-            raise UserError(f"{item}: no such probe image or directory")
-    probes.extend((str(p), _shrink(read_image(p))) for p in paths)
-    return probes
+            raise UserError(f"{item}: no such {what} image or directory")
+    return [(str(p), _shrink(read_image(p))) for p in paths]
 
 
-def measure(reference, exported, probes: list[tuple[str, np.ndarray]]) -> Agreement:
+def image_key(name: str) -> str:
+    """The same image file however its path was spelled (``examples/x.jpg`` given to
+    --calibration, the absolute path probe_images lists): to tell calibration images."""
+    return str(Path(name).resolve())
+
+
+def measure(reference, exported, probes: list[tuple[str, np.ndarray]],
+            calibration: frozenset[str] = frozenset()) -> Agreement:
     """Compare ``exported.logits`` (the loaded SavedModel) with ``reference.logits`` (the
-    float32 checkpoint model) image by image: argmax agreement and max logit difference."""
+    float32 checkpoint model) image by image: argmax agreement and max logit difference.
+    Images in ``calibration`` (``image_key`` of their names) are marked as such."""
     result = Agreement()
     for name, image in probes:
         batch = tf.constant(image[None].astype(np.float32))
@@ -116,5 +150,6 @@ def measure(reference, exported, probes: list[tuple[str, np.ndarray]]) -> Agreem
             pixel_agreement=float(np.mean(expected.argmax(-1) == got.argmax(-1))),
             max_abs_logit_diff=float(np.max(np.abs(got - expected))),
             max_abs_logit=float(np.max(np.abs(expected))),
+            calibration=image_key(name) in calibration,
         ))
     return result

@@ -28,7 +28,7 @@ NATIVE_FORMAT = "tfdeploy-deeplab-v3"
 
 #: Precisions ``tfdeploy export --precision`` accepts; float32 is the reference.  Here,
 #: free of numpy and TF, so the CLI can offer them at no import cost.
-PRECISIONS = ("float32", "bfloat16", "float16")
+PRECISIONS = ("float32", "bfloat16", "float16", "int8")
 DEFAULT_PRECISION = "float32"
 
 #: Fraction of mask pixels a reduced precision export must agree on, per probe image.

@@ -43,6 +43,8 @@ def describe_version(version_dir: Path) -> dict[str, Any]:
         # TF1 exports) say nothing, and we do not guess.
         "precision": (exported_by or {}).get("precision", "float32") if exported_by else None,
         "exported_by": exported_by,
+        # Which model servers can run it, where that is narrower than "any" (int8).
+        "servers": (exported_by or {}).get("servers"),
         "meta_graphs": graphs,
     }
 
@@ -77,6 +79,8 @@ def render(info: dict[str, Any]) -> str:
         lines.append(f"version {number}  ({v['file']} {_mb(v['file_bytes'])}, version "
                      f"{_mb(v['size_bytes'])} in all{precision}, "
                      f"warmup {'yes' if v['warmup'] else 'no'}{source})")
+        if v.get("servers"):
+            lines.append(f"  servers: {v['servers']}")
         for mg in v["meta_graphs"]:
             lines.append(f"  tags: {', '.join(mg['tags'])}")
             for key, sig in mg["signatures"].items():

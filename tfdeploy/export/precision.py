@@ -22,10 +22,23 @@ from tfdeploy.export.config import PRECISIONS
 FAST_CPU_FLAGS: dict[str, tuple[str, ...]] = {
     "bfloat16": ("avx512_bf16", "amx_bf16"),
     "float16": ("avx512_fp16", "amx_fp16"),
+    "int8": ("avx512_vnni", "avx_vnni", "amx_int8"),
 }
+
+#: Which servers run an int8 export: its convolutions are TensorFlow's oneDNN int8 kernels
+#: (QuantizedConv2DWithBias*AndRequantize), compiled only into TensorFlow built with oneDNN
+#: (``--config=mkl``).  TF Serving's docker/Dockerfile.mkl builds tensorflow_model_server
+#: that way; its default release build (the plain CPU and GPU images) does not.
+INT8_SERVERS = (
+    "int8 exports run on TensorFlow's oneDNN int8 kernels: served by tfdeploy-model-server "
+    "and TensorFlow on x86 Linux (oneDNN on, i.e. TF_ENABLE_ONEDNN_OPTS not 0) and by "
+    "tensorflow_model_server built with --config=mkl (the tensorflow/serving:<version>-mkl "
+    "images); the official tensorflow/serving:<version> and -gpu images are built without "
+    "them and cannot run this version")
 
 
 def check_precision(precision: str) -> str:
+    """``precision`` if tfdeploy can export it; UserError otherwise."""
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
     return precision
@@ -80,26 +93,41 @@ def fold_batch_norm(weights: Mapping[str, np.ndarray], epsilon: float) -> dict[s
     return out
 
 
+# -- int8 ----------------------------------------------------------------------------------
+def float_convs(config) -> frozenset[str]:
+    """Convolutions an int8 export keeps in float32: the first (3 input channels, raw
+    pixel values: little compute, much error), the image-level pooling branch (one pixel)
+    and the logits (compared across precisions; a few channels)."""
+    return frozenset({f"{config.scope}/conv1", "DeepLab_v3/logits",
+                      "DeepLab_v3/ASPP_layer/image_level_conv_1x1"})
+
+
+def quantize_weights(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel int8 weights: ``w ~ q * max|w_c| / 127``.  Returns
+    the int8 weights and each channel's max |w| (the kernels' min/max filter ranges)."""
+    w = np.asarray(weights, np.float64)
+    wmax = np.abs(w).reshape(-1, w.shape[-1]).max(axis=0)
+    wmax = np.where(wmax > 0, wmax, 1.0)
+    q = np.clip(np.round(w / wmax * 127.0), -127, 127).astype(np.int8)
+    return q, wmax.astype(np.float32)
+
+
 # -- measured speed -----------------------------------------------------------------------
 def measure_conv_speed(precision: str, size: int = 33, channels: int = 256,
                        repeats: int = 5) -> tuple[float, float]:
     """Median seconds of one 3x3 convolution + bias + ReLU (a DeepLab ASPP-sized layer)
     in float32 and in ``precision`` on this machine: what the warning for a CPU without
-    native kernels quotes, measured rather than assumed."""
+    native kernels quotes, measured rather than assumed.  int8 is the oneDNN kernel an
+    int8 export runs (quint8 in and out, per-channel int8 weights)."""
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
-    x32 = tf.constant(rng.normal(size=(1, size, size, channels)), tf.float32)
-    w32 = tf.constant(rng.normal(size=(3, 3, channels, channels)) * 0.05, tf.float32)
+    x32 = tf.constant(np.abs(rng.normal(size=(1, size, size, channels))), tf.float32)
+    w = rng.normal(size=(3, 3, channels, channels)) * 0.05
+    w32 = tf.constant(w, tf.float32)
     b32 = tf.constant(np.zeros(channels), tf.float32)
 
-    def timed(dtype: tf.DType) -> float:
-        x, w, b = (tf.cast(t, dtype) for t in (x32, w32, b32))
-
-        @tf.function
-        def layer(x):
-            return tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, w, 1, "SAME"), b))
-
+    def timed(layer, x) -> float:
         layer(x).numpy()  # trace and let oneDNN pick its kernel
         times = []
         for _ in range(repeats):
@@ -108,7 +136,28 @@ def measure_conv_speed(precision: str, size: int = 33, channels: int = 256,
             times.append(time.perf_counter() - t)
         return float(np.median(times))
 
-    return timed(tf.float32), timed(tf.as_dtype(precision))
+    def float_layer(dtype: tf.DType):
+        wd, bd = tf.cast(w32, dtype), tf.cast(b32, dtype)
+        return tf.function(lambda x: tf.nn.relu(tf.nn.bias_add(
+            tf.nn.conv2d(x, wd, 1, "SAME"), bd)))
+
+    f32 = timed(float_layer(tf.float32), x32)
+    if precision != "int8":
+        return f32, timed(float_layer(tf.as_dtype(precision)), tf.cast(x32, precision))
+    wq, wmax = quantize_weights(w)
+    xmax = float(np.max(x32.numpy()))
+    xq = tf.raw_ops.QuantizeV2(input=x32, min_range=0.0, max_range=xmax, T=tf.quint8,
+                               mode="SCALED").output
+
+    @tf.function
+    def int8_layer(x):
+        return tf.raw_ops.QuantizedConv2DWithBiasAndReluAndRequantize(
+            input=x, filter=tf.constant(wq, tf.qint8), bias=b32, min_input=0.0,
+            max_input=xmax, min_filter=tf.constant(-wmax), max_filter=tf.constant(wmax),
+            min_freezed_output=0.0, max_freezed_output=xmax, strides=[1, 1, 1, 1],
+            padding="SAME", out_type=tf.quint8).output
+
+    return f32, timed(int8_layer, xq)
 
 
 def speed_warning(precision: str, flags: frozenset[str], has_gpu: bool = False,
@@ -121,7 +170,8 @@ def speed_warning(precision: str, flags: frozenset[str], has_gpu: bool = False,
     f32, reduced = measure(precision)
     ratio = reduced / f32
     how = f"{ratio:.1f}x slower than" if ratio > 1 else f"only {1 / ratio:.1f}x faster than"
+    article = "an" if precision == "int8" else "a"
     return (f"this CPU has no {' or '.join(f.upper() for f in FAST_CPU_FLAGS[precision])}: "
-            f"a {precision} 3x3 convolution measured {reduced * 1e3:.3g} ms here, {how} "
+            f"{article} {precision} 3x3 convolution measured {reduced * 1e3:.3g} ms here, {how} "
             f"float32 ({f32 * 1e3:.3g} ms); the {precision} export may serve slower than "
             f"float32 on this machine (it targets CPUs/GPUs that have them)")

@@ -22,10 +22,17 @@ import tensorflow as tf
 from tfdeploy.errors import ExportError, UserError
 from tfdeploy.export import checkpoint as ckpt
 from tfdeploy.export import warmup
-from tfdeploy.export.agreement import Agreement, measure, probe_images
+from tfdeploy.export.agreement import (
+    Agreement,
+    image_key,
+    measure,
+    probe_images,
+    user_images,
+)
 from tfdeploy.export.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_AGREEMENT, DEFAULT_PRECISION
 from tfdeploy.export.model import DeepLabV3
 from tfdeploy.export.precision import (
+    INT8_SERVERS,
     check_precision,
     cpu_flags,
     speed_warning,
@@ -72,6 +79,10 @@ class ExportResult:
     warnings: list[str] = field(default_factory=list)
     #: Largest image (height x width) the signatures accept, checked in the graph.
     max_pixels: int = DEFAULT_MAX_PIXELS
+    #: int8: the images the activation ranges came from ({"images": N, "names": [...]}).
+    calibration: dict | None = None
+    #: Which model servers can run this export (int8 needs oneDNN's int8 kernels).
+    servers: str | None = None
 
     def summary(self) -> str:
         """What the export did, for people: the version path, then one line."""
@@ -79,6 +90,13 @@ class ExportResult:
                  f"with float32 {self.pixel_agreement:.2%}, worst image "
                  f"{self.min_pixel_agreement:.2%}; max logit diff "
                  f"{self.max_abs_logit_diff:.2g})" if self.verified else "not verified")
+        if self.calibration:
+            held = (self.agreement or {}).get("held_out") or {}
+            check = (f"calibrated on {self.calibration['images']} images; {check}"
+                     + (f"; held-out images ({held['images']}) {held['pixel_agreement']:.2%}, "
+                        f"worst {held['min_pixel_agreement']:.2%}" if held.get("images") else
+                        "; no held-out images (pass --calibration to calibrate on others)"
+                        if self.verified else ""))
         return (f"{self.path}\n"
                 f"exported {self.backbone} ({self.format} checkpoint, {self.num_classes} "
                 f"classes, OS{self.output_stride}, {self.precision}) as version "
@@ -114,7 +132,8 @@ def clean_stale_temps(base: Path) -> list[Path]:
 
 def verify(version_dir: Path, reference: DeepLabV3, precision: str = "float32",
            probes: list[tuple[str, np.ndarray]] | None = None,
-           min_agreement: float = DEFAULT_MIN_AGREEMENT) -> Agreement:
+           min_agreement: float = DEFAULT_MIN_AGREEMENT,
+           calibration: frozenset[str] = frozenset()) -> Agreement:
     """Reload the written SavedModel and compare it with the float32 checkpoint model
     (``reference``) on the probe images.
 
@@ -127,7 +146,7 @@ def verify(version_dir: Path, reference: DeepLabV3, precision: str = "float32",
     Returns the measured agreement; raises ExportError on any failure."""
     probes = probe_images() if probes is None else probes
     loaded = tf.saved_model.load(str(version_dir))
-    agreement = measure(reference, loaded, probes)
+    agreement = measure(reference, loaded, probes, calibration)
     if precision == "float32":
         for item in agreement.images:
             allowed = LOGIT_TOLERANCE * max(1.0, item.max_abs_logit)
@@ -171,13 +190,17 @@ def export(
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     probes: list[str | Path] = (),
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    calibration: list[str | Path] = (),
 ) -> ExportResult:
     """Export a checkpoint (default: the bundled demo) as version ``version`` (default:
     next) of the base ``output``.
 
     The served graph computes in ``precision`` with BatchNorm folded into the
     convolutions; verification compares it with the plain float32 checkpoint model on the
-    probe images (synthetic, demo, and the image files/directories in ``probes``)."""
+    probe images (synthetic, demo, and the image files/directories in ``probes``).
+
+    int8 takes its activation ranges from ``calibration`` (image files/directories;
+    default: the probe images), run through the float32 model."""
     if checkpoint_path is None:
         from tfdeploy.demo import DEMO_CHECKPOINT
 
@@ -202,6 +225,12 @@ def export(
         raise UserError(f"must be between 0% and 100%, got {min_agreement:.2%}",
                         param="min_agreement")
     probe_set = probe_images(probes) if do_verify else []
+    calibration_set: list[tuple[str, np.ndarray]] = []
+    if precision == "int8":
+        calibration_set = (user_images(calibration, "calibration") if calibration
+                           else probe_set or probe_images(probes))
+    elif calibration:
+        raise UserError("only an int8 export is calibrated", param="calibration")
     t = time.perf_counter()
     say(f"reading checkpoint {checkpoint_path}")
     source = ckpt.locate(checkpoint_path)
@@ -214,6 +243,8 @@ def export(
         warning = speed_warning(precision, cpu_flags(), has_gpu=has_gpu)
         if warning:
             warnings.append(warning)
+    if precision == "int8":
+        warnings.append(INT8_SERVERS)
     existing = numeric_dirs(base)
     number = version if version is not None else next_version(base)
     if number in existing and not overwrite:
@@ -229,7 +260,14 @@ def export(
     try:
         say(f"building {source.config.backbone} (output stride {source.config.output_stride}, "
             f"{precision}, BatchNorm folded)")
-        model = DeepLabV3(source.config, weights, precision=precision, fold_batch_norm=True)
+        ranges = None
+        if calibration_set:
+            say(f"calibrating int8 activation ranges on {len(calibration_set)} images")
+            ranges = DeepLabV3(source.config, weights, fold_batch_norm=True).calibrate(
+                image for _, image in calibration_set)
+            t = lap("calibrate", t)
+        model = DeepLabV3(source.config, weights, precision=precision, fold_batch_norm=True,
+                          activation_ranges=ranges)
         module = ServingModule(model, max_pixels)
         say("writing SavedModel")
         tf.saved_model.save(module, str(tmp), signatures=module.signatures())
@@ -243,7 +281,7 @@ def export(
         if do_verify:
             say(f"verifying against the float32 checkpoint model on {len(probe_set)} images")
             agreement = verify(tmp, DeepLabV3(source.config, weights), precision, probe_set,
-                               min_agreement)
+                               min_agreement, frozenset(image_key(n) for n, _ in calibration_set))
             t = lap("verify", t)
         result = ExportResult(
             version=number, path=str(base / str(number)), checkpoint=str(source.prefix),
@@ -257,6 +295,9 @@ def export(
             pixel_agreement=agreement.pixel_agreement if agreement else None,
             min_pixel_agreement=agreement.min_pixel_agreement if agreement else None,
             agreement=agreement.to_json() if agreement else None,
+            calibration={"images": len(calibration_set),
+                         "names": [n for n, _ in calibration_set]} if calibration_set else None,
+            servers=INT8_SERVERS if precision == "int8" else None,
         )
         meta = tmp / METADATA_FILE
         meta.parent.mkdir(parents=True, exist_ok=True)
@@ -264,7 +305,8 @@ def export(
             "checkpoint": str(source.prefix), "format": source.format,
             "config": source.config.to_json()["model"], "exported_at": time.time(),
             "precision": precision, "batch_norm_folded": True, "max_pixels": max_pixels,
-            "agreement": result.agreement,
+            "agreement": result.agreement, "calibration": result.calibration,
+            "servers": result.servers,
         }, indent=2))
         _publish(tmp, base / str(number), replace=number in existing)
     except OSError as exc:  # disk full, quota, permissions while writing
