@@ -113,6 +113,11 @@ def predict(images: tuple[str, ...], server, name, transport, model_name, signat
     Mask pixel values are class indices, coloured with the Pascal VOC palette.  A file
     that cannot be read is reported and skipped; the exit code is then 1.
 
+    A mask is OUTPUT_DIR/<stem>.png (directories keep their sub-folders).  Inputs with
+    the same stem keep their whole name (tiny.jpg -> tiny.jpg.png); the summary lists
+    them.  A run whose masks would replace one of its inputs is refused before any
+    request.
+
     \b
     Examples:
       tfdeploy predict examples/scene_1.jpg
@@ -122,12 +127,16 @@ def predict(images: tuple[str, ...], server, name, transport, model_name, signat
     """
     import time
 
-    from tfdeploy.client.predict import expand
+    from tfdeploy.client.predict import expand, overwrites
 
     some_missing = _check_inputs(images)
     jobs = expand(images)
     if not jobs:
         raise UserError("no images found in " + " ".join(images))
+    clashes = overwrites(jobs, output_dir, overlay)
+    if clashes:
+        raise UserError("nothing written: the masks would replace "
+                        + "; ".join(clashes) + ". Choose another --output-dir.")
     predictor = _predictor(server, name, transport, timeout, retries, retry_timeout,
                            model_name, signature, version, output_dir=output_dir,
                            overlay=overlay, max_side=max_side)
@@ -148,6 +157,8 @@ def predict(images: tuple[str, ...], server, name, transport, model_name, signat
         click.echo(f"{summary['images']} images: {summary['ok']} ok, {summary['failed']} "
                    f"failed" + (f", {rate} img/s" if rate is not None else "")
                    + (f" -> {output_dir}/" if summary["ok"] else ""))
+        for source, mask in summary["renamed"].items():
+            click.echo(f"  {source} -> {mask} (same stem as another input)")
     if summary["failed"] or some_missing:
         sys.exit(1)
 

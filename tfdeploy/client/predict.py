@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import io
+import os
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +55,8 @@ _HINTS = {
 class Job:
     path: Path
     name: Path  # output path relative to --output-dir, without suffix
+    #: why ``name`` is not the input's stem (another input has the same stem), else ""
+    renamed: str = ""
 
 
 @dataclass
@@ -66,6 +69,8 @@ class ImageResult:
     width: int = 0
     seconds: float = 0.0
     error: str | None = None
+    #: the mask is not named ``<stem>.png`` (another input has the same stem)
+    renamed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -74,7 +79,13 @@ class ImageResult:
 
 def expand(items: Iterable[str]) -> list[Job]:
     """Files, directories (recursively, image suffixes only) and globs, in a stable order.
-    Directory inputs keep their sub-folder layout in the output; clashes get -2, -3..."""
+
+    A mask is named after its input's stem (``scene.jpg`` -> ``scene.png``); directory
+    inputs keep their sub-folder layout.  Inputs whose stems clash (``tiny.jpg`` and
+    ``tiny.png``) keep their whole file name instead (``tiny.jpg.png``, ``tiny.png.png``),
+    so each mask says which file it is; only when whole names clash too (the same file
+    name from two folders given one by one) does a counter follow (``x.jpg-2.png``).
+    ``Job.renamed`` marks every mask named so, for the summary to list."""
     jobs: list[Job] = []
     for item in items:
         p = Path(item)
@@ -88,13 +99,54 @@ def expand(items: Iterable[str]) -> list[Job]:
                     jobs.append(Job(Path(f), Path(Path(f).stem)))
         else:
             jobs.append(Job(p, Path(p.stem)))
-    seen: dict[Path, int] = {}
+    stems: dict[Path, int] = {}
     for job in jobs:
-        n = seen.get(job.name, 0) + 1
-        seen[job.name] = n
-        if n > 1:
-            job.name = job.name.with_name(f"{job.name.name}-{n}")
+        stems[job.name] = stems.get(job.name, 0) + 1
+    taken: set[Path] = {job.name for job in jobs if stems[job.name] == 1}
+    for job in jobs:
+        if stems[job.name] == 1:
+            continue
+        name = job.name.with_name(job.path.name)
+        n = 1
+        while name in taken:
+            n += 1
+            name = job.name.with_name(f"{job.path.name}-{n}")
+        taken.add(name)
+        job.name, job.renamed = name, "same stem as another input"
     return jobs
+
+
+def output_paths(job: Job, output_dir: Path, overlay: bool = False) -> list[Path]:
+    """The files predicting ``job`` writes under ``output_dir``: its mask, and its overlay
+    preview with ``overlay``."""
+    # the name may carry a dot of its own (tiny.jpg): append, never replace, a suffix
+    paths = [output_dir / job.name.with_name(f"{job.name.name}.png")]
+    if overlay:
+        paths.append(output_dir / job.name.with_name(f"{job.name.name}.overlay.jpg"))
+    return paths
+
+
+def overwrites(jobs: list[Job], output_dir: Path, overlay: bool = False) -> list[str]:
+    """Outputs of this run that would replace one of its inputs, or another of its
+    outputs, as ``"output (reason)"``; empty when the run is safe.  Checked before any
+    request, so a photo is never replaced by its mask (``predict x.png -o .``)."""
+    inputs = {_same_file_key(job.path): job.path for job in jobs}
+    written: dict[Path, Path] = {}
+    clashes = []
+    for job in jobs:
+        for target in output_paths(job, output_dir, overlay):
+            key = _same_file_key(target)
+            if key in inputs:
+                clashes.append(f"{target} (is the input {inputs[key]})")
+            elif key in written and written[key] != job.path:
+                clashes.append(f"{target} (also the output of {written[key]})")
+            written[key] = job.path
+    return clashes
+
+
+def _same_file_key(path: Path) -> Path:
+    """Paths naming the same file compare equal (relative, ``..``, symlinks)."""
+    return Path(os.path.realpath(path))
 
 
 def missing_inputs(items: Iterable[str]) -> list[str]:
@@ -193,7 +245,7 @@ class Predictor:
         return full, png if full is mask else None
 
     def one(self, job: Job) -> ImageResult:
-        result = ImageResult(str(job.path))
+        result = ImageResult(str(job.path), renamed=bool(job.renamed))
         started = time.perf_counter()
         try:
             image = images.load(job.path, self.max_side)
@@ -201,16 +253,14 @@ class Predictor:
             result.height, result.width = image.original_size
             result.classes = masks.class_counts(full)
             if self.output_dir is not None:
-                target = self.output_dir / job.name.with_suffix(".png")
+                targets = output_paths(job, self.output_dir, self.overlay)
                 # the server's PNG as it is when nothing was resized
-                masks.save_atomic(png if png is not None else full, target)
-                result.mask = str(target)
+                masks.save_atomic(png if png is not None else full, targets[0])
+                result.mask = str(targets[0])
                 if self.overlay:
-                    target = self.output_dir / job.name.with_name(
-                        f"{job.name.name}.overlay.jpg")
-                    masks.save_atomic(masks.overlay(image.image, full), target,
+                    masks.save_atomic(masks.overlay(image.image, full), targets[1],
                                       format="JPEG", quality=90)
-                    result.overlay = str(target)
+                    result.overlay = str(targets[1])
         except images.BadImage as exc:
             result.error = str(exc)
         except ClientError as exc:
@@ -229,7 +279,9 @@ class Predictor:
                                       if seconds and failed < len(results) else None),
                 "signature": self.signature, "transport": self.transport.name,
                 "output_dir": str(self.output_dir) if self.output_dir else None,
-                "endpoints": dict(self.transport.counts)}
+                "endpoints": dict(self.transport.counts),
+                # masks not named <stem>.png: input -> mask
+                "renamed": {r.path: r.mask for r in results if r.renamed and r.mask}}
 
     def run(self, jobs: list[Job], concurrency: int = 1) -> Iterator[ImageResult]:
         """Results in input order; at most ``concurrency`` requests in flight."""
@@ -334,8 +386,13 @@ class Client:
         missing = missing_inputs(items)
         if missing:
             raise PredictError(f"no such file or directory: {', '.join(missing)}")
+        jobs = expand(items)
+        clashes = overwrites(jobs, Path(output_dir), overlay)
+        if clashes:
+            raise PredictError("output_dir: nothing written, the masks would replace: "
+                               + "; ".join(clashes) + ". Choose another output_dir.")
         predictor = self.predictor(Path(output_dir), overlay)
-        return list(predictor.run(expand(items), concurrency))
+        return list(predictor.run(jobs, concurrency))
 
     def close(self) -> None:
         if self._executor is not None:

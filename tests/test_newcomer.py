@@ -1,0 +1,64 @@
+"""A newcomer's first hour (issue 22): no data loss, no dead ends, errors that say what to do.
+
+Real CLI processes against real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from conftest import ROOT, run_cli
+from PIL import Image
+from servers import ServerProcess
+
+EXAMPLE = sorted((ROOT / "examples").glob("*.jpg"))[0]
+
+
+@pytest.fixture(scope="module")
+def server(demo_base, tmp_path_factory):
+    srv = ServerProcess("--model_name=deeplab", f"--model_base_path={demo_base}",
+                        log_dir=tmp_path_factory.mktemp("logs"))
+    srv.wait_available(1)
+    yield srv
+    srv.stop()
+
+
+def test_predict_never_writes_over_an_input(tmp_path):
+    """An output that is an input is refused before any request (no server needed to see
+    it: the dead address is never called), and nothing is written."""
+    photo = tmp_path / "alpha.png"
+    Image.open(EXAMPLE).save(photo)
+    before = photo.read_bytes()
+    for args in (["-o", str(tmp_path)], ["-o", str(tmp_path / "sub" / "..")]):
+        proc = run_cli("predict", "--server", "127.0.0.1:1", str(photo), *args, check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert "would replace" in proc.stderr and str(photo) in proc.stderr
+        assert "UNAVAILABLE" not in proc.stderr and "Traceback" not in proc.stderr
+        assert photo.read_bytes() == before
+    # a folder predicted into itself: the same
+    proc = run_cli("predict", "--server", "127.0.0.1:1", str(tmp_path), "-o", str(tmp_path),
+                   check=False)
+    assert proc.returncode == 2 and "would replace" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alpha.png"]
+
+
+def test_same_stem_inputs_keep_their_names(server, tmp_path):
+    """tiny.jpg and tiny.png give tiny.jpg.png and tiny.png.png, listed in the summary."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(EXAMPLE, src / "tiny.jpg")
+    Image.open(EXAMPLE).save(src / "tiny.png")
+    Image.open(EXAMPLE).save(src / "other.png")
+    out = tmp_path / "out"
+    proc = run_cli("predict", "--server", server.grpc_target, str(src / "tiny.jpg"),
+                   str(src / "tiny.png"), str(src / "other.png"), "-o", str(out))
+    assert sorted(p.name for p in out.iterdir()) == ["other.png", "tiny.jpg.png",
+                                                     "tiny.png.png"]
+    assert f"{src / 'tiny.jpg'} -> {out / 'tiny.jpg.png'}" in proc.stdout
+    assert f"{src / 'tiny.png'} -> {out / 'tiny.png.png'}" in proc.stdout
+    doc = json.loads(run_cli("predict", "--server", server.grpc_target, str(src), "-o",
+                             str(out), "--json").stdout)
+    assert doc["summary"]["renamed"] == {str(src / "tiny.jpg"): str(out / "tiny.jpg.png"),
+                                         str(src / "tiny.png"): str(out / "tiny.png.png")}
+    assert not doc["summary"]["renamed"].get(str(src / "other.png"))
