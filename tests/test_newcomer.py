@@ -62,3 +62,41 @@ def test_same_stem_inputs_keep_their_names(server, tmp_path):
     assert doc["summary"]["renamed"] == {str(src / "tiny.jpg"): str(out / "tiny.jpg.png"),
                                          str(src / "tiny.png"): str(out / "tiny.png.png")}
     assert not doc["summary"]["renamed"].get(str(src / "other.png"))
+
+
+def test_export_refuses_version_numbers_a_server_cannot_report(tmp_path):
+    """Versions are int64 in TF Serving: 1..2^63-1, given or implied by the next one."""
+    out = tmp_path / "models"
+    for bad in ("99999999999999999999", str(2**63), "0"):
+        proc = run_cli("export", "-o", out, "--version", bad, "--no-verify", check=False)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "--version: must be between 1 and 9223372036854775807" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not out.exists()
+    (out / str(2**63 - 1)).mkdir(parents=True)  # the next version would not fit
+    proc = run_cli("export", "-o", out, "--no-verify", check=False)
+    assert proc.returncode == 2 and "would be 9223372036854775808" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == [str(2**63 - 1)]
+
+
+def test_export_checks_inputs_before_importing_tensorflow(tmp_path):
+    """A typo is refused at once: TensorFlow (seconds to import) is never loaded."""
+    code = ("import sys, tfdeploy\n"
+            "for kw in ({'checkpoint': '/no/such/dir'}, {'version': 2**64},\n"
+            "           {'probes': ['/no/probe.png']}, {'precision': 'int3'},\n"
+            "           {'max_pixels': 'big'}):\n"
+            "    try:\n"
+            "        tfdeploy.export(output=sys.argv[1], **kw)\n"
+            "    except tfdeploy.UserError as exc:\n"
+            "        print(exc)\n"
+            "print('tensorflow' in sys.modules)\n")
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0, proc.stderr
+    assert lines[0] == "/no/such/dir: no such checkpoint"
+    assert lines[1].startswith("version: must be between 1 and")
+    assert "/no/probe.png" in lines[2] and "int3" in lines[3] and "max_pixels" in lines[4]
+    assert lines[-1] == "False", lines

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tfdeploy.errors import UserError
 from tfdeploy.export.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_AGREEMENT, DEFAULT_PRECISION
 from tfdeploy.tfs.names import DEFAULT_MODEL_NAME, GRPC_PORT, REST_PORT
 
@@ -45,13 +44,13 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
     from the image header before decoding, so decompression bombs are refused by any
     server.  ``progress`` gets one short line per step.
     """
-    from tfdeploy.export.config import parse_max_pixels
+    from tfdeploy.demo import DEMO_CHECKPOINT
+    from tfdeploy.export.preflight import check_inputs
     from tfdeploy.tfimport import quiet_import_tensorflow
 
-    try:
-        pixels = parse_max_pixels(max_pixels)
-    except ValueError as exc:
-        raise UserError(str(exc), param="max_pixels") from None
+    # a typo is reported at once, not after the seconds TensorFlow takes to import
+    pixels = check_inputs(checkpoint if checkpoint is not None else DEMO_CHECKPOINT, output,
+                          version, precision, min_agreement, list(probes), max_pixels)
     quiet_import_tensorflow()
     from tfdeploy.export.writer import export as run_export
 

@@ -30,6 +30,7 @@ from tfdeploy.export.precision import (
     cpu_flags,
     speed_warning,
 )
+from tfdeploy.export.preflight import check_version
 from tfdeploy.export.signatures import ServingModule
 from tfdeploy.tfs.codes import tf_error_message
 from tfdeploy.tfs.names import (
@@ -38,7 +39,7 @@ from tfdeploy.tfs.names import (
     SEGMENTATION_MAP,
     SERVING_DEFAULT,
 )
-from tfdeploy.tfs.versions import METADATA_FILE, next_version, numeric_dirs
+from tfdeploy.tfs.versions import METADATA_FILE, numeric_dirs
 
 TMP_PREFIX = ".tfdeploy-export-"
 LOGIT_TOLERANCE = 1e-4
@@ -193,8 +194,7 @@ def export(
     base = Path(output).absolute()
     if base.exists() and not base.is_dir():
         raise UserError(f"{base}: output base path exists and is not a directory")
-    if version is not None and version < 1:
-        raise UserError(f"must be a positive integer, got {version}", param="version")
+    check_version(version, base)
     check_precision(precision)
     if max_pixels < 1:
         raise UserError(f"must be at least 1, got {max_pixels}", param="max_pixels")
@@ -215,7 +215,7 @@ def export(
         if warning:
             warnings.append(warning)
     existing = numeric_dirs(base)
-    number = version if version is not None else next_version(base)
+    number = check_version(version, base)
     if number in existing and not overwrite:
         raise UserError(f"version {number} already exists at {existing[number]} "
                         "(pass --overwrite to replace it, or omit --version)")
