@@ -100,3 +100,37 @@ def test_export_checks_inputs_before_importing_tensorflow(tmp_path):
     assert lines[1].startswith("version: must be between 1 and")
     assert "/no/probe.png" in lines[2] and "int3" in lines[3] and "max_pixels" in lines[4]
     assert lines[-1] == "False", lines
+
+
+def test_a_dead_server_is_named(demo_base, tmp_path):
+    """After the server `tfdeploy serve` started dies, predict, bench and status name it
+    and point at its log, at once, instead of trying a default port."""
+    import os
+    import signal
+    import time
+
+    from servers import free_port
+
+    out = json.loads(run_cli("serve", demo_base, "--runtime", "embedded", "--name", "gone",
+                             "--grpc-port", free_port(), "--rest-port", free_port(),
+                             "--json").stdout)
+    try:
+        os.kill(out["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while json.loads(run_cli("status", "--json").stdout)[0]["running"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        for args in (["predict", str(EXAMPLE), "-o", str(tmp_path)], ["bench", "-n", "1"],
+                     ["predict", str(EXAMPLE), "--name", "gone"]):
+            started = time.monotonic()
+            proc = run_cli(*args, check=False)
+            assert proc.returncode == 2, proc.stderr
+            assert "'gone'" in proc.stderr and "`tfdeploy logs gone`" in proc.stderr, args
+            assert "refused" not in proc.stderr and "Traceback" not in proc.stderr
+            assert time.monotonic() - started < 30  # no retries against a dead port
+        text = run_cli("status").stdout
+        assert "gone: NOT RUNNING" in text and "`tfdeploy logs gone`" in text
+        assert "`tfdeploy logs gone`" in json.loads(
+            run_cli("status", "--json").stdout)[0]["hint"]
+    finally:
+        run_cli("stop", "gone", check=False)

@@ -151,7 +151,8 @@ def status(name, as_json) -> None:
             + (", ".join(f"v{v} {st}" for v, st in sorted(versions.items())) or "-")
             for model, versions in s["model_versions"].items())
         click.echo(f"{s['name']}: {state_text}, {s['runtime']} ({where}), {models}; "
-                   f"gRPC {s['grpc']}, REST {s['rest']}")
+                   f"gRPC {s['grpc']}, REST {s['rest']}"
+                   + (f"\n  {s['hint']}" if s["hint"] else ""))
 
 
 @main.command(short_help="Print (or follow) a server's log.")

@@ -72,16 +72,30 @@ def choose_server(name: str | None = None) -> ServerRecord | None:
     if name is not None:
         record = find(name)
         if not select.get(record.runtime).alive(record):
-            raise UserError(f"server {name!r} is not running (see `tfdeploy status`; "
-                            f"`tfdeploy serve --name {name}` starts it again)", param="name")
+            raise UserError(f"server {name!r} is not running any more (gRPC "
+                            f"{record.grpc_endpoint}): `tfdeploy logs {name}` shows why; "
+                            f"`tfdeploy serve --name {name}` starts it again", param="name")
         return record
-    live = live_records()
+    records = sorted(state.load_all().values(), key=lambda r: r.started_at)
+    live = [r for r in records if select.get(r.runtime).alive(r)]
     if len(live) > 1:
         listing = ", ".join(f"{r.name} (gRPC {r.grpc_endpoint}, REST {r.rest_endpoint})"
                             for r in live)
         raise UserError(f"several servers are running: {listing}; choose one with --name "
                         "or --server", param="name")
+    if not live and records:
+        # the server the user started died: name it, rather than try a default port and
+        # report a refused connection there
+        raise UserError(f"no server is running: {_died(records)}; or point at another "
+                        "server with --server HOST:PORT")
     return live[0] if live else None
+
+
+def _died(records: list[ServerRecord]) -> str:
+    """What to say about recorded servers that are not running: which, and how to see why."""
+    return "; ".join(f"{r.name!r} (gRPC {r.grpc_endpoint}), which `tfdeploy serve` started, "
+                     f"has stopped: `tfdeploy logs {r.name}` shows why, `tfdeploy serve "
+                     f"--name {r.name}` starts it again" for r in records)
 
 
 def client_endpoints(servers: tuple[str, ...] | list[str], transport: str,
@@ -129,6 +143,9 @@ def describe(record: ServerRecord) -> dict:
         versions = model_status(record, model) if alive else None
         per_model[model] = {str(k): v for k, v in (versions or {}).items()}
     return {**record.to_json(), "running": alive,
+            # a record whose server is gone: where its last words are
+            "hint": None if alive else f"`tfdeploy logs {record.name}` shows why it "
+                                       f"stopped; `tfdeploy stop {record.name}` forgets it",
             "versions": next(iter(per_model.values())), "model_versions": per_model,
             "grpc": record.grpc_endpoint, "rest": record.rest_endpoint}
 
