@@ -134,3 +134,79 @@ def test_a_dead_server_is_named(demo_base, tmp_path):
             run_cli("status", "--json").stdout)[0]["hint"]
     finally:
         run_cli("stop", "gone", check=False)
+
+
+def _config(path, models: dict) -> None:
+    """A ModelServerConfig text proto: name -> (base path, {label: version})."""
+    parts = []
+    for name, (base, labels) in models.items():
+        policy = ("model_version_policy { specific { "
+                  + " ".join(f"versions: {v}" for v in sorted(set(labels.values())))
+                  + " } } " if labels else "")
+        label_text = " ".join(f'version_labels {{ key: "{k}" value: {v} }}'
+                              for k, v in labels.items())
+        parts.append(f'config {{ name: "{name}" base_path: "{base}" '
+                     f'model_platform: "tensorflow" {policy}{label_text} }}')
+    path.write_text("model_config_list {\n  " + "\n  ".join(parts) + "\n}\n")
+
+
+def _serve(*args, check=True):
+    from servers import free_port
+
+    return run_cli("serve", "--runtime", "embedded", "--grpc-port", free_port(),
+                   "--rest-port", free_port(), *args, check=check, timeout=300)
+
+
+def test_serve_with_a_model_config_waits_for_its_models_and_polls_it(demo_base, tmp_path):
+    """No model called deeplab: serve waits for the config's own models, then follows
+    edits of the file (polling is on by default)."""
+    import time
+
+    from servers import http
+
+    config = tmp_path / "models.config"
+    _config(config, {"seg_a": (demo_base, {}), "seg_b": (demo_base, {})})
+    started = time.monotonic()
+    out = json.loads(_serve("--model-config-file", config, "--name", "multi",
+                            "--timeout", "120", "--json").stdout)
+    try:
+        assert time.monotonic() - started < 100  # not the whole --timeout
+        assert "--model_config_file_poll_wait_seconds=5" in out["command"]
+        rest = f"http://127.0.0.1:{out['rest_port']}"
+        for model in ("seg_a", "seg_b"):
+            code, body = http("GET", f"{rest}/v1/models/{model}")
+            assert code == 200 and body["model_version_status"][0]["state"] == "AVAILABLE"
+        _config(config, {"seg_a": (demo_base, {}), "seg_c": (demo_base, {})})
+        deadline = time.monotonic() + 60
+        while http("GET", f"{rest}/v1/models/seg_c")[0] != 200:
+            assert time.monotonic() < deadline, "the edited config was never read"
+            time.sleep(0.5)
+    finally:
+        run_cli("stop", "multi", check=False)
+    assert "--config-poll SECONDS" in run_cli("serve", "--help").stdout
+
+
+def test_serve_of_an_empty_base_path_fails_at_once(demo_base, tmp_path):
+    """Nothing to load: said at once with the server's own log line, not after --timeout."""
+    import time
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    started = time.monotonic()
+    proc = _serve(empty, "--name", "empty", "--timeout", "170", check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "server empty found no version of its model to load" in proc.stderr
+    assert "No versions of servable deeplab found" in proc.stderr
+    assert time.monotonic() - started < 90
+    # in a config: the model that cannot come up is named, with its log line
+    config = tmp_path / "models.config"
+    _config(config, {"good": (demo_base, {}), "bad": (empty, {})})
+    proc = _serve("--model-config-file", config, "--name", "half", "--timeout", "170",
+                  check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "model bad found no version to load" in proc.stderr
+    assert "No versions of servable bad found" in proc.stderr
+    assert "good" not in proc.stderr.split("model status:")[1].split(";")[0]
+    assert "Traceback" not in proc.stderr
+    assert time.monotonic() - started < 170
+    assert "half" not in run_cli("status").stdout and "empty" not in run_cli("status").stdout

@@ -64,13 +64,14 @@ def serve(base: str | Path | None = "models/deeplab", *, runtime: str = "auto",
           name: str | None = None, model_name: str = DEFAULT_MODEL_NAME,
           grpc_port: int = GRPC_PORT, rest_port: int = REST_PORT, host: str = "127.0.0.1",
           timeout: float = 180, progress: Progress | None = None, **options) -> Server:
-    """Start a model server for ``base`` in the background; return once its model is
-    AVAILABLE.
+    """Start a model server for ``base`` in the background; return once its models are
+    AVAILABLE (a base path with nothing to load fails at once, with the server's log).
 
     ``runtime``: ``auto`` (docker when an engine and a serving image are there, else
     ``tensorflow_model_server`` from PATH, else the embedded server), ``docker``,
     ``native`` or ``embedded``.  Port 0 picks a free port.  ``options`` are the other
-    fields of ``tfdeploy.runtime.base.ServeSpec``: ``model_config_file``,
+    fields of ``tfdeploy.runtime.base.ServeSpec``: ``model_config_file`` (every model in
+    it must come up; re-read every ``config_poll`` seconds, default 5, 0 = never),
     ``enable_batching``, ``batching_parameters_file``, ``monitoring_config_file``,
     ``gpu``, ``gpus``, ``image``, ``restart``, ``poll_seconds``, ``extra_flags``
     (tensorflow_model_server flags), ``env``, and docker's ``cpus``, ``memory``,
