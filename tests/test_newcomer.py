@@ -210,3 +210,58 @@ def test_serve_of_an_empty_base_path_fails_at_once(demo_base, tmp_path):
     assert "Traceback" not in proc.stderr
     assert time.monotonic() - started < 170
     assert "half" not in run_cli("status").stdout and "empty" not in run_cli("status").stdout
+
+
+def test_models_and_labels_end_to_end(demo_base, tmp_path):
+    """predict/bench/Client take --model and --label (gRPC and REST); status shows each
+    model's versions and labels and follows the config file as it changes."""
+    import time
+
+    from tfdeploy.client.predict import Client
+
+    base = tmp_path / "seg"
+    for v in ("1", "2"):
+        shutil.copytree(demo_base / "1", base / v)
+    config = tmp_path / "models.config"
+    _config(config, {"seg_a": (base, {"stable": 1, "canary": 2}), "seg_b": (demo_base, {})})
+    # labels of versions still loading are refused at start-up unless allowed, as
+    # tensorflow_model_server does
+    out = json.loads(_serve("--model-config-file", config, "--name", "labels",
+                            "--config-poll", "1", "--json", "--",
+                            "--allow_version_labels_for_unavailable_models=true").stdout)
+    try:
+        proc = run_cli("predict", str(EXAMPLE), "-o", tmp_path / "m", check=False)
+        assert proc.returncode == 2 and "several models (seg_a, seg_b)" in proc.stderr
+        assert "--model" in proc.stderr
+        for transport in ("grpc", "rest"):
+            doc = json.loads(run_cli("predict", str(EXAMPLE), "--model", "seg_a", "--label",
+                                     "stable", "--transport", transport, "-o",
+                                     tmp_path / transport, "--json").stdout)
+            assert doc["summary"]["ok"] == 1
+            proc = run_cli("predict", str(EXAMPLE), "--model", "seg_a", "--label", "nosuch",
+                           "--transport", transport, "-o", tmp_path / "x", check=False)
+            assert proc.returncode == 2 and "nosuch" in proc.stderr, proc.stderr
+        proc = run_cli("predict", str(EXAMPLE), "--model", "seg_a", "--version", "stable",
+                       check=False)
+        assert proc.returncode == 2 and "--label stable" in proc.stderr
+        run_cli("bench", "-n", "2", "--model", "seg_a", "--label", "canary")
+        with Client(f"127.0.0.1:{out['grpc_port']}", model="seg_a", label="canary") as c:
+            assert c.predict(EXAMPLE).size == Image.open(EXAMPLE).size
+        text = run_cli("status").stdout
+        assert "model seg_a: v1 AVAILABLE, v2 AVAILABLE (labels canary=v2, stable=v1)" in text
+        assert "model seg_b: v1 AVAILABLE" in text
+        listed = json.loads(run_cli("status", "--json").stdout)[0]
+        assert listed["model_labels"] == {"seg_a": {"canary": 2, "stable": 1}, "seg_b": {}}
+        # the config changes: seg_b goes, status follows, and seg_a is now the default
+        _config(config, {"seg_a": (base, {"stable": 2})})
+        deadline = time.monotonic() + 60
+        while json.loads(run_cli("status", "--json").stdout)[0]["model_labels"] != {
+                "seg_a": {"stable": 2}}:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        assert "seg_b" not in run_cli("status").stdout
+        doc = json.loads(run_cli("predict", str(EXAMPLE), "-o", tmp_path / "d",
+                                 "--json").stdout)
+        assert doc["summary"]["ok"] == 1
+    finally:
+        run_cli("stop", "labels", check=False)

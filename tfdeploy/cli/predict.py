@@ -23,6 +23,25 @@ _name_option = click.option(
     help="The tfdeploy server to use (see `tfdeploy status`). Default: the only running one.")
 _transport_option = click.option("--transport", type=click.Choice(["grpc", "rest"]),
                                   default="grpc", show_default=True)
+_model_option = click.option(
+    "--model", "--model-name", "-m", "model_name", default=None, metavar="NAME",
+    help="The model to use. Default: the only model the server serves (its model config "
+         f"file's), else {DEFAULT_MODEL_NAME}.")
+_label_option = click.option(
+    "--label", default=None, metavar="NAME",
+    help="A version label of the server's model config (e.g. stable) instead of a version "
+         "number.")
+
+
+def _version(ctx, param, value: str | None) -> int | None:
+    """A version number; a word is most likely a label, so say where labels go."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a version number (for a version "
+                                 f"label use --label {value})") from None
 
 
 def _retry_options(fn):
@@ -39,14 +58,17 @@ def _retry_options(fn):
 
 
 def _predictor(server, name, transport, timeout, retries, retry_timeout, model_name,
-               signature, version=None, **kw):
+               signature, version=None, label=None, **kw):
     """Connect to the endpoints the user named (or the running server) and read the
     model's signatures; library errors become one-line CLI errors."""
     from tfdeploy.client.predict import Client, PredictError
-    from tfdeploy.runtime.manage import client_endpoints
+    from tfdeploy.runtime.manage import client_target
 
-    client = Client(client_endpoints(server, transport, name), transport, model=model_name,
-                    signature=signature, version=version, timeout=timeout, retries=retries,
+    if version is not None and label is not None:
+        raise UserError("give --version or --label, not both", param="label")
+    addresses, model_name = client_target(server, transport, name, model_name)
+    client = Client(addresses, transport, model=model_name, signature=signature,
+                    version=version, label=label, timeout=timeout, retries=retries,
                     retry_timeout=retry_timeout)
     try:
         return client.predictor(**kw)
@@ -88,11 +110,13 @@ def _check_inputs(items) -> bool:
 @_server_option
 @_name_option
 @_transport_option
-@click.option("--model-name", "-m", default=DEFAULT_MODEL_NAME, show_default=True)
+@_model_option
 @click.option("--signature", default=None,
               help="serving_default (encoded images) or predict_images (float pixels). "
                    "Default: serving_default when the model has it.")
-@click.option("--version", "version", type=int, default=None, help="Model version [latest].")
+@click.option("--version", "version", callback=_version, default=None, metavar="N",
+              help="Model version [latest].")
+@_label_option
 @click.option("--output-dir", "-o", default="masks", show_default=True,
               type=click.Path(path_type=Path), help="Where <stem>.png masks go.")
 @click.option("--overlay", is_flag=True, help="Also write <stem>.overlay.jpg previews.")
@@ -106,8 +130,8 @@ def _check_inputs(items) -> bool:
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document: per-image class pixel counts and a summary.")
 def predict(images: tuple[str, ...], server, name, transport, model_name, signature, version,
-            output_dir, overlay, max_side, concurrency, timeout, retries, retry_timeout,
-            as_json) -> None:
+            label, output_dir, overlay, max_side, concurrency, timeout, retries,
+            retry_timeout, as_json) -> None:
     """Segment IMAGES (files, directories, globs) and write palette PNG masks.
 
     Mask pixel values are class indices, coloured with the Pascal VOC palette.  A file
@@ -123,6 +147,7 @@ def predict(images: tuple[str, ...], server, name, transport, model_name, signat
       tfdeploy predict examples/scene_1.jpg
       tfdeploy predict photos/ -j 4 --overlay -o out/
       tfdeploy predict photo.jpg --name staging       # one of several servers
+      tfdeploy predict photo.jpg --model seg_a --label stable
       tfdeploy predict 'shots/**/*.png' --transport rest --server 10.0.0.5:8501 --json
     """
     import time
@@ -138,7 +163,7 @@ def predict(images: tuple[str, ...], server, name, transport, model_name, signat
         raise UserError("nothing written: the masks would replace "
                         + "; ".join(clashes) + ". Choose another --output-dir.")
     predictor = _predictor(server, name, transport, timeout, retries, retry_timeout,
-                           model_name, signature, version, output_dir=output_dir,
+                           model_name, signature, version, label, output_dir=output_dir,
                            overlay=overlay, max_side=max_side)
     results, started = [], time.perf_counter()
     with click.progressbar(length=len(jobs), label=f"predict ({predictor.signature})",
@@ -186,7 +211,8 @@ def _rates(ctx, param, text: str | None) -> list[float] | None:
 @_server_option
 @_name_option
 @_transport_option
-@click.option("--model-name", "-m", default=DEFAULT_MODEL_NAME, show_default=True)
+@_model_option
+@_label_option
 @click.option("--signature", default=None, help="Default: serving_default when present.")
 @click.option("--concurrency", "-c", "concurrency", default=None, callback=_levels,
               metavar="1,4,8", help="Closed-loop concurrency levels [1,4,8].")
@@ -216,7 +242,7 @@ def _rates(ctx, param, text: str | None) -> list[float] | None:
 @click.option("--csv", "csv_file", type=click.Path(path_type=Path), default=None,
               help="Also write the results as CSV (- for stdout).")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
-def bench(images, server, name, transport, model_name, signature, concurrency,
+def bench(images, server, name, transport, model_name, label, signature, concurrency,
           concurrency_range, request_rate, warmup, interval, stability, max_trials, duration,
           requests, max_threads, timeout, retries, retry_timeout, csv_file,
           as_json) -> None:
@@ -255,7 +281,7 @@ def bench(images, server, name, transport, model_name, signature, concurrency,
     except PredictError as exc:
         raise UserError(str(exc)) from None
     predictor = _predictor(server, name, transport, timeout, retries, retry_timeout,
-                           model_name, signature, output_dir=None)
+                           model_name, signature, label=label, output_dir=None)
 
     def show(r) -> None:
         if as_json:

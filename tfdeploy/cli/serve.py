@@ -159,7 +159,11 @@ def status(name, as_json) -> None:
         where = s["container_id"][:12] if s["container_id"] else f"pid {s['pid']}"
         models = "; ".join(
             f"model {model}: "
-            + (", ".join(f"v{v} {st}" for v, st in sorted(versions.items())) or "-")
+            + (", ".join(f"v{v} {st}" for v, st in sorted(versions.items(),
+                                                         key=lambda kv: int(kv[0])))
+               or "-")
+            + (" (labels " + ", ".join(f"{k}=v{v}" for k, v in labels.items()) + ")"
+               if (labels := s["model_labels"].get(model)) else "")
             for model, versions in s["model_versions"].items())
         click.echo(f"{s['name']}: {state_text}, {s['runtime']} ({where}), {models}; "
                    f"gRPC {s['grpc']}, REST {s['rest']}"

@@ -198,8 +198,9 @@ def choose_signature(signatures: dict[str, Signature], wanted: str | None) -> st
 class Predictor:
     def __init__(self, transport: Transport, model: str = names.DEFAULT_MODEL_NAME,
                  signature: str | None = None,
-                 version: int | None = None, output_dir: Path | None = Path("masks"),
+                 version: int | str | None = None, output_dir: Path | None = Path("masks"),
                  overlay: bool = False, max_side: int | None = None):
+        """``version``: a number, a version label (a str), or None for the latest."""
         self.transport, self.model, self.version = transport, model, version
         self.output_dir, self.overlay, self.max_side = output_dir, overlay, max_side
         try:
@@ -208,7 +209,9 @@ class Predictor:
             problem = connection_problem(exc, transport.name)
             where = f" from {exc.endpoint}" if exc.endpoint else ""
             cause = problem[0] if problem else None
-            raise PredictError(f"cannot get metadata of model {model!r}{where}: {exc}"
+            which = (f" (label {version!r})" if isinstance(version, str) else
+                     f" (version {version})" if version is not None else "")
+            raise PredictError(f"cannot get metadata of model {model!r}{which}{where}: {exc}"
                                + (f"; {problem[1]}" if problem else ""),
                                cause=cause, hint=_HINTS.get(cause, "")) from None
         self.signature = choose_signature(self.signatures, signature)
@@ -316,12 +319,18 @@ class Client:
 
     def __init__(self, address: str | Iterable[str], transport: str = "grpc", *,
                  model: str = names.DEFAULT_MODEL_NAME, signature: str | None = None,
-                 version: int | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 version: int | None = None, label: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT,
                  retries: int = DEFAULT_RETRIES, retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
                  max_side: int | None = None):
+        """``version`` (a number) or ``label`` (a version label of the server's model
+        config, e.g. ``"stable"``) picks the model version; neither: the latest."""
         from tfdeploy.client.pool import connect
 
-        self.model, self.version, self.max_side = model, version, max_side
+        if version is not None and label is not None:
+            raise ValueError("give version or label, not both")
+        self.model, self.max_side = model, max_side
+        self.version: int | str | None = label if label is not None else version
         self._signature = signature
         self.transport: Transport = connect(address, transport, timeout=timeout,
                                             retries=retries, retry_timeout=retry_timeout)

@@ -26,6 +26,8 @@ def serve(spec: ServeSpec, runtime: str = "auto", timeout: float = 180,
     if progress:
         progress(f"runtime: {chosen.name} ({why})")
     record = chosen.start(spec, progress)
+    if spec.model_config_file is not None:
+        record.model_config_file = str(spec.model_config_file)
     state.save(record)
     try:
         status = wait_ready(chosen, record, timeout)
@@ -98,6 +100,55 @@ def _died(records: list[ServerRecord]) -> str:
                      f"--name {r.name}` starts it again" for r in records)
 
 
+def served_models(record: ServerRecord) -> dict[str, dict[str, int]]:
+    """Model name -> its version labels (label -> version), as the server has them now:
+    the model config file's current contents (the server re-reads it), or what the
+    record says when there is no file or it cannot be read (then labels are unknown)."""
+    if record.model_config_file:
+        from tfdeploy.serving.config import model_server_config
+
+        try:
+            config = model_server_config(record.model_config_file)
+        except UserError:
+            pass  # unreadable now: the server keeps serving what it had
+        else:
+            models = {mc.name: dict(sorted(mc.version_labels.items()))
+                      for mc in config.model_config_list.config}
+            if models:
+                return models
+    return {m: {} for m in record.models or [record.model_name]}
+
+
+def client_target(servers: tuple[str, ...] | list[str], transport: str,
+                  name: str | None = None, model: str | None = None
+                  ) -> tuple[list[str], str]:
+    """(addresses, model) for a client command: ``client_endpoints``, and ``model`` or,
+    when not given, the only model the server serves (a recorded server, found by name
+    or by its address), else TF Serving's usual ``deeplab``.  A server with several
+    models and no ``model`` is an error listing them: guessing would predict with the
+    wrong one."""
+    from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
+
+    addresses = client_endpoints(servers, transport, name)
+    if model is not None:
+        return addresses, model
+    record = None
+    if servers:  # a recorded server at one of these addresses
+        for r in state.load_all().values():
+            if {r.grpc_endpoint, r.rest_endpoint} & set(addresses):
+                record = r
+                break
+    else:
+        record = choose_server(name)
+    if record is None:
+        return addresses, DEFAULT_MODEL_NAME
+    models = list(served_models(record))
+    if len(models) > 1:
+        raise UserError(f"server {record.name!r} serves several models ("
+                        f"{', '.join(models)}); choose one with --model", param="model")
+    return addresses, models[0]
+
+
 def client_endpoints(servers: tuple[str, ...] | list[str], transport: str,
                      name: str | None = None) -> list[str]:
     """Where a client command sends requests: the ``--server`` values when given, else
@@ -135,14 +186,19 @@ def find(name: str | None) -> ServerRecord:
 
 def describe(record: ServerRecord) -> dict:
     """The record plus what the server says now: ``running``, ``versions`` (of its
-    first model) and ``model_versions`` (every model it serves -> version -> state)."""
+    first model), ``model_versions`` (every model it serves -> version -> state) and
+    ``model_labels`` (model -> label -> version).  With a model config file, the models
+    are the file's as it is now, which the server follows (it re-reads the file)."""
     runtime = select.get(record.runtime)
     alive = runtime.alive(record)
     per_model = {}
-    for model in record.models or [record.model_name]:
+    models = served_models(record)
+    for model in models:
         versions = model_status(record, model) if alive else None
         per_model[model] = {str(k): v for k, v in (versions or {}).items()}
-    return {**record.to_json(), "running": alive,
+    return {**record.to_json(), "running": alive, "models": list(models),
+            # label -> version of each model (from the model config file)
+            "model_labels": models,
             # a record whose server is gone: where its last words are
             "hint": None if alive else f"`tfdeploy logs {record.name}` shows why it "
                                        f"stopped; `tfdeploy stop {record.name}` forgets it",
@@ -251,11 +307,18 @@ class Server:
         return list(select.get(self.record.runtime).logs(self.record, tail=tail))
 
     def client(self, transport: str = "grpc", **options):
-        """A ``tfdeploy.Client`` for this server's model over ``transport``."""
+        """A ``tfdeploy.Client`` for this server's model over ``transport``; with several
+        models (a model config file), pass ``model=`` (``label=`` picks a labelled
+        version)."""
         from tfdeploy.client.predict import Client
 
         address = self.grpc_address if transport == "grpc" else self.record.rest_endpoint
-        options.setdefault("model", self.model_name)
+        if options.get("model") is None:
+            models = list(served_models(self.record))
+            if len(models) > 1:
+                raise UserError(f"server {self.name!r} serves several models "
+                                f"({', '.join(models)}); pass model=", param="model")
+            options["model"] = models[0]
         return Client(address, transport, **options)
 
     def stop(self, timeout: float = 30) -> None:
