@@ -265,3 +265,28 @@ def test_models_and_labels_end_to_end(demo_base, tmp_path):
         assert doc["summary"]["ok"] == 1
     finally:
         run_cli("stop", "labels", check=False)
+
+
+def test_bench_and_predict_output_formats(server, tmp_path):
+    """--csv - and --json put only that format on stdout; a fixed window says `fixed`,
+    not `stable yes`; endpoint counts count prediction requests only."""
+    import csv
+    import io
+
+    target = server.grpc_target
+    proc = run_cli("bench", str(EXAMPLE), "--server", target, "-n", "3", "-c", "1,2",
+                   "--csv", "-")
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert proc.stdout.startswith("concurrency,") and len(rows) == 2
+    assert all(r["requests"] == "3" and r["stable"] == "" for r in rows)
+    assert "p50 ms" in proc.stderr and "fixed" in proc.stderr and " yes" not in proc.stderr
+    doc = json.loads(run_cli("bench", str(EXAMPLE), "--server", target, "-n", "2",
+                             "--json").stdout)
+    assert doc["levels"][0]["stable"] is None
+    assert doc["levels"][0]["endpoints"] == {target: 2}
+    table = run_cli("bench", str(EXAMPLE), "--server", target, "--duration", "0.3").stdout
+    assert table.splitlines()[-1].endswith("fixed")
+    doc = json.loads(run_cli("predict", str(EXAMPLE), "--server", target, "-o",
+                             tmp_path, "--json").stdout)
+    assert doc["summary"]["endpoints"] == {target: 1}
+    assert "--request-rate-range START:END[:STEP]" in run_cli("bench", "--help").stdout

@@ -218,9 +218,11 @@ def _rates(ctx, param, text: str | None) -> list[float] | None:
               metavar="1,4,8", help="Closed-loop concurrency levels [1,4,8].")
 @click.option("--concurrency-range", "concurrency_range", default=None, callback=_levels,
               metavar="START:END[:STEP]", help="perf_analyzer's form of --concurrency.")
-@click.option("--request-rate", "--request-rate-range", "request_rate", default=None,
-              callback=_rates, metavar="R[,R..]|START:END[:STEP]",
-              help="Open loop: send R requests/s on a fixed schedule, per level.")
+@click.option("--request-rate", "request_rate", default=None, callback=_rates,
+              metavar="R[,R..]", help="Open loop: send R requests/s on a fixed schedule, "
+                                      "per level.")
+@click.option("--request-rate-range", "request_rate_range", default=None, callback=_rates,
+              metavar="START:END[:STEP]", help="perf_analyzer's form of --request-rate.")
 @click.option("--warmup", type=click.IntRange(min=0), default=None,
               help="Requests per level sent before measuring, not counted [5; 0 with -n].")
 @click.option("--measurement-interval", "interval", type=click.FloatRange(min=0.05),
@@ -243,8 +245,8 @@ def _rates(ctx, param, text: str | None) -> list[float] | None:
               help="Also write the results as CSV (- for stdout).")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 def bench(images, server, name, transport, model_name, label, signature, concurrency,
-          concurrency_range, request_rate, warmup, interval, stability, max_trials, duration,
-          requests, max_threads, timeout, retries, retry_timeout, csv_file,
+          concurrency_range, request_rate, request_rate_range, warmup, interval, stability,
+          max_trials, duration, requests, max_threads, timeout, retries, retry_timeout, csv_file,
           as_json) -> None:
     """Measure latency percentiles and throughput against a running server, the way
     perf_analyzer does: warm-up, then measurement windows until three agree.
@@ -265,6 +267,10 @@ def bench(images, server, name, transport, model_name, label, signature, concurr
     from tfdeploy.client.predict import PredictError
     from tfdeploy.demo import DEMO_IMAGES
 
+    if request_rate and request_rate_range:
+        raise UserError("give --request-rate or --request-rate-range, not both",
+                        param="request_rate_range")
+    request_rate = request_rate or request_rate_range
     if concurrency and concurrency_range:
         raise UserError("give --concurrency or --concurrency-range, not both",
                         param="concurrency_range")
@@ -283,25 +289,29 @@ def bench(images, server, name, transport, model_name, label, signature, concurr
     predictor = _predictor(server, name, transport, timeout, retries, retry_timeout,
                            model_name, signature, label=label, output_dir=None)
 
+    # stdout carries one format: the table, or the CSV (--csv -), which then sends the
+    # table to stderr, or the JSON (no table)
+    table_err = str(csv_file) == "-"
+
     def show(r) -> None:
         if as_json:
             return
-        click.echo(bench_lib.format_level(r))
+        click.echo(bench_lib.format_level(r), err=table_err)
         for sample in r.error_samples:
             click.echo(f"      error: {sample}", err=True)
         if len(r.endpoints) > 1:
             click.echo("      per endpoint: " + ", ".join(
-                f"{k} {v}" for k, v in r.endpoints.items()))
+                f"{k} {v}" for k, v in r.endpoints.items()), err=table_err)
 
     if not as_json:
         click.echo(f"{bench_lib.describe_input(predictor, inputs)} over {transport} to "
-                   f"{', '.join(predictor.transport.counts)}")
+                   f"{', '.join(predictor.transport.counts)}", err=table_err)
         mode = (f"fixed windows ({duration:g}s)" if duration else
                 f"fixed windows ({requests} requests)" if requests else
                 f"{interval:g}s windows until 3 agree within {stability:g}% "
                 f"(at most {max_trials})")
         click.echo(f"warm-up {warmup} requests per level, then {mode}", err=True)
-        click.echo(bench_lib.COLUMNS)
+        click.echo(bench_lib.COLUMNS, err=table_err)
     results = bench_lib.run(predictor, inputs, concurrency=levels,
                             request_rates=request_rate or (), on_level=show, warmup=warmup,
                             interval=interval, stability=stability, max_trials=max_trials,
@@ -316,7 +326,7 @@ def bench(images, server, name, transport, model_name, label, signature, concurr
         click.echo(json.dumps({"signature": predictor.signature, "transport": transport,
                                "images": len(inputs),
                                "levels": [r.to_json() for r in results]}, indent=2))
-    elif not all(r.stable for r in results):
+    elif any(r.stable is False for r in results):
         click.echo("some levels did not stabilise: raise --measurement-interval or "
                    "--max-trials, or quieten the machine", err=True)
     if any(r.errors for r in results):

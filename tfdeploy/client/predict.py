@@ -215,6 +215,8 @@ class Predictor:
                                + (f"; {problem[1]}" if problem else ""),
                                cause=cause, hint=_HINTS.get(cause, "")) from None
         self.signature = choose_signature(self.signatures, signature)
+        # what the endpoints served before any image: the summary counts requests only
+        self._counts_before = dict(transport.counts)
 
     def infer(self, image: images.LoadedImage) -> tuple[Image.Image, bytes | None]:
         """(mask as a palette "P" image, the server's PNG bytes when it sent them)."""
@@ -282,7 +284,9 @@ class Predictor:
                                       if seconds and failed < len(results) else None),
                 "signature": self.signature, "transport": self.transport.name,
                 "output_dir": str(self.output_dir) if self.output_dir else None,
-                "endpoints": dict(self.transport.counts),
+                # prediction requests per endpoint (the metadata call is not one)
+                "endpoints": {k: n - self._counts_before.get(k, 0)
+                              for k, n in self.transport.counts.items()},
                 # masks not named <stem>.png: input -> mask
                 "renamed": {r.path: r.mask for r in results if r.renamed and r.mask}}
 
