@@ -290,3 +290,39 @@ def test_bench_and_predict_output_formats(server, tmp_path):
                              tmp_path, "--json").stdout)
     assert doc["summary"]["endpoints"] == {target: 1}
     assert "--request-rate-range START:END[:STEP]" in run_cli("bench", "--help").stdout
+
+
+def test_python_quickstart_runs_as_written_from_anywhere(tmp_path):
+    """examples/quickstart.py runs from another directory (its server has its own name
+    and free ports), and the README shows that file's code."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart.py")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "exported version 1" in out and "versions: {1: 'AVAILABLE'}" in out
+    assert "bytes: True" in out and "4 masks with asyncio" in out
+    assert "4 of 4 images" in out and "concurrency 2:" in out and "done; files in" in out
+    assert "quickstart" not in run_cli("status").stdout  # stopped and forgotten
+    readme = (ROOT / "README.md").read_text()
+    code = (ROOT / "examples" / "quickstart.py").read_text()
+    assert f"```python\n{code}```" in readme
+
+
+def test_python_errors_name_python_arguments_and_paths(tmp_path):
+    import tfdeploy
+    from tfdeploy.runtime.base import ServeSpec
+
+    with pytest.raises(tfdeploy.UserError) as err:
+        ServeSpec(base_path=tmp_path, cpus=1).check_runtime("embedded", "embedded")
+    assert "takes cpus" in str(err.value) and "--" not in str(err.value)
+    assert "takes --cpus" in err.value.flag_text()
+    assert tfdeploy.demo.images()[0].is_absolute() and tfdeploy.demo.images()[0].is_file()
+    with tfdeploy.Client("127.0.0.1:1") as client, pytest.raises(tfdeploy.BadImage) as bad:
+        client.predict("no/such/scene.jpg")
+    assert "no/such/scene.jpg: no such file" in str(bad.value)
+    assert str(ROOT / "no/such/scene.jpg") in str(bad.value) or "looked for" in str(bad.value)

@@ -376,7 +376,15 @@ class Client:
         array) as a PIL palette ("P") image of the input's size; pixel value = class
         index, Pascal VOC colours.  Raises ``images.BadImage`` for unusable input and
         ``ClientError`` when the server fails."""
-        loaded = images.from_any(image, self.max_side)
+        try:
+            loaded = images.from_any(image, self.max_side)
+        except images.BadImage as exc:
+            if isinstance(image, (str, Path)):  # say which file, and where it was looked for
+                raise images.BadImage(f"{image}: {exc}" + (
+                    f" (looked for {Path(image).absolute()})"
+                    if not Path(image).is_absolute() and not Path(image).exists() else "")
+                ) from None
+            raise
         return self._get_predictor().mask(loaded)[0]
 
     def predict_async(self, image):

@@ -115,9 +115,12 @@ class ServeSpec:
                            "image": self.image if asked != "auto" else None}
             given = [k for k, v in docker_only.items() if v]
             if given:
-                raise UserError(f"only the docker runtime takes "
-                                f"{', '.join('--' + g for g in given)} (the {runtime} runtime "
-                                "was chosen; use --runtime docker)", param=given[0])
+                # argument names as {placeholders}: flags in the CLI, names in Python
+                names = ", ".join("{" + ("volumes" if g == "volume" else g) + "}"
+                                  for g in given)
+                raise UserError.about(f"only the docker runtime takes {names} (the "
+                                      "{chosen} runtime was chosen; use {runtime} docker)",
+                                      chosen=runtime)
         if runtime == "native":
             ours = [f for f in self.extra_flags if _kind(f) is Kind.OURS]
             if ours:

@@ -16,9 +16,12 @@ def serve(spec: ServeSpec, runtime: str = "auto", timeout: float = 180,
     existing = state.load_all().get(spec.name)
     if existing is not None:
         if select.get(existing.runtime).alive(existing):
-            raise UserError(f"a server named {spec.name!r} is already running "
-                            f"({existing.runtime}, gRPC {existing.grpc_endpoint}); "
-                            f"`tfdeploy stop {spec.name}` or pass --name")
+            # {name}: the CLI says --name, Python name=
+            raise UserError.about("a server named {server} is already running ({runtime}, "
+                                  "gRPC {grpc}); stop it (`tfdeploy stop {plain}`) or "
+                                  "choose another {name}", server=repr(spec.name),
+                                  runtime=existing.runtime, grpc=existing.grpc_endpoint,
+                                  plain=spec.name)
         state.remove(spec.name)
     chosen, why = select.choose(spec, runtime)
     spec.check_runtime(chosen.name, runtime)
