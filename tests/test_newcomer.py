@@ -326,3 +326,41 @@ def test_python_errors_name_python_arguments_and_paths(tmp_path):
         client.predict("no/such/scene.jpg")
     assert "no/such/scene.jpg: no such file" in str(bad.value)
     assert str(ROOT / "no/such/scene.jpg") in str(bad.value) or "looked for" in str(bad.value)
+
+
+def test_smaller_items(server, tmp_path):
+    """A missing file is reported once; `manifest k8s` says what to type; manifests are
+    readable by others (the umask's mode, not mkstemp's 0600)."""
+    import os
+
+    proc = run_cli("predict", "--server", server.grpc_target, str(EXAMPLE),
+                   str(tmp_path / "nothere.jpg"), "-o", tmp_path / "m", check=False)
+    assert proc.returncode == 1 and proc.stderr.count("nothere.jpg") == 1, proc.stderr
+    assert "1 images: 1 ok" in proc.stdout
+    proc = run_cli("manifest", "k8s", check=False)
+    assert proc.returncode == 2 and "`tfdeploy manifest -t k8s SOURCE`" in proc.stderr
+    out = tmp_path / "deploy"
+    run_cli("manifest", "-t", "k8s", "gs://bucket/deeplab", "-o", out)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes and set(modes.values()) == {0o666 & ~umask}, modes
+
+
+def test_size_limit_error_is_readable_and_says_max_side(tmp_path):
+    """No escaped apostrophe, and how to send a smaller image."""
+    base = tmp_path / "small"
+    run_cli("export", "-o", base, "--max-pixels", "64x64", "--no-verify", "--no-warmup")
+    srv = ServerProcess("--model_name=deeplab", f"--model_base_path={base}",
+                        log_dir=tmp_path)
+    try:
+        srv.wait_available(1)
+        proc = run_cli("predict", "--server", srv.grpc_target, str(EXAMPLE), "-o",
+                       tmp_path / "m", check=False)
+        assert proc.returncode == 1
+        assert "larger than this model allows: limit of 64x64" in proc.stderr, proc.stderr
+        assert "\\'" not in proc.stderr and "--max-side N" in proc.stderr
+        run_cli("predict", "--server", srv.grpc_target, str(EXAMPLE), "--max-side", "32",
+                "-o", tmp_path / "m")
+    finally:
+        srv.stop()

@@ -87,10 +87,9 @@ def _how_to_fix(cause: str | None, transport: str) -> str:
     return ""
 
 
-def _check_inputs(items) -> bool:
+def _check_inputs(items) -> list[str]:
     """Before any network call.  Nothing given exists: an error.  Some missing: said at
-    once (files also fail in the per-image report; globs matching nothing only here);
-    True then, so the exit code is 1."""
+    once, here only (the run skips them); returned, so the exit code is 1."""
     import glob
 
     from tfdeploy.client.predict import missing_inputs
@@ -102,7 +101,7 @@ def _check_inputs(items) -> bool:
         raise UserError("no images found: " + "; ".join(missing))
     for line in missing:
         click.echo(line, err=True)
-    return bool(missing)
+    return missing_inputs(items)
 
 
 @main.command(short_help="Images -> segmentation mask PNGs via a running server.")
@@ -154,8 +153,10 @@ def predict(images: tuple[str, ...], server, name, transport, model_name, signat
 
     from tfdeploy.client.predict import expand, overwrites
 
-    some_missing = _check_inputs(images)
-    jobs = expand(images)
+    missing = _check_inputs(images)
+    some_missing = bool(missing)
+    # a missing file was reported once, above: not again as a failed image
+    jobs = [job for job in expand(images) if str(job.path) not in missing]
     if not jobs:
         raise UserError("no images found in " + " ".join(images))
     clashes = overwrites(jobs, output_dir, overlay)

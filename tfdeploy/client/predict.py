@@ -178,6 +178,17 @@ def connection_problem(exc: ClientError, transport: str) -> tuple[str, str] | No
     return None
 
 
+def too_large_hint(message: str) -> str:
+    """A server's error, readable: models exported before the size-limit message lost its
+    apostrophe show TensorFlow's escaped ``model\\'s``; an image over the model's size
+    limit gets how to send a smaller one."""
+    message = message.replace("\\'", "'")
+    if "larger than this model" in message:
+        message += (" -- send it smaller: tfdeploy predict --max-side N, "
+                    "Client(max_side=N)")
+    return message
+
+
 def choose_signature(signatures: dict[str, Signature], wanted: str | None) -> str:
     if wanted:
         if wanted not in signatures:
@@ -269,7 +280,8 @@ class Predictor:
         except images.BadImage as exc:
             result.error = str(exc)
         except ClientError as exc:
-            result.error = exc.message if exc.code == Code.INVALID_ARGUMENT else str(exc)
+            result.error = too_large_hint(
+                exc.message if exc.code == Code.INVALID_ARGUMENT else str(exc))
         except OSError as exc:
             result.error = f"cannot write mask: {exc.strerror or exc}"
         result.seconds = time.perf_counter() - started
