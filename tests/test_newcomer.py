@@ -328,6 +328,15 @@ def test_python_errors_name_python_arguments_and_paths(tmp_path):
     assert str(ROOT / "no/such/scene.jpg") in str(bad.value) or "looked for" in str(bad.value)
 
 
+def test_python_results_key_classes_by_integer_index(server, tmp_path):
+    import tfdeploy
+
+    with tfdeploy.Client(server.grpc_target) as client:
+        (result,) = client.predict_files([EXAMPLE], output_dir=tmp_path)
+    assert result.ok and result.classes and all(type(k) is int for k in result.classes)
+    assert sum(result.classes.values()) == result.height * result.width
+
+
 def test_smaller_items(server, tmp_path):
     """A missing file is reported once; `manifest k8s` says what to type; manifests are
     readable by others (the umask's mode, not mkstemp's 0600)."""

@@ -64,7 +64,8 @@ class ImageResult:
     path: str
     mask: str | None = None
     overlay: str | None = None
-    classes: dict[str, int] = field(default_factory=dict)
+    #: pixels per class index
+    classes: dict[int, int] = field(default_factory=dict)
     height: int = 0
     width: int = 0
     seconds: float = 0.0
