@@ -373,3 +373,21 @@ def test_size_limit_error_is_readable_and_says_max_side(tmp_path):
                 "-o", tmp_path / "m")
     finally:
         srv.stop()
+
+
+def test_class_names_come_with_per_class_results(demo_base, tmp_path):
+    """The export records the demo's class names; predict through a server tfdeploy
+    started reports them next to the per-class pixel counts."""
+    meta = json.loads((demo_base / "1" / "assets.extra" / "tfdeploy.json").read_text())
+    assert meta["class_names"] == ["background", "circle", "square", "triangle", "star"]
+    out = json.loads(_serve(demo_base, "--name", "names", "--json").stdout)
+    try:
+        for args in ([], ["--server", f"127.0.0.1:{out['grpc_port']}"]):
+            doc = json.loads(run_cli("predict", str(EXAMPLE), *args, "-o", tmp_path,
+                                     "--json").stdout)
+            names = doc["summary"]["class_names"]
+            assert names == {"0": "background", "1": "circle", "2": "square",
+                             "3": "triangle", "4": "star"}
+            assert set(doc["results"][0]["classes"]) <= set(names)
+    finally:
+        run_cli("stop", "names", check=False)

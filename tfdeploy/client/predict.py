@@ -214,6 +214,9 @@ class Predictor:
                  overlay: bool = False, max_side: int | None = None):
         """``version``: a number, a version label (a str), or None for the latest."""
         self.transport, self.model, self.version = transport, model, version
+        #: class index -> name, where known (the export records them); the summary
+        #: carries them next to the per-class pixel counts
+        self.class_names: dict[int, str] = {}
         self.output_dir, self.overlay, self.max_side = output_dir, overlay, max_side
         try:
             self.signatures = transport.metadata(model, version)
@@ -300,6 +303,8 @@ class Predictor:
                 # prediction requests per endpoint (the metadata call is not one)
                 "endpoints": {k: n - self._counts_before.get(k, 0)
                               for k, n in self.transport.counts.items()},
+                # names of the class indices in results' ``classes`` (JSON: string keys)
+                "class_names": {str(i): n for i, n in self.class_names.items()} or None,
                 # masks not named <stem>.png: input -> mask
                 "renamed": {r.path: r.mask for r in results if r.renamed and r.mask}}
 
@@ -353,6 +358,8 @@ class Client:
                                             retries=retries, retry_timeout=retry_timeout)
         self._predictor: Predictor | None = None
         self._executor: ThreadPoolExecutor | None = None
+        #: class index -> name where known (``Server.client()`` fills it from the export)
+        self.class_names: dict[int, str] = {}
 
     @property
     def addresses(self) -> list[str]:
@@ -370,9 +377,11 @@ class Client:
                   max_side: int | None = None) -> Predictor:
         """A Predictor over this client's connection (files in, mask files out); reads
         the model's metadata.  PredictError when the model cannot be used."""
-        return Predictor(self.transport, self.model, self._signature, self.version,
-                         output_dir=output_dir, overlay=overlay,
-                         max_side=max_side if max_side is not None else self.max_side)
+        predictor = Predictor(self.transport, self.model, self._signature, self.version,
+                              output_dir=output_dir, overlay=overlay,
+                              max_side=max_side if max_side is not None else self.max_side)
+        predictor.class_names = dict(self.class_names)
+        return predictor
 
     @property
     def signature(self) -> str:

@@ -159,6 +159,22 @@ def verify(version_dir: Path, reference: DeepLabV3, precision: str = "float32",
     return agreement
 
 
+def class_names(source: ckpt.Checkpoint) -> list[str] | None:
+    """The names of the checkpoint's classes, where known: the demo's shapes, or Pascal
+    VOC's for a 21-class seed checkpoint (what the seed trains on); None otherwise."""
+    from tfdeploy.demo import DEMO_CHECKPOINT
+    from tfdeploy.palette import VOC_CLASSES
+
+    if Path(source.prefix).resolve().parent == DEMO_CHECKPOINT:
+        from tfdeploy.demo.scenes import CLASSES
+
+        if len(CLASSES) == source.config.num_classes:
+            return list(CLASSES)
+    if source.format == "seed" and source.config.num_classes == len(VOC_CLASSES):
+        return list(VOC_CLASSES)
+    return None
+
+
 def export(
     checkpoint_path: str | Path | None = None,
     output: str | Path = "models/deeplab",
@@ -265,6 +281,8 @@ def export(
             "config": source.config.to_json()["model"], "exported_at": time.time(),
             "precision": precision, "batch_norm_folded": True, "max_pixels": max_pixels,
             "agreement": result.agreement,
+            # class index -> name, for clients that report per-class results
+            "class_names": class_names(source),
         }, indent=2))
         _publish(tmp, base / str(number), replace=number in existing)
     except OSError as exc:  # disk full, quota, permissions while writing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from tfdeploy.errors import UserError
 from tfdeploy.runtime import select, state
@@ -135,14 +136,7 @@ def client_target(servers: tuple[str, ...] | list[str], transport: str,
     addresses = client_endpoints(servers, transport, name)
     if model is not None:
         return addresses, model
-    record = None
-    if servers:  # a recorded server at one of these addresses
-        for r in state.load_all().values():
-            if {r.grpc_endpoint, r.rest_endpoint} & set(addresses):
-                record = r
-                break
-    else:
-        record = choose_server(name)
+    record = target_record(servers, addresses, name)
     if record is None:
         return addresses, DEFAULT_MODEL_NAME
     models = list(served_models(record))
@@ -150,6 +144,49 @@ def client_target(servers: tuple[str, ...] | list[str], transport: str,
         raise UserError(f"server {record.name!r} serves several models ("
                         f"{', '.join(models)}); choose one with --model", param="model")
     return addresses, models[0]
+
+
+def target_record(servers, addresses: list[str], name: str | None) -> ServerRecord | None:
+    """The recorded server a client command talks to: one at the ``--server`` addresses,
+    or the one ``choose_server`` picks; None when it is not one of ours."""
+    if servers:
+        for r in state.load_all().values():
+            if {r.grpc_endpoint, r.rest_endpoint} & set(addresses):
+                return r
+        return None
+    return choose_server(name)
+
+
+def class_names(record: ServerRecord | None, model: str) -> dict[int, str]:
+    """Class index -> name for ``model`` of a recorded server, from the ``tfdeploy.json``
+    its newest version holds (the export records them); empty when not known (a
+    server that is not ours, a remote base path, a model exported without names)."""
+    import json
+
+    from tfdeploy.tfs.versions import METADATA_FILE, numeric_dirs
+
+    if record is None:
+        return {}
+    base = record.base_path
+    if record.model_config_file:
+        from tfdeploy.serving.config import model_server_config
+
+        try:
+            config = model_server_config(record.model_config_file)
+        except UserError:
+            return {}
+        base = next((mc.base_path for mc in config.model_config_list.config
+                     if mc.name == model), "")
+    if not base or "://" in base:
+        return {}
+    for version_dir in reversed(numeric_dirs(Path(base)).values()):
+        try:
+            names = json.loads((version_dir / METADATA_FILE).read_text()).get("class_names")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(names, list):
+            return {i: str(n) for i, n in enumerate(names)}
+    return {}
 
 
 def client_endpoints(servers: tuple[str, ...] | list[str], transport: str,
@@ -322,7 +359,9 @@ class Server:
                 raise UserError(f"server {self.name!r} serves several models "
                                 f"({', '.join(models)}); pass model=", param="model")
             options["model"] = models[0]
-        return Client(address, transport, **options)
+        client = Client(address, transport, **options)
+        client.class_names = class_names(self.record, client.model)
+        return client
 
     def stop(self, timeout: float = 30) -> None:
         """Stop the server (in-flight requests get ``timeout`` seconds) and forget it."""
