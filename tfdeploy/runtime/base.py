@@ -120,7 +120,7 @@ class ServeSpec:
                                   for g in given)
                 raise UserError.about(f"only the docker runtime takes {names} (the "
                                       "{chosen} runtime was chosen; use {runtime} docker)",
-                                      chosen=runtime)
+                                      param=given[0], chosen=runtime)
         if runtime == "native":
             ours = [f for f in self.extra_flags if _kind(f) is Kind.OURS]
             if ours:
