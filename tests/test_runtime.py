@@ -203,8 +203,11 @@ def test_two_servers_name_selection_free_ports_and_dead_records(demo_base, tmp_p
         while _pid_alive(a["pid"]) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert "a: NOT RUNNING" in run_cli("status").stdout
-        report = json.loads(run_cli("predict", str(EXAMPLE), "-o", str(masks),
-                                    "--json").stdout)
+        # b serves two models: which one is asked for (guessing is an error)
+        proc = run_cli("predict", str(EXAMPLE), "-o", str(masks), check=False)
+        assert proc.returncode == 2 and "several models (deeplab, other)" in proc.stderr
+        report = json.loads(run_cli("predict", str(EXAMPLE), "-o", str(masks), "--model",
+                                    "deeplab", "--json").stdout)
         assert list(report["summary"]["endpoints"]) == [listed["b"]["grpc"]]
         proc = run_cli("predict", str(EXAMPLE), "--name", "a", check=False)
         assert proc.returncode == 2 and "'a' is not running" in proc.stderr

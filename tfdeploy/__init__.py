@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str):
+    if name == "demo":  # the bundled demo (``tfdeploy.demo.images()``), without an import
+        return importlib.import_module("tfdeploy.demo")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'tfdeploy' has no attribute {name!r}")

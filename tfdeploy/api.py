@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tfdeploy.errors import UserError
 from tfdeploy.export.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_AGREEMENT, DEFAULT_PRECISION
 from tfdeploy.tfs.names import DEFAULT_MODEL_NAME, GRPC_PORT, REST_PORT
 
@@ -47,13 +46,13 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
     from the image header before decoding, so decompression bombs are refused by any
     server.  ``progress`` gets one short line per step.
     """
-    from tfdeploy.export.config import parse_max_pixels
+    from tfdeploy.demo import DEMO_CHECKPOINT
+    from tfdeploy.export.preflight import check_inputs
     from tfdeploy.tfimport import quiet_import_tensorflow
 
-    try:
-        pixels = parse_max_pixels(max_pixels)
-    except ValueError as exc:
-        raise UserError(str(exc), param="max_pixels") from None
+    # a typo is reported at once, not after the seconds TensorFlow takes to import
+    pixels = check_inputs(checkpoint if checkpoint is not None else DEMO_CHECKPOINT, output,
+                          version, precision, min_agreement, list(probes), max_pixels)
     quiet_import_tensorflow()
     from tfdeploy.export.writer import export as run_export
 
@@ -67,13 +66,14 @@ def serve(base: str | Path | None = "models/deeplab", *, runtime: str = "auto",
           name: str | None = None, model_name: str = DEFAULT_MODEL_NAME,
           grpc_port: int = GRPC_PORT, rest_port: int = REST_PORT, host: str = "127.0.0.1",
           timeout: float = 180, progress: Progress | None = None, **options) -> Server:
-    """Start a model server for ``base`` in the background; return once its model is
-    AVAILABLE.
+    """Start a model server for ``base`` in the background; return once its models are
+    AVAILABLE (a base path with nothing to load fails at once, with the server's log).
 
     ``runtime``: ``auto`` (docker when an engine and a serving image are there, else
     ``tensorflow_model_server`` from PATH, else the embedded server), ``docker``,
     ``native`` or ``embedded``.  Port 0 picks a free port.  ``options`` are the other
-    fields of ``tfdeploy.runtime.base.ServeSpec``: ``model_config_file``,
+    fields of ``tfdeploy.runtime.base.ServeSpec``: ``model_config_file`` (every model in
+    it must come up; re-read every ``config_poll`` seconds, default 5, 0 = never),
     ``enable_batching``, ``batching_parameters_file``, ``monitoring_config_file``,
     ``gpu``, ``gpus``, ``image``, ``restart``, ``poll_seconds``, ``extra_flags``
     (tensorflow_model_server flags), ``env``, and docker's ``cpus``, ``memory``,

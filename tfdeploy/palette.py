@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from functools import cache
 
+#: Pascal VOC 2012's class names, by class index (the seed's 21-class checkpoints).
+VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car",
+               "cat", "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
+               "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+
 
 @cache
 def voc_palette(n: int = 256) -> bytes:

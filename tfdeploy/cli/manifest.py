@@ -7,11 +7,13 @@ from pathlib import Path
 import click
 
 from tfdeploy.cli.app import emit, main
+from tfdeploy.errors import UserError
 from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
 
 
 @main.command(short_help="Kubernetes, KServe or compose files for scaling out.")
-@click.option("--target", "-t", type=click.Choice(["k8s", "kserve", "compose"]), required=True)
+@click.option("--target", "-t", type=click.Choice(["k8s", "kserve", "compose"]), default=None,
+              help="What to write for: k8s, kserve or compose (required).")
 @click.argument("source", required=False, default="models/deeplab")
 @click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
               help="Replicas (the autoscaler's minimum when --max-replicas is above it).")
@@ -99,6 +101,13 @@ def manifest(target, output_dir, as_json, node_selector, **opts) -> None:
     from tfdeploy.api import manifest as write_manifests
     from tfdeploy.deploy.manifests import summary
     from tfdeploy.deploy.options import parse_node_selector
+
+    if target is None:  # `tfdeploy manifest k8s` reads k8s as SOURCE: say what to type
+        given = opts.get("source")
+        example = (f"`tfdeploy manifest -t {given}" + " SOURCE`" if given in (
+            "k8s", "kserve", "compose") else "`tfdeploy manifest -t k8s SOURCE`")
+        raise UserError(f"which target? give --target (-t) k8s, kserve or compose, e.g. "
+                        f"{example}")
 
     payload = write_manifests(target, output_dir=output_dir,
                               node_selector=parse_node_selector(node_selector), **opts)

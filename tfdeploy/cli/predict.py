@@ -23,6 +23,25 @@ _name_option = click.option(
     help="The tfdeploy server to use (see `tfdeploy status`). Default: the only running one.")
 _transport_option = click.option("--transport", type=click.Choice(["grpc", "rest"]),
                                   default="grpc", show_default=True)
+_model_option = click.option(
+    "--model", "--model-name", "-m", "model_name", default=None, metavar="NAME",
+    help="The model to use. Default: the only model the server serves (its model config "
+         f"file's), else {DEFAULT_MODEL_NAME}.")
+_label_option = click.option(
+    "--label", default=None, metavar="NAME",
+    help="A version label of the server's model config (e.g. stable) instead of a version "
+         "number.")
+
+
+def _version(ctx, param, value: str | None) -> int | None:
+    """A version number; a word is most likely a label, so say where labels go."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a version number (for a version "
+                                 f"label use --label {value})") from None
 
 
 def _retry_options(fn):
@@ -39,15 +58,19 @@ def _retry_options(fn):
 
 
 def _predictor(server, name, transport, timeout, retries, retry_timeout, model_name,
-               signature, version=None, **kw):
+               signature, version=None, label=None, **kw):
     """Connect to the endpoints the user named (or the running server) and read the
     model's signatures; library errors become one-line CLI errors."""
     from tfdeploy.client.predict import Client, PredictError
-    from tfdeploy.runtime.manage import client_endpoints
+    from tfdeploy.runtime.manage import class_names, client_target, target_record
 
-    client = Client(client_endpoints(server, transport, name), transport, model=model_name,
-                    signature=signature, version=version, timeout=timeout, retries=retries,
+    if version is not None and label is not None:
+        raise UserError("give --version or --label, not both", param="label")
+    addresses, model_name = client_target(server, transport, name, model_name)
+    client = Client(addresses, transport, model=model_name, signature=signature,
+                    version=version, label=label, timeout=timeout, retries=retries,
                     retry_timeout=retry_timeout)
+    client.class_names = class_names(target_record(server, addresses, name), model_name)
     try:
         return client.predictor(**kw)
     except PredictError as exc:
@@ -65,10 +88,9 @@ def _how_to_fix(cause: str | None, transport: str) -> str:
     return ""
 
 
-def _check_inputs(items) -> bool:
+def _check_inputs(items) -> list[str]:
     """Before any network call.  Nothing given exists: an error.  Some missing: said at
-    once (files also fail in the per-image report; globs matching nothing only here);
-    True then, so the exit code is 1."""
+    once, here only (the run skips them); returned, so the exit code is 1."""
     import glob
 
     from tfdeploy.client.predict import missing_inputs
@@ -80,7 +102,7 @@ def _check_inputs(items) -> bool:
         raise UserError("no images found: " + "; ".join(missing))
     for line in missing:
         click.echo(line, err=True)
-    return bool(missing)
+    return missing_inputs(items)
 
 
 @main.command(short_help="Images -> segmentation mask PNGs via a running server.")
@@ -88,11 +110,13 @@ def _check_inputs(items) -> bool:
 @_server_option
 @_name_option
 @_transport_option
-@click.option("--model-name", "-m", default=DEFAULT_MODEL_NAME, show_default=True)
+@_model_option
 @click.option("--signature", default=None,
               help="serving_default (encoded images) or predict_images (float pixels). "
                    "Default: serving_default when the model has it.")
-@click.option("--version", "version", type=int, default=None, help="Model version [latest].")
+@click.option("--version", "version", callback=_version, default=None, metavar="N",
+              help="Model version [latest].")
+@_label_option
 @click.option("--output-dir", "-o", default="masks", show_default=True,
               type=click.Path(path_type=Path), help="Where <stem>.png masks go.")
 @click.option("--overlay", is_flag=True, help="Also write <stem>.overlay.jpg previews.")
@@ -106,30 +130,42 @@ def _check_inputs(items) -> bool:
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document: per-image class pixel counts and a summary.")
 def predict(images: tuple[str, ...], server, name, transport, model_name, signature, version,
-            output_dir, overlay, max_side, concurrency, timeout, retries, retry_timeout,
-            as_json) -> None:
+            label, output_dir, overlay, max_side, concurrency, timeout, retries,
+            retry_timeout, as_json) -> None:
     """Segment IMAGES (files, directories, globs) and write palette PNG masks.
 
     Mask pixel values are class indices, coloured with the Pascal VOC palette.  A file
     that cannot be read is reported and skipped; the exit code is then 1.
+
+    A mask is OUTPUT_DIR/<stem>.png (directories keep their sub-folders).  Inputs with
+    the same stem keep their whole name (tiny.jpg -> tiny.jpg.png); the summary lists
+    them.  A run whose masks would replace one of its inputs is refused before any
+    request.
 
     \b
     Examples:
       tfdeploy predict examples/scene_1.jpg
       tfdeploy predict photos/ -j 4 --overlay -o out/
       tfdeploy predict photo.jpg --name staging       # one of several servers
+      tfdeploy predict photo.jpg --model seg_a --label stable
       tfdeploy predict 'shots/**/*.png' --transport rest --server 10.0.0.5:8501 --json
     """
     import time
 
-    from tfdeploy.client.predict import expand
+    from tfdeploy.client.predict import expand, overwrites
 
-    some_missing = _check_inputs(images)
-    jobs = expand(images)
+    missing = _check_inputs(images)
+    some_missing = bool(missing)
+    # a missing file was reported once, above: not again as a failed image
+    jobs = [job for job in expand(images) if str(job.path) not in missing]
     if not jobs:
         raise UserError("no images found in " + " ".join(images))
+    clashes = overwrites(jobs, output_dir, overlay)
+    if clashes:
+        raise UserError("nothing written: the masks would replace "
+                        + "; ".join(clashes) + ". Choose another --output-dir.")
     predictor = _predictor(server, name, transport, timeout, retries, retry_timeout,
-                           model_name, signature, version, output_dir=output_dir,
+                           model_name, signature, version, label, output_dir=output_dir,
                            overlay=overlay, max_side=max_side)
     results, started = [], time.perf_counter()
     with click.progressbar(length=len(jobs), label=f"predict ({predictor.signature})",
@@ -148,6 +184,8 @@ def predict(images: tuple[str, ...], server, name, transport, model_name, signat
         click.echo(f"{summary['images']} images: {summary['ok']} ok, {summary['failed']} "
                    f"failed" + (f", {rate} img/s" if rate is not None else "")
                    + (f" -> {output_dir}/" if summary["ok"] else ""))
+        for source, mask in summary["renamed"].items():
+            click.echo(f"  {source} -> {mask} (same stem as another input)")
     if summary["failed"] or some_missing:
         sys.exit(1)
 
@@ -175,15 +213,18 @@ def _rates(ctx, param, text: str | None) -> list[float] | None:
 @_server_option
 @_name_option
 @_transport_option
-@click.option("--model-name", "-m", default=DEFAULT_MODEL_NAME, show_default=True)
+@_model_option
+@_label_option
 @click.option("--signature", default=None, help="Default: serving_default when present.")
 @click.option("--concurrency", "-c", "concurrency", default=None, callback=_levels,
               metavar="1,4,8", help="Closed-loop concurrency levels [1,4,8].")
 @click.option("--concurrency-range", "concurrency_range", default=None, callback=_levels,
               metavar="START:END[:STEP]", help="perf_analyzer's form of --concurrency.")
-@click.option("--request-rate", "--request-rate-range", "request_rate", default=None,
-              callback=_rates, metavar="R[,R..]|START:END[:STEP]",
-              help="Open loop: send R requests/s on a fixed schedule, per level.")
+@click.option("--request-rate", "request_rate", default=None, callback=_rates,
+              metavar="R[,R..]", help="Open loop: send R requests/s on a fixed schedule, "
+                                      "per level.")
+@click.option("--request-rate-range", "request_rate_range", default=None, callback=_rates,
+              metavar="START:END[:STEP]", help="perf_analyzer's form of --request-rate.")
 @click.option("--warmup", type=click.IntRange(min=0), default=None,
               help="Requests per level sent before measuring, not counted [5; 0 with -n].")
 @click.option("--measurement-interval", "interval", type=click.FloatRange(min=0.05),
@@ -205,9 +246,9 @@ def _rates(ctx, param, text: str | None) -> list[float] | None:
 @click.option("--csv", "csv_file", type=click.Path(path_type=Path), default=None,
               help="Also write the results as CSV (- for stdout).")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
-def bench(images, server, name, transport, model_name, signature, concurrency,
-          concurrency_range, request_rate, warmup, interval, stability, max_trials, duration,
-          requests, max_threads, timeout, retries, retry_timeout, csv_file,
+def bench(images, server, name, transport, model_name, label, signature, concurrency,
+          concurrency_range, request_rate, request_rate_range, warmup, interval, stability,
+          max_trials, duration, requests, max_threads, timeout, retries, retry_timeout, csv_file,
           as_json) -> None:
     """Measure latency percentiles and throughput against a running server, the way
     perf_analyzer does: warm-up, then measurement windows until three agree.
@@ -228,6 +269,10 @@ def bench(images, server, name, transport, model_name, signature, concurrency,
     from tfdeploy.client.predict import PredictError
     from tfdeploy.demo import DEMO_IMAGES
 
+    if request_rate and request_rate_range:
+        raise UserError("give --request-rate or --request-rate-range, not both",
+                        param="request_rate_range")
+    request_rate = request_rate or request_rate_range
     if concurrency and concurrency_range:
         raise UserError("give --concurrency or --concurrency-range, not both",
                         param="concurrency_range")
@@ -244,27 +289,31 @@ def bench(images, server, name, transport, model_name, signature, concurrency,
     except PredictError as exc:
         raise UserError(str(exc)) from None
     predictor = _predictor(server, name, transport, timeout, retries, retry_timeout,
-                           model_name, signature, output_dir=None)
+                           model_name, signature, label=label, output_dir=None)
+
+    # stdout carries one format: the table, or the CSV (--csv -), which then sends the
+    # table to stderr, or the JSON (no table)
+    table_err = str(csv_file) == "-"
 
     def show(r) -> None:
         if as_json:
             return
-        click.echo(bench_lib.format_level(r))
+        click.echo(bench_lib.format_level(r), err=table_err)
         for sample in r.error_samples:
             click.echo(f"      error: {sample}", err=True)
         if len(r.endpoints) > 1:
             click.echo("      per endpoint: " + ", ".join(
-                f"{k} {v}" for k, v in r.endpoints.items()))
+                f"{k} {v}" for k, v in r.endpoints.items()), err=table_err)
 
     if not as_json:
         click.echo(f"{bench_lib.describe_input(predictor, inputs)} over {transport} to "
-                   f"{', '.join(predictor.transport.counts)}")
+                   f"{', '.join(predictor.transport.counts)}", err=table_err)
         mode = (f"fixed windows ({duration:g}s)" if duration else
                 f"fixed windows ({requests} requests)" if requests else
                 f"{interval:g}s windows until 3 agree within {stability:g}% "
                 f"(at most {max_trials})")
         click.echo(f"warm-up {warmup} requests per level, then {mode}", err=True)
-        click.echo(bench_lib.COLUMNS)
+        click.echo(bench_lib.COLUMNS, err=table_err)
     results = bench_lib.run(predictor, inputs, concurrency=levels,
                             request_rates=request_rate or (), on_level=show, warmup=warmup,
                             interval=interval, stability=stability, max_trials=max_trials,
@@ -279,7 +328,7 @@ def bench(images, server, name, transport, model_name, signature, concurrency,
         click.echo(json.dumps({"signature": predictor.signature, "transport": transport,
                                "images": len(inputs),
                                "levels": [r.to_json() for r in results]}, indent=2))
-    elif not all(r.stable for r in results):
+    elif any(r.stable is False for r in results):
         click.echo("some levels did not stabilise: raise --measurement-interval or "
                    "--max-trials, or quieten the machine", err=True)
     if any(r.errors for r in results):

@@ -10,7 +10,7 @@ import click
 
 from tfdeploy.cli.app import emit, main, progress_printer
 from tfdeploy.errors import UserError
-from tfdeploy.runtime.base import pass_through_help
+from tfdeploy.runtime.base import DEFAULT_CONFIG_POLL, pass_through_help
 from tfdeploy.tfs.names import DEFAULT_MODEL_NAME, GRPC_PORT, REST_PORT
 
 
@@ -29,7 +29,8 @@ def _env(ctx, param, values: tuple[str, ...]) -> dict[str, str]:
               epilog=pass_through_help())
 @click.argument("base", required=False, type=click.Path(path_type=Path))
 @click.argument("server_flags", nargs=-1, type=click.UNPROCESSED, metavar="[-- FLAGS...]")
-@click.option("--model-name", default=DEFAULT_MODEL_NAME, show_default=True)
+@click.option("--model-name", default=DEFAULT_MODEL_NAME, show_default=True,
+              help="The name clients ask for (/v1/models/NAME); without a model config.")
 @click.option("--name", default=None, help="Server name for status/logs/stop [model name].")
 @click.option("--runtime", type=click.Choice(["auto", "docker", "native", "embedded"]),
               default="auto", show_default=True)
@@ -45,11 +46,19 @@ def _env(ctx, param, values: tuple[str, ...]) -> dict[str, str]:
               help="Docker image [tensorflow/serving:<version>, else a locally built "
                    "tfdeploy/serving-embedded:latest].")
 @click.option("--model-config-file", type=click.Path(path_type=Path), default=None,
-              help="ModelServerConfig text proto (several models, policies, labels).")
-@click.option("--enable-batching", is_flag=True)
+              help="ModelServerConfig text proto (several models, policies, labels). "
+                   "serve waits until every model in it has a version AVAILABLE.")
+@click.option("--config-poll", type=click.FloatRange(min=0), default=DEFAULT_CONFIG_POLL,
+              show_default=True, metavar="SECONDS",
+              help="With --model-config-file: re-read it this often, so editing it adds, "
+                   "removes or relabels models in the running server; 0 = never.")
+@click.option("--enable-batching", is_flag=True,
+              help="Batch concurrent requests together (tensorflow_model_server's "
+                   "default batching parameters).")
 @click.option("--batching-parameters-file", type=click.Path(path_type=Path), default=None,
               help="BatchingParameters text proto (turns batching on).")
-@click.option("--monitoring-config-file", type=click.Path(path_type=Path), default=None)
+@click.option("--monitoring-config-file", type=click.Path(path_type=Path), default=None,
+              help="MonitoringConfig text proto (Prometheus metrics on the REST port).")
 @click.option("--restart", type=click.Choice(["no", "on-failure", "unless-stopped", "always"]),
               default=None, help="Docker restart policy.")
 @click.option("--cpus", type=float, default=None, help="Docker: CPU limit (e.g. 1.5).")
@@ -62,12 +71,13 @@ def _env(ctx, param, values: tuple[str, ...]) -> dict[str, str]:
               help="How often the server looks for new versions.")
 @click.option("--foreground", is_flag=True, help="Stay attached; Ctrl-C stops the server.")
 @click.option("--timeout", type=float, default=180, show_default=True,
-              help="Seconds to wait for the model to become AVAILABLE.")
-@click.option("--json", "as_json", is_flag=True)
+              help="Seconds to wait for the models to become AVAILABLE.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the server's record (ports, pid, versions) as JSON.")
 def serve(base, server_flags, model_name, name, runtime, gpu, gpus, grpc_port, rest_port,
           host, image, model_config_file, enable_batching, batching_parameters_file,
           monitoring_config_file, restart, cpus, memory, env, volumes, poll_seconds,
-          foreground, timeout, as_json) -> None:
+          foreground, timeout, as_json, config_poll) -> None:
     """Serve a model base path with TF Serving (docker, native) or the embedded server.
 
     BASE defaults to models/deeplab.  The server runs in the background until
@@ -100,7 +110,8 @@ def serve(base, server_flags, model_name, name, runtime, gpu, gpus, grpc_port, r
                    monitoring_config_file=monitoring_config_file, gpu=gpu,
                    gpus=[g.strip() for g in gpus.split(",")] if gpus else [],
                    image=image, restart=None if restart == "no" else restart,
-                   poll_seconds=poll_seconds, extra_flags=flags, env=env, cpus=cpus,
+                   poll_seconds=poll_seconds, config_poll=config_poll,
+                   extra_flags=flags, env=env, cpus=cpus,
                    memory=memory, volumes=list(volumes))
     say = progress_printer(as_json)
     if foreground:
@@ -148,10 +159,15 @@ def status(name, as_json) -> None:
         where = s["container_id"][:12] if s["container_id"] else f"pid {s['pid']}"
         models = "; ".join(
             f"model {model}: "
-            + (", ".join(f"v{v} {st}" for v, st in sorted(versions.items())) or "-")
+            + (", ".join(f"v{v} {st}" for v, st in sorted(versions.items(),
+                                                         key=lambda kv: int(kv[0])))
+               or "-")
+            + (" (labels " + ", ".join(f"{k}=v{v}" for k, v in labels.items()) + ")"
+               if (labels := s["model_labels"].get(model)) else "")
             for model, versions in s["model_versions"].items())
         click.echo(f"{s['name']}: {state_text}, {s['runtime']} ({where}), {models}; "
-                   f"gRPC {s['grpc']}, REST {s['rest']}")
+                   f"gRPC {s['grpc']}, REST {s['rest']}"
+                   + (f"\n  {s['hint']}" if s["hint"] else ""))
 
 
 @main.command(short_help="Print (or follow) a server's log.")

@@ -43,7 +43,11 @@ class ClientError(StatusError):
 
 
 class Transport(abc.ABC):
-    """The calls tfdeploy makes of a TF Serving endpoint."""
+    """The calls tfdeploy makes of a TF Serving endpoint.
+
+    ``version`` everywhere is which version of the model: a number, a version label (a
+    str: the ModelSpec's ``version_label``, REST ``/labels/NAME``), or None for the
+    latest."""
 
     #: ``grpc`` or ``rest``
     name: str

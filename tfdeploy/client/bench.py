@@ -42,7 +42,9 @@ class LevelResult:
     p95_ms: float | None
     p99_ms: float | None
     avg_ms: float | None
-    stable: bool
+    #: three windows agreed; None for a fixed window (``duration`` / ``requests``), where
+    #: no stability check ran
+    stable: bool | None
     windows: int
     error_samples: list[str] = field(default_factory=list)
     endpoints: dict[str, int] = field(default_factory=dict)
@@ -240,7 +242,8 @@ def run_level(predictor: Predictor, inputs: Sequence[LoadedImage], *,
     errors = Counter(s.error for s in samples if s.error)
     after = predictor.transport.counts
     return LevelResult(concurrency=None if request_rate else concurrency,
-                       request_rate=request_rate, stable=fixed or is_stable(windows, stability),
+                       request_rate=request_rate,
+                       stable=None if fixed else is_stable(windows, stability),
                        windows=len(windows),
                        error_samples=[f"{n}x {m}" for m, n in errors.most_common(3)],
                        endpoints={k: after[k] - before.get(k, 0) for k in after}, **merged)
@@ -274,7 +277,8 @@ def format_level(r: LevelResult) -> str:
     def ms(v: float | None) -> str:
         return f"{v:8.1f}" if v is not None else f"{'-':>8}"
 
-    stable = "yes" if r.stable else f"NO (after {r.windows} windows)"
+    stable = ("fixed" if r.stable is None else "yes" if r.stable
+              else f"NO (after {r.windows} windows)")
     return (f"{r.level:>7} {r.requests:>6} {r.errors:>5} {r.throughput:>8.2f} "
             f"{ms(r.p50_ms)} {ms(r.p90_ms)} {ms(r.p95_ms)} {ms(r.p99_ms)} {ms(r.avg_ms)}"
             f"  {stable}")

@@ -45,9 +45,10 @@ def overlay(image: Image.Image, mask: Image.Image, alpha: float = 0.55) -> Image
     return Image.fromarray(painted.round().astype(np.uint8))
 
 
-def class_counts(mask: Image.Image) -> dict[str, int]:
-    """Pixels per class index, from the mask's histogram."""
-    return {str(i): n for i, n in enumerate(mask.histogram()[:256]) if n}
+def class_counts(mask: Image.Image) -> dict[int, int]:
+    """Pixels per class index (an int; JSON output makes it a string key), from the
+    mask's histogram."""
+    return {i: n for i, n in enumerate(mask.histogram()[:256]) if n}
 
 
 def _read_umask() -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import io
+import os
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +55,8 @@ _HINTS = {
 class Job:
     path: Path
     name: Path  # output path relative to --output-dir, without suffix
+    #: why ``name`` is not the input's stem (another input has the same stem), else ""
+    renamed: str = ""
 
 
 @dataclass
@@ -61,11 +64,14 @@ class ImageResult:
     path: str
     mask: str | None = None
     overlay: str | None = None
-    classes: dict[str, int] = field(default_factory=dict)
+    #: pixels per class index
+    classes: dict[int, int] = field(default_factory=dict)
     height: int = 0
     width: int = 0
     seconds: float = 0.0
     error: str | None = None
+    #: the mask is not named ``<stem>.png`` (another input has the same stem)
+    renamed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -74,7 +80,13 @@ class ImageResult:
 
 def expand(items: Iterable[str]) -> list[Job]:
     """Files, directories (recursively, image suffixes only) and globs, in a stable order.
-    Directory inputs keep their sub-folder layout in the output; clashes get -2, -3..."""
+
+    A mask is named after its input's stem (``scene.jpg`` -> ``scene.png``); directory
+    inputs keep their sub-folder layout.  Inputs whose stems clash (``tiny.jpg`` and
+    ``tiny.png``) keep their whole file name instead (``tiny.jpg.png``, ``tiny.png.png``),
+    so each mask says which file it is; only when whole names clash too (the same file
+    name from two folders given one by one) does a counter follow (``x.jpg-2.png``).
+    ``Job.renamed`` marks every mask named so, for the summary to list."""
     jobs: list[Job] = []
     for item in items:
         p = Path(item)
@@ -88,13 +100,54 @@ def expand(items: Iterable[str]) -> list[Job]:
                     jobs.append(Job(Path(f), Path(Path(f).stem)))
         else:
             jobs.append(Job(p, Path(p.stem)))
-    seen: dict[Path, int] = {}
+    stems: dict[Path, int] = {}
     for job in jobs:
-        n = seen.get(job.name, 0) + 1
-        seen[job.name] = n
-        if n > 1:
-            job.name = job.name.with_name(f"{job.name.name}-{n}")
+        stems[job.name] = stems.get(job.name, 0) + 1
+    taken: set[Path] = {job.name for job in jobs if stems[job.name] == 1}
+    for job in jobs:
+        if stems[job.name] == 1:
+            continue
+        name = job.name.with_name(job.path.name)
+        n = 1
+        while name in taken:
+            n += 1
+            name = job.name.with_name(f"{job.path.name}-{n}")
+        taken.add(name)
+        job.name, job.renamed = name, "same stem as another input"
     return jobs
+
+
+def output_paths(job: Job, output_dir: Path, overlay: bool = False) -> list[Path]:
+    """The files predicting ``job`` writes under ``output_dir``: its mask, and its overlay
+    preview with ``overlay``."""
+    # the name may carry a dot of its own (tiny.jpg): append, never replace, a suffix
+    paths = [output_dir / job.name.with_name(f"{job.name.name}.png")]
+    if overlay:
+        paths.append(output_dir / job.name.with_name(f"{job.name.name}.overlay.jpg"))
+    return paths
+
+
+def overwrites(jobs: list[Job], output_dir: Path, overlay: bool = False) -> list[str]:
+    """Outputs of this run that would replace one of its inputs, or another of its
+    outputs, as ``"output (reason)"``; empty when the run is safe.  Checked before any
+    request, so a photo is never replaced by its mask (``predict x.png -o .``)."""
+    inputs = {_same_file_key(job.path): job.path for job in jobs}
+    written: dict[Path, Path] = {}
+    clashes = []
+    for job in jobs:
+        for target in output_paths(job, output_dir, overlay):
+            key = _same_file_key(target)
+            if key in inputs:
+                clashes.append(f"{target} (is the input {inputs[key]})")
+            elif key in written and written[key] != job.path:
+                clashes.append(f"{target} (also the output of {written[key]})")
+            written[key] = job.path
+    return clashes
+
+
+def _same_file_key(path: Path) -> Path:
+    """Paths naming the same file compare equal (relative, ``..``, symlinks)."""
+    return Path(os.path.realpath(path))
 
 
 def missing_inputs(items: Iterable[str]) -> list[str]:
@@ -126,6 +179,17 @@ def connection_problem(exc: ClientError, transport: str) -> tuple[str, str] | No
     return None
 
 
+def too_large_hint(message: str) -> str:
+    """A server's error, readable: models exported before the size-limit message lost its
+    apostrophe show TensorFlow's escaped ``model\\'s``; an image over the model's size
+    limit gets how to send a smaller one."""
+    message = message.replace("\\'", "'")
+    if "larger than this model" in message:
+        message += (" -- send it smaller: tfdeploy predict --max-side N, "
+                    "Client(max_side=N)")
+    return message
+
+
 def choose_signature(signatures: dict[str, Signature], wanted: str | None) -> str:
     if wanted:
         if wanted not in signatures:
@@ -146,9 +210,13 @@ def choose_signature(signatures: dict[str, Signature], wanted: str | None) -> st
 class Predictor:
     def __init__(self, transport: Transport, model: str = names.DEFAULT_MODEL_NAME,
                  signature: str | None = None,
-                 version: int | None = None, output_dir: Path | None = Path("masks"),
+                 version: int | str | None = None, output_dir: Path | None = Path("masks"),
                  overlay: bool = False, max_side: int | None = None):
+        """``version``: a number, a version label (a str), or None for the latest."""
         self.transport, self.model, self.version = transport, model, version
+        #: class index -> name, where known (the export records them); the summary
+        #: carries them next to the per-class pixel counts
+        self.class_names: dict[int, str] = {}
         self.output_dir, self.overlay, self.max_side = output_dir, overlay, max_side
         try:
             self.signatures = transport.metadata(model, version)
@@ -156,10 +224,14 @@ class Predictor:
             problem = connection_problem(exc, transport.name)
             where = f" from {exc.endpoint}" if exc.endpoint else ""
             cause = problem[0] if problem else None
-            raise PredictError(f"cannot get metadata of model {model!r}{where}: {exc}"
+            which = (f" (label {version!r})" if isinstance(version, str) else
+                     f" (version {version})" if version is not None else "")
+            raise PredictError(f"cannot get metadata of model {model!r}{which}{where}: {exc}"
                                + (f"; {problem[1]}" if problem else ""),
                                cause=cause, hint=_HINTS.get(cause, "")) from None
         self.signature = choose_signature(self.signatures, signature)
+        # what the endpoints served before any image: the summary counts requests only
+        self._counts_before = dict(transport.counts)
 
     def infer(self, image: images.LoadedImage) -> tuple[Image.Image, bytes | None]:
         """(mask as a palette "P" image, the server's PNG bytes when it sent them)."""
@@ -193,7 +265,7 @@ class Predictor:
         return full, png if full is mask else None
 
     def one(self, job: Job) -> ImageResult:
-        result = ImageResult(str(job.path))
+        result = ImageResult(str(job.path), renamed=bool(job.renamed))
         started = time.perf_counter()
         try:
             image = images.load(job.path, self.max_side)
@@ -201,20 +273,19 @@ class Predictor:
             result.height, result.width = image.original_size
             result.classes = masks.class_counts(full)
             if self.output_dir is not None:
-                target = self.output_dir / job.name.with_suffix(".png")
+                targets = output_paths(job, self.output_dir, self.overlay)
                 # the server's PNG as it is when nothing was resized
-                masks.save_atomic(png if png is not None else full, target)
-                result.mask = str(target)
+                masks.save_atomic(png if png is not None else full, targets[0])
+                result.mask = str(targets[0])
                 if self.overlay:
-                    target = self.output_dir / job.name.with_name(
-                        f"{job.name.name}.overlay.jpg")
-                    masks.save_atomic(masks.overlay(image.image, full), target,
+                    masks.save_atomic(masks.overlay(image.image, full), targets[1],
                                       format="JPEG", quality=90)
-                    result.overlay = str(target)
+                    result.overlay = str(targets[1])
         except images.BadImage as exc:
             result.error = str(exc)
         except ClientError as exc:
-            result.error = exc.message if exc.code == Code.INVALID_ARGUMENT else str(exc)
+            result.error = too_large_hint(
+                exc.message if exc.code == Code.INVALID_ARGUMENT else str(exc))
         except OSError as exc:
             result.error = f"cannot write mask: {exc.strerror or exc}"
         result.seconds = time.perf_counter() - started
@@ -229,7 +300,13 @@ class Predictor:
                                       if seconds and failed < len(results) else None),
                 "signature": self.signature, "transport": self.transport.name,
                 "output_dir": str(self.output_dir) if self.output_dir else None,
-                "endpoints": dict(self.transport.counts)}
+                # prediction requests per endpoint (the metadata call is not one)
+                "endpoints": {k: n - self._counts_before.get(k, 0)
+                              for k, n in self.transport.counts.items()},
+                # names of the class indices in results' ``classes`` (JSON: string keys)
+                "class_names": {str(i): n for i, n in self.class_names.items()} or None,
+                # masks not named <stem>.png: input -> mask
+                "renamed": {r.path: r.mask for r in results if r.renamed and r.mask}}
 
     def run(self, jobs: list[Job], concurrency: int = 1) -> Iterator[ImageResult]:
         """Results in input order; at most ``concurrency`` requests in flight."""
@@ -264,17 +341,25 @@ class Client:
 
     def __init__(self, address: str | Iterable[str], transport: str = "grpc", *,
                  model: str = names.DEFAULT_MODEL_NAME, signature: str | None = None,
-                 version: int | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 version: int | None = None, label: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT,
                  retries: int = DEFAULT_RETRIES, retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
                  max_side: int | None = None):
+        """``version`` (a number) or ``label`` (a version label of the server's model
+        config, e.g. ``"stable"``) picks the model version; neither: the latest."""
         from tfdeploy.client.pool import connect
 
-        self.model, self.version, self.max_side = model, version, max_side
+        if version is not None and label is not None:
+            raise ValueError("give version or label, not both")
+        self.model, self.max_side = model, max_side
+        self.version: int | str | None = label if label is not None else version
         self._signature = signature
         self.transport: Transport = connect(address, transport, timeout=timeout,
                                             retries=retries, retry_timeout=retry_timeout)
         self._predictor: Predictor | None = None
         self._executor: ThreadPoolExecutor | None = None
+        #: class index -> name where known (``Server.client()`` fills it from the export)
+        self.class_names: dict[int, str] = {}
 
     @property
     def addresses(self) -> list[str]:
@@ -292,9 +377,11 @@ class Client:
                   max_side: int | None = None) -> Predictor:
         """A Predictor over this client's connection (files in, mask files out); reads
         the model's metadata.  PredictError when the model cannot be used."""
-        return Predictor(self.transport, self.model, self._signature, self.version,
-                         output_dir=output_dir, overlay=overlay,
-                         max_side=max_side if max_side is not None else self.max_side)
+        predictor = Predictor(self.transport, self.model, self._signature, self.version,
+                              output_dir=output_dir, overlay=overlay,
+                              max_side=max_side if max_side is not None else self.max_side)
+        predictor.class_names = dict(self.class_names)
+        return predictor
 
     @property
     def signature(self) -> str:
@@ -311,7 +398,15 @@ class Client:
         array) as a PIL palette ("P") image of the input's size; pixel value = class
         index, Pascal VOC colours.  Raises ``images.BadImage`` for unusable input and
         ``ClientError`` when the server fails."""
-        loaded = images.from_any(image, self.max_side)
+        try:
+            loaded = images.from_any(image, self.max_side)
+        except images.BadImage as exc:
+            if isinstance(image, (str, Path)):  # say which file, and where it was looked for
+                raise images.BadImage(f"{image}: {exc}" + (
+                    f" (looked for {Path(image).absolute()})"
+                    if not Path(image).is_absolute() and not Path(image).exists() else "")
+                ) from None
+            raise
         return self._get_predictor().mask(loaded)[0]
 
     def predict_async(self, image):
@@ -334,8 +429,13 @@ class Client:
         missing = missing_inputs(items)
         if missing:
             raise PredictError(f"no such file or directory: {', '.join(missing)}")
+        jobs = expand(items)
+        clashes = overwrites(jobs, Path(output_dir), overlay)
+        if clashes:
+            raise PredictError("output_dir: nothing written, the masks would replace: "
+                               + "; ".join(clashes) + ". Choose another output_dir.")
         predictor = self.predictor(Path(output_dir), overlay)
-        return list(predictor.run(expand(items), concurrency))
+        return list(predictor.run(jobs, concurrency))
 
     def close(self) -> None:
         if self._executor is not None:

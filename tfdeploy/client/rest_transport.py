@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -55,7 +56,11 @@ class RestTransport(Transport):
                               self.address) from None
 
     @staticmethod
-    def _path(model: str, version: int | None) -> str:
+    def _path(model: str, version: int | str | None) -> str:
+        """A version number (``/versions/N``), a label (a str: ``/labels/NAME``) or the
+        latest."""
+        if isinstance(version, str):
+            return f"/v1/models/{model}/labels/{urllib.parse.quote(version, safe='')}"
         return f"/v1/models/{model}" + (f"/versions/{version}" if version is not None else "")
 
     def metadata(self, model: str, version: int | None = None) -> dict[str, Signature]:

@@ -134,7 +134,8 @@ def check_pixels(height: tf.Tensor, width: tf.Tensor, max_pixels: int) -> tf.Ope
     pixels = tf.cast(height, tf.int64) * tf.cast(width, tf.int64)
     return tf.debugging.assert_less_equal(
         pixels, tf.constant(max_pixels, tf.int64),
-        message=f"image is larger than this model's limit of {limit} "
+        # no apostrophe: TensorFlow escapes it in the error text (model\\'s)
+        message=f"image is larger than this model allows: limit of {limit} "
                 f"({max_pixels} pixels; set at export with --max-pixels)")
 
 

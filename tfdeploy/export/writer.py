@@ -37,6 +37,7 @@ from tfdeploy.export.precision import (
     cpu_flags,
     speed_warning,
 )
+from tfdeploy.export.preflight import check_version
 from tfdeploy.export.signatures import ServingModule
 from tfdeploy.tfs.codes import tf_error_message
 from tfdeploy.tfs.names import (
@@ -45,7 +46,7 @@ from tfdeploy.tfs.names import (
     SEGMENTATION_MAP,
     SERVING_DEFAULT,
 )
-from tfdeploy.tfs.versions import METADATA_FILE, next_version, numeric_dirs
+from tfdeploy.tfs.versions import METADATA_FILE, numeric_dirs
 
 TMP_PREFIX = ".tfdeploy-export-"
 LOGIT_TOLERANCE = 1e-4
@@ -177,6 +178,22 @@ def verify(version_dir: Path, reference: DeepLabV3, precision: str = "float32",
     return agreement
 
 
+def class_names(source: ckpt.Checkpoint) -> list[str] | None:
+    """The names of the checkpoint's classes, where known: the demo's shapes, or Pascal
+    VOC's for a 21-class seed checkpoint (what the seed trains on); None otherwise."""
+    from tfdeploy.demo import DEMO_CHECKPOINT
+    from tfdeploy.palette import VOC_CLASSES
+
+    if Path(source.prefix).resolve().parent == DEMO_CHECKPOINT:
+        from tfdeploy.demo.scenes import CLASSES
+
+        if len(CLASSES) == source.config.num_classes:
+            return list(CLASSES)
+    if source.format == "seed" and source.config.num_classes == len(VOC_CLASSES):
+        return list(VOC_CLASSES)
+    return None
+
+
 def export(
     checkpoint_path: str | Path | None = None,
     output: str | Path = "models/deeplab",
@@ -216,8 +233,7 @@ def export(
     base = Path(output).absolute()
     if base.exists() and not base.is_dir():
         raise UserError(f"{base}: output base path exists and is not a directory")
-    if version is not None and version < 1:
-        raise UserError(f"must be a positive integer, got {version}", param="version")
+    check_version(version, base)
     check_precision(precision)
     if max_pixels < 1:
         raise UserError(f"must be at least 1, got {max_pixels}", param="max_pixels")
@@ -246,7 +262,7 @@ def export(
     if precision == "int8":
         warnings.append(INT8_SERVERS)
     existing = numeric_dirs(base)
-    number = version if version is not None else next_version(base)
+    number = check_version(version, base)
     if number in existing and not overwrite:
         raise UserError(f"version {number} already exists at {existing[number]} "
                         "(pass --overwrite to replace it, or omit --version)")
@@ -307,6 +323,8 @@ def export(
             "precision": precision, "batch_norm_folded": True, "max_pixels": max_pixels,
             "agreement": result.agreement, "calibration": result.calibration,
             "servers": result.servers,
+            # class index -> name, for clients that report per-class results
+            "class_names": class_names(source),
         }, indent=2))
         _publish(tmp, base / str(number), replace=number in existing)
     except OSError as exc:  # disk full, quota, permissions while writing

@@ -22,6 +22,9 @@ from tfdeploy.errors import UserError
 from tfdeploy.runtime.state import ServerRecord
 from tfdeploy.tfs.flags import BY_NAME, FLAGS, Kind, flag_name, format_flag
 
+#: Seconds between re-reads of a model config file by a server ``tfdeploy serve`` starts.
+DEFAULT_CONFIG_POLL = 5.0
+
 
 @dataclass
 class ServeSpec:
@@ -42,6 +45,9 @@ class ServeSpec:
     image: str | None = None
     restart: str | None = None
     poll_seconds: float = 1.0
+    #: with a model config file: seconds between re-reads of it (0 = never, as
+    #: tensorflow_model_server's own default), so editing the file changes the server
+    config_poll: float = DEFAULT_CONFIG_POLL
     #: tensorflow_model_server flags passed through as they are (``serve ... -- FLAGS``)
     extra_flags: list[str] = field(default_factory=list)
     #: environment of the server (docker: the container; native/embedded: the process)
@@ -78,6 +84,9 @@ class ServeSpec:
             raise UserError(f"{self.memory!r} is not a size like 512m or 2g", param="memory")
         if self.cpus is not None and self.cpus <= 0:
             raise UserError("must be > 0", param="cpus")
+        if self.config_poll < 0:
+            raise UserError("must be >= 0 (0 = never re-read the model config file)",
+                            param="config_poll")
         check_server_flags(self.extra_flags)
 
     def model_names(self) -> list[str]:
@@ -106,9 +115,12 @@ class ServeSpec:
                            "image": self.image if asked != "auto" else None}
             given = [k for k, v in docker_only.items() if v]
             if given:
-                raise UserError(f"only the docker runtime takes "
-                                f"{', '.join('--' + g for g in given)} (the {runtime} runtime "
-                                "was chosen; use --runtime docker)", param=given[0])
+                # argument names as {placeholders}: flags in the CLI, names in Python
+                names = ", ".join("{" + ("volumes" if g == "volume" else g) + "}"
+                                  for g in given)
+                raise UserError.about(f"only the docker runtime takes {names} (the "
+                                      "{chosen} runtime was chosen; use {runtime} docker)",
+                                      param=given[0], chosen=runtime)
         if runtime == "native":
             ours = [f for f in self.extra_flags if _kind(f) is Kind.OURS]
             if ours:
@@ -131,6 +143,9 @@ class ServeSpec:
         if self.model_config_file:
             flags.append(format_flag("model_config_file",
                                      config_path or self.model_config_file))
+            if self.config_poll > 0:
+                flags.append(format_flag("model_config_file_poll_wait_seconds",
+                                         self.config_poll))
         if self.enable_batching:
             flags.append(format_flag("enable_batching", True))
             if self.batching_parameters_file:
@@ -258,26 +273,63 @@ def model_status(record: ServerRecord, model: str | None = None,
     return {int(v["version"]): v["state"] for v in body.get("model_version_status", [])}
 
 
-def wait_ready(runtime: Runtime, record: ServerRecord, timeout: float = 120) -> dict[int, str]:
-    """Block until a version is AVAILABLE; on failure stop the server, raise with its log."""
+#: What tensorflow_model_server logs when a model's base path gives it nothing to load
+#: (the embedded server uses the same words): waiting longer will not help.
+_NOTHING_TO_LOAD = (r"No versions of servable {model} found",
+                    r"Could not find base path .* for servable {model}\b",
+                    r"cannot read base path of model {model}\b")
+
+
+def _nothing_to_load(lines: list[str], model: str) -> list[str]:
+    """The log lines saying ``model`` has no version to load (empty, missing or
+    unreadable base path)."""
+    found = re.compile("|".join(p.format(model=re.escape(model)) for p in _NOTHING_TO_LOAD))
+    return [line for line in lines if found.search(line)]
+
+
+def wait_ready(runtime: Runtime, record: ServerRecord, timeout: float = 120
+               ) -> dict[int, str]:
+    """Block until every model of the server (``record.models``: the config file's, or
+    the one) has a version AVAILABLE; return the first model's versions.  Stops the
+    server and raises, with the log lines about the models that did not come up, when
+    one never will: all its versions failed, its base path has none or cannot be read
+    (said at once, not after ``timeout``), the server exited, or time ran out."""
+    models = record.models or [record.model_name]
     deadline = time.monotonic() + timeout
-    status: dict[int, str] | None = None
+    statuses: dict[str, dict[int, str] | None] = {}
+    hopeless: dict[str, str] = {}
     while time.monotonic() < deadline:
-        status = model_status(record)
-        if status and "AVAILABLE" in status.values():
-            return status
-        if status and set(status.values()) == {"END"}:
-            break  # every version it found failed to load: waiting longer will not help
+        statuses = {m: model_status(record, m) for m in models}
+        if all(st and "AVAILABLE" in st.values() for st in statuses.values()):
+            return statuses[models[0]]
         if not runtime.alive(record):
             break
+        hopeless = {m: "could not load any version" for m, st in statuses.items()
+                    if st and set(st.values()) == {"END"}}
+        if any(not st for st in statuses.values()):
+            lines = list(runtime.logs(record, tail=500))
+            hopeless.update({m: "found no version to load" for m, st in statuses.items()
+                             if not st and _nothing_to_load(lines, m)})
+        if hopeless:
+            break
         time.sleep(0.25)
-    tail = "\n".join(list(runtime.logs(record, tail=15))[-15:])
-    if status and set(status.values()) == {"END"}:
-        reason = "could not load any version of its model"
-    elif not runtime.alive(record):
+    alive = runtime.alive(record)
+    lines = list(runtime.logs(record, tail=500))
+    waiting = [m for m, st in statuses.items() if not (st and "AVAILABLE" in st.values())]
+    if hopeless and len(models) == 1:
+        reason = next(iter(hopeless.values())).replace("version", "version of its model")
+    elif hopeless:
+        reason = "; ".join(f"model {m} {why}" for m, why in hopeless.items())
+    elif not alive:
         reason = "exited"
     else:
-        reason = f"not ready after {timeout:.0f}s"
+        reason = (f"not ready after {timeout:.0f}s"
+                  + (f" (waiting for model {', '.join(waiting)})" if len(models) > 1 else ""))
+    about = [line for line in lines if any(m in line for m in (hopeless or waiting))]
+    tail = "\n".join((about or lines)[-15:])
     runtime.stop(record)
-    raise UserError(f"server {record.name} {reason} (model status: {status}); last log lines:"
-                    f"\n{tail}")
+    shown = {m: statuses.get(m) for m in (hopeless or waiting)} if len(models) > 1 else (
+        statuses.get(models[0]))
+    raise UserError(f"server {record.name} {reason} (model status: {shown}); "
+                    f"last log lines{' about ' + ', '.join(hopeless or waiting) if about else ''}"
+                    f":\n{tail}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from tfdeploy.errors import UserError
 from tfdeploy.runtime import select, state
@@ -16,9 +17,12 @@ def serve(spec: ServeSpec, runtime: str = "auto", timeout: float = 180,
     existing = state.load_all().get(spec.name)
     if existing is not None:
         if select.get(existing.runtime).alive(existing):
-            raise UserError(f"a server named {spec.name!r} is already running "
-                            f"({existing.runtime}, gRPC {existing.grpc_endpoint}); "
-                            f"`tfdeploy stop {spec.name}` or pass --name")
+            # {name}: the CLI says --name, Python name=
+            raise UserError.about("a server named {server} is already running ({runtime}, "
+                                  "gRPC {grpc}); stop it (`tfdeploy stop {plain}`) or "
+                                  "choose another {name}", server=repr(spec.name),
+                                  runtime=existing.runtime, grpc=existing.grpc_endpoint,
+                                  plain=spec.name)
         state.remove(spec.name)
     chosen, why = select.choose(spec, runtime)
     spec.check_runtime(chosen.name, runtime)
@@ -26,6 +30,8 @@ def serve(spec: ServeSpec, runtime: str = "auto", timeout: float = 180,
     if progress:
         progress(f"runtime: {chosen.name} ({why})")
     record = chosen.start(spec, progress)
+    if spec.model_config_file is not None:
+        record.model_config_file = str(spec.model_config_file)
     state.save(record)
     try:
         status = wait_ready(chosen, record, timeout)
@@ -72,16 +78,115 @@ def choose_server(name: str | None = None) -> ServerRecord | None:
     if name is not None:
         record = find(name)
         if not select.get(record.runtime).alive(record):
-            raise UserError(f"server {name!r} is not running (see `tfdeploy status`; "
-                            f"`tfdeploy serve --name {name}` starts it again)", param="name")
+            raise UserError(f"server {name!r} is not running any more (gRPC "
+                            f"{record.grpc_endpoint}): `tfdeploy logs {name}` shows why; "
+                            f"`tfdeploy serve --name {name}` starts it again", param="name")
         return record
-    live = live_records()
+    records = sorted(state.load_all().values(), key=lambda r: r.started_at)
+    live = [r for r in records if select.get(r.runtime).alive(r)]
     if len(live) > 1:
         listing = ", ".join(f"{r.name} (gRPC {r.grpc_endpoint}, REST {r.rest_endpoint})"
                             for r in live)
         raise UserError(f"several servers are running: {listing}; choose one with --name "
                         "or --server", param="name")
+    if not live and records:
+        # the server the user started died: name it, rather than try a default port and
+        # report a refused connection there
+        raise UserError(f"no server is running: {_died(records)}; or point at another "
+                        "server with --server HOST:PORT")
     return live[0] if live else None
+
+
+def _died(records: list[ServerRecord]) -> str:
+    """What to say about recorded servers that are not running: which, and how to see why."""
+    return "; ".join(f"{r.name!r} (gRPC {r.grpc_endpoint}), which `tfdeploy serve` started, "
+                     f"has stopped: `tfdeploy logs {r.name}` shows why, `tfdeploy serve "
+                     f"--name {r.name}` starts it again" for r in records)
+
+
+def served_models(record: ServerRecord) -> dict[str, dict[str, int]]:
+    """Model name -> its version labels (label -> version), as the server has them now:
+    the model config file's current contents (the server re-reads it), or what the
+    record says when there is no file or it cannot be read (then labels are unknown)."""
+    if record.model_config_file:
+        from tfdeploy.serving.config import model_server_config
+
+        try:
+            config = model_server_config(record.model_config_file)
+        except UserError:
+            pass  # unreadable now: the server keeps serving what it had
+        else:
+            models = {mc.name: dict(sorted(mc.version_labels.items()))
+                      for mc in config.model_config_list.config}
+            if models:
+                return models
+    return {m: {} for m in record.models or [record.model_name]}
+
+
+def client_target(servers: tuple[str, ...] | list[str], transport: str,
+                  name: str | None = None, model: str | None = None
+                  ) -> tuple[list[str], str]:
+    """(addresses, model) for a client command: ``client_endpoints``, and ``model`` or,
+    when not given, the only model the server serves (a recorded server, found by name
+    or by its address), else TF Serving's usual ``deeplab``.  A server with several
+    models and no ``model`` is an error listing them: guessing would predict with the
+    wrong one."""
+    from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
+
+    addresses = client_endpoints(servers, transport, name)
+    if model is not None:
+        return addresses, model
+    record = target_record(servers, addresses, name)
+    if record is None:
+        return addresses, DEFAULT_MODEL_NAME
+    models = list(served_models(record))
+    if len(models) > 1:
+        raise UserError(f"server {record.name!r} serves several models ("
+                        f"{', '.join(models)}); choose one with --model", param="model")
+    return addresses, models[0]
+
+
+def target_record(servers, addresses: list[str], name: str | None) -> ServerRecord | None:
+    """The recorded server a client command talks to: one at the ``--server`` addresses,
+    or the one ``choose_server`` picks; None when it is not one of ours."""
+    if servers:
+        for r in state.load_all().values():
+            if {r.grpc_endpoint, r.rest_endpoint} & set(addresses):
+                return r
+        return None
+    return choose_server(name)
+
+
+def class_names(record: ServerRecord | None, model: str) -> dict[int, str]:
+    """Class index -> name for ``model`` of a recorded server, from the ``tfdeploy.json``
+    its newest version holds (the export records them); empty when not known (a
+    server that is not ours, a remote base path, a model exported without names)."""
+    import json
+
+    from tfdeploy.tfs.versions import METADATA_FILE, numeric_dirs
+
+    if record is None:
+        return {}
+    base = record.base_path
+    if record.model_config_file:
+        from tfdeploy.serving.config import model_server_config
+
+        try:
+            config = model_server_config(record.model_config_file)
+        except UserError:
+            return {}
+        base = next((mc.base_path for mc in config.model_config_list.config
+                     if mc.name == model), "")
+    if not base or "://" in base:
+        return {}
+    for version_dir in reversed(numeric_dirs(Path(base)).values()):
+        try:
+            names = json.loads((version_dir / METADATA_FILE).read_text()).get("class_names")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(names, list):
+            return {i: str(n) for i, n in enumerate(names)}
+    return {}
 
 
 def client_endpoints(servers: tuple[str, ...] | list[str], transport: str,
@@ -121,14 +226,22 @@ def find(name: str | None) -> ServerRecord:
 
 def describe(record: ServerRecord) -> dict:
     """The record plus what the server says now: ``running``, ``versions`` (of its
-    first model) and ``model_versions`` (every model it serves -> version -> state)."""
+    first model), ``model_versions`` (every model it serves -> version -> state) and
+    ``model_labels`` (model -> label -> version).  With a model config file, the models
+    are the file's as it is now, which the server follows (it re-reads the file)."""
     runtime = select.get(record.runtime)
     alive = runtime.alive(record)
     per_model = {}
-    for model in record.models or [record.model_name]:
+    models = served_models(record)
+    for model in models:
         versions = model_status(record, model) if alive else None
         per_model[model] = {str(k): v for k, v in (versions or {}).items()}
-    return {**record.to_json(), "running": alive,
+    return {**record.to_json(), "running": alive, "models": list(models),
+            # label -> version of each model (from the model config file)
+            "model_labels": models,
+            # a record whose server is gone: where its last words are
+            "hint": None if alive else f"`tfdeploy logs {record.name}` shows why it "
+                                       f"stopped; `tfdeploy stop {record.name}` forgets it",
             "versions": next(iter(per_model.values())), "model_versions": per_model,
             "grpc": record.grpc_endpoint, "rest": record.rest_endpoint}
 
@@ -234,12 +347,21 @@ class Server:
         return list(select.get(self.record.runtime).logs(self.record, tail=tail))
 
     def client(self, transport: str = "grpc", **options):
-        """A ``tfdeploy.Client`` for this server's model over ``transport``."""
+        """A ``tfdeploy.Client`` for this server's model over ``transport``; with several
+        models (a model config file), pass ``model=`` (``label=`` picks a labelled
+        version)."""
         from tfdeploy.client.predict import Client
 
         address = self.grpc_address if transport == "grpc" else self.record.rest_endpoint
-        options.setdefault("model", self.model_name)
-        return Client(address, transport, **options)
+        if options.get("model") is None:
+            models = list(served_models(self.record))
+            if len(models) > 1:
+                raise UserError(f"server {self.name!r} serves several models "
+                                f"({', '.join(models)}); pass model=", param="model")
+            options["model"] = models[0]
+        client = Client(address, transport, **options)
+        client.class_names = class_names(self.record, client.model)
+        return client
 
     def stop(self, timeout: float = 30) -> None:
         """Stop the server (in-flight requests get ``timeout`` seconds) and forget it."""

@@ -42,6 +42,9 @@ class ServerRecord:
     command: list[str] = field(default_factory=list)
     #: every model the server serves (several with a model config file)
     models: list[str] = field(default_factory=list)
+    #: the model config file on this machine, which the server re-reads: what it serves
+    #: follows the file, and ``status`` / ``predict`` follow it too
+    model_config_file: str | None = None
 
     @property
     def grpc_endpoint(self) -> str:

@@ -94,7 +94,7 @@ FLAGS: tuple[ServerFlag, ...] = (
     _row("model_config_file", OFFICIAL, str, "",
          "ModelServerConfig text proto (many models)", "--model-config-file"),
     _row("model_config_file_poll_wait_seconds", OFFICIAL, float, 0.0,
-         "re-read --model_config_file this often; 0 = never"),
+         "re-read --model_config_file this often; 0 = never", "--config-poll"),
     _row("file_system_poll_wait_seconds", OFFICIAL, float, 1.0,
          "poll base paths for new versions this often; 0 = once at start", "--poll-seconds"),
     _row("max_num_load_retries", OFFICIAL, int, 5, "retries of a failed version load"),

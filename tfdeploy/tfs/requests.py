@@ -28,8 +28,11 @@ DT_STRING = 7  # tensorflow.DataType.DT_STRING (kept numeric: no numpy import he
 
 def set_model_spec(spec, model: str, version: int | None = None, signature: str = "",
                    label: str | None = None) -> None:
-    """Fill a ModelSpec: a version number or a label (not both), and a signature key."""
+    """Fill a ModelSpec: a version number or a label (not both), and a signature key.
+    ``version`` may itself be a label (a str): callers pass "which version" as one value."""
     spec.name = model
+    if isinstance(version, str):
+        version, label = None, version
     if version is not None:
         spec.version.value = version
     elif label:

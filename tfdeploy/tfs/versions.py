@@ -96,3 +96,8 @@ def versions(base: Path) -> dict[int, Path]:
 def next_version(base: Path) -> int:
     dirs = numeric_dirs(base)
     return max(dirs) + 1 if dirs else 1
+
+
+#: The largest version number: TF Serving numbers versions as int64, so a larger version
+#: directory could not be reported in a status response.
+MAX_VERSION = 2**63 - 1
