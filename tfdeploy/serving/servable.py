@@ -37,6 +37,19 @@ from tfdeploy.tfs.names import DEFAULT_SIGNATURE, SERVE_TAG
 from tfdeploy.tfs.saved_model import meta_graph, read_saved_model, signature_defs
 
 
+def timeout_bucket(timeout_ms: int) -> int:
+    """``timeout_ms`` rounded down to one of four steps per doubling (4, 5, 6, 7 x 2^k ms).
+
+    A session callable's RunOptions are fixed when it is made, and every request brings
+    its own time left; rounding down (the run ends at most ~20% before the deadline,
+    never after it) keeps the callables per signature to a few dozen instead of one per
+    distinct millisecond."""
+    if timeout_ms <= 8:
+        return max(0, timeout_ms)
+    shift = timeout_ms.bit_length() - 3
+    return (timeout_ms >> shift) << shift
+
+
 @dataclass
 class Servable:
     name: str
@@ -78,10 +91,12 @@ class Servable:
                     f"got {have}")
 
     def run(self, key: str, inputs: dict[str, np.ndarray],
-            output_filter: list[str] | tuple = (), timeout_ms: int = 0) -> dict[str, np.ndarray]:
+            output_filter: list[str] | tuple = (), timeout_ms: int = 0,
+            deadline: float | None = None) -> dict[str, np.ndarray]:
         """Check, then run (through the batcher when batching is on).  ``timeout_ms`` > 0
         bounds the graph run (DEADLINE_EXCEEDED after it), as the session run timeout
-        of --rest_api_timeout_in_ms; batched runs are not bounded."""
+        of the request's deadline; a batched request waits for its batch until
+        ``deadline`` (time.monotonic()) at most and is not run once it passed."""
         key, sd = self.signature(key)
         seen = set()
         for alias in output_filter:
@@ -97,7 +112,7 @@ class Servable:
         self.check_inputs(key, inputs)
         batcher = self.batchers.get(key)
         if batcher is not None:
-            outputs = batcher.submit(inputs)
+            outputs = batcher.submit(inputs, deadline)
             return {k: outputs[k] for k in output_filter} if output_filter else outputs
         return self.call(key, inputs, tuple(output_filter), timeout_ms)
 
@@ -111,6 +126,7 @@ class Servable:
     def _callable(self, feeds: tuple[str, ...], fetches: tuple[str, ...], timeout_ms: int):
         """A session callable feeding and fetching these tensor names (made once, then
         reused: callables skip per-call graph pruning)."""
+        timeout_ms = timeout_bucket(timeout_ms)
         cache_key = (feeds, fetches, timeout_ms)
         fn = self._callables.get(cache_key)
         if fn is None:
