@@ -226,12 +226,15 @@ def test_short_deadlines_do_not_starve_the_next_predict(marking_dir, tmp_path):
 
 
 def test_a_request_that_expired_while_queued_is_not_run(marking_dir, tmp_path):
-    """One slot held; a call with a 0.5 s deadline waits behind it and expires: it gets
-    DEADLINE_EXCEEDED at its deadline and never runs, also once the slot frees."""
+    """A gRPC call holds the only gRPC slot and the whole pixel budget: a gRPC call with
+    a 0.5 s deadline and a REST one (--rest_api_timeout_in_ms=500, its slot free but no
+    budget) wait behind it and expire: DEADLINE_EXCEEDED (REST 504) at their deadline,
+    and they never run, also once the slot and the budget free."""
     gate = tmp_path / "gate-open"
     open_gate = tmp_path / "open"
     open_gate.touch()
-    _, srv = serve_one(marking_dir, tmp_path, "gated", "--grpc_max_threads=1")
+    _, srv = serve_one(marking_dir, tmp_path, "gated", "--grpc_max_threads=1",
+                       "--max_inflight_pixels=10", "--rest_api_timeout_in_ms=500")
     try:
         srv.wait_available(1, model="gated")
         stub = _stub(srv)
@@ -241,14 +244,18 @@ def test_a_request_that_expired_while_queued_is_not_run(marking_dir, tmp_path):
         with pytest.raises(grpc.RpcError) as err:
             stub.Predict(_held(open_gate, tmp_path / "expired"), 0.5)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert time.monotonic() - started < 5
+        code, body = http("POST", f"{srv.rest}/v1/models/gated:predict",
+                          _rest_held(open_gate, tmp_path / "rest-expired"), timeout=30)
+        assert code == 504, body
+        assert time.monotonic() - started < 10
         gate.touch()
         assert tensors.from_proto(held.result().outputs["y"]).tolist() == [[2.5]]
-        # the freed slot takes new work; the expired call is gone
+        # the freed slot takes new work; the expired calls are gone
         response = stub.Predict(_held(open_gate, tmp_path / "after"), 30)
         assert tensors.from_proto(response.outputs["y"]).tolist() == [[2.5]]
         time.sleep(0.5)
         assert not (tmp_path / "expired").exists()
+        assert not (tmp_path / "rest-expired").exists()
     finally:
         gate.touch()
         assert srv.stop() == 0

@@ -31,23 +31,11 @@ from typing import Protocol
 import numpy as np
 import tensorflow as tf
 
+from tfdeploy.serving.path import timeout_bucket
 from tfdeploy.tfs import tensors
 from tfdeploy.tfs.codes import Code, StatusError, tf_error_message
 from tfdeploy.tfs.names import DEFAULT_SIGNATURE, SERVE_TAG
 from tfdeploy.tfs.saved_model import meta_graph, read_saved_model, signature_defs
-
-
-def timeout_bucket(timeout_ms: int) -> int:
-    """``timeout_ms`` rounded down to one of four steps per doubling (4, 5, 6, 7 x 2^k ms).
-
-    A session callable's RunOptions are fixed when it is made, and every request brings
-    its own time left; rounding down (the run ends at most ~20% before the deadline,
-    never after it) keeps the callables per signature to a few dozen instead of one per
-    distinct millisecond."""
-    if timeout_ms <= 8:
-        return max(0, timeout_ms)
-    shift = timeout_ms.bit_length() - 3
-    return (timeout_ms >> shift) << shift
 
 
 @dataclass
