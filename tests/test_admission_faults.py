@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow  # noqa: F401  (before tensorflow_serving: see tfdeploy/tfs/protos.py)
-from servers import http
+from servers import ServerProcess, http
 from small_models import save_half_plus_two, save_marking_gated_half_plus_two, serve_one
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -310,4 +310,47 @@ def test_health_metadata_and_metrics_answer_while_inference_is_saturated(marking
         gate.touch()
         for t in threads:
             t.join(60)
+        assert srv.stop() == 0
+
+
+def test_many_large_images_queue_on_the_pixel_budget(demo_base, tmp_path):
+    """The demo DeepLab with a budget of one 1024x1024 image in flight and 8 inference
+    slots: 6 such images sent at once are all answered, and the server's peak memory
+    grows by less than one more image's worth (they ran one after another, not 6 at a
+    time)."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    from tfdeploy.client.pool import connect
+
+    side = 1024
+    image = Image.new("RGB", (side, side), (30, 120, 200))
+    ImageDraw.Draw(image).ellipse((200, 200, 800, 700), fill=(240, 200, 20))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    data = buf.getvalue()
+    srv = ServerProcess("--model_name=deeplab", f"--model_base_path={demo_base}",
+                        f"--max_inflight_pixels={side * side}", "--grpc_max_threads=8",
+                        log_dir=tmp_path)
+    try:
+        srv.wait_available(1)
+        before = _peak_rss(srv.proc.pid)
+        pool = connect(srv.grpc_target, "grpc", timeout=600, retries=0)
+        for _ in range(2):
+            assert pool.predict_png("deeplab", data)[:4] == b"\x89PNG"
+        one = _peak_rss(srv.proc.pid)
+        per_image = one - before
+        masks: list[bytes] = []
+        threads = [threading.Thread(target=lambda: masks.append(
+            pool.predict_png("deeplab", data))) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+        assert len(masks) == 6 and all(m[:4] == b"\x89PNG" for m in masks)
+        growth = _peak_rss(srv.proc.pid) - one
+        assert growth < per_image + (64 << 20), \
+            f"6 images at once grew the peak by {growth >> 20} MB (one: {per_image >> 20} MB)"
+    finally:
         assert srv.stop() == 0
