@@ -316,7 +316,7 @@ def test_health_metadata_and_metrics_answer_while_inference_is_saturated(marking
 def test_many_large_images_queue_on_the_pixel_budget(demo_base, tmp_path):
     """The demo DeepLab with a budget of one 1024x1024 image in flight and 8 inference
     slots: 6 such images sent at once are all answered, and the server's peak memory
-    grows by less than one more image's worth (they ran one after another, not 6 at a
+    grows by less than half an image's worth (they ran one after another, not 6 at a
     time)."""
     import io
 
@@ -350,7 +350,9 @@ def test_many_large_images_queue_on_the_pixel_budget(demo_base, tmp_path):
             t.join(600)
         assert len(masks) == 6 and all(m[:4] == b"\x89PNG" for m in masks)
         growth = _peak_rss(srv.proc.pid) - one
-        assert growth < per_image + (64 << 20), \
+        # measured on 2 cores without the budget: one image +413 MB, six at once +369 MB
+        # more; with it they run one after another and the peak hardly moves
+        assert growth < per_image // 2, \
             f"6 images at once grew the peak by {growth >> 20} MB (one: {per_image >> 20} MB)"
     finally:
         assert srv.stop() == 0
