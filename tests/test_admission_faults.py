@@ -261,6 +261,36 @@ def test_a_request_that_expired_while_queued_is_not_run(marking_dir, tmp_path):
         assert srv.stop() == 0
 
 
+def test_a_cancelled_call_leaves_the_queue_and_is_not_run(marking_dir, tmp_path):
+    """One slot held, one queue place: a queued call that its client cancels frees its
+    place (the next call queues instead of getting UNAVAILABLE) and never runs."""
+    gate = tmp_path / "gate-open"
+    open_gate = tmp_path / "open"
+    open_gate.touch()
+    _, srv = serve_one(marking_dir, tmp_path, "gated", "--grpc_max_threads=1",
+                       "--max_queued_requests=1")
+    try:
+        srv.wait_available(1, model="gated")
+        stub = _stub(srv)
+        held = stub.Predict.future(_held(gate, tmp_path / "held"), 120)
+        _wait_marks([tmp_path / "held"])
+        cancelled = stub.Predict.future(_held(open_gate, tmp_path / "cancelled"), 120)
+        time.sleep(0.5)  # it waits in the queue
+        assert cancelled.cancel()
+        time.sleep(0.5)
+        queued = stub.Predict.future(_held(open_gate, tmp_path / "queued"), 120)
+        time.sleep(0.5)
+        assert not queued.done(), "refused although the cancelled call left the queue"
+        gate.touch()
+        assert tensors.from_proto(held.result().outputs["y"]).tolist() == [[2.5]]
+        assert tensors.from_proto(queued.result().outputs["y"]).tolist() == [[2.5]]
+        time.sleep(0.5)
+        assert not (tmp_path / "cancelled").exists()
+    finally:
+        gate.touch()
+        assert srv.stop() == 0
+
+
 def test_health_metadata_and_metrics_answer_while_inference_is_saturated(marking_dir,
                                                                          tmp_path):
     """12 REST predictions and 6 gRPC ones in flight (every slot taken, the rest queued):
