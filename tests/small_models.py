@@ -103,6 +103,32 @@ def save_gated_half_plus_two(path: Path) -> Path:
     return path
 
 
+def save_marking_gated_half_plus_two(path: Path) -> Path:
+    """Like ``save_gated_half_plus_two`` with a third input, ``mark`` (a file path): a run
+    first writes that file, then waits for the gate.  Tests see whether a request was run
+    at all (an expired one must not be)."""
+    import tensorflow as tf
+
+    class Marking(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x"),
+                                      tf.TensorSpec([], tf.string, name="gate"),
+                                      tf.TensorSpec([], tf.string, name="mark")])
+        def serve(self, x, gate, mark):
+            with tf.control_dependencies([tf.io.write_file(mark, "ran")]):
+                start = tf.identity(tf.constant(0))
+
+            def closed(i):
+                return tf.logical_and(tf.size(tf.io.matching_files(gate)) == 0,
+                                      i < 100_000_000)
+
+            (looks,) = tf.while_loop(closed, lambda i: (i + 1,), [start])
+            return {"y": x * 0.5 + 2.0, "looks": looks}
+
+    module = Marking()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
 def half_plus_two(x: np.ndarray) -> np.ndarray:
     return x * 0.5 + 2
 

@@ -1002,3 +1002,76 @@ def test_batch_options_read_the_four_fields(tmp_path):
     rewritten = BatchOptions(max_enqueued_batches=0)
     rewritten.validate()  # without splitting TF Serving takes 0 as 1
     assert rewritten.max_enqueued_batches == 1
+
+
+# -- admission: slots, the pixel budget, the queue bound, deadlines ------------------------
+def test_timeout_bucket_rounds_down_to_four_steps_per_doubling():
+    from tfdeploy.serving.path import timeout_bucket
+
+    seen = set()
+    for ms in range(1, 200_000, 7):
+        b = timeout_bucket(ms)
+        assert 0 < b <= ms and b > ms * 0.75
+        seen.add(b)
+    assert len(seen) < 60
+
+
+def _call(api: str = "grpc", seconds: float | None = None):
+    from tfdeploy.serving.path import Call, deadline_in
+
+    return Call("predict", api, "m", deadline=deadline_in(seconds))
+
+
+def test_admission_queues_on_the_budget_in_arrival_order():
+    from tfdeploy.serving.path import Admission
+
+    admission = Admission({"grpc": 4, "rest": 4}, max_queued=8, budget=100)
+    first = admission.enter(_call(), 60)
+    order: list[str] = []
+
+    def enter(name: str, cost: int) -> None:
+        ticket = admission.enter(_call(), cost)
+        order.append(name)
+        time.sleep(0.05)
+        admission.leave(ticket)
+
+    big = threading.Thread(target=enter, args=("big", 90))
+    big.start()
+    time.sleep(0.2)
+    small = threading.Thread(target=enter, args=("small", 10))  # fits, but big came first
+    small.start()
+    time.sleep(0.2)
+    assert order == [] and admission.snapshot()["waiting"] == 2
+    admission.leave(first)
+    big.join(5)
+    small.join(5)
+    assert order == ["big", "small"]
+    # a request over the whole budget runs alone
+    alone = admission.enter(_call(), 1000)
+    admission.leave(alone)
+
+
+def test_admission_refuses_a_full_queue_and_an_expired_wait():
+    from tfdeploy.serving.path import Admission
+
+    admission = Admission({"grpc": 1, "rest": 1}, max_queued=1, budget=100)
+    held = admission.enter(_call(), 1)
+    waiter = threading.Thread(target=lambda: _expect(admission, 2.0, Code.DEADLINE_EXCEEDED))
+    waiter.start()
+    time.sleep(0.2)
+    with pytest.raises(StatusError) as err:
+        admission.enter(_call(), 1)
+    assert err.value.code == Code.UNAVAILABLE and "--max_queued_requests" in err.value.message
+    rest = admission.enter(_call("rest"), 1)  # the other front end has its own slots
+    admission.leave(rest)
+    waiter.join(5)
+    _expect(admission, 0.2, Code.DEADLINE_EXCEEDED)
+    admission.leave(held)
+    assert admission.snapshot() == {"running": {"grpc": 0, "rest": 0}, "in_flight": 0,
+                                    "waiting": 0}
+
+
+def _expect(admission, seconds: float, code: Code) -> None:
+    with pytest.raises(StatusError) as err:
+        admission.enter(_call(seconds=seconds), 1)
+    assert err.value.code == code

@@ -307,3 +307,44 @@ def test_scan_versions_reports_names_that_look_like_versions(tmp_path):
     assert found == {1: tmp_path / "1", 3: tmp_path / "3"}  # "1" sorts after "01"
     assert sorted(name for name, _ in ignored) == ["01", "99999999999999999999", "²"]
     assert numeric_dirs(tmp_path) == found
+
+
+# -- image sizes from headers (the pixel budget's cost) ------------------------------------
+@pytest.mark.parametrize("fmt, kw", [("PNG", {}), ("JPEG", {}), ("JPEG", {"progressive": True}),
+                                     ("GIF", {}), ("BMP", {}), ("WEBP", {"lossless": False}),
+                                     ("WEBP", {"lossless": True})])
+def test_image_size_reads_every_format_without_decoding(fmt, kw):
+    import io
+
+    from PIL import Image
+
+    from tfdeploy.tfs.image_size import image_hw, image_pixels
+
+    buf = io.BytesIO()
+    Image.new("RGB", (401, 299), (9, 99, 199)).save(buf, format=fmt, **kw)
+    data = buf.getvalue()
+    assert image_hw(data) == (299, 401)
+    assert image_pixels(data) == 299 * 401
+    assert image_hw(data[:8]) is None  # cut short: unknown, never an exception
+
+
+def test_image_size_of_non_images():
+    from tfdeploy.tfs.image_size import image_hw
+
+    for data in (b"", b"\xff\xd8", b"\x89PNG\r\n\x1a\n", b"GIF8", b"hello world" * 10):
+        assert image_hw(data) is None
+
+
+def test_declared_bytes_are_checked_before_allocating():
+    proto = tensors.to_proto(np.array([1.0], np.float32))
+    proto.tensor_shape.dim[0].size = 25_000_000
+    del proto.float_val[:]
+    proto.float_val.append(1.0)
+    proto.ClearField("tensor_content")
+    assert tensors.declared_bytes(proto) == 100_000_000
+    with pytest.raises(StatusError) as err:
+        tensors.from_proto(proto, max_bytes=1 << 20)
+    assert err.value.code == Code.RESOURCE_EXHAUSTED
+    strings = tensors.to_proto(np.array([b"abc"] * 3, object))
+    assert tensors.declared_bytes(strings) == 3 * tensors.OBJECT_BYTES + 9
+    assert tensors.from_proto(strings, max_bytes=33).tolist() == [b"abc"] * 3

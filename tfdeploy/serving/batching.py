@@ -114,6 +114,7 @@ class _Task:
     inputs: dict[str, np.ndarray]
     size: int
     key: tuple
+    deadline: float | None = None
     done: threading.Event = field(default_factory=threading.Event)
     result: dict[str, np.ndarray] | None = None
     error: StatusError | None = None
@@ -224,7 +225,11 @@ class Batcher:
         bounds.append(size)
         return list(zip(bounds, bounds[1:], strict=False))
 
-    def submit(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def submit(self, inputs: dict[str, np.ndarray],
+               deadline: float | None = None) -> dict[str, np.ndarray]:
+        """Queue the request for a batch and wait for its result, until ``deadline``
+        (time.monotonic()) at most: DEADLINE_EXCEEDED then, and its pieces not taken yet
+        are dropped unrun (taken ones past their deadline are skipped too)."""
         size = next(iter(inputs.values())).shape[0] if inputs else 0
         if size > self.options.max_batch_size:  # as tensorflow_model_server's queue
             raise StatusError(Code.INVALID_ARGUMENT,
@@ -241,13 +246,19 @@ class Batcher:
                 if sum(t.size for t in self._queue) + size > limit:
                     raise StatusError(Code.UNAVAILABLE, "batch queue is full; retry later")
                 tasks = [_Task({k: v[start:stop] for k, v in inputs.items()}, stop - start,
-                               key) for start, stop in self._pieces(size, key)]
+                               key, deadline) for start, stop in self._pieces(size, key)]
                 self._queue.extend(tasks)
                 self._cond.notify(len(tasks))
         if closed:  # the servable was unloaded while this request held it: run it alone
             return self.servable.call(self.signature, inputs)
         for task in tasks:
-            task.done.wait()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not task.done.wait(timeout):
+                with self._cond:
+                    for t in tasks:  # not taken yet: they never run
+                        if t in self._queue:
+                            self._queue.remove(t)
+                raise StatusError(Code.DEADLINE_EXCEEDED, "Deadline Exceeded")
         for task in tasks:
             if task.error is not None:
                 raise task.error
@@ -281,7 +292,12 @@ class Batcher:
                 picked = gather()
             for t in picked:
                 self._queue.remove(t)
-            return picked
+            now = time.monotonic()
+            expired = [t for t in picked if t.deadline is not None and t.deadline <= now]
+            for t in expired:  # their callers already answered DEADLINE_EXCEEDED
+                t.error = StatusError(Code.DEADLINE_EXCEEDED, "Deadline Exceeded")
+                t.done.set()
+            return [t for t in picked if t not in expired]
 
     def _loop(self) -> None:
         while (tasks := self._take()) is not None:
@@ -294,6 +310,8 @@ class Batcher:
                         t.done.set()
 
     def _run(self, tasks: list[_Task]) -> None:
+        if not tasks:
+            return
         sizes = [t.size for t in tasks]
         padded = self.options.padded_size(sum(sizes))
         padding = padded - sum(sizes)

@@ -6,12 +6,17 @@ tensorflow_model_server does: clients written for it (the tutorial's included) r
 those.
 
 The server is grpc.aio on an event loop thread of its own; each call runs in a thread
-pool chosen by its kind.  Predictions (and the other inference calls) share
-``--grpc_max_threads`` threads; ModelService and metadata calls have a small pool of
-their own, so GetModelStatus or HandleReloadConfigRequest never queue behind predictions
-in flight (a health check must answer while the model is busy).  Reload calls wait for
-the models they add to load (as tensorflow_model_server's do), so they have a pool of
-their own too: reloads waiting on a slow load never hold up a status call.
+pool chosen by its kind.  Inference calls (Predict, Classify, Regress, MultiInference)
+go to the server's request path (``serving/path.py``) with their deadline: it admits them
+(``--grpc_max_threads`` at once, ``--max_queued_requests`` waiting, UNAVAILABLE beyond),
+bounds their session run by the deadline and never runs one that expired or was
+cancelled.  ModelService and metadata calls have a small pool of their own, so
+GetModelStatus or HandleReloadConfigRequest never queue behind predictions (a health
+check must answer while the model is busy).  Reload calls wait for the models they add
+to load (as tensorflow_model_server's do), so they have a pool of their own too: reloads
+waiting on a slow load never hold up a status call.  ``maximum_concurrent_rpcs`` bounds
+the calls (and so the request messages) held at once: past it gRPC itself answers
+RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from concurrent import futures
 
 import grpc
 
+from tfdeploy.serving.path import Call, deadline_in
 from tfdeploy.tfs import protos, tensors
 from tfdeploy.tfs.codes import Code, StatusError
 
@@ -51,24 +57,55 @@ def _status_error(exc: Exception) -> StatusError:
 CONTROL_METHODS = frozenset({"GetModelStatus", "GetModelMetadata"})
 RELOAD_METHODS = frozenset({"HandleReloadConfigRequest"})
 CONTROL_THREADS = 4
+#: Inference threads beyond the slots and the queue: a call past both is refused
+#: (UNAVAILABLE) on one of these at once instead of waiting for a thread to refuse it.
+SPARE_THREADS = 8
+
+
+def inference_threads(options) -> int:
+    return options.grpc_max_threads + options.max_queued_requests + SPARE_THREADS
 
 
 def _in_pool(method, pools: dict[str, futures.Executor]):
-    """An async handler that runs the blocking ``method(self, request)`` in its pool and
-    turns a failure into the call's gRPC status."""
+    """An async handler that runs the blocking ``method(self, request, call)`` in its pool
+    and turns a failure into the call's gRPC status.  ``call`` carries the deadline (from
+    the client's) and is marked cancelled when the client goes away, so a call still
+    waiting for a slot leaves the queue."""
     pool = pools["reload" if method.__name__ in RELOAD_METHODS else
                  "control" if method.__name__ in CONTROL_METHODS else "inference"]
 
     @functools.wraps(method)
     async def handler(self, request, context):
         loop = asyncio.get_running_loop()
+        remaining = context.time_remaining()
+        call = Call("", "grpc", "", deadline=deadline_in(remaining))
         try:
-            return await loop.run_in_executor(pool, method, self, request)
+            return await loop.run_in_executor(pool, method, self, request, call)
+        except asyncio.CancelledError:
+            call.cancelled.set()
+            raise
         except Exception as exc:  # every failure becomes a status
             error = _status_error(exc)
         await context.abort(getattr(grpc.StatusCode, error.code.name), error.message)
 
     return handler
+
+
+def _decode(request, max_bytes: int):
+    """A decoder of the request's TensorProtos for the request path: their declared sizes
+    are checked against ``max_bytes`` (all inputs together) before any is expanded."""
+
+    def decode(signature_def) -> dict:
+        budget, inputs = max_bytes, {}
+        try:
+            for key, proto in request.inputs.items():
+                inputs[key] = tensors.from_proto(proto, max_bytes=budget)
+                budget -= tensors.array_bytes(inputs[key])
+        except ValueError as exc:
+            raise StatusError(Code.INVALID_ARGUMENT, f"bad input tensor: {exc}") from None
+        return inputs
+
+    return decode
 
 
 def _servicers(server, pools: dict[str, futures.Executor]):
@@ -78,19 +115,22 @@ def _servicers(server, pools: dict[str, futures.Executor]):
     predict_pb2 = protos.module("tensorflow_serving.apis.predict_pb2")
     mm_pb2 = protos.module("tensorflow_serving.apis.model_management_pb2")
 
+    def inference(call: Call, kind: str, spec) -> Call:
+        call.kind = kind
+        call.name, call.version, call.label = _spec(spec) if spec is not None else (
+            "", None, None)
+        return call
+
     class PredictionService(ps_grpc.PredictionServiceServicer):
         @_pool
-        def Predict(self, request):
-            name, version, label = _spec(request.model_spec)
-            try:
-                inputs = {k: tensors.from_proto(v) for k, v in request.inputs.items()}
-            except ValueError as exc:
-                raise StatusError(Code.INVALID_ARGUMENT, f"bad input tensor: {exc}") from None
-            servable, key, outputs = server.predict(
-                name, version, label, request.model_spec.signature_name, inputs,
-                list(request.output_filter), api="grpc")
+        def Predict(self, request, call):
+            inference(call, "predict", request.model_spec)
+            call.signature = request.model_spec.signature_name
+            servable, key, outputs = server.path.predict(
+                call, _decode(request, server.options.max_request_bytes),
+                list(request.output_filter))
             response = predict_pb2.PredictResponse()
-            response.model_spec.name = name
+            response.model_spec.name = call.name
             response.model_spec.version.value = servable.version
             response.model_spec.signature_name = key
             for k, v in outputs.items():
@@ -98,34 +138,35 @@ def _servicers(server, pools: dict[str, futures.Executor]):
             return response
 
         @_pool
-        def GetModelMetadata(self, request):
+        def GetModelMetadata(self, request, call):
             name, version, label = _spec(request.model_spec)
             return server.metadata_proto(name, version, label, tuple(request.metadata_field))
 
         @_pool
-        def Classify(self, request):
-            return server.infer("classify", *_spec(request.model_spec), request)
+        def Classify(self, request, call):
+            return server.path.infer(inference(call, "classify", request.model_spec),
+                                     request)
 
         @_pool
-        def Regress(self, request):
-            return server.infer("regress", *_spec(request.model_spec), request)
+        def Regress(self, request, call):
+            return server.path.infer(inference(call, "regress", request.model_spec),
+                                     request)
 
         @_pool
-        def MultiInference(self, request):
+        def MultiInference(self, request, call):
             # the first task names the model (all must name the same one); no task names
             # no model, which is not found, as with the official server
             spec = request.tasks[0].model_spec if request.tasks else None
-            name, version, label = _spec(spec) if spec is not None else ("", None, None)
-            return server.infer("multi_inference", name, version, label, request)
+            return server.path.infer(inference(call, "multi_inference", spec), request)
 
     class ModelService(ms_grpc.ModelServiceServicer):
         @_pool
-        def GetModelStatus(self, request):
+        def GetModelStatus(self, request, call):
             name, version, label = _spec(request.model_spec)
             return server.status_proto(name, version, label)
 
         @_pool
-        def HandleReloadConfigRequest(self, request):
+        def HandleReloadConfigRequest(self, request, call):
             # A config that is refused fails the call with its status (as
             # tensorflow_model_server does) and leaves the config in force serving.
             server.apply_config(request.config)
@@ -179,7 +220,7 @@ class GrpcServer:
     def __init__(self, server, host: str, port: int):
         options = server.options
         self.pools = {
-            "inference": futures.ThreadPoolExecutor(options.grpc_max_threads,
+            "inference": futures.ThreadPoolExecutor(inference_threads(options),
                                                     thread_name_prefix="grpc"),
             "control": futures.ThreadPoolExecutor(CONTROL_THREADS,
                                                   thread_name_prefix="grpc-control"),
@@ -204,7 +245,9 @@ class GrpcServer:
         options = {"grpc.max_receive_message_length": limit,
                    "grpc.max_send_message_length": -1, "grpc.so_reuseport": 0}
         options.update(channel_arguments(server.options.grpc_channel_arguments))
-        grpc_server = grpc.aio.server(options=list(options.items()))
+        grpc_server = grpc.aio.server(
+            options=list(options.items()),
+            maximum_concurrent_rpcs=inference_threads(server.options) + CONTROL_THREADS * 4)
         ps_grpc, predictions, ms_grpc, models = _servicers(server, self.pools)
         ps_grpc.add_PredictionServiceServicer_to_server(predictions, grpc_server)
         ms_grpc.add_ModelServiceServicer_to_server(models, grpc_server)

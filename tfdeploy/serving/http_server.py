@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httptools
@@ -62,6 +62,7 @@ class HttpRequest:
     query: str
     headers: Mapping[str, str]
     body: bytes
+    received: float = field(default_factory=time.monotonic)  # when its headers arrived
 
 
 @dataclass
@@ -203,10 +204,10 @@ class HttpServerHandle:
     """A running server: ``port`` (the bound one, so port 0 works) and ``stop(grace)``."""
 
     def __init__(self, server: uvicorn.Server, thread: threading.Thread,
-                 pool: ThreadPoolExecutor, port: int):
+                 pools: list[ThreadPoolExecutor], port: int):
         self._server = server
         self._thread = thread
-        self._pool = pool
+        self._pools = pools
         self.port = port
 
     def stop(self, grace: float) -> None:
@@ -217,7 +218,8 @@ class HttpServerHandle:
         self._server.config.timeout_graceful_shutdown = max(grace, 0.0)  # type: ignore[assignment]
         self._server.should_exit = True
         self._thread.join(grace + 5.0)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for pool in self._pools:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -228,8 +230,11 @@ def _headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
     return headers
 
 
-def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits):
+def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits,
+         control_pool: ThreadPoolExecutor | None = None, max_in_flight: int | None = None,
+         busy_message: str = "server busy; retry later"):
     """The ASGI application between uvicorn and the blocking handler."""
+    in_flight = 0  # requests with a body being read or handled (event loop only)
 
     async def respond(send, status: int, body: bytes, content_type: str = "application/json",
                       close: bool = False) -> None:
@@ -244,36 +249,60 @@ def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits):
         return error_body(f"request body of {size} exceeds the limit of "
                           f"{limits.max_body_bytes} bytes")
 
+    async def refuse(headers: Mapping[str, str], receive, send, status: int,
+                     body: bytes) -> None:
+        """Answer before the body is read, without ever keeping the body."""
+        if "100-continue" in headers.get("expect", "").lower():
+            # Before any receive(): no "100 Continue" goes out, so the client never
+            # sends the body, and we close.
+            await respond(send, status, body, close=True)
+            return
+        if "close" not in headers.get("connection", "").lower():
+            # Keep-alive: answer now; the protocol reads and drops the body that
+            # follows (see _Protocol.data_received), so the connection lives on.
+            await respond(send, status, body)
+            return
+        # "Connection: close" (urllib does this): the answer would close the socket
+        # under a client still sending, which then sees a reset instead of the answer.
+        # Read and drop the body first (never keeping it), then answer.
+        more = True
+        while more:
+            try:
+                message = await asyncio.wait_for(receive(), limits.body_timeout)
+            except asyncio.TimeoutError:
+                break
+            if message["type"] == "http.disconnect":
+                return
+            more = message.get("more_body", False)
+        await respond(send, status, body, close=True)
+
     async def app(scope: dict[str, Any], receive, send) -> None:
+        nonlocal in_flight
         if scope["type"] != "http":
             return
+        received = time.monotonic()
         headers = _headers(scope["headers"])
         declared = headers.get("content-length")
         if declared is not None and int(declared) > limits.max_body_bytes:
-            if "100-continue" in headers.get("expect", "").lower():
-                # Before any receive(): no "100 Continue" goes out, so the client never
-                # sends the body, and we close.
-                await respond(send, 413, too_large(f"{declared} bytes"), close=True)
-                return
-            if "close" not in headers.get("connection", "").lower():
-                # Keep-alive: answer now; the protocol reads and drops the body that
-                # follows (see _Protocol.data_received), so the connection lives on.
-                await respond(send, 413, too_large(f"{declared} bytes"))
-                return
-            # "Connection: close" (urllib does this): the answer would close the socket
-            # under a client still sending, which then sees a reset instead of the 413.
-            # Read and drop the body first (never keeping it), then answer.
-            more = True
-            while more:
-                try:
-                    message = await asyncio.wait_for(receive(), limits.body_timeout)
-                except asyncio.TimeoutError:
-                    break
-                if message["type"] == "http.disconnect":
-                    return
-                more = message.get("more_body", False)
-            await respond(send, 413, too_large(f"{declared} bytes"), close=True)
+            await refuse(headers, receive, send, 413, too_large(f"{declared} bytes"))
             return
+        has_body = (declared is not None and int(declared) > 0) or \
+            "transfer-encoding" in headers
+        if not has_body and control_pool is not None:
+            # status, metadata, metrics: threads of their own, never behind inference
+            await run(scope, headers, b"", received, control_pool, send)
+            return
+        if max_in_flight is not None and in_flight >= max_in_flight:
+            # bounded: bodies buffered at once, before this one is read
+            await refuse(headers, receive, send, 503, error_body(busy_message))
+            return
+        in_flight += 1
+        try:
+            await read_and_run(scope, headers, received, receive, send)
+        finally:
+            in_flight -= 1
+
+    async def read_and_run(scope, headers, received, receive, send) -> None:
         buffer = io.BytesIO()  # getvalue() hands over its buffer: no second copy
         more = True
         while more:  # the first receive() answers "Expect: 100-continue"
@@ -293,12 +322,16 @@ def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits):
                 return
         body = buffer.getvalue()
         del buffer
+        await run(scope, headers, body, received, pool, send)
+
+    async def run(scope, headers, body: bytes, received: float, on: ThreadPoolExecutor,
+                  send) -> None:
         raw_query = scope.get("query_string", b"")
         request = HttpRequest(scope["method"], scope["path"], raw_query.decode("latin-1"),
-                              headers, body)
+                              headers, body, received)
         del body
         started = time.monotonic()
-        call = asyncio.get_running_loop().run_in_executor(pool, handler, request)
+        call = asyncio.get_running_loop().run_in_executor(on, handler, request)
         try:
             response = await asyncio.wait_for(call, limits.timeout_seconds)
         except asyncio.TimeoutError:
@@ -346,7 +379,9 @@ def _listen(host: str, port: int, backlog: int) -> socket.socket:
 
 
 def serve(handler: Handler, host: str, port: int, *, max_body_bytes: int,
-          num_threads: int = 16, timeout_seconds: float | None = None,
+          num_threads: int = 16, control_threads: int = 0,
+          max_in_flight: int | None = None, busy_message: str = "server busy; retry later",
+          timeout_seconds: float | None = None,
           idle_timeout: float = 30.0, backlog: int = 1024, header_timeout: float = 10.0,
           body_timeout: float = 30.0, max_header_bytes: int = 64 << 10) -> HttpServerHandle:
     """Serve ``handler`` on host:port from a background thread; return once listening.
@@ -354,14 +389,22 @@ def serve(handler: Handler, host: str, port: int, *, max_body_bytes: int,
     ``timeout_seconds`` bounds each handler call, queueing for a worker included (TF
     Serving's ``--rest_api_timeout_in_ms``): past it the client gets 504.  ``body_timeout``
     is the longest the body may stall between two reads, not its total time.
+
+    ``control_threads`` > 0: requests without a body (GETs: status, metadata, metrics)
+    run on that many threads of their own, never queued behind the others.
+    ``max_in_flight``: requests with a body being read or handled at once; one more is
+    answered 503 ``busy_message`` before its body is read.
     """
     sock = _listen(host, port, backlog)
     limits = _Limits(max_body_bytes, max_header_bytes, header_timeout, body_timeout,
                      timeout_seconds)
     pool = ThreadPoolExecutor(num_threads, thread_name_prefix="rest")
+    control_pool = (ThreadPoolExecutor(control_threads, thread_name_prefix="rest-control")
+                    if control_threads > 0 else None)
     protocol = type("Protocol", (_Protocol,), {"limits": limits})
     config = uvicorn.Config(
-        _app(handler, pool, limits), http=protocol, ws="none", lifespan="off", interface="asgi3",
+        _app(handler, pool, limits, control_pool, max_in_flight, busy_message),
+        http=protocol, ws="none", lifespan="off", interface="asgi3",
         log_config=None, access_log=False, proxy_headers=False, server_header=False,
         headers=[("server", SERVER_NAME.decode())], backlog=backlog,
         timeout_keep_alive=idle_timeout,  # type: ignore[arg-type]  (a float works)
@@ -380,7 +423,9 @@ def serve(handler: Handler, host: str, port: int, *, max_body_bytes: int,
     thread.start()
     while not server.started and thread.is_alive():  # the socket already queues clients
         time.sleep(0.01)
+    pools = [pool] + ([control_pool] if control_pool is not None else [])
     if not thread.is_alive():
-        pool.shutdown(wait=False)
+        for p in pools:
+            p.shutdown(wait=False)
         raise OSError(f"REST server on {host}:{port} did not start")
-    return HttpServerHandle(server, thread, pool, sock.getsockname()[1])
+    return HttpServerHandle(server, thread, pools, sock.getsockname()[1])

@@ -182,7 +182,7 @@ def classify_or_regress(kind: str, servable, request, check_method: bool,
     return response
 
 
-def multi_inference(servable, request, check_method: bool):
+def multi_inference(servable, request, check_method: bool, timeout_ms: int = 0):
     """A MultiInferenceResponse: every task's signature run in one session call over the
     same examples (all tasks name one model; signatures distinct)."""
     pb2 = protos.module("tensorflow_serving.apis.inference_pb2")
@@ -212,7 +212,8 @@ def multi_inference(servable, request, check_method: bool):
         tasks.append((task, sd))
     examples = examples_tensor(request.input)
     values = dict(zip(fetches, servable.run_tensors({n: examples for n in sorted(inputs)},
-                                                    tuple(fetches)), strict=True))
+                                                    tuple(fetches), timeout_ms),
+                      strict=True))
     response = pb2.MultiInferenceResponse()
     for task, sd in tasks:
         result = response.results.add()

@@ -19,17 +19,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import threading
-import time
 from dataclasses import dataclass
 from urllib.parse import unquote
 
 from tfdeploy.serving import http_server
+from tfdeploy.serving.path import Call, deadline_in
 from tfdeploy.tfs import json_body, json_tensors, protos
 from tfdeploy.tfs.codes import Code, StatusError
-from tfdeploy.tfs.names import DEFAULT_SIGNATURE
 
 log = logging.getLogger("tfdeploy.serving.rest")
 
@@ -97,13 +94,12 @@ class RestApi:
 
     def __init__(self, model_server):
         self.ms = model_server
-        # --rest_api_num_threads: requests processed at once (0: four per core, as the
-        # official server); the others wait their turn, connections stay open
-        self.threads = model_server.options.rest_api_num_threads or 4 * (os.cpu_count() or 1)
-        self.slots = threading.BoundedSemaphore(self.threads)
 
-    def handle(self, method: str, path: str, body: bytes = b"") -> Reply:
-        """Answer one request; never raises (every failure is an error reply)."""
+    def handle(self, method: str, path: str, body: bytes = b"",
+               received: float | None = None) -> Reply:
+        """Answer one request; never raises (every failure is an error reply).
+        ``received`` (time.monotonic()) starts the --rest_api_timeout_in_ms clock of an
+        inference request (now by default)."""
         path = path.split("?", 1)[0]
         ms = self.ms
         if method == "GET" and ms.prometheus_path and path == ms.prometheus_path:
@@ -115,7 +111,7 @@ class RestApi:
         try:
             target = parse_path(method, path)
             if method == "POST":
-                return json_reply(200, self._post(target, body))
+                return json_reply(200, self._post(target, body, received))
             return json_reply(200, self._get(target))
         except StatusError as exc:
             return error_reply(exc)
@@ -134,51 +130,47 @@ class RestApi:
                     "metadata": {"signature_def": json_tensors.message_to_json(sigs)}}
         return json_tensors.message_to_json(self.ms.status_proto(t.name, t.version, t.label))
 
-    def _post(self, t: Target, raw: bytes) -> dict:
+    def _call(self, t: Target, received: float | None) -> Call:
+        timeout = self.ms.options.rest_api_timeout_in_ms
+        return Call(t.verb if t.verb in ("classify", "regress") else "predict", "rest",
+                    t.name, t.version, t.label,
+                    deadline=deadline_in(timeout / 1000 if timeout > 0 else None, received))
+
+    def _post(self, t: Target, raw: bytes, received: float | None = None) -> dict:
         if t.verb in ("classify", "regress"):
-            return self._classify_or_regress(t, raw)
-        started = time.perf_counter()
-        signature = ""
-        try:
-            body = parse_body(raw)
+            return self._classify_or_regress(t, raw, received)
+        parsed: dict = {}
+
+        def prepare() -> str:
+            parsed["body"] = body = parse_body(raw)
             signature = body.get("signature_name") or ""
             if not isinstance(signature, str):
                 raise StatusError(Code.INVALID_ARGUMENT, "signature_name must be a string")
-            # Resolved once: the request runs on the servable it parsed its inputs against,
-            # even if a newer version becomes AVAILABLE (or this one unloads) meanwhile.
-            servable = self.ms.manager.handle(t.name, t.version, t.label)
-            _, sd = servable.signature(signature)
-            inputs, fmt = json_tensors.parse_predict(body, sd)
-        except StatusError as exc:
-            self._rejected(t.name, signature, exc, started)
-            raise
-        _, outputs = self.ms.run(servable, signature, inputs, api="rest",
-                                 timeout_ms=self.ms.options.rest_api_timeout_in_ms)
-        return json_tensors.render_predict(outputs, fmt)
+            return signature
 
-    def _classify_or_regress(self, t: Target, raw: bytes) -> dict:
+        def decode(signature_def) -> dict:
+            inputs, parsed["format"] = json_tensors.parse_predict(parsed.pop("body"),
+                                                                  signature_def)
+            return inputs
+
+        _, _, outputs = self.ms.path.predict(self._call(t, received), decode,
+                                             prepare=prepare)
+        return json_tensors.render_predict(outputs, parsed["format"])
+
+    def _classify_or_regress(self, t: Target, raw: bytes, received: float | None) -> dict:
         module = "classification_pb2" if t.verb == "classify" else "regression_pb2"
         pb2 = protos.module(f"tensorflow_serving.apis.{module}")
         request = (pb2.ClassificationRequest() if t.verb == "classify"
                    else pb2.RegressionRequest())
-        started = time.perf_counter()
-        try:
+
+        def prepare() -> None:
             json_tensors.fill_example_request(parse_body(raw, arrays=False), request)
-        except StatusError as exc:
-            self._rejected(t.name, request.model_spec.signature_name, exc, started)
-            raise
-        request.model_spec.name = t.name
-        response = self.ms.infer(t.verb, t.name, t.version, t.label, request, api="rest",
-                                 timeout_ms=self.ms.options.rest_api_timeout_in_ms)
+            request.model_spec.name = t.name
+
+        response = self.ms.path.infer(self._call(t, received), request, prepare=prepare)
         if t.verb == "classify":
             return json_tensors.render_classification(response.result)
         return json_tensors.render_regression(response.result)
-
-    def _rejected(self, name: str, signature: str, exc: StatusError, started: float) -> None:
-        """Count a request refused before it reached a model (ModelServer.run counts the
-        others)."""
-        self.ms.metrics.observe(name, "", signature or DEFAULT_SIGNATURE, "rest",
-                                exc.code.name, time.perf_counter() - started)
 
 
 def parse_body(raw: bytes, arrays: bool = True) -> dict:
@@ -197,28 +189,36 @@ def parse_body(raw: bytes, arrays: bool = True) -> dict:
 
 
 # -- the HTTP transport ------------------------------------------------------------------
-#: Worker threads beyond --rest_api_num_threads, so status, metadata and metrics GETs
-#: find a thread while every inference slot is taken.
+#: Worker threads of their own for status, metadata and metrics GETs, so they answer
+#: while every inference thread is taken.
 CONTROL_THREADS = 8
+#: Inference threads beyond the slots and the queue (see grpc_api.SPARE_THREADS).
+SPARE_THREADS = 8
 
 
 def serve(model_server, host: str, port: int) -> http_server.HttpServerHandle:
     """Serve the REST API on host:port (``http_server``: uvicorn, a bounded worker pool,
-    the body cap, timeouts and a graceful drain); returns the handle to ``stop(grace)``."""
+    the body cap, timeouts and a graceful drain); returns the handle to ``stop(grace)``.
+
+    Requests with a body (predictions) are admitted by the HTTP layer up to the REST
+    slots plus ``--max_queued_requests`` at once, before their body is read: beyond that
+    503 UNAVAILABLE, so bodies buffered at once are bounded.  GETs (status, metadata,
+    metrics) run on threads of their own."""
     api = RestApi(model_server)
+    options = model_server.options
 
     def handler(request: http_server.HttpRequest) -> http_server.HttpResponse:
-        if request.method == "GET":  # status, metadata, metrics: never behind predictions
-            reply = api.handle(request.method, request.path, request.body)
-        else:
-            with api.slots:
-                reply = api.handle(request.method, request.path, request.body)
+        reply = api.handle(request.method, request.path, request.body, request.received)
         return http_server.HttpResponse(reply.status, reply.body, reply.content_type)
 
+    in_flight = model_server.rest_slots + options.max_queued_requests
     try:
-        return http_server.serve(handler, host, port,
-                                 max_body_bytes=model_server.options.max_request_bytes,
-                                 num_threads=api.threads + CONTROL_THREADS)
+        return http_server.serve(
+            handler, host, port, max_body_bytes=options.max_request_bytes,
+            num_threads=in_flight + SPARE_THREADS, control_threads=CONTROL_THREADS,
+            max_in_flight=in_flight,
+            busy_message=(f"{in_flight} REST inference requests already in flight "
+                          "(--rest_api_num_threads + --max_queued_requests); retry later"))
     except OSError as exc:
         raise StatusError(Code.UNAVAILABLE,
                           f"cannot bind REST port {host}:{port} "

@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfdeploy.serving import memory
+from tfdeploy.serving.path import timeout_bucket
 from tfdeploy.tfs import tensors
 from tfdeploy.tfs.codes import Code, StatusError, tf_error_message
 from tfdeploy.tfs.names import DEFAULT_SIGNATURE, SERVE_TAG
@@ -79,10 +80,12 @@ class Servable:
                     f"got {have}")
 
     def run(self, key: str, inputs: dict[str, np.ndarray],
-            output_filter: list[str] | tuple = (), timeout_ms: int = 0) -> dict[str, np.ndarray]:
+            output_filter: list[str] | tuple = (), timeout_ms: int = 0,
+            deadline: float | None = None) -> dict[str, np.ndarray]:
         """Check, then run (through the batcher when batching is on).  ``timeout_ms`` > 0
         bounds the graph run (DEADLINE_EXCEEDED after it), as the session run timeout
-        of --rest_api_timeout_in_ms; batched runs are not bounded."""
+        of the request's deadline; a batched request waits for its batch until
+        ``deadline`` (time.monotonic()) at most and is not run once it passed."""
         key, sd = self.signature(key)
         seen = set()
         for alias in output_filter:
@@ -98,7 +101,7 @@ class Servable:
         self.check_inputs(key, inputs)
         batcher = self.batchers.get(key)
         if batcher is not None:
-            outputs = batcher.submit(inputs)
+            outputs = batcher.submit(inputs, deadline)
             return {k: outputs[k] for k in output_filter} if output_filter else outputs
         return self.call(key, inputs, tuple(output_filter), timeout_ms)
 
@@ -112,6 +115,7 @@ class Servable:
     def _callable(self, feeds: tuple[str, ...], fetches: tuple[str, ...], timeout_ms: int):
         """A session callable feeding and fetching these tensor names (made once, then
         reused: callables skip per-call graph pruning)."""
+        timeout_ms = timeout_bucket(timeout_ms)
         cache_key = (feeds, fetches, timeout_ms)
         fn = self._callables.get(cache_key)
         if fn is None:

@@ -1,53 +1,34 @@
-"""ModelServer: wires Source -> Manager and the gRPC/REST front ends together.
+"""ModelServer: wires Source -> Manager, the request path and the gRPC/REST front ends
+together.
 
-The request-level operations (predict, status, metadata) live here once, so the two
-front ends only translate between their wire formats and these calls.
+Inference requests go through ``self.path`` (``serving/path.py``: resolve, admit,
+deadline, run, metrics); status and metadata are answered here, never behind inference.
+Both front ends only translate between their wire formats and these calls.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
 
 from tfdeploy.serving import config as config_files
 from tfdeploy.serving.loader import Loader
 from tfdeploy.serving.manager import Manager
 from tfdeploy.serving.metrics import Metrics
 from tfdeploy.serving.options import ServerOptions
+from tfdeploy.serving.path import Admission, RequestPath
 from tfdeploy.serving.servable import Servable
 from tfdeploy.serving.source import FileSystemSource
 from tfdeploy.tfs import protos
 from tfdeploy.tfs.codes import Code, StatusError
-from tfdeploy.tfs.names import DEFAULT_SIGNATURE
 
 log = logging.getLogger("tfdeploy.serving")
 
 #: a version's own BatchingParameters (--enable_per_model_batching_parameters)
 PER_MODEL_BATCHING_FILE = "batching_params.pbtxt"
-
-class _Observed:
-    """Times one request and records it in the metrics with the status it ended with."""
-
-    def __init__(self, metrics: Metrics, name: str, signature: str, api: str):
-        self.metrics, self.name, self.api = metrics, name, api
-        self.signature = signature or DEFAULT_SIGNATURE
-        self.version: int | str = ""
-
-    def __enter__(self) -> _Observed:
-        self.started = time.perf_counter()
-        return self
-
-    def __exit__(self, exc_type, exc, traceback) -> None:
-        status = ("OK" if exc is None else
-                  exc.code.name if isinstance(exc, StatusError) else Code.INTERNAL.name)
-        self.metrics.observe(self.name, self.version, self.signature, self.api, status,
-                             time.perf_counter() - self.started)
-
 
 class _Announced:
     """A Loader whose loaded servable is announced (to the metrics: its signature names
@@ -126,6 +107,13 @@ class ModelServer:
                                num_load_threads=options.num_load_threads,
                                num_unload_threads=options.num_unload_threads,
                                load_timeout=options.load_timeout_seconds)
+        self.admission = Admission(
+            {"grpc": options.grpc_max_threads, "rest": self.rest_slots},
+            max_queued=options.max_queued_requests, budget=options.max_inflight_pixels)
+        self.path = RequestPath(self.manager, self.metrics, self.admission,
+                                max_request_bytes=options.max_request_bytes,
+                                max_response_bytes=options.max_response_bytes,
+                                check_method_names=options.enable_signature_method_name_check)
         self.source = FileSystemSource(self.manager.set_aspired_versions,
                                        options.file_system_poll_wait_seconds)
         self.config = self._initial_config()
@@ -134,6 +122,12 @@ class ModelServer:
         self._grpc = None
         self._rest = None
         self._threads: list[threading.Thread] = []
+
+    @property
+    def rest_slots(self) -> int:
+        """--rest_api_num_threads: REST inferences at once (0: four per core, as the
+        official server)."""
+        return self.options.rest_api_num_threads or 4 * (os.cpu_count() or 1)
 
     # -- configuration -------------------------------------------------------------------
     def _initial_config(self):
@@ -271,45 +265,6 @@ class ModelServer:
         self.manager.unload_all()
 
     # -- requests ------------------------------------------------------------------------
-    def predict(self, name: str, version: int | None, label: str | None, signature: str,
-                inputs: dict[str, np.ndarray], output_filter=(),
-                api: str = "grpc") -> tuple[Servable, str, dict[str, np.ndarray]]:
-        """Resolve the model spec once, then run on that servable."""
-        try:
-            servable = self.manager.handle(name, version, label)
-        except StatusError as exc:
-            self.metrics.observe(name, "", signature or DEFAULT_SIGNATURE, api,
-                                 exc.code.name, 0.0)
-            raise
-        key, outputs = self.run(servable, signature, inputs, output_filter, api)
-        return servable, key, outputs
-
-    def run(self, servable: Servable, signature: str, inputs: dict[str, np.ndarray],
-            output_filter=(), api: str = "grpc",
-            timeout_ms: int = 0) -> tuple[str, dict[str, np.ndarray]]:
-        """Run a request on the servable it resolved: that servable serves it to the end,
-        even if it is unloaded meanwhile (the request holds it).  Counted in metrics."""
-        with _Observed(self.metrics, servable.name, signature, api) as seen:
-            seen.version = servable.version
-            key, _ = servable.signature(signature)
-            seen.signature = key
-            return key, servable.run(key, inputs, output_filter, timeout_ms)
-
-    def infer(self, kind: str, name: str, version: int | None, label: str | None, request,
-              api: str = "grpc", timeout_ms: int = 0):
-        """Classify, Regress or MultiInference (``kind``) on the servable the model spec
-        resolves to, counted in metrics like Predict."""
-        from tfdeploy.serving import inference
-
-        spec = getattr(request, "model_spec", None)
-        with _Observed(self.metrics, name, spec.signature_name if spec else "", api) as seen:
-            servable = self.manager.handle(name, version, label)
-            seen.version = servable.version
-            check = self.options.enable_signature_method_name_check
-            if kind == "multi_inference":
-                return inference.multi_inference(servable, request, check)
-            return inference.classify_or_regress(kind, servable, request, check, timeout_ms)
-
     def status_proto(self, name: str, version: int | None, label: str | None):
         status_pb2 = protos.module("tensorflow_serving.apis.get_model_status_pb2")
         response = status_pb2.GetModelStatusResponse()

@@ -28,6 +28,10 @@ from enum import Enum
 from tfdeploy.tfs.names import GRPC_PORT
 
 DEFAULT_MAX_REQUEST_BYTES = 256 << 20
+#: Provisional: one 4096x4096 image (the export's default --max-pixels) in flight at a
+#: time, or four 2048x2048 ones.
+DEFAULT_MAX_INFLIGHT_PIXELS = 2 * 2048 * 2048  # two images at the export's pixel limit
+DEFAULT_MAX_QUEUED_REQUESTS = 64
 
 
 class Kind(str, Enum):
@@ -71,15 +75,25 @@ FLAGS: tuple[ServerFlag, ...] = (
     _row("grpc_channel_arguments", OFFICIAL, str, "",
          "comma-separated key=value gRPC server arguments "
          "(e.g. grpc.max_connection_age_ms=2000)"),
-    _row("grpc_max_threads", OFFICIAL, int, 32, "gRPC inference threads"),
+    _row("grpc_max_threads", OFFICIAL, int, 32, "gRPC inference calls running at once",
+         minimum=1),
     _row("ssl_config_file", OFFICIAL, str, "",
          "SSLConfig text proto: gRPC (port and socket) over TLS"),
     _row("rest_api_num_threads", OFFICIAL, int, 0,
          "REST requests processed at once (0: 4 per core)"),
     _row("rest_api_timeout_in_ms", OFFICIAL, int, 30_000,
-         "bound of a REST request's model run (DEADLINE_EXCEEDED after it)"),
+         "bound of a REST request's wait and model run (DEADLINE_EXCEEDED after it)"),
     _row("max_request_bytes", OURS, int, DEFAULT_MAX_REQUEST_BYTES,
-         "largest accepted request body / message"),
+         "largest accepted request body / message, and the most a request's tensors may "
+         "declare (RESOURCE_EXHAUSTED over it, before anything is allocated)", minimum=1),
+    _row("max_response_bytes", OURS, int, DEFAULT_MAX_REQUEST_BYTES,
+         "largest response; a larger one is RESOURCE_EXHAUSTED (REST 429)", minimum=1),
+    _row("max_inflight_pixels", OURS, int, DEFAULT_MAX_INFLIGHT_PIXELS,
+         "server-wide budget of image pixels (else input bytes) being inferred at once; "
+         "more waits in the queue (one request over it runs alone)", minimum=1),
+    _row("max_queued_requests", OURS, int, DEFAULT_MAX_QUEUED_REQUESTS,
+         "inference requests per front end waiting for a slot; more get UNAVAILABLE "
+         "(REST: 503 before the body is read)", minimum=0),
     _row("use_alts_credentials", REFUSED, bool, False, "use Google ALTS credentials"),
     _row("rest_api_enable_cors_support", REFUSED, bool, False,
          "CORS headers in REST responses"),

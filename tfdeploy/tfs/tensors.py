@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tfdeploy.tfs import protos
+from tfdeploy.tfs.codes import Code, StatusError
 
 # DataType enum value -> (numpy dtype, typed value field)
 _DTYPES: dict[int, tuple[np.dtype, str]] = {
@@ -96,8 +97,44 @@ def shape_of(proto) -> tuple[int, ...]:
     return tuple(int(d.size) for d in proto.tensor_shape.dim)
 
 
-def from_proto(proto) -> np.ndarray:
-    """The numpy array a TensorProto holds (object array of bytes for strings)."""
+#: What an element of a string tensor costs beyond its bytes (a reference in the array).
+OBJECT_BYTES = 8
+
+
+def declared_bytes(proto) -> int:
+    """The bytes ``from_proto`` would allocate for this TensorProto, computed from its
+    declared shape and dtype alone (nothing is allocated): a 35-byte message may declare
+    a shape of billions of elements filled from one value, so this is checked first."""
+    dtype = numpy_dtype(proto.dtype)
+    count = 1
+    for d in proto.tensor_shape.dim:
+        if d.size < 0:
+            raise ValueError(f"negative dimension {d.size} in tensor shape")
+        count *= int(d.size)
+    if proto.dtype == DT_STRING:
+        return count * OBJECT_BYTES + sum(len(v) for v in proto.string_val)
+    return count * dtype.itemsize
+
+
+def array_bytes(array: np.ndarray) -> int:
+    """The memory an array's values take, string elements counted by their bytes."""
+    if array.dtype.kind == "O":
+        return array.size * OBJECT_BYTES + sum(
+            len(v) if isinstance(v, bytes | str) else OBJECT_BYTES for v in array.flat)
+    return int(array.nbytes)
+
+
+def from_proto(proto, max_bytes: int | None = None) -> np.ndarray:
+    """The numpy array a TensorProto holds (object array of bytes for strings).
+    ``max_bytes``: a TensorProto declaring more than that is refused with
+    RESOURCE_EXHAUSTED before anything is allocated."""
+    if max_bytes is not None:
+        declared = declared_bytes(proto)
+        if declared > max_bytes:
+            raise StatusError(Code.RESOURCE_EXHAUSTED,
+                              f"tensor of shape {list(shape_of(proto))} and dtype "
+                              f"{dtype_name(proto.dtype)} declares {declared} bytes, over "
+                              f"the request's limit of {max_bytes} bytes")
     dtype = numpy_dtype(proto.dtype)
     shape = shape_of(proto)
     size = int(np.prod(shape)) if shape else 1
