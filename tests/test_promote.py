@@ -65,7 +65,7 @@ def served(three_versions: Path, tmp_path: Path):
     name = f"promote-{time.time_ns()}"
     server = tfdeploy.serve(None, runtime="embedded", name=name, grpc_port=0, rest_port=0,
                             model_config_file=config,
-                            extra_flags=["--model_config_file_poll_wait_seconds=1"])
+                            config_poll=1)
     try:
         deadline = time.monotonic() + 180
         while server.client().status() != {1: "AVAILABLE", 2: "AVAILABLE", 3: "AVAILABLE"}:

@@ -42,6 +42,9 @@ class ServedConfig:
     config: object
     file: Path | None
     key: str
+    #: the file is bind mounted into a container as itself (docker): a rename would
+    #: leave the container on the old inode, so it is rewritten in place
+    in_place: bool = False
 
 
 def _config_pb2():
@@ -94,15 +97,10 @@ def served_config(record: ServerRecord | None, config_file: str | Path | None
     polls = float(flags.get("model_config_file_poll_wait_seconds", 0) or 0) > 0
     file = flags.get("model_config_file")
     if file:
-        if record.runtime == "docker":
-            if polls:
-                raise UserError(
-                    "this docker server polls a copy of its config mounted as one file, "
-                    "which cannot be replaced atomically from outside; start it without "
-                    "--model_config_file_poll_wait_seconds to move labels with promote",
-                    param="name")
+        if record.runtime == "docker":  # the container reads the copy serve wrote
             path = state_dir() / "configs" / f"{record.name}.models.config"
-            return ServedConfig(parse_config_file(path), None, f"server:{record.name}")
+            return ServedConfig(parse_config_file(path), path if polls else None,
+                                f"server:{record.name}", in_place=True)
         path = Path(file)
         return ServedConfig(parse_config_file(path), path if polls else None, str(path))
     config = _config_pb2().ModelServerConfig()
@@ -144,6 +142,21 @@ def reload_config(grpc_address: str, config, timeout: float = 60) -> None:
     if response.status.error_code:
         raise UserError(f"the server at {grpc_address} refused the new config: "
                         f"{response.status.error_message}")
+
+
+def write_config_in_place(path: Path, config) -> None:
+    """Rewrite ``path`` keeping its inode (a file bind mounted into a container).  Not
+    atomic, but safe for a poll: truncated first, the file is always a beginning of the
+    new text, which is one ``model_config_list { ... }`` whose closing brace comes last;
+    so whatever a poll reads before the write ends does not parse (or is empty), and both
+    servers keep the config in force then."""
+    from google.protobuf import text_format
+
+    text = text_format.MessageToString(config)
+    with open(path, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def write_config_atomic(path: Path, config) -> None:
@@ -227,4 +240,5 @@ def move_label(served: ServedConfig, grpc_address: str, model: str, label: str,
     entry.version_labels[label] = version
     reload_config(grpc_address, served.config)
     if served.file is not None:
-        write_config_atomic(served.file, served.config)
+        (write_config_in_place if served.in_place else write_config_atomic)(
+            served.file, served.config)
