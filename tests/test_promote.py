@@ -206,3 +206,71 @@ def test_good_version_moves_the_label_under_load_and_rollback_moves_it_back(serv
     # nothing more to roll back to: the history was used up
     again = run_cli("rollback", "deeplab", "--name", server.name, check=False)
     assert again.returncode == 2 and "nothing to roll back to" in again.stderr
+
+
+# -- which config a promote sends and rewrites (no server needed) -----------------------
+
+def record(runtime: str, command: list[str], name: str = "r1"):
+    from tfdeploy.runtime.state import ServerRecord
+
+    return ServerRecord(name=name, runtime=runtime, model_name="deeplab",
+                        base_path="/srv/models/deeplab", host="127.0.0.1", grpc_port=1,
+                        rest_port=2, command=command)
+
+
+def test_served_config_follows_what_serve_recorded(tmp_path):
+    from tfdeploy.rollout.labels import served_config
+    from tfdeploy.runtime.state import state_dir
+
+    config = tmp_path / "models.config"
+    config.write_text(CONFIG.format(base=tmp_path))
+    polled = served_config(record("embedded", [
+        "tfdeploy-model-server", f"--model_config_file={config}",
+        "--model_config_file_poll_wait_seconds=5"]), None)
+    assert polled.file == config and not polled.in_place and polled.key == str(config)
+    unpolled = served_config(record("native", [f"--model_config_file={config}"]), None)
+    assert unpolled.file is None  # nothing polls it: the file is left alone
+    # one model from --model_base_path: the config the server built from its flags
+    single = served_config(record("embedded", ["--model_name=deeplab"]), None)
+    (model,) = single.config.model_config_list.config
+    assert (model.name, model.base_path, single.file) == ("deeplab", "/srv/models/deeplab",
+                                                          None)
+    # docker: the copy serve wrote and mounted, rewritten in place (same inode)
+    copy = state_dir() / "configs" / "dock.models.config"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_text(CONFIG.format(base="/models/deeplab"))
+    docker = served_config(record("docker", [
+        "--model_config_file=/config/models.config",
+        "--model_config_file_poll_wait_seconds=5"], name="dock"), None)
+    assert docker.file == copy and docker.in_place
+
+
+def test_in_place_rewrite_keeps_the_inode_and_no_prefix_parses(tmp_path):
+    from google.protobuf import text_format
+
+    from tfdeploy.rollout.labels import parse_config_file, write_config_in_place
+
+    path = tmp_path / "models.config"
+    path.write_text(CONFIG.format(base="/models/deeplab"))
+    inode = path.stat().st_ino
+    config = parse_config_file(path)
+    config.model_config_list.config[0].version_labels["stable"] = 2
+    write_config_in_place(path, config)
+    assert path.stat().st_ino == inode and parse_config_file(path) == config
+    # what a poll could read while the write is under way: nothing usable
+    text = path.read_text()
+    from tensorflow_serving.config import model_server_config_pb2
+
+    for end in range(len(text.rstrip())):
+        partial = model_server_config_pb2.ModelServerConfig()
+        try:
+            text_format.Parse(text[:end], partial)
+        except text_format.ParseError:
+            continue
+        assert partial.WhichOneof("config") is None, text[:end]  # empty: refused by both
+
+
+def test_promote_without_a_known_config_says_what_to_give():
+    proc = run_cli("promote", "deeplab", "2", "--server", "127.0.0.1:1", check=False)
+    assert proc.returncode == 2
+    assert "give the server's model config file with --config" in proc.stderr
