@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 __all__ = [
     "BadImage", "Client", "ClientError", "ExportError", "PredictError", "Server", "UserError",
-    "bench", "export", "inspect", "logs", "manifest", "serve", "servers", "stop", "ui",
+    "bench", "export", "inspect", "logs", "manifest", "promote", "rollback", "serve",
+    "servers", "stop", "ui",
 ]
 
 # public name -> module that defines it
@@ -28,6 +29,7 @@ _LAZY = {
     "serve": "tfdeploy.api", "servers": "tfdeploy.api",
     "stop": "tfdeploy.api", "bench": "tfdeploy.api", "inspect": "tfdeploy.api",
     "logs": "tfdeploy.api", "manifest": "tfdeploy.api", "ui": "tfdeploy.api",
+    "promote": "tfdeploy.api", "rollback": "tfdeploy.api",
     "Client": "tfdeploy.client.predict", "PredictError": "tfdeploy.client.predict",
     "BadImage": "tfdeploy.client.images", "Server": "tfdeploy.runtime.manage",
     "ClientError": "tfdeploy.client.base", "UserError": "tfdeploy.errors",
@@ -35,7 +37,18 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from tfdeploy.api import bench, inspect, logs, manifest, serve, servers, stop, ui
+    from tfdeploy.api import (
+        bench,
+        inspect,
+        logs,
+        manifest,
+        promote,
+        rollback,
+        serve,
+        servers,
+        stop,
+        ui,
+    )
     from tfdeploy.client.base import ClientError
     from tfdeploy.client.images import BadImage
     from tfdeploy.client.predict import Client, PredictError

@@ -18,7 +18,8 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME, GRPC_PORT, REST_PORT
 if TYPE_CHECKING:
     from tfdeploy.runtime.manage import Server
 
-__all__ = ["bench", "export", "inspect", "logs", "manifest", "serve", "servers", "stop", "ui"]
+__all__ = ["bench", "export", "inspect", "logs", "manifest", "promote", "rollback", "serve",
+           "servers", "stop", "ui"]
 
 Progress = Callable[[str], None]
 
@@ -198,3 +199,43 @@ def ui(server: str | None = None, name: str | None = None, *, model: str | None 
 
     run(server, name, model=model, host=host, port=port, classes=classes,
         max_upload_mb=max_upload_mb, open_browser=open_browser, ready=ready)
+
+
+def promote(model: str, version: int, *, label: str = "stable", sample=None,
+            min_agreement: float = 0.95, server: str | None = None, name: str | None = None,
+            config: str | Path | None = None, dry_run: bool = False,
+            progress: Progress | None = None):
+    """Point the version label ``label`` of ``model`` at ``version``, once its masks agree
+    with those of the version the label points at now.
+
+    Both versions (by number) segment the ``sample`` images (files, directories, globs;
+    default: the bundled demo images); the result has pixel agreement per image and
+    pooled, per-class IoU between the two versions' masks (``client.compare``) and each
+    version's p50 latency.  Any image below ``min_agreement`` (a fraction) raises
+    ``tfdeploy.rollout.promote.PromoteRefused`` (its ``.result`` names the images and
+    classes); otherwise the label moves with HandleReloadConfigRequest, and a model config
+    file the server polls is rewritten atomically so the next poll keeps it.  ``version``
+    must be AVAILABLE (a ``UserError`` says so otherwise).  A label not set yet is set
+    without comparison.  ``dry_run`` compares only.
+
+    The server: ``name`` (one ``tfdeploy serve`` started; default the only one running),
+    or ``server`` (``host:port`` of any TF Serving gRPC API) with ``config``, the model
+    config file it runs (HandleReloadConfigRequest replaces the whole config).  Returns a
+    ``PromoteResult`` (``.to_json()``); the version the label left is recorded for
+    ``rollback``.
+    """
+    from tfdeploy.rollout.promote import promote as run
+
+    return run(model, version, label=label, sample=sample, min_agreement=min_agreement,
+               server=server, name=name, config=config, dry_run=dry_run, progress=progress)
+
+
+def rollback(model: str, *, label: str = "stable", server: str | None = None,
+             name: str | None = None, config: str | Path | None = None) -> dict:
+    """Point ``label`` of ``model`` back at the version it pointed at before the last
+    ``promote`` on this server (or config file), without comparing.  Returns ``model``,
+    ``label``, ``version`` (now), ``from`` (before).  ``UserError`` when no promote is
+    recorded or that version is no longer AVAILABLE."""
+    from tfdeploy.rollout.promote import rollback as run
+
+    return run(model, label=label, server=server, name=name, config=config)

@@ -4,7 +4,14 @@ One module per command group; each registers its commands on ``main``.  Library 
 imported inside the commands, so ``tfdeploy predict`` never pays for TensorFlow.
 """
 
-from tfdeploy.cli import export, manifest, predict, serve, ui  # noqa: F401 (registers commands)
+from tfdeploy.cli import (  # noqa: F401 (registers commands)
+    export,
+    manifest,
+    predict,
+    promote,
+    serve,
+    ui,
+)
 from tfdeploy.cli.app import main
 
 __all__ = ["main"]

@@ -72,6 +72,14 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
               help="compose: first replica's gRPC port (next ones +2 each) [8500].")
 @click.option("--rest-port", type=int, default=None, help="compose: first REST port [8501].")
 @click.option("--host", default=None, help="compose: bind address [127.0.0.1].")
+@click.option("--canary-percent", type=click.IntRange(1, 99), default=None, metavar="N",
+              help="k8s: a canary Deployment behind the same Service with about N% of the "
+                   "pods; kserve: canaryTrafficPercent N.")
+@click.option("--canary-version", type=click.IntRange(min=1), default=None,
+              help="k8s: the version the canary serves [the newest of a local SOURCE].")
+@click.option("--stable-version", type=click.IntRange(min=1), default=None,
+              help="k8s: the version the stable Deployment serves [with a canary: the next "
+                   "older one of a local SOURCE; else the newest, unpinned].")
 @click.option("-o", "--output-dir", type=click.Path(path_type=Path), default=Path("deploy"),
               show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
@@ -97,6 +105,7 @@ def manifest(target, output_dir, as_json, node_selector, **opts) -> None:
       tfdeploy manifest -t k8s models/deeplab --fill-from gs://my-bucket/deeplab
       tfdeploy manifest -t kserve s3://bucket/deeplab --service-account kserve-s3
       tfdeploy manifest -t compose models/deeplab --replicas 2
+      tfdeploy manifest -t k8s models/deeplab --pvc models --replicas 9 --canary-percent 10
     """
     from tfdeploy.api import manifest as write_manifests
     from tfdeploy.deploy.manifests import summary

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from tfdeploy.deploy import options
+from tfdeploy.deploy import canary, options
 from tfdeploy.errors import UserError
 from tfdeploy.tfs.flags import format_flag
 from tfdeploy.tfs.names import GRPC_PORT, REST_PORT
@@ -81,6 +81,11 @@ class ManifestSpec:
     grpc_port: int | None = None
     rest_port: int | None = None
     host: str | None = None
+    #: k8s/kserve: share of traffic for a canary (see ``deploy/canary.py``); k8s: the
+    #: version the canary Deployment serves and the one the stable Deployment keeps
+    canary_percent: int | None = None
+    canary_version: int | None = None
+    stable_version: int | None = None
 
     @property
     def remote(self) -> bool:
@@ -138,6 +143,7 @@ class ManifestSpec:
         self._check_storage(target)
         if target == "kserve":
             self._check_kserve()
+        canary.check(self, target)
         if target != "compose" and self.max_replicas is None:
             self.max_replicas = max(3 * self.replicas, self.replicas + 1)
         if target == "k8s" and not self.autoscaled and (self.scale_metric or
@@ -560,9 +566,9 @@ def write(target: str, spec: ManifestSpec, out_dir: Path) -> list[Path]:
 
     _PlainDumper = _plain_dumper()  # noqa: N806
     if target == "k8s":
-        files = {f"{spec.name}.k8s.yaml": kubernetes(spec)}
+        files = {f"{spec.name}.k8s.yaml": canary.kubernetes(spec, kubernetes(spec))}
     elif target == "kserve":
-        files = {f"{spec.name}.kserve.yaml": kserve(spec)}
+        files = {f"{spec.name}.kserve.yaml": canary.kserve(spec, kserve(spec))}
     elif target == "compose":
         files = {"compose.yaml": [compose(spec)]}
     else:
@@ -616,6 +622,7 @@ def generate(target: str, spec: ManifestSpec, out_dir: Path) -> dict[str, Any]:
         steps.append(f"claim {spec.pvc} must hold {spec.model_name}/<version>/ "
                      "(README: Scaling out)")
     steps.append(f"then: kubectl apply -f {files[0]}")
+    steps += canary.next_steps(spec, target, files[0])
     return payload
 
 

@@ -46,6 +46,9 @@ SUPPORT: dict[str, tuple[str, ...]] = {
     "grpc_port": ("compose",),
     "rest_port": ("compose",),
     "host": ("compose",),
+    "canary_percent": ("k8s", "kserve"),
+    "canary_version": ("k8s",),
+    "stable_version": ("k8s",),
 }
 
 # (option, target) -> what to do instead, where there is something better than "drop it";
@@ -73,6 +76,12 @@ INSTEAD: dict[tuple[str, str], str] = {
     ("grpc_port", "k8s"): "the Service always exposes 8500 (gRPC) and 8501 (REST)",
     ("rest_port", "k8s"): "the Service always exposes 8500 (gRPC) and 8501 (REST)",
     ("host", "k8s"): "expose the Service with an Ingress or a LoadBalancer instead",
+    ("canary_percent", "compose"): "compose has no traffic split; serve the candidate "
+    "beside it and compare with tfdeploy promote --dry-run",
+    ("canary_version", "kserve"): "KServe's canary is the InferenceService's new revision: "
+    "it serves the newest version under storageUri when its pods start",
+    ("stable_version", "kserve"): "KServe keeps the previous revision serving the rest of "
+    "the traffic",
 }
 
 K8S_SCALE_METRICS = ("cpu", "memory")
