@@ -37,12 +37,15 @@ docker-images: $(STAMP)
 	  PYTHON=$(PY) bash docker/build.sh; \
 	else echo "no docker engine: docker tests will be skipped"; fi
 
-# The KServe SDK (its own venv: it pins protobuf < 7, TensorFlow here wants 7) to check
-# generated InferenceServices with KServe's own models.  Optional: tests skip without it.
-KSERVE_STAMP := .venv-kserve/.installed
+# The KServe SDK and Triton's client (their own venv: both pin protobuf < 7, TensorFlow
+# here wants 7) to check generated InferenceServices with KServe's own models and to talk
+# the Open Inference Protocol (v2) to the embedded server with clients no one here wrote.
+# Optional: those tests skip without it.
+KSERVE_STAMP := .venv-kserve/.installed-v2
 $(KSERVE_STAMP):
 	@($(PYTHON) -m venv .venv-kserve && .venv-kserve/bin/pip install -q kserve pyyaml \
-	  && touch $(KSERVE_STAMP)) || echo "KServe SDK unavailable: its test will be skipped"
+	  'tritonclient[http,grpc]' && touch .venv-kserve/.installed $(KSERVE_STAMP)) \
+	  || echo "KServe SDK / tritonclient unavailable: their tests will be skipped"
 
 # Debian's headless Chromium for the `tfdeploy ui` browser tests (Playwright drives it;
 # its own browser download needs the network).  Installed when missing and apt-get can;

@@ -1,5 +1,6 @@
 """gRPC front end: TF Serving's PredictionService and ModelService, registered with the
-official generated servicer helpers so stubs written for tensorflow_model_server connect.
+official generated servicer helpers so stubs written for tensorflow_model_server connect;
+``v2_grpc`` adds the Open Inference Protocol's service and gRPC health checking.
 
 Predict outputs go in the typed value fields (int64_val, ...), never tensor_content, as
 tensorflow_model_server does: clients written for it (the tutorial's included) read only
@@ -29,6 +30,7 @@ from concurrent import futures
 
 import grpc
 
+from tfdeploy.serving import v2_grpc
 from tfdeploy.serving.path import Call, deadline_in
 from tfdeploy.tfs import protos, tensors
 from tfdeploy.tfs.codes import Code, StatusError
@@ -54,7 +56,8 @@ def _status_error(exc: Exception) -> StatusError:
 
 #: Which pool runs a call: "reload" for config reloads, "control" for status and
 #: metadata, "inference" otherwise.
-CONTROL_METHODS = frozenset({"GetModelStatus", "GetModelMetadata"})
+CONTROL_METHODS = frozenset({"GetModelStatus", "GetModelMetadata"}) | \
+    v2_grpc.CONTROL_METHODS
 RELOAD_METHODS = frozenset({"HandleReloadConfigRequest"})
 CONTROL_THREADS = 4
 #: Inference threads beyond the slots and the queue: a call past both is refused
@@ -251,6 +254,8 @@ class GrpcServer:
         ps_grpc, predictions, ms_grpc, models = _servicers(server, self.pools)
         ps_grpc.add_PredictionServiceServicer_to_server(predictions, grpc_server)
         ms_grpc.add_ModelServiceServicer_to_server(models, grpc_server)
+        # the Open Inference Protocol and grpc.health.v1 beside them (serving/v2_grpc.py)
+        v2_grpc.register(grpc_server, server, functools.partial(_in_pool, pools=self.pools))
         credentials = ssl_credentials(server.options.ssl_config_file)
         try:
             bound = add_port(grpc_server, self.address, credentials)

@@ -70,6 +70,7 @@ class HttpResponse:
     status: int
     body: bytes
     content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()  # more headers (v2's binary extension)
 
 
 Handler = Callable[[HttpRequest], HttpResponse]
@@ -237,9 +238,10 @@ def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits,
     in_flight = 0  # requests with a body being read or handled (event loop only)
 
     async def respond(send, status: int, body: bytes, content_type: str = "application/json",
-                      close: bool = False) -> None:
+                      close: bool = False, extra: tuple[tuple[str, str], ...] = ()) -> None:
         headers = [(b"content-type", content_type.encode("latin-1")),
                    (b"content-length", str(len(body)).encode())]
+        headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra]
         if close:
             headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -351,7 +353,8 @@ def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits,
             log.error("handler returned %r for %s %s", response, scope["method"], scope["path"])
             await respond(send, 500, error_body("internal error: handler returned no response"))
             return
-        await respond(send, response.status, bytes(response.body), response.content_type)
+        await respond(send, response.status, bytes(response.body), response.content_type,
+                      extra=tuple(response.headers))
 
     return app
 

@@ -6,6 +6,7 @@
     POST /v1/models/{name}[/versions/{v}|/labels/{l}]:classify   tf.Example features
     POST /v1/models/{name}[/versions/{v}|/labels/{l}]:regress    tf.Example features
     GET  <prometheus path>                                       metrics, when enabled
+    /v2/...                                     the Open Inference Protocol (``v2_rest``)
 
 Binary values travel as ``{"b64": "..."}``.  Errors are ``{"error": "..."}``.
 
@@ -49,6 +50,7 @@ class Reply:
     status: int
     body: bytes
     content_type: str = JSON
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def json_reply(status: int, payload) -> Reply:
@@ -96,7 +98,7 @@ class RestApi:
         self.ms = model_server
 
     def handle(self, method: str, path: str, body: bytes = b"",
-               received: float | None = None) -> Reply:
+               received: float | None = None, headers=None) -> Reply:
         """Answer one request; never raises (every failure is an error reply).
         ``received`` (time.monotonic()) starts the --rest_api_timeout_in_ms clock of an
         inference request (now by default)."""
@@ -106,6 +108,8 @@ class RestApi:
             from tfdeploy.serving.metrics import CONTENT_TYPE
 
             return Reply(200, ms.metrics.render(), CONTENT_TYPE)
+        if path == "/v2" or path.startswith("/v2/"):
+            return self._v2(method, path, headers or {}, body, received)
         if not _API.fullmatch(path):
             return error_reply(StatusError(Code.NOT_FOUND, f"Not found: {method} {path}"))
         try:
@@ -118,6 +122,21 @@ class RestApi:
         except Exception as exc:  # never a dropped connection for a client
             log.exception("internal error")
             return error_reply(StatusError(Code.INTERNAL, f"internal error: {exc}"))
+
+    def _v2(self, method: str, path: str, headers, body: bytes,
+            received: float | None) -> Reply:
+        from tfdeploy.serving.v2_rest import V2RestApi
+
+        try:
+            status, payload, extra = V2RestApi(self.ms).handle(method, path, headers, body,
+                                                               received)
+        except StatusError as exc:
+            return error_reply(exc)
+        except Exception as exc:  # never a dropped connection for a client
+            log.exception("internal error")
+            return error_reply(StatusError(Code.INTERNAL, f"internal error: {exc}"))
+        content_type = "application/octet-stream" if extra else JSON
+        return Reply(status, payload, content_type, tuple(extra.items()))
 
     def _get(self, t: Target) -> dict:
         if t.verb == "metadata":
@@ -208,8 +227,10 @@ def serve(model_server, host: str, port: int) -> http_server.HttpServerHandle:
     options = model_server.options
 
     def handler(request: http_server.HttpRequest) -> http_server.HttpResponse:
-        reply = api.handle(request.method, request.path, request.body, request.received)
-        return http_server.HttpResponse(reply.status, reply.body, reply.content_type)
+        reply = api.handle(request.method, request.path, request.body, request.received,
+                           request.headers)
+        return http_server.HttpResponse(reply.status, reply.body, reply.content_type,
+                                        reply.headers)
 
     in_flight = model_server.rest_slots + options.max_queued_requests
     try:
