@@ -1,0 +1,276 @@
+"""The Open Inference Protocol (KServe v2) on the embedded server: REST and gRPC, JSON and
+binary tensors, health checking, error cases, checked against the v1 answers of the same
+server.  Clients no one here wrote (tritonclient, KServe's) run in .venv-kserve (they pin
+protobuf < 7) through tests/v2_clients.py."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from servers import ServerProcess, http
+from small_models import half_plus_two, put_version, save_half_plus_two
+
+from tfdeploy.tfs import v2
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "tfdeploy" / "demo" / "images").glob("*.jpg"))
+CLIENTS_PY = ROOT / ".venv-kserve" / "bin" / "python"
+CLIENTS_READY = ROOT / ".venv-kserve" / ".installed-v2"  # `make test` writes it
+
+
+@pytest.fixture(scope="module")
+def server(demo_base, tmp_path_factory):
+    """One server with the demo DeepLab export and a numeric model (half_plus_two)."""
+    tmp = tmp_path_factory.mktemp("v2")
+    hpt = tmp / "hpt"
+    hpt.mkdir()
+    put_version(hpt, 1, save_half_plus_two(tmp / "hpt_src"))
+    config = tmp / "models.config"
+    config.write_text(
+        "model_config_list {\n"
+        f'  config {{ name: "deeplab" base_path: "{demo_base}" model_platform: "tensorflow" }}\n'
+        f'  config {{ name: "hpt" base_path: "{hpt}" model_platform: "tensorflow" }}\n'
+        "}\n")
+    srv = ServerProcess(f"--model_config_file={config}", log_dir=tmp)
+    srv.wait_available(1)
+    srv.wait_available(1, model="hpt")
+    yield srv
+    srv.stop()
+
+
+def post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def v1_predict(server, model: str, body: dict) -> dict:
+    code, out = http("POST", f"{server.rest}/v1/models/{model}:predict", body)
+    assert code == 200, out
+    return out
+
+
+def digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def v1_masks(server) -> dict[str, dict]:
+    """The v1 answers for the demo images: segmentation_map's shape, dtype and digest."""
+    out = {}
+    for path in EXAMPLES:
+        body = {"inputs": {"image_bytes": [{"b64": base64.b64encode(path.read_bytes())
+                                                   .decode()}]}}
+        outputs = v1_predict(server, "deeplab", body)["outputs"]
+        array = np.asarray(outputs["segmentation_map"], dtype=np.uint8)
+        out[path.name] = {"shape": list(array.shape), "sha256": digest(array)}
+    return out
+
+
+# -- REST ----------------------------------------------------------------------------------
+def test_health_metadata_and_ready(server):
+    assert http("GET", f"{server.rest}/v2/health/live") == (200, {"live": True})
+    assert http("GET", f"{server.rest}/v2/health/ready") == (200, {"ready": True})
+    code, meta = http("GET", f"{server.rest}/v2")
+    assert code == 200 and meta["name"] == "tfdeploy-model-server"
+    assert "binary_tensor_data" in meta["extensions"]
+    code, meta = http("GET", f"{server.rest}/v2/models/hpt")
+    assert code == 200
+    assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 1]}]
+    assert meta["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}]
+    assert meta["versions"] == ["1"] and meta["platform"] == "tensorflow_savedmodel"
+    code, meta = http("GET", f"{server.rest}/v2/models/deeplab/versions/1")
+    assert code == 200 and meta["inputs"][0] == {"name": "image_bytes", "datatype": "BYTES",
+                                                 "shape": [-1]}
+    assert "predict_images" in meta["parameters"]["signatures"]
+    assert http("GET", f"{server.rest}/v2/models/hpt/ready")[0] == 200
+    assert http("GET", f"{server.rest}/v2/models/hpt/versions/1/ready")[0] == 200
+    assert http("GET", f"{server.rest}/v2/models/hpt/versions/7/ready")[0] == 404
+
+
+def test_json_infer_matches_v1(server):
+    x = [[1.0], [2.5], [-4.0]]
+    v1 = v1_predict(server, "hpt", {"instances": x})["predictions"]
+    code, out = http("POST", f"{server.rest}/v2/models/hpt/infer",
+                     {"id": "r1", "inputs": [{"name": "x", "datatype": "FP32", "shape": [3, 1],
+                                              "data": [1.0, 2.5, -4.0]}]})
+    assert code == 200, out
+    assert out["model_name"] == "hpt" and out["model_version"] == "1" and out["id"] == "r1"
+    assert out["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [3, 1],
+                               "data": [v[0] for v in v1]}]
+    # nested data is the same tensor
+    code, nested = http("POST", f"{server.rest}/v2/models/hpt/infer",
+                        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [3, 1],
+                                     "data": x}]})
+    assert code == 200 and nested["outputs"] == out["outputs"]
+
+
+def binary_request(header: dict, *blobs: bytes) -> tuple[bytes, dict]:
+    head = json.dumps(header).encode()
+    return head + b"".join(blobs), {"Inference-Header-Content-Length": str(len(head)),
+                                   "Content-Type": "application/octet-stream"}
+
+
+def test_binary_tensors_of_the_demo_images_match_v1(server):
+    expected = v1_masks(server)
+    for path in EXAMPLES:
+        raw = path.read_bytes()
+        blob = len(raw).to_bytes(4, "little") + raw
+        body, headers = binary_request(
+            {"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1],
+                         "parameters": {"binary_data_size": len(blob)}}],
+             "outputs": [{"name": "segmentation_map", "parameters": {"binary_data": True}}]},
+            blob)
+        code, got_headers, reply = post(f"{server.rest}/v2/models/deeplab/infer", body,
+                                        headers)
+        assert code == 200, reply
+        length = int({k.lower(): v for k, v in got_headers.items()}[v2.HEADER_LENGTH])
+        head = json.loads(reply[:length])
+        (tensor,) = head["outputs"]
+        assert tensor["name"] == "segmentation_map" and tensor["datatype"] == "UINT8"
+        assert tensor["parameters"]["binary_data_size"] == len(reply) - length
+        array = np.frombuffer(reply[length:], np.uint8).reshape(tensor["shape"])
+        assert {"shape": tensor["shape"], "sha256": digest(array)} == expected[path.name]
+
+
+def test_signature_parameter_picks_another_signature(server):
+    code, out = http("POST", f"{server.rest}/v2/models/deeplab/infer",
+                     {"parameters": {"signature_name": "nope"},
+                      "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]})
+    assert code == 400 and "nope" in out["error"]
+
+
+@pytest.mark.parametrize("case", ["unknown model", "wrong datatype", "bad shape",
+                                  "truncated binary", "unknown input", "not json"])
+def test_rest_errors(server, case):
+    url = f"{server.rest}/v2/models/hpt/infer"
+    good = {"name": "x", "datatype": "FP32", "shape": [2, 1], "data": [1, 2]}
+    headers: dict = {}
+    if case == "unknown model":
+        url = f"{server.rest}/v2/models/nope/infer"
+        body = json.dumps({"inputs": [good]}).encode()
+    elif case == "wrong datatype":
+        body = json.dumps({"inputs": [{**good, "datatype": "INT64"}]}).encode()
+    elif case == "bad shape":
+        body = json.dumps({"inputs": [{**good, "shape": [3, 1]}]}).encode()
+    elif case == "unknown input":
+        body = json.dumps({"inputs": [{**good, "name": "z"}]}).encode()
+    elif case == "not json":
+        body = b"{"
+    else:
+        body, headers = binary_request(
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 1],
+                         "parameters": {"binary_data_size": 8}}]},
+            np.array([1, 2], np.float32).tobytes()[:6])
+    code, _, reply = post(url, body, headers)
+    assert code == (404 if case == "unknown model" else 400), reply
+    assert isinstance(json.loads(reply)["error"], str)
+
+
+def test_server_ready_waits_for_every_model(tmp_path):
+    """/v2/health/ready (model-free, for Kubernetes probes) is not ready while a model of
+    the config has no version that serves; live is."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    srv = ServerProcess("--model_name=later", f"--model_base_path={empty}", log_dir=tmp_path)
+    try:
+        srv.wait_for(lambda s: True, model="later")
+        assert http("GET", f"{srv.rest}/v2/health/live")[0] == 200
+        assert http("GET", f"{srv.rest}/v2/health/ready")[0] == 503
+        assert http("GET", f"{srv.rest}/v2/models/later/ready")[0] == 404
+    finally:
+        srv.stop()
+
+
+# -- gRPC ----------------------------------------------------------------------------------
+def grpc_call(server, rpc: str, request):
+    messages = v2.grpc_messages()
+    _, response = v2.RPCS[rpc]
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        return channel.unary_unary(
+            f"/{v2.PACKAGE}.{v2.SERVICE}/{rpc}",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=messages[response].FromString)(request, timeout=120)
+
+
+def test_grpc_infer_matches_v1_and_errors(server):
+    m = v2.grpc_messages()
+    assert grpc_call(server, "ServerLive", m["ServerLiveRequest"]()).live
+    assert grpc_call(server, "ServerReady", m["ServerReadyRequest"]()).ready
+    assert grpc_call(server, "ModelReady", m["ModelReadyRequest"](name="hpt")).ready
+    meta = grpc_call(server, "ModelMetadata", m["ModelMetadataRequest"](name="hpt"))
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("x", "FP32", [-1, 1])]
+    x = np.array([[3.0], [5.0]], np.float32)
+    request = m["ModelInferRequest"](model_name="hpt", id="g1")
+    request.inputs.add(name="x", datatype="FP32", shape=[2, 1])
+    request.raw_input_contents.append(x.tobytes())
+    out = grpc_call(server, "ModelInfer", request)
+    assert out.model_version == "1" and out.id == "g1"
+    y = np.frombuffer(out.raw_output_contents[0], np.float32).reshape(tuple(out.outputs[0].shape))
+    np.testing.assert_array_equal(y, half_plus_two(x))
+    # typed contents
+    request = m["ModelInferRequest"](model_name="hpt")
+    request.inputs.add(name="x", datatype="FP32", shape=[2, 1]).contents.fp32_contents.extend(
+        [3.0, 5.0])
+    out = grpc_call(server, "ModelInfer", request)
+    np.testing.assert_array_equal(np.frombuffer(out.raw_output_contents[0], np.float32),
+                                  half_plus_two(x).ravel())
+    for model, datatype, shape, raw, code in [
+            ("nope", "FP32", [2, 1], x.tobytes(), grpc.StatusCode.NOT_FOUND),
+            ("hpt", "INT32", [2, 1], x.tobytes(), grpc.StatusCode.INVALID_ARGUMENT),
+            ("hpt", "FP32", [3, 1], x.tobytes(), grpc.StatusCode.INVALID_ARGUMENT),
+            ("hpt", "FP32", [2, 1], x.tobytes()[:5], grpc.StatusCode.INVALID_ARGUMENT)]:
+        request = m["ModelInferRequest"](model_name=model)
+        request.inputs.add(name="x", datatype=datatype, shape=shape)
+        request.raw_input_contents.append(raw)
+        with pytest.raises(grpc.RpcError) as info:
+            grpc_call(server, "ModelInfer", request)
+        assert info.value.code() == code, (model, datatype, shape)
+
+
+def test_grpc_health_checking(server):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    serving = health_pb2.HealthCheckResponse.SERVING
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "hpt", "deeplab"):
+            assert stub.Check(health_pb2.HealthCheckRequest(service=service),
+                              timeout=10).status == serving
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=10)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# -- clients no one here wrote ---------------------------------------------------------------
+@pytest.mark.skipif(not CLIENTS_READY.exists(),
+                    reason=".venv-kserve (tritonclient, kserve) missing: `make test` creates it")
+@pytest.mark.parametrize("client", ["triton-http", "triton-grpc", "kserve-rest",
+                                    "kserve-grpc"])
+def test_outside_clients_match_v1(server, client):
+    expected_masks = v1_masks(server)
+    x = [[1.0], [2.5], [-4.0]]
+    expected_y = [v[0] for v in v1_predict(server, "hpt", {"instances": x})["predictions"]]
+    proc = subprocess.run(
+        [str(CLIENTS_PY), str(ROOT / "tests" / "v2_clients.py"), client,
+         f"127.0.0.1:{server.rest_port}", server.grpc_target, *map(str, EXAMPLES)],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["ready"] is True
+    assert report["y"] == pytest.approx(expected_y)
+    assert report["masks"] == expected_masks
+    assert report["errors"]["unknown model"] and report["errors"]["wrong datatype"]
