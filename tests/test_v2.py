@@ -274,3 +274,28 @@ def test_outside_clients_match_v1(server, client):
     assert report["y"] == pytest.approx(expected_y)
     assert report["masks"] == expected_masks
     assert report["errors"]["unknown model"] and report["errors"]["wrong datatype"]
+
+
+# -- tfdeploy's own client -------------------------------------------------------------------
+@pytest.mark.parametrize("signature", ["serving_default", "predict_images"])
+def test_predict_protocol_v2_writes_the_v1_masks(server, tmp_path, signature):
+    from conftest import run_cli
+
+    masks = {}
+    for protocol in ("v1", "v2"):
+        out = tmp_path / protocol
+        proc = run_cli("predict", *map(str, EXAMPLES[:2]), "--server",
+                       f"127.0.0.1:{server.rest_port}", "--transport", "rest", "--protocol",
+                       protocol, "--signature", signature, "-o", str(out), "--json")
+        assert json.loads(proc.stdout)["summary"]["ok"] == 2
+        masks[protocol] = {p.name: p.read_bytes() for p in sorted(out.glob("*.png"))}
+    assert len(masks["v2"]) == 2 and masks["v2"] == masks["v1"]
+
+
+def test_predict_protocol_v2_needs_rest(server):
+    from conftest import run_cli
+
+    proc = run_cli("predict", str(EXAMPLES[0]), "--server", server.grpc_target,
+                   "--protocol", "v2", check=False)
+    assert proc.returncode == 2 and "--transport rest" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -23,6 +23,10 @@ _name_option = click.option(
     help="The tfdeploy server to use (see `tfdeploy status`). Default: the only running one.")
 _transport_option = click.option("--transport", type=click.Choice(["grpc", "rest"]),
                                   default="grpc", show_default=True)
+_protocol_option = click.option(
+    "--protocol", type=click.Choice(["v1", "v2"]), default="v1", show_default=True,
+    help="v1: TF Serving's API; v2: the Open Inference Protocol (KServe v2; with "
+         "--transport rest), as the embedded server, Triton and KServe runtimes speak it.")
 _model_option = click.option(
     "--model", "--model-name", "-m", "model_name", default=None, metavar="NAME",
     help="The model to use. Default: the only model the server serves (its model config "
@@ -58,7 +62,7 @@ def _retry_options(fn):
 
 
 def _predictor(server, name, transport, timeout, retries, retry_timeout, model_name,
-               signature, version=None, label=None, **kw):
+               signature, version=None, label=None, protocol="v1", **kw):
     """Connect to the endpoints the user named (or the running server) and read the
     model's signatures; library errors become one-line CLI errors."""
     from tfdeploy.client.predict import Client, PredictError
@@ -66,10 +70,13 @@ def _predictor(server, name, transport, timeout, retries, retry_timeout, model_n
 
     if version is not None and label is not None:
         raise UserError("give --version or --label, not both", param="label")
+    if protocol == "v2" and transport != "rest":
+        raise UserError("--protocol v2 is spoken over REST: add --transport rest",
+                        param="protocol")
     addresses, model_name = client_target(server, transport, name, model_name)
     client = Client(addresses, transport, model=model_name, signature=signature,
                     version=version, label=label, timeout=timeout, retries=retries,
-                    retry_timeout=retry_timeout)
+                    retry_timeout=retry_timeout, protocol=protocol)
     client.class_names = class_names(target_record(server, addresses, name), model_name)
     try:
         return client.predictor(**kw)
@@ -110,6 +117,7 @@ def _check_inputs(items) -> list[str]:
 @_server_option
 @_name_option
 @_transport_option
+@_protocol_option
 @_model_option
 @click.option("--signature", default=None,
               help="serving_default (encoded images) or predict_images (float pixels). "
@@ -129,8 +137,8 @@ def _check_inputs(items) -> list[str]:
 @_retry_options
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document: per-image class pixel counts and a summary.")
-def predict(images: tuple[str, ...], server, name, transport, model_name, signature, version,
-            label, output_dir, overlay, max_side, concurrency, timeout, retries,
+def predict(images: tuple[str, ...], server, name, transport, protocol, model_name, signature,
+            version, label, output_dir, overlay, max_side, concurrency, timeout, retries,
             retry_timeout, as_json) -> None:
     """Segment IMAGES (files, directories, globs) and write palette PNG masks.
 
@@ -149,6 +157,7 @@ def predict(images: tuple[str, ...], server, name, transport, model_name, signat
       tfdeploy predict photo.jpg --name staging       # one of several servers
       tfdeploy predict photo.jpg --model seg_a --label stable
       tfdeploy predict 'shots/**/*.png' --transport rest --server 10.0.0.5:8501 --json
+      tfdeploy predict photo.jpg --transport rest --protocol v2 --server triton:8000
     """
     import time
 
@@ -165,7 +174,8 @@ def predict(images: tuple[str, ...], server, name, transport, model_name, signat
         raise UserError("nothing written: the masks would replace "
                         + "; ".join(clashes) + ". Choose another --output-dir.")
     predictor = _predictor(server, name, transport, timeout, retries, retry_timeout,
-                           model_name, signature, version, label, output_dir=output_dir,
+                           model_name, signature, version, label, protocol=protocol,
+                           output_dir=output_dir,
                            overlay=overlay, max_side=max_side)
     results, started = [], time.perf_counter()
     with click.progressbar(length=len(jobs), label=f"predict ({predictor.signature})",

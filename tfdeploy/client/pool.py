@@ -29,6 +29,8 @@ log = logging.getLogger("tfdeploy.client")
 T = TypeVar("T")
 
 TRANSPORTS = ("grpc", "rest")
+#: TF Serving's API, or the Open Inference Protocol (KServe v2)
+PROTOCOLS = ("v1", "v2")
 
 
 def parse_addresses(items: Iterable[str], transport: str) -> list[str]:
@@ -220,15 +222,24 @@ class EndpointPool(Transport):
 def connect(addresses: str | Iterable[str], transport: str = "grpc",
             timeout: float = DEFAULT_TIMEOUT,
             retries: int = DEFAULT_RETRIES,
-            retry_timeout: float = DEFAULT_RETRY_TIMEOUT) -> EndpointPool:
+            retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
+            protocol: str = "v1") -> EndpointPool:
     """An EndpointPool over ``addresses`` (``host[:port]``, or several comma-separated)
     speaking ``transport`` (``grpc`` or ``rest``); ``timeout`` is each attempt's deadline
-    at one endpoint, ``retries`` / ``retry_timeout`` bound the retries of a call."""
+    at one endpoint, ``retries`` / ``retry_timeout`` bound the retries of a call.
+    ``protocol`` ``v1`` is TF Serving's API, ``v2`` the Open Inference Protocol (over
+    REST: ``client/v2_transport.py``)."""
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if protocol == "v2" and transport != "rest":
+        raise ValueError("protocol v2 is spoken over REST here: use transport rest")
     items = [addresses] if isinstance(addresses, str) else list(addresses)
     parsed = parse_addresses(items, transport)
-    if transport == "grpc":
+    if protocol == "v2":
+        from tfdeploy.client.v2_transport import V2RestTransport as cls
+    elif transport == "grpc":
         from tfdeploy.client.grpc_transport import GrpcTransport as cls
     else:
         from tfdeploy.client.rest_transport import RestTransport as cls

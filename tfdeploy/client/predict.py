@@ -344,9 +344,10 @@ class Client:
                  version: int | None = None, label: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT,
                  retries: int = DEFAULT_RETRIES, retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
-                 max_side: int | None = None):
+                 max_side: int | None = None, protocol: str = "v1"):
         """``version`` (a number) or ``label`` (a version label of the server's model
-        config, e.g. ``"stable"``) picks the model version; neither: the latest."""
+        config, e.g. ``"stable"``) picks the model version; neither: the latest.
+        ``protocol="v2"`` speaks the Open Inference Protocol (with ``transport="rest"``)."""
         from tfdeploy.client.pool import connect
 
         if version is not None and label is not None:
@@ -355,7 +356,8 @@ class Client:
         self.version: int | str | None = label if label is not None else version
         self._signature = signature
         self.transport: Transport = connect(address, transport, timeout=timeout,
-                                            retries=retries, retry_timeout=retry_timeout)
+                                            retries=retries, retry_timeout=retry_timeout,
+                                            protocol=protocol)
         self._predictor: Predictor | None = None
         self._executor: ThreadPoolExecutor | None = None
         #: class index -> name where known (``Server.client()`` fills it from the export)

@@ -66,7 +66,7 @@ def server_ready(model_server) -> tuple[bool, list[str]]:
 
 def model_metadata(model_server, name: str, version: int | None) -> dict:
     """The v2 metadata of a model version: its default signature's inputs and outputs,
-    every loaded version, and the other signatures' names (``signatures``)."""
+    every loaded version, and every signature's (the ``signatures`` parameter)."""
     servable = model_server.manager.handle(name, version)
     _, sd = servable.signature("")
     versions = sorted({str(s.version) for s in model_server.manager.statuses(name)
@@ -77,9 +77,13 @@ def model_metadata(model_server, name: str, version: int | None) -> dict:
                  "shape": v2.shape_of(info.tensor_shape)} for key, info in
                 sorted(infos.items())]
 
+    # every signature's inputs and outputs too, for clients that pick one (a parameter:
+    # the protocol's metadata describes one set of tensors)
+    signatures = {key: {"inputs": tensors(d.inputs), "outputs": tensors(d.outputs)}
+                  for key, d in sorted(servable.signature_defs.items())}
     return {"name": name, "versions": versions, "platform": PLATFORM,
             "inputs": tensors(sd.inputs), "outputs": tensors(sd.outputs),
-            "parameters": {"signatures": sorted(servable.signature_defs)}}
+            "parameters": {"signatures": signatures}}
 
 
 def expected_datatypes(signature_def) -> dict[str, str]:

@@ -59,6 +59,14 @@ def datatype_of_enum(enum: int) -> str:
     return _BY_ENUM.get(enum, "BYTES" if enum == 7 else f"DT_{enum}")
 
 
+def enum_of_datatype(datatype: str) -> int:
+    """The TF DataType enum value of a v2 datatype (for a SignatureDef-like table)."""
+    for enum, name in _BY_ENUM.items():
+        if name == datatype:
+            return enum
+    raise invalid(f"unsupported datatype {datatype!r}")
+
+
 def datatype_of(array: np.ndarray) -> str:
     if array.dtype.kind in "OSU":
         return "BYTES"
