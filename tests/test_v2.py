@@ -299,3 +299,62 @@ def test_predict_protocol_v2_needs_rest(server):
                    "--protocol", "v2", check=False)
     assert proc.returncode == 2 and "--transport rest" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# -- manifests -------------------------------------------------------------------------------
+V2_IMAGE = "registry.example.com/tfdeploy/serving-embedded:1"
+
+
+@pytest.mark.skipif(not (ROOT / ".venv-kserve" / ".installed").exists(),
+                    reason="KServe SDK venv (.venv-kserve) missing: `make test` creates it")
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
+def test_kserve_v2_inference_service(tmp_path, transport):
+    """--protocol v2: a predictor container running tfdeploy-model-server on the model
+    KServe downloads, probed on the model-free /v2/health URLs; KServe's SDK reads it back
+    with every field kept."""
+    from conftest import run_cli
+    from test_manifest import KSERVE_CHECK
+
+    out = json.loads(run_cli("manifest", "-t", "kserve", "s3://bucket/deeplab", "--protocol",
+                             "v2", "--transport", transport, "--image", V2_IMAGE,
+                             "-o", tmp_path, "--json").stdout)
+    check = KSERVE_CHECK.split("    p = isvc.spec.predictor")[0] + (
+        "    (c,) = isvc.spec.predictor.containers\n"
+        "    print(json.dumps({'image': c.image, 'command': c.command, 'args': c.args,\n"
+        "        'env': {e.name: e.value for e in c.env},\n"
+        "        'ports': [p.container_port for p in c.ports],\n"
+        "        'ready': c.readiness_probe.http_get.path,\n"
+        "        'live': c.liveness_probe.http_get.path,\n"
+        "        'model': isvc.spec.predictor.model}))\n")
+    proc = subprocess.run([str(CLIENTS_PY), "-c", check, out["files"][0]],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["image"] == V2_IMAGE and got["command"] == ["tfdeploy-model-server"]
+    assert "--model_base_path=/mnt/models" in got["args"]
+    assert got["env"] == {"STORAGE_URI": "s3://bucket/deeplab"}
+    assert got["ports"] == ([9000] if transport == "grpc" else [8080])
+    assert (got["ready"], got["live"]) == ("/v2/health/ready", "/v2/health/live")
+    assert got["model"] is None
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--protocol", "v2"], "give --image"),
+    (["--protocol", "v2", "--image", V2_IMAGE, "--transport", "rest",
+      "--batcher-max-batch-size", "4"], "batcher speaks the v1 protocol"),
+])
+def test_kserve_v2_refusals(tmp_path, args, message):
+    from conftest import run_cli
+
+    proc = run_cli("manifest", "-t", "kserve", "s3://bucket/deeplab", *args, "-o", tmp_path,
+                   check=False)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_k8s_refuses_protocol(tmp_path):
+    from conftest import run_cli
+
+    proc = run_cli("manifest", "-t", "k8s", "s3://bucket/deeplab", "--protocol", "v2", "-o",
+                   tmp_path, check=False)
+    assert proc.returncode == 2 and "--protocol" in proc.stderr

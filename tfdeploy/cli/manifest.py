@@ -60,6 +60,9 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
               help="k8s: add a Prometheus Operator ServiceMonitor.")
 @click.option("--transport", type=click.Choice(["grpc", "rest"]), default=None,
               help="kserve: the port the InferenceService exposes [grpc].")
+@click.option("--protocol", type=click.Choice(["v1", "v2"]), default=None,
+              help="kserve: v2 serves the Open Inference Protocol (and TF Serving's API) "
+                   "with tfdeploy-model-server from --image; probes use /v2/health [v1].")
 @click.option("--batcher-max-batch-size", type=int, default=None,
               help="kserve (--transport rest): KServe batcher batch size.")
 @click.option("--batcher-max-latency", type=int, default=None, metavar="MS",
@@ -104,6 +107,8 @@ def manifest(target, output_dir, as_json, node_selector, **opts) -> None:
       tfdeploy manifest -t k8s s3://bucket/deeplab --secret-env aws-credentials
       tfdeploy manifest -t k8s models/deeplab --fill-from gs://my-bucket/deeplab
       tfdeploy manifest -t kserve s3://bucket/deeplab --service-account kserve-s3
+      tfdeploy manifest -t kserve s3://bucket/deeplab --protocol v2 --transport rest \\
+          --image registry.example.com/tfdeploy/serving-embedded:1
       tfdeploy manifest -t compose models/deeplab --replicas 2
       tfdeploy manifest -t k8s models/deeplab --pvc models --replicas 9 --canary-percent 10
     """

@@ -78,6 +78,7 @@ class ManifestSpec:
     batcher_max_batch_size: int | None = None
     batcher_max_latency: int | None = None  # milliseconds
     transport: str | None = None  # kserve: which port the InferenceService exposes
+    protocol: str | None = None  # kserve: "v2" runs tfdeploy-model-server (v2 + v1 API)
     grpc_port: int | None = None
     rest_port: int | None = None
     host: str | None = None
@@ -200,6 +201,19 @@ class ManifestSpec:
                            ("batcher_max_latency", self.batcher_max_latency)):
             if value is not None and value < 1:
                 raise UserError("must be at least 1", param=opt)
+        if self.protocol not in (None, "v1", "v2"):
+            raise UserError.about("is v1 or v2, got {value!r}", param="protocol",
+                                  value=self.protocol)
+        if self.protocol == "v2" and batcher:
+            raise UserError.about("KServe's batcher speaks the v1 protocol: drop "
+                                  "{batcher_max_batch_size} / {batcher_max_latency} with "
+                                  "{protocol} v2 (the server batches with its own options)")
+        if self.protocol == "v2" and (self.image is None or self.image in (
+                default_image(False), default_image(True))):
+            raise UserError.about("{protocol} v2 runs tfdeploy-model-server, which the "
+                                  "official TF Serving image does not have: give {image} "
+                                  "(docker/build.sh builds tfdeploy/serving-embedded; push it "
+                                  "to your registry)")
         if self.transport not in (None, "grpc", "rest"):
             raise UserError.about("is grpc or rest, got {value!r}", param="transport",
                                   value=self.transport)
@@ -442,8 +456,42 @@ def kubernetes(spec: ManifestSpec) -> list[dict[str, Any]]:
     return objects
 
 
+#: Where KServe's storage initializer puts a model, and the ports of its containers.
+KSERVE_MODEL_DIR = "/mnt/models"
+KSERVE_HTTP, KSERVE_GRPC = 8080, 9000
+
+
+def _kserve_v2_container(spec: ManifestSpec, uri: str) -> dict[str, Any]:
+    """The predictor container of a v2 InferenceService: tfdeploy-model-server (the Open
+    Inference Protocol beside TF Serving's API) on the model KServe's storage initializer
+    downloads (it does so for a container whose env has STORAGE_URI), probed on the
+    protocol's model-free health URLs."""
+    grpc = spec.transport == "grpc"
+    ready = {"httpGet": {"path": "/v2/health/ready", "port": KSERVE_HTTP}}
+    live = {"httpGet": {"path": "/v2/health/live", "port": KSERVE_HTTP}}
+    startup = spec.startup_timeout or (900 if spec.gpu_count else 300)
+    return {
+        "name": "kserve-container", "image": spec.image,
+        "command": ["tfdeploy-model-server"],
+        "args": [format_flag("port", KSERVE_GRPC), format_flag("rest_api_port", KSERVE_HTTP),
+                 format_flag("model_name", spec.model_name),
+                 format_flag("model_base_path", KSERVE_MODEL_DIR)],
+        "env": [{"name": "STORAGE_URI", "value": uri}],
+        "ports": [{"name": "h2c", "containerPort": KSERVE_GRPC, "protocol": "TCP"}] if grpc
+        else [{"containerPort": KSERVE_HTTP, "protocol": "TCP"}],
+        "startupProbe": {**ready, "periodSeconds": 10, "timeoutSeconds": 5,
+                         "failureThreshold": math.ceil(startup / 10)},
+        "readinessProbe": {**ready, "periodSeconds": 5, "timeoutSeconds": 5,
+                           "failureThreshold": 2},
+        "livenessProbe": {**live, "periodSeconds": 15, "timeoutSeconds": 10,
+                          "failureThreshold": 4},
+        "resources": _resources(spec, gpu_as=str),
+    }
+
+
 def kserve(spec: ManifestSpec) -> list[dict[str, Any]]:
-    """An InferenceService with a TensorFlow predictor on the storage URI."""
+    """An InferenceService with a TensorFlow predictor on the storage URI; with protocol
+    v2 a predictor container running tfdeploy-model-server (``_kserve_v2_container``)."""
     from tfdeploy.runtime.docker import serving_version
 
     uri = spec.source if spec.remote else f"pvc://{spec.pvc}/{spec.model_name}"
@@ -464,6 +512,9 @@ def kserve(spec: ManifestSpec) -> list[dict[str, Any]]:
         "scaleTarget": spec.scale_target or (70 if spec.scale_metric in ("cpu", "memory")
                                              else 8),
         "model": model}
+    if spec.protocol == "v2":
+        del predictor["model"]
+        predictor["containers"] = [_kserve_v2_container(spec, uri)]
     if spec.service_account:
         predictor["serviceAccountName"] = spec.service_account
     if spec.batcher_max_batch_size is not None or spec.batcher_max_latency is not None:

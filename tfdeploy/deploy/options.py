@@ -43,6 +43,7 @@ SUPPORT: dict[str, tuple[str, ...]] = {
     "batcher_max_batch_size": ("kserve",),
     "batcher_max_latency": ("kserve",),
     "transport": ("kserve",),
+    "protocol": ("kserve",),
     "grpc_port": ("compose",),
     "rest_port": ("compose",),
     "host": ("compose",),
