@@ -357,4 +357,4 @@ def test_k8s_refuses_protocol(tmp_path):
 
     proc = run_cli("manifest", "-t", "k8s", "s3://bucket/deeplab", "--protocol", "v2", "-o",
                    tmp_path, check=False)
-    assert proc.returncode == 2 and "--protocol" in proc.stderr
+    assert proc.returncode == 2 and "cannot honour --protocol" in proc.stderr, proc.stderr
