@@ -23,7 +23,7 @@ import re
 from urllib.parse import unquote
 
 from tfdeploy.serving.path import Call, deadline_in
-from tfdeploy.tfs import v2
+from tfdeploy.tfs import json_body, v2
 from tfdeploy.tfs.codes import Code, StatusError
 
 _MODEL = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
@@ -86,6 +86,18 @@ def model_metadata(model_server, name: str, version: int | None) -> dict:
             "parameters": {"signatures": signatures}}
 
 
+def parse_body(raw: bytes) -> dict:
+    """The JSON object of a request (or its JSON part), big numeric arrays as numpy
+    arrays (as the v1 API parses them); INVALID_ARGUMENT naming what is wrong."""
+    try:
+        body = json_body.parse_body(raw)
+    except json_body.BodyError as exc:
+        raise StatusError(Code.INVALID_ARGUMENT, str(exc)) from None
+    if not isinstance(body, dict):
+        raise StatusError(Code.INVALID_ARGUMENT, "the request body is not a JSON object")
+    return body
+
+
 def expected_datatypes(signature_def) -> dict[str, str]:
     return {key: v2.datatype_of_enum(info.dtype) for key, info in signature_def.inputs.items()}
 
@@ -140,8 +152,6 @@ class V2RestApi:
 
     def _infer(self, name: str, version: int | None, headers, raw: bytes,
                received: float | None):
-        from tfdeploy.serving.rest_api import parse_body
-
         timeout = self.ms.options.rest_api_timeout_in_ms
         call = Call("predict", "rest", name, version,
                     deadline=deadline_in(timeout / 1000 if timeout > 0 else None, received))
