@@ -496,7 +496,7 @@ def test_client_chosen_names_never_become_metric_labels(model_dir, tmp_path):
         assert srv.stop() == 0
 
 
-@pytest.mark.parametrize("flag, refused", [("--enable_grpc_healthcheck_service=true", True),
+@pytest.mark.parametrize("flag, refused", [("--use_alts_credentials=true", True),
                                            ("--enable_serialization_as_tensor_content", True),
                                            ("--num_tflite_pools=2", False)])
 def test_every_official_flag_is_refused_or_warned_not_unknown(flag, refused, model_dir,

@@ -254,6 +254,27 @@ def test_grpc_health_checking(server):
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_grpc_health_checking_can_be_turned_off(tmp_path):
+    """--enable_grpc_healthcheck_service=false (tensorflow_model_server's default): no
+    Health service, so a probe gets UNIMPLEMENTED as from the official server."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    model = tmp_path / "hpt"
+    model.mkdir()
+    put_version(model, 1, save_half_plus_two(tmp_path / "hpt_src"))
+    srv = ServerProcess("--model_name=hpt", f"--model_base_path={model}",
+                        "--enable_grpc_healthcheck_service=false", log_dir=tmp_path)
+    try:
+        srv.wait_available(1, model="hpt")
+        with grpc.insecure_channel(srv.grpc_target) as channel:
+            with pytest.raises(grpc.RpcError) as info:
+                health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        srv.stop()
+
+
 # -- clients no one here wrote ---------------------------------------------------------------
 @pytest.mark.skipif(not CLIENTS_READY.exists(),
                     reason=".venv-kserve (tritonclient, kserve) missing: `make test` creates it")

@@ -124,5 +124,6 @@ def register(grpc_server, server, in_pool) -> None:
         for rpc, (request, response) in v2.RPCS.items()}
     grpc_server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(f"{v2.PACKAGE}.{v2.SERVICE}", handlers),))
-    health_grpc, health = _health_servicer(server, in_pool)
-    health_grpc.add_HealthServicer_to_server(health, grpc_server)
+    if server.options.enable_grpc_healthcheck_service:
+        health_grpc, health = _health_servicer(server, in_pool)
+        health_grpc.add_HealthServicer_to_server(health, grpc_server)

@@ -97,8 +97,10 @@ FLAGS: tuple[ServerFlag, ...] = (
     _row("use_alts_credentials", REFUSED, bool, False, "use Google ALTS credentials"),
     _row("rest_api_enable_cors_support", REFUSED, bool, False,
          "CORS headers in REST responses"),
-    _row("enable_grpc_healthcheck_service", REFUSED, bool, False,
-         "the standard gRPC health-check service"),
+    _row("enable_grpc_healthcheck_service", OFFICIAL, bool, True,
+         "the standard gRPC health-check service grpc.health.v1.Health (service \"\" and "
+         "one per model); default true here, false in tensorflow_model_server, so "
+         "Kubernetes gRPC probes work without it"),
     _row("enable_serialization_as_tensor_content", REFUSED, bool, False,
          "Predict responses in tensor_content"),
     # -- models ---------------------------------------------------------------------------
