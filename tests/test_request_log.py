@@ -242,3 +242,82 @@ def test_logging_configs_we_cannot_honour_stop_start_up(logging, message, model_
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
+
+
+def test_requests_lists_and_exports_a_deeplab_log_and_bench_replays_it(demo_base, tmp_path):
+    """A real DeepLab export logs an encoded image (serving_default, gRPC) and a pixel
+    array (predict_images, gRPC); ``tfdeploy requests --export`` writes both images and
+    their masks (equal to what the server answered) and overlays; ``bench --from-log``
+    replays the images."""
+    import io
+    import json
+
+    from conftest import run_cli
+    from PIL import Image
+
+    from tfdeploy.export.warmup import encode_png, probe_image
+    from tfdeploy.tfs.requests import encoded_image_request, images_request
+
+    logs = tmp_path / "logs"
+    config = _config(tmp_path, demo_base, {"deeplab": _logging(1.0, logs / "deeplab")})
+    srv = ServerProcess(f"--model_config_file={config}", log_dir=tmp_path)
+    try:
+        srv.wait_available(model="deeplab")
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(srv.grpc_target))
+        image = probe_image(61, 83)
+        png = encode_png(image)
+        encoded = stub.Predict(encoded_image_request("deeplab", [png]), timeout=60)
+        pixels = stub.Predict(images_request("deeplab", image), timeout=60)
+        assert len(_wait_records(logs / "deeplab", 2)) == 2
+        out = tmp_path / "sample"
+        listed = json.loads(run_cli("requests", logs, "--export", out, "--json").stdout)
+        bench = run_cli("bench", "--from-log", logs, "--server", srv.grpc_target, "-n", "2",
+                        "-c", "1", "--warmup", "0", "--json")
+    finally:
+        assert srv.stop() == 0
+    rows = listed["requests"]
+    assert [(r["model"], r["version"], r["signature"], r["image_sizes"]) for r in rows] == [
+        ("deeplab", 1, "serving_default", ["83x61"]),
+        ("deeplab", 1, "predict_images", ["83x61"])]
+    first, second = listed["exported"]
+    assert Path(first["image"]).read_bytes() == png
+    np.testing.assert_array_equal(np.asarray(Image.open(second["image"])), image)
+    served = Image.open(io.BytesIO(
+        tensors.from_proto(encoded.outputs["mask_png"]).ravel()[0]))
+    np.testing.assert_array_equal(np.asarray(Image.open(first["mask"])), np.asarray(served))
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(second["mask"])),
+        tensors.from_proto(pixels.outputs["segmentation_map"])[0])
+    for row in (first, second):
+        assert Image.open(row["overlay"]).size == (83, 61)
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(
+        Path(r["image"]).name for r in (first, second))
+    levels = json.loads(bench.stdout)["levels"]
+    assert levels and all(lv["errors"] == 0 and lv["requests"] == 2 for lv in levels), \
+        bench.stdout
+
+
+def test_requests_refuses_a_missing_or_foreign_path(tmp_path):
+    from conftest import run_cli
+
+    proc = run_cli("requests", tmp_path / "nope", check=False)
+    assert proc.returncode != 0 and "no such file or directory" in proc.stderr
+    (tmp_path / "x.tfrecord").write_bytes(b"not a tfrecord at all, no")
+    proc = run_cli("requests", tmp_path, check=False)
+    assert proc.returncode != 0 and "not a request log" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("runtime", ["native", "docker"])
+def test_serve_says_the_official_binary_does_not_log_requests(runtime, model_dir,
+                                                             tmp_path):
+    from conftest import run_cli
+
+    base = tmp_path / "base"
+    put_version(base, 1, model_dir)
+    config = _config(tmp_path, base, {"hp2": _logging(1.0, tmp_path / "logs" / "hp2")})
+    proc = run_cli("serve", "--model-config-file", config, "--runtime", runtime,
+                   check=False, timeout=120)
+    assert proc.returncode != 0
+    assert "does not log requests" in proc.stderr, proc.stderr
