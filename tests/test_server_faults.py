@@ -569,7 +569,7 @@ def test_batching_parameters_pad_and_split_as_tf_serving(model_dir, tmp_path):
      "Last entry in allowed_batch_sizes must match max_batch_size; last entry was 4; "
      "expected 8"),
     ("", "logging_config { sampling_config { sampling_rate: 1.0 } }",
-     "Model hp2 has a logging_config: request logging is not implemented"),
+     "Model hp2: log_collector_config type '' is not supported"),
 ])
 def test_batching_and_logging_configs_tf_serving_would_refuse_stop_start_up(
         batching, config, message, model_dir, tmp_path):

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 __all__ = [
     "BadImage", "Client", "ClientError", "ExportError", "PredictError", "Server", "UserError",
-    "bench", "export", "inspect", "logs", "manifest", "promote", "rollback", "serve",
-    "servers", "stop", "ui",
+    "bench", "export", "inspect", "logs", "manifest", "promote", "requests", "rollback",
+    "serve", "servers", "stop", "ui",
 ]
 
 # public name -> module that defines it
@@ -29,7 +29,7 @@ _LAZY = {
     "serve": "tfdeploy.api", "servers": "tfdeploy.api",
     "stop": "tfdeploy.api", "bench": "tfdeploy.api", "inspect": "tfdeploy.api",
     "logs": "tfdeploy.api", "manifest": "tfdeploy.api", "ui": "tfdeploy.api",
-    "promote": "tfdeploy.api", "rollback": "tfdeploy.api",
+    "promote": "tfdeploy.api", "rollback": "tfdeploy.api", "requests": "tfdeploy.api",
     "Client": "tfdeploy.client.predict", "PredictError": "tfdeploy.client.predict",
     "BadImage": "tfdeploy.client.images", "Server": "tfdeploy.runtime.manage",
     "ClientError": "tfdeploy.client.base", "UserError": "tfdeploy.errors",
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
         logs,
         manifest,
         promote,
+        requests,
         rollback,
         serve,
         servers,

@@ -18,8 +18,8 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME, GRPC_PORT, REST_PORT
 if TYPE_CHECKING:
     from tfdeploy.runtime.manage import Server
 
-__all__ = ["bench", "export", "inspect", "logs", "manifest", "promote", "rollback", "serve",
-           "servers", "stop", "ui"]
+__all__ = ["bench", "export", "inspect", "logs", "manifest", "promote", "requests",
+           "rollback", "serve", "servers", "stop", "ui"]
 
 Progress = Callable[[str], None]
 
@@ -239,3 +239,27 @@ def rollback(model: str, *, label: str = "stable", server: str | None = None,
     from tfdeploy.rollout.promote import rollback as run
 
     return run(model, label=label, server=server, name=name, config=config)
+
+
+def requests(log: str | Path, *, export_dir: str | Path | None = None,
+             masks: bool = True) -> dict:
+    """The requests logged in ``log`` (a request-log directory or one of its TFRecord
+    files; also reads warmup files): ``{"requests": [...], "exported": [...]}``.
+
+    Each request has ``time`` (ISO 8601, UTC), ``kind``, ``model``, ``version``,
+    ``signature``, ``inputs`` (key -> shape), ``image_sizes`` and ``response`` (whether
+    it was logged).  With ``export_dir`` the logged images go to ``export_dir/images``
+    and, where the response was logged and ``masks``, masks (palette PNG) to
+    ``masks/`` and overlays to ``overlays/``; ``exported`` lists them.  Reading needs no
+    TensorFlow.  ``UserError`` for a path that is missing or not a request log.
+    """
+    from tfdeploy.client import request_log
+    from tfdeploy.errors import UserError
+
+    try:
+        listed = [e.to_json() for e in request_log.entries(log)]
+        exported = (request_log.export(log, export_dir, masks=masks)
+                    if export_dir is not None else [])
+    except request_log.LogError as exc:
+        raise UserError(str(exc)) from None
+    return {"requests": listed, "exported": exported}

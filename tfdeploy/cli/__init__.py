@@ -9,6 +9,7 @@ from tfdeploy.cli import (  # noqa: F401 (registers commands)
     manifest,
     predict,
     promote,
+    requests,
     serve,
     ui,
 )

@@ -255,11 +255,14 @@ def _rates(ctx, param, text: str | None) -> list[float] | None:
 @_retry_options
 @click.option("--csv", "csv_file", type=click.Path(path_type=Path), default=None,
               help="Also write the results as CSV (- for stdout).")
+@click.option("--from-log", "from_log", default=None, metavar="LOGDIR",
+              type=click.Path(path_type=Path),
+              help="Send the images of a request log (see `tfdeploy requests`) instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 def bench(images, server, name, transport, model_name, label, signature, concurrency,
           concurrency_range, request_rate, request_rate_range, warmup, interval, stability,
           max_trials, duration, requests, max_threads, timeout, retries, retry_timeout, csv_file,
-          as_json) -> None:
+          from_log, as_json) -> None:
     """Measure latency percentiles and throughput against a running server, the way
     perf_analyzer does: warm-up, then measurement windows until three agree.
 
@@ -294,8 +297,11 @@ def bench(images, server, name, transport, model_name, label, signature, concurr
     levels = concurrency or concurrency_range or [1, 4, 8]
     if warmup is None:  # -n N keeps meaning "exactly N requests per level"
         warmup = 0 if requests is not None else 5
+    if from_log is not None and images:
+        raise UserError("give IMAGES or --from-log, not both", param="from_log")
     try:
-        inputs = bench_lib.load_inputs(list(images) or [str(DEMO_IMAGES)])
+        inputs = (bench_lib.load_logged_inputs(str(from_log)) if from_log is not None
+                  else bench_lib.load_inputs(list(images) or [str(DEMO_IMAGES)]))
     except PredictError as exc:
         raise UserError(str(exc)) from None
     predictor = _predictor(server, name, transport, timeout, retries, retry_timeout,

@@ -355,3 +355,21 @@ def describe_input(predictor: Predictor, inputs: Sequence[LoadedImage]) -> str:
     what = f"{len(inputs)} images" if len(inputs) > 1 else "1 image"
     return f"{predictor.signature} ({kind}; {what}, {', '.join(sizes[:3])}" \
            f"{', ...' if len(sizes) > 3 else ''})"
+
+
+def load_logged_inputs(log: str) -> list[LoadedImage]:
+    """The images of a request log (``tfdeploy requests``), decoded, to replay: what real
+    traffic sent, not the demo images.  ``PredictError`` when it has none."""
+    import tempfile
+
+    from tfdeploy.client import request_log
+    from tfdeploy.client.predict import PredictError
+
+    with tempfile.TemporaryDirectory(prefix="tfdeploy-log-") as tmp:
+        try:
+            rows = request_log.export(log, tmp, masks=False)
+        except request_log.LogError as exc:
+            raise PredictError(str(exc)) from None
+        if not rows:
+            raise PredictError(f"{log}: no logged Predict request has an image to replay")
+        return load_inputs([r["image"] for r in rows])

@@ -105,6 +105,28 @@ class ServeSpec:
         if self.rest_port == 0:
             self.rest_port = free_port(self.host, avoid=self.grpc_port)
 
+    def logged_models(self) -> list[str]:
+        """The models whose config has a ``logging_config`` (request logging)."""
+        if self.model_config_file is None:
+            return []
+        from tfdeploy.serving.config import model_server_config
+
+        config = model_server_config(self.model_config_file)
+        return [mc.name for mc in config.model_config_list.config
+                if mc.HasField("logging_config")]
+
+    def check_request_logging(self, runtime: str) -> None:
+        """tensorflow_model_server (the docker and native runtimes) has no request logger:
+        it refuses a model config with ``logging_config`` at start-up ("No
+        request-logger-creator provided"); say so before starting it."""
+        logged = self.logged_models()
+        if logged:
+            raise UserError(f"model {', '.join(logged)} has a logging_config: "
+                            f"tensorflow_model_server (the {runtime} runtime) does not log "
+                            "requests and refuses such a config (\"No request-logger-creator "
+                            "provided\"); use --runtime embedded, which logs them, or remove "
+                            "logging_config", param="runtime")
+
     def check_runtime(self, runtime: str, asked: str = "auto") -> None:
         """Refuse options ``runtime`` would silently ignore (an option that reaches
         nothing is a bug report waiting to happen).  Under ``auto`` an ``--image`` that
@@ -121,6 +143,8 @@ class ServeSpec:
                 raise UserError.about(f"only the docker runtime takes {names} (the "
                                       "{chosen} runtime was chosen; use {runtime} docker)",
                                       param=given[0], chosen=runtime)
+        if runtime in ("docker", "native"):
+            self.check_request_logging(runtime)
         if runtime == "native":
             ours = [f for f in self.extra_flags if _kind(f) is Kind.OURS]
             if ours:

@@ -22,7 +22,10 @@ def get(name: str) -> Runtime:
 
 def choose(spec: ServeSpec, wanted: str = "auto") -> tuple[Runtime, str]:
     """(runtime, why).  auto: docker when an engine answers and the image is present or
-    pullable, else native when tensorflow_model_server is on PATH, else embedded."""
+    pullable, else native when tensorflow_model_server is on PATH, else embedded; only
+    embedded when a model config asks for request logging (``logging_config``)."""
+    if wanted in ("docker", "native"):
+        spec.check_request_logging(wanted)  # before looking for an engine or a binary
     if wanted != "auto":
         runtime = get(wanted)
         if isinstance(runtime, DockerRuntime):
@@ -33,7 +36,12 @@ def choose(spec: ServeSpec, wanted: str = "auto") -> tuple[Runtime, str]:
                 raise UserError(f"{wanted}: {why}", param="runtime")
         return runtime, "asked for with --runtime"
     reasons = []
+    logged = spec.logged_models()
     for name in RUNTIMES:
+        if logged and name in ("docker", "native"):
+            reasons.append(f"not {name}: tensorflow_model_server does not log requests "
+                           f"(logging_config of {', '.join(logged)})")
+            continue
         runtime = get(name)
         ok, why = runtime.available(spec)
         if ok:

@@ -12,7 +12,9 @@ MultiInference), from gRPC or REST, goes through ``RequestPath`` in the same ord
    left bounds the session run (RunOptions ``timeout_in_ms``), as tensorflow_model_server
    bounds a run by the gRPC deadline or ``--rest_api_timeout_in_ms``;
 5. **run**, then the response size against ``--max_response_bytes``;
-6. **metrics**: every outcome, refusals included, is recorded here, once.
+6. **log** it when its model's ``logging_config`` samples it (``request_log.py``: only
+   enqueued here, written by another thread);
+7. **metrics**: every outcome, refusals included, is recorded here, once.
 
 The front ends only convert wire formats to and from these calls.  Health and control
 calls (status, metadata, reload, /metrics) never enter it, so they never wait behind
@@ -217,8 +219,9 @@ class RequestPath:
 
     def __init__(self, manager, metrics: Metrics, admission: Admission,
                  max_request_bytes: int, max_response_bytes: int,
-                 check_method_names: bool = False):
+                 check_method_names: bool = False, request_log=None):
         self.manager, self.metrics, self.admission = manager, metrics, admission
+        self.request_log = request_log  # RequestLog or None
         self.max_request_bytes = max_request_bytes
         self.max_response_bytes = max_response_bytes
         self.check_method_names = check_method_names
@@ -253,6 +256,9 @@ class RequestPath:
             finally:
                 self.admission.leave(ticket)
             self._check_response(response_bytes(outputs))
+            if self.request_log is not None:
+                self.request_log.offer("predict", servable, key,
+                                       (inputs, outputs, tuple(output_filter)))
             return servable, key, outputs
 
     def infer(self, call: Call, request, prepare: Callable[[], Any] | None = None):
@@ -283,4 +289,7 @@ class RequestPath:
             finally:
                 self.admission.leave(ticket)
             self._check_response(response.ByteSize())
+            if self.request_log is not None:
+                self.request_log.offer(call.kind, servable, seen.signature,
+                                       (request, response))
             return response

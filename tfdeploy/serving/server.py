@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tfdeploy.serving import config as config_files
+from tfdeploy.serving import request_log
 from tfdeploy.serving.loader import Loader
 from tfdeploy.serving.manager import Manager
 from tfdeploy.serving.metrics import Metrics
@@ -73,11 +74,7 @@ def validate_config(config) -> dict[str, tuple[Path, object]]:
             raise StatusError(Code.INVALID_ARGUMENT,
                               f"Model {mc.name} requests unsupported platform "
                               f"{mc.model_platform}")
-        if mc.HasField("logging_config"):
-            raise StatusError(Code.UNIMPLEMENTED,
-                              f"Model {mc.name} has a logging_config: request logging is not "
-                              "implemented by tfdeploy-model-server (remove it, or use "
-                              "tensorflow_model_server)")
+        request_log.sink_of(mc)  # a logging_config we cannot honour is refused here
         models[mc.name] = (Path(mc.base_path), mc.model_version_policy)
     return models
 
@@ -110,7 +107,13 @@ class ModelServer:
         self.admission = Admission(
             {"grpc": options.grpc_max_threads, "rest": self.rest_slots},
             max_queued=options.max_queued_requests, budget=options.max_inflight_pixels)
+        self.request_log = request_log.RequestLog(
+            self.metrics.registry, max_file_bytes=options.request_log_max_file_bytes,
+            max_total_bytes=options.request_log_max_total_bytes,
+            queue_size=options.request_log_queue_size,
+            tags=tuple(t.strip() for t in options.saved_model_tags.split(",") if t.strip()))
         self.path = RequestPath(self.manager, self.metrics, self.admission,
+                                request_log=self.request_log,
                                 max_request_bytes=options.max_request_bytes,
                                 max_response_bytes=options.max_response_bytes,
                                 check_method_names=options.enable_signature_method_name_check)
@@ -179,6 +182,9 @@ class ModelServer:
             for mc in config.model_config_list.config:
                 self.manager.set_labels(mc.name, dict(mc.version_labels))
             self.metrics.set_models(models)  # label values: configured names only
+            self.request_log.set_sinks({
+                mc.name: sink for mc in config.model_config_list.config
+                if (sink := request_log.sink_of(mc)) is not None})
             self.source.set_models(models)
             self.config = config
             self.manager.retain_models(set(models))
@@ -262,6 +268,7 @@ class ModelServer:
         if done is not None:
             done.wait(grace)
         self.source.stop()
+        self.request_log.close()
         self.manager.unload_all()
 
     # -- requests ------------------------------------------------------------------------

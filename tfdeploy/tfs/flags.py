@@ -32,6 +32,9 @@ DEFAULT_MAX_REQUEST_BYTES = 256 << 20
 #: time, or four 2048x2048 ones.
 DEFAULT_MAX_INFLIGHT_PIXELS = 2 * 2048 * 2048  # two images at the export's pixel limit
 DEFAULT_MAX_QUEUED_REQUESTS = 64
+DEFAULT_REQUEST_LOG_FILE_BYTES = 64 << 20
+DEFAULT_REQUEST_LOG_TOTAL_BYTES = 1 << 30
+DEFAULT_REQUEST_LOG_QUEUE = 256
 
 
 class Kind(str, Enum):
@@ -94,6 +97,15 @@ FLAGS: tuple[ServerFlag, ...] = (
     _row("max_queued_requests", OURS, int, DEFAULT_MAX_QUEUED_REQUESTS,
          "inference requests per front end waiting for a slot; more get UNAVAILABLE "
          "(REST: 503 before the body is read)", minimum=0),
+    _row("request_log_max_file_bytes", OURS, int, DEFAULT_REQUEST_LOG_FILE_BYTES,
+         "request logging (a model's logging_config): a log file is closed and a new one "
+         "started past this size", minimum=1),
+    _row("request_log_max_total_bytes", OURS, int, DEFAULT_REQUEST_LOG_TOTAL_BYTES,
+         "request logging: the most a model's log files take; the oldest are removed",
+         minimum=1),
+    _row("request_log_queue_size", OURS, int, DEFAULT_REQUEST_LOG_QUEUE,
+         "request logging: sampled requests waiting for the writer thread; more are "
+         "dropped (and counted), never waited for", minimum=1),
     _row("use_alts_credentials", REFUSED, bool, False, "use Google ALTS credentials"),
     _row("rest_api_enable_cors_support", REFUSED, bool, False,
          "CORS headers in REST responses"),
