@@ -226,6 +226,10 @@ def test_a_full_writer_queue_drops_and_counts_never_waits(tmp_path):
     ('logging_config { sampling_config { sampling_rate: 1.5 } '
      'log_collector_config { type: "file" filename_prefix: "/tmp/x" } }',
      "sampling_rate 1.5 is not in [0, 1]"),
+    ('logging_config { sampling_config { sampling_rate: 1.0 per_task_sampling_configs { '
+     'task_index: 1 sampling_rate: 0.5 } } '
+     'log_collector_config { type: "file" filename_prefix: "/tmp/x" } }',
+     "logging_config sampling_config.per_task_sampling_configs is not supported"),
 ])
 def test_logging_configs_we_cannot_honour_stop_start_up(logging, message, model_dir,
                                                         tmp_path):

@@ -65,6 +65,15 @@ def sink_of(model_config) -> LogSink | None:
         raise StatusError(Code.INVALID_ARGUMENT,
                           f"Model {name}: logging_config sampling_rate {rate} is not in "
                           "[0, 1]")
+    unsupported = [f.name for f, _ in lc.ListFields()
+                   if f.name not in ("log_collector_config", "sampling_config")]
+    unsupported += [f"sampling_config.{f.name}" for f, _ in lc.sampling_config.ListFields()
+                    if f.name != "sampling_rate"]
+    if unsupported:  # honoured or refused, never ignored
+        raise StatusError(Code.INVALID_ARGUMENT,
+                          f"Model {name}: logging_config {unsupported[0]} is not supported by "
+                          "tfdeploy-model-server (supported: sampling_config.sampling_rate, "
+                          "log_collector_config)")
     collector = lc.log_collector_config
     if collector.type not in COLLECTOR_TYPES:
         raise StatusError(Code.INVALID_ARGUMENT,
