@@ -391,3 +391,28 @@ def test_class_names_come_with_per_class_results(demo_base, tmp_path):
             assert set(doc["results"][0]["classes"]) <= set(names)
     finally:
         run_cli("stop", "names", check=False)
+
+
+def test_serve_name_collision_names_the_argument_of_its_caller(demo_base):
+    """A second server under a name the CLI already runs: Python's serve() says ``name``,
+    the CLI says ``--name``; neither starts anything (issue 22: the error named a CLI flag
+    to Python callers)."""
+    from servers import free_port
+
+    import tfdeploy
+
+    run_cli("serve", demo_base, "--runtime", "embedded", "--name", "taken",
+            "--grpc-port", free_port(), "--rest-port", free_port())
+    try:
+        with pytest.raises(tfdeploy.UserError) as err:
+            tfdeploy.serve(demo_base, runtime="embedded", name="taken",
+                           grpc_port=free_port(), rest_port=free_port())
+        text = str(err.value)
+        assert "already running" in text and "choose another name" in text
+        assert "--name" not in text
+        proc = run_cli("serve", demo_base, "--runtime", "embedded", "--name", "taken",
+                       "--grpc-port", free_port(), "--rest-port", free_port(), check=False)
+        assert proc.returncode != 0 and "choose another --name" in proc.stderr
+        assert len(tfdeploy.servers("taken")) == 1
+    finally:
+        run_cli("stop", "taken", check=False)
