@@ -29,7 +29,8 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
            warmup: bool = True, model_name: str = DEFAULT_MODEL_NAME,
            precision: str = DEFAULT_PRECISION, min_agreement: float = DEFAULT_MIN_AGREEMENT,
            probes: list[str | Path] = (), max_pixels: int | str = DEFAULT_MAX_PIXELS,
-           calibration: list[str | Path] = (), progress: Progress | None = None):
+           calibration: list[str | Path] = (), input_tensor: str | None = None,
+           output_tensor: str | None = None, progress: Progress | None = None):
     """Export a DeepLab-v3 checkpoint (default: the bundled demo) as version ``version``
     (default: highest existing + 1) of the model base path ``output``.
 
@@ -45,7 +46,11 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
     fast (and which servers can run an int8 export).  ``max_pixels`` (a count, or
     ``"WIDTHxHEIGHT"``) is the largest image the signatures accept: checked in the graph
     from the image header before decoding, so decompression bombs are refused by any
-    server.  ``progress`` gets one short line per step.
+    server.  ``checkpoint`` may also be a frozen graph (the DeepLab model zoo's
+    ``frozen_inference_graph.pb``, its folder or ``.tar.gz``): wrapped unchanged and
+    verified to give its masks on every probe pixel; ``input_tensor``/``output_tensor``
+    (default ``ImageTensor:0``/``SemanticPredictions:0``) name other graphs' tensors.
+    ``progress`` gets one short line per step.
     """
     from tfdeploy.demo import DEMO_CHECKPOINT
     from tfdeploy.export.preflight import check_inputs
@@ -60,7 +65,9 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
     return run_export(checkpoint, output, version=version, overwrite=overwrite,
                       do_verify=verify, do_warmup=warmup, model_name=model_name,
                       precision=precision, min_agreement=min_agreement, probes=list(probes),
-                      max_pixels=pixels, calibration=list(calibration), progress=progress)
+                      max_pixels=pixels, calibration=list(calibration),
+                      input_tensor=input_tensor, output_tensor=output_tensor,
+                      progress=progress)
 
 
 def serve(base: str | Path | None = "models/deeplab", *, runtime: str = "auto",

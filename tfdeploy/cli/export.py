@@ -49,16 +49,25 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
               help="Largest image the model accepts; checked in the graph from the image "
                    "header before decoding (decompression bombs are refused by any "
                    "server, TF Serving's too).")
+@click.option("--input-tensor", default=None, metavar="NAME",
+              help="Frozen graph: its image input [default: ImageTensor:0, the DeepLab "
+                   "model zoo's; uint8 or float pixels].")
+@click.option("--output-tensor", default=None, metavar="NAME",
+              help="Frozen graph: its labels or logits output [default: "
+                   "SemanticPredictions:0].")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 def export(checkpoint: Path | None, output: Path, version: int | None, overwrite: bool,
            no_verify: bool, no_warmup: bool, model_name: str, precision: str,
            min_agreement: float, probes: tuple[Path, ...], calibration: tuple[Path, ...],
-           max_pixels: str, as_json: bool) -> None:
+           max_pixels: str, input_tensor: str | None, output_tensor: str | None,
+           as_json: bool) -> None:
     """Export a DeepLab-v3 checkpoint as a numbered SavedModel version.
 
     CHECKPOINT is a seed training directory (model.ckpt* + data.json), its `checkpoint`
     state file, a checkpoint prefix, or a tfdeploy checkpoint (config.json).  Default:
-    the bundled demo checkpoint.
+    the bundled demo checkpoint.  It may also be a frozen graph: the DeepLab model zoo's
+    frozen_inference_graph.pb, its folder or its .tar.gz, or any .pb with
+    --input-tensor/--output-tensor.
 
     \b
     Examples:
@@ -67,6 +76,7 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
       tfdeploy export ckpt/ --version 3 --overwrite --json
       tfdeploy export ckpt/ --precision bfloat16 --probe photos/
       tfdeploy export ckpt/ --precision int8 --calibration photos/ --probe held-out/
+      tfdeploy export deeplabv3_mnv2_pascal_train_aug_2018_01_29.tar.gz
     """
     from tfdeploy.api import export as run_export
 
@@ -74,8 +84,8 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
                         verify=not no_verify, warmup=not no_warmup, model_name=model_name,
                         precision=precision, min_agreement=min_agreement / 100,
                         probes=list(probes), max_pixels=max_pixels,
-                        calibration=list(calibration),
-                        progress=progress_printer(as_json, "  {}..."))
+                        calibration=list(calibration), input_tensor=input_tensor,
+                        output_tensor=output_tensor, progress=progress_printer(as_json, "  {}..."))
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     emit(as_json, result.to_json(), result.summary())

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from tfdeploy.errors import ExportError, UserError
 from tfdeploy.export import checkpoint as ckpt
-from tfdeploy.export import warmup
+from tfdeploy.export import frozen, sources, warmup
 from tfdeploy.export.agreement import (
     Agreement,
     image_key,
@@ -84,6 +84,8 @@ class ExportResult:
     calibration: dict | None = None
     #: Which model servers can run this export (int8 needs oneDNN's int8 kernels).
     servers: str | None = None
+    #: What was exported: ``checkpoint`` or ``frozen_graph`` (see export/sources.py).
+    source: str = sources.CHECKPOINT
 
     def summary(self) -> str:
         """What the export did, for people: the version path, then one line."""
@@ -98,9 +100,11 @@ class ExportResult:
                         f"worst {held['min_pixel_agreement']:.2%}" if held.get("images") else
                         "; no held-out images (pass --calibration to calibrate on others)"
                         if self.verified else ""))
+        what = (f"{self.format} checkpoint, {self.num_classes} classes, "
+                f"OS{self.output_stride}" if self.source == sources.CHECKPOINT else
+                f"{self.format}, {self.num_classes} classes")
         return (f"{self.path}\n"
-                f"exported {self.backbone} ({self.format} checkpoint, {self.num_classes} "
-                f"classes, OS{self.output_stride}, {self.precision}) as version "
+                f"exported {self.backbone} ({what}, {self.precision}) as version "
                 f"{self.version}"
                 f"{' (replaced)' if self.replaced else ''}: signatures "
                 f"{', '.join(self.signatures)}; {self.warmup_records} warmup records; "
@@ -208,6 +212,8 @@ def export(
     probes: list[str | Path] = (),
     max_pixels: int = DEFAULT_MAX_PIXELS,
     calibration: list[str | Path] = (),
+    input_tensor: str | None = None,
+    output_tensor: str | None = None,
 ) -> ExportResult:
     """Export a checkpoint (default: the bundled demo) as version ``version`` (default:
     next) of the base ``output``.
@@ -217,7 +223,11 @@ def export(
     probe images (synthetic, demo, and the image files/directories in ``probes``).
 
     int8 takes its activation ranges from ``calibration`` (image files/directories;
-    default: the probe images), run through the float32 model."""
+    default: the probe images), run through the float32 model.
+
+    ``checkpoint_path`` may also be a frozen graph (a model-zoo ``.pb``, its folder or
+    tarball; ``input_tensor``/``output_tensor`` name other graphs' tensors): it is wrapped
+    unchanged, and verification requires its masks on every probe pixel."""
     if checkpoint_path is None:
         from tfdeploy.demo import DEMO_CHECKPOINT
 
@@ -247,10 +257,35 @@ def export(
                            else probe_set or probe_images(probes))
     elif calibration:
         raise UserError("only an int8 export is calibrated", param="calibration")
+    kind = sources.detect(checkpoint_path)
+    if kind.kind == sources.FROZEN_GRAPH:
+        if precision != DEFAULT_PRECISION:
+            raise UserError("a frozen graph is served as it was exported (float32): "
+                            "--precision applies to checkpoints only", param="precision")
+    elif input_tensor or output_tensor:
+        raise UserError("--input-tensor/--output-tensor name a frozen graph's tensors; "
+                        f"{checkpoint_path} is a checkpoint", param="input_tensor")
     t = time.perf_counter()
-    say(f"reading checkpoint {checkpoint_path}")
-    source = ckpt.locate(checkpoint_path)
-    weights = source.load_weights()
+    say(f"reading {kind.kind.replace('_', ' ')} {checkpoint_path}")
+    graph_model = source = weights = None
+    if kind.kind == sources.FROZEN_GRAPH:
+        graph_model = frozen.FrozenGraphModel(frozen.read_graph_def(kind.path),
+                                              input_tensor or frozen.ZOO_INPUT,
+                                              output_tensor or frozen.ZOO_OUTPUT)
+        origin = {"checkpoint": str(kind.given.absolute()), "format": "frozen graph",
+                  "backbone": kind.given.name, "num_classes": graph_model.contract.num_classes,
+                  "output_stride": 0,
+                  "config": {"input_tensor": graph_model.contract.input_name,
+                             "output_tensor": graph_model.contract.output_name,
+                             "input_dtype": graph_model.contract.input_dtype.name,
+                             "output": "logits" if graph_model.contract.logits else "labels"}}
+    else:
+        source = ckpt.locate(checkpoint_path)
+        weights = source.load_weights()
+        origin = {"checkpoint": str(source.prefix), "format": source.format,
+                  "backbone": source.config.backbone, "num_classes": source.config.num_classes,
+                  "output_stride": source.config.output_stride,
+                  "config": source.config.to_json()["model"]}
     t = lap("read_checkpoint", t)
     warnings = []
     if precision != DEFAULT_PRECISION:
@@ -274,16 +309,21 @@ def export(
     clean_stale_temps(base)
     tmp = base / f"{TMP_PREFIX}{number}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        say(f"building {source.config.backbone} (output stride {source.config.output_stride}, "
-            f"{precision}, BatchNorm folded)")
-        ranges = None
-        if calibration_set:
-            say(f"calibrating int8 activation ranges on {len(calibration_set)} images")
-            ranges = DeepLabV3(source.config, weights, fold_batch_norm=True).calibrate(
-                image for _, image in calibration_set)
-            t = lap("calibrate", t)
-        model = DeepLabV3(source.config, weights, precision=precision, fold_batch_norm=True,
-                          activation_ranges=ranges)
+        if graph_model is not None:
+            say(f"wrapping the frozen graph ({graph_model.contract.input_name} -> "
+                f"{graph_model.contract.output_name})")
+            model = graph_model
+        else:
+            say(f"building {source.config.backbone} (output stride "
+                f"{source.config.output_stride}, {precision}, BatchNorm folded)")
+            ranges = None
+            if calibration_set:
+                say(f"calibrating int8 activation ranges on {len(calibration_set)} images")
+                ranges = DeepLabV3(source.config, weights, fold_batch_norm=True).calibrate(
+                    image for _, image in calibration_set)
+                t = lap("calibrate", t)
+            model = DeepLabV3(source.config, weights, precision=precision,
+                              fold_batch_norm=True, activation_ranges=ranges)
         module = ServingModule(model, max_pixels)
         say("writing SavedModel")
         tf.saved_model.save(module, str(tmp), signatures=module.signatures())
@@ -294,18 +334,24 @@ def export(
             records = warmup.write(tmp, model_name)
             t = lap("warmup", t)
         agreement = None
-        if do_verify:
+        if do_verify and graph_model is not None:
+            say(f"verifying against the frozen graph on {len(probe_set)} images")
+            agreement = frozen.verify(tmp, frozen.FrozenGraphModel(
+                frozen.read_graph_def(kind.path), graph_model.contract.input_name,
+                graph_model.contract.output_name, graph_model.contract.num_classes), probe_set)
+            t = lap("verify", t)
+        elif do_verify:
             say(f"verifying against the float32 checkpoint model on {len(probe_set)} images")
             agreement = verify(tmp, DeepLabV3(source.config, weights), precision, probe_set,
                                min_agreement, frozenset(image_key(n) for n, _ in calibration_set))
             t = lap("verify", t)
         result = ExportResult(
-            version=number, path=str(base / str(number)), checkpoint=str(source.prefix),
-            format=source.format, backbone=source.config.backbone,
-            num_classes=source.config.num_classes, output_stride=source.config.output_stride,
+            version=number, path=str(base / str(number)), checkpoint=origin["checkpoint"],
+            format=origin["format"], backbone=origin["backbone"],
+            num_classes=origin["num_classes"], output_stride=origin["output_stride"],
             signatures=[PREDICT_IMAGES, SERVING_DEFAULT], warmup_records=records,
             verified=do_verify, seconds=0.0, replaced=number in existing, timings=timings,
-            precision=precision, batch_norm_folded=True, warnings=warnings,
+            precision=precision, batch_norm_folded=graph_model is None, warnings=warnings,
             max_pixels=max_pixels,
             max_abs_logit_diff=agreement.max_abs_logit_diff if agreement else None,
             pixel_agreement=agreement.pixel_agreement if agreement else None,
@@ -313,14 +359,15 @@ def export(
             agreement=agreement.to_json() if agreement else None,
             calibration={"images": len(calibration_set),
                          "names": [n for n, _ in calibration_set]} if calibration_set else None,
-            servers=INT8_SERVERS if precision == "int8" else None,
+            servers=INT8_SERVERS if precision == "int8" else None, source=kind.kind,
         )
         meta = tmp / METADATA_FILE
         meta.parent.mkdir(parents=True, exist_ok=True)
         meta.write_text(json.dumps({
-            "checkpoint": str(source.prefix), "format": source.format,
-            "config": source.config.to_json()["model"], "exported_at": time.time(),
-            "precision": precision, "batch_norm_folded": True, "max_pixels": max_pixels,
+            "checkpoint": origin["checkpoint"], "format": origin["format"],
+            "source": kind.kind, "config": origin["config"], "exported_at": time.time(),
+            "precision": precision, "batch_norm_folded": result.batch_norm_folded,
+            "max_pixels": max_pixels,
             "agreement": result.agreement, "calibration": result.calibration,
             "servers": result.servers,
             # class index -> name, for clients that report per-class results

@@ -1,0 +1,117 @@
+"""Bring your own model: frozen model-zoo graphs exported into our SavedModel layout."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from byom_models import frozen_graph, run_frozen, zoo_tarball
+from conftest import export_json, run_cli
+from PIL import Image
+
+from tfdeploy.export import warmup
+
+
+@pytest.fixture(scope="module")
+def zoo_graph(tmp_path_factory):
+    return frozen_graph(tmp_path_factory.mktemp("zoo") / "frozen_inference_graph.pb")
+
+
+def _image(rng, h: int, w: int) -> np.ndarray:
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    img[h // 3: h // 2, w // 4: w // 2] = (220, 40, 10)
+    return img
+
+
+def _masks(version: str, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    loaded = tf.saved_model.load(version)
+    h, w = image.shape[:2]
+    a = loaded.signatures["predict_images"](
+        images=tf.constant(image[None].astype(np.float32)), height=tf.constant([h]),
+        width=tf.constant(w))["segmentation_map"].numpy()
+    b = loaded.signatures["serving_default"](
+        image_bytes=tf.constant([warmup.encode_png(image)]))["segmentation_map"].numpy()
+    return a, b
+
+
+def test_zoo_graph_exports_with_both_signatures_and_its_own_masks(zoo_graph, tmp_path, rng):
+    base = tmp_path / "m"
+    result = export_json(str(zoo_graph), "--output", str(base))
+    assert result["source"] == "frozen_graph" and result["verified"]
+    assert result["pixel_agreement"] == 1.0 and result["num_classes"] == 21
+    assert result["signatures"] == ["predict_images", "serving_default"]
+    meta = json.loads((base / "1" / "assets.extra" / "tfdeploy.json").read_text())
+    assert meta["source"] == "frozen_graph"
+    assert meta["config"]["input_tensor"] == "ImageTensor:0"
+    image = _image(rng, 61, 90)
+    expected = run_frozen(zoo_graph, image)
+    a, b = _masks(str(base / "1"), image)
+    assert expected.shape == (1, 61, 90) and len(np.unique(expected)) > 1
+    np.testing.assert_array_equal(a, expected)
+    np.testing.assert_array_equal(b, expected.astype(np.uint8))
+
+
+def test_zoo_folder_and_tarball_are_read(zoo_graph, tmp_path, rng):
+    folder = tmp_path / "deeplabv3_test_pascal"
+    folder.mkdir()
+    shutil.copy(zoo_graph, folder / "frozen_inference_graph.pb")
+    tarball = zoo_tarball(tmp_path / "zoo.tar.gz", zoo_graph)
+    image = _image(rng, 40, 33)
+    expected = run_frozen(zoo_graph, image)
+    for n, given in enumerate((folder, tarball), start=1):
+        result = export_json(str(given), "--output", str(tmp_path / "m"), "--no-verify")
+        assert result["version"] == n and result["source"] == "frozen_graph"
+        a, _ = _masks(result["path"], image)
+        np.testing.assert_array_equal(a, expected)
+
+
+def test_float_input_logits_output_graph_with_named_tensors(tmp_path, rng):
+    graph = frozen_graph(tmp_path / "seg.pb", classes=7, seed=4, input_dtype=tf.float32,
+                         input_name="input", output_name="logits", logits=True, batch=None)
+    result = export_json(str(graph), "--output", str(tmp_path / "m"),
+                         "--input-tensor", "input", "--output-tensor", "logits:0")
+    assert result["verified"] and result["num_classes"] == 7
+    image = _image(rng, 50, 47)
+    expected = run_frozen(graph, image, "input:0", "logits:0").argmax(-1)
+    a, b = _masks(result["path"], image)
+    np.testing.assert_array_equal(a, expected)
+    np.testing.assert_array_equal(b, expected.astype(np.uint8))
+
+
+def test_frozen_graph_pixel_limit_applies(zoo_graph, tmp_path):
+    result = export_json(str(zoo_graph), "--output", str(tmp_path / "m"), "--no-verify",
+                         "--max-pixels", "40x40")
+    loaded = tf.saved_model.load(result["path"])
+    big = np.zeros((41, 40, 3), np.uint8)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="limit of 40x40"):
+        loaded.signatures["serving_default"](image_bytes=tf.constant([warmup.encode_png(big)]))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--input-tensor", "pixels"], "no input tensor pixels:0"),
+    (["--output-tensor", "Nope:0"], "no output tensor Nope:0"),
+    (["--precision", "bfloat16"], "frozen graph is served as it was exported"),
+])
+def test_bad_frozen_graph_options_fail_with_one_line(zoo_graph, tmp_path, args, message):
+    proc = run_cli("export", str(zoo_graph), "--output", str(tmp_path / "m"), *args,
+                   check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "m" / "1").exists()
+
+
+def test_not_a_graph_and_tarball_without_graph_are_refused(tmp_path):
+    junk = tmp_path / "junk.pb"
+    junk.write_bytes(b"\xff\xfe not a protobuf at all " * 10)
+    Image.new("RGB", (4, 4)).save(tmp_path / "x.png")
+    tarball = tmp_path / "empty.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(tmp_path / "x.png", arcname="deeplab/x.png")
+    for given, message in ((junk, "not a frozen TensorFlow graph"),
+                           (tarball, "no frozen_inference_graph.pb in this tarball")):
+        proc = run_cli("export", str(given), "--output", str(tmp_path / "m"), check=False)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr

@@ -1,0 +1,78 @@
+"""What kind of model ``tfdeploy export`` was given, told from the path alone.
+
+Everything after export (signatures, serving, client, bench, manifests) is model-agnostic,
+so export is the one place that must recognise each way a segmentation model is shipped:
+
+- ``checkpoint``: the seed's training directories and our own checkpoints (``checkpoint.py``);
+- ``frozen_graph``: a frozen GraphDef such as the DeepLab model zoo's
+  ``frozen_inference_graph.pb``, its folder, or the zoo's ``.tar.gz`` (``frozen.py``).
+
+Detection reads no TensorFlow: it only looks at names, so a wrong path fails fast.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tfdeploy.errors import UserError
+
+CHECKPOINT = "checkpoint"
+FROZEN_GRAPH = "frozen_graph"
+#: The name the DeepLab model zoo gives its frozen graph, inside its folder or tarball.
+ZOO_GRAPH = "frozen_inference_graph.pb"
+TARBALL_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+#: A frozen graph larger than this is refused before it is read (protobuf's own limit).
+MAX_GRAPH_BYTES = 2 ** 31 - 1
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str
+    #: The file to read (the .pb itself for a frozen graph, extracted from a tarball).
+    path: Path
+    #: What the user named, for messages and the export's metadata.
+    given: Path
+
+
+def _from_tarball(path: Path) -> Path:
+    """Extract the zoo's frozen graph (only that member, by its base name, so a tarball's
+    own paths are never written) into a temporary directory; the checkpoint files next
+    to it are not needed: the frozen graph carries its weights as constants."""
+    try:
+        with tarfile.open(path) as tar:
+            members = [m for m in tar.getmembers()
+                       if m.isfile() and Path(m.name).name == ZOO_GRAPH]
+            if not members:
+                raise UserError(f"{path}: no {ZOO_GRAPH} in this tarball")
+            if members[0].size > MAX_GRAPH_BYTES:
+                raise UserError(f"{path}: {ZOO_GRAPH} is larger than 2 GiB")
+            target = Path(tempfile.mkdtemp(prefix="tfdeploy-zoo-")) / ZOO_GRAPH
+            data = tar.extractfile(members[0])
+            assert data is not None  # a regular file member always has data
+            target.write_bytes(data.read())
+            return target
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise UserError(f"{path}: not a readable tarball ({exc})") from None
+
+
+def detect(path: str | Path | None) -> Source:
+    """The kind of ``path``: a frozen graph (.pb file, a folder holding the zoo's
+    frozen_inference_graph.pb, or a tarball with one), else a checkpoint (which
+    ``checkpoint.locate`` then checks and explains)."""
+    if path is None:
+        return Source(CHECKPOINT, Path(), Path())
+    p = Path(path)
+    name = p.name.lower()
+    if p.is_file() and name.endswith(".pb"):
+        if name == "saved_model.pb":
+            raise UserError(f"{p}: a SavedModel is already servable; export takes a "
+                            "checkpoint or a frozen graph")
+        return Source(FROZEN_GRAPH, p, p)
+    if p.is_dir() and (p / ZOO_GRAPH).is_file():
+        return Source(FROZEN_GRAPH, p / ZOO_GRAPH, p)
+    if p.is_file() and name.endswith(TARBALL_SUFFIXES):
+        return Source(FROZEN_GRAPH, _from_tarball(p), p)
+    return Source(CHECKPOINT, p, p)
