@@ -58,3 +58,35 @@ def zoo_tarball(path: Path, graph: Path, folder: str = "deeplabv3_test_pascal") 
         info.size = 4
         tar.addfile(info, io.BytesIO(b"ckpt"))
     return path
+
+
+def keras_model(path: Path, classes: int = 4, seed: int = 0, size: int | None = None) -> Path:
+    """A small fully-convolutional Keras segmenter (logits), any input size unless
+    ``size`` fixes it; saved as ``.keras``."""
+    keras = tf.keras
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.Conv2D(classes, 1, padding="same")(x)
+    model = keras.Model(inputs, x)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return path
+
+
+def segmenting_saved_model(path: Path, classes: int = 3, seed: int = 1) -> Path:
+    """A SavedModel (tf.Module) whose serving_default maps float images (-1..1) to logits."""
+    rng = np.random.default_rng(seed)
+
+    class Segmenter(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = tf.Variable(rng.normal(size=(3, 3, 3, classes)).astype(np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+        def __call__(self, x):
+            return {"logits": tf.nn.conv2d(x * 3.0, self.w, 1, "SAME")}
+
+    module = Segmenter()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.__call__})
+    return path

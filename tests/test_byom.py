@@ -115,3 +115,59 @@ def test_not_a_graph_and_tarball_without_graph_are_refused(tmp_path):
                            (tarball, "no frozen_inference_graph.pb in this tarball")):
         proc = run_cli("export", str(given), "--output", str(tmp_path / "m"), check=False)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_keras_model_with_imagenet_preprocessing(tmp_path, rng):
+    from byom_models import keras_model
+
+    path = keras_model(tmp_path / "seg.keras", classes=4)
+    result = export_json(str(path), "--output", str(tmp_path / "m"), "--preprocess", "imagenet")
+    assert result["source"] == "keras" and result["verified"] and result["num_classes"] == 4
+    image = _image(rng, 37, 52)
+    model = tf.keras.models.load_model(path, compile=False)
+    x = (image[None] / 255.0 - (0.485, 0.456, 0.406)) / (0.229, 0.224, 0.225)
+    expected = model(x.astype(np.float32)).numpy().argmax(-1)
+    a, b = _masks(result["path"], image)
+    assert len(np.unique(expected)) > 1
+    np.testing.assert_array_equal(a, expected)
+    np.testing.assert_array_equal(b, expected.astype(np.uint8))
+
+
+def test_fixed_size_keras_model_is_resized_both_ways(tmp_path, rng):
+    from byom_models import keras_model
+
+    path = keras_model(tmp_path / "fixed.keras", classes=3, size=32)
+    result = export_json(str(path), "--output", str(tmp_path / "m"))
+    image = _image(rng, 45, 60)
+    a, b = _masks(result["path"], image)
+    assert a.shape == (1, 45, 60)
+    model = tf.keras.models.load_model(path, compile=False)
+    small = tf.image.resize(image[None].astype(np.float32), (32, 32))
+    expected = tf.image.resize(model(small), (45, 60)).numpy().argmax(-1)
+    np.testing.assert_array_equal(a, expected)
+
+
+def test_saved_model_source_with_minus_one_to_one(tmp_path, rng):
+    from byom_models import segmenting_saved_model
+
+    path = segmenting_saved_model(tmp_path / "src")
+    result = export_json(str(path), "--output", str(tmp_path / "m"), "--preprocess", "-1..1")
+    assert result["source"] == "saved_model" and result["verified"]
+    image = _image(rng, 30, 41)
+    source = tf.saved_model.load(str(path))
+    x = tf.constant(image[None] / 127.5 - 1.0, tf.float32)
+    expected = source.signatures["serving_default"](x=x)["logits"].numpy().argmax(-1)
+    a, _ = _masks(result["path"], image)
+    np.testing.assert_array_equal(a, expected)
+
+
+def test_bad_keras_file_and_misplaced_options_fail_with_one_line(zoo_graph, tmp_path):
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a zip")
+    for args, message in (([str(bad)], "not a loadable Keras model"),
+                          ([str(zoo_graph), "--preprocess", "imagenet"],
+                           "--preprocess/--input-size apply to Keras"),
+                          ([str(bad), "--input-size", "12xq"], "HEIGHTxWIDTH")):
+        proc = run_cli("export", *args, "--output", str(tmp_path / "m"), check=False)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr

@@ -30,7 +30,8 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
            precision: str = DEFAULT_PRECISION, min_agreement: float = DEFAULT_MIN_AGREEMENT,
            probes: list[str | Path] = (), max_pixels: int | str = DEFAULT_MAX_PIXELS,
            calibration: list[str | Path] = (), input_tensor: str | None = None,
-           output_tensor: str | None = None, progress: Progress | None = None):
+           output_tensor: str | None = None, preprocess: str = "0..255",
+           input_size: str | None = None, progress: Progress | None = None):
     """Export a DeepLab-v3 checkpoint (default: the bundled demo) as version ``version``
     (default: highest existing + 1) of the model base path ``output``.
 
@@ -50,6 +51,10 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
     ``frozen_inference_graph.pb``, its folder or ``.tar.gz``): wrapped unchanged and
     verified to give its masks on every probe pixel; ``input_tensor``/``output_tensor``
     (default ``ImageTensor:0``/``SemanticPredictions:0``) name other graphs' tensors.
+    It may be a Keras model file (``.keras``/``.h5``) or a SavedModel directory whose
+    signature maps images to logits or labels: ``preprocess`` (``0..255``, ``0..1``,
+    ``-1..1``, ``imagenet``) makes its input from pixels, ``input_size`` (``"HxW"``) is
+    the size it needs if any; verified to give the source model's masks on every pixel.
     ``progress`` gets one short line per step.
     """
     from tfdeploy.demo import DEMO_CHECKPOINT
@@ -67,6 +72,7 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
                       precision=precision, min_agreement=min_agreement, probes=list(probes),
                       max_pixels=pixels, calibration=list(calibration),
                       input_tensor=input_tensor, output_tensor=output_tensor,
+                      preprocess=preprocess, input_size=input_size,
                       progress=progress)
 
 

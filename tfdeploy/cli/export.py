@@ -55,19 +55,27 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
 @click.option("--output-tensor", default=None, metavar="NAME",
               help="Frozen graph: its labels or logits output [default: "
                    "SemanticPredictions:0].")
+@click.option("--preprocess", type=click.Choice(["0..255", "0..1", "-1..1", "imagenet"]),
+              default="0..255", show_default=True,
+              help="Keras model / SavedModel: the pixel range it was trained on (imagenet: "
+                   "0..1 minus ImageNet mean, over its std).")
+@click.option("--input-size", default=None, metavar="HxW",
+              help="Keras model / SavedModel: resize images to this size for the model and "
+                   "its output back [default: the model's fixed size, if any, else none].")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 def export(checkpoint: Path | None, output: Path, version: int | None, overwrite: bool,
            no_verify: bool, no_warmup: bool, model_name: str, precision: str,
            min_agreement: float, probes: tuple[Path, ...], calibration: tuple[Path, ...],
            max_pixels: str, input_tensor: str | None, output_tensor: str | None,
-           as_json: bool) -> None:
+           preprocess: str, input_size: str | None, as_json: bool) -> None:
     """Export a DeepLab-v3 checkpoint as a numbered SavedModel version.
 
     CHECKPOINT is a seed training directory (model.ckpt* + data.json), its `checkpoint`
     state file, a checkpoint prefix, or a tfdeploy checkpoint (config.json).  Default:
     the bundled demo checkpoint.  It may also be a frozen graph: the DeepLab model zoo's
     frozen_inference_graph.pb, its folder or its .tar.gz, or any .pb with
-    --input-tensor/--output-tensor.
+    --input-tensor/--output-tensor; or a Keras model (.keras/.h5) or a SavedModel
+    directory that maps images to logits or labels.
 
     \b
     Examples:
@@ -77,6 +85,8 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
       tfdeploy export ckpt/ --precision bfloat16 --probe photos/
       tfdeploy export ckpt/ --precision int8 --calibration photos/ --probe held-out/
       tfdeploy export deeplabv3_mnv2_pascal_train_aug_2018_01_29.tar.gz
+      tfdeploy export unet.keras --preprocess imagenet --input-size 256x256
+      tfdeploy export my_saved_model/ --preprocess -1..1
     """
     from tfdeploy.api import export as run_export
 
@@ -85,7 +95,8 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
                         precision=precision, min_agreement=min_agreement / 100,
                         probes=list(probes), max_pixels=max_pixels,
                         calibration=list(calibration), input_tensor=input_tensor,
-                        output_tensor=output_tensor, progress=progress_printer(as_json, "  {}..."))
+                        output_tensor=output_tensor, preprocess=preprocess,
+                        input_size=input_size, progress=progress_printer(as_json, "  {}..."))
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     emit(as_json, result.to_json(), result.summary())

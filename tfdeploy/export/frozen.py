@@ -161,11 +161,11 @@ class FrozenGraphModel(tf.Module):
         return tf.one_hot(out, self.contract.num_classes, dtype=tf.float32)
 
 
-def verify(version_dir: Path, reference: FrozenGraphModel,
-           probes: list[tuple[str, np.ndarray]]) -> Agreement:
+def verify(version_dir: Path, reference, probes: list[tuple[str, np.ndarray]],
+           what: str = "the frozen graph's") -> Agreement:
     """Reload the written SavedModel and require, on every probe image, that both
-    signatures' masks equal the frozen graph's own (run in memory, not through the
-    export) on every pixel: wrapping must change nothing."""
+    signatures' masks equal the source model's own (``reference.predict``, run in memory,
+    not through the export) on every pixel: wrapping must change nothing."""
     loaded = tf.saved_model.load(str(version_dir))
     result = Agreement()
     for name, image in probes:
@@ -181,8 +181,8 @@ def verify(version_dir: Path, reference: FrozenGraphModel,
             agree = float(np.mean(mask == expected))
             if agree < 1.0:
                 raise ExportError(
-                    f"verification failed on {name}: {signature} masks equal the frozen "
-                    f"graph's on {agree:.2%} of the pixels (required 100%)")
+                    f"verification failed on {name}: {signature} masks equal {what} on "
+                    f"{agree:.2%} of the pixels (required 100%)")
         result.images.append(ImageAgreement(name=name, height=h, width=w, pixel_agreement=1.0,
                                             max_abs_logit_diff=0.0, max_abs_logit=0.0))
     return result

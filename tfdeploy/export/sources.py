@@ -5,7 +5,10 @@ so export is the one place that must recognise each way a segmentation model is 
 
 - ``checkpoint``: the seed's training directories and our own checkpoints (``checkpoint.py``);
 - ``frozen_graph``: a frozen GraphDef such as the DeepLab model zoo's
-  ``frozen_inference_graph.pb``, its folder, or the zoo's ``.tar.gz`` (``frozen.py``).
+  ``frozen_inference_graph.pb``, its folder, or the zoo's ``.tar.gz`` (``frozen.py``);
+- ``keras``: a ``.keras`` / ``.h5`` model file (``wrapped.py``);
+- ``saved_model``: a SavedModel directory whose signature maps images to logits or
+  labels (``wrapped.py``).
 
 Detection reads no TensorFlow: it only looks at names, so a wrong path fails fast.
 """
@@ -21,6 +24,9 @@ from tfdeploy.errors import UserError
 
 CHECKPOINT = "checkpoint"
 FROZEN_GRAPH = "frozen_graph"
+KERAS = "keras"
+SAVED_MODEL = "saved_model"
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 #: The name the DeepLab model zoo gives its frozen graph, inside its folder or tarball.
 ZOO_GRAPH = "frozen_inference_graph.pb"
 TARBALL_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -60,7 +66,8 @@ def _from_tarball(path: Path) -> Path:
 
 def detect(path: str | Path | None) -> Source:
     """The kind of ``path``: a frozen graph (.pb file, a folder holding the zoo's
-    frozen_inference_graph.pb, or a tarball with one), else a checkpoint (which
+    frozen_inference_graph.pb, or a tarball with one), a Keras model file, a SavedModel
+    directory (or its saved_model.pb), else a checkpoint (which
     ``checkpoint.locate`` then checks and explains)."""
     if path is None:
         return Source(CHECKPOINT, Path(), Path())
@@ -68,9 +75,12 @@ def detect(path: str | Path | None) -> Source:
     name = p.name.lower()
     if p.is_file() and name.endswith(".pb"):
         if name == "saved_model.pb":
-            raise UserError(f"{p}: a SavedModel is already servable; export takes a "
-                            "checkpoint or a frozen graph")
+            return Source(SAVED_MODEL, p.parent, p.parent)
         return Source(FROZEN_GRAPH, p, p)
+    if p.is_file() and name.endswith(KERAS_SUFFIXES):
+        return Source(KERAS, p, p)
+    if p.is_dir() and (p / "saved_model.pb").is_file():
+        return Source(SAVED_MODEL, p, p)
     if p.is_dir() and (p / ZOO_GRAPH).is_file():
         return Source(FROZEN_GRAPH, p / ZOO_GRAPH, p)
     if p.is_file() and name.endswith(TARBALL_SUFFIXES):

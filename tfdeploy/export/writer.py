@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from tfdeploy.errors import ExportError, UserError
 from tfdeploy.export import checkpoint as ckpt
-from tfdeploy.export import frozen, sources, warmup
+from tfdeploy.export import frozen, sources, warmup, wrapped
 from tfdeploy.export.agreement import (
     Agreement,
     image_key,
@@ -214,6 +214,8 @@ def export(
     calibration: list[str | Path] = (),
     input_tensor: str | None = None,
     output_tensor: str | None = None,
+    preprocess: str = wrapped.DEFAULT_PREPROCESS,
+    input_size: str | None = None,
 ) -> ExportResult:
     """Export a checkpoint (default: the bundled demo) as version ``version`` (default:
     next) of the base ``output``.
@@ -227,7 +229,9 @@ def export(
 
     ``checkpoint_path`` may also be a frozen graph (a model-zoo ``.pb``, its folder or
     tarball; ``input_tensor``/``output_tensor`` name other graphs' tensors): it is wrapped
-    unchanged, and verification requires its masks on every probe pixel."""
+    unchanged, and verification requires its masks on every probe pixel.  A Keras model
+    file or a SavedModel directory is wrapped the same way, its input made from 0..255
+    pixels by ``preprocess`` and resized to ``input_size`` (``HxW``) if it needs one."""
     if checkpoint_path is None:
         from tfdeploy.demo import DEMO_CHECKPOINT
 
@@ -258,13 +262,17 @@ def export(
     elif calibration:
         raise UserError("only an int8 export is calibrated", param="calibration")
     kind = sources.detect(checkpoint_path)
-    if kind.kind == sources.FROZEN_GRAPH:
-        if precision != DEFAULT_PRECISION:
-            raise UserError("a frozen graph is served as it was exported (float32): "
-                            "--precision applies to checkpoints only", param="precision")
-    elif input_tensor or output_tensor:
+    foreign = kind.kind != sources.CHECKPOINT
+    if foreign and precision != DEFAULT_PRECISION:
+        raise UserError(f"a {kind.kind.replace('_', ' ')} is served as it was made "
+                        "(float32): --precision applies to checkpoints only", param="precision")
+    if kind.kind not in (sources.KERAS, sources.SAVED_MODEL) and (
+            input_size or preprocess != wrapped.DEFAULT_PREPROCESS):
+        raise UserError("--preprocess/--input-size apply to Keras models and SavedModels",
+                        param="preprocess")
+    if kind.kind != sources.FROZEN_GRAPH and (input_tensor or output_tensor):
         raise UserError("--input-tensor/--output-tensor name a frozen graph's tensors; "
-                        f"{checkpoint_path} is a checkpoint", param="input_tensor")
+                        f"{checkpoint_path} is not one", param="input_tensor")
     t = time.perf_counter()
     say(f"reading {kind.kind.replace('_', ' ')} {checkpoint_path}")
     graph_model = source = weights = None
@@ -279,6 +287,16 @@ def export(
                              "output_tensor": graph_model.contract.output_name,
                              "input_dtype": graph_model.contract.input_dtype.name,
                              "output": "logits" if graph_model.contract.logits else "labels"}}
+    elif foreign:
+        size = wrapped.parse_size(input_size)
+        graph_model = wrapped.WrappedModel(kind.path, kind.kind, preprocess, size)
+        origin = {"checkpoint": str(kind.given.absolute()),
+                  "format": "Keras model" if kind.kind == sources.KERAS else "SavedModel",
+                  "backbone": kind.given.name, "num_classes": graph_model.num_classes,
+                  "output_stride": 0,
+                  "config": {"preprocess": preprocess,
+                             "input_size": list(graph_model.input_size or []) or None,
+                             "output": "logits" if graph_model.logits_out else "labels"}}
     else:
         source = ckpt.locate(checkpoint_path)
         weights = source.load_weights()
@@ -310,8 +328,7 @@ def export(
     tmp = base / f"{TMP_PREFIX}{number}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         if graph_model is not None:
-            say(f"wrapping the frozen graph ({graph_model.contract.input_name} -> "
-                f"{graph_model.contract.output_name})")
+            say(f"wrapping the {kind.kind.replace('_', ' ')}")
             model = graph_model
         else:
             say(f"building {source.config.backbone} (output stride "
@@ -334,11 +351,17 @@ def export(
             records = warmup.write(tmp, model_name)
             t = lap("warmup", t)
         agreement = None
-        if do_verify and graph_model is not None:
+        if do_verify and kind.kind == sources.FROZEN_GRAPH:
             say(f"verifying against the frozen graph on {len(probe_set)} images")
             agreement = frozen.verify(tmp, frozen.FrozenGraphModel(
                 frozen.read_graph_def(kind.path), graph_model.contract.input_name,
                 graph_model.contract.output_name, graph_model.contract.num_classes), probe_set)
+            t = lap("verify", t)
+        elif do_verify and foreign:
+            say(f"verifying against the source model on {len(probe_set)} images")
+            agreement = frozen.verify(tmp, wrapped.WrappedModel(
+                kind.path, kind.kind, preprocess, graph_model.input_size), probe_set,
+                "the source model's")
             t = lap("verify", t)
         elif do_verify:
             say(f"verifying against the float32 checkpoint model on {len(probe_set)} images")
