@@ -171,3 +171,27 @@ def test_bad_keras_file_and_misplaced_options_fail_with_one_line(zoo_graph, tmp_
         proc = run_cli("export", *args, "--output", str(tmp_path / "m"), check=False)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_mixed_sizes_in_one_request_give_each_image_its_own_mask(small_checkpoint, tmp_path,
+                                                                 rng):
+    """serving_default takes images of different sizes in one request; every mask is the
+    one its image gets alone (nothing the other images or a pad add changes a pixel)."""
+    import io
+
+    result = export_json(str(small_checkpoint), "--output", str(tmp_path / "m"),
+                         "--no-verify")
+    loaded = tf.saved_model.load(result["path"])
+    images = [_image(rng, 48, 64), _image(rng, 33, 70), _image(rng, 57, 21)]
+    encoded = [warmup.encode_png(i) for i in images]
+    out = loaded.signatures["serving_default"](image_bytes=tf.constant(encoded))
+    maps, pngs = out["segmentation_map"].numpy(), out["mask_png"].numpy()
+    assert maps.shape == (3, 57, 70)
+    for k, image in enumerate(images):
+        h, w = image.shape[:2]
+        alone = loaded.signatures["serving_default"](
+            image_bytes=tf.constant([encoded[k]]))["segmentation_map"].numpy()[0]
+        np.testing.assert_array_equal(maps[k, :h, :w], alone)
+        assert (maps[k, h:] == 255).all() and (maps[k, :, w:] == 255).all()
+        png = np.asarray(Image.open(io.BytesIO(pngs[k])))
+        np.testing.assert_array_equal(png, alone)

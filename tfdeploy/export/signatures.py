@@ -146,6 +146,32 @@ def _decode(image_bytes: tf.Tensor, max_pixels: int) -> tf.Tensor:
                                   expand_animations=False)
 
 
+#: ``segmentation_map`` value outside an image smaller than the largest in its request
+#: (Pascal VOC's "void" label); each ``mask_png`` is its own image's exact size.
+PAD_LABEL = 255
+
+
+def decode_batch(image_bytes: tf.Tensor, max_pixels: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Decode every image (each checked against ``max_pixels`` first) and zero-pad them to
+    the largest height and width: uint8 [N, H, W, 3] and each image's [height, width]."""
+    n = tf.size(image_bytes)
+    decoded = tf.TensorArray(tf.uint8, size=n, infer_shape=False,
+                             element_shape=tf.TensorShape([None, None, 3]))
+    sizes = tf.TensorArray(tf.int32, size=n)
+    for i in tf.range(n):
+        image = _decode(image_bytes[i], max_pixels)
+        decoded = decoded.write(i, image)
+        sizes = sizes.write(i, tf.shape(image)[:2])
+    sizes = sizes.stack()
+    height, width = tf.reduce_max(sizes[:, 0]), tf.reduce_max(sizes[:, 1])
+    padded = tf.TensorArray(tf.uint8, size=n, element_shape=tf.TensorShape([None, None, 3]))
+    for i in tf.range(n):
+        image = decoded.read(i)
+        padded = padded.write(i, tf.pad(image, [[0, height - tf.shape(image)[0]],
+                                                [0, width - tf.shape(image)[1]], [0, 0]]))
+    return padded.stack(), sizes
+
+
 class ServingModule(tf.Module):
     """What gets saved: the model's variables plus the serving functions."""
 
@@ -172,21 +198,36 @@ class ServingModule(tf.Module):
     def serving_default(self, image_bytes):
         tf.debugging.assert_positive(
             tf.size(image_bytes), message="image_bytes must hold at least one image")
-        hw = tf.shape(_decode(image_bytes[0], self.max_pixels))[:2]
+        images, sizes = decode_batch(image_bytes, self.max_pixels)
+        same = tf.reduce_all(tf.equal(sizes, sizes[0]))
+        # Same-size images (all a batching server merges from uniform traffic) run as one
+        # batch.  Mixed sizes run image by image: padding them to one size would change
+        # masks (convolutions near the edge and DeepLab's image-level pooling see the
+        # pad), and each mask must be exactly the one its image gets alone.
+        masks = tf.cond(same, lambda: tf.cast(self.model.predict(images), tf.uint8),
+                        lambda: self._predict_each(images, sizes))
 
-        def decode_same_size(data):
-            image = _decode(data, self.max_pixels)
-            same = tf.debugging.assert_equal(
-                tf.shape(image)[:2], hw,
-                message="all images in one request must have the same height and width")
-            with tf.control_dependencies([same]):
-                return tf.identity(image)
+        def png(i):
+            return self.png(masks[i, :sizes[i, 0], :sizes[i, 1]])
 
-        images = tf.map_fn(decode_same_size, image_bytes,
-                           fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
-        masks = tf.cast(self.model.predict(tf.cast(images, tf.float32)), tf.uint8)
-        pngs = tf.map_fn(self.png, masks, fn_output_signature=tf.TensorSpec([], tf.string))
+        pngs = tf.map_fn(png, tf.range(tf.shape(sizes)[0]),
+                         fn_output_signature=tf.TensorSpec([], tf.string))
         return {SEGMENTATION_MAP: masks, MASK_PNG: pngs}
+
+    def _predict_each(self, images: tf.Tensor, sizes: tf.Tensor) -> tf.Tensor:
+        """uint8 masks [N, H, W] of padded ``images``, each computed on its own image only
+        (cropped to ``sizes``); pixels outside an image are PAD_LABEL."""
+        height, width = tf.shape(images)[1], tf.shape(images)[2]
+
+        def one(i):
+            h, w = sizes[i, 0], sizes[i, 1]
+            image = tf.cast(images[i:i + 1, :h, :w], tf.float32)
+            mask = tf.cast(self.model.predict(image)[0], tf.int32)
+            return tf.cast(tf.pad(mask, [[0, height - h], [0, width - w]],
+                                  constant_values=PAD_LABEL), tf.uint8)
+
+        return tf.map_fn(one, tf.range(tf.shape(sizes)[0]),
+                         fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
     def logits(self, images):
