@@ -195,3 +195,13 @@ def test_mixed_sizes_in_one_request_give_each_image_its_own_mask(small_checkpoin
         assert (maps[k, h:] == 255).all() and (maps[k, :, w:] == 255).all()
         png = np.asarray(Image.open(io.BytesIO(pngs[k])))
         np.testing.assert_array_equal(png, alone)
+
+
+def test_inspect_names_the_source_kind(zoo_graph, tmp_path):
+    base = tmp_path / "m"
+    export_json(str(zoo_graph), "--output", str(base), "--no-verify", "--no-warmup")
+    text = run_cli("inspect", str(base)).stdout
+    assert ("source: model-zoo / frozen graph, ImageTensor:0 (uint8) -> "
+            "SemanticPredictions:0, returns labels") in text
+    info = json.loads(run_cli("inspect", str(base), "--json").stdout)
+    assert info["versions"]["1"]["source"] == "frozen_graph"

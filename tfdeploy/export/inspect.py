@@ -45,6 +45,9 @@ def describe_version(version_dir: Path) -> dict[str, Any]:
         "exported_by": exported_by,
         # Which model servers can run it, where that is narrower than "any" (int8).
         "servers": (exported_by or {}).get("servers"),
+        # What was exported: checkpoint, frozen_graph, keras or saved_model (exports from
+        # before other sources existed were checkpoints).
+        "source": (exported_by or {}).get("source", "checkpoint") if exported_by else None,
         "meta_graphs": graphs,
     }
 
@@ -65,6 +68,25 @@ def describe(path: str | Path) -> dict[str, Any]:
             "versions": {str(v): describe_version(d) for v, d in found.items()}}
 
 
+def source_text(kind: str, config: dict[str, Any]) -> str:
+    """One line on a wrapped model: its kind, how it is fed, what it returns, and why
+    --precision did not apply."""
+    names = {"frozen_graph": "model-zoo / frozen graph", "keras": "Keras model",
+             "saved_model": "SavedModel"}
+    parts = [names.get(kind, kind)]
+    if config.get("input_tensor"):
+        parts.append(f"{config['input_tensor']} ({config.get('input_dtype')}) -> "
+                     f"{config.get('output_tensor')}")
+    if config.get("preprocess"):
+        parts.append(f"preprocess {config['preprocess']}")
+    if config.get("input_size"):
+        parts.append("input size {}x{}".format(*config["input_size"]))
+    if config.get("output"):
+        parts.append(f"returns {config['output']}")
+    parts.append("served as made (float32; --precision applies to checkpoints)")
+    return ", ".join(parts)
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 50_000 else f"{n / 1e3:.1f} kB"
 
@@ -79,6 +101,8 @@ def render(info: dict[str, Any]) -> str:
         lines.append(f"version {number}  ({v['file']} {_mb(v['file_bytes'])}, version "
                      f"{_mb(v['size_bytes'])} in all{precision}, "
                      f"warmup {'yes' if v['warmup'] else 'no'}{source})")
+        if v.get("source") and v["source"] != "checkpoint":
+            lines.append(f"  source: {source_text(v['source'], origin.get('config') or {})}")
         if v.get("servers"):
             lines.append(f"  servers: {v['servers']}")
         for mg in v["meta_graphs"]:
