@@ -47,6 +47,7 @@ def test_zoo_graph_exports_with_both_signatures_and_its_own_masks(zoo_graph, tmp
     meta = json.loads((base / "1" / "assets.extra" / "tfdeploy.json").read_text())
     assert meta["source"] == "frozen_graph"
     assert meta["config"]["input_tensor"] == "ImageTensor:0"
+    assert meta["class_names"][:2] == ["background", "aeroplane"]  # 21 classes: Pascal VOC
     image = _image(rng, 61, 90)
     expected = run_frozen(zoo_graph, image)
     a, b = _masks(str(base / "1"), image)
@@ -94,7 +95,7 @@ def test_frozen_graph_pixel_limit_applies(zoo_graph, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--input-tensor", "pixels"], "no input tensor pixels:0"),
     (["--output-tensor", "Nope:0"], "no output tensor Nope:0"),
-    (["--precision", "bfloat16"], "frozen graph is served as it was exported"),
+    (["--precision", "bfloat16"], "frozen graph is served as it was made"),
 ])
 def test_bad_frozen_graph_options_fail_with_one_line(zoo_graph, tmp_path, args, message):
     proc = run_cli("export", str(zoo_graph), "--output", str(tmp_path / "m"), *args,

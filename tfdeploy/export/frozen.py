@@ -48,10 +48,11 @@ class GraphContract:
     num_classes: int
 
 
-def read_graph_def(path: Path) -> tf.compat.v1.GraphDef:
+def read_graph_def(path: Path, data: bytes | None = None) -> tf.compat.v1.GraphDef:
+    """The GraphDef in ``path`` (or ``data``, read from it already), checked to be frozen."""
     graph_def = tf.compat.v1.GraphDef()
     try:
-        graph_def.ParseFromString(path.read_bytes())
+        graph_def.ParseFromString(path.read_bytes() if data is None else data)
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror})") from None
     except Exception:  # protobuf's DecodeError: not a GraphDef at all

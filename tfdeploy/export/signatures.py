@@ -204,8 +204,9 @@ class ServingModule(tf.Module):
         # batch.  Mixed sizes run image by image: padding them to one size would change
         # masks (convolutions near the edge and DeepLab's image-level pooling see the
         # pad), and each mask must be exactly the one its image gets alone.
-        masks = tf.cond(same, lambda: tf.cast(self.model.predict(images), tf.uint8),
-                        lambda: self._predict_each(images, sizes))
+        masks = tf.cond(
+            same, lambda: tf.cast(self.model.predict(tf.cast(images, tf.float32)), tf.uint8),
+            lambda: self._predict_each(images, sizes))
 
         def png(i):
             return self.png(masks[i, :sizes[i, 0], :sizes[i, 1]])

@@ -16,7 +16,6 @@ Detection reads no TensorFlow: it only looks at names, so a wrong path fails fas
 from __future__ import annotations
 
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,16 +36,19 @@ MAX_GRAPH_BYTES = 2 ** 31 - 1
 @dataclass(frozen=True)
 class Source:
     kind: str
-    #: The file to read (the .pb itself for a frozen graph, extracted from a tarball).
+    #: The file to read (the .pb itself for a frozen graph; the tarball for one in a
+    #: tarball, whose bytes are then in ``data``).
     path: Path
     #: What the user named, for messages and the export's metadata.
     given: Path
+    #: A tarball's frozen graph, read into memory (nothing is extracted to disk).
+    data: bytes | None = None
 
 
-def _from_tarball(path: Path) -> Path:
-    """Extract the zoo's frozen graph (only that member, by its base name, so a tarball's
-    own paths are never written) into a temporary directory; the checkpoint files next
-    to it are not needed: the frozen graph carries its weights as constants."""
+def _from_tarball(path: Path) -> bytes:
+    """The zoo's frozen graph from its tarball, read into memory (a tarball's own paths
+    are never written); the checkpoint files next to it are not needed: the frozen graph
+    carries its weights as constants."""
     try:
         with tarfile.open(path) as tar:
             members = [m for m in tar.getmembers()
@@ -55,13 +57,30 @@ def _from_tarball(path: Path) -> Path:
                 raise UserError(f"{path}: no {ZOO_GRAPH} in this tarball")
             if members[0].size > MAX_GRAPH_BYTES:
                 raise UserError(f"{path}: {ZOO_GRAPH} is larger than 2 GiB")
-            target = Path(tempfile.mkdtemp(prefix="tfdeploy-zoo-")) / ZOO_GRAPH
             data = tar.extractfile(members[0])
             assert data is not None  # a regular file member always has data
-            target.write_bytes(data.read())
-            return target
+            return data.read()
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise UserError(f"{path}: not a readable tarball ({exc})") from None
+
+
+def kind_of(path: str | Path) -> str:
+    """The kind ``detect`` would give, from names alone (nothing is extracted)."""
+    p = Path(path)
+    name = p.name.lower()
+    if p.is_file() and name == "saved_model.pb":
+        return SAVED_MODEL
+    if p.is_file() and name.endswith(".pb"):
+        return FROZEN_GRAPH
+    if p.is_file() and name.endswith(KERAS_SUFFIXES):
+        return KERAS
+    if p.is_dir() and (p / "saved_model.pb").is_file():
+        return SAVED_MODEL
+    if p.is_dir() and (p / ZOO_GRAPH).is_file():
+        return FROZEN_GRAPH
+    if p.is_file() and name.endswith(TARBALL_SUFFIXES):
+        return FROZEN_GRAPH
+    return CHECKPOINT
 
 
 def detect(path: str | Path | None) -> Source:
@@ -84,5 +103,5 @@ def detect(path: str | Path | None) -> Source:
     if p.is_dir() and (p / ZOO_GRAPH).is_file():
         return Source(FROZEN_GRAPH, p / ZOO_GRAPH, p)
     if p.is_file() and name.endswith(TARBALL_SUFFIXES):
-        return Source(FROZEN_GRAPH, _from_tarball(p), p)
+        return Source(FROZEN_GRAPH, p, p, _from_tarball(p))
     return Source(CHECKPOINT, p, p)

@@ -198,6 +198,14 @@ def class_names(source: ckpt.Checkpoint) -> list[str] | None:
     return None
 
 
+def foreign_class_names(num_classes: int) -> list[str] | None:
+    """A wrapped model's class names: Pascal VOC's for 21 classes (what the DeepLab model
+    zoo's and most DeepLab models are trained on); None otherwise."""
+    from tfdeploy.palette import VOC_CLASSES
+
+    return list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else None
+
+
 def export(
     checkpoint_path: str | Path | None = None,
     output: str | Path = "models/deeplab",
@@ -277,7 +285,7 @@ def export(
     say(f"reading {kind.kind.replace('_', ' ')} {checkpoint_path}")
     graph_model = source = weights = None
     if kind.kind == sources.FROZEN_GRAPH:
-        graph_model = frozen.FrozenGraphModel(frozen.read_graph_def(kind.path),
+        graph_model = frozen.FrozenGraphModel(frozen.read_graph_def(kind.path, kind.data),
                                               input_tensor or frozen.ZOO_INPUT,
                                               output_tensor or frozen.ZOO_OUTPUT)
         origin = {"checkpoint": str(kind.given.absolute()), "format": "frozen graph",
@@ -354,7 +362,7 @@ def export(
         if do_verify and kind.kind == sources.FROZEN_GRAPH:
             say(f"verifying against the frozen graph on {len(probe_set)} images")
             agreement = frozen.verify(tmp, frozen.FrozenGraphModel(
-                frozen.read_graph_def(kind.path), graph_model.contract.input_name,
+                frozen.read_graph_def(kind.path, kind.data), graph_model.contract.input_name,
                 graph_model.contract.output_name, graph_model.contract.num_classes), probe_set)
             t = lap("verify", t)
         elif do_verify and foreign:
@@ -394,7 +402,8 @@ def export(
             "agreement": result.agreement, "calibration": result.calibration,
             "servers": result.servers,
             # class index -> name, for clients that report per-class results
-            "class_names": class_names(source),
+            "class_names": class_names(source) if source is not None else (
+                foreign_class_names(origin["num_classes"])),
         }, indent=2))
         _publish(tmp, base / str(number), replace=number in existing)
     except OSError as exc:  # disk full, quota, permissions while writing
