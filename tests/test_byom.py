@@ -206,3 +206,30 @@ def test_inspect_names_the_source_kind(zoo_graph, tmp_path):
             "SemanticPredictions:0, returns labels") in text
     info = json.loads(run_cli("inspect", str(base), "--json").stdout)
     assert info["versions"]["1"]["source"] == "frozen_graph"
+
+
+def test_served_zoo_graph_answers_mixed_sizes_over_rest(zoo_graph, tmp_path, rng):
+    """The wrapped model-zoo graph on the embedded server: one REST request with two
+    images of different sizes gets each image's own mask, the graph's."""
+    import base64
+    import io
+
+    from servers import ServerProcess, http
+
+    base = tmp_path / "m"
+    export_json(str(zoo_graph), "--output", str(base), "--no-verify")
+    srv = ServerProcess("--model_name=deeplab", f"--model_base_path={base}",
+                        log_dir=tmp_path)
+    try:
+        srv.wait_available(1)
+        images = [_image(rng, 40, 52), _image(rng, 29, 61)]
+        body = {"signature_name": "serving_default", "instances": [
+            {"image_bytes": {"b64": base64.b64encode(warmup.encode_png(i)).decode()}}
+            for i in images]}
+        code, out = http("POST", f"{srv.rest}/v1/models/deeplab:predict", body)
+        assert code == 200, out
+        for image, row in zip(images, out["predictions"], strict=True):
+            png = Image.open(io.BytesIO(base64.b64decode(row["mask_png"]["b64"])))
+            np.testing.assert_array_equal(np.asarray(png), run_frozen(zoo_graph, image)[0])
+    finally:
+        assert srv.stop() == 0
