@@ -27,6 +27,14 @@ LOCAL_IMAGE = "tfdeploy/serving-embedded:latest"
 BUILD_HINT = (f"build {LOCAL_IMAGE} with `bash docker/build.sh` (in a tfdeploy source "
               "checkout; no registry needed), pass --image, or use the embedded runtime "
               "(--runtime embedded)")
+#: Hardening every container gets (issue 24): a non-root user (TF Serving needs no
+#: privilege; the official image would run as root), a read-only root filesystem with a
+#: bounded /tmp, no capabilities, no privilege gain through setuid binaries, and pids and
+#: memory limits.  ``--user``, ``--pids-limit`` and ``--memory`` change the defaults.
+DEFAULT_USER = "1000:1000"
+DEFAULT_PIDS_LIMIT = 4096
+DEFAULT_MEMORY = "4g"
+TMPFS = {"/tmp": "rw,nosuid,nodev,size=256m,mode=1777"}
 NO_GPU_HINT = ("the docker engine has no GPU runtime: install the NVIDIA driver and the "
                "NVIDIA Container Toolkit (nvidia-container-toolkit), restart docker, or "
                "serve without --gpu")
@@ -227,10 +235,12 @@ class DockerRuntime:
                        if spec.gpus else DeviceRequest(count=-1, capabilities=[["gpu"]])]
         name = container_name(spec.name)
         self._remove_stale(name, spec.name)
+        memory = (spec.memory or DEFAULT_MEMORY).strip().lower()
         try:
             return client.containers.create(
                 image, command=flags, name=name, detach=True,
-                environment={"MODEL_NAME": spec.model_name, **spec.env},
+                # HOME: a user with no passwd entry gets "/", which is read-only here
+                environment={"MODEL_NAME": spec.model_name, "HOME": "/tmp", **spec.env},
                 mounts=mounts,
                 ports={f"{CONTAINER_PORTS['grpc']}/tcp": (spec.host, spec.grpc_port),
                        f"{CONTAINER_PORTS['rest']}/tcp": (spec.host, spec.rest_port)},
@@ -242,7 +252,11 @@ class DockerRuntime:
                 device_requests=devices,
                 restart_policy={"Name": spec.restart} if spec.restart else None,
                 nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
-                mem_limit=spec.memory.strip().lower() if spec.memory else None,
+                mem_limit=None if memory == "none" else memory,
+                user=spec.user or DEFAULT_USER,
+                read_only=True, tmpfs=dict(TMPFS),
+                cap_drop=["ALL"], security_opt=["no-new-privileges:true"],
+                pids_limit=spec.pids_limit or DEFAULT_PIDS_LIMIT,
             )
         except Exception as exc:
             raise UserError(f"cannot create container {name}: {_short(exc)}") from None
