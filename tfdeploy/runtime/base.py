@@ -63,7 +63,10 @@ class ServeSpec:
     pids_limit: int | None = None
 
     def __post_init__(self) -> None:
-        self.name = self.name or self.model_name
+        from tfdeploy.runtime.state import check_name
+
+        check_name(self.model_name, "model_name")
+        self.name = check_name(self.name or self.model_name)
         if self.batching_parameters_file is not None:
             self.enable_batching = True  # a parameters file means "batch like this"
         if self.base_path is None and self.model_config_file is None:

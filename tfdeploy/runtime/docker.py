@@ -10,6 +10,7 @@ Every container carries ``tfdeploy.*`` labels, so ``status``/``stop`` find exact
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from tfdeploy.errors import UserError
 from tfdeploy.runtime.base import ServeSpec, check_ports_free, parse_volume
-from tfdeploy.runtime.state import ServerRecord, state_dir
+from tfdeploy.runtime.state import ServerRecord, ensure_state_dir, private_file, state_dir
 
 LABEL = "tfdeploy.managed"
 CONTAINER_PORTS = {"grpc": 8500, "rest": 8501}
@@ -211,11 +212,14 @@ class DockerRuntime:
                 if not (spec.base_path is not None and mc.name == spec.model_name):
                     mounts.append(Mount(target, str(host), type="bind", read_only=True))
                 mc.base_path = target
-        out = state_dir() / "configs" / f"{spec.name}.models.config"
-        out.parent.mkdir(parents=True, exist_ok=True)
+        out = ensure_state_dir("configs") / f"{spec.name}.models.config"
         from google.protobuf import text_format
 
-        out.write_text(text_format.MessageToString(config))
+        # 0644, unlike the state's other files: the container's non-root user reads it
+        # through its bind mount (it holds model names and paths, nothing secret).
+        with os.fdopen(private_file(out), "w") as fh:
+            os.fchmod(fh.fileno(), 0o644)
+            fh.write(text_format.MessageToString(config))
         return out, mounts
 
     def create(self, spec: ServeSpec, progress: Callable[[str], None] | None = None):
@@ -300,12 +304,20 @@ class DockerRuntime:
                             started_at=time.time(), models=spec.model_names())
 
     def _container(self, record: ServerRecord):
+        """The record's container, only if its labels say tfdeploy started it for this
+        server and state directory (a record never steers us to someone else's)."""
         import docker
 
         try:
-            return self.client().containers.get(record.container_id)
+            c = self.client().containers.get(record.container_id)
         except docker.errors.NotFound:
             return None
+        labels = c.labels or {}
+        if (labels.get(LABEL) != "true" or labels.get("tfdeploy.name") != record.name
+                or labels.get("tfdeploy.state_dir") != str(state_dir())):
+            raise UserError(f"container {str(record.container_id)[:12]} is not the one "
+                            f"tfdeploy started for {record.name}; not touched")
+        return c
 
     def alive(self, record: ServerRecord) -> bool:
         try:

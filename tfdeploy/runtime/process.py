@@ -21,7 +21,7 @@ import psutil
 
 from tfdeploy.errors import UserError
 from tfdeploy.runtime.base import ServeSpec, check_ports_free
-from tfdeploy.runtime.state import ServerRecord, state_dir
+from tfdeploy.runtime.state import ServerRecord, ensure_state_dir, private_file
 from tfdeploy.tfs.flags import format_flag
 
 
@@ -88,10 +88,8 @@ class ProcessRuntime:
         if foreground:
             record.pid = os.getpid()
             return record
-        logs = state_dir() / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        log_file = logs / f"{spec.name}.log"
-        with open(log_file, "wb") as log:
+        log_file = ensure_state_dir("logs") / f"{spec.name}.log"
+        with os.fdopen(private_file(log_file), "wb") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True,
                                     env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
