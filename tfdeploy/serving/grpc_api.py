@@ -33,7 +33,7 @@ import grpc
 from tfdeploy.serving import v2_grpc
 from tfdeploy.serving.path import Call, deadline_in
 from tfdeploy.tfs import protos, tensors
-from tfdeploy.tfs.codes import Code, StatusError
+from tfdeploy.tfs.codes import INTERNAL_MESSAGE, Code, StatusError
 
 log = logging.getLogger("tfdeploy.serving.grpc")
 
@@ -51,7 +51,7 @@ def _status_error(exc: Exception) -> StatusError:
     if isinstance(exc, ValueError):
         return StatusError(Code.INVALID_ARGUMENT, str(exc))
     log.exception("internal error", exc_info=exc)
-    return StatusError(Code.INTERNAL, f"internal error: {exc}")
+    return StatusError(Code.INTERNAL, INTERNAL_MESSAGE)
 
 
 #: Which pool runs a call: "reload" for config reloads, "control" for status and

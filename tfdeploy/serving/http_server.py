@@ -47,6 +47,8 @@ import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from tfdeploy.tfs.codes import INTERNAL_MESSAGE
+
 log = logging.getLogger("tfdeploy.serving.http")
 
 SERVER_NAME = b"tfdeploy-model-server"
@@ -343,9 +345,9 @@ def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits,
                 f"Deadline Exceeded: no response within {limits.timeout_seconds:g} s "
                 f"(waited {time.monotonic() - started:.1f} s)"))
             return
-        except Exception as exc:
+        except Exception:
             log.exception("handler failed on %s %s", scope["method"], scope["path"])
-            await respond(send, 500, error_body(f"internal error: {exc}"))
+            await respond(send, 500, error_body(INTERNAL_MESSAGE))
             return
         if (not isinstance(response, HttpResponse) or not 200 <= response.status <= 599
                 or not isinstance(response.body, (bytes, bytearray))

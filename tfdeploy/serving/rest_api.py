@@ -27,7 +27,7 @@ from urllib.parse import unquote
 from tfdeploy.serving import http_server
 from tfdeploy.serving.path import Call, deadline_in
 from tfdeploy.tfs import json_body, json_tensors, protos
-from tfdeploy.tfs.codes import Code, StatusError
+from tfdeploy.tfs.codes import INTERNAL_MESSAGE, Code, StatusError
 
 log = logging.getLogger("tfdeploy.serving.rest")
 
@@ -119,9 +119,9 @@ class RestApi:
             return json_reply(200, self._get(target))
         except StatusError as exc:
             return error_reply(exc)
-        except Exception as exc:  # never a dropped connection for a client
+        except Exception:  # never a dropped connection for a client
             log.exception("internal error")
-            return error_reply(StatusError(Code.INTERNAL, f"internal error: {exc}"))
+            return error_reply(StatusError(Code.INTERNAL, INTERNAL_MESSAGE))
 
     def _v2(self, method: str, path: str, headers, body: bytes,
             received: float | None) -> Reply:
