@@ -118,10 +118,13 @@ def test_native_runtime_runs_tensorflow_model_server_from_path(demo_base, tmp_pa
     shim.write_text(f"#!/bin/bash\nexec {sys.executable} -m tfdeploy.serving \"$@\"\n")
     shim.chmod(0o755)
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    out = json.loads(run_cli("serve", str(demo_base), "--runtime", "native", "--grpc-port",
-                             grpc_port, "--rest-port", rest_port, "--json", env=env).stdout)
+    proc = run_cli("serve", str(demo_base), "--runtime", "native", "--grpc-port",
+                   grpc_port, "--rest-port", rest_port, "--json", env=env)
+    out = json.loads(proc.stdout)
     try:
         assert out["runtime"] == "native" and out["versions"] == {"1": "AVAILABLE"}
+        # the official binary listens on all interfaces: said, and recorded as such
+        assert "listens on all interfaces" in proc.stderr and out["host"] == "0.0.0.0"
         assert out["command"][0] == str(shim)
         assert f"--model_base_path={demo_base}" in out["command"]
         assert not any(c.startswith("--grpc_host") for c in out["command"])  # not a real flag
