@@ -9,6 +9,7 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from certs import make_certs, ssl_config
@@ -63,3 +64,56 @@ def test_rest_over_https_with_client_certificates(mtls_server):
     assert "CERTIFICATE_VERIFY_FAILED" in str(err.value)
     with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
         _get(f"http://127.0.0.1:{srv.rest_port}/v1/models/deeplab", None, timeout=5)
+
+
+EXAMPLE = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.jpg"))[0]
+
+
+def test_client_speaks_tls_and_https_with_client_certificates(mtls_server, tmp_path):
+    """`predict` and `bench` (gRPC and REST) and `Client` with --tls-ca, a client
+    certificate and key, and a server-name override."""
+    from conftest import run_cli
+
+    import tfdeploy
+    from tfdeploy.client.tls import TlsConfig
+
+    srv, certs, _ = mtls_server
+    tls = ["--tls-ca", certs.ca, "--tls-cert", certs.client_cert, "--tls-key",
+           certs.client_key]
+    for transport, port in (("grpc", srv.grpc_port), ("rest", srv.rest_port)):
+        out = tmp_path / transport
+        run_cli("predict", EXAMPLE, "--server", f"127.0.0.1:{port}", "--transport",
+                transport, "-o", out, *tls, "--tls-server-name", "localhost")
+        assert (out / f"{EXAMPLE.stem}.png").is_file()
+    proc = run_cli("bench", EXAMPLE, "--server", f"127.0.0.1:{srv.grpc_port}", "-n", "2",
+                   *tls, "--json")
+    assert json.loads(proc.stdout)  # both requests answered (exit code 0)
+    config = TlsConfig(ca=certs.ca, cert=certs.client_cert, key=certs.client_key)
+    for transport, port in (("grpc", srv.grpc_port), ("rest", srv.rest_port)):
+        client = tfdeploy.Client(f"127.0.0.1:{port}", transport, tls=config)
+        assert client.status() == {1: "AVAILABLE"}
+        assert client.predict(EXAMPLE).mode == "P"
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_wrong_ca_or_name_is_refused_at_once_with_a_clear_message(mtls_server, transport):
+    from conftest import run_cli
+
+    srv, certs, _ = mtls_server
+    port = srv.grpc_port if transport == "grpc" else srv.rest_port
+    base = ["predict", EXAMPLE, "--server", f"127.0.0.1:{port}", "--transport", transport,
+            "--tls-cert", certs.client_cert, "--tls-key", certs.client_key]
+    for extra, says in ((["--tls-ca", certs.wrong_ca], "not signed by the CA given with "
+                                                       "--tls-ca"),
+                        (["--tls-ca", certs.ca, "--tls-server-name", "other.example"],
+                         "TLS handshake with 127.0.0.1")):
+        started = time.monotonic()
+        proc = run_cli(*base, *extra, check=False)
+        assert proc.returncode != 0
+        assert says in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert time.monotonic() - started < 25, "a certificate problem was retried"
+    # a plain client at a TLS server is told to use TLS
+    proc = run_cli("predict", EXAMPLE, "--server", f"127.0.0.1:{port}", "--transport",
+                   transport, "--retries", "0", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
