@@ -257,6 +257,8 @@ def test_serve_spec_units(demo_base, tmp_path):
     free.resolve_ports()
     assert free.grpc_port > 0 and free.rest_port > 0 and free.grpc_port != free.rest_port
     assert parse_volume(f"{tmp_path}:/data:ro") == (str(tmp_path), "/data", True)
+    assert parse_volume(f"{tmp_path}:/data") == (str(tmp_path), "/data", True)  # read-only
+    assert parse_volume(f"{tmp_path}:/data:rw") == (str(tmp_path), "/data", False)
     with pytest.raises(UserError, match="no such path"):
         parse_volume(f"{tmp_path}/nope:/data")
     assert ServeSpec(base_path=demo_base).model_names() == ["deeplab"]
