@@ -18,4 +18,7 @@ ENV MODEL_NAME=model MODEL_BASE_PATH=/models TF_CPP_MIN_LOG_LEVEL=3 PATH=/opt/tf
 COPY tf_serving_entrypoint.sh /usr/bin/tf_serving_entrypoint.sh
 RUN chmod +x /usr/bin/tf_serving_entrypoint.sh && mkdir -p /models
 EXPOSE 8500 8501
+# Not root: the server needs no privilege (tfdeploy serve and the manifests set a user
+# too; this covers a plain `docker run`).
+USER 1000:1000
 ENTRYPOINT ["/usr/bin/tf_serving_entrypoint.sh"]

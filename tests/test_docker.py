@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -242,3 +243,50 @@ def test_gpu_is_checked_before_any_pull(demo_base):
                    "--rest-port", free_port(), check=False)  # auto: no runtime fits
     assert proc.returncode == 2 and f"not docker: {NO_GPU_HINT}" in proc.stderr
     assert new_containers(before) == [] and state.load_all() == {}
+
+
+def test_containers_are_hardened_and_still_serve(demo_base, tmp_path):
+    """Issue 24: `docker inspect` of a real container shows a non-root user, a read-only
+    root filesystem with a bounded /tmp, no capabilities, no-new-privileges, pids and
+    memory limits, and extra mounts read-only unless :rw; it still serves predictions.
+    The docker socket is refused as a volume."""
+    ro, rw = tmp_path / "ro", tmp_path / "rw"
+    ro.mkdir()
+    rw.mkdir()
+    before = {c.id for c in ours()}
+    run_cli("serve", str(demo_base), "--runtime", "docker", "--image", EMBEDDED_IMAGE,
+            "--name", "hardened", "--grpc-port", free_port(), "--rest-port", free_port(),
+            "-v", f"{ro}:/extra", "-v", f"{rw}:/scratch:rw", "--pids-limit", "512")
+    try:
+        (container,) = new_containers(before)
+        host = container.attrs["HostConfig"]
+        assert container.attrs["Config"]["User"] == "1000:1000"
+        assert host["ReadonlyRootfs"] is True
+        assert host["Tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=256m,mode=1777"}
+        assert host["CapDrop"] == ["ALL"] and not host["CapAdd"]
+        assert host["SecurityOpt"] == ["no-new-privileges:true"]
+        assert host["PidsLimit"] == 512 and host["Memory"] == 4 * 1024 ** 3
+        assert host["Privileged"] is False
+        mounts = {m["Destination"]: m["RW"] for m in container.attrs["Mounts"]}
+        assert mounts == {"/models/deeplab": False, "/extra": False, "/scratch": True}
+        # the server really runs as that user, and cannot write outside /tmp
+        top = container.top(ps_args="-o pid,uid,args")["Processes"]
+        assert top and all(p[1] == "1000" for p in top), top
+        assert container.exec_run(["touch", "/etc/x"]).exit_code != 0
+        assert container.exec_run(["touch", "/models/deeplab/x"]).exit_code != 0
+        assert container.exec_run(["touch", "/tmp/x"]).exit_code == 0
+        masks = tmp_path / "masks"
+        run_cli("predict", str(EXAMPLES[0]), "--name", "hardened", "-o", str(masks))
+        assert (masks / f"{EXAMPLES[0].stem}.png").is_file()
+    finally:
+        run_cli("stop", "hardened")
+    for sock in ("/var/run/docker.sock", "/run/docker.sock"):
+        if Path(sock).is_socket():
+            for volume in (f"{sock}:/var/run/docker.sock", f"{Path(sock).parent}:/hostrun"):
+                proc = run_cli("serve", str(demo_base), "--runtime", "docker", "--image",
+                               EMBEDDED_IMAGE, "-v", volume, "--grpc-port", free_port(),
+                               "--rest-port", free_port(), check=False)
+                assert proc.returncode == 2, proc.stderr
+                assert "docker socket" in proc.stderr and "Traceback" not in proc.stderr
+            break
+    assert new_containers(before) == []

@@ -65,8 +65,8 @@ def test_k8s_local_base_path_filled_from_bucket(tmp_path, demo_base):
                         "--batching-parameters-file", batching, "-o", tmp_path / "deploy")
     _validate(objects)
     kinds = [o["kind"] for o in objects]
-    assert kinds == ["ConfigMap", "Deployment", "Service", "PodDisruptionBudget",
-                     "HorizontalPodAutoscaler"]
+    assert kinds == ["ConfigMap", "Deployment", "Service", "NetworkPolicy",
+                     "PodDisruptionBudget", "HorizontalPodAutoscaler"]
     by_kind = {o["kind"]: o for o in objects}
     assert set(by_kind["ConfigMap"]["data"]) == {"monitoring.config", "models.config",
                                                  "batching.config"}
@@ -101,7 +101,10 @@ def test_k8s_local_base_path_filled_from_bucket(tmp_path, demo_base):
     assert claim["storageClassName"] == "fast-ssd"
     (fill,) = pod["initContainers"]
     assert fill["image"].startswith("amazon/aws-cli:")
-    assert "aws s3 sync --no-progress s3://bucket/deeplab /models/deeplab" in fill["command"][-1]
+    # the URI and destination are the script's "$1" and "$2": the shell never parses them
+    assert fill["command"][:2] == ["sh", "-c"]
+    assert 'aws s3 sync --no-progress "$1" "$2"' in fill["command"][2]
+    assert fill["command"][3:] == ["fill-models", "s3://bucket/deeplab", "/models/deeplab"]
     assert fill["envFrom"] == [{"secretRef": {"name": "aws-credentials"}}]
     assert {"name": "models", "mountPath": "/models"} in fill["volumeMounts"]
     spread = pod["topologySpreadConstraints"]
@@ -127,13 +130,14 @@ def test_k8s_gpu_from_bucket_with_credentials(tmp_path):
                         "-o", tmp_path)
     _validate(objects)
     assert [o["kind"] for o in objects] == ["ConfigMap", "Deployment", "Service",
-                                            "PodDisruptionBudget", "HorizontalPodAutoscaler",
-                                            "ServiceMonitor"]
+                                            "NetworkPolicy", "PodDisruptionBudget",
+                                            "HorizontalPodAutoscaler", "ServiceMonitor"]
     pod = _pod(objects)
     (container,) = pod["containers"]
     assert container["image"] == DIGEST_IMAGE  # pinned by digest, kept as given
     resources = container["resources"]
-    assert resources["limits"] == {"memory": "8Gi", "cpu": "4", "nvidia.com/gpu": 2}
+    assert resources["limits"] == {"memory": "8Gi", "cpu": "4", "nvidia.com/gpu": 2,
+                                   "ephemeral-storage": "1Gi"}
     assert resources["requests"]["nvidia.com/gpu"] == 2
     assert "--model_base_path=gs://bucket/models/deeplab" in container["args"]
     # a GPU load gets longer before liveness may kill it
@@ -161,7 +165,7 @@ def test_k8s_existing_claim_and_fixed_replicas(tmp_path):
                         "3", "--max-replicas", "3", "-o", tmp_path)
     _validate(objects)
     assert [o["kind"] for o in objects] == ["ConfigMap", "Deployment", "Service",
-                                            "PodDisruptionBudget"]
+                                            "NetworkPolicy", "PodDisruptionBudget"]
     deployment = objects[1]
     assert deployment["spec"]["replicas"] == 3  # no HPA: the Deployment holds the count
     pod = _pod(objects)
@@ -350,3 +354,53 @@ def test_compose_hint_names_the_installed_command(tmp_path, demo_base):
     (service,) = yaml.safe_load((tmp_path / "compose.yaml").read_text())["services"].values()
     assert service["healthcheck"]["start_period"] == "1200s"
     assert service["healthcheck"]["test"][:2] == ["CMD", "bash"]
+
+
+def test_every_target_is_hardened(tmp_path, demo_base):
+    """Issue 24: bounded writable /tmp and ephemeral storage, a NetworkPolicy admitting
+    only labelled clients and Prometheus to the serving ports, KServe's predictor locked
+    down like the Deployment, compose containers non-root with memory and pids limits."""
+    objects = _manifest("-t", "k8s", demo_base, "--fill-from", "gs://bucket/deeplab",
+                        "-o", tmp_path / "k8s")
+    _validate(objects)
+    pod = _pod(objects)
+    assert {v["name"]: v for v in pod["volumes"]}["tmp"] == {
+        "name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}
+    for container in pod["containers"] + pod["initContainers"]:
+        resources = container["resources"]
+        assert resources["limits"]["ephemeral-storage"] == "1Gi", container["name"]
+        assert resources["requests"]["ephemeral-storage"] == "256Mi"
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    (policy,) = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "deeplab-serving"}
+    assert spec["policyTypes"] == ["Ingress"]
+    clients, prometheus = spec["ingress"]
+    assert clients["from"] == [{"podSelector": {"matchLabels": {
+        "tfdeploy/client": "deeplab-serving"}}}]
+    assert [p["port"] for p in clients["ports"]] == ["grpc", "http"]
+    assert prometheus["from"][0]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "prometheus"}
+    assert [p["port"] for p in prometheus["ports"]] == ["http"]
+
+    (isvc,) = _manifest("-t", "kserve", "gs://bucket/deeplab", "-o", tmp_path / "kserve")
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["securityContext"]["runAsNonRoot"] is True
+    assert predictor["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = predictor["model"]["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert predictor["model"]["resources"]["limits"]["ephemeral-storage"] == "1Gi"
+    assert predictor["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]
+
+    run_cli("manifest", "-t", "compose", demo_base, "--memory", "3Gi", "-o", tmp_path / "c")
+    (service,) = yaml.safe_load((tmp_path / "c" / "compose.yaml").read_text())[
+        "services"].values()
+    assert service["user"] == "1000:1000"
+    assert service["mem_limit"] == 3 * 2**30 and service["pids_limit"] == 4096
+    assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
+    assert service["security_opt"] == ["no-new-privileges:true"]
+    assert service["tmpfs"] == [f"/tmp:size={256 * 2**20},mode=1777"]
+    assert service["volumes"][0] == {"type": "bind", "source": str(demo_base),
+                                     "target": "/models/deeplab", "read_only": True}

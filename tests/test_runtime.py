@@ -118,10 +118,13 @@ def test_native_runtime_runs_tensorflow_model_server_from_path(demo_base, tmp_pa
     shim.write_text(f"#!/bin/bash\nexec {sys.executable} -m tfdeploy.serving \"$@\"\n")
     shim.chmod(0o755)
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    out = json.loads(run_cli("serve", str(demo_base), "--runtime", "native", "--grpc-port",
-                             grpc_port, "--rest-port", rest_port, "--json", env=env).stdout)
+    proc = run_cli("serve", str(demo_base), "--runtime", "native", "--grpc-port",
+                   grpc_port, "--rest-port", rest_port, "--json", env=env)
+    out = json.loads(proc.stdout)
     try:
         assert out["runtime"] == "native" and out["versions"] == {"1": "AVAILABLE"}
+        # the official binary listens on all interfaces: said, and recorded as such
+        assert "listens on all interfaces" in proc.stderr and out["host"] == "0.0.0.0"
         assert out["command"][0] == str(shim)
         assert f"--model_base_path={demo_base}" in out["command"]
         assert not any(c.startswith("--grpc_host") for c in out["command"])  # not a real flag
@@ -254,6 +257,8 @@ def test_serve_spec_units(demo_base, tmp_path):
     free.resolve_ports()
     assert free.grpc_port > 0 and free.rest_port > 0 and free.grpc_port != free.rest_port
     assert parse_volume(f"{tmp_path}:/data:ro") == (str(tmp_path), "/data", True)
+    assert parse_volume(f"{tmp_path}:/data") == (str(tmp_path), "/data", True)  # read-only
+    assert parse_volume(f"{tmp_path}:/data:rw") == (str(tmp_path), "/data", False)
     with pytest.raises(UserError, match="no such path"):
         parse_volume(f"{tmp_path}/nope:/data")
     assert ServeSpec(base_path=demo_base).model_names() == ["deeplab"]

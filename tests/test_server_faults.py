@@ -383,12 +383,21 @@ def test_ssl_config_file_serves_grpc_over_tls(model_dir, tmp_path):
                       "client_verify: false\n")
     _, srv = serve_one(model_dir, tmp_path, "hp2", f"--ssl_config_file={config}")
     try:
-        srv.wait_available(1, model="hp2")  # REST stays plain, as in TF Serving
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = "hp2"
         secure = grpc.secure_channel(srv.grpc_target, grpc.ssl_channel_credentials(cert),
                                      options=[("grpc.ssl_target_name_override", "localhost")])
-        status = model_service_pb2_grpc.ModelServiceStub(secure).GetModelStatus(request, 30)
+        deadline = time.monotonic() + 120  # REST is HTTPS too (ours): wait over gRPC
+        while True:
+            try:
+                status = model_service_pb2_grpc.ModelServiceStub(secure).GetModelStatus(
+                    request, 30)
+                if [v.state for v in status.model_version_status] == [30]:
+                    break
+            except grpc.RpcError:
+                pass
+            assert time.monotonic() < deadline and srv.proc.poll() is None, srv.log()
+            time.sleep(0.3)
         assert [v.state for v in status.model_version_status] == [30]
         plain = grpc.insecure_channel(srv.grpc_target)
         with pytest.raises(grpc.RpcError) as err:

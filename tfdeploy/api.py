@@ -91,7 +91,8 @@ def serve(base: str | Path | None = "models/deeplab", *, runtime: str = "auto",
     ``enable_batching``, ``batching_parameters_file``, ``monitoring_config_file``,
     ``gpu``, ``gpus``, ``image``, ``restart``, ``poll_seconds``, ``extra_flags``
     (tensorflow_model_server flags), ``env``, and docker's ``cpus``, ``memory``,
-    ``volumes``.  An option the chosen runtime would ignore raises ``UserError``.
+    ``volumes``, ``user``, ``pids_limit``.  An option the chosen runtime would ignore
+    raises ``UserError``.
 
     The returned ``Server`` has ``.grpc_address``, ``.rest_url``, ``.client()`` and
     ``.stop()``; as a context manager it stops the server at the end of the block.

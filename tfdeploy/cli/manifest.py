@@ -47,7 +47,8 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
               help="Pod node selector (repeatable), e.g. for GPU node pools.")
 @click.option("--cpu", default=None, help="k8s/kserve: CPU request per replica [1].")
 @click.option("--cpu-limit", default=None, help="k8s/kserve: CPU limit [none].")
-@click.option("--memory", default=None, help="k8s/kserve: memory request = limit [2Gi].")
+@click.option("--memory", default=None,
+              help="k8s/kserve: memory request = limit; compose: memory limit [2Gi].")
 @click.option("--startup-timeout", type=int, default=None, metavar="SECONDS",
               help="k8s/compose: time a replica gets to load the model before failed "
                    "health checks count [300, 900 with --gpu].")

@@ -48,6 +48,38 @@ def _version(ctx, param, value: str | None) -> int | None:
                                  f"label use --label {value})") from None
 
 
+def _tls_options(fn):
+    """--tls-ca, --tls-cert, --tls-key, --tls-server-name: gRPC over TLS / REST over
+    HTTPS.  Kept in the context (not parameters) so every client command takes them the
+    same way."""
+    def keep(ctx, param, value):
+        if value is not None:
+            ctx.meta.setdefault("tls", {})[param.name] = value
+        return value
+
+    for flag, help_text in reversed((
+            ("--tls-ca", "Speak TLS (gRPC) / HTTPS (REST), trusting this CA (PEM file)."),
+            ("--tls-cert", "Client certificate (PEM) for servers that require one (mTLS)."),
+            ("--tls-key", "Key of --tls-cert (PEM)."),
+            ("--tls-server-name", "Name the server's certificate must carry, when it is "
+                                  "not the address's host."))):
+        fn = click.option(flag, default=None, expose_value=False, callback=keep,
+                          metavar="NAME" if flag.endswith("name") else "FILE",
+                          help=help_text)(fn)
+    return fn
+
+
+def _tls_config():
+    """The TlsConfig the --tls-* options describe, or None (plain gRPC / HTTP)."""
+    given = click.get_current_context().meta.get("tls")
+    if not given:
+        return None
+    from tfdeploy.client.tls import TlsConfig
+
+    return TlsConfig(ca=given.get("tls_ca"), cert=given.get("tls_cert"),
+                     key=given.get("tls_key"), server_name=given.get("tls_server_name"))
+
+
 def _retry_options(fn):
     """--retries / --retry-timeout: how long a request rides out an unavailable, hung or
     restarting server (defaults outlast a 10 s restart)."""
@@ -76,7 +108,8 @@ def _predictor(server, name, transport, timeout, retries, retry_timeout, model_n
     addresses, model_name = client_target(server, transport, name, model_name)
     client = Client(addresses, transport, model=model_name, signature=signature,
                     version=version, label=label, timeout=timeout, retries=retries,
-                    retry_timeout=retry_timeout, protocol=protocol)
+                    retry_timeout=retry_timeout, protocol=protocol,
+                    tls=_tls_config())
     client.class_names = class_names(target_record(server, addresses, name), model_name)
     try:
         return client.predictor(**kw)
@@ -135,6 +168,7 @@ def _check_inputs(items) -> list[str]:
 @click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True,
               help="Seconds one attempt may take at one endpoint (its deadline).")
 @_retry_options
+@_tls_options
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document: per-image class pixel counts and a summary.")
 def predict(images: tuple[str, ...], server, name, transport, protocol, model_name, signature,
@@ -253,6 +287,7 @@ def _rates(ctx, param, text: str | None) -> list[float] | None:
 @click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True,
               help="Seconds one attempt may take at one endpoint (its deadline).")
 @_retry_options
+@_tls_options
 @click.option("--csv", "csv_file", type=click.Path(path_type=Path), default=None,
               help="Also write the results as CSV (- for stdout).")
 @click.option("--from-log", "from_log", default=None, metavar="LOGDIR",

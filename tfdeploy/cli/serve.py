@@ -62,11 +62,16 @@ def _env(ctx, param, values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--restart", type=click.Choice(["no", "on-failure", "unless-stopped", "always"]),
               default=None, help="Docker restart policy.")
 @click.option("--cpus", type=float, default=None, help="Docker: CPU limit (e.g. 1.5).")
-@click.option("--memory", default=None, metavar="SIZE", help="Docker: memory limit (512m, 2g).")
+@click.option("--memory", default=None, metavar="SIZE",
+              help="Docker: memory limit (512m, 2g; none = no limit) [4g].")
+@click.option("--user", default=None, metavar="UID[:GID]",
+              help="Docker: user the container runs as [1000:1000, never root unless asked].")
+@click.option("--pids-limit", type=int, default=None,
+              help="Docker: most processes/threads in the container [4096].")
 @click.option("--env", "-e", "env", multiple=True, callback=_env, metavar="KEY=VALUE",
               help="Environment of the server (repeatable), e.g. cloud credentials.")
-@click.option("--volume", "-v", "volumes", multiple=True, metavar="HOST:CONTAINER[:ro]",
-              help="Docker: an extra bind mount (repeatable).")
+@click.option("--volume", "-v", "volumes", multiple=True, metavar="HOST:CONTAINER[:rw]",
+              help="Docker: an extra bind mount (repeatable), read-only unless :rw.")
 @click.option("--poll-seconds", type=float, default=1.0, show_default=True,
               help="How often the server looks for new versions.")
 @click.option("--foreground", is_flag=True, help="Stay attached; Ctrl-C stops the server.")
@@ -76,8 +81,8 @@ def _env(ctx, param, values: tuple[str, ...]) -> dict[str, str]:
               help="Print the server's record (ports, pid, versions) as JSON.")
 def serve(base, server_flags, model_name, name, runtime, gpu, gpus, grpc_port, rest_port,
           host, image, model_config_file, enable_batching, batching_parameters_file,
-          monitoring_config_file, restart, cpus, memory, env, volumes, poll_seconds,
-          foreground, timeout, as_json, config_poll) -> None:
+          monitoring_config_file, restart, cpus, memory, user, pids_limit, env, volumes,
+          poll_seconds, foreground, timeout, as_json, config_poll) -> None:
     """Serve a model base path with TF Serving (docker, native) or the embedded server.
 
     BASE defaults to models/deeplab.  The server runs in the background until
@@ -112,7 +117,7 @@ def serve(base, server_flags, model_name, name, runtime, gpu, gpus, grpc_port, r
                    image=image, restart=None if restart == "no" else restart,
                    poll_seconds=poll_seconds, config_poll=config_poll,
                    extra_flags=flags, env=env, cpus=cpus,
-                   memory=memory, volumes=list(volumes))
+                   memory=memory, volumes=list(volumes), user=user, pids_limit=pids_limit)
     say = progress_printer(as_json)
     if foreground:
         spec = ServeSpec(base_path=base, model_name=model_name, name=name or "", host=host,

@@ -10,6 +10,7 @@ import grpc
 
 from tfdeploy.client.base import ClientError, Transport
 from tfdeploy.client.defaults import DEFAULT_TIMEOUT
+from tfdeploy.client.tls import TlsConfig, handshake_failure, handshake_message
 from tfdeploy.tfs import protos, requests
 from tfdeploy.tfs.names import MASK_PNG, SERVING_DEFAULT
 from tfdeploy.tfs.saved_model import Signature, signature
@@ -29,9 +30,11 @@ _OPTIONS = [
 class GrpcTransport(Transport):
     name = "grpc"
 
-    def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT):
-        self.address, self.timeout = address, timeout
-        self._channel = grpc.insecure_channel(address, options=_OPTIONS)
+    def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT,
+                 tls: TlsConfig | None = None):
+        self.address, self.timeout, self.tls = address, timeout, tls
+        self._channel = (tls.grpc_channel(address, _OPTIONS) if tls is not None
+                         else grpc.insecure_channel(address, options=_OPTIONS))
         services = protos.module("tensorflow_serving.apis.prediction_service_pb2_grpc")
         self._predictions = services.PredictionServiceStub(self._channel)
         self._models = None  # ModelService stub, made on first use
@@ -40,6 +43,11 @@ class GrpcTransport(Transport):
         details = exc.details() or str(exc.code())
         # an HTTP/1.1 server (a REST port) answered: the wrong port, not a passing fault
         wrong_protocol = "Failed parsing HTTP/2" in details
+        if exc.code() == grpc.StatusCode.UNAVAILABLE and handshake_failure(details):
+            # asking again cannot change a certificate: not retried, said plainly
+            return ClientError(exc.code().name, handshake_message(self.address, details,
+                                                                  self.tls),
+                               self.address, retryable=False)
         refused = exc.code() == grpc.StatusCode.UNAVAILABLE and not wrong_protocol and (
             "failed to connect" in details.lower() or "refused" in details.lower())
         return ClientError(exc.code().name, details, self.address,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from tfdeploy.client.base import ClientError, Transport
 from tfdeploy.client.defaults import DEFAULT_RETRIES, DEFAULT_RETRY_TIMEOUT, DEFAULT_TIMEOUT
+from tfdeploy.client.tls import TlsConfig
 from tfdeploy.tfs.names import DEFAULT_PORTS, SERVING_DEFAULT
 from tfdeploy.tfs.saved_model import Signature
 
@@ -223,12 +224,12 @@ def connect(addresses: str | Iterable[str], transport: str = "grpc",
             timeout: float = DEFAULT_TIMEOUT,
             retries: int = DEFAULT_RETRIES,
             retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
-            protocol: str = "v1") -> EndpointPool:
+            protocol: str = "v1", tls: TlsConfig | None = None) -> EndpointPool:
     """An EndpointPool over ``addresses`` (``host[:port]``, or several comma-separated)
     speaking ``transport`` (``grpc`` or ``rest``); ``timeout`` is each attempt's deadline
     at one endpoint, ``retries`` / ``retry_timeout`` bound the retries of a call.
     ``protocol`` ``v1`` is TF Serving's API, ``v2`` the Open Inference Protocol (over
-    REST: ``client/v2_transport.py``)."""
+    REST: ``client/v2_transport.py``); ``tls`` makes it gRPC over TLS / REST over HTTPS."""
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
     if protocol not in PROTOCOLS:
@@ -237,11 +238,14 @@ def connect(addresses: str | Iterable[str], transport: str = "grpc",
         raise ValueError("protocol v2 is spoken over REST here: use transport rest")
     items = [addresses] if isinstance(addresses, str) else list(addresses)
     parsed = parse_addresses(items, transport)
+    if protocol == "v2" and tls is not None:
+        raise ValueError("TLS is not implemented for protocol v2 yet: use protocol v1")
     if protocol == "v2":
         from tfdeploy.client.v2_transport import V2RestTransport as cls
     elif transport == "grpc":
         from tfdeploy.client.grpc_transport import GrpcTransport as cls
     else:
         from tfdeploy.client.rest_transport import RestTransport as cls
-    return EndpointPool({a: cls(a, timeout=timeout) for a in dict.fromkeys(parsed)},
+    extra = {"tls": tls} if tls is not None else {}
+    return EndpointPool({a: cls(a, timeout=timeout, **extra) for a in dict.fromkeys(parsed)},
                         retries=retries, retry_timeout=retry_timeout)

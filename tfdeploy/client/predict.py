@@ -21,6 +21,7 @@ from PIL import Image
 from tfdeploy.client import images, masks
 from tfdeploy.client.base import ClientError, Transport
 from tfdeploy.client.defaults import DEFAULT_RETRIES, DEFAULT_RETRY_TIMEOUT, DEFAULT_TIMEOUT
+from tfdeploy.client.tls import TlsConfig
 from tfdeploy.tfs import names
 from tfdeploy.tfs.codes import Code
 from tfdeploy.tfs.saved_model import Signature
@@ -344,7 +345,8 @@ class Client:
                  version: int | None = None, label: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT,
                  retries: int = DEFAULT_RETRIES, retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
-                 max_side: int | None = None, protocol: str = "v1"):
+                 max_side: int | None = None, protocol: str = "v1",
+                 tls: TlsConfig | None = None):
         """``version`` (a number) or ``label`` (a version label of the server's model
         config, e.g. ``"stable"``) picks the model version; neither: the latest.
         ``protocol="v2"`` speaks the Open Inference Protocol (with ``transport="rest"``)."""
@@ -357,7 +359,7 @@ class Client:
         self._signature = signature
         self.transport: Transport = connect(address, transport, timeout=timeout,
                                             retries=retries, retry_timeout=retry_timeout,
-                                            protocol=protocol)
+                                            protocol=protocol, tls=tls)
         self._predictor: Predictor | None = None
         self._executor: ThreadPoolExecutor | None = None
         #: class index -> name where known (``Server.client()`` fills it from the export)

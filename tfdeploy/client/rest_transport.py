@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from tfdeploy.client.base import ClientError, Transport
 from tfdeploy.client.defaults import DEFAULT_TIMEOUT
+from tfdeploy.client.tls import TlsConfig, handshake_failure, handshake_message
 from tfdeploy.tfs import json_tensors, protos, requests
 from tfdeploy.tfs.codes import Code, StatusError
 from tfdeploy.tfs.names import MASK_PNG, SERVING_DEFAULT
@@ -25,16 +27,18 @@ if TYPE_CHECKING:
 class RestTransport(Transport):
     name = "rest"
 
-    def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT):
-        self.address, self.timeout = address, timeout
+    def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT,
+                 tls: TlsConfig | None = None):
+        self.address, self.timeout, self.tls = address, timeout, tls
+        self._open = tls.opener().open if tls is not None else urllib.request.urlopen
 
     def _http(self, method: str, path: str, body: dict | None = None):
-        url = f"http://{self.address}{path}"
+        url = f"{'https' if self.tls else 'http'}://{self.address}{path}"
         data = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
         req = urllib.request.Request(url, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with self._open(req, timeout=self.timeout) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             try:
@@ -42,8 +46,13 @@ class RestTransport(Transport):
             except ValueError:
                 message = str(exc.reason)
             raise ClientError(Code.from_http(exc.code), message, self.address) from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        except (urllib.error.URLError, ConnectionError, TimeoutError, ssl.SSLError) as exc:
             reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ssl.SSLError) or (
+                    self.tls and handshake_failure(str(reason))):
+                raise ClientError(Code.UNAVAILABLE,
+                                  handshake_message(self.address, str(reason), self.tls),
+                                  self.address, retryable=False) from None
             refused = isinstance(reason, OSError) and not isinstance(reason, TimeoutError)
             raise ClientError(Code.UNAVAILABLE, f"cannot reach {url}: {reason}",
                               self.address, refused=refused) from None

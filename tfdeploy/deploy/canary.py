@@ -163,7 +163,10 @@ def kserve(spec: ManifestSpec, objects: list[dict[str, Any]]) -> list[dict[str, 
 
 
 def next_steps(spec: ManifestSpec, target: str, file: Path) -> list[str]:
-    """How to watch, promote and roll back the canary this manifest starts."""
+    """How to watch, promote and roll back the canary this manifest starts (paths
+    shell-quoted: they are commands to paste)."""
+    import shlex
+
     if spec.canary_percent is None:
         return []
     if target == "kserve":
@@ -181,7 +184,8 @@ def next_steps(spec: ManifestSpec, target: str, file: Path) -> list[str]:
     return [f"canary: version {spec.canary_version} on {canary} pod(s), version "
             f"{spec.stable_version} on {spec.replicas}: about {share:.0f}% of connections "
             "(gRPC keeps a connection: spread clients, or use a mesh for exact shares)",
-            f"promote: tfdeploy manifest -t k8s {spec.source} --stable-version "
-            f"{spec.canary_version} ... && kubectl apply -f {file} && kubectl delete "
+            f"promote: tfdeploy manifest -t k8s {shlex.quote(spec.source)} --stable-version "
+            f"{spec.canary_version} ... && kubectl apply -f {shlex.quote(str(file))} && "
+            "kubectl delete "
             f"deployment {spec.name}-canary{ns}",
             f"rollback: kubectl delete deployment {spec.name}-canary{ns}"]

@@ -29,6 +29,9 @@ def compose_command() -> list[str] | None:
 
 def up_hint(compose_file: str) -> str:
     """The command that starts ``compose_file`` with the compose installed here."""
+    import shlex
+
+    compose_file = shlex.quote(compose_file)
     cmd = compose_command()
     if cmd is None:
         return (f"install docker compose (v2 plugin) or docker-compose (v1), then: "

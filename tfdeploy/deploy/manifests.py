@@ -33,6 +33,19 @@ MODELS_DIR = "/models"
 SECRETS_DIR = "/var/run/secrets/tfdeploy"
 # Images that copy a bucket into the pod's volume (``--fill-image`` overrides).
 FILL_IMAGES = {"gs://": "google/cloud-sdk:488.0.0-slim", "s3://": "amazon/aws-cli:2.17.0"}
+#: The writable /tmp of read-only containers: bounded, so a runaway writer fills its own
+#: volume, not the node's disk.  Ephemeral storage (that /tmp and the container's logs)
+#: is requested and limited for the same reason.
+TMP_SIZE = "256Mi"
+EPHEMERAL = {"requests": "256Mi", "limits": "1Gi"}
+#: compose / docker: a non-root user (the official image runs as root by default; TF
+#: Serving needs no privilege), a pids limit and a memory limit, all changeable.
+CONTAINER_USER = "1000:1000"
+PIDS_LIMIT = 4096
+#: Pods the NetworkPolicy admits: those labelled ``tfdeploy/client: <name>`` (any port
+#: the Service has) and Prometheus (metrics on the REST port) from any namespace.
+CLIENT_LABEL = "tfdeploy/client"
+PROMETHEUS_LABELS = {"app.kubernetes.io/name": "prometheus"}
 DEFAULTS: dict[str, Any] = {"pvc_size": "2Gi", "cpu": "1", "memory": "2Gi",
                             "grpc_port": GRPC, "rest_port": REST, "host": "127.0.0.1",
                             "transport": "grpc"}
@@ -97,6 +110,10 @@ class ManifestSpec:
         return f"{self.model_name}-serving".lower().replace("_", "-")
 
     @property
+    def kserve_name(self) -> str:
+        return self.model_name.lower().replace("_", "-")
+
+    @property
     def labels(self) -> dict[str, str]:
         return {"app.kubernetes.io/name": self.name, **MANAGED_BY}
 
@@ -133,6 +150,7 @@ class ManifestSpec:
         if self.startup_timeout is not None and self.startup_timeout < 10:
             raise UserError("must be at least 10 seconds", param="startup_timeout")
         options.check_scale(target, self.scale_metric, self.scale_target)
+        self._check_values(target)
         for opt, name in (("pvc", self.pvc), ("service_account", self.service_account),
                           ("secret_env", self.secret_env)):
             if name is not None:
@@ -156,6 +174,38 @@ class ManifestSpec:
                 setattr(self, key, value)
         self.image = self.image or default_image(self.gpu_count > 0)
         return self
+
+    def _check_values(self, target: str) -> None:
+        """Every value that reaches a file or a printed command is what it claims to be
+        (deliverable of issue 24: no value may escape its argument or change meaning)."""
+        options.check_model_name(self.model_name)
+        if target == "kserve":
+            options.check_service_name(self.model_name, self.kserve_name)
+        elif target == "k8s":
+            options.check_service_name(self.model_name, self.name)
+        if self.remote:
+            options.check_source_uri(self.source)
+        elif "\0" in self.source:
+            raise UserError("is not a path", param="source")
+        if self.fill_from is not None and self.fill_from.startswith(options.FILL_SCHEMES):
+            options.check_bucket_uri("fill_from", self.fill_from)
+        for opt in ("image", "fill_image"):
+            if getattr(self, opt) is not None:
+                options.check_image(opt, getattr(self, opt))
+        for opt in ("cpu", "cpu_limit", "memory", "pvc_size"):
+            if getattr(self, opt) is not None:
+                options.check_quantity(opt, getattr(self, opt))
+        if self.storage_class is not None:
+            options.check_object_name("storage_class", self.storage_class)
+        for key, value in self.node_selector.items():
+            options.check_label("node_selector", key, value)
+        if self.host is not None:
+            options.check_host(self.host)
+        for opt in ("grpc_port", "rest_port"):
+            port = getattr(self, opt)
+            if port is not None and not 1 <= port <= 65535 - 2 * self.replicas:
+                raise UserError("must be a port number (1-65535, room for every replica)",
+                                param=opt)
 
     def _check_storage(self, target: str) -> None:
         if self.remote:
@@ -240,8 +290,10 @@ def _batching_args() -> list[str]:
 def _resources(spec: ManifestSpec, gpu_as: type = int) -> dict[str, Any]:
     """Requests = limits for memory (an OOM kill beats a node under pressure), a CPU
     limit only when asked (throttling slows every request), GPUs as whole devices."""
-    resources: dict[str, Any] = {"requests": {"cpu": spec.cpu, "memory": spec.memory},
-                                 "limits": {"memory": spec.memory}}
+    resources: dict[str, Any] = {
+        "requests": {"cpu": spec.cpu, "memory": spec.memory,
+                     "ephemeral-storage": EPHEMERAL["requests"]},
+        "limits": {"memory": spec.memory, "ephemeral-storage": EPHEMERAL["limits"]}}
     if spec.cpu_limit:
         resources["limits"]["cpu"] = spec.cpu_limit
     if spec.gpu_count:
@@ -287,19 +339,23 @@ def _fill_container(spec: ManifestSpec, mounts: list[dict]) -> dict[str, Any]:
     uri = spec.fill_from or ""
     dest = f"{MODELS_DIR}/{spec.model_name}"
     cli_env: list[dict] = []  # both CLIs write their config under HOME (read-only root)
+    # The URI and the destination are the script's positional parameters ("$1", "$2"):
+    # the shell never parses them, whatever characters they hold.
     if uri.startswith("gs://"):
-        copy = f"gcloud storage rsync --recursive {uri} {dest}"
+        copy = 'gcloud storage rsync --recursive "$1" "$2"'
         cli_env.append({"name": "CLOUDSDK_CONFIG", "value": "/tmp/gcloud"})
     else:
-        copy = f"aws s3 sync --no-progress {uri} {dest}"
+        copy = 'aws s3 sync --no-progress "$1" "$2"'
     env, env_from, _, cred_mounts = _credentials(spec, for_fill=True)
     container: dict[str, Any] = {
         "name": "fill-models",
         "image": spec.fill_image or FILL_IMAGES[uri[:5]],
-        "command": ["sh", "-c", f"set -e; mkdir -p {dest}; {copy}; ls {dest}"],
+        "command": ["sh", "-c", f'set -e; mkdir -p "$2"; {copy}; ls "$2"', "fill-models",
+                    uri, dest],
         "env": [{"name": "HOME", "value": "/tmp"}, *cli_env, *env],
-        "resources": {"requests": {"cpu": "250m", "memory": "512Mi"},
-                      "limits": {"memory": "1Gi"}},
+        "resources": {"requests": {"cpu": "250m", "memory": "512Mi",
+                                   "ephemeral-storage": EPHEMERAL["requests"]},
+                      "limits": {"memory": "1Gi", "ephemeral-storage": EPHEMERAL["limits"]}},
         "securityContext": dict(CONTAINER_SECURITY),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts, *cred_mounts],
     }
@@ -322,7 +378,7 @@ def _pod_spec(spec: ManifestSpec, selector: dict[str, str]) -> dict[str, Any]:
     """The serving pod: model storage, credentials, probes, spread, security."""
     base_path = spec.source if spec.remote else f"{MODELS_DIR}/{spec.model_name}"
     volumes: list[dict[str, Any]] = [
-        {"name": "tmp", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},
         {"name": "config", "configMap": {"name": f"{spec.name}-config"}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"},
                                     {"name": "config", "mountPath": "/config",
@@ -429,6 +485,7 @@ def kubernetes(spec: ManifestSpec) -> list[dict[str, Any]]:
                             "appProtocol": "grpc"},
                            {"name": "http", "port": REST, "targetPort": "http",
                             "appProtocol": "http"}]}})
+    objects.append(network_policy(spec, selector))
     objects.append({
         "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": spec.meta(),
         # maxUnavailable, not minAvailable: one replica must still let a node drain.
@@ -486,7 +543,28 @@ def _kserve_v2_container(spec: ManifestSpec, uri: str) -> dict[str, Any]:
         "livenessProbe": {**live, "periodSeconds": 15, "timeoutSeconds": 10,
                           "failureThreshold": 4},
         "resources": _resources(spec, gpu_as=str),
+        "securityContext": dict(CONTAINER_SECURITY),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+
+
+def network_policy(spec: ManifestSpec, selector: dict[str, str]) -> dict[str, Any]:
+    """Only the serving ports, only from pods labelled ``tfdeploy/client: <name>`` in the
+    namespace, plus Prometheus (any namespace) on the REST port for metrics.  Everything
+    else (other pods, other ports) is dropped by a CNI that enforces NetworkPolicies;
+    kubelet probes come from the node and are not affected."""
+    serving = [{"protocol": "TCP", "port": "grpc"}, {"protocol": "TCP", "port": "http"}]
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": spec.meta(),
+        "spec": {
+            "podSelector": {"matchLabels": dict(selector)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [{"podSelector": {"matchLabels": {CLIENT_LABEL: spec.name}}}],
+                 "ports": serving},
+                {"from": [{"namespaceSelector": {},
+                           "podSelector": {"matchLabels": dict(PROMETHEUS_LABELS)}}],
+                 "ports": [{"protocol": "TCP", "port": "http"}]}]}}
 
 
 def kserve(spec: ManifestSpec) -> list[dict[str, Any]]:
@@ -496,7 +574,9 @@ def kserve(spec: ManifestSpec) -> list[dict[str, Any]]:
 
     uri = spec.source if spec.remote else f"pvc://{spec.pvc}/{spec.model_name}"
     model: dict[str, Any] = {"modelFormat": {"name": "tensorflow"}, "storageUri": uri,
-                             "resources": _resources(spec, gpu_as=str)}
+                             "resources": _resources(spec, gpu_as=str),
+                             "securityContext": dict(CONTAINER_SECURITY),
+                             "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]}
     default = default_image(spec.gpu_count > 0)
     if spec.image == default:
         version = serving_version()
@@ -511,7 +591,9 @@ def kserve(spec: ManifestSpec) -> list[dict[str, Any]]:
         "scaleMetric": spec.scale_metric or "concurrency",
         "scaleTarget": spec.scale_target or (70 if spec.scale_metric in ("cpu", "memory")
                                              else 8),
-        "model": model}
+        "model": model,
+        "securityContext": dict(POD_SECURITY),
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}}]}
     if spec.protocol == "v2":
         del predictor["model"]
         predictor["containers"] = [_kserve_v2_container(spec, uri)]
@@ -529,18 +611,45 @@ def kserve(spec: ManifestSpec) -> list[dict[str, Any]]:
                                      "effect": "NoSchedule"}]
     if spec.node_selector:
         predictor["nodeSelector"] = dict(spec.node_selector)
-    meta = spec.meta(spec.model_name.lower().replace("_", "-"))
+    meta = spec.meta(spec.kserve_name)
     return [{"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
              "metadata": meta, "spec": {"predictor": predictor}}]
 
 
 def healthcheck(model_name: str, port: int = REST) -> list[str]:
     """Healthy once the REST model status says AVAILABLE.  bash's /dev/tcp, because the
-    official image has neither curl nor wget."""
-    script = (f"exec 3<>/dev/tcp/127.0.0.1/{port} && "
-              f"printf 'GET /v1/models/{model_name} HTTP/1.0\\r\\n\\r\\n' >&3 && "
-              "grep -q AVAILABLE <&3")
+    official image has neither curl nor wget.  The request is one quoted printf format
+    (``%`` doubled), so a model name can neither end the quote nor become a directive."""
+    import shlex
+
+    request = f"GET /v1/models/{model_name} HTTP/1.0\\r\\n\\r\\n".replace("%", "%%")
+    script = (f"exec 3<>/dev/tcp/127.0.0.1/{int(port)} && "
+              f"printf {shlex.quote(request)} >&3 && grep -q AVAILABLE <&3")
     return ["CMD", "bash", "-c", script]
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes quantity (``2Gi``, ``512M``, ``1.5G``) in bytes, for compose, whose
+    own size syntax (``2g``) differs."""
+    import re
+
+    number, unit = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", quantity).groups()  # type: ignore[union-attr]
+    scale = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+             "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
+             "Ei": 2**60, "m": 1e-3}[unit]
+    return int(float(number) * scale)
+
+
+def _compose_text(value: str) -> str:
+    """compose interpolates ``$VAR`` in every string of the file: ``$$`` is a literal."""
+    return value.replace("$", "$$")
+
+
+def _bind(source: Path | str, target: str) -> dict[str, Any]:
+    """A read-only bind mount in compose's long syntax: a ``:`` or ``,`` in the host path
+    cannot split it the way the short ``SRC:DST:ro`` form would."""
+    return {"type": "bind", "source": _compose_text(str(Path(source).absolute())),
+            "target": target, "read_only": True}
 
 
 def compose(spec: ManifestSpec) -> dict[str, Any]:
@@ -549,12 +658,11 @@ def compose(spec: ManifestSpec) -> dict[str, Any]:
     if spec.remote:
         raise UserError("compose needs a local base path (TF Serving in compose cannot read "
                         f"{spec.source.split('://')[0]}:// without credentials set up)")
-    base = str(Path(spec.source).absolute())
     services = {}
     assert spec.grpc_port is not None and spec.rest_port is not None
     startup = spec.startup_timeout or (900 if spec.gpu_count else 300)
     for i in range(spec.replicas):
-        volumes = [f"{base}:{MODELS_DIR}/{spec.model_name}:ro"]
+        volumes = [_bind(spec.source, f"{MODELS_DIR}/{spec.model_name}")]
         service: dict[str, Any] = {
             "image": spec.image,
             "environment": {"MODEL_NAME": spec.model_name},
@@ -567,14 +675,16 @@ def compose(spec: ManifestSpec) -> dict[str, Any]:
                             "start_period": f"{startup}s"},
             "stop_grace_period": "30s",  # SIGTERM drains in-flight requests
             "read_only": True,
-            "tmpfs": ["/tmp"],
+            "tmpfs": [f"/tmp:size={_bytes(TMP_SIZE)},mode=1777"],
+            "user": CONTAINER_USER,
+            "mem_limit": _bytes(spec.memory or DEFAULTS["memory"]),
+            "pids_limit": PIDS_LIMIT,
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges:true"],
             "labels": {"tfdeploy.managed": "compose", "tfdeploy.replica": str(i + 1)},
         }
         if spec.batching_parameters_file:
-            volumes.append(f"{Path(spec.batching_parameters_file).absolute()}"
-                           ":/config/batching.config:ro")
+            volumes.append(_bind(spec.batching_parameters_file, "/config/batching.config"))
             service["command"] = _batching_args()
         if spec.gpu_count:
             service["deploy"] = {"resources": {"reservations": {"devices": [
@@ -646,6 +756,8 @@ def generate(target: str, spec: ManifestSpec, out_dir: Path) -> dict[str, Any]:
     """Resolve ``spec`` for ``target`` and write its files.  Returns what was done: the
     ``files``, the ``image``, the ``next_steps`` to run (upload, apply, compose up), and
     for compose the replicas' ``grpc_endpoints`` / ``rest_endpoints`` and ``up``."""
+    import shlex
+
     from tfdeploy.deploy.composecmd import up_hint
 
     spec.resolve(target)
@@ -668,11 +780,12 @@ def generate(target: str, spec: ManifestSpec, out_dir: Path) -> dict[str, Any]:
     if spec.fill_from:
         upload = ("gcloud storage rsync --recursive" if spec.fill_from.startswith("gs://")
                   else "aws s3 sync")
-        steps.append(f"upload first: {upload} {spec.source} {spec.fill_from}")
+        steps.append(f"upload first: {upload} {shlex.quote(spec.source)} "
+                     f"{shlex.quote(spec.fill_from)}")
     elif spec.pvc and not spec.remote:
         steps.append(f"claim {spec.pvc} must hold {spec.model_name}/<version>/ "
                      "(README: Scaling out)")
-    steps.append(f"then: kubectl apply -f {files[0]}")
+    steps.append(f"then: kubectl apply -f {shlex.quote(str(files[0]))}")
     steps += canary.next_steps(spec, target, files[0])
     return payload
 

@@ -30,7 +30,7 @@ SUPPORT: dict[str, tuple[str, ...]] = {
     "node_selector": ("k8s", "kserve"),
     "cpu": ("k8s", "kserve"),
     "cpu_limit": ("k8s", "kserve"),
-    "memory": ("k8s", "kserve"),
+    "memory": ("k8s", "kserve", "compose"),
     "model_config_file": ("k8s",),
     "batching_parameters_file": ("k8s", "compose"),
     "service_account": ("k8s", "kserve"),
@@ -143,7 +143,10 @@ def check_object_name(option: str, name: str, label: bool = False) -> str:
 
 def parse_secret_file(value: str) -> tuple[str, str]:
     """``SECRET[/KEY]`` -> (secret name, key in it; default ``key.json``)."""
-    name, _, key = value.partition("/")
+    name, slash, key = value.partition("/")
+    if slash and not key:
+        raise UserError.about("{value!r} names no key after '/' (SECRET or SECRET/KEY)",
+                              param="secret_file", value=value)
     key = key or "key.json"
     check_object_name("secret_file", name)
     if not _SECRET_KEY.match(key):
@@ -164,3 +167,102 @@ def check_scale(target: str, metric: str | None, value: int | None) -> None:
     if metric in ("cpu", "memory") and value is not None and value > 100:
         raise UserError.about("for {metric} is a utilization percentage (1-100)",
                               param="scale_target", metric=metric)
+
+
+# -- values that end up in generated files ------------------------------------------------
+# Every value a user gives reaches a YAML scalar, a container's argument list or a printed
+# shell command.  YAML and argument lists cannot be broken out of, but a value can still
+# mean something else than the user thinks (a ``$`` that compose interpolates, a name the
+# API server refuses at apply time), so each value is checked for what it is.
+
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+# A docker image reference: [registry[:port]/]path[:tag][@sha256:digest]
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE = re.compile(rf"^(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?{_PATH_PART}(?:/{_PATH_PART})*"
+                    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$")
+# Bucket URIs the copy initContainer reads: a bucket name, then an object prefix of
+# characters that need no quoting anywhere (no spaces, quotes, ``$`` or globs).
+_BUCKET_URI = re.compile(r"^(gs|s3)://[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?(/[A-Za-z0-9._~+=@,/-]*)?$")
+
+
+def check_model_name(name: str) -> str:
+    from tfdeploy.tfs.names import model_name_problem
+
+    problem = model_name_problem(name)
+    if problem:
+        raise UserError(problem, param="model_name")
+    return name
+
+
+def check_service_name(model_name: str, name: str) -> str:
+    """Objects are named after the model (``<model>-serving``), and a Service name is a
+    DNS-1035 label: lower case, a letter first, at most 63 characters."""
+    if not _DNS_1035.match(name) or len(name) > 63:
+        raise UserError.about("{value!r} would name the Kubernetes objects {name!r}, which "
+                              "the API server refuses (a DNS-1035 label: a letter first, "
+                              "then letters, digits and '-', at most 63 characters)",
+                              param="model_name", value=model_name, name=name)
+    return name
+
+
+def check_quantity(option: str, value: str) -> str:
+    """Kubernetes resource quantities: ``500m``, ``2``, ``2Gi``, ``512M``."""
+    if not _QUANTITY.match(value):
+        raise UserError.about("{value!r} is not a Kubernetes quantity (like 500m, 2, 2Gi)",
+                              param=option, value=value)
+    return value
+
+
+def check_image(option: str, value: str) -> str:
+    if not _IMAGE.match(value) or len(value) > 512:
+        raise UserError.about("{value!r} is not an image reference "
+                              "([registry/]name[:tag][@sha256:digest])", param=option,
+                              value=value)
+    return value
+
+
+def check_bucket_uri(option: str, value: str) -> str:
+    if not _BUCKET_URI.match(value):
+        raise UserError.about("{value!r} is not a gs:// or s3:// URI (a bucket name, then a "
+                              "path of letters, digits and ._~+=@,/-)", param=option,
+                              value=value)
+    return value
+
+
+def check_source_uri(value: str) -> str:
+    """A remote base path TF Serving reads itself: a URI with a host, nothing that is not
+    a URI character (no spaces, quotes, control characters)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if (not parts.netloc or re.search(r"[^A-Za-z0-9._~:/?#\[\]@!&()*+,;=%-]", value)
+            or "$" in value):
+        raise UserError.about("{value!r} is not a URI TF Serving can read (scheme://bucket/"
+                              "path, URI characters only)", param="source", value=value)
+    return value
+
+
+def check_label(option: str, key: str, value: str) -> None:
+    """A node selector entry: a label key ([prefix/]name) and value as Kubernetes takes."""
+    prefix, _, name = key.rpartition("/")
+    ok = (bool(_LABEL_NAME.match(name)) and len(name) <= 63
+          and (not prefix or (_DNS_SUBDOMAIN.match(prefix) and len(prefix) <= 253))
+          and bool(_LABEL_VALUE.match(value)) and len(value) <= 63)
+    if not ok:
+        raise UserError.about("{value!r} is not a Kubernetes label KEY=VALUE", param=option,
+                              value=f"{key}={value}")
+
+
+def check_host(value: str) -> str:
+    """compose publishes ports on an IP address (docker takes no host names there)."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise UserError.about("{value!r} is not an IP address", param="host",
+                              value=value) from None
+    return value

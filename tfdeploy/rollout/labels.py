@@ -77,6 +77,19 @@ def _flags(command: list[str]) -> dict[str, str]:
     return out
 
 
+def reload_address(record: ServerRecord) -> str:
+    """Where the server takes HandleReloadConfigRequest: its gRPC port, or, when
+    ``tfdeploy serve`` kept reloads local (``--model_service_port``), its UNIX socket or
+    that port (the public port refuses them with PERMISSION_DENIED)."""
+    flags = _flags(record.command)
+    port = int(flags.get("model_service_port", 0) or 0)
+    if port > 0:
+        return f"{flags.get('model_service_host', '127.0.0.1')}:{port}"
+    if port == -1 and flags.get("grpc_socket_path"):
+        return f"unix:{flags['grpc_socket_path']}"
+    return record.grpc_endpoint
+
+
 def served_config(record: ServerRecord | None, config_file: str | Path | None
                   ) -> ServedConfig:
     """The config a server runs: ``config_file`` when given (the file it was started

@@ -125,7 +125,7 @@ def _target(server: str | None, name: str | None, config: str | Path | None) -> 
     if record is None:
         raise UserError("no running server tfdeploy serve started; give --server HOST:PORT "
                         "(its gRPC port) and --config FILE", param="name")
-    return _Target(record.grpc_endpoint, labels.served_config(record, config))
+    return _Target(labels.reload_address(record), labels.served_config(record, config))
 
 
 def label_version(address: str, model: str, label: str, timeout: float = 30) -> int | None:

@@ -52,14 +52,21 @@ class ServeSpec:
     extra_flags: list[str] = field(default_factory=list)
     #: environment of the server (docker: the container; native/embedded: the process)
     env: dict[str, str] = field(default_factory=dict)
-    #: docker only: CPU limit (``--cpus``), memory limit (``512m``, ``2g``), extra bind
-    #: mounts ``HOST:CONTAINER[:ro|rw]``
+    #: docker only: CPU limit (``--cpus``), memory limit (``512m``, ``2g``; None: the
+    #: docker runtime's default, ``none``: no limit), extra bind mounts
+    #: ``HOST:CONTAINER[:ro|rw]`` (read-only unless ``:rw``), the user the container runs
+    #: as (``UID[:GID]``; None: a non-root default) and its pids limit
     cpus: float | None = None
     memory: str | None = None
     volumes: list[str] = field(default_factory=list)
+    user: str | None = None
+    pids_limit: int | None = None
 
     def __post_init__(self) -> None:
-        self.name = self.name or self.model_name
+        from tfdeploy.runtime.state import check_name
+
+        check_name(self.model_name, "model_name")
+        self.name = check_name(self.name or self.model_name)
         if self.batching_parameters_file is not None:
             self.enable_batching = True  # a parameters file means "batch like this"
         if self.base_path is None and self.model_config_file is None:
@@ -80,8 +87,16 @@ class ServeSpec:
             raise UserError("must differ from the REST port", param="grpc_port")
         for volume in self.volumes:
             parse_volume(volume)
-        if self.memory is not None and not _MEMORY.fullmatch(self.memory.strip().lower()):
-            raise UserError(f"{self.memory!r} is not a size like 512m or 2g", param="memory")
+        if (self.memory is not None and self.memory.strip().lower() != "none"
+                and not _MEMORY.fullmatch(self.memory.strip().lower())):
+            raise UserError(f"{self.memory!r} is not a size like 512m or 2g (or none)",
+                            param="memory")
+        if self.user is not None and not _USER.fullmatch(self.user):
+            raise UserError(f"{self.user!r} is not UID[:GID] (numbers, e.g. 1000:1000)",
+                            param="user")
+        if self.pids_limit is not None and self.pids_limit < 16:
+            raise UserError("must be at least 16 (TF Serving runs dozens of threads)",
+                            param="pids_limit")
         if self.cpus is not None and self.cpus <= 0:
             raise UserError("must be > 0", param="cpus")
         if self.config_poll < 0:
@@ -134,6 +149,7 @@ class ServeSpec:
         if runtime != "docker":
             docker_only = {"cpus": self.cpus, "memory": self.memory,
                            "volume": self.volumes, "restart": self.restart,
+                           "user": self.user, "pids_limit": self.pids_limit,
                            "image": self.image if asked != "auto" else None}
             given = [k for k, v in docker_only.items() if v]
             if given:
@@ -182,6 +198,7 @@ class ServeSpec:
 
 
 _MEMORY = re.compile(r"\d+(\.\d+)?[bkmg]?")
+_USER = re.compile(r"\d+(:\d+)?")
 
 
 def _kind(arg: str) -> Kind | None:
@@ -230,17 +247,43 @@ def check_server_flags(flags: list[str]) -> None:
 
 
 def parse_volume(volume: str) -> tuple[str, str, bool]:
-    """``HOST:CONTAINER[:ro|rw]`` -> (absolute host path, container path, read_only)."""
+    """``HOST:CONTAINER[:ro|rw]`` -> (absolute host path, container path, read_only).
+    Read-only unless ``:rw`` is asked; the docker socket (or a folder holding it) is
+    refused: a container that reaches the engine is root on the host."""
     parts = volume.split(":")
-    mode = "rw"
+    mode = "ro"
     if len(parts) == 3 and parts[2] in ("ro", "rw"):
         mode = parts.pop()
     if len(parts) != 2 or not parts[0] or not parts[1].startswith("/"):
-        raise UserError(f"{volume!r}: use HOST_PATH:/container/path[:ro]", param="volume")
+        raise UserError(f"{volume!r}: use HOST_PATH:/container/path[:ro|rw]", param="volume")
     host = Path(parts[0]).expanduser().absolute()
     if not host.exists():
         raise UserError(f"{volume!r}: no such path {host}", param="volume")
+    for sock in _docker_sockets():
+        if sock == host.resolve() or host.resolve() in sock.parents:
+            raise UserError(f"{volume!r}: mounts the docker socket {sock}, which gives the "
+                            "container root on this host; refused", param="volume")
     return str(host), parts[1], mode == "ro"
+
+
+def _docker_sockets() -> list[Path]:
+    """The engine's UNIX sockets: the usual paths, ``DOCKER_HOST``'s, as real paths."""
+    import os
+    import stat
+
+    candidates = ["/var/run/docker.sock", "/run/docker.sock",
+                  str(Path.home() / ".docker" / "run" / "docker.sock")]
+    host = os.environ.get("DOCKER_HOST", "")
+    if host.startswith("unix://"):
+        candidates.append(host[len("unix://"):])
+    found = []
+    for path in candidates:
+        try:
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                found.append(Path(path).resolve())
+        except OSError:
+            continue
+    return found
 
 
 def free_port(host: str = "127.0.0.1", avoid: int = 0) -> int:

@@ -10,6 +10,7 @@ Every container carries ``tfdeploy.*`` labels, so ``status``/``stop`` find exact
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from tfdeploy.errors import UserError
 from tfdeploy.runtime.base import ServeSpec, check_ports_free, parse_volume
-from tfdeploy.runtime.state import ServerRecord, state_dir
+from tfdeploy.runtime.state import ServerRecord, ensure_state_dir, private_file, state_dir
 
 LABEL = "tfdeploy.managed"
 CONTAINER_PORTS = {"grpc": 8500, "rest": 8501}
@@ -27,6 +28,14 @@ LOCAL_IMAGE = "tfdeploy/serving-embedded:latest"
 BUILD_HINT = (f"build {LOCAL_IMAGE} with `bash docker/build.sh` (in a tfdeploy source "
               "checkout; no registry needed), pass --image, or use the embedded runtime "
               "(--runtime embedded)")
+#: Hardening every container gets (issue 24): a non-root user (TF Serving needs no
+#: privilege; the official image would run as root), a read-only root filesystem with a
+#: bounded /tmp, no capabilities, no privilege gain through setuid binaries, and pids and
+#: memory limits.  ``--user``, ``--pids-limit`` and ``--memory`` change the defaults.
+DEFAULT_USER = "1000:1000"
+DEFAULT_PIDS_LIMIT = 4096
+DEFAULT_MEMORY = "4g"
+TMPFS = {"/tmp": "rw,nosuid,nodev,size=256m,mode=1777"}
 NO_GPU_HINT = ("the docker engine has no GPU runtime: install the NVIDIA driver and the "
                "NVIDIA Container Toolkit (nvidia-container-toolkit), restart docker, or "
                "serve without --gpu")
@@ -203,11 +212,14 @@ class DockerRuntime:
                 if not (spec.base_path is not None and mc.name == spec.model_name):
                     mounts.append(Mount(target, str(host), type="bind", read_only=True))
                 mc.base_path = target
-        out = state_dir() / "configs" / f"{spec.name}.models.config"
-        out.parent.mkdir(parents=True, exist_ok=True)
+        out = ensure_state_dir("configs") / f"{spec.name}.models.config"
         from google.protobuf import text_format
 
-        out.write_text(text_format.MessageToString(config))
+        # 0644, unlike the state's other files: the container's non-root user reads it
+        # through its bind mount (it holds model names and paths, nothing secret).
+        with os.fdopen(private_file(out), "w") as fh:
+            os.fchmod(fh.fileno(), 0o644)
+            fh.write(text_format.MessageToString(config))
         return out, mounts
 
     def create(self, spec: ServeSpec, progress: Callable[[str], None] | None = None):
@@ -227,10 +239,12 @@ class DockerRuntime:
                        if spec.gpus else DeviceRequest(count=-1, capabilities=[["gpu"]])]
         name = container_name(spec.name)
         self._remove_stale(name, spec.name)
+        memory = (spec.memory or DEFAULT_MEMORY).strip().lower()
         try:
             return client.containers.create(
                 image, command=flags, name=name, detach=True,
-                environment={"MODEL_NAME": spec.model_name, **spec.env},
+                # HOME: a user with no passwd entry gets "/", which is read-only here
+                environment={"MODEL_NAME": spec.model_name, "HOME": "/tmp", **spec.env},
                 mounts=mounts,
                 ports={f"{CONTAINER_PORTS['grpc']}/tcp": (spec.host, spec.grpc_port),
                        f"{CONTAINER_PORTS['rest']}/tcp": (spec.host, spec.rest_port)},
@@ -242,7 +256,11 @@ class DockerRuntime:
                 device_requests=devices,
                 restart_policy={"Name": spec.restart} if spec.restart else None,
                 nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
-                mem_limit=spec.memory.strip().lower() if spec.memory else None,
+                mem_limit=None if memory == "none" else memory,
+                user=spec.user or DEFAULT_USER,
+                read_only=True, tmpfs=dict(TMPFS),
+                cap_drop=["ALL"], security_opt=["no-new-privileges:true"],
+                pids_limit=spec.pids_limit or DEFAULT_PIDS_LIMIT,
             )
         except Exception as exc:
             raise UserError(f"cannot create container {name}: {_short(exc)}") from None
@@ -286,12 +304,20 @@ class DockerRuntime:
                             started_at=time.time(), models=spec.model_names())
 
     def _container(self, record: ServerRecord):
+        """The record's container, only if its labels say tfdeploy started it for this
+        server and state directory (a record never steers us to someone else's)."""
         import docker
 
         try:
-            return self.client().containers.get(record.container_id)
+            c = self.client().containers.get(record.container_id)
         except docker.errors.NotFound:
             return None
+        labels = c.labels or {}
+        if (labels.get(LABEL) != "true" or labels.get("tfdeploy.name") != record.name
+                or labels.get("tfdeploy.state_dir") != str(state_dir())):
+            raise UserError(f"container {str(record.container_id)[:12]} is not the one "
+                            f"tfdeploy started for {record.name}; not touched")
+        return c
 
     def alive(self, record: ServerRecord) -> bool:
         try:

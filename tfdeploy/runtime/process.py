@@ -8,6 +8,8 @@ drain in-flight requests) and SIGKILL only after the timeout.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -20,9 +22,9 @@ from pathlib import Path
 import psutil
 
 from tfdeploy.errors import UserError
-from tfdeploy.runtime.base import ServeSpec, check_ports_free
-from tfdeploy.runtime.state import ServerRecord, state_dir
-from tfdeploy.tfs.flags import format_flag
+from tfdeploy.runtime.base import ServeSpec, check_ports_free, free_port
+from tfdeploy.runtime.state import ServerRecord, ensure_state_dir, private_file
+from tfdeploy.tfs.flags import flag_name, format_flag
 
 
 def process_start(pid: int) -> float | None:
@@ -88,10 +90,8 @@ class ProcessRuntime:
         if foreground:
             record.pid = os.getpid()
             return record
-        logs = state_dir() / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        log_file = logs / f"{spec.name}.log"
-        with open(log_file, "wb") as log:
+        log_file = ensure_state_dir("logs") / f"{spec.name}.log"
+        with os.fdopen(private_file(log_file), "wb") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True,
                                     env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -167,7 +167,25 @@ class EmbeddedRuntime(ProcessRuntime):
 
     def command(self, spec: ServeSpec) -> list[str]:
         return [sys.executable, "-m", "tfdeploy.serving", *self._base_flags(spec),
-                format_flag("grpc_host", spec.host), format_flag("rest_api_host", spec.host)]
+                format_flag("grpc_host", spec.host), format_flag("rest_api_host", spec.host),
+                *self._local_reloads(spec)]
+
+    def _local_reloads(self, spec: ServeSpec) -> list[str]:
+        """Reloads (HandleReloadConfigRequest) local-only unless the flags after ``--``
+        say otherwise: on a UNIX socket in the 0700 state directory (this user only), or,
+        where that path is too long for a socket, on a free port on 127.0.0.1."""
+        given = {flag_name(f) for f in spec.extra_flags}
+        if "model_service_port" in given:
+            return []
+        if "grpc_socket_path" in given:
+            return [format_flag("model_service_port", -1)]
+        sock = ensure_state_dir("sockets") / f"{spec.name}.sock"
+        if len(str(sock)) < 100:
+            with contextlib.suppress(FileNotFoundError):
+                sock.unlink()  # a server of that name that died left it
+            return [format_flag("grpc_socket_path", sock),
+                    format_flag("model_service_port", -1)]
+        return [format_flag("model_service_port", free_port("127.0.0.1"))]
 
 
 class NativeRuntime(ProcessRuntime):
@@ -188,5 +206,18 @@ class NativeRuntime(ProcessRuntime):
         if not binary:
             raise UserError("tensorflow_model_server is not on PATH (install it, or use "
                             "the docker or embedded runtime)", param="runtime")
-        # The official binary has no bind-address flags: it listens on all interfaces.
+        # The official binary has no bind-address flags: it listens on all interfaces
+        # (start() says so and records it).
         return [binary, *self._base_flags(spec)]
+
+    def start(self, spec: ServeSpec, progress: Callable[[str], None] | None = None,
+              foreground: bool = False) -> ServerRecord:
+        if spec.host not in ("0.0.0.0", "::"):
+            logging.getLogger("tfdeploy.runtime").warning(
+                "tensorflow_model_server has no bind-address flag and listens on all "
+                "interfaces, whatever --host (%s) says; use the docker or embedded runtime "
+                "to keep it to one address", spec.host)
+        check_ports_free("0.0.0.0", spec.grpc_port, spec.rest_port)
+        record = super().start(spec, progress, foreground)
+        record.host = "0.0.0.0"  # what it really listens on (status shows the truth)
+        return record

@@ -3,6 +3,12 @@
 
 One JSON file (``$TFDEPLOY_STATE_DIR`` or ``~/.local/state/tfdeploy``), rewritten
 atomically under an advisory lock so concurrent commands never corrupt it.
+
+The directory is this user's alone (0700, files 0600): a record says which process to
+signal, which container to remove and which log to open, so a record someone else could
+write would let them steer those.  Records are checked before use: the file must belong
+to the user, a record's name must be a valid server name and its log file must lie in
+the state directory's ``logs/``; a record that fails is ignored with a warning.
 """
 
 from __future__ import annotations
@@ -10,10 +16,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
+import stat
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from tfdeploy.errors import UserError
+
+log = logging.getLogger("tfdeploy.state")
+RUNTIMES = ("docker", "native", "embedded")
 
 
 def state_dir() -> Path:
@@ -62,11 +75,67 @@ def _connect_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
 
+def ensure_state_dir(sub: str | None = None) -> Path:
+    """The state directory (or its ``sub`` folder), created 0700 and checked to be the
+    user's own; a directory of ours that others can read is tightened to 0700."""
+    d = state_dir()
+    for path in (d, d / sub) if sub else (d,):
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            info = path.stat()
+        if info.st_uid != os.geteuid():
+            raise UserError(f"{path} belongs to another user (uid {info.st_uid}); set "
+                            "TFDEPLOY_STATE_DIR to a directory of your own")
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            os.chmod(path, 0o700)
+    return d / sub if sub else d
+
+
+def private_file(path: Path, truncate: bool = True) -> int:
+    """Open ``path`` for writing as a 0600 file of ours (not through a symlink planted
+    there); returns the descriptor."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if truncate else 0)
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
+def check_name(name: str, param: str = "name") -> str:
+    """Server names become file names (``logs/NAME.log``) and container names."""
+    from tfdeploy.tfs.names import model_name_problem
+
+    if model_name_problem(name):
+        raise UserError(f"{name!r} is not a valid server name (letters, digits, '.', '_' and "
+                        "'-', starting with a letter or digit)", param=param)
+    return name
+
+
+def record_problem(record: ServerRecord, key: str) -> str | None:
+    """Why ``record`` (stored under ``key``) cannot be trusted, or None."""
+    from tfdeploy.tfs.names import model_name_problem
+
+    if key != record.name or model_name_problem(record.name):
+        return f"bad name {key!r}"
+    if record.runtime not in RUNTIMES:
+        return f"unknown runtime {record.runtime!r}"
+    if record.log_file is not None:
+        logs = (state_dir() / "logs").resolve()
+        if Path(record.log_file).resolve() != logs / f"{record.name}.log":
+            return f"log file {record.log_file!r} outside {logs}"
+    if record.container_id is not None and not (isinstance(record.container_id, str)
+                                                and record.container_id.isalnum()):
+        return f"bad container id {record.container_id!r}"
+    for port in (record.grpc_port, record.rest_port):
+        if not isinstance(port, int) or not 0 < port < 65536:
+            return f"bad port {port!r}"
+    return None
+
+
 @contextlib.contextmanager
 def _locked():
-    d = state_dir()
-    d.mkdir(parents=True, exist_ok=True)
-    with open(d / "servers.lock", "w") as lock:
+    d = ensure_state_dir()
+    with os.fdopen(private_file(d / "servers.lock", truncate=False), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield d / "servers.json"
@@ -76,12 +145,35 @@ def _locked():
 
 def _read(path: Path) -> dict[str, ServerRecord]:
     try:
-        raw = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
         return {}
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the server records ({exc.strerror})") from None
+    with os.fdopen(fd) as fh:
+        info = os.fstat(fh.fileno())
+        if info.st_uid != os.geteuid():
+            raise UserError(f"{path} belongs to another user (uid {info.st_uid}); its "
+                            "records are not used (set TFDEPLOY_STATE_DIR to a directory "
+                            "of your own)")
+        try:
+            raw = json.loads(fh.read())
+        except ValueError:
+            return {}
     known = set(ServerRecord.__dataclass_fields__)
-    return {k: ServerRecord(**{f: v for f, v in rec.items() if f in known})
-            for k, rec in raw.get("servers", {}).items()}
+    records = {}
+    for key, rec in (raw.get("servers", {}) if isinstance(raw, dict) else {}).items():
+        try:
+            record = ServerRecord(**{f: v for f, v in rec.items() if f in known})
+        except TypeError:
+            log.warning("server record %r ignored: incomplete", key)
+            continue
+        problem = record_problem(record, key)
+        if problem:
+            log.warning("server record %r ignored: %s", key, problem)
+            continue
+        records[key] = record
+    return records
 
 
 def _write(path: Path, records: dict[str, ServerRecord]) -> None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tfdeploy.tfs.codes import Code, StatusError
+from tfdeploy.tfs.codes import INTERNAL_MESSAGE, Code, StatusError
 
 log = logging.getLogger("tfdeploy.serving.batching")
 
@@ -303,10 +303,11 @@ class Batcher:
         while (tasks := self._take()) is not None:
             try:
                 self._run(tasks)
-            except Exception as exc:  # never leave a caller waiting
+            except Exception:  # never leave a caller waiting
+                log.exception("batch failed")
                 for t in tasks:
                     if not t.done.is_set():
-                        t.error = StatusError(Code.INTERNAL, f"batch failed: {exc}")
+                        t.error = StatusError(Code.INTERNAL, INTERNAL_MESSAGE)
                         t.done.set()
 
     def _run(self, tasks: list[_Task]) -> None:

@@ -33,7 +33,7 @@ import grpc
 from tfdeploy.serving import v2_grpc
 from tfdeploy.serving.path import Call, deadline_in
 from tfdeploy.tfs import protos, tensors
-from tfdeploy.tfs.codes import Code, StatusError
+from tfdeploy.tfs.codes import INTERNAL_MESSAGE, Code, StatusError
 
 log = logging.getLogger("tfdeploy.serving.grpc")
 
@@ -51,14 +51,14 @@ def _status_error(exc: Exception) -> StatusError:
     if isinstance(exc, ValueError):
         return StatusError(Code.INVALID_ARGUMENT, str(exc))
     log.exception("internal error", exc_info=exc)
-    return StatusError(Code.INTERNAL, f"internal error: {exc}")
+    return StatusError(Code.INTERNAL, INTERNAL_MESSAGE)
 
 
 #: Which pool runs a call: "reload" for config reloads, "control" for status and
 #: metadata, "inference" otherwise.
 CONTROL_METHODS = frozenset({"GetModelStatus", "GetModelMetadata"}) | \
     v2_grpc.CONTROL_METHODS
-RELOAD_METHODS = frozenset({"HandleReloadConfigRequest"})
+RELOAD_METHODS = frozenset({"HandleReloadConfigRequest", "_reload"})
 CONTROL_THREADS = 4
 #: Inference threads beyond the slots and the queue: a call past both is refused
 #: (UNAVAILABLE) on one of these at once instead of waiting for a thread to refuse it.
@@ -163,19 +163,37 @@ def _servicers(server, pools: dict[str, futures.Executor]):
             return server.path.infer(inference(call, "multi_inference", spec), request)
 
     class ModelService(ms_grpc.ModelServiceServicer):
+        def __init__(self, reload_where: str = "") -> None:
+            #: "" = reloads answered here; else where they are (--model_service_port):
+            #: on this server only calls over the UNIX socket may reload
+            self.reload_where = reload_where
+
         @_pool
         def GetModelStatus(self, request, call):
             name, version, label = _spec(request.model_spec)
             return server.status_proto(name, version, label)
 
         @_pool
-        def HandleReloadConfigRequest(self, request, call):
+        def _reload(self, request, call):
             # A config that is refused fails the call with its status (as
             # tensorflow_model_server does) and leaves the config in force serving.
             server.apply_config(request.config)
             return mm_pb2.ReloadConfigResponse()
 
-    return ps_grpc, PredictionService(), ms_grpc, ModelService()
+        async def HandleReloadConfigRequest(self, request, context):
+            if self.reload_where and not context.peer().startswith("unix:"):
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                    "HandleReloadConfigRequest is served on "
+                                    f"{self.reload_where} only (--model_service_port)")
+            return await self._reload(request, context)
+
+    reload_where = ""
+    port, socket_path = server.options.model_service_port, server.options.grpc_socket_path
+    if port:
+        reload_where = " and ".join(
+            ([f"{server.options.model_service_host}:{port}"] if port > 0 else [])
+            + ([f"unix:{socket_path}"] if socket_path else []))
+    return ps_grpc, PredictionService(), ms_grpc, ModelService(reload_where), ModelService
 
 
 def channel_arguments(text: str) -> dict[str, int | str]:
@@ -235,6 +253,7 @@ class GrpcServer:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="grpc-loop")
         self._thread.start()
+        self._control = None
         try:
             self._server = self._call(self._start(server, options.max_request_bytes))
         except BaseException:
@@ -251,12 +270,31 @@ class GrpcServer:
         grpc_server = grpc.aio.server(
             options=list(options.items()),
             maximum_concurrent_rpcs=inference_threads(server.options) + CONTROL_THREADS * 4)
-        ps_grpc, predictions, ms_grpc, models = _servicers(server, self.pools)
+        ps_grpc, predictions, ms_grpc, models, model_service = _servicers(server, self.pools)
         ps_grpc.add_PredictionServiceServicer_to_server(predictions, grpc_server)
         ms_grpc.add_ModelServiceServicer_to_server(models, grpc_server)
         # the Open Inference Protocol and grpc.health.v1 beside them (serving/v2_grpc.py)
         v2_grpc.register(grpc_server, server, functools.partial(_in_pool, pools=self.pools))
         credentials = ssl_credentials(server.options.ssl_config_file)
+        self._control = None
+        if server.options.model_service_port == -1 and not server.options.grpc_socket_path:
+            raise StatusError(Code.INVALID_ARGUMENT, "--model_service_port=-1 (reloads on "
+                              "the UNIX socket only) needs --grpc_socket_path")
+        if server.options.model_service_port > 0:  # ModelService on a listener of its own
+            control = grpc.aio.server(options=list(options.items()))
+            ms_grpc.add_ModelServiceServicer_to_server(model_service(), control)
+            host = server.options.model_service_host
+            address = (f"[{host}]:{server.options.model_service_port}" if ":" in host
+                       else f"{host}:{server.options.model_service_port}")
+            try:
+                bound = add_port(control, address, credentials)
+            except RuntimeError:
+                bound = 0
+            if not bound:
+                raise StatusError(Code.UNAVAILABLE,
+                                  f"cannot bind ModelService port {address} (in use?)")
+            await control.start()
+            self._control = control
         try:
             bound = add_port(grpc_server, self.address, credentials)
         except RuntimeError:
@@ -283,6 +321,8 @@ class GrpcServer:
 
         def run() -> None:
             try:
+                if self._control is not None:
+                    self._call(self._control.stop(grace))
                 self._call(self._server.stop(grace))
             finally:
                 for pool in self.pools.values():

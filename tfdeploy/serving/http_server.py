@@ -35,6 +35,7 @@ import asyncio
 import io
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -46,6 +47,8 @@ from typing import Any
 import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from tfdeploy.tfs.codes import INTERNAL_MESSAGE
 
 log = logging.getLogger("tfdeploy.serving.http")
 
@@ -343,9 +346,9 @@ def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits,
                 f"Deadline Exceeded: no response within {limits.timeout_seconds:g} s "
                 f"(waited {time.monotonic() - started:.1f} s)"))
             return
-        except Exception as exc:
+        except Exception:
             log.exception("handler failed on %s %s", scope["method"], scope["path"])
-            await respond(send, 500, error_body(f"internal error: {exc}"))
+            await respond(send, 500, error_body(INTERNAL_MESSAGE))
             return
         if (not isinstance(response, HttpResponse) or not 200 <= response.status <= 599
                 or not isinstance(response.body, (bytes, bytearray))
@@ -381,12 +384,52 @@ def _listen(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
+@dataclass
+class TlsFiles:
+    """HTTPS: the server's key and certificate (PEM text), and a CA that client
+    certificates must chain to when ``client_verify``.  uvicorn reads PEM files, so they
+    are written to a private (0700) directory that exists until the server listens."""
+
+    key: str
+    cert: str
+    ca: str = ""
+    client_verify: bool = False
+    directory: str = ""
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        import ssl
+        import tempfile
+
+        self.directory = tempfile.mkdtemp(prefix="tfdeploy-tls-")
+        paths = {}
+        for name, text in (("key", self.key), ("cert", self.cert), ("ca", self.ca)):
+            if text:
+                path = os.path.join(self.directory, f"{name}.pem")
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(text)
+                paths[name] = path
+        options: dict[str, Any] = {"ssl_keyfile": paths["key"], "ssl_certfile": paths["cert"]}
+        if "ca" in paths:
+            options["ssl_ca_certs"] = paths["ca"]
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED if self.client_verify else ssl.CERT_NONE
+        return options
+
+    def forget(self) -> None:
+        """The key leaves the disk once the context holds it."""
+        import shutil
+
+        if self.directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
 def serve(handler: Handler, host: str, port: int, *, max_body_bytes: int,
           num_threads: int = 16, control_threads: int = 0,
           max_in_flight: int | None = None, busy_message: str = "server busy; retry later",
           timeout_seconds: float | None = None,
           idle_timeout: float = 30.0, backlog: int = 1024, header_timeout: float = 10.0,
-          body_timeout: float = 30.0, max_header_bytes: int = 64 << 10) -> HttpServerHandle:
+          body_timeout: float = 30.0, max_header_bytes: int = 64 << 10,
+          tls: TlsFiles | None = None) -> HttpServerHandle:
     """Serve ``handler`` on host:port from a background thread; return once listening.
 
     ``timeout_seconds`` bounds each handler call, queueing for a worker included (TF
@@ -411,7 +454,8 @@ def serve(handler: Handler, host: str, port: int, *, max_body_bytes: int,
         log_config=None, access_log=False, proxy_headers=False, server_header=False,
         headers=[("server", SERVER_NAME.decode())], backlog=backlog,
         timeout_keep_alive=idle_timeout,  # type: ignore[arg-type]  (a float works)
-        timeout_graceful_shutdown=30)
+        timeout_graceful_shutdown=30,
+        **(tls.uvicorn_options() if tls else {}))
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # no start-up banners
     server = uvicorn.Server(config)
 
@@ -424,8 +468,12 @@ def serve(handler: Handler, host: str, port: int, *, max_body_bytes: int,
 
     thread = threading.Thread(target=asyncio.run, args=(run(),), name="rest-http", daemon=True)
     thread.start()
-    while not server.started and thread.is_alive():  # the socket already queues clients
-        time.sleep(0.01)
+    try:
+        while not server.started and thread.is_alive():  # the socket already queues clients
+            time.sleep(0.01)
+    finally:
+        if tls:
+            tls.forget()
     pools = [pool] + ([control_pool] if control_pool is not None else [])
     if not thread.is_alive():
         for p in pools:

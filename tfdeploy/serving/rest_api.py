@@ -27,7 +27,7 @@ from urllib.parse import unquote
 from tfdeploy.serving import http_server
 from tfdeploy.serving.path import Call, deadline_in
 from tfdeploy.tfs import json_body, json_tensors, protos
-from tfdeploy.tfs.codes import Code, StatusError
+from tfdeploy.tfs.codes import INTERNAL_MESSAGE, Code, StatusError
 
 log = logging.getLogger("tfdeploy.serving.rest")
 
@@ -119,9 +119,9 @@ class RestApi:
             return json_reply(200, self._get(target))
         except StatusError as exc:
             return error_reply(exc)
-        except Exception as exc:  # never a dropped connection for a client
+        except Exception:  # never a dropped connection for a client
             log.exception("internal error")
-            return error_reply(StatusError(Code.INTERNAL, f"internal error: {exc}"))
+            return error_reply(StatusError(Code.INTERNAL, INTERNAL_MESSAGE))
 
     def _v2(self, method: str, path: str, headers, body: bytes,
             received: float | None) -> Reply:
@@ -215,6 +215,22 @@ CONTROL_THREADS = 8
 SPARE_THREADS = 8
 
 
+def _tls(path: str) -> http_server.TlsFiles | None:
+    """--ssl_config_file covers REST too (ours: tensorflow_model_server's REST is plain
+    HTTP whatever the flag says): the same key, certificate and client verification as
+    gRPC."""
+    if not path:
+        return None
+    from tfdeploy.serving.config import ssl_config
+
+    config = ssl_config(path)
+    if not config.server_key or not config.server_cert:
+        raise StatusError(Code.INVALID_ARGUMENT,
+                          f"--ssl_config_file {path}: server_key and server_cert are required")
+    return http_server.TlsFiles(config.server_key, config.server_cert, config.custom_ca,
+                                config.client_verify)
+
+
 def serve(model_server, host: str, port: int) -> http_server.HttpServerHandle:
     """Serve the REST API on host:port (``http_server``: uvicorn, a bounded worker pool,
     the body cap, timeouts and a graceful drain); returns the handle to ``stop(grace)``.
@@ -239,7 +255,8 @@ def serve(model_server, host: str, port: int) -> http_server.HttpServerHandle:
             num_threads=in_flight + SPARE_THREADS, control_threads=CONTROL_THREADS,
             max_in_flight=in_flight,
             busy_message=(f"{in_flight} REST inference requests already in flight "
-                          "(--rest_api_num_threads + --max_queued_requests); retry later"))
+                          "(--rest_api_num_threads + --max_queued_requests); retry later"),
+            tls=_tls(options.ssl_config_file))
     except OSError as exc:
         raise StatusError(Code.UNAVAILABLE,
                           f"cannot bind REST port {host}:{port} "

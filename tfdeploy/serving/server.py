@@ -79,6 +79,21 @@ def validate_config(config) -> dict[str, tuple[Path, object]]:
     return models
 
 
+def check_roots(models: dict[str, tuple[Path, object]], roots_flag: str) -> None:
+    """``--allowed_model_roots`` (ours): every base path, symlinks resolved, lies under one
+    of the roots.  A SavedModel is code (its graph can read files), so a reload must not
+    point the server at any directory a caller names."""
+    roots = [Path(r).resolve() for r in roots_flag.split(",") if r.strip()]
+    if not roots:
+        return
+    for name, (base, _) in models.items():
+        real = Path(os.path.realpath(base))
+        if not any(real == root or root in real.parents for root in roots):
+            raise StatusError(Code.PERMISSION_DENIED,
+                              f"Model {name}: base path {base} is not under "
+                              f"--allowed_model_roots")
+
+
 class ModelServer:
     def __init__(self, options: ServerOptions):
         self.options = options
@@ -176,6 +191,7 @@ class ModelServer:
         or failed; at start-up that is every model).  The loads themselves run on loader
         threads: this thread only scans base paths and waits."""
         models = validate_config(config)
+        check_roots(models, self.options.allowed_model_roots)
         with self._config_lock:
             self._check_labels(config)
             new = set(models) - set(self.manager.model_names())
@@ -248,6 +264,12 @@ class ModelServer:
         # tensorflow_model_server's own words: scripts wait for these lines
         log.info("Running gRPC ModelServer at %s:%d ...", self.options.grpc_host,
                  self.options.port)
+        if self.options.model_service_port > 0:
+            log.info("HandleReloadConfigRequest at %s:%d only (and the UNIX socket)",
+                     self.options.model_service_host, self.options.model_service_port)
+        elif self.options.model_service_port == -1:
+            log.info("HandleReloadConfigRequest on the UNIX socket %s only",
+                     self.options.grpc_socket_path)
         if self.options.rest_api_port:
             self._rest = rest_api.serve(self, self.options.rest_api_host,
                                         self.options.rest_api_port)

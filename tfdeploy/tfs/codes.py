@@ -85,6 +85,12 @@ _FROM_HTTP = {
 _RETRYABLE = frozenset({Code.UNAVAILABLE, Code.CANCELLED, Code.DEADLINE_EXCEEDED})
 
 
+#: What a client is told when the server itself failed (a bug, not the request): a fixed
+#: text, as tensorflow_model_server never sends its internals; the details (exception,
+#: traceback, paths) go to the server's log only.
+INTERNAL_MESSAGE = "Internal error in the model server; its log has the details"
+
+
 class StatusError(Exception):
     """A call that failed with a status: ``code`` (a ``Code``) and the message that names
     the problem.  The server raises it for requests it cannot serve; the client raises

@@ -80,6 +80,16 @@ FLAGS: tuple[ServerFlag, ...] = (
          "(e.g. grpc.max_connection_age_ms=2000)"),
     _row("grpc_max_threads", OFFICIAL, int, 32, "gRPC inference calls running at once",
          minimum=1),
+    _row("model_service_port", OURS, int, 0,
+         "where HandleReloadConfigRequest is served: 0 = on every gRPC address (as "
+         "tensorflow_model_server); N = only on --model_service_host:N and the "
+         "--grpc_socket_path socket; -1 = only on the socket.  GetModelStatus stays on "
+         "every address", minimum=-1),
+    _row("model_service_host", OURS, str, "127.0.0.1",
+         "bind address of --model_service_port"),
+    _row("allowed_model_roots", OURS, str, "",
+         "comma-separated directories: a model config (start-up, file or reload) may only "
+         "name base paths under them; empty = any path, as tensorflow_model_server"),
     _row("ssl_config_file", OFFICIAL, str, "",
          "SSLConfig text proto: gRPC (port and socket) over TLS"),
     _row("rest_api_num_threads", OFFICIAL, int, 0,

@@ -26,3 +26,20 @@ DEFAULT_PORTS = {"grpc": GRPC_PORT, "rest": REST_PORT}
 
 #: The model name our tools use when the user gives none.
 DEFAULT_MODEL_NAME = "deeplab"
+
+#: Model names our generated files and commands accept.  tensorflow_model_server takes
+#: any string, but its REST API addresses a model as ``/v1/models/{name}`` with
+#: ``[^/:]+``, and the official image turns ``MODEL_NAME`` into the path segment
+#: ``/models/{name}``: a name outside this set cannot be reached or breaks the path.
+MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+
+
+def model_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a model name in a file or command we write, or None."""
+    import re
+
+    if not isinstance(name, str) or not re.fullmatch(MODEL_NAME_PATTERN, name):
+        return (f"{name!r} is not a model name we can serve (letters, digits, '.', '_' and "
+                "'-', starting with a letter or digit, at most 128 characters: TF "
+                "Serving's REST API cannot address a name with '/' or ':')")
+    return None

@@ -1,0 +1,119 @@
+"""TLS end to end (issue 24): with --ssl_config_file our server speaks HTTPS on REST as
+well as TLS on gRPC (tensorflow_model_server's REST stays plain), with client
+certificates required by client_verify.  openssl-made certificates, a real server."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from certs import make_certs, ssl_config
+from servers import ServerProcess
+
+
+def _context(ca, cert=None, key=None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca))
+    if cert:
+        context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+def _get(url: str, context: ssl.SSLContext | None, timeout: float = 10):
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+        return resp.status, json.loads(resp.read())
+
+
+@pytest.fixture
+def mtls_server(demo_base, tmp_path):
+    certs = make_certs(tmp_path / "certs")
+    config = ssl_config(certs, tmp_path / "ssl.config", client_verify=True)
+    srv = ServerProcess("--model_name=deeplab", f"--model_base_path={demo_base}",
+                        f"--ssl_config_file={config}", log_dir=tmp_path)
+    good = _context(certs.ca, certs.client_cert, certs.client_key)
+    url = f"https://127.0.0.1:{srv.rest_port}/v1/models/deeplab"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                code, body = _get(url, good)
+                if any(v["state"] == "AVAILABLE" for v in body["model_version_status"]):
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            assert srv.proc.poll() is None, srv.log()
+            assert time.monotonic() < deadline, srv.log()[-2000:]
+            time.sleep(0.3)
+        yield srv, certs, url
+    finally:
+        assert srv.stop() == 0
+
+
+def test_rest_over_https_with_client_certificates(mtls_server):
+    srv, certs, url = mtls_server
+    code, body = _get(url, _context(certs.ca, certs.client_cert, certs.client_key))
+    assert code == 200 and body["model_version_status"][0]["state"] == "AVAILABLE"
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+        _get(url, _context(certs.ca))  # no client certificate: refused in the handshake
+    with pytest.raises(urllib.error.URLError) as err:  # a CA that did not sign the server
+        _get(url, _context(certs.wrong_ca, certs.client_cert, certs.client_key))
+    assert "CERTIFICATE_VERIFY_FAILED" in str(err.value)
+    with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+        _get(f"http://127.0.0.1:{srv.rest_port}/v1/models/deeplab", None, timeout=5)
+
+
+EXAMPLE = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.jpg"))[0]
+
+
+def test_client_speaks_tls_and_https_with_client_certificates(mtls_server, tmp_path):
+    """`predict` and `bench` (gRPC and REST) and `Client` with --tls-ca, a client
+    certificate and key, and a server-name override."""
+    from conftest import run_cli
+
+    import tfdeploy
+    from tfdeploy.client.tls import TlsConfig
+
+    srv, certs, _ = mtls_server
+    tls = ["--tls-ca", certs.ca, "--tls-cert", certs.client_cert, "--tls-key",
+           certs.client_key]
+    for transport, port in (("grpc", srv.grpc_port), ("rest", srv.rest_port)):
+        out = tmp_path / transport
+        run_cli("predict", EXAMPLE, "--server", f"127.0.0.1:{port}", "--transport",
+                transport, "-o", out, *tls, "--tls-server-name", "localhost")
+        assert (out / f"{EXAMPLE.stem}.png").is_file()
+    proc = run_cli("bench", EXAMPLE, "--server", f"127.0.0.1:{srv.grpc_port}", "-n", "2",
+                   *tls, "--json")
+    assert json.loads(proc.stdout)  # both requests answered (exit code 0)
+    config = TlsConfig(ca=certs.ca, cert=certs.client_cert, key=certs.client_key)
+    for transport, port in (("grpc", srv.grpc_port), ("rest", srv.rest_port)):
+        client = tfdeploy.Client(f"127.0.0.1:{port}", transport, tls=config)
+        assert client.status() == {1: "AVAILABLE"}
+        assert client.predict(EXAMPLE).mode == "P"
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_wrong_ca_or_name_is_refused_at_once_with_a_clear_message(mtls_server, transport):
+    from conftest import run_cli
+
+    srv, certs, _ = mtls_server
+    port = srv.grpc_port if transport == "grpc" else srv.rest_port
+    base = ["predict", EXAMPLE, "--server", f"127.0.0.1:{port}", "--transport", transport,
+            "--tls-cert", certs.client_cert, "--tls-key", certs.client_key]
+    for extra, says in ((["--tls-ca", certs.wrong_ca], "not signed by the CA given with "
+                                                       "--tls-ca"),
+                        (["--tls-ca", certs.ca, "--tls-server-name", "other.example"],
+                         "TLS handshake with 127.0.0.1")):
+        started = time.monotonic()
+        proc = run_cli(*base, *extra, check=False)
+        assert proc.returncode != 0
+        assert says in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert time.monotonic() - started < 25, "a certificate problem was retried"
+    # a plain client at a TLS server is told to use TLS
+    proc = run_cli("predict", EXAMPLE, "--server", f"127.0.0.1:{port}", "--transport",
+                   transport, "--retries", "0", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
