@@ -30,7 +30,7 @@ from tfdeploy.export.agreement import (
     user_images,
 )
 from tfdeploy.export.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_AGREEMENT, DEFAULT_PRECISION
-from tfdeploy.export.model import DeepLabV3
+from tfdeploy.export.model import ASPP_SCOPE, DeepLabV3, choose_float_blocks
 from tfdeploy.export.precision import (
     INT8_SERVERS,
     check_precision,
@@ -84,6 +84,9 @@ class ExportResult:
     calibration: dict | None = None
     #: Which model servers can run this export (int8 needs oneDNN's int8 kernels).
     servers: str | None = None
+    #: int8: blocks kept in float32 by the sensitivity pass (mixed precision), with its
+    #: steps ({"blocks": [...], "of": N, "target": x, "steps": [...]}).
+    mixed_precision: dict | None = None
 
     def summary(self) -> str:
         """What the export did, for people: the version path, then one line."""
@@ -93,7 +96,11 @@ class ExportResult:
                  f"{self.max_abs_logit_diff:.2g})" if self.verified else "not verified")
         if self.calibration:
             held = (self.agreement or {}).get("held_out") or {}
-            check = (f"calibrated on {self.calibration['images']} images; {check}"
+            mixed = self.mixed_precision or {}
+            kept = (f"{len(mixed['blocks'])} of {mixed['of']} blocks kept in float32 "
+                    f"({', '.join(map(_block_name, mixed['blocks']))})"
+                    if mixed.get("blocks") else "every block in int8")
+            check = (f"calibrated on {self.calibration['images']} images, {kept}; {check}"
                      + (f"; held-out images ({held['images']}) {held['pixel_agreement']:.2%}, "
                         f"worst {held['min_pixel_agreement']:.2%}" if held.get("images") else
                         "; no held-out images (pass --calibration to calibrate on others)"
@@ -108,6 +115,11 @@ class ExportResult:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def _block_name(block: str) -> str:
+    """``block3/unit_2`` for a bottleneck unit's scope, ``ASPP`` for the ASPP block."""
+    return "ASPP" if block == ASPP_SCOPE else "/".join(block.split("/")[1:3])
 
 
 def _pid_alive(pid: int) -> bool:
@@ -276,14 +288,24 @@ def export(
     try:
         say(f"building {source.config.backbone} (output stride {source.config.output_stride}, "
             f"{precision}, BatchNorm folded)")
-        ranges = None
+        ranges, float_blocks, mixed = None, [], None
         if calibration_set:
             say(f"calibrating int8 activation ranges on {len(calibration_set)} images")
             ranges = DeepLabV3(source.config, weights, fold_batch_norm=True).calibrate(
                 image for _, image in calibration_set)
             t = lap("calibrate", t)
+            say(f"choosing blocks to keep in float32 (worst calibration image >= "
+                f"{min_agreement:.2%} of pixels agreeing with float32)")
+            probe = DeepLabV3(source.config, weights, precision="int8", fold_batch_norm=True,
+                              activation_ranges=ranges, mixed=True)
+            float_blocks, steps = choose_float_blocks(
+                probe, [image for _, image in calibration_set], min_agreement)
+            mixed = {"blocks": float_blocks, "of": len(probe.blocks), "target": min_agreement,
+                     "steps": steps}
+            del probe
+            t = lap("sensitivity", t)
         model = DeepLabV3(source.config, weights, precision=precision, fold_batch_norm=True,
-                          activation_ranges=ranges)
+                          activation_ranges=ranges, float_blocks=float_blocks)
         module = ServingModule(model, max_pixels)
         say("writing SavedModel")
         tf.saved_model.save(module, str(tmp), signatures=module.signatures())
@@ -314,6 +336,7 @@ def export(
             calibration={"images": len(calibration_set),
                          "names": [n for n, _ in calibration_set]} if calibration_set else None,
             servers=INT8_SERVERS if precision == "int8" else None,
+            mixed_precision=mixed,
         )
         meta = tmp / METADATA_FILE
         meta.parent.mkdir(parents=True, exist_ok=True)
@@ -322,7 +345,7 @@ def export(
             "config": source.config.to_json()["model"], "exported_at": time.time(),
             "precision": precision, "batch_norm_folded": True, "max_pixels": max_pixels,
             "agreement": result.agreement, "calibration": result.calibration,
-            "servers": result.servers,
+            "servers": result.servers, "mixed_precision": result.mixed_precision,
             # class index -> name, for clients that report per-class results
             "class_names": class_names(source),
         }, indent=2))
