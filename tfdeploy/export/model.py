@@ -74,6 +74,8 @@ class DeepLabV3(tf.Module):
         self.mixed = mixed
         #: While ``choose_float_blocks`` traces: bool per block, True = run it in float32.
         self._mask: tf.Tensor | None = None
+        #: Range stretch of the block being traced (see ``_quantize``).
+        self._stretch: tf.Tensor | None = None
         shapes = variable_shapes(config)
         init = initial_weights(shapes) if weights is None else weights
         init = {name: np.asarray(init[name], np.float32).reshape(shape)
@@ -224,13 +226,23 @@ class DeepLabV3(tf.Module):
             self._taps[name] = tf.stack([top, *errors])
         return x
 
-    def _range(self, name: str) -> float:
+    def _range(self, name: str):
         # A tensor that was all zeros on the calibration images still needs a scale.
-        return max(float(self.ranges[name]), 1e-6)
+        m = max(float(self.ranges[name]), 1e-6)
+        return m if self._stretch is None else m * self._stretch
 
     def _quantize(self, x: tf.Tensor, name: str, signed: bool) -> tf.Tensor:
         """float32 -> qint8/quint8 with the calibrated range of ``name`` (scale only,
-        zero point 0: what oneDNN's int8 convolutions take)."""
+        zero point 0: what oneDNN's int8 convolutions take).
+
+        With the calibrated max of ``name`` known (``max:<name>`` in the ranges), an
+        image whose values exceed it stretches this range, and every range after it up
+        to the next quantize, by the same factor: an image unlike the calibration ones
+        is rounded more coarsely instead of clipped (clipping wrecks its masks)."""
+        self._stretch = None
+        if f"max:{name}" in self.ranges:
+            top = max(float(self.ranges[f"max:{name}"]), 1e-6)
+            self._stretch = tf.maximum(1.0, tf.reduce_max(tf.abs(x)) / top)
         m = self._range(name)
         return tf.raw_ops.QuantizeV2(
             input=x, min_range=-m if signed else 0.0, max_range=m,
@@ -283,7 +295,9 @@ class DeepLabV3(tf.Module):
         r = self._qconv(r, f"{u.scope}/conv1", f"{u.scope}/conv2", True, stride=u.stride,
                         rate=u.rate, same_explicit=True)
         r = self._qconv(r, f"{u.scope}/conv2", f"{u.scope}/conv3", False)
-        return shortcut + self._dequantize(r, f"{u.scope}/conv3")
+        r = self._dequantize(r, f"{u.scope}/conv3")
+        self._stretch = None  # a tensor of this block (and of a tf.cond branch's graph)
+        return shortcut + r
 
     def _aspp_int8(self, net, branches):
         s = "DeepLab_v3/ASPP_layer"
@@ -293,9 +307,11 @@ class DeepLabV3(tf.Module):
         for scope, rate in convs:
             branches.append(self._dequantize(
                 self._qconv(q, f"{s}:input", scope, False, rate=rate), scope))
-        net = self._quantize(tf.concat(branches, axis=3), f"{s}:concat", signed=True)
-        out = f"{s}/conv_1x1_output"
-        return self._dequantize(self._qconv(net, f"{s}:concat", out, False), out)
+        self._stretch = None
+        # The 1x1 projection of the concatenated branches stays float32: one per-tensor
+        # int8 range over five branches of different scales cost more agreement than
+        # any other tensor, and this convolution is ~1% of the network's work.
+        return self._conv_bn(tf.concat(branches, axis=3), f"{s}/conv_1x1_output", False)
 
     def calibrate(self, images) -> dict[str, float]:
         """The int8 range of every tensor the int8 graph quantizes, from ``images`` (RGB
@@ -325,7 +341,8 @@ class DeepLabV3(tf.Module):
         # rounded coarsely.
         ranges = {name: tops[name] * CLIP_FRACTIONS[int(np.argmin(errors[name]))]
                   for name in tops}
-        return ranges
+        # and its max, which an image must exceed before its ranges stretch (_quantize)
+        return ranges | {f"max:{name}": top for name, top in tops.items()}
 
     def logits(self, images: tf.Tensor) -> tf.Tensor:
         """Per-pixel class logits at the input resolution, float32 [N, H, W, classes].
@@ -401,10 +418,10 @@ def choose_float_blocks(model: DeepLabV3, images, target: float,
     """The blocks an int8 export keeps in float32 so that every image in ``images`` (the
     calibration images) agrees with float32 on at least ``target`` of its pixels.
 
-    ``model`` is a ``mixed`` int8 model.  Sensitivity pass: with all blocks in int8, then
-    with each block alone back in float32, the share of squared logit error (against the
-    all-float32 mixture, i.e. the folded float32 model) that block removes; blocks then
-    go back to float32 most sensitive first until the worst image reaches ``target``.
+    ``model`` is a ``mixed`` int8 model.  Sensitivity pass, greedy: starting from every
+    block in int8, each step puts back in float32 the one block that leaves the least
+    squared logit error (against the all-float32 mixture, i.e. the folded float32
+    model), until the worst image reaches ``target``.
     Returns the chosen blocks and one record per step (what the export reports)."""
     if not model.mixed:
         raise ValueError("choose_float_blocks needs a mixed int8 model")
@@ -432,17 +449,15 @@ def choose_float_blocks(model: DeepLabV3, images, target: float,
             norm += float(np.sum(np.square(ref)))
         return worst, err / max(norm, 1e-30)
 
-    worst, err = score(set())
-    steps = [{"float32": [], "worst_agreement": worst, "relative_logit_error": err}]
-    if worst >= target:
-        return [], steps
-    gain = {i: err - score({i})[1] for i in range(n)}
     chosen: set[int] = set()
-    for i in sorted(gain, key=gain.get, reverse=True):
-        chosen.add(i)
-        worst, err = score(chosen)
+    worst, err = score(chosen)
+    steps = [{"float32": [], "worst_agreement": worst, "relative_logit_error": err}]
+    while worst < target and len(chosen) < n:
+        # Re-ranked at every step: a block's cost can hide behind a larger one's.
+        tried = {i: score(chosen | {i}) for i in range(n) if i not in chosen}
+        best = min(tried, key=lambda i: (tried[i][1], -tried[i][0]))
+        chosen.add(best)
+        worst, err = tried[best]
         steps.append({"float32": [model.blocks[j] for j in sorted(chosen)],
                       "worst_agreement": worst, "relative_logit_error": err})
-        if worst >= target:
-            break
     return [model.blocks[j] for j in sorted(chosen)], steps
