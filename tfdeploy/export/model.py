@@ -8,7 +8,7 @@ write carries exactly the weights of the checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -17,6 +17,9 @@ from tfdeploy.export.config import ModelConfig
 from tfdeploy.export.layout import Unit, units, variable_shapes
 from tfdeploy.export.precision import check_precision, float_convs, quantize_weights
 from tfdeploy.export.precision import fold_batch_norm as fold
+
+#: The ASPP block's scope: a block ``float_blocks`` can name, like a bottleneck unit's.
+ASPP_SCOPE = "DeepLab_v3/ASPP_layer"
 
 #: Candidate int8 clipping ranges, as fractions of a tensor's calibrated max |value|.
 CLIP_FRACTIONS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
@@ -35,7 +38,8 @@ class DeepLabV3(tf.Module):
 
     def __init__(self, config: ModelConfig, weights: Mapping[str, np.ndarray] | None = None,
                  precision: str = "float32", fold_batch_norm: bool = False,
-                 activation_ranges: Mapping[str, float] | None = None):
+                 activation_ranges: Mapping[str, float] | None = None,
+                 float_blocks: Iterable[str] = (), mixed: bool = False):
         """``precision`` is the dtype convolutions store weights and compute in (logits
         and argmax stay float32); ``fold_batch_norm`` folds each convolution's BatchNorm
         into its weights (see ``precision.fold_batch_norm``).  The defaults build the
@@ -45,7 +49,11 @@ class DeepLabV3(tf.Module):
         float32 folded model): convolutions other than the first, the image-level
         pooling and the logits run as oneDNN int8 kernels with per-channel weight
         scales, their int8 weights baked into the graph as constants (the kernels only
-        accept constant filters)."""
+        accept constant filters).  ``float_blocks`` (bottleneck unit scopes, or
+        ``ASPP_SCOPE``) stay float32 in an int8 model: the blocks whose 8-bit activations
+        cost the most agreement (see ``choose_float_blocks``).  ``mixed`` builds both
+        paths of every block and picks one per block at run time from a mask: the
+        sensitivity pass measures every mixture on one traced graph."""
         super().__init__(name="deeplab_v3")
         self.config = config
         self.precision = check_precision(precision)
@@ -58,6 +66,16 @@ class DeepLabV3(tf.Module):
         if self.int8 and not (fold_batch_norm and activation_ranges):
             raise ValueError("int8 needs fold_batch_norm=True and activation_ranges")
         self.units: list[Unit] = units(config)
+        #: Blocks an int8 model can run in int8, in graph order.
+        self.blocks = [u.scope for u in self.units] + [ASPP_SCOPE]
+        self.float_blocks = frozenset(float_blocks)
+        if unknown := self.float_blocks - set(self.blocks):
+            raise ValueError(f"no such blocks: {sorted(unknown)}")
+        self.mixed = mixed
+        #: While ``choose_float_blocks`` traces: bool per block, True = run it in float32.
+        self._mask: tf.Tensor | None = None
+        #: Range stretch of the block being traced (see ``_quantize``).
+        self._stretch: tf.Tensor | None = None
         shapes = variable_shapes(config)
         init = initial_weights(shapes) if weights is None else weights
         init = {name: np.asarray(init[name], np.float32).reshape(shape)
@@ -69,10 +87,13 @@ class DeepLabV3(tf.Module):
         if self.int8:
             for name in [n for n in init if n.endswith("/weights")]:
                 scope = name[: -len("/weights")]
-                if scope in float_convs(config):
+                if scope in float_convs(config) or any(
+                        scope.startswith(b + "/") for b in self.float_blocks):
                     continue
-                wq, wmax = quantize_weights(init.pop(name))
-                self._quantized[scope] = (wq, wmax, init.pop(f"{scope}/biases"))
+                # A mixed model keeps the float32 weights too (for the float path).
+                take = init.get if mixed else init.pop
+                wq, wmax = quantize_weights(take(name))
+                self._quantized[scope] = (wq, wmax, take(f"{scope}/biases"))
             # One traced graph shared by every signature (tf.saved_model.save still
             # writes it twice): the int8 constants are not copied per signature.
             self._int8_logits = tf.function(
@@ -144,10 +165,18 @@ class DeepLabV3(tf.Module):
             epsilon=self.config.batch_norm_epsilon, is_training=False)
         return self._tap(scope, tf.nn.relu(y))
 
+    def _in_int8(self, block: str, int8_path, float_path):
+        """``block`` in int8 or float32: as built, or (mixed model) as the mask says."""
+        if self._mask is not None:
+            return tf.cond(self._mask[self.blocks.index(block)], float_path, int8_path)
+        return int8_path() if self.int8 and block not in self.float_blocks else float_path()
+
     def _unit(self, x, u: Unit):
         preact = self._preact(x, f"{u.scope}/preact")
-        if self.int8:
-            return self._unit_int8(x, preact, u)
+        return self._in_int8(u.scope, lambda: self._unit_int8(x, preact, u),
+                             lambda: self._unit_float(x, preact, u))
+
+    def _unit_float(self, x, preact, u: Unit):
         if u.has_shortcut_conv:
             shortcut = self._tap(f"{u.scope}/shortcut", self._bias(
                 self._conv(preact, f"{u.scope}/shortcut", stride=u.stride), f"{u.scope}/shortcut"))
@@ -169,8 +198,11 @@ class DeepLabV3(tf.Module):
         image = tf.cast(image, self.compute_dtype)
         image = self._conv_bn(image, f"{s}/image_level_conv_1x1", False)
         branches = [tf.cast(resize_bilinear(image, size), self.compute_dtype)]
-        if self.int8:
-            return self._aspp_int8(net, branches)
+        return self._in_int8(ASPP_SCOPE, lambda: self._aspp_int8(net, list(branches)),
+                             lambda: self._aspp_float(net, list(branches)))
+
+    def _aspp_float(self, net, branches):
+        s = ASPP_SCOPE
         self._tap(f"{s}:input", net)
         branches.append(self._conv_bn(net, f"{s}/conv_1x1_0", False))
         for i, rate in enumerate(self.config.aspp_rates, start=1):
@@ -194,13 +226,23 @@ class DeepLabV3(tf.Module):
             self._taps[name] = tf.stack([top, *errors])
         return x
 
-    def _range(self, name: str) -> float:
+    def _range(self, name: str):
         # A tensor that was all zeros on the calibration images still needs a scale.
-        return max(float(self.ranges[name]), 1e-6)
+        m = max(float(self.ranges[name]), 1e-6)
+        return m if self._stretch is None else m * self._stretch
 
     def _quantize(self, x: tf.Tensor, name: str, signed: bool) -> tf.Tensor:
         """float32 -> qint8/quint8 with the calibrated range of ``name`` (scale only,
-        zero point 0: what oneDNN's int8 convolutions take)."""
+        zero point 0: what oneDNN's int8 convolutions take).
+
+        With the calibrated max of ``name`` known (``max:<name>`` in the ranges), an
+        image whose values exceed it stretches this range, and every range after it up
+        to the next quantize, by the same factor: an image unlike the calibration ones
+        is rounded more coarsely instead of clipped (clipping wrecks its masks)."""
+        self._stretch = None
+        if f"max:{name}" in self.ranges:
+            top = max(float(self.ranges[f"max:{name}"]), 1e-6)
+            self._stretch = tf.maximum(1.0, tf.reduce_max(tf.abs(x)) / top)
         m = self._range(name)
         return tf.raw_ops.QuantizeV2(
             input=x, min_range=-m if signed else 0.0, max_range=m,
@@ -253,7 +295,9 @@ class DeepLabV3(tf.Module):
         r = self._qconv(r, f"{u.scope}/conv1", f"{u.scope}/conv2", True, stride=u.stride,
                         rate=u.rate, same_explicit=True)
         r = self._qconv(r, f"{u.scope}/conv2", f"{u.scope}/conv3", False)
-        return shortcut + self._dequantize(r, f"{u.scope}/conv3")
+        r = self._dequantize(r, f"{u.scope}/conv3")
+        self._stretch = None  # a tensor of this block (and of a tf.cond branch's graph)
+        return shortcut + r
 
     def _aspp_int8(self, net, branches):
         s = "DeepLab_v3/ASPP_layer"
@@ -263,9 +307,11 @@ class DeepLabV3(tf.Module):
         for scope, rate in convs:
             branches.append(self._dequantize(
                 self._qconv(q, f"{s}:input", scope, False, rate=rate), scope))
-        net = self._quantize(tf.concat(branches, axis=3), f"{s}:concat", signed=True)
-        out = f"{s}/conv_1x1_output"
-        return self._dequantize(self._qconv(net, f"{s}:concat", out, False), out)
+        self._stretch = None
+        # The 1x1 projection of the concatenated branches stays float32: one per-tensor
+        # int8 range over five branches of different scales cost more agreement than
+        # any other tensor, and this convolution is ~1% of the network's work.
+        return self._conv_bn(tf.concat(branches, axis=3), f"{s}/conv_1x1_output", False)
 
     def calibrate(self, images) -> dict[str, float]:
         """The int8 range of every tensor the int8 graph quantizes, from ``images`` (RGB
@@ -295,7 +341,8 @@ class DeepLabV3(tf.Module):
         # rounded coarsely.
         ranges = {name: tops[name] * CLIP_FRACTIONS[int(np.argmin(errors[name]))]
                   for name in tops}
-        return ranges
+        # and its max, which an image must exceed before its ranges stretch (_quantize)
+        return ranges | {f"max:{name}": top for name, top in tops.items()}
 
     def logits(self, images: tf.Tensor) -> tf.Tensor:
         """Per-pixel class logits at the input resolution, float32 [N, H, W, classes].
@@ -364,3 +411,53 @@ def random_weights(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
         elif name.endswith(("gamma",)):
             weights[name] = rng.uniform(0.5, 1.0, value.shape).astype(np.float32)
     return weights
+
+
+def choose_float_blocks(model: DeepLabV3, images, target: float,
+                        ) -> tuple[list[str], list[dict]]:
+    """The blocks an int8 export keeps in float32 so that every image in ``images`` (the
+    calibration images) agrees with float32 on at least ``target`` of its pixels.
+
+    ``model`` is a ``mixed`` int8 model.  Sensitivity pass, greedy: starting from every
+    block in int8, each step puts back in float32 the one block that leaves the least
+    squared logit error (against the all-float32 mixture, i.e. the folded float32
+    model), until the worst image reaches ``target``.
+    Returns the chosen blocks and one record per step (what the export reports)."""
+    if not model.mixed:
+        raise ValueError("choose_float_blocks needs a mixed int8 model")
+    n = len(model.blocks)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32),
+                                  tf.TensorSpec([n], tf.bool)])
+    def run(batch, mask):
+        model._mask = mask
+        try:
+            return model._logits(batch)
+        finally:
+            model._mask = None
+
+    batches = [tf.constant(np.asarray(im, np.float32)[None]) for im in images]
+    refs = [run(b, tf.ones([n], tf.bool)).numpy() for b in batches]
+
+    def score(floats: set[int]) -> tuple[float, float]:
+        mask = tf.constant([i in floats for i in range(n)])
+        worst, err, norm = 1.0, 0.0, 0.0
+        for b, ref in zip(batches, refs, strict=True):
+            got = run(b, mask).numpy()
+            worst = min(worst, float(np.mean(got.argmax(-1) == ref.argmax(-1))))
+            err += float(np.sum(np.square(got - ref)))
+            norm += float(np.sum(np.square(ref)))
+        return worst, err / max(norm, 1e-30)
+
+    chosen: set[int] = set()
+    worst, err = score(chosen)
+    steps = [{"float32": [], "worst_agreement": worst, "relative_logit_error": err}]
+    while worst < target and len(chosen) < n:
+        # Re-ranked at every step: a block's cost can hide behind a larger one's.
+        tried = {i: score(chosen | {i}) for i in range(n) if i not in chosen}
+        best = min(tried, key=lambda i: (tried[i][1], -tried[i][0]))
+        chosen.add(best)
+        worst, err = tried[best]
+        steps.append({"float32": [model.blocks[j] for j in sorted(chosen)],
+                      "worst_agreement": worst, "relative_logit_error": err})
+    return [model.blocks[j] for j in sorted(chosen)], steps

@@ -30,7 +30,7 @@ from tfdeploy.export.agreement import (
     user_images,
 )
 from tfdeploy.export.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_AGREEMENT, DEFAULT_PRECISION
-from tfdeploy.export.model import DeepLabV3
+from tfdeploy.export.model import ASPP_SCOPE, DeepLabV3, choose_float_blocks
 from tfdeploy.export.precision import (
     INT8_SERVERS,
     check_precision,
@@ -86,6 +86,9 @@ class ExportResult:
     servers: str | None = None
     #: What was exported: ``checkpoint`` or ``frozen_graph`` (see export/sources.py).
     source: str = sources.CHECKPOINT
+    #: int8: blocks kept in float32 by the sensitivity pass (mixed precision), with its
+    #: steps ({"blocks": [...], "of": N, "target": x, "steps": [...]}).
+    mixed_precision: dict | None = None
 
     def summary(self) -> str:
         """What the export did, for people: the version path, then one line."""
@@ -95,7 +98,11 @@ class ExportResult:
                  f"{self.max_abs_logit_diff:.2g})" if self.verified else "not verified")
         if self.calibration:
             held = (self.agreement or {}).get("held_out") or {}
-            check = (f"calibrated on {self.calibration['images']} images; {check}"
+            mixed = self.mixed_precision or {}
+            kept = (f"{len(mixed['blocks'])} of {mixed['of']} blocks kept in float32 "
+                    f"({', '.join(map(_block_name, mixed['blocks']))})"
+                    if mixed.get("blocks") else "every block in int8")
+            check = (f"calibrated on {self.calibration['images']} images, {kept}; {check}"
                      + (f"; held-out images ({held['images']}) {held['pixel_agreement']:.2%}, "
                         f"worst {held['min_pixel_agreement']:.2%}" if held.get("images") else
                         "; no held-out images (pass --calibration to calibrate on others)"
@@ -112,6 +119,11 @@ class ExportResult:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def _block_name(block: str) -> str:
+    """``block3/unit_2`` for a bottleneck unit's scope, ``ASPP`` for the ASPP block."""
+    return "ASPP" if block == ASPP_SCOPE else "/".join(block.split("/")[1:3])
 
 
 def _pid_alive(pid: int) -> bool:
@@ -335,20 +347,32 @@ def export(
     clean_stale_temps(base)
     tmp = base / f"{TMP_PREFIX}{number}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
+        mixed = None
         if graph_model is not None:
             say(f"wrapping the {kind.kind.replace('_', ' ')}")
             model = graph_model
         else:
             say(f"building {source.config.backbone} (output stride "
                 f"{source.config.output_stride}, {precision}, BatchNorm folded)")
-            ranges = None
+            ranges, float_blocks = None, []
             if calibration_set:
                 say(f"calibrating int8 activation ranges on {len(calibration_set)} images")
                 ranges = DeepLabV3(source.config, weights, fold_batch_norm=True).calibrate(
                     image for _, image in calibration_set)
                 t = lap("calibrate", t)
+                say(f"choosing blocks to keep in float32 (worst calibration image >= "
+                    f"{min_agreement:.2%} of pixels agreeing with float32)")
+                probe = DeepLabV3(source.config, weights, precision="int8",
+                                  fold_batch_norm=True, activation_ranges=ranges, mixed=True)
+                float_blocks, steps = choose_float_blocks(
+                    probe, [image for _, image in calibration_set], min_agreement)
+                mixed = {"blocks": float_blocks, "of": len(probe.blocks),
+                         "target": min_agreement, "steps": steps}
+                del probe
+                t = lap("sensitivity", t)
             model = DeepLabV3(source.config, weights, precision=precision,
-                              fold_batch_norm=True, activation_ranges=ranges)
+                              fold_batch_norm=True, activation_ranges=ranges,
+                              float_blocks=float_blocks)
         module = ServingModule(model, max_pixels)
         say("writing SavedModel")
         tf.saved_model.save(module, str(tmp), signatures=module.signatures())
@@ -391,6 +415,7 @@ def export(
             calibration={"images": len(calibration_set),
                          "names": [n for n, _ in calibration_set]} if calibration_set else None,
             servers=INT8_SERVERS if precision == "int8" else None, source=kind.kind,
+            mixed_precision=mixed,
         )
         meta = tmp / METADATA_FILE
         meta.parent.mkdir(parents=True, exist_ok=True)
@@ -400,7 +425,7 @@ def export(
             "precision": precision, "batch_norm_folded": result.batch_norm_folded,
             "max_pixels": max_pixels,
             "agreement": result.agreement, "calibration": result.calibration,
-            "servers": result.servers,
+            "servers": result.servers, "mixed_precision": result.mixed_precision,
             # class index -> name, for clients that report per-class results
             "class_names": class_names(source) if source is not None else (
                 foreign_class_names(origin["num_classes"])),
