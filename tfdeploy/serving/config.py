@@ -87,7 +87,10 @@ def monitoring_config(path: str | Path):
 def ssl_config(path: str | Path):
     """tensorflow_model_server's SSLConfig text (server_key, server_cert, custom_ca,
     client_verify), whose message the pip tensorflow-serving-api does not ship."""
-    return _parse(path, _messages()["SSLConfig"](), "--ssl_config_file")
+    config = _parse(path, _messages()["SSLConfig"](), "--ssl_config_file")
+    if not config.server_key or not config.server_cert:  # both front ends need both
+        raise UserError(f"--ssl_config_file {path}: server_key and server_cert are required")
+    return config
 
 
 def batching_parameters(path: str | Path | None):

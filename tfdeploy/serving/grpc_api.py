@@ -219,10 +219,7 @@ def ssl_credentials(path: str):
         return None
     from tfdeploy.serving.config import ssl_config
 
-    config = ssl_config(path)
-    if not config.server_key or not config.server_cert:
-        raise StatusError(Code.INVALID_ARGUMENT,
-                          f"--ssl_config_file {path}: server_key and server_cert are required")
+    config = ssl_config(path)  # server_key and server_cert checked there
     return grpc.ssl_server_credentials(
         [(config.server_key.encode(), config.server_cert.encode())],
         root_certificates=config.custom_ca.encode() or None,

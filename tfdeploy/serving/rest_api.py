@@ -223,10 +223,7 @@ def _tls(path: str) -> http_server.TlsFiles | None:
         return None
     from tfdeploy.serving.config import ssl_config
 
-    config = ssl_config(path)
-    if not config.server_key or not config.server_cert:
-        raise StatusError(Code.INVALID_ARGUMENT,
-                          f"--ssl_config_file {path}: server_key and server_cert are required")
+    config = ssl_config(path)  # server_key and server_cert checked there
     return http_server.TlsFiles(config.server_key, config.server_cert, config.custom_ca,
                                 config.client_verify)
 
