@@ -226,10 +226,16 @@ def ssl_credentials(path: str):
         require_client_auth=config.client_verify)
 
 
-def add_port(grpc_server, address: str, credentials) -> int:
-    if credentials is None:
-        return grpc_server.add_insecure_port(address)
-    return grpc_server.add_secure_port(address, credentials)
+def add_port(grpc_server, address: str, credentials, failure: str) -> None:
+    """Listen on ``address`` (TLS when ``credentials``); UNAVAILABLE saying ``failure``
+    when it cannot (gRPC reports a port in use as 0 or a RuntimeError)."""
+    try:
+        bound = (grpc_server.add_insecure_port(address) if credentials is None
+                 else grpc_server.add_secure_port(address, credentials))
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        raise StatusError(Code.UNAVAILABLE, failure)
 
 
 class GrpcServer:
@@ -283,31 +289,16 @@ class GrpcServer:
             host = server.options.model_service_host
             address = (f"[{host}]:{server.options.model_service_port}" if ":" in host
                        else f"{host}:{server.options.model_service_port}")
-            try:
-                bound = add_port(control, address, credentials)
-            except RuntimeError:
-                bound = 0
-            if not bound:
-                raise StatusError(Code.UNAVAILABLE,
-                                  f"cannot bind ModelService port {address} (in use?)")
+            add_port(control, address, credentials,
+                     f"cannot bind ModelService port {address} (in use?)")
             await control.start()
             self._control = control
-        try:
-            bound = add_port(grpc_server, self.address, credentials)
-        except RuntimeError:
-            bound = 0
-        if not bound:
-            raise StatusError(Code.UNAVAILABLE,
-                              f"cannot bind gRPC port {self.address} (in use?)")
+        add_port(grpc_server, self.address, credentials,
+                 f"cannot bind gRPC port {self.address} (in use?)")
         socket_path = server.options.grpc_socket_path
         if socket_path:  # as tensorflow_model_server: the same services on a UNIX socket
-            try:
-                bound = add_port(grpc_server, f"unix:{socket_path}", credentials)
-            except RuntimeError:
-                bound = 0
-            if not bound:
-                raise StatusError(Code.UNAVAILABLE,
-                                  f"cannot listen on UNIX socket {socket_path}")
+            add_port(grpc_server, f"unix:{socket_path}", credentials,
+                     f"cannot listen on UNIX socket {socket_path}")
         await grpc_server.start()
         return grpc_server
 
