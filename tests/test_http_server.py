@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tfdeploy.serving.http_server import HttpRequest, HttpResponse, serve
+from tfdeploy.tfs.codes import INTERNAL_MESSAGE
 
 HANG = 10.0  # generous bound: only there so that a regression fails instead of hanging
 
@@ -268,11 +269,14 @@ def test_malformed_requests_get_400_json_and_no_hang(start, request_bytes):
     assert get(server.port)[0] == 200  # and the server goes on
 
 
-def test_handler_exception_is_500_json_and_the_server_goes_on(start):
+def test_handler_exception_is_500_json_and_the_server_goes_on(start, caplog):
+    """The client gets a fixed text (internals stay in the log, issue 24), the log the
+    exception, and the server goes on."""
     server = start()
     status, headers, body = raw(server.port, b"GET /raise HTTP/1.1\r\nHost: a\r\n\r\n")
     assert status == 500 and headers["content-type"] == "application/json"
-    assert "boom from the handler" in json.loads(body)["error"]
+    assert json.loads(body)["error"] == INTERNAL_MESSAGE
+    assert "boom from the handler" in caplog.text
     assert get(server.port)[0] == 200
 
 
