@@ -4,7 +4,9 @@ the generated compose file runs for real with the locally built serving image.""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -186,9 +188,16 @@ def test_compose_replicas_turn_healthy_and_survive_one_stopping(demo_base, tmp_p
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and len(list(masks.glob("*.png"))) < n // 3:
             time.sleep(0.05)
-        assert len(list(masks.glob("*.png"))) < n, "predict finished before the stop"
-        stop = subprocess.run([*compose, "stop", "deeplab-serving-2"], capture_output=True,
-                              text=True, timeout=120)
+        # Hold the client while the replica stops: otherwise a fast machine finishes the
+        # remaining images during `compose stop`'s own start-up and nothing fails over.
+        os.kill(predict.pid, signal.SIGSTOP)
+        try:
+            assert predict.poll() is None and len(list(masks.glob("*.png"))) < n, \
+                "predict finished before the stop"
+            stop = subprocess.run([*compose, "stop", "deeplab-serving-2"], capture_output=True,
+                                  text=True, timeout=120)
+        finally:
+            os.kill(predict.pid, signal.SIGCONT)
         assert stop.returncode == 0, stop.stderr
         stdout, stderr = predict.communicate(timeout=300)
         assert predict.returncode == 0, stderr
