@@ -79,3 +79,15 @@ def photographs(tmp_path_factory) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def demo_server(demo_base, tmp_path_factory):
+    """The demo export served by tfdeploy-model-server on free ports, one per test module."""
+    from servers import ServerProcess
+
+    srv = ServerProcess("--model_name=deeplab", f"--model_base_path={demo_base}",
+                        log_dir=tmp_path_factory.mktemp("logs"))
+    srv.wait_available(1)
+    yield srv
+    srv.stop()

@@ -13,7 +13,6 @@ import pytest
 import tensorflow as tf
 from conftest import ROOT, run_cli
 from PIL import Image
-from servers import ServerProcess
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.jpg"))
 
@@ -24,12 +23,8 @@ def in_process(demo_base):
 
 
 @pytest.fixture(scope="module")
-def server(demo_base, tmp_path_factory):
-    srv = ServerProcess("--model_name=deeplab", f"--model_base_path={demo_base}",
-                        log_dir=tmp_path_factory.mktemp("logs"))
-    srv.wait_available(1)
-    yield srv
-    srv.stop()
+def server(demo_server):
+    return demo_server
 
 
 def expected_mask(in_process, rgb: np.ndarray) -> np.ndarray:

@@ -16,12 +16,8 @@ EXAMPLE = sorted((ROOT / "examples").glob("*.jpg"))[0]
 
 
 @pytest.fixture(scope="module")
-def server(demo_base, tmp_path_factory):
-    srv = ServerProcess("--model_name=deeplab", f"--model_base_path={demo_base}",
-                        log_dir=tmp_path_factory.mktemp("logs"))
-    srv.wait_available(1)
-    yield srv
-    srv.stop()
+def server(demo_server):
+    return demo_server
 
 
 def test_predict_never_writes_over_an_input(tmp_path):

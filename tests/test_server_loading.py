@@ -135,18 +135,25 @@ def test_directories_that_are_not_versions_are_ignored(hp2, tmp_path):
         assert srv.stop() == 0
 
 
-def test_a_slow_load_holds_up_nothing_else(hp2, gated, tmp_path):
-    """A reload adds a model whose load lasts until a gate opens (--num_load_threads=2).
-    Meanwhile, within a couple of seconds each: status of the other model (gRPC and REST,
-    with four more reloads waiting on the slow one), its predictions, and a new version
-    of it, found by the poll and loaded on the second loader thread.  Once the gate
-    opens the reloads return OK and the slow model serves."""
+def fast_and_slow(hp2: Path, gated: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Base paths of a model that loads at once (``fast``) and one whose load waits until
+    the returned gate file exists (``slow``), each with version 1."""
     gate = tmp_path / "gate-open"
     fast, slow = tmp_path / "fast", tmp_path / "slow"
     fast.mkdir()
     slow.mkdir()
     put_version(fast, 1, hp2)
     slow_version(gated, slow / "1", gate)
+    return gate, fast, slow
+
+
+def test_a_slow_load_holds_up_nothing_else(hp2, gated, tmp_path):
+    """A reload adds a model whose load lasts until a gate opens (--num_load_threads=2).
+    Meanwhile, within a couple of seconds each: status of the other model (gRPC and REST,
+    with four more reloads waiting on the slow one), its predictions, and a new version
+    of it, found by the poll and loaded on the second loader thread.  Once the gate
+    opens the reloads return OK and the slow model serves."""
+    gate, fast, slow = fast_and_slow(hp2, gated, tmp_path)
     config = tmp_path / "models.config"
     config.write_text(config_text(("fast", fast)))
     srv = ServerProcess(f"--model_config_file={config}", "--num_load_threads=2",
@@ -198,12 +205,7 @@ def test_load_timeout_seconds_fails_and_abandons_a_load(hp2, gated, tmp_path):
                                "--model_base_path=/nonexistent"], cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and flag.split("=")[0] in proc.stderr, proc.stderr
-    gate = tmp_path / "gate-open"
-    fast, slow = tmp_path / "fast", tmp_path / "slow"
-    fast.mkdir()
-    slow.mkdir()
-    put_version(fast, 1, hp2)
-    slow_version(gated, slow / "1", gate)
+    gate, fast, slow = fast_and_slow(hp2, gated, tmp_path)
     config = tmp_path / "models.config"
     config.write_text(config_text(("slow", slow), ("fast", fast)))
     srv = ServerProcess(f"--model_config_file={config}", "--load_timeout_seconds=1",
