@@ -255,10 +255,13 @@ def rollback(model: str, *, label: str = "stable", server: str | None = None,
     return run(model, label=label, server=server, name=name, config=config)
 
 
-def requests(log: str | Path, *, export_dir: str | Path | None = None,
-             masks: bool = True) -> dict:
-    """The requests logged in ``log`` (a request-log directory or one of its TFRecord
-    files; also reads warmup files): ``{"requests": [...], "exported": [...]}``.
+def requests(log: str | Path | None = None, *, export_dir: str | Path | None = None,
+             masks: bool = True, name: str | None = None) -> dict:
+    """The requests logged in ``log`` (a request-log directory, a ``filename_prefix``, or
+    one of its TFRecord files; also reads warmup files): ``{"requests": [...],
+    "exported": [...]}``.  Without ``log``: the logs of the server ``tfdeploy serve``
+    started (``name``, or the only one running), from its models' ``logging_config``
+    (``request_log_of``).
 
     Each request has ``time`` (ISO 8601, UTC), ``kind``, ``model``, ``version``,
     ``signature``, ``inputs`` (key -> shape), ``image_sizes`` and ``response`` (whether
@@ -270,10 +273,36 @@ def requests(log: str | Path, *, export_dir: str | Path | None = None,
     from tfdeploy.client import request_log
     from tfdeploy.errors import UserError
 
+    if log is not None and name is not None:
+        raise UserError("give a log's path or --name, not both", param="name")
+    logs = [Path(log)] if log is not None else request_log_of(name)
+    listed, exported = [], []
     try:
-        listed = [e.to_json() for e in request_log.entries(log)]
-        exported = (request_log.export(log, export_dir, masks=masks)
-                    if export_dir is not None else [])
+        for one in logs:
+            listed += [e.to_json() for e in request_log.entries(one)]
+            if export_dir is not None:
+                exported += request_log.export(one, export_dir, masks=masks)
     except request_log.LogError as exc:
         raise UserError(str(exc)) from None
     return {"requests": listed, "exported": exported}
+
+
+def request_log_of(name: str | None = None) -> list[Path]:
+    """The request logs (``filename_prefix`` of each model's ``logging_config``) of the
+    server ``tfdeploy serve`` started: ``name`` (running or not), or the only one
+    running.  ``UserError``
+    when there is no such server or it logs no requests."""
+    from tfdeploy.errors import UserError
+    from tfdeploy.runtime.manage import choose_server, find, request_logs
+
+    # by name, a stopped server's log is still there to read
+    record = find(name) if name is not None else choose_server(None)
+    if record is None:
+        raise UserError("no server that `tfdeploy serve` started is running: give the "
+                        "log's path", param="name")
+    logs = request_logs(record)
+    if not logs:
+        raise UserError(f"server {record.name!r} logs no requests: no model in its model "
+                        "config file has a logging_config (the embedded runtime only)",
+                        param="name")
+    return list(logs.values())

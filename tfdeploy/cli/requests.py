@@ -10,7 +10,10 @@ from tfdeploy.cli.app import emit, main
 
 
 @main.command(short_help="List and export logged requests (a model's logging_config).")
-@click.argument("log", type=click.Path(path_type=Path))
+@click.argument("log", type=click.Path(path_type=Path), required=False)
+@click.option("--name", default=None,
+              help="Without LOG: the logs of this server `tfdeploy serve` started (its "
+                   "models' logging_config). Default: the only one running.")
 @click.option("--export", "export_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, metavar="DIR",
               help="Write the logged images to DIR/images, and where the response was "
@@ -18,20 +21,23 @@ from tfdeploy.cli.app import emit, main
                    "(DIR/overlays).")
 @click.option("--no-masks", is_flag=True, help="With --export: images only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def requests(log: Path, export_dir: Path | None, no_masks: bool, as_json: bool) -> None:
+def requests(log: Path | None, name: str | None, export_dir: Path | None, no_masks: bool,
+             as_json: bool) -> None:
     """List the requests logged in LOG (the directory of a model's logging_config
-    filename_prefix, or one of its .tfrecord files) and optionally export them.
+    filename_prefix, the prefix itself, or one of its .tfrecord files) and optionally
+    export them.  Without LOG: the logs of the server `tfdeploy serve` started.
 
     \b
     Examples:
       tfdeploy requests /var/log/tfdeploy
+      tfdeploy requests --name staging          # the logs its model config names
       tfdeploy requests /var/log/tfdeploy --export sample/
       tfdeploy export --probe sample/images      # check a new export on real traffic
       tfdeploy bench --from-log /var/log/tfdeploy
     """
     from tfdeploy.api import requests as run
 
-    result = run(log, export_dir=export_dir, masks=not no_masks)
+    result = run(log, export_dir=export_dir, masks=not no_masks, name=name)
     lines = [f"{'time (UTC)':<20} {'model':<12} {'ver':>4} {'signature':<16} inputs"]
     for r in result["requests"]:
         sizes = ", ".join(r["image_sizes"]) or ", ".join(

@@ -123,6 +123,33 @@ def served_models(record: ServerRecord) -> dict[str, dict[str, int]]:
     return {m: {} for m in record.models or [record.model_name]}
 
 
+def request_logs(record: ServerRecord) -> dict[str, Path]:
+    """Model name -> the ``filename_prefix`` its requests are logged under, for each
+    model of a recorded server whose config has a ``logging_config`` (the model config
+    file's current contents: the server re-reads it).  Empty without request logging,
+    and for the docker and native runtimes, which cannot log.  What ``tfdeploy requests
+    --name`` and ``tfdeploy ui --name`` read."""
+    if not record.model_config_file or record.runtime != "embedded":
+        return {}
+    from tfdeploy.serving.config import model_server_config
+    from tfdeploy.serving.request_log import sink_of
+    from tfdeploy.tfs.codes import StatusError
+
+    try:
+        config = model_server_config(record.model_config_file)
+    except UserError:
+        return {}
+    logs = {}
+    for mc in config.model_config_list.config:
+        try:
+            sink = sink_of(mc)
+        except StatusError:  # the server refused this config: nothing is logged by it
+            continue
+        if sink is not None:
+            logs[mc.name] = sink.prefix
+    return logs
+
+
 def client_target(servers: tuple[str, ...] | list[str], transport: str,
                   name: str | None = None, model: str | None = None
                   ) -> tuple[list[str], str]:
