@@ -197,9 +197,10 @@ def bench(client, images=None, *, concurrency=(1,), request_rates=(), **options)
 def ui(server: str | None = None, name: str | None = None, *, model: str | None = None,
        host: str = "127.0.0.1", port: int = 0, classes: str = "auto",
        max_upload_mb: float = 32, open_browser: bool = False,
+       request_log: str | Path | None = None,
        ready: Callable[[str], None] | None = None) -> None:
     """Serve the ``tfdeploy ui`` page until interrupted (Ctrl-C): pick or drop images,
-    see their masks, compare two versions or labels.
+    see their masks, compare two versions or labels, browse logged requests.
 
     The page talks to one TF Serving REST endpoint: ``server`` (``host:port``, ours or
     tensorflow_model_server), else the server ``tfdeploy serve`` started called ``name``,
@@ -207,12 +208,16 @@ def ui(server: str | None = None, name: str | None = None, *, model: str | None 
     server's model(s).  The page listens on ``host``:``port`` (0: a free port) and
     ``ready(url)`` is called once it does.  ``classes``: ``auto`` (from the served export
     when known), ``voc``, ``demo`` or comma-separated names.  Uploads larger than
-    ``max_upload_mb`` are refused; none is written to disk.
+    ``max_upload_mb`` are refused; none is written to disk.  ``request_log`` (a log
+    directory, ``filename_prefix`` or file; default: the logs of a recorded server's
+    ``logging_config``) adds a view of the logged requests with their logged masks,
+    each of which can be run again on the current version; the log is only read.
     """
     from tfdeploy.webui.server import run
 
     run(server, name, model=model, host=host, port=port, classes=classes,
-        max_upload_mb=max_upload_mb, open_browser=open_browser, ready=ready)
+        max_upload_mb=max_upload_mb, open_browser=open_browser, request_log=request_log,
+        ready=ready)
 
 
 def promote(model: str, version: int, *, label: str = "stable", sample=None,

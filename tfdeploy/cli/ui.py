@@ -28,21 +28,30 @@ from tfdeploy.cli.app import main
                    "served export when tfdeploy serve started it, else 'class N'.")
 @click.option("--max-upload-mb", type=click.FloatRange(min=0.001), default=32,
               show_default=True, help="Larger uploads are refused with this limit named.")
+@click.option("--request-log", default=None, metavar="PATH_OR_PREFIX",
+              help="Browse the requests logged here (a log directory, a logging_config "
+                   "filename_prefix, or one .tfrecord file), each with its logged mask. "
+                   "Default: the logs of the --name server's logging_config, if any.")
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in a browser.")
-def ui(server, name, model, host, port, classes, max_upload_mb, open_browser) -> None:
+def ui(server, name, model, host, port, classes, max_upload_mb, request_log,
+       open_browser) -> None:
     """Serve a local web page that segments images through a model server.
 
     Pick or drop images: each shows the original, the mask over it (with an opacity
     slider), the mask alone, a legend of classes with their share of pixels, and the
     version used with its latency.  Compare mode runs the same images through two
     versions or labels and shows where they differ, the pixel agreement and per-class
-    IoU.  Uploads stay in memory; nothing is written to disk.  Ctrl-C stops it.
+    IoU.  With a request log, a Requests view lists the logged requests (newest
+    first) with the masks the server answered then, and runs one again on the current
+    version to compare.  Uploads stay in memory; nothing is written to disk (the log
+    is only read).  Ctrl-C stops it.
 
     \b
     Examples:
       tfdeploy ui                                # the running `tfdeploy serve` server
       tfdeploy ui --name staging --open
       tfdeploy ui --server 10.0.0.5:8501 --classes voc --port 8080
+      tfdeploy ui --request-log /var/log/tfdeploy/deeplab   # a logging_config prefix
     """
     from tfdeploy.api import ui as run_ui
 
@@ -50,4 +59,5 @@ def ui(server, name, model, host, port, classes, max_upload_mb, open_browser) ->
         click.echo(f"tfdeploy ui: {url}  (Ctrl-C stops it)", err=False)
 
     run_ui(server, name, model=model, host=host, port=port, classes=classes,
-           max_upload_mb=max_upload_mb, open_browser=open_browser, ready=ready)
+           max_upload_mb=max_upload_mb, open_browser=open_browser,
+           request_log=request_log, ready=ready)

@@ -14,6 +14,12 @@ with an HTTP status that says whose fault it was):
 - ``POST /api/predict?model=M&select=S`` (body: the image file): the mask.
 - ``POST /api/compare?model=M&a=S&b=S`` (body: the image file): both masks, the
   difference map, pixel agreement and per-class IoU (``client.compare``).
+- ``GET  /api/requests?offset=N``: a page of the request log's requests, newest first
+  (only with a request log: ``requests.py``); ``GET /api/requests/item?id=I``: one
+  request's images and the masks its logged response holds;
+  ``POST /api/requests/rerun?id=I&select=S``: its images through the server now, each
+  mask compared with the logged one (agreement, per-class IoU: ``client.compare``).
+  The log is only read.
 
 ``select`` is empty (the latest version), a version number, or a label name.
 """
@@ -37,13 +43,14 @@ from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from tfdeploy.client import images
+from tfdeploy.client import images, request_log
 from tfdeploy.client.base import ClientError
 from tfdeploy.client.compare import compare_masks, difference_map
 from tfdeploy.client.predict import PredictError, Predictor
 from tfdeploy.client.rest_transport import RestTransport
 from tfdeploy.palette import voc_colormap
 from tfdeploy.tfs.codes import Code
+from tfdeploy.webui.requests import PAGE, RequestLogView
 
 STATIC = Path(__file__).resolve().parent / "static"
 #: Uploads above this are refused before anything is sent (``--max-upload-mb``).
@@ -102,10 +109,13 @@ class Backend:
     labels: dict[str, dict[str, int]] = field(default_factory=dict)
     timeout: float = 30.0
     max_upload: int = DEFAULT_MAX_UPLOAD_MB << 20
+    #: request logs the page browses (``--request-log``, or a recorded server's)
+    request_logs: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._predictors: dict[tuple[str, int | None, str | None], Predictor] = {}
         self._lock = threading.Lock()
+        self.log_view = RequestLogView(self.request_logs) if self.request_logs else None
 
     def class_name(self, index: int) -> str:
         return self.classes[index] if index < len(self.classes) else f"class {index}"
@@ -206,6 +216,12 @@ class Backend:
 
     def _describe(self, model: str, select: str, mask: Image.Image, png: bytes | None,
                   seconds: float) -> dict:
+        return {"model": model, "select": select, "used": self._used(model, select),
+                "latency_ms": round(seconds * 1000, 1), **self._mask_views(mask, png)}
+
+    def _mask_views(self, mask: Image.Image, png: bytes | None = None) -> dict:
+        """The mask as the page shows it: alone (palette PNG), as an overlay (RGBA, clear
+        where background), and its classes with their share of pixels."""
         index = np.asarray(mask)
         colours = voc_colormap(256)
         overlay = np.zeros((*index.shape, 4), np.uint8)
@@ -216,9 +232,7 @@ class Backend:
         classes = [{"index": int(c), "name": self.class_name(int(c)),
                     "color": _hex(colours[c]), "pixels": int(n), "share": n / total}
                    for c, n in enumerate(counts) if n]
-        return {"model": model, "select": select, "used": self._used(model, select),
-                "latency_ms": round(seconds * 1000, 1),
-                "width": mask.width, "height": mask.height,
+        return {"width": mask.width, "height": mask.height,
                 "mask_png": (base64.b64encode(png).decode() if png is not None
                              else _png_b64(mask)),
                 "overlay_png": _png_b64(Image.fromarray(overlay, "RGBA")),
@@ -244,6 +258,74 @@ class Backend:
                 "diff_png": _png_b64(Image.fromarray(difference_map(mask_a, mask_b)))}
 
 
+    # -- the request log ----------------------------------------------------------------
+
+    def _log_view(self) -> RequestLogView:
+        if self.log_view is None:
+            raise UiError("No request log: start tfdeploy ui with --request-log PATH, or "
+                          "--name a server whose model config has a logging_config.", 404)
+        return self.log_view
+
+    def requests(self, offset: int) -> dict:
+        return self._log_view().page(offset, PAGE)
+
+    def _logged(self, entry_id: str) -> tuple[request_log.Entry, list]:
+        try:
+            entry = self._log_view().entry(entry_id)
+            return entry, request_log.logged_images(entry)
+        except request_log.LogError as exc:
+            raise UiError(str(exc), 404) from None
+
+    def request_item(self, entry_id: str) -> dict:
+        """A logged request's images, each with the mask of the logged response."""
+        entry, shown = self._logged(entry_id)
+        out = []
+        for item in shown:
+            view: dict = {"note": item.note, "image_png": None, "mask": None}
+            if item.picture is not None:
+                view["image_png"] = _png_b64(item.picture)
+                view["width"], view["height"] = item.picture.size
+            if item.mask is not None:
+                view["mask"] = self._mask_views(item.mask)
+            out.append(view)
+        return {"id": entry_id, "model": entry.model, "version": entry.version,
+                "signature": entry.signature, "images": out}
+
+    def rerun(self, entry_id: str, select: str) -> dict:
+        """The logged request's images through the server now (``select``: empty for
+        the latest version), each new mask compared with the logged one by
+        ``compare_masks``, the figures ``tfdeploy promote`` decides on."""
+        entry, shown = self._logged(entry_id)
+        if not entry.model:
+            raise UiError("This logged request names no model.", 400)
+        results = []
+        for item in shown:
+            if item.picture is None or item.mask is None:
+                results.append({"note": item.note or "nothing to compare", "agreement": None})
+                continue
+            try:  # the bytes as they were logged: the same request again
+                image = (images.decode(item.encoded) if item.encoded is not None
+                         else images.from_any(item.picture))
+            except images.BadImage as exc:
+                raise UiError(f"Cannot read the logged image: {exc}", 400) from None
+            mask, png, seconds = self._mask(entry.model, select, image)
+            try:
+                result = compare_masks(item.mask, mask)
+            except ValueError as exc:
+                raise UiError(f"The logged mask and the new one cannot be compared: {exc}",
+                              500) from None
+            results.append({
+                "agreement": result.agreement, "mean_iou": result.mean_iou,
+                "iou": [{"index": c, "name": self.class_name(c), "iou": v,
+                         "color": _hex(voc_colormap(256)[c]),
+                         "pixels_a": result.pixels_a[c], "pixels_b": result.pixels_b[c]}
+                        for c, v in result.iou.items()],
+                "now": self._describe(entry.model, select, mask, png, seconds),
+                "diff_png": _png_b64(Image.fromarray(difference_map(item.mask, mask)))})
+        return {"id": entry_id, "model": entry.model, "logged_version": entry.version,
+                "results": results}
+
+
 def _error(exc: UiError) -> JSONResponse:
     return JSONResponse({"error": exc.message, "code": exc.code}, exc.status)
 
@@ -258,7 +340,8 @@ def create_app(backend: Backend) -> Starlette:
         return JSONResponse({"server": backend.address, "models": backend.models,
                              "model": backend.models[0] if backend.models else "",
                              "classes": backend.classes,
-                             "max_upload_mb": backend.max_upload / 2**20})
+                             "max_upload_mb": backend.max_upload / 2**20,
+                             "request_logs": [str(p) for p in backend.request_logs]})
 
     def _model(request: Request) -> str:
         model = request.query_params.get("model", "").strip()
@@ -302,11 +385,37 @@ def create_app(backend: Backend) -> Starlette:
         except UiError as exc:
             return _error(exc)
 
+    async def requests(request: Request) -> JSONResponse:
+        offset = request.query_params.get("offset", "0")
+        try:
+            return JSONResponse(await run_in_threadpool(
+                backend.requests, int(offset) if offset.isdigit() else 0))
+        except UiError as exc:
+            return _error(exc)
+
+    async def request_item(request: Request) -> JSONResponse:
+        try:
+            return JSONResponse(await run_in_threadpool(
+                backend.request_item, request.query_params.get("id", "")))
+        except UiError as exc:
+            return _error(exc)
+
+    async def rerun(request: Request) -> JSONResponse:
+        q = request.query_params
+        try:
+            return JSONResponse(await run_in_threadpool(
+                backend.rerun, q.get("id", ""), q.get("select", "")))
+        except UiError as exc:
+            return _error(exc)
+
     return Starlette(routes=[
         Route("/", index),
         Route("/api/info", info),
         Route("/api/status", status),
         Route("/api/predict", predict, methods=["POST"]),
         Route("/api/compare", compare, methods=["POST"]),
+        Route("/api/requests", requests),
+        Route("/api/requests/item", request_item),
+        Route("/api/requests/rerun", rerun, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ])

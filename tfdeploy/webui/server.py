@@ -114,6 +114,23 @@ def resolve(server: str | None, name: str | None) -> tuple[str, ServerRecord | N
     return record.rest_endpoint, record
 
 
+def request_logs(request_log: str | Path | None, record: ServerRecord | None) -> list[Path]:
+    """The logs the page browses: ``request_log`` (a directory, a ``filename_prefix`` or
+    one file), else those of the recorded server's models with a ``logging_config`` (the
+    same lookup as ``tfdeploy requests --name``), else none."""
+    if request_log is not None:
+        path = Path(request_log).expanduser()
+        if not path.exists() and not path.parent.is_dir():
+            raise UserError(f"{path}: no such file, directory or log prefix",
+                            param="request_log")
+        return [path]
+    if record is None:
+        return []
+    from tfdeploy.runtime.manage import request_logs as recorded
+
+    return list(dict.fromkeys(recorded(record).values()))
+
+
 def bind(host: str, port: int) -> socket.socket:
     try:
         sock = socket.create_server((host, port), reuse_port=False)
@@ -126,6 +143,7 @@ def bind(host: str, port: int) -> socket.socket:
 def run(server: str | None = None, name: str | None = None, *, model: str | None = None,
         host: str = "127.0.0.1", port: int = 0, classes: str = "auto",
         max_upload_mb: float = 32, open_browser: bool = False,
+        request_log: str | Path | None = None,
         ready: Callable[[str], None] | None = None) -> None:
     """Serve the page until interrupted; ``ready(url)`` is called once it listens."""
     import uvicorn
@@ -136,7 +154,8 @@ def run(server: str | None = None, name: str | None = None, *, model: str | None
     models = [model] if model else (list(record.models or [record.model_name]) if record
                                     else [DEFAULT_MODEL_NAME])
     backend = Backend(address, models, classes=class_names(classes, record, models[0]),
-                      labels=record_labels(record), max_upload=int(max_upload_mb * 2**20))
+                      labels=record_labels(record), max_upload=int(max_upload_mb * 2**20),
+                      request_logs=request_logs(request_log, record))
     sock = bind(host, port)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{sock.getsockname()[1]}/"
