@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (sel, el = document) => el.querySelector(sel);
-const state = { files: [], run: 0, classes: [] };
+const state = { files: [], run: 0, classes: [], logOffset: 0, logLimit: 10, logRun: 0 };
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -141,17 +141,7 @@ function renderCompare(card, url, r) {
   card.append(el("p", { class: "agreement", "data-agreement": String(r.agreement),
                         text: `pixel agreement ${pct(r.agreement)} · mean IoU ` +
                               r.mean_iou.toFixed(3) }));
-  const iou = el("table", { class: "iou" }, el("tr", {},
-    el("th", { text: "class" }), el("th", { text: "IoU" }),
-    el("th", { text: "pixels A" }), el("th", { text: "pixels B" })));
-  for (const c of r.iou) {
-    iou.append(el("tr", { "data-class": c.index },
-      el("td", {}, el("span", { class: "swatch", style: `background:${c.color}` }),
-         `${c.index} ${c.name}`),
-      el("td", { class: "num", text: c.iou.toFixed(3) }),
-      el("td", { class: "num", text: String(c.pixels_a) }),
-      el("td", { class: "num", text: String(c.pixels_b) })));
-  }
+  const iou = iouTable(r.iou);
   card.append(iou);
   card.append(el("p", { class: "meta" }, `${r.a.model} · `, el("span", {
     class: "latency", text: `A ${r.a.latency_ms} ms · B ${r.b.latency_ms} ms` })));
@@ -197,6 +187,150 @@ function setFiles(files) {
   if (state.files.length) runAll();
 }
 
+// ---- the request log: what the server answered then, and again now ----------------
+
+function iouTable(rows, a = "pixels A", b = "pixels B") {
+  const table = el("table", { class: "iou" }, el("tr", {},
+    el("th", { text: "class" }), el("th", { text: "IoU" }),
+    el("th", { text: a }), el("th", { text: b })));
+  for (const c of rows) {
+    table.append(el("tr", { "data-class": c.index },
+      el("td", {}, el("span", { class: "swatch", style: `background:${c.color}` }),
+         `${c.index} ${c.name}`),
+      el("td", { class: "num", text: c.iou.toFixed(3) }),
+      el("td", { class: "num", text: String(c.pixels_a) }),
+      el("td", { class: "num", text: String(c.pixels_b) })));
+  }
+  return table;
+}
+
+function entryTitle(e) {
+  const size = e.image_sizes.length ? e.image_sizes.join(", ").replaceAll("x", "×")
+    : (e.inputs || e.kind);
+  return `${e.time} · ${e.model} version ${e.version} · ${e.signature || e.kind} · ` +
+    `${size} · ` + (e.latency_ms == null ? "latency not logged" : `${e.latency_ms} ms`);
+}
+
+function renderLogged(card, item) {
+  item.images.forEach((img, k) => {
+    const box = el("div", { class: "logged", "data-image": String(k) });
+    if (item.images.length > 1) box.append(el("h3", { text: `image ${k + 1}` }));
+    if (!img.image_png) {
+      box.append(el("p", { class: "note", text: img.note }));
+      card.append(box);
+      return;
+    }
+    const url = png(img.image_png);
+    const figures = [el("figure", {}, el("img", { class: "original", src: url, alt: "logged image" }),
+      el("figcaption", { text: `logged image ${img.width}×${img.height}` }))];
+    if (img.mask) {
+      figures.push(overlayFigure(url, img.mask, "logged mask over the image"));
+      figures.push(el("figure", {}, el("img", { class: "request-mask", src: png(img.mask.mask_png),
+                                                alt: "logged mask" }),
+                      el("figcaption", { text: "logged mask (the server's answer then)" })));
+    }
+    box.append(el("div", { class: "views" }, ...figures));
+    if (img.note) box.append(el("p", { class: "note", text: img.note }));
+    if (img.mask) {
+      box.append(opacityRow(box));
+      box.append(legendTable(img.mask.classes));
+    }
+    card.append(box);
+  });
+  if (item.images.some((img) => img.mask)) {
+    const button = el("button", { type: "button", class: "rerun",
+                                  text: "run again on the current version" });
+    button.addEventListener("click", () => rerun(card, item, button));
+    card.append(button);
+  }
+}
+
+async function rerun(card, item, button) {
+  button.disabled = true;
+  card.querySelectorAll(".rerun-result, .rerun-error").forEach((n) => n.remove());
+  // the version or label picked above when it is this model's, else the latest
+  const select = model() === item.model ? $("#select").value : "";
+  try {
+    const r = await api(`/api/requests/rerun?id=${encodeURIComponent(item.id)}` +
+                        `&select=${encodeURIComponent(select)}`, { method: "POST" });
+    r.results.forEach((res, k) => {
+      const box = card.querySelector(`.logged[data-image="${k}"]`) || card;
+      if (res.agreement == null) {
+        box.append(el("p", { class: "note rerun-result", text: res.note }));
+        return;
+      }
+      const out = el("div", { class: "rerun-result" });
+      out.append(el("div", { class: "views" },
+        el("figure", {}, el("img", { class: "rerun-mask", src: png(res.now.mask_png),
+                                     alt: "mask now" }),
+           el("figcaption", { text: `mask now: ${res.now.used}` })),
+        el("figure", {}, el("img", { class: "diff", src: png(res.diff_png), alt: "difference" }),
+           el("figcaption", { text: "difference (the class now where it differs)" }))));
+      out.append(el("p", { class: "rerun-agreement", "data-agreement": String(res.agreement),
+        text: `logged (version ${r.logged_version}) vs now (${res.now.used}): pixel ` +
+              `agreement ${pct(res.agreement)} · mean IoU ${res.mean_iou.toFixed(3)}` }));
+      out.append(iouTable(res.iou, "pixels logged", "pixels now"));
+      out.append(el("p", { class: "meta" }, "latency now ",
+                       el("span", { class: "latency", text: `${res.now.latency_ms} ms` })));
+      box.append(out);
+    });
+  } catch (e) {
+    card.append(el("p", { class: "error rerun-error", text: e.message }));
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function loadRequests() {
+  const run = ++state.logRun;
+  let page;
+  try {
+    page = await api(`/api/requests?offset=${state.logOffset}`);
+  } catch (e) {
+    $("#log-problems").replaceChildren(el("p", { class: "error", text: e.message }));
+    return;
+  }
+  if (run !== state.logRun) return;
+  $("#log-source").textContent = page.logs.join(", ");
+  $("#log-problems").replaceChildren(...page.problems.map(
+    (text) => el("p", { class: "error log-error", text })));
+  state.logOffset = page.offset;
+  state.logLimit = page.limit;
+  const last = Math.min(page.offset + page.limit, page.total);
+  $("#req-range").textContent = page.total
+    ? `${page.offset + 1}–${last} of ${page.total}, newest first` : "no requests logged";
+  $("#req-newer").disabled = page.offset === 0;
+  $("#req-older").disabled = last >= page.total;
+  const list = $("#request-list");
+  list.replaceChildren();
+  const cards = page.entries.map((e) => {
+    const card = el("article", { class: "request-entry pending", "data-id": e.id },
+                    el("h2", { text: entryTitle(e) }));
+    list.append(card);
+    return [card, e];
+  });
+  for (const [card, e] of cards) {  // one at a time: a page of images, not a flood
+    if (run !== state.logRun) return;
+    try {
+      renderLogged(card, await api(`/api/requests/item?id=${encodeURIComponent(e.id)}`));
+      card.classList.add("done");
+    } catch (err) {
+      card.append(el("p", { class: "error", text: err.message }));
+      card.classList.add("failed");
+    } finally {
+      card.classList.remove("pending");
+    }
+  }
+}
+
+function showView(view) {
+  document.body.classList.toggle("view-requests", view === "requests");
+  $("#requests").hidden = view !== "requests";
+  document.querySelectorAll("#views button").forEach(
+    (b) => b.classList.toggle("current", b.dataset.view === view));
+  if (view === "requests") loadRequests();
+}
+
 async function init() {
   let info;
   try {
@@ -208,6 +342,7 @@ async function init() {
   $("#server").textContent = info.server;
   $("#models").replaceChildren(...info.models.map((m) => el("option", { value: m })));
   $("#model").value = info.model;
+  $("#views").hidden = !info.request_logs.length;
   await loadStatus();
 }
 
@@ -242,6 +377,17 @@ $("#add-label").addEventListener("change", (e) => {
   e.target.value = "";
   runAll();
 });
+document.querySelectorAll("#views button").forEach(
+  (b) => b.addEventListener("click", () => showView(b.dataset.view)));
+$("#req-newer").addEventListener("click", () => {
+  state.logOffset = Math.max(0, state.logOffset - state.logLimit);
+  loadRequests();
+});
+$("#req-older").addEventListener("click", () => {
+  state.logOffset += state.logLimit;
+  loadRequests();
+});
+$("#req-refresh").addEventListener("click", loadRequests);
 $("#images").addEventListener("change", (e) => setFiles(e.target.files));
 const drop = $("#drop");
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
