@@ -8,6 +8,7 @@ TFRecordDataset.  Screenshots go under each test's temp dir."""
 # ruff: noqa: F811 (pytest fixtures imported from test_ui are parameters here)
 from __future__ import annotations
 
+import base64
 import io
 
 import grpc
@@ -182,6 +183,74 @@ def test_the_log_of_a_recorded_server_is_found_from_its_config(logged, tmp_path)
     assert len(listed) >= len(records)
     proc = run_cli("ui", "--request-log", tmp_path / "no" / "such", check=False)
     assert proc.returncode != 0 and "no such file, directory or log prefix" in proc.stderr
+
+
+def test_ui_and_requests_by_name_read_the_servers_log(demo_base, tmp_path):
+    """A server `tfdeploy serve` started with a logging_config: `tfdeploy requests --name`
+    lists its log and `tfdeploy ui --name` browses it, both from its model config."""
+    import json
+    from urllib.parse import quote
+
+    from conftest import run_cli
+
+    prefix = tmp_path / "logs" / "deeplab"
+    config = _config(tmp_path, demo_base, {"deeplab": _logging(1.0, prefix)})
+    run_cli("serve", "--runtime", "embedded", "--name", "ui-log", "--grpc-port", "0",
+            "--rest-port", "0", "--model-config-file", str(config), "--timeout", "300")
+    proc = None
+    try:
+        run_cli("predict", "--name", "ui-log", demo_images()[0], "-o", tmp_path / "masks")
+        [record] = _wait_records(prefix, 1)
+        listed = json.loads(run_cli("requests", "--name", "ui-log", "--json").stdout)
+        assert [(r["model"], r["signature"], r["image_sizes"])
+                for r in listed["requests"]] == [("deeplab", "serving_default", ["320x240"])]
+        proc, url = start_ui("--name", "ui-log")
+        code, info = http("GET", url + "api/info")
+        assert code == 200 and info["request_logs"] == [str(prefix)]
+        code, listing = http("GET", url + "api/requests")
+        assert code == 200 and listing["total"] == 1 and listing["problems"] == []
+        code, item = http("GET", url + "api/requests/item?id=" +
+                          quote(listing["entries"][0]["id"]))
+        assert code == 200
+        shown = np.asarray(Image.open(io.BytesIO(
+            base64.b64decode(item["images"][0]["mask"]["mask_png"]))))
+        np.testing.assert_array_equal(shown, logged_mask(record))
+    finally:
+        if proc is not None:
+            stop(proc)
+        run_cli("stop", "ui-log", check=False)
+
+
+def test_the_list_is_paged_newest_first(page, logged, tmp_path):
+    """Twelve requests: ten on the first page, the two oldest on the next."""
+    from tfdeploy.tfs import tfrecord
+
+    server, _, records = logged
+    log = tmp_path / "many.1.tfrecord"
+    many = []
+    for n in range(12):
+        record = type(records[0])()
+        record.CopyFrom(records[n % len(records)])
+        record.log_metadata.timestamp_secs = 1_700_000_000 + n
+        many.append(record)
+    log.write_bytes(b"".join(tfrecord.frame(r.SerializeToString()) for r in many))
+    proc, url = start_ui("--server", f"127.0.0.1:{server.rest_port}", "--request-log",
+                         str(log))
+    try:
+        entries = open_requests(page, url, 10)
+        assert page.inner_text("#req-range") == "1–10 of 12, newest first"
+        assert "2023-11-14 22:13:31 UTC" in entries[0].inner_text()  # n = 11
+        page.click("#req-older")
+        page.wait_for_function("document.querySelector('#req-range').innerText"
+                               ".startsWith('11–12')")
+        page.wait_for_function(
+            "document.querySelectorAll('.request-entry.done').length == 2")
+        older = page.query_selector_all(".request-entry")
+        assert "2023-11-14 22:13:20 UTC" in older[-1].inner_text()  # n = 0
+        assert page.is_disabled("#req-older") and page.is_enabled("#req-newer")
+        shot(page, tmp_path, "page-2")
+    finally:
+        stop(proc)
 
 
 def test_a_page_without_a_request_log_has_no_requests_view(page, logged):
