@@ -116,6 +116,9 @@ def test_logged_requests_show_the_logged_masks_and_run_again(page, logged, tmp_p
             ious = entry.query_selector_all(".rerun-result .iou tr[data-class]")
             assert ious and all("1.000" in r.inner_text() for r in ious)
         shot(page, tmp_path, "rerun")
+        page.set_viewport_size({"width": 390, "height": 844})  # a phone: no sideways scroll
+        shot(page, tmp_path, "requests-phone")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
         # the page reads only the log's own files
         code, body = http("GET", url + "api/requests/item?id=/etc/passwd@0")
         assert code == 404 and "no longer in the log" in body["error"]
