@@ -91,3 +91,32 @@ def demo_server(demo_base, tmp_path_factory):
     srv.wait_available(1)
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium (tests/ui_browser.py), one per test module."""
+    import ui_browser as browser_module
+
+    if not Path(browser_module.CHROMIUM).exists():
+        pytest.skip("no chromium: `apt-get install chromium chromium-driver` (make test "
+                    "installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=browser_module.CHROMIUM,
+                                      args=browser_module.CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser context and page with the ui tests' generous timeout."""
+    from ui_browser import WAIT_MS
+
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    yield page
+    context.close()

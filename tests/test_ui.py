@@ -6,8 +6,6 @@ their masks differ).  Screenshots of every state go under each test's temp dir."
 from __future__ import annotations
 
 import base64
-import io
-import os
 import re
 import shutil
 import subprocess
@@ -19,18 +17,12 @@ import pytest
 from conftest import ROOT, export_json, run_cli
 from PIL import Image
 from servers import ServerProcess, free_port, http
+from ui_browser import open_page, pixels, shot, start_ui, stop, wait_results
 
 from tfdeploy.client.compare import compare_masks
 from tfdeploy.client.predict import Client
 from tfdeploy.demo import demo_images
 from tfdeploy.palette import voc_colormap
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-#: generous: two cores shared with other work, and a model's first request warms it up
-WAIT_MS = 180_000
 
 
 @pytest.fixture(scope="module")
@@ -75,84 +67,11 @@ def model_server(two_versions, tmp_path_factory):
         server.stop()
 
 
-def start_ui(*args: str) -> tuple[subprocess.Popen, str]:
-    """``tfdeploy ui ARGS --port 0`` as a user runs it; (process, the URL it printed)."""
-    proc = subprocess.Popen([sys.executable, "-m", "tfdeploy", "ui", *args, "--port", "0"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    line = proc.stdout.readline()
-    found = re.search(r"http://127\.0\.0\.1:\d+/", line)
-    if not found:
-        proc.kill()
-        raise AssertionError(f"tfdeploy ui printed no URL: {line}{proc.stdout.read()}")
-    return proc, found.group(0)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
 def ui_url(model_server):
     proc, url = start_ui("--server", f"127.0.0.1:{model_server.rest_port}", "--classes", "demo")
     yield url
     stop(proc)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip("no chromium: `apt-get install chromium chromium-driver` (make test "
-                    "installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1100, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(WAIT_MS)
-    yield page
-    context.close()
-
-
-def open_page(page, url: str) -> None:
-    page.goto(url)
-    page.wait_for_selector("#select option", state="attached")
-
-
-def shot(page, tmp_path: Path, name: str) -> Path:
-    path = tmp_path / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    return path
-
-
-def wait_results(page, n: int, selector: str = ".result.done") -> None:
-    page.wait_for_function(
-        "([sel, n]) => document.querySelectorAll('.result:not(.pending)').length == n"
-        " && document.querySelectorAll(sel).length == n", arg=[selector, n])
-
-
-def pixels(page, img) -> np.ndarray:
-    """An <img>'s pixels as the page decoded them (RGBA, its natural size), read back
-    through a canvas as a lossless PNG."""
-    url = img.evaluate("""(img) => {
-        const c = document.createElement('canvas');
-        c.width = img.naturalWidth; c.height = img.naturalHeight;
-        c.getContext('2d').drawImage(img, 0, 0);
-        return c.toDataURL('image/png'); }""")
-    raw = base64.b64decode(url.split(",", 1)[1])
-    return np.asarray(Image.open(io.BytesIO(raw)).convert("RGBA"))
 
 
 def api_mask(server: ServerProcess, image: Path, version: int | None = None) -> np.ndarray:

@@ -5,7 +5,6 @@ the logged response, runs one again on the served version, and shows what a trun
 corrupt log file still holds.  Logs are read back independently with TensorFlow's
 TFRecordDataset.  Screenshots go under each test's temp dir."""
 
-# ruff: noqa: F811 (pytest fixtures imported from test_ui are parameters here)
 from __future__ import annotations
 
 import base64
@@ -18,9 +17,7 @@ from PIL import Image
 from servers import ServerProcess, http
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 from test_request_log import _config, _logging, _wait_records
-
-# the browser fixtures of test_ui (its headless Debian Chromium), shared by import
-from test_ui import browser, open_page, page, pixels, shot, start_ui, stop  # noqa: F401
+from ui_browser import open_page, pixels, shot, start_ui, stop
 
 from tfdeploy.client.predict import Client
 from tfdeploy.demo import demo_images
