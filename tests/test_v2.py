@@ -275,6 +275,54 @@ def test_grpc_health_checking_can_be_turned_off(tmp_path):
         srv.stop()
 
 
+def test_grpc_health_watch_streams_each_change(tmp_path):
+    """Watch (grpc-health-checking's own stubs): the status at once, then each change --
+    a model that becomes available, one that is unloaded -- SERVICE_UNKNOWN for a name
+    that is no model (the stream stays open); a cancelled stream frees its place; the
+    streams end when the server stops."""
+    import shutil
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    status = health_pb2.HealthCheckResponse
+    base = tmp_path / "later"
+    base.mkdir()
+    src = save_half_plus_two(tmp_path / "hpt_src")
+    srv = ServerProcess("--model_name=later", f"--model_base_path={base}",
+                        "--file_system_poll_wait_seconds=0.2", log_dir=tmp_path)
+    try:
+        srv.wait_for(lambda s: True, model="later")
+        with grpc.insecure_channel(srv.grpc_target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+
+            def watch(service: str):
+                return stub.Watch(health_pb2.HealthCheckRequest(service=service), timeout=120)
+
+            model, server, unknown = watch("later"), watch(""), watch("nope")
+            assert next(model).status == status.NOT_SERVING
+            assert next(server).status == status.NOT_SERVING
+            assert next(unknown).status == status.SERVICE_UNKNOWN
+            put_version(base, 1, src)
+            assert next(model).status == status.SERVING
+            assert next(server).status == status.SERVING
+            shutil.rmtree(base / "1")  # the version leaves: unloaded
+            assert next(model).status == status.NOT_SERVING
+            unknown.cancel()
+            # a cancelled stream gives its place back: more watches than the server holds
+            # at once, one after another, each answered
+            for _ in range(12):
+                extra = watch("later")
+                assert next(extra).status == status.NOT_SERVING
+                extra.cancel()
+            put_version(base, 2, src)
+            assert next(model).status == status.SERVING
+            assert srv.stop() == 0
+            # the stream ends (OK) once the server stops, after a last NOT_SERVING
+            assert [r.status for r in model] == [status.NOT_SERVING]
+    finally:
+        srv.stop()
+
+
 # -- clients no one here wrote ---------------------------------------------------------------
 @pytest.mark.skipif(not CLIENTS_READY.exists(),
                     reason=".venv-kserve (tritonclient, kserve) missing: `make test` creates it")
@@ -298,27 +346,57 @@ def test_outside_clients_match_v1(server, client):
 
 
 # -- tfdeploy's own client -------------------------------------------------------------------
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
 @pytest.mark.parametrize("signature", ["serving_default", "predict_images"])
-def test_predict_protocol_v2_writes_the_v1_masks(server, tmp_path, signature):
+def test_predict_protocol_v2_writes_the_v1_masks(server, tmp_path, signature, transport):
+    """--protocol v2 over either transport (--transport picks, as for v1) writes the
+    masks v1 writes; over gRPC the metadata lists the default signature only, and
+    predict_images is sent as asked."""
     from conftest import run_cli
 
+    port = server.grpc_port if transport == "grpc" else server.rest_port
     masks = {}
     for protocol in ("v1", "v2"):
         out = tmp_path / protocol
-        proc = run_cli("predict", *map(str, EXAMPLES[:2]), "--server",
-                       f"127.0.0.1:{server.rest_port}", "--transport", "rest", "--protocol",
-                       protocol, "--signature", signature, "-o", str(out), "--json")
+        proc = run_cli("predict", *map(str, EXAMPLES[:2]), "--server", f"127.0.0.1:{port}",
+                       "--transport", transport, "--protocol", protocol, "--signature",
+                       signature, "-o", str(out), "--json")
         assert json.loads(proc.stdout)["summary"]["ok"] == 2
         masks[protocol] = {p.name: p.read_bytes() for p in sorted(out.glob("*.png"))}
     assert len(masks["v2"]) == 2 and masks["v2"] == masks["v1"]
 
 
-def test_predict_protocol_v2_needs_rest(server):
+def test_client_protocol_v2_over_grpc(server):
+    """The v2 gRPC transport: status and metadata from ModelMetadata, numeric tensors
+    through raw contents, the server's status codes as ClientErrors."""
+    import tfdeploy
+    from tfdeploy.client.base import ClientError
+
+    with tfdeploy.Client(server.grpc_target, "grpc", model="hpt", protocol="v2",
+                         retries=0) as client:
+        assert client.status() == {1: "AVAILABLE"}
+        (sig,) = client.metadata().values()
+        assert sig.inputs == {"x": ("float", [None, 1])}
+        x = np.array([[1.0], [2.5]], np.float32)
+        out = client.transport.predict("hpt", "serving_default", {"x": x})
+        np.testing.assert_array_equal(out["y"], half_plus_two(x))
+        for model, signature, code in (("nope", "serving_default", "NOT_FOUND"),
+                                       ("hpt", "nope", "FAILED_PRECONDITION")):
+            with pytest.raises(ClientError) as info:
+                client.transport.predict(model, signature, {"x": x})
+            assert info.value.code == code and "Traceback" not in info.value.message
+        with pytest.raises(ClientError) as info:
+            client.transport.status("hpt", "stable")  # a label: the protocol has none
+        assert info.value.code == "INVALID_ARGUMENT" and "labels" in info.value.message
+
+
+def test_predict_protocol_v2_at_the_wrong_port_says_so(server):
     from conftest import run_cli
 
-    proc = run_cli("predict", str(EXAMPLES[0]), "--server", server.grpc_target,
-                   "--protocol", "v2", check=False)
-    assert proc.returncode == 2 and "--transport rest" in proc.stderr
+    proc = run_cli("predict", str(EXAMPLES[0]), "--server", f"127.0.0.1:{server.rest_port}",
+                   "--protocol", "v2", "--retries", "0", check=False)
+    assert proc.returncode != 0, proc.stderr
+    assert "use --transport rest, or the server's grpc port" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
 
 

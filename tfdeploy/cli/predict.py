@@ -25,8 +25,9 @@ _transport_option = click.option("--transport", type=click.Choice(["grpc", "rest
                                   default="grpc", show_default=True)
 _protocol_option = click.option(
     "--protocol", type=click.Choice(["v1", "v2"]), default="v1", show_default=True,
-    help="v1: TF Serving's API; v2: the Open Inference Protocol (KServe v2; with "
-         "--transport rest), as the embedded server, Triton and KServe runtimes speak it.")
+    help="v1: TF Serving's API; v2: the Open Inference Protocol (KServe v2), as the "
+         "embedded server, Triton and KServe runtimes speak it; over gRPC or REST as "
+         "--transport says.")
 _model_option = click.option(
     "--model", "--model-name", "-m", "model_name", default=None, metavar="NAME",
     help="The model to use. Default: the only model the server serves (its model config "
@@ -102,9 +103,6 @@ def _predictor(server, name, transport, timeout, retries, retry_timeout, model_n
 
     if version is not None and label is not None:
         raise UserError("give --version or --label, not both", param="label")
-    if protocol == "v2" and transport != "rest":
-        raise UserError("--protocol v2 is spoken over REST: add --transport rest",
-                        param="protocol")
     addresses, model_name = client_target(server, transport, name, model_name)
     client = Client(addresses, transport, model=model_name, signature=signature,
                     version=version, label=label, timeout=timeout, retries=retries,
@@ -191,6 +189,7 @@ def predict(images: tuple[str, ...], server, name, transport, protocol, model_na
       tfdeploy predict photo.jpg --name staging       # one of several servers
       tfdeploy predict photo.jpg --model seg_a --label stable
       tfdeploy predict 'shots/**/*.png' --transport rest --server 10.0.0.5:8501 --json
+      tfdeploy predict photo.jpg --protocol v2 --server triton:8001
       tfdeploy predict photo.jpg --transport rest --protocol v2 --server triton:8000
     """
     import time

@@ -51,6 +51,12 @@ class Transport(abc.ABC):
 
     #: ``grpc`` or ``rest``
     name: str
+    #: ``v1`` (TF Serving's API) or ``v2`` (the Open Inference Protocol)
+    protocol: str = "v1"
+    #: False when ``metadata`` may list only the default signature (v2 over gRPC: the
+    #: protocol's metadata message has no room for others); a signature the caller names
+    #: is then sent as asked and the server says whether the model has it.
+    lists_every_signature: bool = True
 
     @abc.abstractmethod
     def metadata(self, model: str, version: int | None = None) -> dict[str, Signature]:

@@ -27,31 +27,40 @@ _OPTIONS = [
 ]
 
 
+def channel(address: str, tls: TlsConfig | None) -> grpc.Channel:
+    """A channel to ``address``: TLS with ``tls``, plain otherwise; reconnecting quickly."""
+    return (tls.grpc_channel(address, _OPTIONS) if tls is not None
+            else grpc.insecure_channel(address, options=_OPTIONS))
+
+
+def rpc_error(exc: grpc.RpcError, address: str, tls: TlsConfig | None) -> ClientError:
+    """The ClientError of a failed call (shared by the v1 and v2 gRPC transports)."""
+    details = exc.details() or str(exc.code())
+    # an HTTP/1.1 server (a REST port) answered: the wrong port, not a passing fault
+    wrong_protocol = "Failed parsing HTTP/2" in details
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and handshake_failure(details):
+        # asking again cannot change a certificate: not retried, said plainly
+        return ClientError(exc.code().name, handshake_message(address, details, tls),
+                           address, retryable=False)
+    refused = exc.code() == grpc.StatusCode.UNAVAILABLE and not wrong_protocol and (
+        "failed to connect" in details.lower() or "refused" in details.lower())
+    return ClientError(exc.code().name, details, address,
+                       retryable=False if wrong_protocol else None, refused=refused)
+
+
 class GrpcTransport(Transport):
     name = "grpc"
 
     def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT,
                  tls: TlsConfig | None = None):
         self.address, self.timeout, self.tls = address, timeout, tls
-        self._channel = (tls.grpc_channel(address, _OPTIONS) if tls is not None
-                         else grpc.insecure_channel(address, options=_OPTIONS))
+        self._channel = channel(address, tls)
         services = protos.module("tensorflow_serving.apis.prediction_service_pb2_grpc")
         self._predictions = services.PredictionServiceStub(self._channel)
         self._models = None  # ModelService stub, made on first use
 
     def _error(self, exc: grpc.RpcError) -> ClientError:
-        details = exc.details() or str(exc.code())
-        # an HTTP/1.1 server (a REST port) answered: the wrong port, not a passing fault
-        wrong_protocol = "Failed parsing HTTP/2" in details
-        if exc.code() == grpc.StatusCode.UNAVAILABLE and handshake_failure(details):
-            # asking again cannot change a certificate: not retried, said plainly
-            return ClientError(exc.code().name, handshake_message(self.address, details,
-                                                                  self.tls),
-                               self.address, retryable=False)
-        refused = exc.code() == grpc.StatusCode.UNAVAILABLE and not wrong_protocol and (
-            "failed to connect" in details.lower() or "refused" in details.lower())
-        return ClientError(exc.code().name, details, self.address,
-                           retryable=False if wrong_protocol else None, refused=refused)
+        return rpc_error(exc, self.address, self.tls)
 
     def _call(self, stub, method: str, request):
         try:

@@ -122,7 +122,9 @@ class EndpointPool(Transport):
         if retries < 0 or retry_timeout < 0:
             raise ValueError("retries and retry_timeout must not be negative")
         self.transports = dict(transports)
-        self.name = next(iter(self.transports.values())).name
+        first = next(iter(self.transports.values()))
+        self.name, self.protocol = first.name, first.protocol
+        self.lists_every_signature = first.lists_every_signature
         self.endpoints = Endpoints(list(self.transports), clock=clock)
         self.retries, self.retry_timeout = retries, retry_timeout
         self.backoff, self.max_backoff = backoff, max_backoff
@@ -229,18 +231,17 @@ def connect(addresses: str | Iterable[str], transport: str = "grpc",
     speaking ``transport`` (``grpc`` or ``rest``); ``timeout`` is each attempt's deadline
     at one endpoint, ``retries`` / ``retry_timeout`` bound the retries of a call.
     ``protocol`` ``v1`` is TF Serving's API, ``v2`` the Open Inference Protocol (over
-    REST: ``client/v2_transport.py``); ``tls`` makes it gRPC over TLS / REST over HTTPS."""
+    either transport: ``client/v2_transport.py``, ``client/v2_grpc_transport.py``);
+    ``tls`` makes it gRPC over TLS / REST over HTTPS."""
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    if protocol == "v2" and transport != "rest":
-        raise ValueError("protocol v2 is spoken over REST here: use transport rest")
     items = [addresses] if isinstance(addresses, str) else list(addresses)
     parsed = parse_addresses(items, transport)
-    if protocol == "v2" and tls is not None:
-        raise ValueError("TLS is not implemented for protocol v2 yet: use protocol v1")
-    if protocol == "v2":
+    if protocol == "v2" and transport == "grpc":
+        from tfdeploy.client.v2_grpc_transport import V2GrpcTransport as cls
+    elif protocol == "v2":
         from tfdeploy.client.v2_transport import V2RestTransport as cls
     elif transport == "grpc":
         from tfdeploy.client.grpc_transport import GrpcTransport as cls

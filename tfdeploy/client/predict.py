@@ -191,9 +191,12 @@ def too_large_hint(message: str) -> str:
     return message
 
 
-def choose_signature(signatures: dict[str, Signature], wanted: str | None) -> str:
+def choose_signature(signatures: dict[str, Signature], wanted: str | None,
+                     complete: bool = True) -> str:
+    """The signature to use: ``wanted`` if the model has it (or the metadata is not
+    ``complete`` and the server is to say), else the encoded-image one, else the seed's."""
     if wanted:
-        if wanted not in signatures:
+        if wanted not in signatures and complete:
             raise PredictError(f"the model has no signature {wanted!r} "
                                f"(it has: {', '.join(sorted(signatures))})")
         return wanted
@@ -230,7 +233,9 @@ class Predictor:
             raise PredictError(f"cannot get metadata of model {model!r}{which}{where}: {exc}"
                                + (f"; {problem[1]}" if problem else ""),
                                cause=cause, hint=_HINTS.get(cause, "")) from None
-        self.signature = choose_signature(self.signatures, signature)
+        self.signature = choose_signature(
+            self.signatures, signature,
+            complete=getattr(transport, "lists_every_signature", True))
         # what the endpoints served before any image: the summary counts requests only
         self._counts_before = dict(transport.counts)
 
@@ -251,7 +256,8 @@ class Predictor:
         inputs = {names.IMAGES: image.rgb[None].astype(np.float32),
                   names.HEIGHT: np.array([h], np.int32),
                   names.WIDTH: np.array([w], np.int32)}
-        dtypes = {k: d for k, (d, _) in self.signatures[FLOAT].outputs.items()}
+        known = self.signatures.get(FLOAT)  # v2 over gRPC may not list it
+        dtypes = {k: d for k, (d, _) in known.outputs.items()} if known else {}
         out = self.transport.predict(self.model, FLOAT, inputs, self.version,
                                      outputs=[names.SEGMENTATION_MAP], output_dtypes=dtypes)
         return masks.palette_image(out[names.SEGMENTATION_MAP].reshape(h, w)), None
@@ -349,7 +355,8 @@ class Client:
                  tls: TlsConfig | None = None):
         """``version`` (a number) or ``label`` (a version label of the server's model
         config, e.g. ``"stable"``) picks the model version; neither: the latest.
-        ``protocol="v2"`` speaks the Open Inference Protocol (with ``transport="rest"``)."""
+        ``protocol="v2"`` speaks the Open Inference Protocol over ``transport`` (gRPC's
+        ``inference.GRPCInferenceService`` or REST's ``/v2/models/...``)."""
         from tfdeploy.client.pool import connect
 
         if version is not None and label is not None:

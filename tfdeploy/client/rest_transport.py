@@ -24,6 +24,30 @@ if TYPE_CHECKING:
     import numpy as np
 
 
+#: What a failed HTTP(S) exchange raises below the HTTP status: no connection, a TLS
+#: handshake refused, or an answer that is not HTTP/1.x.
+CONNECTION_ERRORS = (urllib.error.URLError, ConnectionError, TimeoutError, ssl.SSLError,
+                     http.client.HTTPException)
+
+
+def connection_error(exc: Exception, url: str, address: str,
+                     tls: TlsConfig | None) -> ClientError:
+    """The ClientError of one of ``CONNECTION_ERRORS``: a certificate problem said plainly
+    and not retried; nothing listening is ``refused``; an HTTP/2 (gRPC) port is the wrong
+    transport, not retried either.  Shared by the v1 and v2 REST transports."""
+    if isinstance(exc, http.client.HTTPException):  # not HTTP/1.x: e.g. a gRPC port
+        return ClientError(Code.UNAVAILABLE, f"{url} did not answer HTTP/1.1 "
+                           f"({type(exc).__name__}: a gRPC port?)", address,
+                           retryable=False)
+    reason = getattr(exc, "reason", exc)
+    if isinstance(reason, ssl.SSLError) or (tls and handshake_failure(str(reason))):
+        return ClientError(Code.UNAVAILABLE, handshake_message(address, str(reason), tls),
+                           address, retryable=False)
+    refused = isinstance(reason, OSError) and not isinstance(reason, TimeoutError)
+    return ClientError(Code.UNAVAILABLE, f"cannot reach {url}: {reason}", address,
+                       refused=refused)
+
+
 class RestTransport(Transport):
     name = "rest"
 
@@ -46,20 +70,8 @@ class RestTransport(Transport):
             except ValueError:
                 message = str(exc.reason)
             raise ClientError(Code.from_http(exc.code), message, self.address) from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError, ssl.SSLError) as exc:
-            reason = getattr(exc, "reason", exc)
-            if isinstance(reason, ssl.SSLError) or (
-                    self.tls and handshake_failure(str(reason))):
-                raise ClientError(Code.UNAVAILABLE,
-                                  handshake_message(self.address, str(reason), self.tls),
-                                  self.address, retryable=False) from None
-            refused = isinstance(reason, OSError) and not isinstance(reason, TimeoutError)
-            raise ClientError(Code.UNAVAILABLE, f"cannot reach {url}: {reason}",
-                              self.address, refused=refused) from None
-        except http.client.HTTPException as exc:  # not HTTP/1.x: e.g. a gRPC (HTTP/2) port
-            raise ClientError(Code.UNAVAILABLE, f"{url} did not answer HTTP/1.1 "
-                              f"({type(exc).__name__}: a gRPC port?)", self.address,
-                              retryable=False) from None
+        except CONNECTION_ERRORS as exc:
+            raise connection_error(exc, url, self.address, self.tls) from None
         except ValueError as exc:  # not JSON: not a TF Serving REST endpoint
             raise ClientError(Code.INTERNAL, f"{url} answered with non-JSON ({exc})",
                               self.address) from None

@@ -1,17 +1,21 @@
-"""Open Inference Protocol (KServe v2) transport over REST: ``/v2/models/...`` with the
-binary-tensor extension, so ``tfdeploy predict --protocol v2`` talks to the embedded
-server's v2 API and to the other servers that speak it (Triton, OpenVINO Model Server,
-KServe runtimes, MLServer).  Standard library HTTP, like the v1 REST transport.
+"""Open Inference Protocol (KServe v2) transports: REST (``/v2/models/...`` with the
+binary-tensor extension) and gRPC (``inference.GRPCInferenceService``, in
+``client/v2_grpc_transport.py``), so ``tfdeploy predict --protocol v2`` talks to the
+embedded server's v2 API and to the other servers that speak it (Triton, OpenVINO Model
+Server, KServe runtimes, MLServer).  ``--transport`` picks REST or gRPC as it does for v1;
+``--tls-*`` make them HTTPS / gRPC over TLS.
 
 The protocol has no model status: ``status`` reports every version the model's metadata
 lists as AVAILABLE.  Versions are numbers only (the protocol has no labels).  A signature
 other than the default one is asked for with the ``signature_name`` parameter, which the
-embedded server honours; its metadata lists every signature in the ``signatures``
-parameter (other servers list only their one set of tensors, taken as the default).
+embedded server honours; its REST metadata lists every signature in the ``signatures``
+parameter.  gRPC metadata has no parameters, so over gRPC only the default signature is
+listed and another one named with ``--signature`` is sent as asked (the server checks it).
 """
 
 from __future__ import annotations
 
+import abc
 import json
 import urllib.error
 import urllib.parse
@@ -22,59 +26,44 @@ import numpy as np
 
 from tfdeploy.client.base import ClientError, Transport
 from tfdeploy.client.defaults import DEFAULT_TIMEOUT
+from tfdeploy.client.rest_transport import CONNECTION_ERRORS, connection_error
+from tfdeploy.client.tls import TlsConfig
 from tfdeploy.tfs import protos, v2
 from tfdeploy.tfs.codes import Code, StatusError
 from tfdeploy.tfs.names import MASK_PNG, SERVING_DEFAULT
 from tfdeploy.tfs.saved_model import Signature
 
 
-class V2RestTransport(Transport):
-    name = "rest"
+class V2Transport(Transport):
+    """What both v2 transports share: metadata read as the protocol writes it, versions as
+    numbers, predictions as infer calls; subclasses fetch metadata (``_meta``) and run one
+    infer call (``_infer``)."""
+
     protocol = "v2"
+    #: False when the metadata may list only the default signature (gRPC: the protocol's
+    #: ModelMetadataResponse has no parameters), so a named one is sent as asked.
+    lists_every_signature = True
 
-    def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT):
-        self.address, self.timeout = address, timeout
+    address: str
 
-    def _http(self, method: str, path: str, body: bytes | None = None,
-              headers: dict | None = None) -> tuple[bytes, int | None]:
-        url = f"http://{self.address}{path}"
-        req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                length = resp.headers.get("Inference-Header-Content-Length")
-                return resp.read(), (int(length) if length is not None else None)
-        except urllib.error.HTTPError as exc:
-            try:
-                message = json.loads(exc.read()).get("error", exc.reason)
-            except (ValueError, AttributeError):
-                message = str(exc.reason)
-            raise ClientError(Code.from_http(exc.code), message, self.address) from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-            reason = getattr(exc, "reason", exc)
-            refused = isinstance(reason, OSError) and not isinstance(reason, TimeoutError)
-            raise ClientError(Code.UNAVAILABLE, f"cannot reach {url}: {reason}",
-                              self.address, refused=refused) from None
-        except Exception as exc:  # not HTTP/1.x (a gRPC port?)
-            raise ClientError(Code.UNAVAILABLE, f"{url} did not answer HTTP/1.1 "
-                              f"({type(exc).__name__}: a gRPC port?)", self.address,
-                              retryable=False) from None
+    @abc.abstractmethod
+    def _meta(self, model: str, version: int | None) -> dict:
+        """The model metadata as the REST API writes it (name, versions, inputs, outputs,
+        parameters)."""
 
-    def _path(self, model: str, version) -> str:
+    @abc.abstractmethod
+    def _infer(self, model: str, version: int | None, signature: str,
+               inputs: Mapping[str, np.ndarray],
+               outputs: list[str] | None) -> dict[str, np.ndarray]:
+        """One infer call: the outputs as numpy arrays."""
+
+    def _check_version(self, version) -> None:
         if isinstance(version, str):
             raise ClientError(Code.INVALID_ARGUMENT, "the v2 protocol has no version labels: "
                               "give a version number", self.address, retryable=False)
-        name = urllib.parse.quote(model, safe="")
-        return f"/v2/models/{name}" + (f"/versions/{version}" if version is not None else "")
-
-    def _meta(self, model: str, version) -> dict:
-        raw, _ = self._http("GET", self._path(model, version))
-        try:
-            return json.loads(raw)
-        except ValueError as exc:
-            raise ClientError(Code.INTERNAL, f"unreadable metadata ({exc})",
-                              self.address) from None
 
     def metadata(self, model: str, version: int | None = None) -> dict[str, Signature]:
+        self._check_version(version)
         meta = self._meta(model, version)
 
         def table(tensors: list) -> dict:
@@ -93,9 +82,69 @@ class V2RestTransport(Transport):
                               self.address) from None
 
     def status(self, model: str, version: int | None = None) -> dict[int, str]:
+        self._check_version(version)
         meta = self._meta(model, version)
         return {int(v): "AVAILABLE" for v in meta.get("versions", [])
                 if str(v).isdigit() and (version is None or int(v) == version)}
+
+    def predict(self, model: str, signature: str, inputs: Mapping[str, np.ndarray],
+                version: int | None = None, outputs: list[str] | None = None,
+                output_dtypes: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
+        self._check_version(version)
+        return self._infer(model, version, signature, inputs, outputs)
+
+    def predict_png(self, model: str, image: bytes, version: int | None = None,
+                    signature: str = SERVING_DEFAULT) -> bytes:
+        self._check_version(version)
+        out = self._infer(model, version, signature,
+                          {"image_bytes": np.array([image], dtype=object)}, [MASK_PNG])
+        mask = out.get(MASK_PNG)
+        if mask is None or mask.size == 0 or not isinstance(mask.flat[0], bytes):
+            raise ClientError(Code.INTERNAL, f"response has no {MASK_PNG} output",
+                              self.address)
+        return mask.flat[0]
+
+
+class V2RestTransport(V2Transport):
+    name = "rest"
+
+    def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT,
+                 tls: TlsConfig | None = None):
+        self.address, self.timeout, self.tls = address, timeout, tls
+        self._open = tls.opener().open if tls is not None else urllib.request.urlopen
+
+    def _http(self, method: str, path: str, body: bytes | None = None,
+              headers: dict | None = None) -> tuple[bytes, int | None]:
+        url = f"{'https' if self.tls else 'http'}://{self.address}{path}"
+        req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+        try:
+            with self._open(req, timeout=self.timeout) as resp:
+                length = resp.headers.get("Inference-Header-Content-Length")
+                return resp.read(), (int(length) if length is not None else None)
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read()).get("error", exc.reason)
+            except (ValueError, AttributeError):
+                message = str(exc.reason)
+            raise ClientError(Code.from_http(exc.code), message, self.address) from None
+        except CONNECTION_ERRORS as exc:
+            raise connection_error(exc, url, self.address, self.tls) from None
+
+    def _path(self, model: str, version) -> str:
+        name = urllib.parse.quote(model, safe="")
+        return f"/v2/models/{name}" + (f"/versions/{version}" if version is not None else "")
+
+    def _meta(self, model: str, version) -> dict:
+        raw, _ = self._http("GET", self._path(model, version))
+        try:
+            meta = json.loads(raw)
+        except ValueError as exc:
+            raise ClientError(Code.INTERNAL, f"unreadable metadata ({exc})",
+                              self.address) from None
+        if not isinstance(meta, dict):
+            raise ClientError(Code.INTERNAL, "unreadable metadata (not a JSON object)",
+                              self.address)
+        return meta
 
     def _infer(self, model: str, version, signature: str, inputs: Mapping[str, np.ndarray],
                outputs: list[str] | None) -> dict[str, np.ndarray]:
@@ -125,21 +174,6 @@ class V2RestTransport(Transport):
         except (KeyError, TypeError, ValueError, StatusError) as exc:
             raise ClientError(Code.INTERNAL, f"unexpected response: {exc}",
                               self.address) from None
-
-    def predict(self, model: str, signature: str, inputs: Mapping[str, np.ndarray],
-                version: int | None = None, outputs: list[str] | None = None,
-                output_dtypes: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
-        return self._infer(model, version, signature, inputs, outputs)
-
-    def predict_png(self, model: str, image: bytes, version: int | None = None,
-                    signature: str = SERVING_DEFAULT) -> bytes:
-        out = self._infer(model, version, signature,
-                          {"image_bytes": np.array([image], dtype=object)}, [MASK_PNG])
-        mask = out.get(MASK_PNG)
-        if mask is None or mask.size == 0 or not isinstance(mask.flat[0], bytes):
-            raise ClientError(Code.INTERNAL, f"response has no {MASK_PNG} output",
-                              self.address)
-        return mask.flat[0]
 
 
 def parse_response(raw: bytes, json_length: int | None) -> dict[str, np.ndarray]:

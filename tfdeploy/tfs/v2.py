@@ -497,16 +497,28 @@ def parameter_value(parameter) -> Any:
 def parse_grpc_request(request, expected: dict[str, str]) -> dict[str, np.ndarray]:
     """The inputs of a ModelInferRequest: ``raw_input_contents`` (one per input, in order)
     or each input's typed ``contents``."""
-    raw = list(request.raw_input_contents)
-    if raw and len(raw) != len(request.inputs):
-        raise invalid(f"request: {len(raw)} raw_input_contents for {len(request.inputs)} "
-                      "inputs")
     if not request.inputs:
         raise invalid("request: no inputs")
-    inputs: dict[str, np.ndarray] = {}
-    for i, tensor in enumerate(request.inputs):
-        what = f"input '{tensor.name}'"
-        if tensor.name in inputs:
+    return _grpc_tensors(request.inputs, list(request.raw_input_contents), expected,
+                         "input", "raw_input_contents")
+
+
+def parse_grpc_response(response) -> dict[str, np.ndarray]:
+    """The outputs of a ModelInferResponse, from ``raw_output_contents`` (as Triton and
+    the embedded server answer) or each output's typed ``contents`` (as some KServe
+    runtimes do): the client side of ``fill_grpc_response``."""
+    return _grpc_tensors(response.outputs, list(response.raw_output_contents), {},
+                         "output", "raw_output_contents")
+
+
+def _grpc_tensors(items, raw: list[bytes], expected: dict[str, str], kind: str,
+                  raw_field: str) -> dict[str, np.ndarray]:
+    if raw and len(raw) != len(items):
+        raise invalid(f"{kind}s: {len(raw)} {raw_field} for {len(items)} {kind}s")
+    out: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(items):
+        what = f"{kind} '{tensor.name}'"
+        if tensor.name in out:
             raise invalid(f"{what} appears twice")
         numpy_dtype(tensor.datatype)
         check_expected(tensor.name, tensor.datatype, expected.get(tensor.name))
@@ -514,21 +526,42 @@ def parse_grpc_request(request, expected: dict[str, str]) -> dict[str, np.ndarra
         if any(d < 0 for d in shape):
             raise invalid(f"{what}: 'shape' must hold non-negative integers")
         if raw:
-            inputs[tensor.name] = from_raw(raw[i], tensor.datatype, shape, what)
+            out[tensor.name] = from_raw(raw[i], tensor.datatype, shape, what)
             continue
         field = _CONTENTS[tensor.datatype]
         if field is None:
-            raise invalid(f"{what}: FP16 data travels in raw_input_contents")
+            raise invalid(f"{what}: FP16 data travels in {raw_field}")
         values = getattr(tensor.contents, field)
         if tensor.datatype == "BYTES":
-            inputs[tensor.name] = _bytes_array(values, shape, what)
+            out[tensor.name] = _bytes_array(values, shape, what)
         else:
             if len(values) != _count(shape):
                 raise invalid(f"{what}: shape {list(shape)} holds {_count(shape)} elements, "
                               f"contents have {len(values)}")
-            inputs[tensor.name] = np.asarray(values, dtype=numpy_dtype(tensor.datatype)
-                                             ).reshape(shape)
-    return inputs
+            out[tensor.name] = np.asarray(values, dtype=numpy_dtype(tensor.datatype)
+                                          ).reshape(shape)
+    return out
+
+
+def grpc_infer_request(model: str, version: int | None, inputs: dict[str, np.ndarray],
+                       signature: str = "", outputs: Iterable[str] = ()):
+    """A ModelInferRequest with every input in ``raw_input_contents`` (the layout the
+    server reads fastest, BYTES as length-prefixed elements); ``signature`` other than
+    "" travels in the ``signature_name`` parameter."""
+    request = grpc_messages()["ModelInferRequest"](
+        model_name=model, model_version="" if version is None else str(version))
+    for name, value in inputs.items():
+        array = np.asarray(value)
+        if array.dtype.kind in "SU":
+            array = array.astype(object)
+        request.inputs.add(name=name, datatype=datatype_of(array),
+                           shape=[int(d) for d in array.shape])
+        request.raw_input_contents.append(to_raw(array))
+    if signature:
+        request.parameters[SIGNATURE_PARAMETER].string_param = signature
+    for name in outputs:
+        request.outputs.add(name=name)
+    return request
 
 
 def _bytes_array(values: Iterable[bytes], shape: tuple[int, ...], what: str) -> np.ndarray:
