@@ -117,3 +117,31 @@ def test_wrong_ca_or_name_is_refused_at_once_with_a_clear_message(mtls_server, t
     proc = run_cli("predict", EXAMPLE, "--server", f"127.0.0.1:{port}", "--transport",
                    transport, "--retries", "0", check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
+
+
+def test_protocol_v2_over_tls_and_https(mtls_server, tmp_path):
+    """--protocol v2 over gRPC (TLS) and REST (HTTPS) with a client certificate and a
+    server-name override writes the v1 mask; a wrong CA is refused at once with the v1
+    transports' clear message; a plain client at the TLS port is refused too."""
+    from conftest import run_cli
+
+    srv, certs, _ = mtls_server
+    cert = ["--tls-cert", certs.client_cert, "--tls-key", certs.client_key]
+    for transport, port in (("grpc", srv.grpc_port), ("rest", srv.rest_port)):
+        base = ["predict", EXAMPLE, "--server", f"127.0.0.1:{port}", "--transport",
+                transport, *cert]
+        masks = {}
+        for protocol in ("v1", "v2"):
+            out = tmp_path / transport / protocol
+            run_cli(*base, "--protocol", protocol, "--tls-ca", certs.ca,
+                    "--tls-server-name", "localhost", "-o", out)
+            masks[protocol] = (out / f"{EXAMPLE.stem}.png").read_bytes()
+        assert masks["v2"] == masks["v1"], transport
+        started = time.monotonic()
+        proc = run_cli(*base, "--protocol", "v2", "--tls-ca", certs.wrong_ca, check=False)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        assert "not signed by the CA given with --tls-ca" in proc.stderr, proc.stderr
+        assert time.monotonic() - started < 25, "a certificate problem was retried"
+        proc = run_cli("predict", EXAMPLE, "--server", f"127.0.0.1:{port}", "--transport",
+                       transport, "--protocol", "v2", "--retries", "0", check=False)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
