@@ -390,6 +390,24 @@ def test_client_protocol_v2_over_grpc(server):
         assert info.value.code == "INVALID_ARGUMENT" and "labels" in info.value.message
 
 
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_bench_protocol_v2(server, transport):
+    """bench --protocol v2 measures v2 calls and says so (JSON and table); the protocol
+    reaches the client (a version label, which v2 lacks, is refused as v2 refuses it)."""
+    from conftest import run_cli
+
+    port = server.grpc_port if transport == "grpc" else server.rest_port
+    args = ["bench", str(EXAMPLES[0]), "--server", f"127.0.0.1:{port}", "--transport",
+            transport, "-c", "1", "-n", "2", "--protocol", "v2"]
+    doc = json.loads(run_cli(*args, "--json").stdout)
+    assert (doc["protocol"], doc["transport"]) == ("v2", transport)
+    assert [level["errors"] for level in doc["levels"]] == [0]
+    proc = run_cli(*args)
+    assert f"over {transport} (protocol v2)" in proc.stdout + proc.stderr
+    proc = run_cli(*args, "--label", "stable", check=False)
+    assert proc.returncode != 0 and "no version labels" in proc.stderr, proc.stderr
+
+
 def test_predict_protocol_v2_at_the_wrong_port_says_so(server):
     from conftest import run_cli
 

@@ -256,6 +256,7 @@ def _rates(ctx, param, text: str | None) -> list[float] | None:
 @_server_option
 @_name_option
 @_transport_option
+@_protocol_option
 @_model_option
 @_label_option
 @click.option("--signature", default=None, help="Default: serving_default when present.")
@@ -293,7 +294,7 @@ def _rates(ctx, param, text: str | None) -> list[float] | None:
               type=click.Path(path_type=Path),
               help="Send the images of a request log (see `tfdeploy requests`) instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
-def bench(images, server, name, transport, model_name, label, signature, concurrency,
+def bench(images, server, name, transport, protocol, model_name, label, signature, concurrency,
           concurrency_range, request_rate, request_rate_range, warmup, interval, stability,
           max_trials, duration, requests, max_threads, timeout, retries, retry_timeout, csv_file,
           from_log, as_json) -> None:
@@ -311,6 +312,7 @@ def bench(images, server, name, transport, model_name, label, signature, concurr
       tfdeploy bench --concurrency-range 1:8:1 --csv results.csv
       tfdeploy bench --request-rate 10:40:10 --measurement-interval 5
       tfdeploy bench --signature predict_images --transport rest -n 50
+      tfdeploy bench --protocol v2 --server triton:8001 -n 50
     """
     from tfdeploy.client import bench as bench_lib
     from tfdeploy.client.predict import PredictError
@@ -339,7 +341,8 @@ def bench(images, server, name, transport, model_name, label, signature, concurr
     except PredictError as exc:
         raise UserError(str(exc)) from None
     predictor = _predictor(server, name, transport, timeout, retries, retry_timeout,
-                           model_name, signature, label=label, output_dir=None)
+                           model_name, signature, label=label, protocol=protocol,
+                           output_dir=None)
 
     # stdout carries one format: the table, or the CSV (--csv -), which then sends the
     # table to stderr, or the JSON (no table)
@@ -356,7 +359,8 @@ def bench(images, server, name, transport, model_name, label, signature, concurr
                 f"{k} {v}" for k, v in r.endpoints.items()), err=table_err)
 
     if not as_json:
-        click.echo(f"{bench_lib.describe_input(predictor, inputs)} over {transport} to "
+        click.echo(f"{bench_lib.describe_input(predictor, inputs)} over {transport} "
+                   f"(protocol {protocol}) to "
                    f"{', '.join(predictor.transport.counts)}", err=table_err)
         mode = (f"fixed windows ({duration:g}s)" if duration else
                 f"fixed windows ({requests} requests)" if requests else
@@ -376,6 +380,7 @@ def bench(images, server, name, transport, model_name, label, signature, concurr
             csv_file.write_text(text)
     if as_json:
         click.echo(json.dumps({"signature": predictor.signature, "transport": transport,
+                               "protocol": protocol,
                                "images": len(inputs),
                                "levels": [r.to_json() for r in results]}, indent=2))
     elif any(r.stable is False for r in results):
