@@ -257,6 +257,7 @@ class GrpcServer:
                                         name="grpc-loop")
         self._thread.start()
         self._control = None
+        self._stopping = threading.Event()  # ends Health Watch streams (serving/v2_grpc.py)
         try:
             self._server = self._call(self._start(server, options.max_request_bytes))
         except BaseException:
@@ -277,7 +278,8 @@ class GrpcServer:
         ps_grpc.add_PredictionServiceServicer_to_server(predictions, grpc_server)
         ms_grpc.add_ModelServiceServicer_to_server(models, grpc_server)
         # the Open Inference Protocol and grpc.health.v1 beside them (serving/v2_grpc.py)
-        v2_grpc.register(grpc_server, server, functools.partial(_in_pool, pools=self.pools))
+        v2_grpc.register(grpc_server, server, functools.partial(_in_pool, pools=self.pools),
+                         self._stopping)
         credentials = ssl_credentials(server.options.ssl_config_file)
         self._control = None
         if server.options.model_service_port == -1 and not server.options.grpc_socket_path:
@@ -306,6 +308,8 @@ class GrpcServer:
         """Refuse new calls, let those in flight finish (up to ``grace`` s); the event is
         set once stopped."""
         done = threading.Event()
+
+        self._stopping.set()
 
         def run() -> None:
             try:

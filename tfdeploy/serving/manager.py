@@ -132,6 +132,19 @@ class _Workers:
             t.join(max(0.0, deadline - time.monotonic()))
 
 
+class _Changes(threading.Condition):
+    """The manager's "state changed" condition, counting its notifications: a watcher that
+    must not block on it (the gRPC Health Watch, on the event loop) compares counts."""
+
+    def __init__(self, lock) -> None:
+        super().__init__(lock)
+        self.count = 0
+
+    def notify_all(self) -> None:
+        self.count += 1
+        super().notify_all()
+
+
 class Manager:
     def __init__(self, loader_factory: LoaderFactory, max_load_retries: int = 5,
                  retry_interval: float = 60.0, num_load_threads: int = 0,
@@ -145,7 +158,7 @@ class Manager:
         self._load_timeout = load_timeout
         self._models: dict[str, ModelState] = {}
         self._lock = threading.RLock()  # the state tables; never held during a load
-        self._changed = threading.Condition(self._lock)  # notified on every state change
+        self._changed = _Changes(self._lock)  # notified on every state change
         self._loaders = _Workers(num_load_threads, "loader")
         self._load_threads: set[threading.Thread] = set()  # loads with a timeout of their own
         self._unloaders = _Workers(num_unload_threads, "unloader")
@@ -331,6 +344,12 @@ class Manager:
                 self._changed.notify_all()
 
     # -- the request side ----------------------------------------------------------------
+    @property
+    def generation(self) -> int:
+        """A number that grows on every state change (a version loading, available,
+        unloaded, a model added or retired)."""
+        return self._changed.count
+
     def model_names(self) -> list[str]:
         with self._lock:
             return sorted(self._models)

@@ -7,9 +7,13 @@ are control calls on the control pool, so they answer while inference is busy.  
 service "" is SERVING when every model has a version that serves (as /v2/health/ready),
 a model's name is SERVING when that model serves, NOT_SERVING while it loads; an unknown
 service is NOT_FOUND, as the health protocol says.  Kubernetes' gRPC probes call Check.
+Watch streams the status at once and then each change (``MAX_WATCHES`` at once).
 """
 
 from __future__ import annotations
+
+import asyncio
+import threading
 
 import grpc
 
@@ -88,32 +92,74 @@ def _servicer(server, in_pool):
     return InferenceService()
 
 
-def _health_servicer(server, in_pool):
+#: How often a Watch stream looks at the manager's change count (a cheap integer read),
+#: and how often it recomputes the status even without a change (a model the server
+#: stopped serving for a reason the count does not see).
+WATCH_POLL, WATCH_RECHECK = 0.1, 2.0
+#: Watch streams held at once: each holds one of the server's concurrent calls
+#: (``maximum_concurrent_rpcs``) for as long as its client keeps it, so they are bounded
+#: below what inference needs; past it Watch answers RESOURCE_EXHAUSTED.
+MAX_WATCHES = 8
+
+
+def _health_servicer(server, in_pool, stopping: threading.Event):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     status = health_pb2.HealthCheckResponse.ServingStatus
 
+    def current(service: str) -> int:
+        """SERVING / NOT_SERVING, or SERVICE_UNKNOWN for a name that is no model."""
+        if not service:
+            return status.SERVING if v2_rest.server_ready(server)[0] else status.NOT_SERVING
+        if service not in server.manager.model_names():
+            return status.SERVICE_UNKNOWN
+        try:
+            server.manager.handle(service)
+        except StatusError:
+            return status.NOT_SERVING
+        return status.SERVING
+
+    watches = threading.BoundedSemaphore(MAX_WATCHES)
+
     class Health(health_pb2_grpc.HealthServicer):
         @in_pool
         def Check(self, request, call):
-            if not request.service:
-                ready = v2_rest.server_ready(server)[0]
-            elif request.service in server.manager.model_names():
-                try:
-                    server.manager.handle(request.service)
-                    ready = True
-                except StatusError:
-                    ready = False
-            else:
+            found = current(request.service)
+            if found == status.SERVICE_UNKNOWN:
                 raise StatusError(Code.NOT_FOUND, f"unknown service: {request.service}")
-            return health_pb2.HealthCheckResponse(
-                status=status.SERVING if ready else status.NOT_SERVING)
+            return health_pb2.HealthCheckResponse(status=found)
+
+        async def Watch(self, request, context):
+            """The status at once, then each change, as the health protocol says: an
+            unknown service is SERVICE_UNKNOWN (the stream stays, the model may come);
+            the stream ends when the client cancels it or the server stops (after a last
+            NOT_SERVING)."""
+            if not watches.acquire(blocking=False):
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"too many health watches (at most {MAX_WATCHES})")
+            try:
+                last, seen, since = None, -1, 0.0
+                while not stopping.is_set():
+                    generation = server.manager.generation
+                    if generation != seen or since >= WATCH_RECHECK:
+                        seen, since = generation, 0.0
+                        found = current(request.service)
+                        if found != last:
+                            last = found
+                            yield health_pb2.HealthCheckResponse(status=found)
+                    await asyncio.sleep(WATCH_POLL)
+                    since += WATCH_POLL
+                if last != status.NOT_SERVING:
+                    yield health_pb2.HealthCheckResponse(status=status.NOT_SERVING)
+            finally:
+                watches.release()
 
     return health_pb2_grpc, Health()
 
 
-def register(grpc_server, server, in_pool) -> None:
-    """Add GRPCInferenceService and Health to ``grpc_server`` (a grpc.aio server)."""
+def register(grpc_server, server, in_pool, stopping: threading.Event) -> None:
+    """Add GRPCInferenceService and Health to ``grpc_server`` (a grpc.aio server);
+    ``stopping`` set ends the Health Watch streams (the server is going away)."""
     m = v2.grpc_messages()
     service = _servicer(server, in_pool)
     handlers = {
@@ -125,5 +171,5 @@ def register(grpc_server, server, in_pool) -> None:
     grpc_server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(f"{v2.PACKAGE}.{v2.SERVICE}", handlers),))
     if server.options.enable_grpc_healthcheck_service:
-        health_grpc, health = _health_servicer(server, in_pool)
+        health_grpc, health = _health_servicer(server, in_pool, stopping)
         health_grpc.add_HealthServicer_to_server(health, grpc_server)
