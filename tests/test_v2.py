@@ -469,9 +469,82 @@ def test_kserve_v2_refusals(tmp_path, args, message):
     assert not list(tmp_path.iterdir())
 
 
-def test_k8s_refuses_protocol(tmp_path):
+def test_k8s_protocol_v2_runs_our_server_probed_on_v2_health(tmp_path):
+    """k8s --protocol v2: the Deployment (and a canary's) runs tfdeploy-model-server from
+    the given image, probed on the model-free /v2/health URLs; strict 1.30 schemas."""
+    from test_manifest import _manifest, _validate
+
+    objects = _manifest("-t", "k8s", "s3://bucket/deeplab", "--protocol", "v2", "--image",
+                        V2_IMAGE, "--canary-percent", "10", "--canary-version", "2",
+                        "--stable-version", "1", "-o", tmp_path)
+    _validate(objects)
+    deployments = [o for o in objects if o["kind"] == "Deployment"]
+    assert len(deployments) == 2
+    for deployment in deployments:
+        (c,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert c["image"] == V2_IMAGE and c["command"] == ["tfdeploy-model-server"]
+        for probe in ("startupProbe", "readinessProbe"):
+            assert c[probe]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+        assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+        assert "--rest_api_port=8501" in c["args"]
+    # v1 (the default) keeps the official server and the model status URL
+    (c,) = _manifest("-t", "k8s", "s3://bucket/deeplab", "-o", tmp_path / "v1")[1][
+        "spec"]["template"]["spec"]["containers"]
+    assert c["command"] == ["tensorflow_model_server"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v1/models/deeplab"
+
+
+def test_compose_protocol_v2_healthcheck_is_v2_health(tmp_path, demo_base):
+    """compose --protocol v2: our image, a healthcheck on /v2/health/ready; the file is
+    what `docker-compose config` accepts (when installed)."""
+    import shutil
+
+    import yaml
     from conftest import run_cli
 
-    proc = run_cli("manifest", "-t", "k8s", "s3://bucket/deeplab", "--protocol", "v2", "-o",
-                   tmp_path, check=False)
-    assert proc.returncode == 2 and "cannot honour --protocol" in proc.stderr, proc.stderr
+    out = json.loads(run_cli("manifest", "-t", "compose", demo_base, "--protocol", "v2",
+                             "--image", V2_IMAGE, "-o", tmp_path, "--json").stdout)
+    (service,) = yaml.safe_load(Path(out["files"][0]).read_text())["services"].values()
+    assert service["image"] == V2_IMAGE
+    assert "GET /v2/health/ready" in service["healthcheck"]["test"][-1]
+    compose = shutil.which("docker-compose")
+    if compose:
+        proc = subprocess.run([compose, "-f", out["files"][0], "config", "-q"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_compose_v2_healthcheck_script_against_a_real_server(tmp_path):
+    """The compose healthcheck's bash script, run against a real server: unhealthy
+    while the model has no version, healthy once it serves."""
+    from tfdeploy.deploy.manifests import healthcheck
+
+    base = tmp_path / "later"
+    base.mkdir()
+    srv = ServerProcess("--model_name=later", f"--model_base_path={base}",
+                        "--file_system_poll_wait_seconds=0.2", log_dir=tmp_path)
+    try:
+        srv.wait_for(lambda s: True, model="later")
+        test = healthcheck("later", port=srv.rest_port, v2=True)
+        assert test[:3] == ["CMD", "bash", "-c"]
+        assert subprocess.run(test[1:], timeout=30).returncode != 0
+        put_version(base, 1, save_half_plus_two(tmp_path / "hpt_src"))
+        srv.wait_available(1, model="later")
+        assert subprocess.run(test[1:], timeout=30).returncode == 0
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("target,source", [("k8s", "s3://bucket/deeplab"),
+                                           ("compose", "{base}")])
+@pytest.mark.parametrize("image", [None, "tensorflow/serving:2.15.0"])
+def test_protocol_v2_needs_our_image(tmp_path, demo_base, target, source, image):
+    from conftest import run_cli
+
+    args = ["manifest", "-t", target, source.format(base=demo_base), "--protocol", "v2",
+            "-o", tmp_path]
+    proc = run_cli(*args, *(["--image", image] if image else []), check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "official TF Serving image does not have" in proc.stderr
+    assert "give --image" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.iterdir())

@@ -62,8 +62,9 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
 @click.option("--transport", type=click.Choice(["grpc", "rest"]), default=None,
               help="kserve: the port the InferenceService exposes [grpc].")
 @click.option("--protocol", type=click.Choice(["v1", "v2"]), default=None,
-              help="kserve: v2 serves the Open Inference Protocol (and TF Serving's API) "
-                   "with tfdeploy-model-server from --image; probes use /v2/health [v1].")
+              help="v2 serves the Open Inference Protocol (and TF Serving's API) with "
+                   "tfdeploy-model-server from --image (our embedded image; the official "
+                   "one has no v2); probes use /v2/health [v1].")
 @click.option("--batcher-max-batch-size", type=int, default=None,
               help="kserve (--transport rest): KServe batcher batch size.")
 @click.option("--batcher-max-latency", type=int, default=None, metavar="MS",

@@ -1,7 +1,9 @@
 """Ready-to-apply manifests for scaling out: plain Kubernetes, KServe, docker compose.
 
 All three run the official ``tensorflow/serving`` image (``-gpu`` with ``--gpu``) on the
-same exported base path.  Storage:
+same exported base path; ``--protocol v2`` runs tfdeploy-model-server from our embedded
+image instead (``--image``: the official one has no Open Inference Protocol), probed on
+the protocol's model-free ``/v2/health`` URLs.  Storage:
 
 - a ``gs://`` / ``s3://`` SOURCE is read by TF Serving directly, with credentials from
   ``--service-account`` (workload identity), ``--secret-env`` (env vars) or
@@ -29,6 +31,8 @@ from tfdeploy.tfs.names import GRPC_PORT, REST_PORT
 MANAGED_BY = {"app.kubernetes.io/managed-by": "tfdeploy"}
 GRPC, REST = GRPC_PORT, REST_PORT
 METRICS_PATH = "/monitoring/prometheus/metrics"
+#: The Open Inference Protocol's model-free health URLs (``--protocol v2``).
+V2_READY, V2_LIVE = "/v2/health/ready", "/v2/health/live"
 MODELS_DIR = "/models"
 SECRETS_DIR = "/var/run/secrets/tfdeploy"
 # Images that copy a bucket into the pod's volume (``--fill-image`` overrides).
@@ -160,6 +164,7 @@ class ManifestSpec:
         if self.secret_file is not None:
             options.parse_secret_file(self.secret_file)
         self._check_storage(target)
+        self._check_protocol()
         if target == "kserve":
             self._check_kserve()
         canary.check(self, target)
@@ -242,6 +247,25 @@ class ManifestSpec:
             raise UserError.about("{secret_env} / {secret_file} carry bucket credentials: "
                                   "they need a gs:// or s3:// base path or {fill_from}")
 
+    @property
+    def v2(self) -> bool:
+        """The Open Inference Protocol: tfdeploy-model-server from our image, probed on
+        the protocol's model-free health URLs (every target)."""
+        return self.protocol == "v2"
+
+    def _check_protocol(self) -> None:
+        """v2 needs tfdeploy-model-server: the official image has no v2, so the user names
+        our embedded image (no default: it is built and pushed by the user)."""
+        if self.protocol not in (None, "v1", "v2"):
+            raise UserError.about("is v1 or v2, got {value!r}", param="protocol",
+                                  value=self.protocol)
+        if self.v2 and (self.image is None or self.image.split("@")[0].split(":")[0] in (
+                default_image(False).split(":")[0], default_image(True).split(":")[0])):
+            raise UserError.about("{protocol} v2 runs tfdeploy-model-server, which the "
+                                  "official TF Serving image does not have: give {image} "
+                                  "(docker/build.sh builds tfdeploy/serving-embedded; push it "
+                                  "to your registry)")
+
     def _check_kserve(self) -> None:
         batcher = self.batcher_max_batch_size is not None or self.batcher_max_latency is not None
         if batcher and (self.transport or "grpc") != "rest":
@@ -251,19 +275,10 @@ class ManifestSpec:
                            ("batcher_max_latency", self.batcher_max_latency)):
             if value is not None and value < 1:
                 raise UserError("must be at least 1", param=opt)
-        if self.protocol not in (None, "v1", "v2"):
-            raise UserError.about("is v1 or v2, got {value!r}", param="protocol",
-                                  value=self.protocol)
         if self.protocol == "v2" and batcher:
             raise UserError.about("KServe's batcher speaks the v1 protocol: drop "
                                   "{batcher_max_batch_size} / {batcher_max_latency} with "
                                   "{protocol} v2 (the server batches with its own options)")
-        if self.protocol == "v2" and (self.image is None or self.image in (
-                default_image(False), default_image(True))):
-            raise UserError.about("{protocol} v2 runs tfdeploy-model-server, which the "
-                                  "official TF Serving image does not have: give {image} "
-                                  "(docker/build.sh builds tfdeploy/serving-embedded; push it "
-                                  "to your registry)")
         if self.transport not in (None, "grpc", "rest"):
             raise UserError.about("is grpc or rest, got {value!r}", param="transport",
                                   value=self.transport)
@@ -404,12 +419,16 @@ def _pod_spec(spec: ManifestSpec, selector: dict[str, str]) -> dict[str, Any]:
         mounts += cred_mounts
     else:  # with --fill-from only the initContainer reads the bucket
         env, env_from = [], []
-    status = {"httpGet": {"path": f"/v1/models/{spec.model_name}", "port": "http"}}
+    # v1: the model's status URL (TF Serving has no model-free one); v2: the protocol's
+    # model-free health URLs, ready once every model serves
+    status = {"httpGet": {"path": V2_READY if spec.v2 else f"/v1/models/{spec.model_name}",
+                          "port": "http"}}
+    live = {"httpGet": {"path": V2_LIVE, "port": "http"}} if spec.v2 else status
     startup = spec.startup_timeout or (900 if spec.gpu_count else 300)
     container: dict[str, Any] = {
         "name": "tensorflow-serving",
         "image": spec.image,
-        "command": ["tensorflow_model_server"],
+        "command": ["tfdeploy-model-server" if spec.v2 else "tensorflow_model_server"],
         "args": _server_args(spec, base_path, bool(spec.model_config_file),
                              bool(spec.batching_parameters_file)),
         "ports": [{"name": "grpc", "containerPort": GRPC, "protocol": "TCP"},
@@ -419,7 +438,7 @@ def _pod_spec(spec: ManifestSpec, selector: dict[str, str]) -> dict[str, Any]:
                          "failureThreshold": math.ceil(startup / 10)},
         "readinessProbe": {**status, "periodSeconds": 5, "timeoutSeconds": 5,
                            "failureThreshold": 2},
-        "livenessProbe": {**status, "periodSeconds": 15, "timeoutSeconds": 10,
+        "livenessProbe": {**live, "periodSeconds": 15, "timeoutSeconds": 10,
                           "failureThreshold": 4},
         # Let endpoints drop this pod before TF Serving stops taking requests.
         "lifecycle": {"preStop": {"sleep": {"seconds": 10}}},
@@ -524,8 +543,8 @@ def _kserve_v2_container(spec: ManifestSpec, uri: str) -> dict[str, Any]:
     downloads (it does so for a container whose env has STORAGE_URI), probed on the
     protocol's model-free health URLs."""
     grpc = spec.transport == "grpc"
-    ready = {"httpGet": {"path": "/v2/health/ready", "port": KSERVE_HTTP}}
-    live = {"httpGet": {"path": "/v2/health/live", "port": KSERVE_HTTP}}
+    ready = {"httpGet": {"path": V2_READY, "port": KSERVE_HTTP}}
+    live = {"httpGet": {"path": V2_LIVE, "port": KSERVE_HTTP}}
     startup = spec.startup_timeout or (900 if spec.gpu_count else 300)
     return {
         "name": "kserve-container", "image": spec.image,
@@ -616,15 +635,18 @@ def kserve(spec: ManifestSpec) -> list[dict[str, Any]]:
              "metadata": meta, "spec": {"predictor": predictor}}]
 
 
-def healthcheck(model_name: str, port: int = REST) -> list[str]:
-    """Healthy once the REST model status says AVAILABLE.  bash's /dev/tcp, because the
-    official image has neither curl nor wget.  The request is one quoted printf format
-    (``%`` doubled), so a model name can neither end the quote nor become a directive."""
+def healthcheck(model_name: str, port: int = REST, v2: bool = False) -> list[str]:
+    """Healthy once the REST model status says AVAILABLE (v2: once the model-free
+    ``/v2/health/ready`` answers 200).  bash's /dev/tcp, because the official image has
+    neither curl nor wget.  The request is one quoted printf format (``%`` doubled), so a
+    model name can neither end the quote nor become a directive."""
     import shlex
 
-    request = f"GET /v1/models/{model_name} HTTP/1.0\\r\\n\\r\\n".replace("%", "%%")
+    path = V2_READY if v2 else f"/v1/models/{model_name}"
+    request = f"GET {path} HTTP/1.0\\r\\n\\r\\n".replace("%", "%%")
+    check = ("head -n 1 <&3 | grep -q ' 200 '" if v2 else "grep -q AVAILABLE <&3")
     script = (f"exec 3<>/dev/tcp/127.0.0.1/{int(port)} && "
-              f"printf {shlex.quote(request)} >&3 && grep -q AVAILABLE <&3")
+              f"printf {shlex.quote(request)} >&3 && {check}")
     return ["CMD", "bash", "-c", script]
 
 
@@ -670,7 +692,8 @@ def compose(spec: ManifestSpec) -> dict[str, Any]:
             "ports": [f"{spec.host}:{spec.grpc_port + 2 * i}:{GRPC}",
                       f"{spec.host}:{spec.rest_port + 2 * i}:{REST}"],
             "restart": "unless-stopped",
-            "healthcheck": {"test": healthcheck(spec.model_name), "interval": "10s",
+            "healthcheck": {"test": healthcheck(spec.model_name, v2=spec.v2),
+                            "interval": "10s",
                             "timeout": "5s", "retries": 3,
                             "start_period": f"{startup}s"},
             "stop_grace_period": "30s",  # SIGTERM drains in-flight requests

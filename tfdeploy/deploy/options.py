@@ -43,7 +43,7 @@ SUPPORT: dict[str, tuple[str, ...]] = {
     "batcher_max_batch_size": ("kserve",),
     "batcher_max_latency": ("kserve",),
     "transport": ("kserve",),
-    "protocol": ("kserve",),
+    "protocol": ("kserve", "k8s", "compose"),
     "grpc_port": ("compose",),
     "rest_port": ("compose",),
     "host": ("compose",),
