@@ -246,7 +246,8 @@ def test_grpc_health_checking(server):
     serving = health_pb2.HealthCheckResponse.SERVING
     with grpc.insecure_channel(server.grpc_target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        for service in ("", "hpt", "deeplab"):
+        # "ModelService" and "PredictionService": as tensorflow_model_server marks them
+        for service in ("", "hpt", "deeplab", "ModelService", "PredictionService"):
             assert stub.Check(health_pb2.HealthCheckRequest(service=service),
                               timeout=10).status == serving
         with pytest.raises(grpc.RpcError) as info:

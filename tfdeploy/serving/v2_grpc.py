@@ -92,6 +92,9 @@ def _servicer(server, in_pool):
     return InferenceService()
 
 
+#: The service names tensorflow_model_server marks SERVING once it runs (a model of that
+#: name, if any, takes precedence).
+SERVICE_NAMES = frozenset({"ModelService", "PredictionService"})
 #: How often a Watch stream looks at the manager's change count (a cheap integer read),
 #: and how often it recomputes the status even without a change (a model the server
 #: stopped serving for a reason the count does not see).
@@ -112,7 +115,7 @@ def _health_servicer(server, in_pool, stopping: threading.Event):
         if not service:
             return status.SERVING if v2_rest.server_ready(server)[0] else status.NOT_SERVING
         if service not in server.manager.model_names():
-            return status.SERVICE_UNKNOWN
+            return status.SERVING if service in SERVICE_NAMES else status.SERVICE_UNKNOWN
         try:
             server.manager.handle(service)
         except StatusError:
