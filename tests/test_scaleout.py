@@ -210,3 +210,37 @@ def test_compose_replicas_turn_healthy_and_survive_one_stopping(demo_base, tmp_p
     finally:
         subprocess.run([*compose, "down", "--remove-orphans"], capture_output=True,
                        timeout=300)
+
+
+def test_compose_protocol_v2_turns_healthy_and_answers_v2(demo_base, tmp_path):
+    """manifest -t compose --protocol v2 with our image, run for real: the replica turns
+    healthy by its /v2/health/ready healthcheck and answers predict --protocol v2 over
+    gRPC and REST."""
+    version = "v2" if COMPOSE["v2"] else "v1"
+    reason = _compose_skip(version)
+    if reason:
+        pytest.skip(reason)
+    start = _port_block(2)
+    out = json.loads(run_cli("manifest", "-t", "compose", str(demo_base), "--protocol", "v2",
+                             "--image", EMBEDDED_IMAGE, "--grpc-port", start, "--rest-port",
+                             start + 1, "-o", str(tmp_path / "deploy"), "--json").stdout)
+    project = f"tfdeploytestv2p{start}"
+    compose = [*COMPOSE[version], "-f", out["files"][0], "-p", project]
+    proc = subprocess.run([*compose, "up", "-d"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    try:
+        try:
+            (container,) = _wait_healthy(project, 1)
+        except AssertionError:
+            logs = subprocess.run([*compose, "logs"], capture_output=True, text=True)
+            raise AssertionError(logs.stdout[-3000:]) from None
+        assert "/v2/health/ready" in container.attrs["Config"]["Healthcheck"]["Test"][-1]
+        example = sorted((ROOT / "examples").glob("*.jpg"))[0]
+        for transport, endpoints in (("grpc", out["grpc_endpoints"]),
+                                     ("rest", out["rest_endpoints"])):
+            proc = run_cli("predict", example, "--protocol", "v2", "--transport", transport,
+                           "--server", endpoints[0], "-o", tmp_path / transport, "--json")
+            assert json.loads(proc.stdout)["summary"]["ok"] == 1
+    finally:
+        subprocess.run([*compose, "down", "--remove-orphans"], capture_output=True,
+                       timeout=300)
