@@ -362,7 +362,9 @@ def test_predict_protocol_v2_writes_the_v1_masks(server, tmp_path, signature, tr
         proc = run_cli("predict", *map(str, EXAMPLES[:2]), "--server", f"127.0.0.1:{port}",
                        "--transport", transport, "--protocol", protocol, "--signature",
                        signature, "-o", str(out), "--json")
-        assert json.loads(proc.stdout)["summary"]["ok"] == 2
+        summary = json.loads(proc.stdout)["summary"]
+        assert summary["ok"] == 2
+        assert (summary["protocol"], summary["transport"]) == (protocol, transport)
         masks[protocol] = {p.name: p.read_bytes() for p in sorted(out.glob("*.png"))}
     assert len(masks["v2"]) == 2 and masks["v2"] == masks["v1"]
 

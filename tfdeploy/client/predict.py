@@ -306,6 +306,7 @@ class Predictor:
                 "images_per_second": (round((len(results) - failed) / seconds, 2)
                                       if seconds and failed < len(results) else None),
                 "signature": self.signature, "transport": self.transport.name,
+                "protocol": getattr(self.transport, "protocol", "v1"),
                 "output_dir": str(self.output_dir) if self.output_dir else None,
                 # prediction requests per endpoint (the metadata call is not one)
                 "endpoints": {k: n - self._counts_before.get(k, 0)
