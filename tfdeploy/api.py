@@ -31,7 +31,8 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
            probes: list[str | Path] = (), max_pixels: int | str = DEFAULT_MAX_PIXELS,
            calibration: list[str | Path] = (), input_tensor: str | None = None,
            output_tensor: str | None = None, preprocess: str = "0..255",
-           input_size: str | None = None, progress: Progress | None = None):
+           input_size: str | None = None, labels: str | Path | None = None,
+           progress: Progress | None = None):
     """Export a DeepLab-v3 checkpoint (default: the bundled demo) as version ``version``
     (default: highest existing + 1) of the model base path ``output``.
 
@@ -55,6 +56,10 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
     signature maps images to logits or labels: ``preprocess`` (``0..255``, ``0..1``,
     ``-1..1``, ``imagenet``) makes its input from pixels, ``input_size`` (``"HxW"``) is
     the size it needs if any; verified to give the source model's masks on every pixel.
+    ``labels`` is a file of class names (one per line, one per class): stored in the
+    export and served by it as the ``class_names`` signature (default: the checkpoint's
+    own names, Pascal VOC's for a 21-class model).  ``precision`` applies to a Keras
+    model too (bfloat16/float16); a frozen graph or SavedModel is served as made.
     ``progress`` gets one short line per step.
     """
     from tfdeploy.demo import DEMO_CHECKPOINT
@@ -64,6 +69,10 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
     # a typo is reported at once, not after the seconds TensorFlow takes to import
     pixels = check_inputs(checkpoint if checkpoint is not None else DEMO_CHECKPOINT, output,
                           version, precision, min_agreement, list(probes), max_pixels)
+    if labels is not None:
+        from tfdeploy.export.labels import read_labels
+
+        read_labels(labels)  # a missing or empty file: before importing TensorFlow
     quiet_import_tensorflow()
     from tfdeploy.export.writer import export as run_export
 
@@ -72,7 +81,7 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
                       precision=precision, min_agreement=min_agreement, probes=list(probes),
                       max_pixels=pixels, calibration=list(calibration),
                       input_tensor=input_tensor, output_tensor=output_tensor,
-                      preprocess=preprocess, input_size=input_size,
+                      preprocess=preprocess, input_size=input_size, labels=labels,
                       progress=progress)
 
 

@@ -62,12 +62,18 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
 @click.option("--input-size", default=None, metavar="HxW",
               help="Keras model / SavedModel: resize images to this size for the model and "
                    "its output back [default: the model's fixed size, if any, else none].")
+@click.option("--labels", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="Class names, one per line in class index order; as many as the model "
+                   "has classes.  Stored in the export and served by it (a class_names "
+                   "signature) [default: the checkpoint's own, Pascal VOC's for a 21-class "
+                   "model, else none].")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 def export(checkpoint: Path | None, output: Path, version: int | None, overwrite: bool,
            no_verify: bool, no_warmup: bool, model_name: str, precision: str,
            min_agreement: float, probes: tuple[Path, ...], calibration: tuple[Path, ...],
            max_pixels: str, input_tensor: str | None, output_tensor: str | None,
-           preprocess: str, input_size: str | None, as_json: bool) -> None:
+           preprocess: str, input_size: str | None, labels: Path | None,
+           as_json: bool) -> None:
     """Export a DeepLab-v3 checkpoint as a numbered SavedModel version.
 
     CHECKPOINT is a seed training directory (model.ckpt* + data.json), its `checkpoint`
@@ -87,6 +93,7 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
       tfdeploy export deeplabv3_mnv2_pascal_train_aug_2018_01_29.tar.gz
       tfdeploy export unet.keras --preprocess imagenet --input-size 256x256
       tfdeploy export my_saved_model/ --preprocess -1..1
+      tfdeploy export unet.keras --labels classes.txt --precision bfloat16
     """
     from tfdeploy.api import export as run_export
 
@@ -96,7 +103,7 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
                         probes=list(probes), max_pixels=max_pixels,
                         calibration=list(calibration), input_tensor=input_tensor,
                         output_tensor=output_tensor, preprocess=preprocess,
-                        input_size=input_size, progress=progress_printer(as_json, "  {}..."))
+                        input_size=input_size, labels=labels, progress=progress_printer(as_json, "  {}..."))
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     emit(as_json, result.to_json(), result.summary())

@@ -32,8 +32,11 @@ def resize_mask(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
     return mask.resize((size[1], size[0]), Image.NEAREST)
 
 
-def overlay(image: Image.Image, mask: Image.Image, alpha: float = 0.55) -> Image.Image:
-    """The image with each non-background class painted in its colour."""
+def overlay(image: Image.Image, mask: Image.Image,
+            class_names: dict[int, str] | None = None, alpha: float = 0.55) -> Image.Image:
+    """The image with each non-background class painted in its colour; with
+    ``class_names`` (index -> name; missing ones are ``class N``) a legend of the classes
+    in the mask is drawn in its lower left corner, so a preview says what each colour is."""
     import numpy as np
 
     if image.size != mask.size:
@@ -42,7 +45,54 @@ def overlay(image: Image.Image, mask: Image.Image, alpha: float = 0.55) -> Image
     colours = np.frombuffer(voc_palette(256), np.uint8).reshape(256, 3)[index]
     base = np.asarray(image.convert("RGB"), np.float32)
     painted = np.where(index[..., None] > 0, base * (1 - alpha) + colours * alpha, base)
-    return Image.fromarray(painted.round().astype(np.uint8))
+    out = Image.fromarray(painted.round().astype(np.uint8))
+    if class_names is not None:
+        draw_legend(out, class_counts(mask), class_names)
+    return out
+
+
+def legend_rows(counts: dict[int, int], class_names: dict[int, str]) -> list[tuple[int, str]]:
+    """(class index, ``name NN%``) for the classes in a mask, largest share first."""
+    total = max(1, sum(counts.values()))
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return [(i, f"{class_names.get(i) or f'class {i}'} {100 * n / total:.0f}%")
+            for i, n in ordered]
+
+
+def draw_legend(image: Image.Image, counts: dict[int, int],
+                class_names: dict[int, str]) -> None:
+    """Colour swatches and class names (with their share of pixels) on a dark box in the
+    lower left corner of ``image``, sized to it; as many rows as fit in half its height
+    (the rest summed up as ``+N more``).  Too small an image gets none."""
+    from PIL import ImageDraw, ImageFont
+
+    if image.height < 48 or image.width < 64 or not counts:
+        return
+    size = max(10, image.height // 32)
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one bitmap size
+        font = ImageFont.load_default()
+    rows = legend_rows(counts, class_names)
+    line = size + size // 2
+    fit = max(1, (image.height // 2) // line)
+    if len(rows) > fit:
+        rows = rows[:fit - 1] + [(-1, f"+{len(rows) - fit + 1} more")]
+    draw = ImageDraw.Draw(image, "RGBA")
+    pad = size // 2
+    widths = [draw.textlength(text, font=font) for _, text in rows]
+    box_w = min(image.width, int(pad * 3 + size + max(widths)))
+    box_h = pad * 2 + line * len(rows)
+    top = image.height - box_h
+    draw.rectangle([0, top, box_w, image.height], fill=(0, 0, 0, 160))
+    palette = voc_palette(256)
+    for n, (index, text) in enumerate(rows):
+        y = top + pad + n * line
+        if index >= 0:
+            colour = tuple(palette[3 * index:3 * index + 3])
+            draw.rectangle([pad, y, pad + size, y + size], fill=colour,
+                           outline=(255, 255, 255))
+        draw.text((pad * 2 + size, y), text, fill=(255, 255, 255), font=font)
 
 
 def class_counts(mask: Image.Image) -> dict[int, int]:

@@ -67,6 +67,8 @@ class ImageResult:
     overlay: str | None = None
     #: pixels per class index
     classes: dict[int, int] = field(default_factory=dict)
+    #: share of the image's pixels per class name (``class N`` where no name is known)
+    class_shares: dict[str, float] = field(default_factory=dict)
     height: int = 0
     width: int = 0
     seconds: float = 0.0
@@ -211,6 +213,35 @@ def choose_signature(signatures: dict[str, Signature], wanted: str | None,
                        f"{', '.join(sorted(signatures))})")
 
 
+def served_class_names(transport: Transport, model: str, version: int | str | None,
+                       signatures: dict[str, Signature]) -> dict[int, str]:
+    """Class index -> name from the model's own ``class_names`` signature (one request;
+    the export stores the names in the SavedModel, so any TF Serving answers them).
+    Empty when the model has no such signature (exports from before it) or the call
+    fails: names are a convenience, predictions go on without them."""
+    sig = signatures.get(names.CLASS_NAMES)
+    if sig is None or names.CLASS_NAMES not in sig.outputs or len(sig.inputs) > 1:
+        return {}
+    import numpy as np
+
+    inputs = {key: np.zeros((), np.int32) for key in sig.inputs}
+    try:
+        out = transport.predict(model, names.CLASS_NAMES, inputs, version,
+                                outputs=[names.CLASS_NAMES],
+                                output_dtypes={names.CLASS_NAMES:
+                                               sig.outputs[names.CLASS_NAMES][0]})
+        values = np.asarray(out[names.CLASS_NAMES]).reshape(-1)
+        return {i: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                for i, v in enumerate(values.tolist())}
+    except (ClientError, KeyError, ValueError, TypeError):
+        return {}
+
+
+def class_label(class_names: dict[int, str], index: int) -> str:
+    """The name of class ``index``, or ``class N`` when the model does not say."""
+    return class_names.get(index) or f"class {index}"
+
+
 class Predictor:
     def __init__(self, transport: Transport, model: str = names.DEFAULT_MODEL_NAME,
                  signature: str | None = None,
@@ -236,6 +267,8 @@ class Predictor:
         self.signature = choose_signature(
             self.signatures, signature,
             complete=getattr(transport, "lists_every_signature", True))
+        # the model's own names, read once for this model version
+        self.class_names = served_class_names(transport, model, version, self.signatures)
         # what the endpoints served before any image: the summary counts requests only
         self._counts_before = dict(transport.counts)
 
@@ -279,13 +312,17 @@ class Predictor:
             full, png = self.mask(image)
             result.height, result.width = image.original_size
             result.classes = masks.class_counts(full)
+            total = max(1, sum(result.classes.values()))
+            result.class_shares = {class_label(self.class_names, i): round(n / total, 6)
+                                   for i, n in result.classes.items()}
             if self.output_dir is not None:
                 targets = output_paths(job, self.output_dir, self.overlay)
                 # the server's PNG as it is when nothing was resized
                 masks.save_atomic(png if png is not None else full, targets[0])
                 result.mask = str(targets[0])
                 if self.overlay:
-                    masks.save_atomic(masks.overlay(image.image, full), targets[1],
+                    masks.save_atomic(masks.overlay(image.image, full, self.class_names),
+                                      targets[1],
                                       format="JPEG", quality=90)
                     result.overlay = str(targets[1])
         except images.BadImage as exc:
@@ -370,7 +407,8 @@ class Client:
                                             protocol=protocol, tls=tls)
         self._predictor: Predictor | None = None
         self._executor: ThreadPoolExecutor | None = None
-        #: class index -> name where known (``Server.client()`` fills it from the export)
+        #: class index -> name for models that do not serve their own (exports before
+        #: the ``class_names`` signature); ``Server.client()`` fills it from the export
         self.class_names: dict[int, str] = {}
 
     @property
@@ -392,7 +430,8 @@ class Client:
         predictor = Predictor(self.transport, self.model, self._signature, self.version,
                               output_dir=output_dir, overlay=overlay,
                               max_side=max_side if max_side is not None else self.max_side)
-        predictor.class_names = dict(self.class_names)
+        if not predictor.class_names:  # an export without the class_names signature
+            predictor.class_names = dict(self.class_names)
         return predictor
 
     @property

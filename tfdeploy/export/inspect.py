@@ -48,6 +48,11 @@ def describe_version(version_dir: Path) -> dict[str, Any]:
         # What was exported: checkpoint, frozen_graph, keras or saved_model (exports from
         # before other sources existed were checkpoints).
         "source": (exported_by or {}).get("source", "checkpoint") if exported_by else None,
+        # class index -> name as the export stores them (its class_names signature serves
+        # the same list); None where the export names none
+        "class_names": (exported_by or {}).get("class_names"),
+        # tiled inference (export --tile), where the export has it
+        "tiling": tiling(exported_by or {}),
         "meta_graphs": graphs,
     }
 
@@ -68,12 +73,54 @@ def describe(path: str | Path) -> dict[str, Any]:
             "versions": {str(v): describe_version(d) for v, d in found.items()}}
 
 
-def source_text(kind: str, config: dict[str, Any]) -> str:
-    """One line on a wrapped model: its kind, how it is fed, what it returns, and why
-    --precision did not apply."""
-    names = {"frozen_graph": "model-zoo / frozen graph", "keras": "Keras model",
-             "saved_model": "SavedModel"}
-    parts = [names.get(kind, kind)]
+def tiling(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The export's tiling settings (``--tile``, ``--tile-overlap``, the tiled pixel
+    limit) from its metadata, whichever key holds them; None when it does not tile."""
+    for key in ("tiling", "tile"):
+        value = meta.get(key) or (meta.get("config") or {}).get(key)
+        if isinstance(value, dict):
+            return value if value.get("tile", value.get("size", 1)) else None
+        if isinstance(value, int) and value > 0:
+            return {"tile": value, "overlap": meta.get("tile_overlap")}
+    return None
+
+
+def tiling_text(settings: dict[str, Any]) -> str:
+    """``tiles of 513 px, overlap 64 px, tiled images up to 24000000 pixels``."""
+    size = settings.get("tile", settings.get("size"))
+    parts = [f"tiles of {size} px" if size else "tiled"]
+    for key, what in (("overlap", "overlap {} px"), ("tile_overlap", "overlap {} px"),
+                      ("max_pixels", "tiled images up to {} pixels"),
+                      ("tile_max_pixels", "tiled images up to {} pixels"),
+                      ("max_tiled_pixels", "tiled images up to {} pixels")):
+        if settings.get(key) is not None:
+            parts.append(what.format(settings[key]))
+    shown = {"tile", "size", "overlap", "tile_overlap", "max_pixels", "tile_max_pixels",
+             "max_tiled_pixels"}
+    parts += [f"{k} {v}" for k, v in settings.items() if k not in shown and v is not None]
+    return ", ".join(parts)
+
+
+def labels_text(names: list[str], limit: int = 8) -> str:
+    """``21 classes: background, aeroplane, ... tvmonitor``."""
+    shown = names if len(names) <= limit else [*names[:limit - 1], "...", names[-1]]
+    return f"{len(names)} classes: {', '.join(shown)}"
+
+
+#: How inspect names each source kind.
+SOURCE_NAMES = {"checkpoint": "checkpoint", "frozen_graph": "model-zoo / frozen graph",
+                "keras": "Keras model", "saved_model": "SavedModel"}
+
+
+def source_text(kind: str, config: dict[str, Any], precision: str | None = None,
+                checkpoint_format: str | None = None) -> str:
+    """One line on what was exported: its kind (a seed or tfdeploy checkpoint, a model-zoo
+    or other frozen graph, a Keras model, a SavedModel), how a wrapped model is fed and
+    what it returns, and its precision where that says something."""
+    if kind == "checkpoint":
+        fmt = {"seed": "seed (tutorial) checkpoint", "tfdeploy": "tfdeploy checkpoint"}
+        return fmt.get(checkpoint_format or "", f"{checkpoint_format or 'a'} checkpoint")
+    parts = [SOURCE_NAMES.get(kind, kind)]
     if config.get("input_tensor"):
         parts.append(f"{config['input_tensor']} ({config.get('input_dtype')}) -> "
                      f"{config.get('output_tensor')}")
@@ -83,7 +130,10 @@ def source_text(kind: str, config: dict[str, Any]) -> str:
         parts.append("input size {}x{}".format(*config["input_size"]))
     if config.get("output"):
         parts.append(f"returns {config['output']}")
-    parts.append("served as made (float32; --precision applies to checkpoints)")
+    if kind in ("frozen_graph", "saved_model"):
+        parts.append("served as made (float32: --precision does not apply to it)")
+    elif precision and precision != "float32":
+        parts.append(f"computes in {precision} (mixed: float32 weights)")
     return ", ".join(parts)
 
 
@@ -101,8 +151,15 @@ def render(info: dict[str, Any]) -> str:
         lines.append(f"version {number}  ({v['file']} {_mb(v['file_bytes'])}, version "
                      f"{_mb(v['size_bytes'])} in all{precision}, "
                      f"warmup {'yes' if v['warmup'] else 'no'}{source})")
-        if v.get("source") and v["source"] != "checkpoint":
-            lines.append(f"  source: {source_text(v['source'], origin.get('config') or {})}")
+        if v.get("source"):
+            lines.append("  source: " + source_text(v["source"], origin.get("config") or {},
+                                                    v.get("precision"), origin.get("format")))
+        if v.get("class_names"):
+            lines.append(f"  labels: {labels_text(v['class_names'])}")
+        elif v.get("source"):
+            lines.append("  labels: none recorded (clients say class N)")
+        if v.get("tiling"):
+            lines.append(f"  tiling: {tiling_text(v['tiling'])}")
         if v.get("servers"):
             lines.append(f"  servers: {v['servers']}")
         for mg in v["meta_graphs"]:

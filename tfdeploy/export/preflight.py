@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tfdeploy.errors import UserError
 from tfdeploy.export import checkpoint as ckpt
-from tfdeploy.export import sources
+from tfdeploy.export import source_precision, sources
 from tfdeploy.export.config import parse_max_pixels
 from tfdeploy.export.precision import check_precision
 from tfdeploy.tfs.versions import MAX_VERSION, next_version
@@ -49,6 +49,7 @@ def check_inputs(checkpoint: str | Path, output: str | Path, version: int | None
     for item in map(Path, probes):
         if not item.exists():
             raise UserError(f"{item}: no such probe image or directory", param="probes")
+    source_precision.check(sources.kind_of(checkpoint), precision)
     if sources.kind_of(checkpoint) == sources.CHECKPOINT:
         ckpt.locate(checkpoint)  # no such checkpoint, no config.json / data.json
     return pixels

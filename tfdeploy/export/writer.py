@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from tfdeploy.errors import ExportError, UserError
 from tfdeploy.export import checkpoint as ckpt
-from tfdeploy.export import frozen, sources, warmup, wrapped
+from tfdeploy.export import frozen, source_precision, sources, warmup, wrapped
 from tfdeploy.export.agreement import (
     Agreement,
     image_key,
@@ -30,6 +30,8 @@ from tfdeploy.export.agreement import (
     user_images,
 )
 from tfdeploy.export.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_AGREEMENT, DEFAULT_PRECISION
+from tfdeploy.export.labels import add_signature as add_class_names
+from tfdeploy.export.labels import check_count, default_names, read_labels
 from tfdeploy.export.model import ASPP_SCOPE, DeepLabV3, choose_float_blocks
 from tfdeploy.export.precision import (
     INT8_SERVERS,
@@ -41,6 +43,7 @@ from tfdeploy.export.preflight import check_version
 from tfdeploy.export.signatures import ServingModule
 from tfdeploy.tfs.codes import tf_error_message
 from tfdeploy.tfs.names import (
+    CLASS_NAMES,
     DEFAULT_MODEL_NAME,
     PREDICT_IMAGES,
     SEGMENTATION_MAP,
@@ -213,9 +216,7 @@ def class_names(source: ckpt.Checkpoint) -> list[str] | None:
 def foreign_class_names(num_classes: int) -> list[str] | None:
     """A wrapped model's class names: Pascal VOC's for 21 classes (what the DeepLab model
     zoo's and most DeepLab models are trained on); None otherwise."""
-    from tfdeploy.palette import VOC_CLASSES
-
-    return list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else None
+    return default_names(num_classes)
 
 
 def export(
@@ -236,6 +237,7 @@ def export(
     output_tensor: str | None = None,
     preprocess: str = wrapped.DEFAULT_PREPROCESS,
     input_size: str | None = None,
+    labels: str | Path | None = None,
 ) -> ExportResult:
     """Export a checkpoint (default: the bundled demo) as version ``version`` (default:
     next) of the base ``output``.
@@ -251,7 +253,12 @@ def export(
     tarball; ``input_tensor``/``output_tensor`` name other graphs' tensors): it is wrapped
     unchanged, and verification requires its masks on every probe pixel.  A Keras model
     file or a SavedModel directory is wrapped the same way, its input made from 0..255
-    pixels by ``preprocess`` and resized to ``input_size`` (``HxW``) if it needs one."""
+    pixels by ``preprocess`` and resized to ``input_size`` (``HxW``) if it needs one;
+    a Keras model computes in ``precision`` (bfloat16/float16) where a frozen graph or a
+    SavedModel is refused any but float32.
+
+    ``labels`` (a file, one class name per line) names the classes; they are stored in
+    ``tfdeploy.json`` and served by the export as the ``class_names`` signature."""
     if checkpoint_path is None:
         from tfdeploy.demo import DEMO_CHECKPOINT
 
@@ -283,9 +290,8 @@ def export(
         raise UserError("only an int8 export is calibrated", param="calibration")
     kind = sources.detect(checkpoint_path)
     foreign = kind.kind != sources.CHECKPOINT
-    if foreign and precision != DEFAULT_PRECISION:
-        raise UserError(f"a {kind.kind.replace('_', ' ')} is served as it was made "
-                        "(float32): --precision applies to checkpoints only", param="precision")
+    source_precision.check(kind.kind, precision)
+    label_names = read_labels(labels) if labels is not None else None
     if kind.kind not in (sources.KERAS, sources.SAVED_MODEL) and (
             input_size or preprocess != wrapped.DEFAULT_PREPROCESS):
         raise UserError("--preprocess/--input-size apply to Keras models and SavedModels",
@@ -310,6 +316,10 @@ def export(
     elif foreign:
         size = wrapped.parse_size(input_size)
         graph_model = wrapped.WrappedModel(kind.path, kind.kind, preprocess, size)
+        if precision != DEFAULT_PRECISION:
+            say(f"rebuilding the Keras model to compute in {precision}")
+            graph_model.keras_model = source_precision.keras_in(graph_model.keras_model,
+                                                               precision)
         origin = {"checkpoint": str(kind.given.absolute()),
                   "format": "Keras model" if kind.kind == sources.KERAS else "SavedModel",
                   "backbone": kind.given.name, "num_classes": graph_model.num_classes,
@@ -325,6 +335,9 @@ def export(
                   "output_stride": source.config.output_stride,
                   "config": source.config.to_json()["model"]}
     t = lap("read_checkpoint", t)
+    names = (check_count(label_names, origin["num_classes"], labels) if label_names else
+             class_names(source) if source is not None else
+             foreign_class_names(origin["num_classes"]))
     warnings = []
     if precision != DEFAULT_PRECISION:
         say(f"checking this CPU for native {precision} kernels")
@@ -374,8 +387,11 @@ def export(
                               fold_batch_norm=True, activation_ranges=ranges,
                               float_blocks=float_blocks)
         module = ServingModule(model, max_pixels)
+        signatures = module.signatures()
+        if names:
+            signatures = add_class_names(module, names, signatures)
         say("writing SavedModel")
-        tf.saved_model.save(module, str(tmp), signatures=module.signatures())
+        tf.saved_model.save(module, str(tmp), signatures=signatures)
         t = lap("save", t)
         records = 0
         if do_warmup:
@@ -388,6 +404,12 @@ def export(
             agreement = frozen.verify(tmp, frozen.FrozenGraphModel(
                 frozen.read_graph_def(kind.path, kind.data), graph_model.contract.input_name,
                 graph_model.contract.output_name, graph_model.contract.num_classes), probe_set)
+            t = lap("verify", t)
+        elif do_verify and foreign and precision != DEFAULT_PRECISION:
+            say(f"verifying against the float32 source model on {len(probe_set)} images")
+            agreement = verify(tmp, wrapped.WrappedModel(
+                kind.path, kind.kind, preprocess, graph_model.input_size), precision,
+                probe_set, min_agreement)
             t = lap("verify", t)
         elif do_verify and foreign:
             say(f"verifying against the source model on {len(probe_set)} images")
@@ -404,7 +426,8 @@ def export(
             version=number, path=str(base / str(number)), checkpoint=origin["checkpoint"],
             format=origin["format"], backbone=origin["backbone"],
             num_classes=origin["num_classes"], output_stride=origin["output_stride"],
-            signatures=[PREDICT_IMAGES, SERVING_DEFAULT], warmup_records=records,
+            signatures=[PREDICT_IMAGES, SERVING_DEFAULT] + ([CLASS_NAMES] if names else []),
+            warmup_records=records,
             verified=do_verify, seconds=0.0, replaced=number in existing, timings=timings,
             precision=precision, batch_norm_folded=graph_model is None, warnings=warnings,
             max_pixels=max_pixels,
@@ -427,8 +450,9 @@ def export(
             "agreement": result.agreement, "calibration": result.calibration,
             "servers": result.servers, "mixed_precision": result.mixed_precision,
             # class index -> name, for clients that report per-class results
-            "class_names": class_names(source) if source is not None else (
-                foreign_class_names(origin["num_classes"])),
+            "class_names": names,
+            # where they came from: the --labels file, or None (defaults)
+            "labels_file": str(Path(labels).absolute()) if label_names else None,
         }, indent=2))
         _publish(tmp, base / str(number), replace=number in existing)
     except OSError as exc:  # disk full, quota, permissions while writing

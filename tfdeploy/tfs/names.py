@@ -15,6 +15,11 @@ IMAGE_BYTES = "image_bytes"
 SEGMENTATION_MAP = "segmentation_map"
 MASK_PNG = "mask_png"
 
+#: The export's class names, served by the model itself: string [classes] out of one
+#: ignored int32 input (TF Serving's REST API refuses a signature without inputs).
+CLASS_NAMES = "class_names"
+CLASS_NAMES_INPUT = "unused"
+
 #: MetaGraph tag and method name TF Serving looks for.
 SERVE_TAG = "serve"
 PREDICT_METHOD = "tensorflow/serving/predict"

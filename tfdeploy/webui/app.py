@@ -111,13 +111,18 @@ class Backend:
     max_upload: int = DEFAULT_MAX_UPLOAD_MB << 20
     #: request logs the page browses (``--request-log``, or a recorded server's)
     request_logs: list[Path] = field(default_factory=list)
+    #: Name classes as the model itself says (its ``class_names`` signature, read once
+    #: per model version), falling back to ``classes``; False when the user gave names.
+    served_names: bool = True
 
     def __post_init__(self) -> None:
         self._predictors: dict[tuple[str, int | None, str | None], Predictor] = {}
         self._lock = threading.Lock()
         self.log_view = RequestLogView(self.request_logs) if self.request_logs else None
 
-    def class_name(self, index: int) -> str:
+    def class_name(self, index: int, served: dict[int, str] | None = None) -> str:
+        if self.served_names and served and index in served:
+            return served[index]
         return self.classes[index] if index < len(self.classes) else f"class {index}"
 
     def _transport(self, label: str | None) -> RestTransport:
@@ -217,11 +222,24 @@ class Backend:
     def _describe(self, model: str, select: str, mask: Image.Image, png: bytes | None,
                   seconds: float) -> dict:
         return {"model": model, "select": select, "used": self._used(model, select),
-                "latency_ms": round(seconds * 1000, 1), **self._mask_views(mask, png)}
+                "latency_ms": round(seconds * 1000, 1),
+                **self._mask_views(mask, png, self._served(model, select))}
 
-    def _mask_views(self, mask: Image.Image, png: bytes | None = None) -> dict:
+    def _served(self, model: str, select: str) -> dict[int, str]:
+        """The class names ``model`` serves (its ``class_names`` signature, read once per
+        model and version or label); empty when it serves none or cannot be asked."""
+        if not self.served_names or not model:
+            return {}
+        try:
+            return self._predictor(model, select).class_names
+        except UiError:
+            return {}
+
+    def _mask_views(self, mask: Image.Image, png: bytes | None = None,
+                    served: dict[int, str] | None = None) -> dict:
         """The mask as the page shows it: alone (palette PNG), as an overlay (RGBA, clear
-        where background), and its classes with their share of pixels."""
+        where background), and its classes (named by ``served``, else the page's list)
+        with their share of pixels."""
         index = np.asarray(mask)
         colours = voc_colormap(256)
         overlay = np.zeros((*index.shape, 4), np.uint8)
@@ -229,7 +247,7 @@ class Backend:
         overlay[..., 3] = np.where(index > 0, 255, 0)
         counts = np.bincount(index.ravel(), minlength=1)
         total = int(index.size)
-        classes = [{"index": int(c), "name": self.class_name(int(c)),
+        classes = [{"index": int(c), "name": self.class_name(int(c), served),
                     "color": _hex(colours[c]), "pixels": int(n), "share": n / total}
                    for c, n in enumerate(counts) if n]
         return {"width": mask.width, "height": mask.height,
@@ -248,7 +266,7 @@ class Backend:
         mask_a, png_a, sec_a = self._mask(model, a, image)
         mask_b, png_b, sec_b = self._mask(model, b, image)
         result = compare_masks(mask_a, mask_b)
-        iou = [{"index": c, "name": self.class_name(c), "iou": v,
+        iou = [{"index": c, "name": self.class_name(c, self._served(model, b)), "iou": v,
                 "color": _hex(voc_colormap(256)[c]),
                 "pixels_a": result.pixels_a[c], "pixels_b": result.pixels_b[c]}
                for c, v in result.iou.items()]
@@ -286,7 +304,8 @@ class Backend:
                 view["image_png"] = _png_b64(item.picture)
                 view["width"], view["height"] = item.picture.size
             if item.mask is not None:
-                view["mask"] = self._mask_views(item.mask)
+                view["mask"] = self._mask_views(item.mask,
+                                                served=self._served(entry.model, ""))
             out.append(view)
         return {"id": entry_id, "model": entry.model, "version": entry.version,
                 "signature": entry.signature, "images": out}
@@ -316,7 +335,9 @@ class Backend:
                               500) from None
             results.append({
                 "agreement": result.agreement, "mean_iou": result.mean_iou,
-                "iou": [{"index": c, "name": self.class_name(c), "iou": v,
+                "iou": [{"index": c, "name": self.class_name(c, self._served(entry.model,
+                                                                             select)),
+                         "iou": v,
                          "color": _hex(voc_colormap(256)[c]),
                          "pixels_a": result.pixels_a[c], "pixels_b": result.pixels_b[c]}
                         for c, v in result.iou.items()],

@@ -155,7 +155,8 @@ def run(server: str | None = None, name: str | None = None, *, model: str | None
                                     else [DEFAULT_MODEL_NAME])
     backend = Backend(address, models, classes=class_names(classes, record, models[0]),
                       labels=record_labels(record), max_upload=int(max_upload_mb * 2**20),
-                      request_logs=request_logs(request_log, record))
+                      request_logs=request_logs(request_log, record),
+                      served_names=classes.strip() == "auto")
     sock = bind(host, port)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{sock.getsockname()[1]}/"
