@@ -59,35 +59,63 @@ def _load_keras(path: Path):
         raise UserError(f"{path}: not a loadable Keras model ({first})") from None
 
 
+def _frozen(call, in_shape: tuple):
+    """``call`` (float32 images -> the model's output) with its variables made constants.
+
+    The export must load in a TF1 session, as tensorflow_model_server (and our embedded
+    server) load every SavedModel.  Saving the Keras 3 model's (or a restored
+    SavedModel's) variables into ours does not: restoring them in a session fails ("Could
+    not find variable conv2d/bias").  Constants need no restoring, like a frozen graph's."""
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    spec = tf.TensorSpec([None, in_shape[1], in_shape[2], 3], tf.float32)
+    graph = convert_variables_to_constants_v2(tf.function(call).get_concrete_function(spec))
+
+    def run(x: tf.Tensor) -> tf.Tensor:
+        out = graph(x)
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+    return run
+
+
 class WrappedModel(tf.Module):
     """A Keras model or a SavedModel signature behind DeepLabV3's interface."""
 
     def __init__(self, path: Path, kind: str, preprocessing: str = DEFAULT_PREPROCESS,
-                 input_size: tuple[int, int] | None = None, signature: str = "serving_default"
-                 ) -> None:
+                 input_size: tuple[int, int] | None = None, signature: str = "serving_default",
+                 precision: str = "float32") -> None:
         super().__init__(name="wrapped_model")
         preprocess(tf.zeros([1, 1, 1, 3]), preprocessing)  # rejects an unknown choice early
         self.preprocessing = preprocessing
         if kind == "keras":
-            self.keras_model = _load_keras(path)
-            inputs = self.keras_model.inputs
+            keras_model = _load_keras(path)
+            inputs = keras_model.inputs
             if len(inputs) != 1:
                 raise UserError(f"{path}: the model has {len(inputs)} inputs; one image "
                                 "input only")
             in_shape = tuple(inputs[0].shape)
-            self._call = lambda x: self.keras_model(x, training=False)
-            out_spec = self.keras_model.outputs[0]
+            if precision != "float32":
+                from tfdeploy.export.source_precision import keras_in
+
+                keras_model = keras_in(keras_model, precision)
+
+            def call(x):
+                return keras_model(x, training=False)
+
+            out_spec = keras_model.outputs[0]
             out_dtype, out_rank = tf.as_dtype(out_spec.dtype), len(out_spec.shape)
             channels = out_spec.shape[-1]
         else:
             try:
-                self.saved = tf.saved_model.load(str(path))
+                saved = tf.saved_model.load(str(path))
             except Exception as exc:
                 raise UserError(f"{path}: not a loadable SavedModel ({exc})") from None
-            if signature not in self.saved.signatures:
+            if signature not in saved.signatures:
                 raise UserError(f"{path}: no signature {signature!r} (it has "
-                                f"{', '.join(self.saved.signatures) or 'none'})")
-            fn = self.saved.signatures[signature]
+                                f"{', '.join(saved.signatures) or 'none'})")
+            fn = saved.signatures[signature]
             args = fn.structured_input_signature[1]
             if len(args) != 1:
                 raise UserError(f"{path}: signature {signature!r} takes {len(args)} inputs; "
@@ -96,15 +124,16 @@ class WrappedModel(tf.Module):
             outputs = fn.structured_outputs
             key = sorted(outputs)[0]
             in_shape = tuple(spec.shape)
-            self._fn, self._input_key, self._output_key = fn, name, key
-            self._in_dtype = spec.dtype
-            self._call = lambda x: self._fn(**{self._input_key: tf.cast(
-                x, self._in_dtype)})[self._output_key]
+
+            def call(x):
+                return fn(**{name: tf.cast(x, spec.dtype)})[key]
+
             out_dtype, out_rank = outputs[key].dtype, outputs[key].shape.rank
             channels = outputs[key].shape[-1] if out_rank else None
         if len(in_shape) != 4 or in_shape[-1] not in (None, 3):
             raise UserError(f"{path}: the input is {list(in_shape)}, not images "
                             "[N, H, W, 3]")
+        self._call = _frozen(call, in_shape)
         fixed = (in_shape[1], in_shape[2]) if None not in in_shape[1:3] else None
         self.input_size = input_size or fixed
         self.logits_out = out_dtype.is_floating

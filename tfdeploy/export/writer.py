@@ -315,11 +315,10 @@ def export(
                              "output": "logits" if graph_model.contract.logits else "labels"}}
     elif foreign:
         size = wrapped.parse_size(input_size)
-        graph_model = wrapped.WrappedModel(kind.path, kind.kind, preprocess, size)
         if precision != DEFAULT_PRECISION:
             say(f"rebuilding the Keras model to compute in {precision}")
-            graph_model.keras_model = source_precision.keras_in(graph_model.keras_model,
-                                                               precision)
+        graph_model = wrapped.WrappedModel(kind.path, kind.kind, preprocess, size,
+                                           precision=precision)
         origin = {"checkpoint": str(kind.given.absolute()),
                   "format": "Keras model" if kind.kind == sources.KERAS else "SavedModel",
                   "backbone": kind.given.name, "num_classes": graph_model.num_classes,
