@@ -103,7 +103,8 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
                         probes=list(probes), max_pixels=max_pixels,
                         calibration=list(calibration), input_tensor=input_tensor,
                         output_tensor=output_tensor, preprocess=preprocess,
-                        input_size=input_size, labels=labels, progress=progress_printer(as_json, "  {}..."))
+                        input_size=input_size, labels=labels,
+                        progress=progress_printer(as_json, "  {}..."))
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     emit(as_json, result.to_json(), result.summary())

@@ -118,7 +118,7 @@ def source_text(kind: str, config: dict[str, Any], precision: str | None = None,
     or other frozen graph, a Keras model, a SavedModel), how a wrapped model is fed and
     what it returns, and its precision where that says something."""
     if kind == "checkpoint":
-        fmt = {"seed": "seed (tutorial) checkpoint", "tfdeploy": "tfdeploy checkpoint"}
+        fmt = {"seed": "seed (tutorial) checkpoint", "native": "tfdeploy checkpoint"}
         return fmt.get(checkpoint_format or "", f"{checkpoint_format or 'a'} checkpoint")
     parts = [SOURCE_NAMES.get(kind, kind)]
     if config.get("input_tensor"):

@@ -47,6 +47,12 @@ def read_labels(path: str | Path) -> list[str]:
         if len(name) > MAX_NAME_CHARS:
             raise UserError(f"{p}:{number}: a class name of {len(name)} characters (at most "
                             f"{MAX_NAME_CHARS})", param="labels")
+    seen: dict[str, int] = {}
+    for number, name in enumerate(lines, 1):
+        if name in seen:
+            raise UserError(f"{p}:{number}: {name!r} is also on line {seen[name]} (each "
+                            "class needs its own name)", param="labels")
+        seen[name] = number
     return lines
 
 
