@@ -43,7 +43,8 @@ def test_zoo_graph_exports_with_both_signatures_and_its_own_masks(zoo_graph, tmp
     result = export_json(str(zoo_graph), "--output", str(base))
     assert result["source"] == "frozen_graph" and result["verified"]
     assert result["pixel_agreement"] == 1.0 and result["num_classes"] == 21
-    assert result["signatures"] == ["predict_images", "serving_default"]
+    # 21 classes: Pascal VOC's names, served as the class_names signature
+    assert result["signatures"] == ["predict_images", "serving_default", "class_names"]
     meta = json.loads((base / "1" / "assets.extra" / "tfdeploy.json").read_text())
     assert meta["source"] == "frozen_graph"
     assert meta["config"]["input_tensor"] == "ImageTensor:0"
@@ -95,7 +96,7 @@ def test_frozen_graph_pixel_limit_applies(zoo_graph, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--input-tensor", "pixels"], "no input tensor pixels:0"),
     (["--output-tensor", "Nope:0"], "no output tensor Nope:0"),
-    (["--precision", "bfloat16"], "frozen graph is served as it was made"),
+    (["--precision", "bfloat16"], "does not apply to a frozen graph"),
 ])
 def test_bad_frozen_graph_options_fail_with_one_line(zoo_graph, tmp_path, args, message):
     proc = run_cli("export", str(zoo_graph), "--output", str(tmp_path / "m"), *args,

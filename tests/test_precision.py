@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from conftest import PHOTOGRAPHS, ROOT, export_json, run_cli
 from PIL import Image
-from test_export import SEED_SIGNATURES, _signature_table
+from test_export import DEMO_SIGNATURES, _signature_table
 
 from tfdeploy.export.config import ModelConfig
 from tfdeploy.export.model import DeepLabV3, random_weights
@@ -116,7 +116,7 @@ def test_bfloat16_export_keeps_contract_and_agrees_on_photographs(bf16_demo, pho
     assert result["max_abs_logit_diff"] > 1e-3
     base = Path(result["path"]).parent
     info = json.loads(run_cli("inspect", str(base), "--json").stdout)
-    assert _signature_table(info, "1") == SEED_SIGNATURES  # every client keeps working
+    assert _signature_table(info, "1") == DEMO_SIGNATURES  # every client keeps working
     assert info["versions"]["1"]["precision"] == "bfloat16"
     assert "bfloat16" in run_cli("inspect", str(base)).stdout
     meta = json.loads((Path(result["path"]) / METADATA_FILE).read_text())
@@ -286,7 +286,7 @@ def test_int8_export_keeps_contract_and_agrees_on_photographs(int8_demo, photogr
     assert meta["calibration"]["images"] == 4
     base = Path(result["path"]).parent
     info = json.loads(run_cli("inspect", str(base), "--json").stdout)
-    assert _signature_table(info, "1") == SEED_SIGNATURES  # every client keeps working
+    assert _signature_table(info, "1") == DEMO_SIGNATURES  # every client keeps working
     assert info["versions"]["1"]["precision"] == "int8"
     assert info["versions"]["1"]["servers"] == INT8_SERVERS
     text = run_cli("inspect", str(base)).stdout

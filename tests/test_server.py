@@ -122,7 +122,7 @@ def test_metadata_and_status(server):
     response = stub.GetModelMetadata(request, 10)
     sigs = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(sigs)
-    assert set(sigs.signature_def) == {"predict_images", "serving_default"}
+    assert set(sigs.signature_def) == {"predict_images", "serving_default", "class_names"}
     images = sigs.signature_def["predict_images"].inputs["images"]
     assert images.dtype == tf.float32.as_datatype_enum
     status_stub = model_service_pb2_grpc.ModelServiceStub(channel)
@@ -138,7 +138,7 @@ def test_metadata_and_status(server):
     code, body = http("GET", f"{server.rest}/v1/models/deeplab/metadata")
     assert code == 200
     assert set(body["metadata"]["signature_def"]["signature_def"]) == {
-        "predict_images", "serving_default"}
+        "predict_images", "serving_default", "class_names"}
 
 
 def test_rest_row_columnar_and_b64(server, in_process):
