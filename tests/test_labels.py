@@ -87,6 +87,10 @@ def test_server_answers_class_names_over_grpc_and_rest_and_predict_names_classes
             assert served_class_names(grpc, "plain", None, grpc.metadata("plain")) == {}
         finally:
             grpc.close()
+        from tfdeploy.client.predict import Client
+
+        with Client(f"127.0.0.1:{srv.rest_port}", "rest", model="named") as client:
+            assert client.names() == dict(enumerate(NAMES))
         for transport, address in (("grpc", srv.grpc_target),
                                    ("rest", f"127.0.0.1:{srv.rest_port}")):
             out_dir = tmp_path / transport
@@ -200,3 +204,22 @@ def test_inspect_shows_source_labels_and_tiling(labelled, small_checkpoint, tmp_
     meta["tiling"] = {"tile": 513, "overlap": 64}
     meta_file.write_text(json.dumps(meta))
     assert "tiling: tiles of 513 px, overlap 64 px" in run_cli("inspect", str(base)).stdout
+
+
+def test_overlay_draws_a_legend_of_the_classes_in_the_mask(rng):
+    from tfdeploy.client import masks
+
+    image = Image.fromarray(_image(rng, 96, 128))
+    index = np.zeros((96, 128), np.uint8)
+    index[10:40, 60:120], index[50:90, 5:50] = 1, 2
+    mask = masks.palette_image(index)
+    plain = np.asarray(masks.overlay(image, mask), np.int16)
+    named = np.asarray(masks.overlay(image, mask, dict(enumerate(NAMES))), np.int16)
+    assert named.shape == plain.shape
+    assert np.abs(named[-20:, :20] - plain[-20:, :20]).max() > 50  # the legend's corner
+    np.testing.assert_array_equal(named[:40], plain[:40])  # the rest untouched
+    assert masks.legend_rows(masks.class_counts(mask), {0: "sky"})[1][1] == "class 1 15%"
+    small = Image.fromarray(_image(rng, 30, 40))
+    tiny = masks.palette_image(index[:30, :40])
+    np.testing.assert_array_equal(np.asarray(masks.overlay(small, tiny, {0: "sky"})),
+                                  np.asarray(masks.overlay(small, tiny)))

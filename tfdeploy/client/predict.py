@@ -434,6 +434,12 @@ class Client:
             predictor.class_names = dict(self.class_names)
         return predictor
 
+    def names(self) -> dict[int, str]:
+        """Class index -> name: the model's own (its ``class_names`` signature, read once
+        with the metadata), else ``class_names`` (what ``Server.client()`` found in the
+        export); empty when neither says (masks then have ``class N``)."""
+        return dict(self._get_predictor().class_names)
+
     @property
     def signature(self) -> str:
         """The signature predictions use (``serving_default`` when the model has it)."""
