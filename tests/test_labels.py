@@ -223,3 +223,39 @@ def test_overlay_draws_a_legend_of_the_classes_in_the_mask(rng):
     tiny = masks.palette_image(index[:30, :40])
     np.testing.assert_array_equal(np.asarray(masks.overlay(small, tiny, {0: "sky"})),
                                   np.asarray(masks.overlay(small, tiny)))
+
+
+def test_signature_without_inputs_runs_over_grpc_and_is_refused_over_rest(tmp_path):
+    """Why class_names takes a dummy input: tensorflow_model_server runs a signature
+    without inputs from an empty gRPC PredictRequest, but its REST API refuses it
+    ("Failed to get input map for signature"); the embedded server does the same."""
+    from servers import ServerProcess, http
+
+    from tfdeploy.client.grpc_transport import GrpcTransport
+
+    class NoInputs(tf.Module):
+        @tf.function(input_signature=[])
+        def names(self):
+            return {"class_names": tf.constant(NAMES)}
+
+    module = NoInputs()
+    tf.saved_model.save(module, str(tmp_path / "m" / "1"),
+                        signatures={"names": module.names, "serving_default": module.names})
+    srv = ServerProcess("--model_name=deeplab", f"--model_base_path={tmp_path / 'm'}",
+                        log_dir=tmp_path)
+    try:
+        srv.wait_available(1)
+        grpc = GrpcTransport(srv.grpc_target)
+        try:
+            out = grpc.predict("deeplab", "names", {})
+            assert [n.decode() for n in out["class_names"]] == NAMES
+        finally:
+            grpc.close()
+        url = f"{srv.rest}/v1/models/deeplab:predict"
+        for body, name in (({"signature_name": "names", "inputs": {}}, "names"),
+                           ({"instances": [1]}, "DEFAULT")):
+            code, out = http("POST", url, body)
+            assert code == 400 and out == {
+                "error": f"Failed to get input map for signature: {name}"}, out
+    finally:
+        assert srv.stop() == 0

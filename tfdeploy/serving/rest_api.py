@@ -165,9 +165,15 @@ class RestApi:
             signature = body.get("signature_name") or ""
             if not isinstance(signature, str):
                 raise StatusError(Code.INVALID_ARGUMENT, "signature_name must be a string")
+            parsed["signature"] = signature
             return signature
 
         def decode(signature_def) -> dict:
+            if not signature_def.inputs:
+                # tensorflow_model_server's REST API cannot address a signature without
+                # inputs (its gRPC API runs one with an empty request)
+                raise StatusError(Code.INVALID_ARGUMENT, "Failed to get input map for "
+                                  f"signature: {parsed.get('signature') or 'DEFAULT'}")
             inputs, parsed["format"] = json_tensors.parse_predict(parsed.pop("body"),
                                                                   signature_def)
             return inputs
