@@ -37,10 +37,10 @@ SEED_SIGNATURES = {
 
 
 #: A demo export: the seed's two signatures and the demo's five class names, served
-#: (one ignored int32 input, as TF Serving's REST API needs an input).
+#: (an ignored int32 [N] input: TF Serving's REST API and batching need one).
 DEMO_SIGNATURES = {**SEED_SIGNATURES, "class_names": {
-    "inputs": {"unused": ("int32", None)},
-    "outputs": {"class_names": ("string", [5])}}}
+    "inputs": {"unused": ("int32", [None])},
+    "outputs": {"class_names": ("string", [None, 5])}}}
 
 
 def _signature_table(info: dict, version: str) -> dict:

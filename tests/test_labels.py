@@ -43,8 +43,8 @@ def test_labels_are_stored_and_served_by_the_savedmodel(labelled):
     meta = json.loads((Path(named["path"]) / "assets.extra" / "tfdeploy.json").read_text())
     assert meta["class_names"] == NAMES and meta["labels_file"].endswith("classes.txt")
     loaded = tf.saved_model.load(named["path"])
-    out = loaded.signatures["class_names"](unused=tf.constant(0))["class_names"].numpy()
-    assert [n.decode() for n in out] == NAMES
+    out = loaded.signatures["class_names"](unused=tf.constant([0, 7]))["class_names"].numpy()
+    assert out.shape == (2, 3) and [n.decode() for n in out[1]] == NAMES
     # 3 classes and no --labels: no names to serve, no signature
     assert plain["signatures"] == ["predict_images", "serving_default"]
 
@@ -71,15 +71,21 @@ def test_server_answers_class_names_over_grpc_and_rest_and_predict_names_classes
         "'tensorflow' }\n"
         f" config {{ name: 'sm' base_path: '{root / 'wrapped_sm'}' model_platform: "
         "'tensorflow' }\n}\n")
-    srv = ServerProcess(f"--model_config_file={config}", log_dir=tmp_path)
+    # batching on, as tensorflow_model_server batches every signature with it: the
+    # class_names signature's batch dimension lets its requests merge and split
+    srv = ServerProcess(f"--model_config_file={config}", "--enable_batching",
+                        log_dir=tmp_path)
     try:
         srv.wait_available(1, model="named")
         # wrapped Keras models and SavedModels load in a session, as TF Serving loads
         srv.wait_available(1, model="plain")
         srv.wait_available(1, model="sm")
         code, out = http("POST", f"{srv.rest}/v1/models/named:predict",
-                         {"signature_name": "class_names", "inputs": {"unused": 0}})
-        assert code == 200 and out == {"outputs": NAMES}, out
+                         {"signature_name": "class_names", "inputs": {"unused": [0]}})
+        assert code == 200 and out == {"outputs": [NAMES]}, out
+        code, out = http("POST", f"{srv.rest}/v1/models/named:predict",
+                         {"signature_name": "class_names", "instances": [0, 0]})
+        assert code == 200 and out == {"predictions": [NAMES, NAMES]}, out
         grpc = GrpcTransport(srv.grpc_target)
         try:
             signatures = grpc.metadata("named")

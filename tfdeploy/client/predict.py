@@ -224,13 +224,14 @@ def served_class_names(transport: Transport, model: str, version: int | str | No
         return {}
     import numpy as np
 
-    inputs = {key: np.zeros((), np.int32) for key in sig.inputs}
+    inputs = {key: np.zeros((1,), np.int32) for key in sig.inputs}  # one row of names
     try:
         out = transport.predict(model, names.CLASS_NAMES, inputs, version,
                                 outputs=[names.CLASS_NAMES],
                                 output_dtypes={names.CLASS_NAMES:
                                                sig.outputs[names.CLASS_NAMES][0]})
-        values = np.asarray(out[names.CLASS_NAMES]).reshape(-1)
+        values = np.asarray(out[names.CLASS_NAMES])
+        values = values[0] if values.ndim == 2 else values.reshape(-1)
         return {i: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
                 for i, v in enumerate(values.tolist())}
     except (ClientError, KeyError, ValueError, TypeError):

@@ -3,9 +3,13 @@ model itself.
 
 The names travel inside the SavedModel as a ``class_names`` signature (a string constant),
 so any TF Serving answers them and a client needs nothing but the server to name classes.
-tensorflow_model_server's REST API refuses a signature without inputs ("Failed to get
-input map for signature"), so the signature takes one ignored int32 input of any shape:
-``{"signature_name": "class_names", "inputs": 0}`` over REST, any int32 tensor over gRPC.
+Its shape is what tensorflow_model_server can serve on every path: its REST API refuses a
+signature without inputs ("Failed to get input map for signature"), and with
+``--enable_batching`` every input needs a batch dimension ("Batching Run() input tensors
+must have at least one dimension") and every output as many rows as the inputs.  So it
+takes ``unused`` int32 [N] (values ignored) and returns ``class_names`` string
+[N, classes], the names once per row: ``{"signature_name": "class_names", "inputs":
+{"unused": [0]}}`` over REST.
 """
 
 from __future__ import annotations
@@ -78,10 +82,11 @@ def add_signature(module, names: list[str], signatures: dict) -> dict:
 
     names = list(names)
 
-    @tf.function(input_signature=[tf.TensorSpec(None, tf.int32, name=CLASS_NAMES_INPUT)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name=CLASS_NAMES_INPUT)])
     def class_names(unused):
-        del unused  # only there because TF Serving's REST API needs an input
-        return {CLASS_NAMES: tf.constant(names, tf.string)}
+        # only its row count is used: TF Serving's REST API and its batching need an input
+        rows = tf.shape(unused)[0]
+        return {CLASS_NAMES: tf.tile(tf.constant(names, tf.string)[tf.newaxis], [rows, 1])}
 
     module.class_names_fn = class_names
     return {**signatures, CLASS_NAMES: class_names.get_concrete_function()}

@@ -15,8 +15,9 @@ IMAGE_BYTES = "image_bytes"
 SEGMENTATION_MAP = "segmentation_map"
 MASK_PNG = "mask_png"
 
-#: The export's class names, served by the model itself: string [classes] out of one
-#: ignored int32 input (TF Serving's REST API refuses a signature without inputs).
+#: The export's class names, served by the model itself: string [N, classes] (the names
+#: once per row) out of one int32 [N] input whose values are ignored (TF Serving's REST
+#: API refuses a signature without inputs; its batching needs a batch dimension).
 CLASS_NAMES = "class_names"
 CLASS_NAMES_INPUT = "unused"
 
