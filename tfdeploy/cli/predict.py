@@ -218,8 +218,10 @@ def predict(images: tuple[str, ...], server, name, transport, protocol, model_na
             bar.update(1)
             if not result.ok:
                 click.echo(f"\n{result.path}: {result.error}", err=True)
-    summary = predictor.summary(results, time.perf_counter() - started)
+    # names only for JSON (asking the model is one more request its log would hold)
+    summary = predictor.summary(results, time.perf_counter() - started, names=as_json)
     if as_json:
+        predictor.name_classes(results)
         click.echo(json.dumps({"results": [r.__dict__ for r in results], "summary": summary},
                               indent=2))
     else:

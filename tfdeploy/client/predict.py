@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import io
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -250,9 +251,11 @@ class Predictor:
                  overlay: bool = False, max_side: int | None = None):
         """``version``: a number, a version label (a str), or None for the latest."""
         self.transport, self.model, self.version = transport, model, version
-        #: class index -> name, where known (the export records them); the summary
-        #: carries them next to the per-class pixel counts
-        self.class_names: dict[int, str] = {}
+        #: class index -> name for a model that serves none (``Client`` fills it from
+        #: the export's record); the summary carries them next to the pixel counts
+        self.fallback_names: dict[int, str] = {}
+        self._served_names: dict[int, str] | None = None
+        self._names_lock = threading.Lock()
         self.output_dir, self.overlay, self.max_side = output_dir, overlay, max_side
         try:
             self.signatures = transport.metadata(model, version)
@@ -268,8 +271,6 @@ class Predictor:
         self.signature = choose_signature(
             self.signatures, signature,
             complete=getattr(transport, "lists_every_signature", True))
-        # the model's own names, read once for this model version
-        self.class_names = served_class_names(transport, model, version, self.signatures)
         # what the endpoints served before any image: the summary counts requests only
         self._counts_before = dict(transport.counts)
 
@@ -313,9 +314,6 @@ class Predictor:
             full, png = self.mask(image)
             result.height, result.width = image.original_size
             result.classes = masks.class_counts(full)
-            total = max(1, sum(result.classes.values()))
-            result.class_shares = {class_label(self.class_names, i): round(n / total, 6)
-                                   for i, n in result.classes.items()}
             if self.output_dir is not None:
                 targets = output_paths(job, self.output_dir, self.overlay)
                 # the server's PNG as it is when nothing was resized
@@ -336,7 +334,36 @@ class Predictor:
         result.seconds = time.perf_counter() - started
         return result
 
-    def summary(self, results: list[ImageResult], seconds: float) -> dict:
+    @property
+    def class_names(self) -> dict[int, str]:
+        """Class index -> name: the model's own (its ``class_names`` signature), asked
+        the first time names are needed and kept for this Predictor's model version (a
+        request the server logs like any other, so nothing asks before names are used),
+        else ``fallback_names``."""
+        with self._names_lock:
+            if self._served_names is None:
+                self._served_names = served_class_names(self.transport, self.model,
+                                                         self.version, self.signatures)
+        return self._served_names or self.fallback_names
+
+    @property
+    def known_class_names(self) -> dict[int, str]:
+        """The names known without asking the model (those it answered before, else
+        ``fallback_names``)."""
+        return self._served_names or self.fallback_names
+
+    def name_classes(self, results: list[ImageResult]) -> None:
+        """Fill each result's ``class_shares`` (share of its pixels by class name)."""
+        names = self.class_names
+        for result in results:
+            total = max(1, sum(result.classes.values()))
+            result.class_shares = {class_label(names, i): round(n / total, 6)
+                                   for i, n in result.classes.items()}
+
+    def summary(self, results: list[ImageResult], seconds: float,
+                names: bool = True) -> dict:
+        """The run in figures; with ``names``, the class names too (asking the model
+        for them if nothing did yet)."""
         failed = sum(not r.ok for r in results)
         return {"images": len(results), "ok": len(results) - failed, "failed": failed,
                 "seconds": round(seconds, 3),
@@ -350,7 +377,8 @@ class Predictor:
                 "endpoints": {k: n - self._counts_before.get(k, 0)
                               for k, n in self.transport.counts.items()},
                 # names of the class indices in results' ``classes`` (JSON: string keys)
-                "class_names": {str(i): n for i, n in self.class_names.items()} or None,
+                "class_names": ({str(i): n for i, n in self.class_names.items()} or None)
+                if names else None,
                 # masks not named <stem>.png: input -> mask
                 "renamed": {r.path: r.mask for r in results if r.renamed and r.mask}}
 
@@ -431,14 +459,13 @@ class Client:
         predictor = Predictor(self.transport, self.model, self._signature, self.version,
                               output_dir=output_dir, overlay=overlay,
                               max_side=max_side if max_side is not None else self.max_side)
-        if not predictor.class_names:  # an export without the class_names signature
-            predictor.class_names = dict(self.class_names)
+        predictor.fallback_names = dict(self.class_names)
         return predictor
 
     def names(self) -> dict[int, str]:
-        """Class index -> name: the model's own (its ``class_names`` signature, read once
-        with the metadata), else ``class_names`` (what ``Server.client()`` found in the
-        export); empty when neither says (masks then have ``class N``)."""
+        """Class index -> name: the model's own (its ``class_names`` signature, asked
+        once), else ``class_names`` (what ``Server.client()`` found in the export); empty
+        when neither says (masks then have ``class N``)."""
         return dict(self._get_predictor().class_names)
 
     @property

@@ -225,11 +225,17 @@ class Backend:
                 "latency_ms": round(seconds * 1000, 1),
                 **self._mask_views(mask, png, self._served(model, select))}
 
-    def _served(self, model: str, select: str) -> dict[int, str]:
+    def _served(self, model: str, select: str, ask: bool = True) -> dict[int, str]:
         """The class names ``model`` serves (its ``class_names`` signature, read once per
-        model and version or label); empty when it serves none or cannot be asked."""
+        model and version or label); empty when it serves none or cannot be asked.
+        ``ask=False``: only names already read (viewing a logged request must not add a
+        request to the log being viewed)."""
         if not self.served_names or not model:
             return {}
+        if not ask:
+            with self._lock:
+                known = [p for (m, _, _), p in self._predictors.items() if m == model]
+            return known[0].known_class_names if known else {}
         try:
             return self._predictor(model, select).class_names
         except UiError:
@@ -305,7 +311,8 @@ class Backend:
                 view["width"], view["height"] = item.picture.size
             if item.mask is not None:
                 view["mask"] = self._mask_views(item.mask,
-                                                served=self._served(entry.model, ""))
+                                                served=self._served(entry.model, "",
+                                                                    ask=False))
             out.append(view)
         return {"id": entry_id, "model": entry.model, "version": entry.version,
                 "signature": entry.signature, "images": out}
