@@ -31,7 +31,9 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
               default=DEFAULT_PRECISION, show_default=True,
               help="Dtype of the stored weights and convolutions (logits stay float32). "
                    "bfloat16 for CPUs with AVX512_BF16/AMX, float16 for GPUs, int8 for "
-                   "CPUs with VNNI/AMX (oneDNN builds of TF Serving only).")
+                   "CPUs with VNNI/AMX (oneDNN builds of TF Serving only).  A Keras model: "
+                   "bfloat16/float16 compute with float32 weights; a frozen graph or "
+                   "SavedModel: float32 only.")
 @click.option("--min-agreement", type=click.FloatRange(0, 100),
               default=DEFAULT_MIN_AGREEMENT * 100,
               show_default=True, metavar="PERCENT",
