@@ -92,7 +92,13 @@ def serve(base: str | Path | None = "models/deeplab", *, runtime: str = "auto",
     ``gpu``, ``gpus``, ``image``, ``restart``, ``poll_seconds``, ``extra_flags``
     (tensorflow_model_server flags), ``env``, and docker's ``cpus``, ``memory``,
     ``volumes``, ``user``, ``pids_limit``.  An option the chosen runtime would ignore
-    raises ``UserError``.
+    raises ``UserError``.  TLS: ``ssl_config_file`` (tensorflow_model_server's SSLConfig
+    text: gRPC over TLS, and REST over HTTPS where the server is tfdeploy-model-server),
+    ``tls_ca`` (the CA that signed its certificate; default: the config's ``custom_ca``
+    or the certificate itself, whichever verifies it), ``tls_cert``/``tls_key`` (a
+    client certificate, required when the config has ``client_verify``) and
+    ``tls_server_name``; the record keeps them, so ``status``, ``predict --name``,
+    ``bench``, ``ui`` and ``Server.client()`` speak TLS without options.
 
     The returned ``Server`` has ``.grpc_address``, ``.rest_url``, ``.client()`` and
     ``.stop()``; as a context manager it stops the server at the end of the block.

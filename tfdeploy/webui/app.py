@@ -48,6 +48,7 @@ from tfdeploy.client.base import ClientError
 from tfdeploy.client.compare import compare_masks, difference_map
 from tfdeploy.client.predict import PredictError, Predictor
 from tfdeploy.client.rest_transport import RestTransport
+from tfdeploy.client.tls import TlsConfig
 from tfdeploy.palette import voc_colormap
 from tfdeploy.tfs.codes import Code
 from tfdeploy.webui.requests import PAGE, RequestLogView
@@ -70,8 +71,9 @@ class _LabelledRest(RestTransport):
     """The REST transport addressing a version label (``/labels/NAME``), which
     tensorflow_model_server's REST API accepts wherever it accepts ``/versions/N``."""
 
-    def __init__(self, address: str, label: str, timeout: float) -> None:
-        super().__init__(address, timeout)
+    def __init__(self, address: str, label: str, timeout: float,
+                 tls: TlsConfig | None = None) -> None:
+        super().__init__(address, timeout, tls)
         self.label = label
 
     def _path(self, model: str, version: int | None) -> str:  # type: ignore[override]
@@ -111,6 +113,8 @@ class Backend:
     max_upload: int = DEFAULT_MAX_UPLOAD_MB << 20
     #: request logs the page browses (``--request-log``, or a recorded server's)
     request_logs: list[Path] = field(default_factory=list)
+    #: HTTPS to the server (a TLS server ``tfdeploy serve`` started; None: plain HTTP)
+    tls: TlsConfig | None = None
 
     def __post_init__(self) -> None:
         self._predictors: dict[tuple[str, int | None, str | None], Predictor] = {}
@@ -122,8 +126,8 @@ class Backend:
 
     def _transport(self, label: str | None) -> RestTransport:
         if label:
-            return _LabelledRest(self.address, label, self.timeout)
-        return RestTransport(self.address, self.timeout)
+            return _LabelledRest(self.address, label, self.timeout, self.tls)
+        return RestTransport(self.address, self.timeout, self.tls)
 
     # -- errors in plain words ------------------------------------------------------------
 
@@ -153,7 +157,7 @@ class Backend:
 
     def status(self, model: str) -> dict:
         try:
-            states = RestTransport(self.address, self.timeout).status(model)
+            states = self._transport(None).status(model)
         except ClientError as exc:
             raise self._server_error(exc, model) from None
         return {"model": model,
