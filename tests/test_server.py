@@ -344,8 +344,13 @@ def test_model_config_file_policies_labels_and_reload(demo_base, tmp_path):
         srv.wait_for(lambda s: s == {2: "AVAILABLE", 3: "AVAILABLE"}, model="other")
         b64 = {"b64": base64.b64encode(_png(np.zeros((16, 16, 3), np.uint8))).decode()}
         for label, version in (("stable", 1), ("canary", 3)):
+            # status by label lists every version, as tensorflow_model_server's does
             code, body = http("GET", f"{srv.rest}/v1/models/deeplab/labels/{label}")
-            assert code == 200 and body["model_version_status"][0]["version"] == str(version)
+            assert code == 200 and [v["version"] for v in body["model_version_status"]] == [
+                "3", "1"]
+            # metadata resolves the label
+            code, body = http("GET", f"{srv.rest}/v1/models/deeplab/labels/{label}/metadata")
+            assert code == 200 and body["model_spec"]["version"] == str(version)
             code, _ = http("POST", f"{srv.rest}/v1/models/deeplab/labels/{label}:predict",
                            {"instances": [b64]})
             assert code == 200

@@ -327,7 +327,6 @@ def test_signature_method_name_check(tmp_path: Path):
     ("POST", "/v1/models/tf2/versions/-1:predict",
      "Malformed request: POST /v1/models/tf2/versions/-1:predict"),
     ("PUT", "/v1/models/tf2:predict", "Malformed request: PUT /v1/models/tf2:predict"),
-    ("GET", "/v1/models/tf2/labels/nope", "Unrecognized servable version label: nope"),
     ("POST", "/v1/models/tf2/labels/nope:predict", "Unrecognized servable version label: nope"),
 ])
 def test_rest_malformed_urls_are_bad_requests(server, method, path, message):
@@ -352,6 +351,47 @@ def test_rest_urls_are_case_insensitive_and_unknown_paths_not_found(server):
 def test_rest_body_errors(server, raw, message):
     code, body = http("POST", f"{server.rest}/v1/models/tf2:predict", raw)
     assert (code, body) == (400, {"error": message})
+
+
+def test_model_status_as_tensorflow_model_server_answers_it(server):
+    """GetModelStatus (gRPC and REST): a version label is not resolved, so without a
+    version every version is listed, whatever the label (set or not); a model with no
+    version known and a version not known are NOT_FOUND in the official words."""
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    models = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(server.grpc_target))
+
+    def status(name: str, version: int | None = None, label: str = "", spec: bool = True):
+        request = get_model_status_pb2.GetModelStatusRequest()
+        if spec:
+            request.model_spec.name = name
+            request.model_spec.version_label = label
+            if version is not None:
+                request.model_spec.version.value = version
+        try:
+            response = models.GetModelStatus(request, 30)
+        except grpc.RpcError as exc:
+            return exc.code(), exc.details()
+        return {s.version: s.state for s in response.model_version_status}
+
+    available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+    assert status("tf2", label="nope") == {1: available}
+    code, body = http("GET", f"{server.rest}/v1/models/tf2/labels/nope")
+    assert code == 200 and [(v["version"], v["state"]) for v in
+                            body["model_version_status"]] == [("1", "AVAILABLE")]
+    not_found = grpc.StatusCode.NOT_FOUND
+    for args, message in ((("ghost",), "Could not find any versions of model ghost"),
+                          (("ghost", None, "stable"),
+                           "Could not find any versions of model ghost"),
+                          (("ghost", 3), "Could not find version 3 of model ghost"),
+                          (("tf2", 9), "Could not find version 9 of model tf2"),
+                          (("",), "Could not find any versions of model ")):
+        assert status(*args) == (not_found, message)
+    assert status("", spec=False) == (grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+    for path, message in (("ghost", "Could not find any versions of model ghost"),
+                          ("ghost/labels/stable", "Could not find any versions of model ghost"),
+                          ("tf2/versions/9", "Could not find version 9 of model tf2")):
+        assert http("GET", f"{server.rest}/v1/models/{path}") == (404, {"error": message})
 
 
 def test_unknown_label_over_grpc_is_invalid_argument(stub):

@@ -392,15 +392,25 @@ class Manager:
 
     def statuses(self, name: str, version: int | None = None,
                  label: str | None = None) -> list[VersionState]:
+        """GetModelStatus as tensorflow_model_server answers it: the state monitor's
+        versions of ``name``, newest first, or the one ``version``.  A version label is
+        not resolved there: without a version it is ignored (every version is listed,
+        whatever the label, set or not).  Nothing known is NOT_FOUND with its words,
+        for a model never configured as for one with no version yet (an empty name
+        included)."""
+        del label  # tensorflow_model_server's status ignores it (see the docstring)
         with self._lock:
-            model = self._model(name)
-            if label or version is not None:
-                number = self.resolve(name, version, label)
-                if number not in model.versions:
+            model = self._models.get(name)
+            versions = model.versions if model is not None else {}
+            if version is not None:
+                if version not in versions:
                     raise StatusError(Code.NOT_FOUND,
-                                       f"Could not find version {number} of model {name}")
-                return [model.versions[number]]
-            return [model.versions[v] for v in sorted(model.versions, reverse=True)]
+                                       f"Could not find version {version} of model {name}")
+                return [versions[version]]
+            if not versions:
+                raise StatusError(Code.NOT_FOUND,
+                                   f"Could not find any versions of model {name}")
+            return [versions[v] for v in sorted(versions, reverse=True)]
 
     def loads_running(self) -> bool:
         """True while TensorFlow still works on a load (one abandoned, or one that was in

@@ -79,6 +79,16 @@ class _LabelledRest(RestTransport):
     def _path(self, model: str, version: int | None) -> str:  # type: ignore[override]
         return f"/v1/models/{quote(model, safe='')}/labels/{quote(self.label, safe='')}"
 
+    def label_version(self, model: str) -> int | None:
+        """The version the label points at: GetModelMetadata resolves labels and names
+        the version (GetModelStatus ignores labels and lists every version, as in
+        tensorflow_model_server)."""
+        body = self._http("GET", self._path(model, None) + "/metadata")
+        try:
+            return int(body["model_spec"]["version"])
+        except (KeyError, TypeError, ValueError):
+            return None
+
 
 def parse_select(select: str) -> tuple[int | None, str | None]:
     """``""``/``latest`` -> the latest version; digits -> that version; else a label."""
@@ -186,9 +196,14 @@ class Backend:
         if version is not None:
             return f"version {version}"
         try:
-            states = self._transport(label).status(model)
-            live = [v for v, s in states.items() if s == "AVAILABLE"]
-            number = f" (version {max(live)})" if live else ""
+            if label:
+                found = _LabelledRest(self.address, label, self.timeout,
+                                      self.tls).label_version(model)
+                number = f" (version {found})" if found is not None else ""
+            else:
+                states = self._transport(None).status(model)
+                live = [v for v, s in states.items() if s == "AVAILABLE"]
+                number = f" (version {max(live)})" if live else ""
         except ClientError:
             number = ""
         return (f"label {label}" if label else "latest") + number
