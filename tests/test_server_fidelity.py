@@ -169,15 +169,24 @@ def test_predict_checks_what_the_official_server_checks(server, stub):
 
 
 def test_saved_model_tags_pick_the_meta_graph(tmp_path: Path):
-    _, srv = serve_one(save_half_plus_two(tmp_path / "model"), tmp_path, "tf2",
-                       "--saved_model_tags=serve,tpu", "--max_num_load_retries=0")
-    try:
-        srv.wait_for(lambda s: s == {1: "END"}, model="tf2")
-        code, body = http("GET", f"{srv.rest}/v1/models/tf2")
-        message = body["model_version_status"][0]["status"]["error_message"]
-        assert "Could not find meta graph def matching supplied tags: { serve tpu }" in message
-    finally:
-        assert srv.stop() == 0
+    """Tags no meta graph carries fail the load; the only model failing, the server does
+    not start (as tensorflow_model_server), with the load's error in its message."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    base = tmp_path / "tf2"
+    base.mkdir()
+    put_version(base, 1, save_half_plus_two(tmp_path / "model"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfdeploy.serving", "--model_name=tf2",
+         f"--model_base_path={base}", "--port=0", "--grpc_host=127.0.0.1",
+         "--saved_model_tags=serve,tpu", "--max_num_load_retries=0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "1 servable(s) did not become available: {{{name: tf2 version: 1}" in proc.stderr
+    assert "Could not find meta graph def matching supplied tags: { serve tpu }" in proc.stderr
 
 
 # -- Classify, Regress, MultiInference ---------------------------------------------------

@@ -401,6 +401,20 @@ _NOTHING_TO_LOAD = (r"No versions of servable {model} found",
                     r"cannot read base path of model {model}\b")
 
 
+#: What a failed load of one of a model's versions looks like in the log (ours, and
+#: tensorflow_model_server's first failure and its giving up).  At start-up neither
+#: server answers until each model's latest version loaded or failed for good, which
+#: takes every retry (five, a minute apart, by default): the first failure says enough.
+_FAILED_LOAD = (r"failed to load {model} version \d+",
+                r"Loading servable: \{{name: {model} version: \d+\}} failed",
+                r"Encountered an error for servable version \{{name: {model} version: \d+\}}")
+
+
+def _failed_load(lines: list[str], model: str) -> list[str]:
+    found = re.compile("|".join(p.format(model=re.escape(model)) for p in _FAILED_LOAD))
+    return [line for line in lines if found.search(line)]
+
+
 def _nothing_to_load(lines: list[str], model: str) -> list[str]:
     """The log lines saying ``model`` has no version to load (empty, missing or
     unreadable base path)."""
@@ -431,6 +445,8 @@ def wait_ready(runtime: Runtime, record: ServerRecord, timeout: float = 120
             lines = list(runtime.logs(record, tail=500))
             hopeless.update({m: "found no version to load" for m, st in statuses.items()
                              if not st and _nothing_to_load(lines, m)})
+            hopeless.update({m: "could not load any version" for m, st in statuses.items()
+                             if st is None and _failed_load(lines, m)})
         if hopeless:
             break
         time.sleep(0.25)
