@@ -55,6 +55,16 @@ def test_serve_with_tls_then_clients_use_it_by_name(demo_base, tmp_path):
             assert (masks / f"{EXAMPLE.stem}.png").is_file()
         proc = run_cli("bench", EXAMPLE, "--name", "secure", "-n", "2", "--json")
         assert json.loads(proc.stdout)["levels"]
+        # the ui page reaches the server over HTTPS too
+        from test_ui import start_ui, stop
+
+        ui, url = start_ui("--name", "secure")
+        try:
+            with urllib.request.urlopen(f"{url}api/status?model=deeplab", timeout=30) as resp:
+                assert json.loads(resp.read())["versions"] == [{"version": 1,
+                                                                "state": "AVAILABLE"}]
+        finally:
+            stop(ui)
         # options given win over the record: a wrong CA is a clear one-line error
         proc = run_cli("predict", EXAMPLE, "--name", "secure", "--tls-ca", certs.wrong_ca,
                        "-o", tmp_path / "never", check=False)
