@@ -232,7 +232,9 @@ def test_initial_model_that_never_loads_stops_the_start(model_dir, tmp_path):
          "--load_retry_interval_micros=100000"],
         cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    error = proc.stderr.strip().splitlines()[-1]
+    # the loader thread may log its last failure after this line: find it
+    (error,) = [line for line in proc.stderr.splitlines()
+                if line.startswith("tfdeploy-model-server: error:")]
     assert error.startswith("tfdeploy-model-server: error: 1 servable(s) did not become "
                             "available: {{{name: bad version: 1} due to error: "), error
     assert error.endswith("}, }"), error
