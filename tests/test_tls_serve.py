@@ -56,7 +56,7 @@ def test_serve_with_tls_then_clients_use_it_by_name(demo_base, tmp_path):
         proc = run_cli("bench", EXAMPLE, "--name", "secure", "-n", "2", "--json")
         assert json.loads(proc.stdout)["levels"]
         # the ui page reaches the server over HTTPS too
-        from test_ui import start_ui, stop
+        from ui_browser import start_ui, stop
 
         ui, url = start_ui("--name", "secure")
         try:
