@@ -32,7 +32,7 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
            calibration: list[str | Path] = (), input_tensor: str | None = None,
            output_tensor: str | None = None, preprocess: str = "0..255",
            input_size: str | None = None, tile: int | None = None,
-           tile_overlap: int = 64, tile_batch: int = 4,
+           tile_overlap: int | None = None, tile_batch: int = 4,
            tile_max_pixels: int | str = "8192x8192", progress: Progress | None = None):
     """Export a DeepLab-v3 checkpoint (default: the bundled demo) as version ``version``
     (default: highest existing + 1) of the model base path ``output``.
@@ -58,7 +58,8 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
     ``-1..1``, ``imagenet``) makes its input from pixels, ``input_size`` (``"HxW"``) is
     the size it needs if any; verified to give the source model's masks on every pixel.
     ``tile`` (pixels) segments images larger than a tile in overlapping tiles
-    (``tile_overlap`` pixels, ``tile_batch`` at a time) whose logits are blended inside
+    (``tile_overlap`` pixels, default an eighth of the tile; ``tile_batch``
+    at a time) whose logits are blended inside
     the graph, for images up to ``tile_max_pixels`` (a count or ``"WIDTHxHEIGHT"``);
     images that fit a tile get exactly the untiled masks.
     ``progress`` gets one short line per step.

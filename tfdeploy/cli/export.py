@@ -16,7 +16,6 @@ from tfdeploy.export.config import (
 from tfdeploy.export.tilespec import (
     DEFAULT_TILE_BATCH,
     DEFAULT_TILE_MAX_SIDE,
-    DEFAULT_TILE_OVERLAP,
 )
 from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
 
@@ -71,8 +70,9 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
               help="Segment images larger than NxN (either side) in overlapping NxN tiles "
                    "whose logits are blended, inside the graph (any server) [default: "
                    "whole images].  Images that fit a tile get exactly the untiled masks.")
-@click.option("--tile-overlap", type=int, default=DEFAULT_TILE_OVERLAP, show_default=True,
-              metavar="M", help="With --tile: pixels neighbouring tiles share.")
+@click.option("--tile-overlap", type=int, default=None, metavar="M",
+              help="With --tile: pixels neighbouring tiles share [default: N/8, 64 for "
+                   "513].")
 @click.option("--tile-batch", type=int, default=DEFAULT_TILE_BATCH, show_default=True,
               metavar="B", help="With --tile: tiles run at once (memory: B tiles' worth).")
 @click.option("--tile-max-pixels", default=f"{DEFAULT_TILE_MAX_SIDE}x{DEFAULT_TILE_MAX_SIDE}",
@@ -84,7 +84,7 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
            no_verify: bool, no_warmup: bool, model_name: str, precision: str,
            min_agreement: float, probes: tuple[Path, ...], calibration: tuple[Path, ...],
            max_pixels: str, input_tensor: str | None, output_tensor: str | None,
-           preprocess: str, input_size: str | None, tile: int | None, tile_overlap: int,
+           preprocess: str, input_size: str | None, tile: int | None, tile_overlap: int | None,
            tile_batch: int, tile_max_pixels: str, as_json: bool) -> None:
     """Export a DeepLab-v3 checkpoint as a numbered SavedModel version.
 

@@ -28,13 +28,17 @@ import tensorflow as tf
 from tfdeploy.export.tilespec import (  # noqa: F401 (re-exported for export())
     DEFAULT_TILE_BATCH,
     DEFAULT_TILE_MAX_PIXELS,
-    DEFAULT_TILE_OVERLAP,
     check_tiling,
     describe,
+    overlap_for,
 )
 
+#: The loops are written as tf.while_loop/tf.cond already: AutoGraph has nothing to convert
+#: (and warns about the lambdas it cannot parse).
+_plain = tf.autograph.experimental.do_not_convert
 
-def tiled(model: Any, num_classes: int, tile: int | None, overlap: int, batch: int,
+
+def tiled(model: Any, num_classes: int, tile: int | None, overlap: int | None, batch: int,
           max_pixels: int) -> Any:
     """``model`` tiled as asked, or ``model`` itself when ``tile`` is None."""
     if tile is None:
@@ -80,7 +84,7 @@ class TiledModel(tf.Module):
     larger than ``tile`` pixels on either side."""
 
     def __init__(self, model: Any, num_classes: int, tile: int,
-                 overlap: int = DEFAULT_TILE_OVERLAP, batch: int = DEFAULT_TILE_BATCH,
+                 overlap: int | None = None, batch: int = DEFAULT_TILE_BATCH,
                  max_pixels: int = DEFAULT_TILE_MAX_PIXELS) -> None:
         super().__init__(name="tiled")
         problem = check_tiling(tile, overlap, batch, max_pixels)
@@ -88,7 +92,8 @@ class TiledModel(tf.Module):
             raise ValueError(problem)
         self.model = model
         self.num_classes = int(num_classes)
-        self.tile, self.overlap, self.batch = int(tile), int(overlap), int(batch)
+        self.tile, self.batch = int(tile), int(batch)
+        self.overlap = overlap_for(tile, overlap)
         self.stride = self.tile - self.overlap
         self.max_pixels = int(max_pixels)
 
@@ -114,6 +119,7 @@ class TiledModel(tf.Module):
                     "--tile-max-pixels)")
         return tf.group(small, large)
 
+    @_plain
     def predict(self, images: tf.Tensor) -> tf.Tensor:
         """int64 labels [N, H, W]; ``images`` may be uint8 (tiles are cast one batch at a
         time, so a large image is never held as float32 whole)."""
@@ -130,6 +136,7 @@ class TiledModel(tf.Module):
 
         return tf.cond(self.needs_tiles(shape[1], shape[2]), tiled, whole)
 
+    @_plain
     def logits(self, images: tf.Tensor) -> tf.Tensor:
         """float32 [N, H, W, classes]: the blended logits (a labels model's one-hot votes)."""
         shape = tf.shape(images)
@@ -151,6 +158,7 @@ class TiledModel(tf.Module):
         return block / (rows[:, None, None] * cols[None, :, None])
 
     # -- the loops ------------------------------------------------------------------------
+    @_plain
     def _tiled(self, image: tf.Tensor, finish) -> tf.Tensor:
         """One image [H, W, 3] -> ``finish``'s output for the whole image, tile by tile."""
         height, width = tf.shape(image)[0], tf.shape(image)[1]

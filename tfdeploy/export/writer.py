@@ -239,7 +239,7 @@ def export(
     preprocess: str = wrapped.DEFAULT_PREPROCESS,
     input_size: str | None = None,
     tile: int | None = None,
-    tile_overlap: int = tiling.DEFAULT_TILE_OVERLAP,
+    tile_overlap: int | None = None,
     tile_batch: int = tiling.DEFAULT_TILE_BATCH,
     tile_max_pixels: int = tiling.DEFAULT_TILE_MAX_PIXELS,
 ) -> ExportResult:
@@ -260,10 +260,10 @@ def export(
     pixels by ``preprocess`` and resized to ``input_size`` (``HxW``) if it needs one.
 
     ``tile`` (pixels): images larger than this on either side are segmented in
-    overlapping tiles (``tile_overlap`` pixels, ``tile_batch`` tiles at a time) whose
-    logits are blended, inside the graph (see export/tiling.py); such images may have up
-    to ``tile_max_pixels`` pixels.  Verification compares the tiled export with the
-    source model tiled the same way."""
+    overlapping tiles (``tile_overlap`` pixels, default an eighth of the tile;
+    ``tile_batch`` tiles at a time) whose logits are blended, inside the graph (see
+    export/tiling.py); such images may have up to ``tile_max_pixels`` pixels.
+    Verification compares the tiled export with the source model tiled the same way."""
     if checkpoint_path is None:
         from tfdeploy.demo import DEMO_CHECKPOINT
 
