@@ -1,0 +1,109 @@
+"""Throughput on mixed-size traffic with server-side batching against without.
+
+    .venv/bin/python bench/mixed_sizes.py [--concurrency 8] [--requests 64] [--rounds 2]
+
+The demo export (its ``serving_default`` takes images of different sizes in one batch:
+same-size batches run as one, mixed ones image by image, since a pad would change the
+masks) is served by two ``tfdeploy-model-server`` processes on 127.0.0.1, one with
+``--enable_batching`` (max_batch_size 8, batch_timeout_micros 5000, one batch thread)
+and one without.  ``tfdeploy bench`` sends the same folder of JPEGs of four sizes
+(the demo scenes resized: 320x240, 300x200, 256x256, 400x300) at ``--concurrency`` for
+``--requests`` requests per window; the servers are measured in turn, ``--rounds``
+times (A B A B), so load from elsewhere on the machine touches both alike.  Printed:
+the CPU, each window's throughput, the medians and their ratio (batched / unbatched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(HERE))
+
+from pixels import cpu_name  # noqa: E402
+from servers import ServerProcess  # noqa: E402
+
+SIZES = ((320, 240), (300, 200), (256, 256), (400, 300))  # width x height
+BATCHING = """max_batch_size { value: 8 }
+batch_timeout_micros { value: 5000 }
+num_batch_threads { value: 1 }
+max_enqueued_batches { value: 100 }
+"""
+
+
+def images(folder: Path) -> Path:
+    from PIL import Image
+
+    scenes = sorted((ROOT / "examples").glob("scene_*.jpg"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, scene in enumerate(scenes):
+        for w, h in SIZES:
+            Image.open(scene).convert("RGB").resize((w, h)).save(folder / f"{k}_{w}x{h}.jpg")
+    return folder
+
+
+def bench(target: str, folder: Path, concurrency: int, requests: int) -> float:
+    out = subprocess.run(
+        [sys.executable, "-m", "tfdeploy", "bench", str(folder), "--server", target,
+         "-c", str(concurrency), "-n", str(requests), "--warmup", str(concurrency), "--json"],
+        capture_output=True, text=True, check=True, cwd=ROOT, timeout=1800)
+    doc = json.loads(out.stdout)
+    levels = doc["levels"] if isinstance(doc, dict) and "levels" in doc else doc
+    level = levels[0] if isinstance(levels, list) else levels
+    if level.get("errors"):
+        raise SystemExit(f"{target}: {level['errors']} requests failed")
+    return float(level["throughput"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} cores)", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="tfdeploy-bench-mixed-"))
+    from tfdeploy.export.writer import export
+
+    base = work / "deeplab"
+    export(None, base, do_verify=False)
+    folder = images(work / "images")
+    params = work / "batching.pbtxt"
+    params.write_text(BATCHING)
+    servers = {
+        "batching": ServerProcess("--model_name=deeplab", f"--model_base_path={base}",
+                                  "--enable_batching", f"--batching_parameters_file={params}",
+                                  log_dir=work),
+        "no batching": ServerProcess("--model_name=deeplab", f"--model_base_path={base}",
+                                     log_dir=work),
+    }
+    try:
+        for srv in servers.values():
+            srv.wait_available(1)
+        runs: dict[str, list[float]] = {name: [] for name in servers}
+        for _ in range(args.rounds):
+            for name, srv in servers.items():
+                value = bench(srv.grpc_target, folder, args.concurrency, args.requests)
+                runs[name].append(value)
+                print(f"  {name:<12} {value:7.2f} requests/s", flush=True)
+        with_, without = (statistics.median(v) for v in runs.values())
+        print(f"{len(SIZES)} sizes x {len(list(folder.iterdir())) // len(SIZES)} scenes, "
+              f"concurrency {args.concurrency}, {args.requests} requests per window: "
+              f"batching {with_:.2f}/s, no batching {without:.2f}/s, "
+              f"ratio {with_ / without:.2f}x")
+    finally:
+        for srv in servers.values():
+            srv.stop()
+
+
+if __name__ == "__main__":
+    main()
