@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tfdeploy.export.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_AGREEMENT, DEFAULT_PRECISION
+from tfdeploy.export.tilespec import DEFAULT_TILE_BATCH, DEFAULT_TILE_MAX_PIXELS
 from tfdeploy.tfs.names import DEFAULT_MODEL_NAME, GRPC_PORT, REST_PORT
 
 if TYPE_CHECKING:
@@ -32,8 +33,8 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
            calibration: list[str | Path] = (), input_tensor: str | None = None,
            output_tensor: str | None = None, preprocess: str = "0..255",
            input_size: str | None = None, tile: int | None = None,
-           tile_overlap: int | None = None, tile_batch: int = 4,
-           tile_max_pixels: int | str = "8192x8192", progress: Progress | None = None):
+           tile_overlap: int | None = None, tile_batch: int = DEFAULT_TILE_BATCH,
+           tile_max_pixels: int | str = DEFAULT_TILE_MAX_PIXELS, progress: Progress | None = None):
     """Export a DeepLab-v3 checkpoint (default: the bundled demo) as version ``version``
     (default: highest existing + 1) of the model base path ``output``.
 
