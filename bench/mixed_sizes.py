@@ -5,12 +5,14 @@
 The demo export (its ``serving_default`` takes images of different sizes in one batch:
 same-size batches run as one, mixed ones image by image, since a pad would change the
 masks) is served by two ``tfdeploy-model-server`` processes on 127.0.0.1, one with
-``--enable_batching`` (max_batch_size 8, batch_timeout_micros 5000, one batch thread)
+``--enable_batching`` (max_batch_size 8, batch_timeout_micros 5000, a batch thread
+per core)
 and one without.  ``tfdeploy bench`` sends the same folder of JPEGs of four sizes
 (the demo scenes resized: 320x240, 300x200, 256x256, 400x300) at ``--concurrency`` for
 ``--requests`` requests per window; the servers are measured in turn, ``--rounds``
 times (A B A B), so load from elsewhere on the machine touches both alike.  Printed:
 the CPU, each window's throughput, the medians and their ratio (batched / unbatched).
+``--one-size`` sends 320x240 images only: the same comparison on uniform traffic.
 """
 
 from __future__ import annotations
@@ -33,20 +35,21 @@ from pixels import cpu_name  # noqa: E402
 from servers import ServerProcess  # noqa: E402
 
 SIZES = ((320, 240), (300, 200), (256, 256), (400, 300))  # width x height
-BATCHING = """max_batch_size { value: 8 }
-batch_timeout_micros { value: 5000 }
-num_batch_threads { value: 1 }
-max_enqueued_batches { value: 100 }
+#: TF Serving's defaults but for the timeout; one batch thread per core (its default too).
+BATCHING = """max_batch_size {{ value: 8 }}
+batch_timeout_micros {{ value: 5000 }}
+num_batch_threads {{ value: {threads} }}
+max_enqueued_batches {{ value: 100 }}
 """
 
 
-def images(folder: Path) -> Path:
+def images(folder: Path, sizes: tuple[tuple[int, int], ...] = SIZES) -> Path:
     from PIL import Image
 
     scenes = sorted((ROOT / "examples").glob("scene_*.jpg"))
     folder.mkdir(parents=True, exist_ok=True)
     for k, scene in enumerate(scenes):
-        for w, h in SIZES:
+        for w, h in sizes:
             Image.open(scene).convert("RGB").resize((w, h)).save(folder / f"{k}_{w}x{h}.jpg")
     return folder
 
@@ -69,6 +72,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--one-size", action="store_true",
+                    help="every image 320x240 instead (what batching gains on uniform traffic)")
     args = ap.parse_args()
     print(f"CPU: {cpu_name()} ({os.cpu_count()} cores)", flush=True)
     work = Path(tempfile.mkdtemp(prefix="tfdeploy-bench-mixed-"))
@@ -76,9 +81,10 @@ def main() -> None:
 
     base = work / "deeplab"
     export(None, base, do_verify=False)
-    folder = images(work / "images")
+    sizes = SIZES[:1] if args.one_size else SIZES
+    folder = images(work / "images", sizes)
     params = work / "batching.pbtxt"
-    params.write_text(BATCHING)
+    params.write_text(BATCHING.format(threads=os.cpu_count() or 1))
     servers = {
         "batching": ServerProcess("--model_name=deeplab", f"--model_base_path={base}",
                                   "--enable_batching", f"--batching_parameters_file={params}",
@@ -96,7 +102,7 @@ def main() -> None:
                 runs[name].append(value)
                 print(f"  {name:<12} {value:7.2f} requests/s", flush=True)
         with_, without = (statistics.median(v) for v in runs.values())
-        print(f"{len(SIZES)} sizes x {len(list(folder.iterdir())) // len(SIZES)} scenes, "
+        print(f"{len(sizes)} sizes x {len(list(folder.iterdir())) // len(sizes)} scenes, "
               f"concurrency {args.concurrency}, {args.requests} requests per window: "
               f"batching {with_:.2f}/s, no batching {without:.2f}/s, "
               f"ratio {with_ / without:.2f}x")
