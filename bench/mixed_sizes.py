@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/mixed_sizes.py [--concurrency 8] [--requests 64] [--rounds 2]
 
-The demo export (its ``serving_default`` takes images of different sizes in one batch:
+The demo export (or ``--model resnet50``, random weights; its ``serving_default`` takes images of different sizes in one batch:
 same-size batches run as one, mixed ones image by image, since a pad would change the
 masks) is served by two ``tfdeploy-model-server`` processes on 127.0.0.1, one with
 ``--enable_batching`` (max_batch_size 8, batch_timeout_micros 5000, a batch thread
@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--model", default="demo", help="demo, or resnet50 (random weights)")
     ap.add_argument("--one-size", action="store_true",
                     help="every image 320x240 instead (what batching gains on uniform traffic)")
     args = ap.parse_args()
@@ -80,7 +81,19 @@ def main() -> None:
     from tfdeploy.export.writer import export
 
     base = work / "deeplab"
-    export(None, base, do_verify=False)
+    source = None
+    if args.model == "resnet50":
+        from tfdeploy.export.checkpoint import write_checkpoint
+        from tfdeploy.export.config import ModelConfig
+        from tfdeploy.export.model import random_weights
+
+        cfg = ModelConfig()  # resnet_v2_50, output stride 16, 21 classes
+        source = work / "ckpt"
+        write_checkpoint(source, cfg, random_weights(cfg))
+    elif args.model != "demo":
+        raise SystemExit(f"unknown model {args.model!r} (demo, resnet50)")
+    export(source, base, do_verify=False)
+    print(f"{args.model} export", flush=True)
     sizes = SIZES[:1] if args.one_size else SIZES
     folder = images(work / "images", sizes)
     params = work / "batching.pbtxt"
