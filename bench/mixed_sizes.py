@@ -2,13 +2,13 @@
 
     .venv/bin/python bench/mixed_sizes.py [--concurrency 8] [--requests 64] [--rounds 2]
 
-The demo export (or ``--model resnet50``, random weights; its ``serving_default`` takes images of different sizes in one batch:
-same-size batches run as one, mixed ones image by image, since a pad would change the
-masks) is served by two ``tfdeploy-model-server`` processes on 127.0.0.1, one with
-``--enable_batching`` (max_batch_size 8, batch_timeout_micros 5000, a batch thread
-per core)
-and one without.  ``tfdeploy bench`` sends the same folder of JPEGs of four sizes
-(the demo scenes resized: 320x240, 300x200, 256x256, 400x300) at ``--concurrency`` for
+The demo export (or ``--model resnet50``, random weights; ``serving_default`` takes
+images of different sizes in one batch: same-size batches run as one, mixed ones image
+by image, since a pad would change the masks) is served by two
+``tfdeploy-model-server`` processes on 127.0.0.1, one with ``--enable_batching``
+(max_batch_size 8, batch_timeout_micros 5000, a batch thread per core) and one
+without.  ``tfdeploy bench`` sends the same folder of JPEGs of four sizes (the demo
+scenes resized: 320x240, 300x200, 256x256, 400x300) at ``--concurrency`` for
 ``--requests`` requests per window; the servers are measured in turn, ``--rounds``
 times (A B A B), so load from elsewhere on the machine touches both alike.  Printed:
 the CPU, each window's throughput, the medians and their ratio (batched / unbatched).
