@@ -143,6 +143,7 @@ def test_served_tiled_export_has_its_own_pixel_limit(small_checkpoint, tmp_path)
     (["--tile", "64", "--tile-overlap", "64"], "--tile-overlap must be 0..63"),
     (["--tile", "64", "--tile-batch", "0"], "--tile-batch must be at least 1"),
     (["--tile", "64", "--tile-max-pixels", "big"], "--tile-max-pixels:"),
+    (["--tile-overlap", "8"], "--tile-overlap applies with --tile"),
 ])
 def test_bad_tiling_options_fail_with_one_line(tmp_path, args, message):
     proc = run_cli("export", "--output", str(tmp_path / "m"), *args, check=False)

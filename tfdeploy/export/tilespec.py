@@ -29,7 +29,8 @@ def check_tiling(tile: int | None, overlap: int | None = None,
                  max_pixels: int = DEFAULT_TILE_MAX_PIXELS) -> str | None:
     """Why these tiling options are unusable (one line), or None if they are fine."""
     if tile is None:
-        return None
+        # the only tiling option without a default that could hide it
+        return "--tile-overlap applies with --tile" if overlap is not None else None
     if tile < MIN_TILE:
         return f"--tile must be at least {MIN_TILE} pixels, got {tile}"
     overlap = overlap_for(tile, overlap)
