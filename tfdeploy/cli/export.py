@@ -13,6 +13,10 @@ from tfdeploy.export.config import (
     DEFAULT_PRECISION,
     PRECISIONS,
 )
+from tfdeploy.export.tilespec import (
+    DEFAULT_TILE_BATCH,
+    DEFAULT_TILE_MAX_SIDE,
+)
 from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
 
 
@@ -62,12 +66,26 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
 @click.option("--input-size", default=None, metavar="HxW",
               help="Keras model / SavedModel: resize images to this size for the model and "
                    "its output back [default: the model's fixed size, if any, else none].")
+@click.option("--tile", type=int, default=None, metavar="N",
+              help="Segment images larger than NxN (either side) in overlapping NxN tiles "
+                   "whose logits are blended, inside the graph (any server) [default: "
+                   "whole images].  Images that fit a tile get exactly the untiled masks.")
+@click.option("--tile-overlap", type=int, default=None, metavar="M",
+              help="With --tile: pixels neighbouring tiles share [default: N/8, 64 for "
+                   "513].")
+@click.option("--tile-batch", type=int, default=DEFAULT_TILE_BATCH, show_default=True,
+              metavar="B", help="With --tile: tiles run at once (memory: B tiles' worth).")
+@click.option("--tile-max-pixels", default=f"{DEFAULT_TILE_MAX_SIDE}x{DEFAULT_TILE_MAX_SIDE}",
+              show_default=True, metavar="WxH|PIXELS",
+              help="With --tile: largest image accepted when it is tiled (--max-pixels "
+                   "still limits images that fit one tile).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 def export(checkpoint: Path | None, output: Path, version: int | None, overwrite: bool,
            no_verify: bool, no_warmup: bool, model_name: str, precision: str,
            min_agreement: float, probes: tuple[Path, ...], calibration: tuple[Path, ...],
            max_pixels: str, input_tensor: str | None, output_tensor: str | None,
-           preprocess: str, input_size: str | None, as_json: bool) -> None:
+           preprocess: str, input_size: str | None, tile: int | None, tile_overlap: int | None,
+           tile_batch: int, tile_max_pixels: str, as_json: bool) -> None:
     """Export a DeepLab-v3 checkpoint as a numbered SavedModel version.
 
     CHECKPOINT is a seed training directory (model.ckpt* + data.json), its `checkpoint`
@@ -87,6 +105,7 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
       tfdeploy export deeplabv3_mnv2_pascal_train_aug_2018_01_29.tar.gz
       tfdeploy export unet.keras --preprocess imagenet --input-size 256x256
       tfdeploy export my_saved_model/ --preprocess -1..1
+      tfdeploy export ckpt/ --tile 513 --tile-overlap 64     # 6000x4000 photos, full size
     """
     from tfdeploy.api import export as run_export
 
@@ -96,7 +115,9 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
                         probes=list(probes), max_pixels=max_pixels,
                         calibration=list(calibration), input_tensor=input_tensor,
                         output_tensor=output_tensor, preprocess=preprocess,
-                        input_size=input_size, progress=progress_printer(as_json, "  {}..."))
+                        input_size=input_size, tile=tile, tile_overlap=tile_overlap,
+                        tile_batch=tile_batch, tile_max_pixels=tile_max_pixels,
+                        progress=progress_printer(as_json, "  {}..."))
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     emit(as_json, result.to_json(), result.summary())

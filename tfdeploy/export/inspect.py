@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tfdeploy.errors import UserError
+from tfdeploy.export.tilespec import tiling_text
 from tfdeploy.tfs.saved_model import read_saved_model, shape_text, signature
 from tfdeploy.tfs.versions import METADATA_FILE, WARMUP_FILE, saved_model_file, versions
 
@@ -48,6 +49,8 @@ def describe_version(version_dir: Path) -> dict[str, Any]:
         # What was exported: checkpoint, frozen_graph, keras or saved_model (exports from
         # before other sources existed were checkpoints).
         "source": (exported_by or {}).get("source", "checkpoint") if exported_by else None,
+        # --tile: {"tile", "overlap", "batch", "max_pixels"}; None for whole images.
+        "tiling": (exported_by or {}).get("tiling"),
         "meta_graphs": graphs,
     }
 
@@ -103,6 +106,8 @@ def render(info: dict[str, Any]) -> str:
                      f"warmup {'yes' if v['warmup'] else 'no'}{source})")
         if v.get("source") and v["source"] != "checkpoint":
             lines.append(f"  source: {source_text(v['source'], origin.get('config') or {})}")
+        if v.get("tiling"):
+            lines.append(f"  tiling: {tiling_text(v['tiling'])}")
         if v.get("servers"):
             lines.append(f"  servers: {v['servers']}")
         for mg in v["meta_graphs"]:
