@@ -290,3 +290,32 @@ def test_containers_are_hardened_and_still_serve(demo_base, tmp_path):
                 assert "docker socket" in proc.stderr and "Traceback" not in proc.stderr
             break
     assert new_containers(before) == []
+
+
+def test_tls_server_in_a_container(demo_base, tmp_path):
+    """`serve --runtime docker --ssl-config-file`: the SSL config is mounted read-only, the
+    tfdeploy image serves gRPC over TLS and REST over HTTPS, and the record lets `predict
+    --name` use both without --tls-* options."""
+    from certs import make_certs, ssl_config
+
+    certs = make_certs(tmp_path / "certs")
+    config = ssl_config(certs, tmp_path / "ssl.config", client_verify=False)
+    config.chmod(0o600)  # a private key: the container's user reads the state dir's copy
+    before = {c.id for c in ours()}
+    out = json.loads(run_cli("serve", str(demo_base), "--runtime", "docker", "--image",
+                             EMBEDDED_IMAGE, "--name", "dtls", "--grpc-port", free_port(),
+                             "--rest-port", free_port(), "--ssl-config-file", config,
+                             "--json").stdout)
+    try:
+        assert out["grpc_tls"] and out["rest_tls"]
+        (container,) = new_containers(before)
+        mounts = {m["Destination"]: m["RW"] for m in container.attrs["Mounts"]}
+        assert mounts["/config/ssl.config"] is False
+        assert "--ssl_config_file=/config/ssl.config" in container.attrs["Config"]["Cmd"]
+        for transport in ("grpc", "rest"):
+            masks = tmp_path / f"masks-{transport}"
+            run_cli("predict", str(EXAMPLES[0]), "--name", "dtls", "--transport", transport,
+                    "-o", str(masks))
+            assert (masks / f"{EXAMPLES[0].stem}.png").is_file()
+    finally:
+        run_cli("stop", "dtls")

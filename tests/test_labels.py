@@ -207,9 +207,10 @@ def test_inspect_shows_source_labels_and_tiling(labelled, small_checkpoint, tmp_
     # an export that tiles says so (export --tile records its settings)
     meta_file = base / "1" / "assets.extra" / "tfdeploy.json"
     meta = json.loads(meta_file.read_text())
-    meta["tiling"] = {"tile": 513, "overlap": 64}
+    meta["tiling"] = {"tile": 513, "overlap": 64, "batch": 4, "max_pixels": 8192 ** 2}
     meta_file.write_text(json.dumps(meta))
-    assert "tiling: tiles of 513 px, overlap 64 px" in run_cli("inspect", str(base)).stdout
+    assert "tiling: images larger than 513x513 run in 513-pixel tiles, overlap 64" in \
+        run_cli("inspect", str(base)).stdout
 
 
 def test_overlay_draws_a_legend_of_the_classes_in_the_mask(rng):

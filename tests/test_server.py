@@ -344,8 +344,13 @@ def test_model_config_file_policies_labels_and_reload(demo_base, tmp_path):
         srv.wait_for(lambda s: s == {2: "AVAILABLE", 3: "AVAILABLE"}, model="other")
         b64 = {"b64": base64.b64encode(_png(np.zeros((16, 16, 3), np.uint8))).decode()}
         for label, version in (("stable", 1), ("canary", 3)):
+            # status by label lists every version, as tensorflow_model_server's does
             code, body = http("GET", f"{srv.rest}/v1/models/deeplab/labels/{label}")
-            assert code == 200 and body["model_version_status"][0]["version"] == str(version)
+            assert code == 200 and [v["version"] for v in body["model_version_status"]] == [
+                "3", "1"]
+            # metadata resolves the label
+            code, body = http("GET", f"{srv.rest}/v1/models/deeplab/labels/{label}/metadata")
+            assert code == 200 and body["model_spec"]["version"] == str(version)
             code, _ = http("POST", f"{srv.rest}/v1/models/deeplab/labels/{label}:predict",
                            {"instances": [b64]})
             assert code == 200
@@ -481,7 +486,11 @@ def test_seed_tf1_savedmodel_is_served_unchanged(tmp_path):
 
 def test_failed_load_is_retried(demo_base, tmp_path):
     """A version that fails to load (here: written incompletely by another tool, then
-    repaired in place) is loaded on a later retry, as tensorflow_model_server does."""
+    repaired in place) is loaded on a later retry, as tensorflow_model_server does; at
+    start-up the server waits for that (nothing listens meanwhile), as the official one
+    does."""
+    import time
+
     base = tmp_path / "deeplab"
     shutil.copytree(demo_base / "1", base / "1")
     good = (base / "1" / "saved_model.pb").read_bytes()
@@ -491,11 +500,13 @@ def test_failed_load_is_retried(demo_base, tmp_path):
                         "--load_retry_interval_micros=500000", "--max_num_load_retries=50",
                         log_dir=tmp_path)
     try:
-        srv.wait_for(lambda s: s == {1: "END"})
-        code, body = http("GET", f"{srv.rest}/v1/models/deeplab")
-        assert "load failed" in body["model_version_status"][0]["status"]["error_message"]
+        deadline = time.monotonic() + 120
+        while "will retry in 0.5s" not in srv.log():
+            assert srv.proc.poll() is None and time.monotonic() < deadline, srv.log()
+            time.sleep(0.2)
+        assert "failed to load deeplab version 1" in srv.log()
+        assert "Running gRPC ModelServer" not in srv.log()
         (base / "1" / "saved_model.pb").write_bytes(good)
-        srv.wait_for(lambda s: s == {1: "AVAILABLE"}, timeout=60)
-        assert "will retry in 0.5s" in srv.log()
+        srv.wait_for(lambda s: s == {1: "AVAILABLE"}, timeout=120)
     finally:
         assert srv.stop() == 0

@@ -210,6 +210,72 @@ def test_refused_configs_keep_the_one_in_force(model_dir, tmp_path):
         assert srv.stop() == 0
 
 
+def test_initial_model_that_never_loads_stops_the_start(model_dir, tmp_path):
+    """As tensorflow_model_server: start-up waits for each model's latest version to load
+    or fail for good (every retry spent; nothing listens meanwhile), and a failure is the
+    error the server exits with, in the official words."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    put_version(good, 1, model_dir)
+    put_version(bad, 1, model_dir)
+    corrupt_graph(bad / "1")
+    config = tmp_path / "models.config"
+    config.write_text(f'model_config_list {{ config {{ name: "good" base_path: "{good}" }} '
+                      f'config {{ name: "bad" base_path: "{bad}" }} }}')
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfdeploy.serving", f"--model_config_file={config}",
+         "--port=0", "--grpc_host=127.0.0.1", "--max_num_load_retries=2",
+         "--load_retry_interval_micros=100000"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    # the loader thread may log its last failure after this line: find it
+    (error,) = [line for line in proc.stderr.splitlines()
+                if line.startswith("tfdeploy-model-server: error:")]
+    assert error.startswith("tfdeploy-model-server: error: 1 servable(s) did not become "
+                            "available: {{{name: bad version: 1} due to error: "), error
+    assert error.endswith("}, }"), error
+    assert proc.stderr.count("failed to load bad version 1") == 3  # the load and 2 retries
+    assert "Running gRPC ModelServer" not in proc.stderr
+
+
+def test_reload_whose_new_model_never_loads_fails_and_keeps_serving(model_dir, tmp_path):
+    """HandleReloadConfigRequest adding a model whose latest version fails for good answers
+    UNKNOWN in tensorflow_model_server's words; the config stays applied as there (the
+    failed version is END in its status), and the model that served never stops."""
+    base, srv = serve_one(model_dir, tmp_path, "hp2", "--max_num_load_retries=1",
+                          "--load_retry_interval_micros=100000")
+    bad = tmp_path / "bad"
+    put_version(bad, 1, model_dir)
+    corrupt_graph(bad / "1")
+    stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(srv.grpc_target))
+    try:
+        srv.wait_available(1, model="hp2")
+        new = model_server_config_pb2.ModelServerConfig()
+        new.model_config_list.config.add(name="hp2", base_path=str(base))
+        new.model_config_list.config.add(name="bad", base_path=str(bad))
+        with ClientLoop(srv) as loop:
+            loop.wait_sent(20)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.HandleReloadConfigRequest(
+                    model_management_pb2.ReloadConfigRequest(config=new), 60)
+            loop.wait_sent(20)
+        assert err.value.code() == grpc.StatusCode.UNKNOWN
+        details = err.value.details()
+        assert details.startswith("1 model(s) did not become available: {{{name: bad "
+                                  "version: 1} due to error: "), details
+        assert details.endswith("}, }"), details
+        assert loop.failures == []
+        assert srv.log().count("failed to load bad version 1") == 2  # the load and 1 retry
+        assert _versions(srv, "bad")[1]["state"] == "END"
+        assert {v: s["state"] for v, s in _versions(srv).items()} == {1: "AVAILABLE"}
+    finally:
+        assert srv.stop() == 0
+
+
 # -- requests in flight ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def gated_dir(tmp_path_factory) -> Path:

@@ -169,15 +169,24 @@ def test_predict_checks_what_the_official_server_checks(server, stub):
 
 
 def test_saved_model_tags_pick_the_meta_graph(tmp_path: Path):
-    _, srv = serve_one(save_half_plus_two(tmp_path / "model"), tmp_path, "tf2",
-                       "--saved_model_tags=serve,tpu", "--max_num_load_retries=0")
-    try:
-        srv.wait_for(lambda s: s == {1: "END"}, model="tf2")
-        code, body = http("GET", f"{srv.rest}/v1/models/tf2")
-        message = body["model_version_status"][0]["status"]["error_message"]
-        assert "Could not find meta graph def matching supplied tags: { serve tpu }" in message
-    finally:
-        assert srv.stop() == 0
+    """Tags no meta graph carries fail the load; the only model failing, the server does
+    not start (as tensorflow_model_server), with the load's error in its message."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    base = tmp_path / "tf2"
+    base.mkdir()
+    put_version(base, 1, save_half_plus_two(tmp_path / "model"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfdeploy.serving", "--model_name=tf2",
+         f"--model_base_path={base}", "--port=0", "--grpc_host=127.0.0.1",
+         "--saved_model_tags=serve,tpu", "--max_num_load_retries=0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "1 servable(s) did not become available: {{{name: tf2 version: 1}" in proc.stderr
+    assert "Could not find meta graph def matching supplied tags: { serve tpu }" in proc.stderr
 
 
 # -- Classify, Regress, MultiInference ---------------------------------------------------
@@ -327,7 +336,6 @@ def test_signature_method_name_check(tmp_path: Path):
     ("POST", "/v1/models/tf2/versions/-1:predict",
      "Malformed request: POST /v1/models/tf2/versions/-1:predict"),
     ("PUT", "/v1/models/tf2:predict", "Malformed request: PUT /v1/models/tf2:predict"),
-    ("GET", "/v1/models/tf2/labels/nope", "Unrecognized servable version label: nope"),
     ("POST", "/v1/models/tf2/labels/nope:predict", "Unrecognized servable version label: nope"),
 ])
 def test_rest_malformed_urls_are_bad_requests(server, method, path, message):
@@ -352,6 +360,47 @@ def test_rest_urls_are_case_insensitive_and_unknown_paths_not_found(server):
 def test_rest_body_errors(server, raw, message):
     code, body = http("POST", f"{server.rest}/v1/models/tf2:predict", raw)
     assert (code, body) == (400, {"error": message})
+
+
+def test_model_status_as_tensorflow_model_server_answers_it(server):
+    """GetModelStatus (gRPC and REST): a version label is not resolved, so without a
+    version every version is listed, whatever the label (set or not); a model with no
+    version known and a version not known are NOT_FOUND in the official words."""
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    models = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(server.grpc_target))
+
+    def status(name: str, version: int | None = None, label: str = "", spec: bool = True):
+        request = get_model_status_pb2.GetModelStatusRequest()
+        if spec:
+            request.model_spec.name = name
+            request.model_spec.version_label = label
+            if version is not None:
+                request.model_spec.version.value = version
+        try:
+            response = models.GetModelStatus(request, 30)
+        except grpc.RpcError as exc:
+            return exc.code(), exc.details()
+        return {s.version: s.state for s in response.model_version_status}
+
+    available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+    assert status("tf2", label="nope") == {1: available}
+    code, body = http("GET", f"{server.rest}/v1/models/tf2/labels/nope")
+    assert code == 200 and [(v["version"], v["state"]) for v in
+                            body["model_version_status"]] == [("1", "AVAILABLE")]
+    not_found = grpc.StatusCode.NOT_FOUND
+    for args, message in ((("ghost",), "Could not find any versions of model ghost"),
+                          (("ghost", None, "stable"),
+                           "Could not find any versions of model ghost"),
+                          (("ghost", 3), "Could not find version 3 of model ghost"),
+                          (("tf2", 9), "Could not find version 9 of model tf2"),
+                          (("",), "Could not find any versions of model ")):
+        assert status(*args) == (not_found, message)
+    assert status("", spec=False) == (grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+    for path, message in (("ghost", "Could not find any versions of model ghost"),
+                          ("ghost/labels/stable", "Could not find any versions of model ghost"),
+                          ("tf2/versions/9", "Could not find version 9 of model tf2")):
+        assert http("GET", f"{server.rest}/v1/models/{path}") == (404, {"error": message})
 
 
 def test_unknown_label_over_grpc_is_invalid_argument(stub):

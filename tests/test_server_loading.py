@@ -207,12 +207,22 @@ def test_load_timeout_seconds_fails_and_abandons_a_load(hp2, gated, tmp_path):
         assert proc.returncode == 2 and flag.split("=")[0] in proc.stderr, proc.stderr
     gate, fast, slow = fast_and_slow(hp2, gated, tmp_path)
     config = tmp_path / "models.config"
-    config.write_text(config_text(("slow", slow), ("fast", fast)))
+    config.write_text(config_text(("fast", fast)))
     srv = ServerProcess(f"--model_config_file={config}", "--load_timeout_seconds=1",
                         "--max_num_load_retries=0", "--num_load_threads=2",
                         log_dir=tmp_path)
     try:
         srv.wait_available(1, model="fast")
+        # added by a reload (at start-up a model that never loads stops the start): the
+        # reload fails as tensorflow_model_server's would, and the config stays applied
+        models = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(srv.grpc_target))
+        with pytest.raises(grpc.RpcError) as err:
+            models.HandleReloadConfigRequest(reload_request(("slow", slow), ("fast", fast)),
+                                             60)
+        assert err.value.code() == grpc.StatusCode.UNKNOWN
+        assert err.value.details().startswith(
+            "1 model(s) did not become available: {{{name: slow version: 1} due to error: "
+            "DEADLINE_EXCEEDED: "), err.value.details()
         srv.wait_for(lambda s: s == {1: "END"}, model="slow", timeout=60)
         code, body = http("GET", f"{srv.rest}/v1/models/slow", timeout=10)
         assert code == 200

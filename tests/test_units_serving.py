@@ -279,7 +279,8 @@ def test_manager_labels():
     assert m.resolve("m", label="canary") == 2
     assert m.handle("m", label="stable").version == 1
     assert m.resolve("m", version=1, label="canary") == 2  # the label wins
-    assert [vs.version for vs in m.statuses("m", label="stable")] == [1]
+    # GetModelStatus ignores labels, as tensorflow_model_server's: every version
+    assert [vs.version for vs in m.statuses("m", label="stable")] == [2, 1]
     err = status_error(lambda: m.handle("m", label="beta"))
     assert err.code is Code.INVALID_ARGUMENT  # as TF Serving: labels resolve first
     assert err.message == "Unrecognized servable version label: beta"
@@ -299,20 +300,24 @@ def test_manager_set_labels_before_versions_registers_the_model():
     but has nothing to serve yet."""
     m = Manager(Loads())
     m.set_labels("m", {"stable": 1})
-    assert m.model_names() == ["m"] and m.statuses("m") == []
+    assert m.model_names() == ["m"]
+    err = status_error(lambda: m.statuses("m"))  # tensorflow_model_server's words
+    assert (err.code, err.message) == (Code.NOT_FOUND, "Could not find any versions of model m")
     err = status_error(lambda: m.handle("m"))
     assert (err.code, err.message) == (Code.NOT_FOUND,
                                        "Servable not found for request: Latest(m)")
     assert status_error(lambda: m.handle("m", label="stable")).code is Code.NOT_FOUND
 
 
-@pytest.mark.parametrize("call", ["resolve", "handle", "statuses"])
-def test_manager_unknown_model_is_not_found(call: str):
+@pytest.mark.parametrize("call,message", [
+    ("resolve", "Servable not found for request: Latest(other)"),
+    ("handle", "Servable not found for request: Latest(other)"),
+    ("statuses", "Could not find any versions of model other")])
+def test_manager_unknown_model_is_not_found(call: str, message: str):
     m = Manager(Loads())
     aspire(m, "m", paths(1))
     err = status_error(lambda: getattr(m, call)("other"))
-    assert (err.code, err.message) == (Code.NOT_FOUND,
-                                       "Servable not found for request: Latest(other)")
+    assert (err.code, err.message) == (Code.NOT_FOUND, message)
 
 
 def test_manager_unknown_version_is_not_found():

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tfdeploy.export.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_AGREEMENT, DEFAULT_PRECISION
+from tfdeploy.export.tilespec import DEFAULT_TILE_BATCH, DEFAULT_TILE_MAX_PIXELS
 from tfdeploy.tfs.names import DEFAULT_MODEL_NAME, GRPC_PORT, REST_PORT
 
 if TYPE_CHECKING:
@@ -31,8 +32,10 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
            probes: list[str | Path] = (), max_pixels: int | str = DEFAULT_MAX_PIXELS,
            calibration: list[str | Path] = (), input_tensor: str | None = None,
            output_tensor: str | None = None, preprocess: str = "0..255",
-           input_size: str | None = None, labels: str | Path | None = None,
-           progress: Progress | None = None):
+           input_size: str | None = None, tile: int | None = None,
+           tile_overlap: int | None = None, tile_batch: int = DEFAULT_TILE_BATCH,
+           tile_max_pixels: int | str = DEFAULT_TILE_MAX_PIXELS,
+           labels: str | Path | None = None, progress: Progress | None = None):
     """Export a DeepLab-v3 checkpoint (default: the bundled demo) as version ``version``
     (default: highest existing + 1) of the model base path ``output``.
 
@@ -56,6 +59,11 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
     signature maps images to logits or labels: ``preprocess`` (``0..255``, ``0..1``,
     ``-1..1``, ``imagenet``) makes its input from pixels, ``input_size`` (``"HxW"``) is
     the size it needs if any; verified to give the source model's masks on every pixel.
+    ``tile`` (pixels) segments images larger than a tile in overlapping tiles
+    (``tile_overlap`` pixels, default an eighth of the tile; ``tile_batch``
+    at a time) whose logits are blended inside
+    the graph, for images up to ``tile_max_pixels`` (a count or ``"WIDTHxHEIGHT"``);
+    images that fit a tile get exactly the untiled masks.
     ``labels`` is a file of class names (one per line, one per class): stored in the
     export and served by it as the ``class_names`` signature (default: the checkpoint's
     own names, Pascal VOC's for a 21-class model).  ``precision`` applies to a Keras
@@ -63,12 +71,18 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
     ``progress`` gets one short line per step.
     """
     from tfdeploy.demo import DEMO_CHECKPOINT
+    from tfdeploy.errors import UserError
     from tfdeploy.export.preflight import check_inputs
+    from tfdeploy.export.tilespec import check_tiling
     from tfdeploy.tfimport import quiet_import_tensorflow
 
     # a typo is reported at once, not after the seconds TensorFlow takes to import
     pixels = check_inputs(checkpoint if checkpoint is not None else DEMO_CHECKPOINT, output,
                           version, precision, min_agreement, list(probes), max_pixels)
+    tile_pixels = _tile_pixels(tile_max_pixels)
+    problem = check_tiling(tile, tile_overlap, tile_batch, tile_pixels)
+    if problem:
+        raise UserError(problem)
     if labels is not None:
         from tfdeploy.export.labels import read_labels
 
@@ -81,8 +95,19 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
                       precision=precision, min_agreement=min_agreement, probes=list(probes),
                       max_pixels=pixels, calibration=list(calibration),
                       input_tensor=input_tensor, output_tensor=output_tensor,
-                      preprocess=preprocess, input_size=input_size, labels=labels,
-                      progress=progress)
+                      preprocess=preprocess, input_size=input_size, tile=tile,
+                      tile_overlap=tile_overlap, tile_batch=tile_batch,
+                      tile_max_pixels=tile_pixels, labels=labels, progress=progress)
+
+
+def _tile_pixels(value: int | str) -> int:
+    from tfdeploy.errors import UserError
+    from tfdeploy.export.config import parse_max_pixels
+
+    try:
+        return parse_max_pixels(value)
+    except ValueError as exc:
+        raise UserError(f"--tile-max-pixels: {exc}") from None
 
 
 def serve(base: str | Path | None = "models/deeplab", *, runtime: str = "auto",
@@ -101,7 +126,13 @@ def serve(base: str | Path | None = "models/deeplab", *, runtime: str = "auto",
     ``gpu``, ``gpus``, ``image``, ``restart``, ``poll_seconds``, ``extra_flags``
     (tensorflow_model_server flags), ``env``, and docker's ``cpus``, ``memory``,
     ``volumes``, ``user``, ``pids_limit``.  An option the chosen runtime would ignore
-    raises ``UserError``.
+    raises ``UserError``.  TLS: ``ssl_config_file`` (tensorflow_model_server's SSLConfig
+    text: gRPC over TLS, and REST over HTTPS where the server is tfdeploy-model-server),
+    ``tls_ca`` (the CA that signed its certificate; default: the config's ``custom_ca``
+    or the certificate itself, whichever verifies it), ``tls_cert``/``tls_key`` (a
+    client certificate, required when the config has ``client_verify``) and
+    ``tls_server_name``; the record keeps them, so ``status``, ``predict --name``,
+    ``bench``, ``ui`` and ``Server.client()`` speak TLS without options.
 
     The returned ``Server`` has ``.grpc_address``, ``.rest_url``, ``.client()`` and
     ``.stop()``; as a context manager it stops the server at the end of the block.

@@ -13,6 +13,10 @@ from tfdeploy.export.config import (
     DEFAULT_PRECISION,
     PRECISIONS,
 )
+from tfdeploy.export.tilespec import (
+    DEFAULT_TILE_BATCH,
+    DEFAULT_TILE_MAX_SIDE,
+)
 from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
 
 
@@ -64,6 +68,19 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
 @click.option("--input-size", default=None, metavar="HxW",
               help="Keras model / SavedModel: resize images to this size for the model and "
                    "its output back [default: the model's fixed size, if any, else none].")
+@click.option("--tile", type=int, default=None, metavar="N",
+              help="Segment images larger than NxN (either side) in overlapping NxN tiles "
+                   "whose logits are blended, inside the graph (any server) [default: "
+                   "whole images].  Images that fit a tile get exactly the untiled masks.")
+@click.option("--tile-overlap", type=int, default=None, metavar="M",
+              help="With --tile: pixels neighbouring tiles share [default: N/8, 64 for "
+                   "513].")
+@click.option("--tile-batch", type=int, default=DEFAULT_TILE_BATCH, show_default=True,
+              metavar="B", help="With --tile: tiles run at once (memory: B tiles' worth).")
+@click.option("--tile-max-pixels", default=f"{DEFAULT_TILE_MAX_SIDE}x{DEFAULT_TILE_MAX_SIDE}",
+              show_default=True, metavar="WxH|PIXELS",
+              help="With --tile: largest image accepted when it is tiled (--max-pixels "
+                   "still limits images that fit one tile).")
 @click.option("--labels", type=click.Path(path_type=Path), default=None, metavar="FILE",
               help="Class names, one per line in class index order; as many as the model "
                    "has classes.  Stored in the export and served by it (a class_names "
@@ -74,8 +91,8 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
            no_verify: bool, no_warmup: bool, model_name: str, precision: str,
            min_agreement: float, probes: tuple[Path, ...], calibration: tuple[Path, ...],
            max_pixels: str, input_tensor: str | None, output_tensor: str | None,
-           preprocess: str, input_size: str | None, labels: Path | None,
-           as_json: bool) -> None:
+           preprocess: str, input_size: str | None, tile: int | None, tile_overlap: int | None,
+           tile_batch: int, tile_max_pixels: str, labels: Path | None, as_json: bool) -> None:
     """Export a DeepLab-v3 checkpoint as a numbered SavedModel version.
 
     CHECKPOINT is a seed training directory (model.ckpt* + data.json), its `checkpoint`
@@ -95,6 +112,7 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
       tfdeploy export deeplabv3_mnv2_pascal_train_aug_2018_01_29.tar.gz
       tfdeploy export unet.keras --preprocess imagenet --input-size 256x256
       tfdeploy export my_saved_model/ --preprocess -1..1
+      tfdeploy export ckpt/ --tile 513 --tile-overlap 64     # 6000x4000 photos, full size
       tfdeploy export unet.keras --labels classes.txt --precision bfloat16
     """
     from tfdeploy.api import export as run_export
@@ -105,7 +123,9 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
                         probes=list(probes), max_pixels=max_pixels,
                         calibration=list(calibration), input_tensor=input_tensor,
                         output_tensor=output_tensor, preprocess=preprocess,
-                        input_size=input_size, labels=labels,
+                        input_size=input_size, tile=tile, tile_overlap=tile_overlap,
+                        tile_batch=tile_batch, tile_max_pixels=tile_max_pixels,
+                        labels=labels,
                         progress=progress_printer(as_json, "  {}..."))
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)

@@ -99,7 +99,7 @@ def _predictor(server, name, transport, timeout, retries, retry_timeout, model_n
     """Connect to the endpoints the user named (or the running server) and read the
     model's signatures; library errors become one-line CLI errors."""
     from tfdeploy.client.predict import Client, PredictError
-    from tfdeploy.runtime.manage import class_names, client_target, target_record
+    from tfdeploy.runtime.manage import class_names, client_target, client_tls, target_record
 
     if version is not None and label is not None:
         raise UserError("give --version or --label, not both", param="label")
@@ -107,7 +107,7 @@ def _predictor(server, name, transport, timeout, retries, retry_timeout, model_n
     client = Client(addresses, transport, model=model_name, signature=signature,
                     version=version, label=label, timeout=timeout, retries=retries,
                     retry_timeout=retry_timeout, protocol=protocol,
-                    tls=_tls_config())
+                    tls=_tls_config() or client_tls(server, addresses, name, transport))
     client.class_names = class_names(target_record(server, addresses, name), model_name)
     try:
         return client.predictor(**kw)

@@ -72,6 +72,24 @@ def _env(ctx, param, values: tuple[str, ...]) -> dict[str, str]:
               help="Environment of the server (repeatable), e.g. cloud credentials.")
 @click.option("--volume", "-v", "volumes", multiple=True, metavar="HOST:CONTAINER[:rw]",
               help="Docker: an extra bind mount (repeatable), read-only unless :rw.")
+@click.option("--ssl-config-file", type=click.Path(path_type=Path), default=None,
+              help="SSLConfig text proto (server_key, server_cert, custom_ca, "
+                   "client_verify): gRPC over TLS, and REST over HTTPS with the embedded "
+                   "server or the tfdeploy image (tensorflow_model_server's REST stays "
+                   "plain HTTP). Client commands then use TLS without options.")
+@click.option("--tls-ca", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="With --ssl-config-file: the CA that signed the server's certificate, "
+                   "which clients trust [custom_ca, else the certificate itself, "
+                   "whichever verifies it].")
+@click.option("--tls-cert", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="With --ssl-config-file: a client certificate the server accepts "
+                   "(needed with client_verify), used by readiness checks and client "
+                   "commands.")
+@click.option("--tls-key", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="Key of --tls-cert.")
+@click.option("--tls-server-name", default=None, metavar="NAME",
+              help="With --ssl-config-file: the name the server's certificate carries, "
+                   "when it is not the address's host.")
 @click.option("--poll-seconds", type=float, default=1.0, show_default=True,
               help="How often the server looks for new versions.")
 @click.option("--foreground", is_flag=True, help="Stay attached; Ctrl-C stops the server.")
@@ -82,7 +100,8 @@ def _env(ctx, param, values: tuple[str, ...]) -> dict[str, str]:
 def serve(base, server_flags, model_name, name, runtime, gpu, gpus, grpc_port, rest_port,
           host, image, model_config_file, enable_batching, batching_parameters_file,
           monitoring_config_file, restart, cpus, memory, user, pids_limit, env, volumes,
-          poll_seconds, foreground, timeout, as_json, config_poll) -> None:
+          poll_seconds, foreground, timeout, as_json, config_poll, ssl_config_file, tls_ca,
+          tls_cert, tls_key, tls_server_name) -> None:
     """Serve a model base path with TF Serving (docker, native) or the embedded server.
 
     BASE defaults to models/deeplab.  The server runs in the background until
@@ -97,6 +116,7 @@ def serve(base, server_flags, model_name, name, runtime, gpu, gpus, grpc_port, r
       tfdeploy serve --model-config-file models.config --runtime docker
       tfdeploy serve --runtime docker --cpus 2 --memory 4g -e AWS_REGION=eu-west-1
       tfdeploy serve --runtime docker -- --tensorflow_intra_op_parallelism=2
+      tfdeploy serve --runtime embedded --ssl-config-file ssl.config   # TLS + HTTPS
     """
     from tfdeploy.api import serve as start_server
     from tfdeploy.runtime import manage
@@ -117,7 +137,9 @@ def serve(base, server_flags, model_name, name, runtime, gpu, gpus, grpc_port, r
                    image=image, restart=None if restart == "no" else restart,
                    poll_seconds=poll_seconds, config_poll=config_poll,
                    extra_flags=flags, env=env, cpus=cpus,
-                   memory=memory, volumes=list(volumes), user=user, pids_limit=pids_limit)
+                   memory=memory, volumes=list(volumes), user=user, pids_limit=pids_limit,
+                   ssl_config_file=ssl_config_file, tls_ca=tls_ca, tls_cert=tls_cert,
+                   tls_key=tls_key, tls_server_name=tls_server_name)
     say = progress_printer(as_json)
     if foreground:
         spec = ServeSpec(base_path=base, model_name=model_name, name=name or "", host=host,
@@ -171,7 +193,8 @@ def status(name, as_json) -> None:
                if (labels := s["model_labels"].get(model)) else "")
             for model, versions in s["model_versions"].items())
         click.echo(f"{s['name']}: {state_text}, {s['runtime']} ({where}), {models}; "
-                   f"gRPC {s['grpc']}, REST {s['rest']}"
+                   f"gRPC {s['grpc']}{' (TLS)' if s['grpc_tls'] else ''}, "
+                   f"REST {s['rest']}{' (HTTPS)' if s['rest_tls'] else ''}"
                    + (f"\n  {s['hint']}" if s["hint"] else ""))
 
 

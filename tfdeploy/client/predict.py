@@ -449,7 +449,8 @@ class Client:
         return self.transport.metadata(self.model, self.version)
 
     def status(self) -> dict[int, str]:
-        """Version -> state (``AVAILABLE``, ``LOADING``, ``END``...)."""
+        """Version -> state (``AVAILABLE``, ``LOADING``, ``END``...).  With a label:
+        every version, as TF Serving's status API ignores labels."""
         return self.transport.status(self.model, self.version)
 
     def predictor(self, output_dir: Path | None = None, overlay: bool = False,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tfdeploy.errors import UserError
+from tfdeploy.export.tilespec import tiling_text
 from tfdeploy.tfs.saved_model import read_saved_model, shape_text, signature
 from tfdeploy.tfs.versions import METADATA_FILE, WARMUP_FILE, saved_model_file, versions
 
@@ -51,8 +52,8 @@ def describe_version(version_dir: Path) -> dict[str, Any]:
         # class index -> name as the export stores them (its class_names signature serves
         # the same list); None where the export names none
         "class_names": (exported_by or {}).get("class_names"),
-        # tiled inference (export --tile), where the export has it
-        "tiling": tiling(exported_by or {}),
+        # --tile: {"tile", "overlap", "batch", "max_pixels"}; None for whole images.
+        "tiling": (exported_by or {}).get("tiling"),
         "meta_graphs": graphs,
     }
 
@@ -71,34 +72,6 @@ def describe(path: str | Path) -> dict[str, Any]:
                             "saved_model.pb) here")
     return {"base_path": str(base.absolute()),
             "versions": {str(v): describe_version(d) for v, d in found.items()}}
-
-
-def tiling(meta: dict[str, Any]) -> dict[str, Any] | None:
-    """The export's tiling settings (``--tile``, ``--tile-overlap``, the tiled pixel
-    limit) from its metadata, whichever key holds them; None when it does not tile."""
-    for key in ("tiling", "tile"):
-        value = meta.get(key) or (meta.get("config") or {}).get(key)
-        if isinstance(value, dict):
-            return value if value.get("tile", value.get("size", 1)) else None
-        if isinstance(value, int) and value > 0:
-            return {"tile": value, "overlap": meta.get("tile_overlap")}
-    return None
-
-
-def tiling_text(settings: dict[str, Any]) -> str:
-    """``tiles of 513 px, overlap 64 px, tiled images up to 24000000 pixels``."""
-    size = settings.get("tile", settings.get("size"))
-    parts = [f"tiles of {size} px" if size else "tiled"]
-    for key, what in (("overlap", "overlap {} px"), ("tile_overlap", "overlap {} px"),
-                      ("max_pixels", "tiled images up to {} pixels"),
-                      ("tile_max_pixels", "tiled images up to {} pixels"),
-                      ("max_tiled_pixels", "tiled images up to {} pixels")):
-        if settings.get(key) is not None:
-            parts.append(what.format(settings[key]))
-    shown = {"tile", "size", "overlap", "tile_overlap", "max_pixels", "tile_max_pixels",
-             "max_tiled_pixels"}
-    parts += [f"{k} {v}" for k, v in settings.items() if k not in shown and v is not None]
-    return ", ".join(parts)
 
 
 def labels_text(names: list[str], limit: int = 8) -> str:

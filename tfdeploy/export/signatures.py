@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from tfdeploy.export.config import DEFAULT_MAX_PIXELS
 from tfdeploy.export.model import DeepLabV3
+from tfdeploy.export.tiling import TiledModel
 from tfdeploy.palette import voc_colormap
 from tfdeploy.tfs.names import (
     HEIGHT,
@@ -139,9 +140,9 @@ def check_pixels(height: tf.Tensor, width: tf.Tensor, max_pixels: int) -> tf.Ope
                 f"({max_pixels} pixels; set at export with --max-pixels)")
 
 
-def _decode(image_bytes: tf.Tensor, max_pixels: int) -> tf.Tensor:
+def _decode(image_bytes: tf.Tensor, max_pixels: int, check=check_pixels) -> tf.Tensor:
     hw = header_size(image_bytes)
-    with tf.control_dependencies([check_pixels(hw[0], hw[1], max_pixels)]):
+    with tf.control_dependencies([check(hw[0], hw[1], max_pixels)]):
         return tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8,
                                   expand_animations=False)
 
@@ -151,15 +152,17 @@ def _decode(image_bytes: tf.Tensor, max_pixels: int) -> tf.Tensor:
 PAD_LABEL = 255
 
 
-def decode_batch(image_bytes: tf.Tensor, max_pixels: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """Decode every image (each checked against ``max_pixels`` first) and zero-pad them to
-    the largest height and width: uint8 [N, H, W, 3] and each image's [height, width]."""
+def decode_batch(image_bytes: tf.Tensor, max_pixels: int, check=check_pixels
+                 ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Decode every image (each checked against ``max_pixels`` by ``check`` first) and
+    zero-pad them to the largest height and width: uint8 [N, H, W, 3] and each image's
+    [height, width]."""
     n = tf.size(image_bytes)
     decoded = tf.TensorArray(tf.uint8, size=n, infer_shape=False,
                              element_shape=tf.TensorShape([None, None, 3]))
     sizes = tf.TensorArray(tf.int32, size=n)
     for i in tf.range(n):
-        image = _decode(image_bytes[i], max_pixels)
+        image = _decode(image_bytes[i], max_pixels, check)
         decoded = decoded.write(i, image)
         sizes = sizes.write(i, tf.shape(image)[:2])
     sizes = sizes.stack()
@@ -180,6 +183,17 @@ class ServingModule(tf.Module):
         self.model = model
         self.png = PalettePNG()
         self.max_pixels = int(max_pixels)  # baked into the graph: TF Serving enforces it too
+        #: A TiledModel (export/tiling.py) has its own, larger limit for tiled images and
+        #: takes uint8 pixels (it casts one tile batch at a time).
+        self.tiled = isinstance(model, TiledModel)
+
+    def _check(self, height: tf.Tensor, width: tf.Tensor, max_pixels: int) -> tf.Operation:
+        if self.tiled:
+            return self.model.check_pixels(height, width, max_pixels, check_pixels)
+        return check_pixels(height, width, max_pixels)
+
+    def _pixels(self, images: tf.Tensor) -> tf.Tensor:
+        return images if self.tiled else tf.cast(images, tf.float32)
 
     @tf.function(input_signature=[
         tf.TensorSpec([1, None, None, 3], tf.float32, name=IMAGES),
@@ -190,7 +204,7 @@ class ServingModule(tf.Module):
         # height/width arrive as scalars or shape [1]; the seed reshaped the image with them.
         h = tf.reshape(height, [-1])[0]
         w = tf.reshape(width, [-1])[0]
-        with tf.control_dependencies([check_pixels(h, w, self.max_pixels)]):
+        with tf.control_dependencies([self._check(h, w, self.max_pixels)]):
             images = tf.reshape(images, tf.stack([1, h, w, 3]))
         return {SEGMENTATION_MAP: self.model.predict(images)}
 
@@ -198,14 +212,14 @@ class ServingModule(tf.Module):
     def serving_default(self, image_bytes):
         tf.debugging.assert_positive(
             tf.size(image_bytes), message="image_bytes must hold at least one image")
-        images, sizes = decode_batch(image_bytes, self.max_pixels)
+        images, sizes = decode_batch(image_bytes, self.max_pixels, self._check)
         same = tf.reduce_all(tf.equal(sizes, sizes[0]))
         # Same-size images (all a batching server merges from uniform traffic) run as one
         # batch.  Mixed sizes run image by image: padding them to one size would change
         # masks (convolutions near the edge and DeepLab's image-level pooling see the
         # pad), and each mask must be exactly the one its image gets alone.
         masks = tf.cond(
-            same, lambda: tf.cast(self.model.predict(tf.cast(images, tf.float32)), tf.uint8),
+            same, lambda: tf.cast(self.model.predict(self._pixels(images)), tf.uint8),
             lambda: self._predict_each(images, sizes))
 
         def png(i):
@@ -222,7 +236,7 @@ class ServingModule(tf.Module):
 
         def one(i):
             h, w = sizes[i, 0], sizes[i, 1]
-            image = tf.cast(images[i:i + 1, :h, :w], tf.float32)
+            image = self._pixels(images[i:i + 1, :h, :w])
             mask = tf.cast(self.model.predict(image)[0], tf.int32)
             return tf.cast(tf.pad(mask, [[0, height - h], [0, width - w]],
                                   constant_values=PAD_LABEL), tf.uint8)

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from tfdeploy.errors import ExportError, UserError
 from tfdeploy.export import checkpoint as ckpt
-from tfdeploy.export import frozen, source_precision, sources, warmup, wrapped
+from tfdeploy.export import frozen, source_precision, sources, tiling, warmup, wrapped
 from tfdeploy.export.agreement import (
     Agreement,
     image_key,
@@ -92,6 +92,8 @@ class ExportResult:
     #: int8: blocks kept in float32 by the sensitivity pass (mixed precision), with its
     #: steps ({"blocks": [...], "of": N, "target": x, "steps": [...]}).
     mixed_precision: dict | None = None
+    #: --tile: {"tile": N, "overlap": M, "batch": B, "max_pixels": P}; None = untiled.
+    tiling: dict | None = None
 
     def summary(self) -> str:
         """What the export did, for people: the version path, then one line."""
@@ -237,6 +239,10 @@ def export(
     output_tensor: str | None = None,
     preprocess: str = wrapped.DEFAULT_PREPROCESS,
     input_size: str | None = None,
+    tile: int | None = None,
+    tile_overlap: int | None = None,
+    tile_batch: int = tiling.DEFAULT_TILE_BATCH,
+    tile_max_pixels: int = tiling.DEFAULT_TILE_MAX_PIXELS,
     labels: str | Path | None = None,
 ) -> ExportResult:
     """Export a checkpoint (default: the bundled demo) as version ``version`` (default:
@@ -258,7 +264,13 @@ def export(
     SavedModel is refused any but float32.
 
     ``labels`` (a file, one class name per line) names the classes; they are stored in
-    ``tfdeploy.json`` and served by the export as the ``class_names`` signature."""
+    ``tfdeploy.json`` and served by the export as the ``class_names`` signature.
+
+    ``tile`` (pixels): images larger than this on either side are segmented in
+    overlapping tiles (``tile_overlap`` pixels, default an eighth of the tile;
+    ``tile_batch`` tiles at a time) whose logits are blended, inside the graph (see
+    export/tiling.py); such images may have up to ``tile_max_pixels`` pixels.
+    Verification compares the tiled export with the source model tiled the same way."""
     if checkpoint_path is None:
         from tfdeploy.demo import DEMO_CHECKPOINT
 
@@ -281,6 +293,9 @@ def export(
     if not 0.0 <= min_agreement <= 1.0:
         raise UserError(f"must be between 0% and 100%, got {min_agreement:.2%}",
                         param="min_agreement")
+    problem = tiling.check_tiling(tile, tile_overlap, tile_batch, tile_max_pixels)
+    if problem:
+        raise UserError(problem)
     probe_set = probe_images(probes) if do_verify else []
     calibration_set: list[tuple[str, np.ndarray]] = []
     if precision == "int8":
@@ -385,7 +400,9 @@ def export(
             model = DeepLabV3(source.config, weights, precision=precision,
                               fold_batch_norm=True, activation_ranges=ranges,
                               float_blocks=float_blocks)
-        module = ServingModule(model, max_pixels)
+        classes = origin["num_classes"]
+        module = ServingModule(tiling.tiled(model, classes, tile, tile_overlap, tile_batch,
+                                            tile_max_pixels), max_pixels)
         signatures = module.signatures()
         if names:
             signatures = add_class_names(module, names, signatures)
@@ -400,25 +417,29 @@ def export(
         agreement = None
         if do_verify and kind.kind == sources.FROZEN_GRAPH:
             say(f"verifying against the frozen graph on {len(probe_set)} images")
-            agreement = frozen.verify(tmp, frozen.FrozenGraphModel(
+            agreement = frozen.verify(tmp, tiling.tiled(frozen.FrozenGraphModel(
                 frozen.read_graph_def(kind.path, kind.data), graph_model.contract.input_name,
-                graph_model.contract.output_name, graph_model.contract.num_classes), probe_set)
+                graph_model.contract.output_name, graph_model.contract.num_classes),
+                classes, tile, tile_overlap, tile_batch, tile_max_pixels), probe_set)
             t = lap("verify", t)
         elif do_verify and foreign and precision != DEFAULT_PRECISION:
             say(f"verifying against the float32 source model on {len(probe_set)} images")
-            agreement = verify(tmp, wrapped.WrappedModel(
-                kind.path, kind.kind, preprocess, graph_model.input_size), precision,
-                probe_set, min_agreement)
+            agreement = verify(tmp, tiling.tiled(wrapped.WrappedModel(
+                kind.path, kind.kind, preprocess, graph_model.input_size), classes, tile,
+                tile_overlap, tile_batch, tile_max_pixels), precision, probe_set,
+                min_agreement)
             t = lap("verify", t)
         elif do_verify and foreign:
             say(f"verifying against the source model on {len(probe_set)} images")
-            agreement = frozen.verify(tmp, wrapped.WrappedModel(
-                kind.path, kind.kind, preprocess, graph_model.input_size), probe_set,
-                "the source model's")
+            agreement = frozen.verify(tmp, tiling.tiled(wrapped.WrappedModel(
+                kind.path, kind.kind, preprocess, graph_model.input_size), classes, tile,
+                tile_overlap, tile_batch, tile_max_pixels), probe_set, "the source model's")
             t = lap("verify", t)
         elif do_verify:
             say(f"verifying against the float32 checkpoint model on {len(probe_set)} images")
-            agreement = verify(tmp, DeepLabV3(source.config, weights), precision, probe_set,
+            reference = tiling.tiled(DeepLabV3(source.config, weights), classes, tile,
+                                     tile_overlap, tile_batch, tile_max_pixels)
+            agreement = verify(tmp, reference, precision, probe_set,
                                min_agreement, frozenset(image_key(n) for n, _ in calibration_set))
             t = lap("verify", t)
         result = ExportResult(
@@ -438,6 +459,7 @@ def export(
                          "names": [n for n, _ in calibration_set]} if calibration_set else None,
             servers=INT8_SERVERS if precision == "int8" else None, source=kind.kind,
             mixed_precision=mixed,
+            tiling=tiling.describe(tile, tile_overlap, tile_batch, tile_max_pixels),
         )
         meta = tmp / METADATA_FILE
         meta.parent.mkdir(parents=True, exist_ok=True)
@@ -448,6 +470,7 @@ def export(
             "max_pixels": max_pixels,
             "agreement": result.agreement, "calibration": result.calibration,
             "servers": result.servers, "mixed_precision": result.mixed_precision,
+            "tiling": result.tiling,
             # class index -> name, for clients that report per-class results
             "class_names": names,
             # where they came from: the --labels file, or None (defaults)

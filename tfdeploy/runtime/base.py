@@ -61,6 +61,16 @@ class ServeSpec:
     volumes: list[str] = field(default_factory=list)
     user: str | None = None
     pids_limit: int | None = None
+    #: TLS: the SSLConfig text (``--ssl_config_file``: gRPC over TLS; REST over HTTPS
+    #: where the server is tfdeploy-model-server), the CA that signed its certificate
+    #: (None: found from the config, see runtime/tls.py), a client certificate and key
+    #: (needed when the config has ``client_verify``) and the name the certificate
+    #: carries when it is not the address's host; all go into the record for clients
+    ssl_config_file: Path | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_server_name: str | None = None
 
     def __post_init__(self) -> None:
         from tfdeploy.runtime.state import check_name
@@ -76,7 +86,8 @@ class ServeSpec:
             if not self.base_path.is_dir():
                 raise UserError(f"{self.base_path}: no such model base path "
                                 "(run `tfdeploy export` first)")
-        for attr in ("model_config_file", "batching_parameters_file", "monitoring_config_file"):
+        for attr in ("model_config_file", "batching_parameters_file", "monitoring_config_file",
+                     "ssl_config_file", "tls_ca", "tls_cert", "tls_key"):
             value = getattr(self, attr)
             if value is not None:
                 value = Path(value).absolute()
@@ -103,6 +114,30 @@ class ServeSpec:
             raise UserError("must be >= 0 (0 = never re-read the model config file)",
                             param="config_poll")
         check_server_flags(self.extra_flags)
+        self._check_tls()
+
+    def _check_tls(self) -> None:
+        """The --tls-* options describe how clients reach a TLS server: without
+        --ssl-config-file they would reach nothing.  A server that verifies clients
+        (``client_verify``) needs a client certificate for the readiness check."""
+        given = [a for a in ("tls_ca", "tls_cert", "tls_key", "tls_server_name")
+                 if getattr(self, a)]
+        if self.ssl_config_file is None:
+            if given:
+                raise UserError.about("needs {ssl_config_file} (it says how clients "
+                                      "reach a TLS server)", param=given[0])
+            return
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise UserError("a client certificate needs its key, and a key its certificate",
+                            param="tls_cert")
+        from tfdeploy.runtime.tls import client_verify
+
+        if client_verify(self.ssl_config_file) and self.tls_cert is None:
+            raise UserError.about("{config} asks clients for a certificate "
+                                  "(client_verify): give one it accepts with {tls_cert} and "
+                                  "{tls_key}, so the readiness check and client commands "
+                                  "can connect", param="tls_cert",
+                                  config=self.ssl_config_file)
 
     def model_names(self) -> list[str]:
         """Every model this server serves: the config file's, or the one model."""
@@ -176,7 +211,8 @@ class ServeSpec:
                                 "or native runtime for that flag", param="runtime")
 
     def server_flags(self, *, config_path: str | None = None, batching_path: str | None = None,
-                     monitoring_path: str | None = None) -> list[str]:
+                     monitoring_path: str | None = None, ssl_path: str | None = None
+                     ) -> list[str]:
         """tensorflow_model_server flags beyond model name/base path (paths as seen by the
         server, which differ inside a container)."""
         flags = [format_flag("file_system_poll_wait_seconds", self.poll_seconds)]
@@ -194,6 +230,8 @@ class ServeSpec:
         if self.monitoring_config_file:
             flags.append(format_flag("monitoring_config_file",
                                      monitoring_path or self.monitoring_config_file))
+        if self.ssl_config_file:
+            flags.append(format_flag("ssl_config_file", ssl_path or self.ssl_config_file))
         return flags + list(self.extra_flags)
 
 
@@ -307,6 +345,9 @@ class Runtime(Protocol):
 
     def alive(self, record: ServerRecord) -> bool: ...
 
+    def rest_tls(self, spec: ServeSpec) -> bool:
+        """Whether its REST speaks HTTPS under ``--ssl_config_file`` (gRPC always does)."""
+
     def logs(self, record: ServerRecord, follow: bool = False, tail: int = 100
              ) -> Iterator[str]: ...
 
@@ -328,14 +369,27 @@ def check_ports_free(host: str, *ports: int) -> None:
 
 def model_status(record: ServerRecord, model: str | None = None,
                  timeout: float = 2.0) -> dict[int, str] | None:
-    """{version: state} from the REST status endpoint; None if the server does not answer."""
-    url = f"http://{record.rest_endpoint}/v1/models/{model or record.model_name}"
+    """{version: state} from the REST status endpoint (over HTTPS with the record's CA
+    when the server speaks it); None if the server does not answer.  A certificate
+    the record's CA does not verify is a UserError at once: retrying cannot fix it."""
+    import ssl
+
+    from tfdeploy.client.tls import handshake_message
+    from tfdeploy.runtime.tls import record_tls
+
+    tls = record_tls(record, "rest")
+    url = f"{record.rest_url}/v1/models/{model or record.model_name}"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        opener = tls.opener().open if tls is not None else urllib.request.urlopen
+        with opener(url, timeout=timeout) as resp:
             body = json.loads(resp.read())
     except urllib.error.HTTPError:
         return {}
-    except (OSError, ValueError):
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            raise UserError(handshake_message(record.rest_endpoint, str(reason), tls)
+                            ) from None
         return None
     return {int(v["version"]): v["state"] for v in body.get("model_version_status", [])}
 
@@ -345,6 +399,20 @@ def model_status(record: ServerRecord, model: str | None = None,
 _NOTHING_TO_LOAD = (r"No versions of servable {model} found",
                     r"Could not find base path .* for servable {model}\b",
                     r"cannot read base path of model {model}\b")
+
+
+#: What a failed load of one of a model's versions looks like in the log (ours, and
+#: tensorflow_model_server's first failure and its giving up).  At start-up neither
+#: server answers until each model's latest version loaded or failed for good, which
+#: takes every retry (five, a minute apart, by default): the first failure says enough.
+_FAILED_LOAD = (r"failed to load {model} version \d+",
+                r"Loading servable: \{{name: {model} version: \d+\}} failed",
+                r"Encountered an error for servable version \{{name: {model} version: \d+\}}")
+
+
+def _failed_load(lines: list[str], model: str) -> list[str]:
+    found = re.compile("|".join(p.format(model=re.escape(model)) for p in _FAILED_LOAD))
+    return [line for line in lines if found.search(line)]
 
 
 def _nothing_to_load(lines: list[str], model: str) -> list[str]:
@@ -377,6 +445,8 @@ def wait_ready(runtime: Runtime, record: ServerRecord, timeout: float = 120
             lines = list(runtime.logs(record, tail=500))
             hopeless.update({m: "found no version to load" for m, st in statuses.items()
                              if not st and _nothing_to_load(lines, m)})
+            hopeless.update({m: "could not load any version" for m, st in statuses.items()
+                             if st is None and _failed_load(lines, m)})
         if hopeless:
             break
         time.sleep(0.25)

@@ -191,8 +191,13 @@ class DockerRuntime:
             mounts.append(Mount("/config/monitoring.config", str(spec.monitoring_config_file),
                                 type="bind", read_only=True))
             monitoring_path = "/config/monitoring.config"
+        ssl_path = None
+        if spec.ssl_config_file:
+            mounts.append(Mount("/config/ssl.config", str(self._readable_ssl_config(spec)),
+                                type="bind", read_only=True))
+            ssl_path = "/config/ssl.config"
         flags = spec.server_flags(config_path=config_path, batching_path=batching_path,
-                                  monitoring_path=monitoring_path)
+                                  monitoring_path=monitoring_path, ssl_path=ssl_path)
         return mounts, flags
 
     def _rewrite_model_config(self, spec: ServeSpec) -> tuple[Path, list]:
@@ -221,6 +226,30 @@ class DockerRuntime:
             os.fchmod(fh.fileno(), 0o644)
             fh.write(text_format.MessageToString(config))
         return out, mounts
+
+    def _readable_ssl_config(self, spec: ServeSpec) -> Path:
+        """The SSL config (it holds the server's private key) as a copy the container's
+        non-root user can read: 0644 inside the state directory, which is 0700, so on
+        this machine only its owner (and the engine, which mounts it) reach it; the
+        user's own file may be 0600 for another uid than the container's."""
+        out = ensure_state_dir("configs") / f"{spec.name}.ssl.config"
+        with os.fdopen(private_file(out), "w") as fh:
+            os.fchmod(fh.fileno(), 0o644)
+            fh.write(Path(spec.ssl_config_file).read_text())
+        return out
+
+    def rest_tls(self, spec: ServeSpec) -> bool:
+        """Whether REST speaks HTTPS under ``--ssl_config_file``: only in an image of
+        tfdeploy-model-server (LOCAL_IMAGE, or one whose PATH holds its venv); the
+        official image's tensorflow_model_server serves REST as plain HTTP."""
+        image = self.image_for(spec)
+        if image == LOCAL_IMAGE:
+            return True
+        try:
+            env = self.client().images.get(image).attrs["Config"].get("Env") or []
+        except Exception:
+            return False
+        return any(e.startswith("PATH=") and "/opt/tfdeploy/" in e for e in env)
 
     def create(self, spec: ServeSpec, progress: Callable[[str], None] | None = None):
         """Create (not start) the container; returns the docker SDK container object."""
@@ -285,6 +314,13 @@ class DockerRuntime:
         if spec.gpu:
             self.check_gpu()  # before create(), which may pull a multi-GB -gpu image
         container = self.create(spec, progress)
+        if spec.ssl_config_file and not self.rest_tls(spec):
+            import logging
+
+            logging.getLogger("tfdeploy.runtime").warning(
+                "%s (tensorflow_model_server) serves gRPC over TLS with --ssl_config_file "
+                "but REST as plain HTTP; %s serves HTTPS on REST too",
+                self.image_for(spec), LOCAL_IMAGE)
         try:
             container.start()
         except Exception as exc:

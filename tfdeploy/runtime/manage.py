@@ -27,11 +27,20 @@ def serve(spec: ServeSpec, runtime: str = "auto", timeout: float = 180,
     chosen, why = select.choose(spec, runtime)
     spec.check_runtime(chosen.name, runtime)
     spec.resolve_ports()
+    trust = None
+    if spec.ssl_config_file is not None:  # before the server starts: a bad CA says so now
+        from tfdeploy.runtime.tls import server_trust
+
+        trust, source = server_trust(spec.ssl_config_file, spec.tls_ca)
+        if progress:
+            progress(f"TLS: clients trust {source}")
     if progress:
         progress(f"runtime: {chosen.name} ({why})")
     record = chosen.start(spec, progress)
     if spec.model_config_file is not None:
         record.model_config_file = str(spec.model_config_file)
+    if trust is not None:
+        _record_tls(record, spec, trust, chosen.rest_tls(spec))
     state.save(record)
     try:
         status = wait_ready(chosen, record, timeout)
@@ -40,6 +49,18 @@ def serve(spec: ServeSpec, runtime: str = "auto", timeout: float = 180,
         state.remove(record.name)
         raise
     return record, why, status
+
+
+def _record_tls(record: ServerRecord, spec: ServeSpec, trust: str, rest_tls: bool) -> None:
+    """What clients of a TLS server need, in its record: the trusted PEM (a copy in the
+    state directory, or the ``--tls-ca`` file), the client certificate, the name."""
+    from tfdeploy.runtime.tls import write_trust
+
+    record.grpc_tls, record.rest_tls = True, rest_tls
+    record.tls_ca = str(spec.tls_ca or write_trust(record.name, trust))
+    record.tls_cert = str(spec.tls_cert) if spec.tls_cert else None
+    record.tls_key = str(spec.tls_key) if spec.tls_key else None
+    record.tls_server_name = spec.tls_server_name
 
 
 def run_foreground(spec: ServeSpec, runtime: str = "auto",
@@ -184,6 +205,15 @@ def target_record(servers, addresses: list[str], name: str | None) -> ServerReco
     return choose_server(name)
 
 
+def client_tls(servers, addresses: list[str], name: str | None, transport: str):
+    """The TlsConfig for a client command that gave no ``--tls-*`` options: the one the
+    recorded server it talks to was started with (``serve --ssl-config-file``), else
+    None (plain gRPC / HTTP)."""
+    from tfdeploy.runtime.tls import record_tls
+
+    return record_tls(target_record(servers, addresses, name), transport)
+
+
 def class_names(record: ServerRecord | None, model: str) -> dict[int, str]:
     """Class index -> name for ``model`` of a recorded server, from the ``tfdeploy.json``
     its newest version holds (the export records them); empty when not known (a
@@ -260,15 +290,19 @@ def describe(record: ServerRecord) -> dict:
     alive = runtime.alive(record)
     per_model = {}
     models = served_models(record)
+    problem = None
     for model in models:
-        versions = model_status(record, model) if alive else None
+        try:
+            versions = model_status(record, model) if alive and not problem else None
+        except UserError as exc:  # its certificate no longer verifies: say so, go on
+            versions, problem = None, exc.message
         per_model[model] = {str(k): v for k, v in (versions or {}).items()}
     return {**record.to_json(), "running": alive, "models": list(models),
             # label -> version of each model (from the model config file)
             "model_labels": models,
             # a record whose server is gone: where its last words are
-            "hint": None if alive else f"`tfdeploy logs {record.name}` shows why it "
-                                       f"stopped; `tfdeploy stop {record.name}` forgets it",
+            "hint": problem if alive else f"`tfdeploy logs {record.name}` shows why it "
+                                          f"stopped; `tfdeploy stop {record.name}` forgets it",
             "versions": next(iter(per_model.values())), "model_versions": per_model,
             "grpc": record.grpc_endpoint, "rest": record.rest_endpoint}
 
@@ -358,8 +392,8 @@ class Server:
 
     @property
     def rest_url(self) -> str:
-        """``http://host:port`` of the REST API (models under ``/v1/models/<name>``)."""
-        return f"http://{self.record.rest_endpoint}"
+        """``http(s)://host:port`` of the REST API (models under ``/v1/models/<name>``)."""
+        return self.record.rest_url
 
     @property
     def running(self) -> bool:
@@ -386,6 +420,10 @@ class Server:
                 raise UserError(f"server {self.name!r} serves several models "
                                 f"({', '.join(models)}); pass model=", param="model")
             options["model"] = models[0]
+        if "tls" not in options:
+            from tfdeploy.runtime.tls import record_tls
+
+            options["tls"] = record_tls(self.record, transport)
         client = Client(address, transport, **options)
         client.class_names = class_names(self.record, client.model)
         return client

@@ -73,6 +73,10 @@ class ProcessRuntime:
                       format_flag("model_base_path", spec.base_path)]
         return flags + spec.server_flags()
 
+    def rest_tls(self, spec: ServeSpec) -> bool:
+        """Whether REST speaks HTTPS under ``--ssl_config_file`` (gRPC always does)."""
+        return False
+
     def available(self, spec: ServeSpec) -> tuple[bool, str]:
         if spec.gpu:
             return False, f"{self.name} runtime does not take --gpu"
@@ -165,6 +169,9 @@ class EmbeddedRuntime(ProcessRuntime):
 
     name = "embedded"
 
+    def rest_tls(self, spec: ServeSpec) -> bool:
+        return True  # tfdeploy-model-server: --ssl_config_file covers REST too
+
     def command(self, spec: ServeSpec) -> list[str]:
         return [sys.executable, "-m", "tfdeploy.serving", *self._base_flags(spec),
                 format_flag("grpc_host", spec.host), format_flag("rest_api_host", spec.host),
@@ -217,6 +224,11 @@ class NativeRuntime(ProcessRuntime):
                 "tensorflow_model_server has no bind-address flag and listens on all "
                 "interfaces, whatever --host (%s) says; use the docker or embedded runtime "
                 "to keep it to one address", spec.host)
+        if spec.ssl_config_file:
+            logging.getLogger("tfdeploy.runtime").warning(
+                "tensorflow_model_server serves gRPC over TLS with --ssl_config_file but "
+                "REST as plain HTTP; use the embedded runtime (or docker with %s) for "
+                "HTTPS on REST", "tfdeploy/serving-embedded")
         check_ports_free("0.0.0.0", spec.grpc_port, spec.rest_port)
         record = super().start(spec, progress, foreground)
         record.host = "0.0.0.0"  # what it really listens on (status shows the truth)

@@ -58,6 +58,16 @@ class ServerRecord:
     #: the model config file on this machine, which the server re-reads: what it serves
     #: follows the file, and ``status`` / ``predict`` follow it too
     model_config_file: str | None = None
+    #: TLS (``serve --ssl-config-file``): which front ends speak it (the official
+    #: binary's REST never does), the PEM file clients trust, a client certificate and
+    #: key for servers that verify clients, and the name the certificate carries when
+    #: it is not the address's host; client commands use them without flags
+    grpc_tls: bool = False
+    rest_tls: bool = False
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_server_name: str | None = None
 
     @property
     def grpc_endpoint(self) -> str:
@@ -66,6 +76,11 @@ class ServerRecord:
     @property
     def rest_endpoint(self) -> str:
         return f"{_connect_host(self.host)}:{self.rest_port}"
+
+    @property
+    def rest_url(self) -> str:
+        """``http(s)://host:port`` of the REST API, as the server speaks it."""
+        return f"{'https' if self.rest_tls else 'http'}://{self.rest_endpoint}"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -126,6 +141,9 @@ def record_problem(record: ServerRecord, key: str) -> str | None:
     if record.container_id is not None and not (isinstance(record.container_id, str)
                                                 and record.container_id.isalnum()):
         return f"bad container id {record.container_id!r}"
+    for attr in ("tls_ca", "tls_cert", "tls_key", "tls_server_name"):
+        if not isinstance(getattr(record, attr), (str, type(None))):
+            return f"bad {attr} {getattr(record, attr)!r}"
     for port in (record.grpc_port, record.rest_port):
         if not isinstance(port, int) or not 0 < port < 65536:
             return f"bad port {port!r}"

@@ -113,15 +113,33 @@ def main(argv: list[str] | None = None) -> int:
     from tfdeploy.serving.server import ModelServer
     from tfdeploy.tfs.codes import StatusError
 
-    stop = threading.Event()
+    stop, started = threading.Event(), threading.Event()
+
+    def on_signal(*_) -> None:
+        if started.is_set():
+            stop.set()  # drain, then stop (below)
+            return
+        # Still waiting for the first models (their load retries may take minutes):
+        # nothing listens or needs draining, so leave now, as tensorflow_model_server
+        # does, without the interpreter's shutdown (a load may be inside TensorFlow).
+        print("tfdeploy-model-server: stopped before the models loaded", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(0)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
+    server = None
     try:
         server = ModelServer(options)
         server.start()
     except (StatusError, UserError) as exc:
         print(f"tfdeploy-model-server: error: {exc}", file=sys.stderr)
+        if server is not None and server.manager.loads_running():
+            logging.shutdown()  # a load inside TensorFlow: leave as below
+            sys.stderr.flush()
+            os._exit(2)
         return 2
+    started.set()
     log.info("serving; pid %d", os.getpid())
     stop.wait()
     log.info("shutting down: draining in-flight requests")

@@ -170,6 +170,8 @@ def _servicers(server, pools: dict[str, futures.Executor]):
 
         @_pool
         def GetModelStatus(self, request, call):
+            if not request.HasField("model_spec"):  # tensorflow_model_server's words
+                raise StatusError(Code.INVALID_ARGUMENT, "Missing ModelSpec")
             name, version, label = _spec(request.model_spec)
             return server.status_proto(name, version, label)
 

@@ -298,22 +298,53 @@ class Manager:
             if self._loaders.wait_idle(0) and self._unloaders.wait_idle(0):
                 return True
 
-    def wait_loaded(self, names: set[str], timeout: float | None = None) -> None:
-        """Until no version of these models is LOADING (each became AVAILABLE or failed):
-        how a reload waits for the models it adds, and start-up for the first config, as
-        tensorflow_model_server's ServerCore does.  The waiting thread only waits."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def _latest_outcome(self, name: str) -> tuple[str, VersionState | None]:
+        """How tensorflow_model_server's state monitor answers a wait for the Latest
+        version of ``name``: the newest version that is AVAILABLE or has ended decides
+        (``available`` or ``failed``); a failed load with retries left has not ended
+        there (its retries run inside the load), so it decides nothing yet
+        (``waiting``, with it).  No version at all: ``none``.  Caller holds the lock."""
+        model = self._models.get(name)
+        if model is None or not model.versions:
+            return "none", None
+        retrying = None
+        for version in sorted(model.versions, reverse=True):
+            vs = model.versions[version]
+            if vs.state == AVAILABLE:
+                return "available", vs
+            if vs.state == END and vs.error is not None:
+                gone = version not in model.aspired and not vs.path.exists()
+                if vs.failures > self._max_retries or gone:
+                    return "failed", vs  # no retry will come
+                retrying = retrying or vs
+        return "waiting", retrying
 
-        def settled() -> bool:
-            return not any(vs.state == LOADING for n in names if n in self._models
-                           for vs in self._models[n].versions.values())
-
-        with self._changed:
-            while not settled():
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return
-                self._changed.wait(left if left is not None else 1.0)
+    def await_latest(self, names: set[str], retry: Callable[[], None]
+                     ) -> list[tuple[str, VersionState]]:
+        """Wait, as tensorflow_model_server does at start-up and for the models a reload
+        adds, until the Latest version of every model in ``names`` is decided (see
+        ``_latest_outcome``); return the (model, version state) pairs that failed, by
+        name and version.  A failed load's retries are due on the Source's next poll:
+        ``retry`` (a poll) is called when one is due, so they run even before the
+        Source polls on its own.  A model with no version at all is not waited for:
+        tensorflow_model_server would wait for one (without answering anything); this
+        server serves, and says NOT_FOUND for it."""
+        while True:
+            with self._changed:
+                outcome = {n: self._latest_outcome(n) for n in names}
+                if all(state != "waiting" for state, _ in outcome.values()):
+                    return sorted(((n, vs) for n, (state, vs) in outcome.items()
+                                   if state == "failed"),
+                                  key=lambda item: (item[0], item[1].version))
+                due = [vs.retry_at for state, vs in outcome.values()
+                       if state == "waiting" and vs is not None]
+                wait = max(0.0, min(due) - time.monotonic()) if due else 1.0
+                if wait > 0:
+                    self._changed.wait(min(wait, 1.0))
+                    continue
+            retry()  # outside the lock: the poll calls set_aspired_versions
+            with self._changed:  # a version being rewritten is offered a poll later
+                self._changed.wait(0.1)
 
     def set_labels(self, name: str, labels: dict[str, int]) -> None:
         with self._lock:
@@ -392,15 +423,25 @@ class Manager:
 
     def statuses(self, name: str, version: int | None = None,
                  label: str | None = None) -> list[VersionState]:
+        """GetModelStatus as tensorflow_model_server answers it: the state monitor's
+        versions of ``name``, newest first, or the one ``version``.  A version label is
+        not resolved there: without a version it is ignored (every version is listed,
+        whatever the label, set or not).  Nothing known is NOT_FOUND with its words,
+        for a model never configured as for one with no version yet (an empty name
+        included)."""
+        del label  # tensorflow_model_server's status ignores it (see the docstring)
         with self._lock:
-            model = self._model(name)
-            if label or version is not None:
-                number = self.resolve(name, version, label)
-                if number not in model.versions:
+            model = self._models.get(name)
+            versions = model.versions if model is not None else {}
+            if version is not None:
+                if version not in versions:
                     raise StatusError(Code.NOT_FOUND,
-                                       f"Could not find version {number} of model {name}")
-                return [model.versions[number]]
-            return [model.versions[v] for v in sorted(model.versions, reverse=True)]
+                                       f"Could not find version {version} of model {name}")
+                return [versions[version]]
+            if not versions:
+                raise StatusError(Code.NOT_FOUND,
+                                   f"Could not find any versions of model {name}")
+            return [versions[v] for v in sorted(versions, reverse=True)]
 
     def loads_running(self) -> bool:
         """True while TensorFlow still works on a load (one abandoned, or one that was in

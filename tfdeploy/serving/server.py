@@ -182,14 +182,18 @@ class ModelServer:
         BatchOptions.from_proto(params)
         return params
 
-    def apply_config(self, config) -> None:
+    def apply_config(self, config, initial: bool = False) -> None:
         """Make ``config`` (a ModelServerConfig) the served set: new models load, removed
         ones unload, policies and labels change in place.
 
         As tensorflow_model_server's ServerCore: labels are checked against what is loaded
-        now, before anything changes; then the models it adds are waited for (each loaded
-        or failed; at start-up that is every model).  The loads themselves run on loader
-        threads: this thread only scans base paths and waits."""
+        now, before anything changes; then the models it adds are waited for until their
+        latest version is AVAILABLE or failed for good (every retry spent; at start-up
+        that is every model).  One that failed is an UNKNOWN error in the official words
+        (``initial``: the server does not start; a reload: the call fails, and the config
+        stays applied, as tensorflow_model_server leaves it: the models that serve keep
+        serving).  The loads themselves run on loader threads: this thread only scans
+        base paths and waits."""
         models = validate_config(config)
         check_roots(models, self.options.allowed_model_roots)
         with self._config_lock:
@@ -205,7 +209,15 @@ class ModelServer:
             self.config = config
             self.manager.retain_models(set(models))
             self.source.poll_once()
-            self.manager.wait_loaded(new)
+            failed = self.manager.await_latest(new, self.source.poll_once)
+        if failed:
+            # ServableId's DebugString and absl::Status's ToString, as the official
+            # server writes them
+            listing = "".join(f"{{{{name: {name} version: {vs.version}}} due to error: "
+                              f"{vs.error[0].name}: {vs.error[1]}}}, " for name, vs in failed)
+            what = "servable(s)" if initial else "model(s)"
+            raise StatusError(Code.UNKNOWN,
+                              f"{len(failed)} {what} did not become available: {{{listing}}}")
 
     def _check_labels(self, config) -> None:
         """A label may only name an AVAILABLE version, as with tensorflow_model_server;
@@ -258,7 +270,7 @@ class ModelServer:
         from tfdeploy.serving import grpc_api, rest_api
 
         loaded = self.config
-        self.apply_config(loaded)
+        self.apply_config(loaded, initial=True)
         self.source.start()
         self._grpc = grpc_api.serve(self, self.options.grpc_host, self.options.port)
         # tensorflow_model_server's own words: scripts wait for these lines

@@ -91,7 +91,8 @@ FLAGS: tuple[ServerFlag, ...] = (
          "comma-separated directories: a model config (start-up, file or reload) may only "
          "name base paths under them; empty = any path, as tensorflow_model_server"),
     _row("ssl_config_file", OFFICIAL, str, "",
-         "SSLConfig text proto: gRPC (port and socket) over TLS"),
+         "SSLConfig text proto: gRPC (port and socket) over TLS, and REST over HTTPS "
+         "(ours: tensorflow_model_server's REST stays plain HTTP)", "--ssl-config-file"),
     _row("rest_api_num_threads", OFFICIAL, int, 0,
          "REST requests processed at once (0: 4 per core)"),
     _row("rest_api_timeout_in_ms", OFFICIAL, int, 30_000,

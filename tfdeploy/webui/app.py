@@ -48,6 +48,7 @@ from tfdeploy.client.base import ClientError
 from tfdeploy.client.compare import compare_masks, difference_map
 from tfdeploy.client.predict import PredictError, Predictor
 from tfdeploy.client.rest_transport import RestTransport
+from tfdeploy.client.tls import TlsConfig
 from tfdeploy.palette import voc_colormap
 from tfdeploy.tfs.codes import Code
 from tfdeploy.webui.requests import PAGE, RequestLogView
@@ -70,12 +71,23 @@ class _LabelledRest(RestTransport):
     """The REST transport addressing a version label (``/labels/NAME``), which
     tensorflow_model_server's REST API accepts wherever it accepts ``/versions/N``."""
 
-    def __init__(self, address: str, label: str, timeout: float) -> None:
-        super().__init__(address, timeout)
+    def __init__(self, address: str, label: str, timeout: float,
+                 tls: TlsConfig | None = None) -> None:
+        super().__init__(address, timeout, tls)
         self.label = label
 
     def _path(self, model: str, version: int | None) -> str:  # type: ignore[override]
         return f"/v1/models/{quote(model, safe='')}/labels/{quote(self.label, safe='')}"
+
+    def label_version(self, model: str) -> int | None:
+        """The version the label points at: GetModelMetadata resolves labels and names
+        the version (GetModelStatus ignores labels and lists every version, as in
+        tensorflow_model_server)."""
+        body = self._http("GET", self._path(model, None) + "/metadata")
+        try:
+            return int(body["model_spec"]["version"])
+        except (KeyError, TypeError, ValueError):
+            return None
 
 
 def parse_select(select: str) -> tuple[int | None, str | None]:
@@ -111,6 +123,8 @@ class Backend:
     max_upload: int = DEFAULT_MAX_UPLOAD_MB << 20
     #: request logs the page browses (``--request-log``, or a recorded server's)
     request_logs: list[Path] = field(default_factory=list)
+    #: HTTPS to the server (a TLS server ``tfdeploy serve`` started; None: plain HTTP)
+    tls: TlsConfig | None = None
     #: Name classes as the model itself says (its ``class_names`` signature, read once
     #: per model version), falling back to ``classes``; False when the user gave names.
     served_names: bool = True
@@ -127,8 +141,8 @@ class Backend:
 
     def _transport(self, label: str | None) -> RestTransport:
         if label:
-            return _LabelledRest(self.address, label, self.timeout)
-        return RestTransport(self.address, self.timeout)
+            return _LabelledRest(self.address, label, self.timeout, self.tls)
+        return RestTransport(self.address, self.timeout, self.tls)
 
     # -- errors in plain words ------------------------------------------------------------
 
@@ -158,7 +172,7 @@ class Backend:
 
     def status(self, model: str) -> dict:
         try:
-            states = RestTransport(self.address, self.timeout).status(model)
+            states = self._transport(None).status(model)
         except ClientError as exc:
             raise self._server_error(exc, model) from None
         return {"model": model,
@@ -187,9 +201,14 @@ class Backend:
         if version is not None:
             return f"version {version}"
         try:
-            states = self._transport(label).status(model)
-            live = [v for v, s in states.items() if s == "AVAILABLE"]
-            number = f" (version {max(live)})" if live else ""
+            if label:
+                found = _LabelledRest(self.address, label, self.timeout,
+                                      self.tls).label_version(model)
+                number = f" (version {found})" if found is not None else ""
+            else:
+                states = self._transport(None).status(model)
+                live = [v for v, s in states.items() if s == "AVAILABLE"]
+                number = f" (version {max(live)})" if live else ""
         except ClientError:
             number = ""
         return (f"label {label}" if label else "latest") + number

@@ -153,9 +153,12 @@ def run(server: str | None = None, name: str | None = None, *, model: str | None
     address, record = resolve(server, name)
     models = [model] if model else (list(record.models or [record.model_name]) if record
                                     else [DEFAULT_MODEL_NAME])
+    from tfdeploy.runtime.tls import record_tls
+
     backend = Backend(address, models, classes=class_names(classes, record, models[0]),
                       labels=record_labels(record), max_upload=int(max_upload_mb * 2**20),
                       request_logs=request_logs(request_log, record),
+                      tls=record_tls(record, "rest"),
                       served_names=classes.strip() == "auto")
     sock = bind(host, port)
     shown = f"[{host}]" if ":" in host else host
