@@ -37,6 +37,7 @@ from tfdeploy.export.precision import (
     INT8_SERVERS,
     check_precision,
     cpu_flags,
+    int8_block_precision,
     speed_warning,
 )
 from tfdeploy.export.preflight import check_version
@@ -89,8 +90,9 @@ class ExportResult:
     servers: str | None = None
     #: What was exported: ``checkpoint`` or ``frozen_graph`` (see export/sources.py).
     source: str = sources.CHECKPOINT
-    #: int8: blocks kept in float32 by the sensitivity pass (mixed precision), with its
-    #: steps ({"blocks": [...], "of": N, "target": x, "steps": [...]}).
+    #: int8: blocks kept out of int8 by the sensitivity pass (mixed precision), what they
+    #: compute in (bfloat16 on a CPU with native bfloat16 kernels, else float32) and the
+    #: pass's steps ({"blocks": [...], "of": N, "precision": p, "target": x, "steps": [...]}).
     mixed_precision: dict | None = None
     #: --tile: {"tile": N, "overlap": M, "batch": B, "max_pixels": P}; None = untiled.
     tiling: dict | None = None
@@ -104,7 +106,8 @@ class ExportResult:
         if self.calibration:
             held = (self.agreement or {}).get("held_out") or {}
             mixed = self.mixed_precision or {}
-            kept = (f"{len(mixed['blocks'])} of {mixed['of']} blocks kept in float32 "
+            kept = (f"{len(mixed['blocks'])} of {mixed['of']} blocks kept in "
+                    f"{mixed.get('precision', 'float32')} "
                     f"({', '.join(map(_block_name, mixed['blocks']))})"
                     if mixed.get("blocks") else "every block in int8")
             check = (f"calibrated on {self.calibration['images']} images, {kept}; {check}"
@@ -384,22 +387,26 @@ def export(
             ranges, float_blocks = None, []
             if calibration_set:
                 say(f"calibrating int8 activation ranges on {len(calibration_set)} images")
-                ranges = DeepLabV3(source.config, weights, fold_batch_norm=True).calibrate(
-                    image for _, image in calibration_set)
+                reference = DeepLabV3(source.config, weights, fold_batch_norm=True)
+                ranges = reference.calibrate(image for _, image in calibration_set)
                 t = lap("calibrate", t)
-                say(f"choosing blocks to keep in float32 (worst calibration image >= "
-                    f"{min_agreement:.2%} of pixels agreeing with float32)")
+                block_precision = int8_block_precision(cpu_flags())
+                say(f"choosing blocks to keep in {block_precision} (worst calibration "
+                    f"image >= {min_agreement:.2%} of pixels agreeing with float32)")
                 probe = DeepLabV3(source.config, weights, precision="int8",
-                                  fold_batch_norm=True, activation_ranges=ranges, mixed=True)
+                                  fold_batch_norm=True, activation_ranges=ranges, mixed=True,
+                                  block_precision=block_precision)
                 float_blocks, steps = choose_float_blocks(
-                    probe, [image for _, image in calibration_set], min_agreement)
+                    probe, [image for _, image in calibration_set], min_agreement, reference)
                 mixed = {"blocks": float_blocks, "of": len(probe.blocks),
-                         "target": min_agreement, "steps": steps}
-                del probe
+                         "precision": block_precision, "target": min_agreement,
+                         "steps": steps}
+                del probe, reference
                 t = lap("sensitivity", t)
             model = DeepLabV3(source.config, weights, precision=precision,
                               fold_batch_norm=True, activation_ranges=ranges,
-                              float_blocks=float_blocks)
+                              float_blocks=float_blocks,
+                              block_precision=(mixed or {}).get("precision", "float32"))
         classes = origin["num_classes"]
         module = ServingModule(tiling.tiled(model, classes, tile, tile_overlap, tile_batch,
                                             tile_max_pixels), max_pixels)
