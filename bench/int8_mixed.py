@@ -32,7 +32,6 @@ from tfdeploy.export.agreement import _shrink, probe_images  # noqa: E402
 from tfdeploy.export.checkpoint import locate  # noqa: E402
 from tfdeploy.export.config import ModelConfig  # noqa: E402
 from tfdeploy.export.model import DeepLabV3, choose_float_blocks, random_weights  # noqa: E402
-from tfdeploy.export.precision import cpu_flags, int8_block_precision  # noqa: E402
 from tfdeploy.export.warmup import probe_image  # noqa: E402
 
 HELD_OUT = ("astronaut", "coffee", "chelsea", "rocket")
@@ -56,9 +55,8 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.99)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--block-precision", choices=("float32", "bfloat16"),
-                    default=int8_block_precision(cpu_flags()),
-                    help="what the chosen blocks compute in [default: bfloat16 where this "
-                         "CPU has native bfloat16 kernels]")
+                    default="float32",
+                    help="what the chosen blocks compute in (export --fallback-precision)")
     args = ap.parse_args()
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
                 if ln.startswith("model name")), "unknown CPU")

@@ -35,7 +35,8 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
            input_size: str | None = None, tile: int | None = None,
            tile_overlap: int | None = None, tile_batch: int = DEFAULT_TILE_BATCH,
            tile_max_pixels: int | str = DEFAULT_TILE_MAX_PIXELS,
-           labels: str | Path | None = None, progress: Progress | None = None):
+           labels: str | Path | None = None, fallback_precision: str = "auto",
+           progress: Progress | None = None):
     """Export a DeepLab-v3 checkpoint (default: the bundled demo) as version ``version``
     (default: highest existing + 1) of the model base path ``output``.
 
@@ -45,6 +46,9 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
     ``precision`` (``float32``, ``bfloat16``, ``float16``, ``int8``) is the dtype of the
     stored weights and convolutions; ``int8`` takes its activation ranges from the images
     in ``calibration`` (files or directories; default: the probe images); verification
+    ``fallback_precision`` (``auto``, ``float32``, ``bfloat16``) is what the blocks an
+    int8 export keeps out of int8 compute in (``auto``: bfloat16 where this CPU has
+    native bfloat16 kernels, else float32); verification
     fails below ``min_agreement`` (a fraction) of mask pixels equal to the float32
     model's on any probe image (synthetic, the demo images, and the files or directories
     in ``probes``); ``result.warnings`` says when this machine cannot run the precision
@@ -97,7 +101,8 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
                       input_tensor=input_tensor, output_tensor=output_tensor,
                       preprocess=preprocess, input_size=input_size, tile=tile,
                       tile_overlap=tile_overlap, tile_batch=tile_batch,
-                      tile_max_pixels=tile_pixels, labels=labels, progress=progress)
+                      tile_max_pixels=tile_pixels, labels=labels,
+                      fallback_precision=fallback_precision, progress=progress)
 
 
 def _tile_pixels(value: int | str) -> int:

@@ -50,6 +50,12 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
               metavar="FILE|DIR",
               help="int8: images whose activation ranges set the quantization scales "
                    "[default: the verification probes].")
+@click.option("--fallback-precision", type=click.Choice(["auto", "float32", "bfloat16"]),
+              default="auto", show_default=True,
+              help="int8: what the blocks kept out of int8 (to reach --min-agreement) "
+                   "compute in.  auto: bfloat16 on CPUs with AVX512_BF16/AMX (several "
+                   "times faster there; it rounds too, so more blocks may be needed), "
+                   "else float32.")
 @click.option("--max-pixels", default=f"{DEFAULT_MAX_SIDE}x{DEFAULT_MAX_SIDE}", show_default=True,
               metavar="WxH|PIXELS",
               help="Largest image the model accepts; checked in the graph from the image "
@@ -92,7 +98,8 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
            min_agreement: float, probes: tuple[Path, ...], calibration: tuple[Path, ...],
            max_pixels: str, input_tensor: str | None, output_tensor: str | None,
            preprocess: str, input_size: str | None, tile: int | None, tile_overlap: int | None,
-           tile_batch: int, tile_max_pixels: str, labels: Path | None, as_json: bool) -> None:
+           tile_batch: int, tile_max_pixels: str, labels: Path | None, fallback_precision: str,
+           as_json: bool) -> None:
     """Export a DeepLab-v3 checkpoint as a numbered SavedModel version.
 
     CHECKPOINT is a seed training directory (model.ckpt* + data.json), its `checkpoint`
@@ -125,7 +132,7 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
                         output_tensor=output_tensor, preprocess=preprocess,
                         input_size=input_size, tile=tile, tile_overlap=tile_overlap,
                         tile_batch=tile_batch, tile_max_pixels=tile_max_pixels,
-                        labels=labels,
+                        labels=labels, fallback_precision=fallback_precision,
                         progress=progress_printer(as_json, "  {}..."))
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)

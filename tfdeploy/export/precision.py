@@ -37,14 +37,6 @@ INT8_SERVERS = (
     "them and cannot run this version")
 
 
-def int8_block_precision(flags: frozenset[str]) -> str:
-    """What the blocks an int8 export keeps out of int8 compute in: bfloat16 where this
-    CPU has native bfloat16 kernels (measured on an AMD EPYC with AVX512_BF16: the
-    resnet_v2_50 int8 export with three such blocks ran at 0.27x float32 with them in
-    bfloat16, 0.52x in float32), float32 elsewhere (emulated bfloat16 is slower)."""
-    return "bfloat16" if cpu_runs_fast("bfloat16", flags) else "float32"
-
-
 def check_precision(precision: str) -> str:
     """``precision`` if tfdeploy can export it; UserError otherwise."""
     if precision not in PRECISIONS:
