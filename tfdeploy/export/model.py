@@ -8,7 +8,6 @@ write carries exactly the weights of the checkpoint.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -387,29 +386,17 @@ class DeepLabV3(tf.Module):
         return self._logits(images)
 
     def _logits(self, images: tf.Tensor) -> tf.Tensor:
-        return self._from_block(self._stem(images), 0, tf.shape(images)[1:3])
-
-    def _stem(self, images: tf.Tensor) -> tf.Tensor:
-        """The input of the first block: mean subtraction, the first convolution, pooling."""
         c = self.config
         x = tf.cast(images, tf.float32) - tf.constant(c.mean, tf.float32)
         x = tf.cast(x, self.compute_dtype)
         x = self._bias(self._conv(x, f"{c.scope}/conv1", stride=2, same_explicit=True),
                        f"{c.scope}/conv1")
-        return tf.nn.max_pool2d(x, 3, 2, padding="SAME")
-
-    def _block(self, k: int, x: tf.Tensor) -> tf.Tensor:
-        """Block ``k`` of ``blocks``: a bottleneck unit, or (the last) the ASPP."""
-        return self._unit(x, self.units[k]) if k < len(self.units) else self._aspp(x)
-
-    def _from_block(self, x: tf.Tensor, start: int, size: tf.Tensor) -> tf.Tensor:
-        """Logits at ``size`` from ``x``, the input of block ``start``: the blocks from
-        there on, the logits layer and the resize."""
-        for k in range(start, len(self.blocks)):
-            x = self._block(k, x)
-        x = tf.cast(x, tf.float32)
+        x = tf.nn.max_pool2d(x, 3, 2, padding="SAME")
+        for u in self.units:
+            x = self._unit(x, u)
+        x = tf.cast(self._aspp(x), tf.float32)
         x = self._bias(self._conv(x, "DeepLab_v3/logits"), "DeepLab_v3/logits")
-        return resize_bilinear(x, size)
+        return resize_bilinear(x, tf.shape(images)[1:3])
 
     def predict(self, images: tf.Tensor) -> tf.Tensor:
         """Class index per pixel, int64 [N, H, W]."""
@@ -483,88 +470,38 @@ def choose_float_blocks(model: DeepLabV3, images, target: float,
         raise ValueError("a bfloat16 mixture needs a float32 reference model")
     n = len(model.blocks)
 
-    def masked(fn):
-        def run(*args):
-            model._mask = args[-1]
-            try:
-                return fn(*args[:-1])
-            finally:
-                model._mask = None
-        return run
-
-    mask_spec = tf.TensorSpec([n], tf.bool)
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32), mask_spec],
-                 autograph=False)
-    @masked
-    def inputs(batch):
-        """The logits and the input of every block."""
-        x, acts = model._stem(batch), []
-        for k in range(n):
-            acts.append(x)
-            x = model._block(k, x)
-        return model._from_block(x, n, tf.shape(batch)[1:3]), acts
-
-    # Per block k: the network from block k's input on, traced once per block.
-    tails: dict[int, tf.types.experimental.GenericFunction] = {}
-
-    def tail(k: int, act: tf.Tensor):
-        if k not in tails:
-            tails[k] = tf.function(masked(lambda x, size: model._from_block(x, k, size)),
-                                   input_signature=[
-                                       tf.TensorSpec([None, None, None, act.shape[-1]],
-                                                     act.dtype),
-                                       tf.TensorSpec([2], tf.int32), mask_spec],
-                                   autograph=False)
-        return tails[k]
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32),
+                                  tf.TensorSpec([n], tf.bool)])
+    def run(batch, mask):
+        model._mask = mask
+        try:
+            return model._logits(batch)
+        finally:
+            model._mask = None
 
     batches = [tf.constant(np.asarray(im, np.float32)[None]) for im in images]
-    refs = [(reference.logits(b) if reference is not None
-             else inputs(b, tf.ones([n], tf.bool))[0]).numpy() for b in batches]
-    norm = max(sum(float(np.sum(np.square(r))) for r in refs), 1e-30)
+    refs = [(reference.logits(b) if reference is not None else run(b, tf.ones([n], tf.bool))
+             ).numpy() for b in batches]
 
-    def compare(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
-        return float(np.mean(got.argmax(-1) == ref.argmax(-1))), float(
-            np.sum(np.square(got - ref)))
-
-    def score(chosen: set[int]) -> tuple[tuple[float, float], dict[int, tuple[float, float]]]:
-        """The worst agreement and relative logit error of ``chosen`` and of ``chosen``
-        plus each other block.  Adding block i changes nothing before it: each image's
-        blocks run once with ``chosen``, and every candidate i from block i's input
-        (about half the work of running every mixture whole)."""
-        def mask(blocks: set[int]) -> tf.Tensor:
-            return tf.constant([i in blocks for i in range(n)])
-
-        worst = {i: 1.0 for i in [-1, *range(n)] if i not in chosen}
-        err = dict.fromkeys(worst, 0.0)
+    def score(floats: set[int]) -> tuple[float, float]:
+        mask = tf.constant([i in floats for i in range(n)])
+        worst, err, norm = 1.0, 0.0, 0.0
         for b, ref in zip(batches, refs, strict=True):
-            got, acts = inputs(b, mask(chosen))
-            size = tf.shape(b)[1:3]
-            for i in worst:
-                if i >= 0:
-                    got = tail(i, acts[i])(acts[i], size, mask(chosen | {i}))
-                agree, sq = compare(got.numpy(), ref)
-                worst[i], err[i] = min(worst[i], agree), err[i] + sq
-        return (worst.pop(-1), err.pop(-1) / norm), {i: (worst[i], err[i] / norm)
-                                                     for i in worst}
+            got = run(b, mask).numpy()
+            worst = min(worst, float(np.mean(got.argmax(-1) == ref.argmax(-1))))
+            err += float(np.sum(np.square(got - ref)))
+            norm += float(np.sum(np.square(ref)))
+        return worst, err / max(norm, 1e-30)
 
-    # One trace per block's tail is expected: TF's "excessive retracing" note would
-    # only alarm whoever reads the export's output.
-    logger, level = tf.get_logger(), tf.get_logger().level
-    logger.setLevel(logging.ERROR)
-    try:
-        chosen: set[int] = set()
-        (worst, err), tried = score(chosen)
-        steps = [{"float": [], "worst_agreement": worst, "relative_logit_error": err}]
-        while worst < target and len(chosen) < n:
-            # Re-ranked at every step: a block's cost can hide behind a larger one's.
-            best = min(tried, key=lambda i: (tried[i][1], -tried[i][0]))
-            chosen.add(best)
-            worst, err = tried[best]
-            steps.append({"float": [model.blocks[j] for j in sorted(chosen)],
-                          "worst_agreement": worst, "relative_logit_error": err})
-            if worst < target and len(chosen) < n:
-                _, tried = score(chosen)
-    finally:
-        logger.setLevel(level)
+    chosen: set[int] = set()
+    worst, err = score(chosen)
+    steps = [{"float": [], "worst_agreement": worst, "relative_logit_error": err}]
+    while worst < target and len(chosen) < n:
+        # Re-ranked at every step: a block's cost can hide behind a larger one's.
+        tried = {i: score(chosen | {i}) for i in range(n) if i not in chosen}
+        best = min(tried, key=lambda i: (tried[i][1], -tried[i][0]))
+        chosen.add(best)
+        worst, err = tried[best]
+        steps.append({"float": [model.blocks[j] for j in sorted(chosen)],
+                      "worst_agreement": worst, "relative_logit_error": err})
     return [model.blocks[j] for j in sorted(chosen)], steps
