@@ -1,9 +1,11 @@
 """int8 with mixed precision (issue 20): which blocks the sensitivity pass keeps out of
-int8 (in bfloat16 on a CPU with native bfloat16 kernels, else float32) for a trained
+int8 (in --block-precision: float32, or bfloat16 as export's --fallback-precision auto
+picks on a CPU with native bfloat16 kernels) for a trained
 checkpoint, its agreement on the held-out photographs, and what those blocks cost in
 latency on the full-size network, in float32 and in bfloat16.
 
-    .venv/bin/python bench/int8_mixed.py --checkpoint /tmp/resnet_v2_50_scenes [--rounds 5]
+    .venv/bin/python bench/int8_mixed.py --checkpoint /tmp/resnet_v2_50_scenes [--rounds 5] \
+        [--block-precision bfloat16]
 
 Calibration: the demo images and scikit-image's other bundled photographs (ihc, hubble
 deep field, retina, camera, motorcycle); the four photographs the agreement is judged on

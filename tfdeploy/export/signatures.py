@@ -251,6 +251,6 @@ class ServingModule(tf.Module):
     def signatures(self) -> dict[str, tf.types.experimental.GenericFunction]:
         """The signatures, for ``tf.saved_model.save`` to trace.  Not traced here: save
         traces the module's functions again in its own context, and a function traced
-        outside it was written twice (an int8 model's weight constants with it: 81 of
-        the resnet_v2_50 int8 SavedModel's MB were two copies of one graph)."""
+        outside it was written twice, an int8 model's weight constants with it (the
+        resnet_v2_50 int8 SavedModel: 81.6 MB traced before save, 42.7 MB by save)."""
         return {PREDICT_IMAGES: self.predict_images, SERVING_DEFAULT: self.serving_default}
