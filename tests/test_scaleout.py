@@ -3,6 +3,7 @@ the generated compose file runs for real with the locally built serving image.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -153,26 +154,41 @@ def _wait_healthy(project: str, count: int, timeout: float = 240) -> list:
     raise AssertionError(f"not healthy after {timeout:.0f} s: {states}")
 
 
+@contextlib.contextmanager
+def _compose_up(version: str, demo_base, tmp_path, project: str, replicas: int,
+                *options: str):
+    """``manifest -t compose`` of the demo for ``replicas`` replicas of our image on a free
+    port block, ``up -d`` under ``project``; yields (manifest --json output, the compose
+    command, the healthy containers) and always takes the project down.  A replica that
+    does not turn healthy fails with the compose logs."""
+    start = _port_block(2 * replicas)
+    out = json.loads(run_cli("manifest", "-t", "compose", str(demo_base), "--replicas",
+                             replicas, *options, "--image", EMBEDDED_IMAGE, "--grpc-port",
+                             start, "--rest-port", start + 1, "-o", str(tmp_path / "deploy"),
+                             "--json").stdout)
+    compose = [*COMPOSE[version], "-f", out["files"][0], "-p", f"{project}{start}"]
+    proc = subprocess.run([*compose, "up", "-d"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    try:
+        try:
+            containers = _wait_healthy(f"{project}{start}", replicas)
+        except AssertionError:
+            logs = subprocess.run([*compose, "logs"], capture_output=True, text=True)
+            raise AssertionError(logs.stdout[-3000:]) from None
+        yield out, compose, containers
+    finally:
+        subprocess.run([*compose, "down", "--remove-orphans"], capture_output=True,
+                       timeout=300)
+
+
 @pytest.mark.parametrize("version", ["v2", "v1"])
 def test_compose_replicas_turn_healthy_and_survive_one_stopping(demo_base, tmp_path,
                                                                 version):
     reason = _compose_skip(version)
     if reason:
         pytest.skip(reason)
-    start = _port_block(4)
-    out = json.loads(run_cli("manifest", "-t", "compose", str(demo_base), "--replicas", "2",
-                             "--image", EMBEDDED_IMAGE, "--grpc-port", start, "--rest-port",
-                             start + 1, "-o", str(tmp_path / "deploy"), "--json").stdout)
-    project = f"tfdeploytest{version}{start}"
-    compose = [*COMPOSE[version], "-f", out["files"][0], "-p", project]
-    proc = subprocess.run([*compose, "up", "-d"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    try:
-        try:
-            containers = _wait_healthy(project, 2)
-        except AssertionError:
-            logs = subprocess.run([*compose, "logs"], capture_output=True, text=True)
-            raise AssertionError(logs.stdout[-3000:]) from None
+    with _compose_up(version, demo_base, tmp_path, f"tfdeploytest{version}", 2) as (
+            out, compose, containers):
         for c in containers:
             assert c.attrs["Mounts"] and all(not m["RW"] for m in c.attrs["Mounts"])
             assert c.attrs["HostConfig"]["ReadonlyRootfs"] is True
@@ -207,9 +223,6 @@ def test_compose_replicas_turn_healthy_and_survive_one_stopping(demo_base, tmp_p
         counts = summary["endpoints"]
         assert counts[first] > counts[second] > 0, counts
         assert len(list(masks.glob("*.png"))) == n
-    finally:
-        subprocess.run([*compose, "down", "--remove-orphans"], capture_output=True,
-                       timeout=300)
 
 
 def test_compose_protocol_v2_turns_healthy_and_answers_v2(demo_base, tmp_path):
@@ -220,20 +233,8 @@ def test_compose_protocol_v2_turns_healthy_and_answers_v2(demo_base, tmp_path):
     reason = _compose_skip(version)
     if reason:
         pytest.skip(reason)
-    start = _port_block(2)
-    out = json.loads(run_cli("manifest", "-t", "compose", str(demo_base), "--protocol", "v2",
-                             "--image", EMBEDDED_IMAGE, "--grpc-port", start, "--rest-port",
-                             start + 1, "-o", str(tmp_path / "deploy"), "--json").stdout)
-    project = f"tfdeploytestv2p{start}"
-    compose = [*COMPOSE[version], "-f", out["files"][0], "-p", project]
-    proc = subprocess.run([*compose, "up", "-d"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    try:
-        try:
-            (container,) = _wait_healthy(project, 1)
-        except AssertionError:
-            logs = subprocess.run([*compose, "logs"], capture_output=True, text=True)
-            raise AssertionError(logs.stdout[-3000:]) from None
+    with _compose_up(version, demo_base, tmp_path, "tfdeploytestv2p", 1, "--protocol",
+                     "v2") as (out, _, (container,)):
         assert "/v2/health/ready" in container.attrs["Config"]["Healthcheck"]["Test"][-1]
         example = sorted((ROOT / "examples").glob("*.jpg"))[0]
         for transport, endpoints in (("grpc", out["grpc_endpoints"]),
@@ -241,6 +242,3 @@ def test_compose_protocol_v2_turns_healthy_and_answers_v2(demo_base, tmp_path):
             proc = run_cli("predict", example, "--protocol", "v2", "--transport", transport,
                            "--server", endpoints[0], "-o", tmp_path / transport, "--json")
             assert json.loads(proc.stdout)["summary"]["ok"] == 1
-    finally:
-        subprocess.run([*compose, "down", "--remove-orphans"], capture_output=True,
-                       timeout=300)
