@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -114,3 +115,85 @@ def test_serve_with_mutual_tls_and_a_server_name(demo_base, tmp_path):
         assert (masks / f"{EXAMPLE.stem}.png").is_file()
     finally:
         run_cli("stop", "mutual")
+
+
+TWO_VERSIONS = """model_config_list {{
+  config {{
+    name: "deeplab"
+    base_path: "{base}"
+    model_platform: "tensorflow"
+    model_version_policy {{ all {{ }} }}
+  }}
+}}
+"""
+
+
+def test_promote_and_rollback_against_a_tls_server(demo_base, tmp_path):
+    """promote/rollback of a server `serve --ssl-config-file` started: by name they use
+    the record's TLS for the comparison and for the reload on the local UNIX socket
+    (under TLS too); with --server, the --tls-* options as predict takes them; a wrong
+    CA is a one-line error and the label stays."""
+    import shutil
+
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    import tfdeploy
+    from tfdeploy.rollout.labels import _flags
+
+    def config_label() -> int:
+        parsed = text_format.Parse(config.read_text(),
+                                   model_server_config_pb2.ModelServerConfig())
+        return parsed.model_config_list.config[0].version_labels["stable"]
+
+    certs = make_certs(tmp_path / "certs")
+    ssl_file = ssl_config(certs, tmp_path / "ssl.config", client_verify=False)
+    base = tmp_path / "deeplab"
+    for version in ("1", "2"):
+        shutil.copytree(demo_base / "1", base / version)
+    config = tmp_path / "models.config"
+    config.write_text(TWO_VERSIONS.format(base=base))
+    name = "secure-rollout"
+    server = tfdeploy.serve(None, runtime="embedded", name=name, grpc_port=0, rest_port=0,
+                            model_config_file=config, config_poll=1,
+                            ssl_config_file=ssl_file)
+    try:
+        record = state.load_all()[name]
+        assert record.grpc_tls
+        socket = _flags(record.command)["grpc_socket_path"]
+        deadline = time.monotonic() + 180
+        while server.client().status() != {1: "AVAILABLE", 2: "AVAILABLE"}:
+            assert time.monotonic() < deadline, server.client().status()
+            time.sleep(0.5)
+        # by name: TLS from the record, reloads over the TLS UNIX socket
+        run_cli("promote", "deeplab", "1", "--name", name)
+        assert config_label() == 1
+        result = json.loads(run_cli("promote", "deeplab", "2", "--name", name, "--sample",
+                                    EXAMPLE, "--json").stdout)
+        assert result["moved"] and result["previous"] == 1 and result["agreement"] == 1.0
+        assert [Path(i["path"]).name for i in result["images"]] == [EXAMPLE.name]
+        assert set(result["p50_ms"]) == {"1", "2"} and config_label() == 2
+        # --server with --tls-* options: the gate over TLS to the public gRPC port
+        dry = json.loads(run_cli(
+            "promote", "deeplab", "1", "--server", server.grpc_address, "--config", config,
+            "--tls-ca", certs.ca, "--sample", EXAMPLE, "--dry-run", "--json").stdout)
+        assert (dry["moved"], dry["previous"], dry["agreement"]) == (False, 2, 1.0)
+        # a wrong CA: one line naming the option, and the label stays
+        for command in (["promote", "deeplab", "1", "--sample", EXAMPLE], ["rollback",
+                                                                          "deeplab"]):
+            proc = run_cli(*command, "--name", name, "--tls-ca", certs.wrong_ca,
+                           check=False)
+            assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+            # (gRPC's C core may log the handshake on a line of its own before ours)
+            ours = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+            assert len(ours) == 1, proc.stderr
+            assert "not signed by the CA given with --tls-ca" in ours[0]
+        assert config_label() == 2
+        # rollback by --server: the local socket, the CA and the server's name given
+        back = run_cli("rollback", "deeplab", "--server", f"unix:{socket}", "--config",
+                       config, "--tls-ca", certs.ca, "--tls-server-name", "127.0.0.1")
+        assert back.stdout.strip() == "label stable of deeplab: version 2 -> 1"
+        assert config_label() == 1
+    finally:
+        server.stop()
+    assert state.load_all() == {}

@@ -17,6 +17,7 @@ from tfdeploy.export.tilespec import DEFAULT_TILE_BATCH, DEFAULT_TILE_MAX_PIXELS
 from tfdeploy.tfs.names import DEFAULT_MODEL_NAME, GRPC_PORT, REST_PORT
 
 if TYPE_CHECKING:
+    from tfdeploy.client.tls import TlsConfig
     from tfdeploy.runtime.manage import Server
 
 __all__ = ["bench", "export", "inspect", "logs", "manifest", "promote", "requests",
@@ -268,7 +269,7 @@ def ui(server: str | None = None, name: str | None = None, *, model: str | None 
 def promote(model: str, version: int, *, label: str = "stable", sample=None,
             min_agreement: float = 0.95, server: str | None = None, name: str | None = None,
             config: str | Path | None = None, dry_run: bool = False,
-            progress: Progress | None = None):
+            progress: Progress | None = None, tls: TlsConfig | None = None):
     """Point the version label ``label`` of ``model`` at ``version``, once its masks agree
     with those of the version the label points at now.
 
@@ -284,25 +285,29 @@ def promote(model: str, version: int, *, label: str = "stable", sample=None,
 
     The server: ``name`` (one ``tfdeploy serve`` started; default the only one running),
     or ``server`` (``host:port`` of any TF Serving gRPC API) with ``config``, the model
-    config file it runs (HandleReloadConfigRequest replaces the whole config).  Returns a
-    ``PromoteResult`` (``.to_json()``); the version the label left is recorded for
-    ``rollback``.
+    config file it runs (HandleReloadConfigRequest replaces the whole config).  TLS:
+    ``tls`` (a ``tfdeploy.client.tls.TlsConfig``) for a server that speaks it; a server
+    ``tfdeploy serve --ssl-config-file`` started needs none (its record has it, and its
+    local reload socket is under TLS too).  Returns a ``PromoteResult`` (``.to_json()``);
+    the version the label left is recorded for ``rollback``.
     """
     from tfdeploy.rollout.promote import promote as run
 
     return run(model, version, label=label, sample=sample, min_agreement=min_agreement,
-               server=server, name=name, config=config, dry_run=dry_run, progress=progress)
+               server=server, name=name, config=config, dry_run=dry_run, progress=progress,
+               tls=tls)
 
 
 def rollback(model: str, *, label: str = "stable", server: str | None = None,
-             name: str | None = None, config: str | Path | None = None) -> dict:
+             name: str | None = None, config: str | Path | None = None,
+             tls: TlsConfig | None = None) -> dict:
     """Point ``label`` of ``model`` back at the version it pointed at before the last
     ``promote`` on this server (or config file), without comparing.  Returns ``model``,
     ``label``, ``version`` (now), ``from`` (before).  ``UserError`` when no promote is
-    recorded or that version is no longer AVAILABLE."""
+    recorded or that version is no longer AVAILABLE.  ``tls`` as for ``promote``."""
     from tfdeploy.rollout.promote import rollback as run
 
-    return run(model, label=label, server=server, name=name, config=config)
+    return run(model, label=label, server=server, name=name, config=config, tls=tls)
 
 
 def requests(log: str | Path | None = None, *, export_dir: str | Path | None = None,

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from tfdeploy.cli.app import emit, main, progress_printer
+from tfdeploy.cli.predict import _tls_config, _tls_options
 
 _SERVER_OPTIONS = [
     click.option("--name", default=None,
@@ -25,9 +26,11 @@ _SERVER_OPTIONS = [
 
 
 def _server_options(f):
+    """--name/--server/--config/--label, and --tls-* as `predict` takes them (for
+    --server; a server `tfdeploy serve --ssl-config-file` started needs none)."""
     for option in reversed(_SERVER_OPTIONS):
         f = option(f)
-    return f
+    return _tls_options(f)
 
 
 def _report(result) -> str:
@@ -74,6 +77,8 @@ def promote(model, version, sample, min_agreement, dry_run, name, server, config
       tfdeploy promote deeplab 2                       # label stable -> version 2
       tfdeploy promote deeplab 3 --label canary --sample photos/
       tfdeploy promote deeplab 2 --server 10.0.0.5:8500 --config models.config
+      tfdeploy promote deeplab 2 --server 10.0.0.5:8500 --config models.config \\
+          --tls-ca ca.pem
     """
     from tfdeploy.api import promote as run
     from tfdeploy.rollout.promote import PromoteRefused
@@ -81,7 +86,8 @@ def promote(model, version, sample, min_agreement, dry_run, name, server, config
     try:
         result = run(model, version, label=label, sample=list(sample) or None,
                      min_agreement=min_agreement / 100, server=server, name=name,
-                     config=config, dry_run=dry_run, progress=progress_printer(as_json))
+                     config=config, dry_run=dry_run, progress=progress_printer(as_json),
+                     tls=_tls_config())
     except PromoteRefused as exc:
         emit(as_json, exc.result.to_json(), _report(exc.result))
         raise
@@ -111,6 +117,7 @@ def rollback(model, name, server, config, label, as_json) -> None:
     """
     from tfdeploy.api import rollback as run
 
-    result = run(model, label=label, server=server, name=name, config=config)
+    result = run(model, label=label, server=server, name=name, config=config,
+                 tls=_tls_config())
     emit(as_json, result, f"label {label} of {model}: version {result['from']} -> "
                           f"{result['version']}")

@@ -13,6 +13,7 @@ dir (``labels.json``), which is what ``rollback`` goes back to.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -21,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tfdeploy.client.tls import TlsConfig
 from tfdeploy.errors import UserError
 from tfdeploy.runtime.state import ServerRecord, state_dir
 from tfdeploy.tfs import protos
@@ -90,6 +92,20 @@ def reload_address(record: ServerRecord) -> str:
     return record.grpc_endpoint
 
 
+def reload_tls(record: ServerRecord, address: str, tls: TlsConfig | None
+               ) -> TlsConfig | None:
+    """The TlsConfig for ``address`` (from ``reload_address``): ``tls`` (the user's
+    ``--tls-*`` options or the record's), naming the server by its gRPC host when the
+    address is another listener (the UNIX socket, the local ModelService port).  The SSL
+    config puts every listener under TLS with the same certificate, which ``serve``
+    checked carries that host (or ``tls_server_name``); over a UNIX socket gRPC would
+    otherwise check it against ``localhost``."""
+    if tls is None or tls.server_name is not None or address == record.grpc_endpoint:
+        return tls
+    host = record.grpc_endpoint.rsplit(":", 1)[0].strip("[]")
+    return dataclasses.replace(tls, server_name=host)
+
+
 def served_config(record: ServerRecord | None, config_file: str | Path | None
                   ) -> ServedConfig:
     """The config a server runs: ``config_file`` when given (the file it was started
@@ -135,19 +151,26 @@ def model_entry(config, model: str):
                     param="model")
 
 
-def reload_config(grpc_address: str, config, timeout: float = 60) -> None:
-    """HandleReloadConfigRequest; the server's refusal becomes a UserError with its
-    message (the config in force keeps serving then)."""
+def reload_config(grpc_address: str, config, timeout: float = 60,
+                  tls: TlsConfig | None = None) -> None:
+    """HandleReloadConfigRequest (over TLS with ``tls``); the server's refusal becomes a
+    UserError with its message (the config in force keeps serving then), a failed TLS
+    handshake one saying what to check."""
     import grpc
+
+    from tfdeploy.client.grpc_transport import channel as open_channel
 
     mm_pb2 = protos.module("tensorflow_serving.apis.model_management_pb2")
     services = protos.module("tensorflow_serving.apis.model_service_pb2_grpc")
-    channel = grpc.insecure_channel(grpc_address)
+    channel = open_channel(grpc_address, tls)
     try:
         stub = services.ModelServiceStub(channel)
         response = stub.HandleReloadConfigRequest(mm_pb2.ReloadConfigRequest(config=config),
                                                   timeout=timeout)
     except grpc.RpcError as exc:
+        tls_failure = handshake_error(exc, grpc_address, tls)
+        if tls_failure:
+            raise UserError(tls_failure) from None
         raise UserError(f"the server at {grpc_address} refused the new config: "
                         f"{exc.code().name}: {exc.details()}") from None
     finally:
@@ -155,6 +178,19 @@ def reload_config(grpc_address: str, config, timeout: float = 60) -> None:
     if response.status.error_code:
         raise UserError(f"the server at {grpc_address} refused the new config: "
                         f"{response.status.error_message}")
+
+
+def handshake_error(exc, address: str, tls: TlsConfig | None) -> str | None:
+    """The one-line message of a gRPC error that is a failed TLS handshake (the client's
+    own words: which CA or name to check), None for any other error."""
+    import grpc
+
+    from tfdeploy.client.tls import handshake_failure, handshake_message
+
+    details = exc.details() or ""
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and handshake_failure(details):
+        return handshake_message(address, details, tls)
+    return None
 
 
 def write_config_in_place(path: Path, config) -> None:
@@ -245,13 +281,13 @@ def pop_previous(key: str, model: str, label: str) -> None:
 
 
 def move_label(served: ServedConfig, grpc_address: str, model: str, label: str,
-               version: int) -> None:
+               version: int, tls: TlsConfig | None = None) -> None:
     """Point ``label`` of ``model`` at ``version``: on the server, then in its polled
     config file (only after the server accepted it, so a refused change never reaches
     the file a later poll or restart reads)."""
     entry = model_entry(served.config, model)
     entry.version_labels[label] = version
-    reload_config(grpc_address, served.config)
+    reload_config(grpc_address, served.config, tls=tls)
     if served.file is not None:
         (write_config_in_place if served.in_place else write_config_atomic)(
             served.file, served.config)

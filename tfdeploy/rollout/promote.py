@@ -25,6 +25,7 @@ from tfdeploy.client.base import ClientError
 from tfdeploy.client.compare import compare_masks
 from tfdeploy.client.grpc_transport import GrpcTransport
 from tfdeploy.client.predict import PredictError, Predictor, expand, missing_inputs
+from tfdeploy.client.tls import TlsConfig
 from tfdeploy.errors import UserError
 from tfdeploy.rollout import labels
 from tfdeploy.tfs import protos, requests
@@ -109,41 +110,54 @@ class PromoteRefused(UserError):
 class _Target:
     address: str
     served: labels.ServedConfig
+    #: gRPC over TLS (None: plain), for every call to ``address``
+    tls: TlsConfig | None = None
 
 
-def _target(server: str | None, name: str | None, config: str | Path | None) -> _Target:
-    """The gRPC address and config of the server to change: ``server`` (HOST:PORT of its
-    gRPC API; needs ``config``) or a server ``tfdeploy serve`` started (``name``, or the
-    only one running)."""
+def _target(server: str | None, name: str | None, config: str | Path | None,
+            tls: TlsConfig | None = None) -> _Target:
+    """The gRPC address, config and TLS of the server to change: ``server`` (HOST:PORT of
+    its gRPC API; needs ``config``) or a server ``tfdeploy serve`` started (``name``, or
+    the only one running).  TLS: ``tls`` when given (``--tls-*``), else the one the
+    recorded server was started with (``serve --ssl-config-file``), as ``predict``."""
     from tfdeploy.runtime import manage
+    from tfdeploy.runtime.tls import record_tls
 
     if server is not None:
         if name is not None:
             raise UserError("give --name or --server, not both", param="name")
-        return _Target(server, labels.served_config(None, config))
+        served = labels.served_config(None, config)
+        return _Target(server, served,
+                       tls or manage.client_tls([server], [server], None, "grpc"))
     record = manage.choose_server(name)
     if record is None:
         raise UserError("no running server tfdeploy serve started; give --server HOST:PORT "
                         "(its gRPC port) and --config FILE", param="name")
-    return _Target(labels.reload_address(record), labels.served_config(record, config))
+    address = labels.reload_address(record)
+    return _Target(address, labels.served_config(record, config),
+                   labels.reload_tls(record, address, tls or record_tls(record, "grpc")))
 
 
-def label_version(address: str, model: str, label: str, timeout: float = 30) -> int | None:
+def label_version(address: str, model: str, label: str, timeout: float = 30,
+                  tls: TlsConfig | None = None) -> int | None:
     """The version ``label`` points at, from the server (GetModelMetadata addressed by
     label answers with the version it resolved); None when the label is not set."""
     import grpc
 
+    from tfdeploy.client.grpc_transport import channel as open_channel
+
     services = protos.module("tensorflow_serving.apis.prediction_service_pb2_grpc")
     request = requests.metadata_request(model)
     requests.set_model_spec(request.model_spec, model, label=label)
-    channel = grpc.insecure_channel(address)
+    channel = open_channel(address, tls)
     try:
         response = services.PredictionServiceStub(channel).GetModelMetadata(
             request, timeout=timeout)
     except grpc.RpcError as exc:
         if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "label" in (exc.details() or ""):
             return None
-        raise UserError(f"cannot ask {address} about label {label} of model {model}: "
+        raise UserError(labels.handshake_error(exc, address, tls) or
+                        f"cannot ask {address} about label {label} of model {model}: "
                         f"{exc.code().name}: {exc.details()}") from None
     finally:
         channel.close()
@@ -223,18 +237,19 @@ def promote(model: str, version: int, *, label: str = DEFAULT_LABEL,
             sample: Iterable[str | Path] | None = None,
             min_agreement: float = DEFAULT_MIN_AGREEMENT, server: str | None = None,
             name: str | None = None, config: str | Path | None = None,
-            dry_run: bool = False, progress: Progress | None = None) -> PromoteResult:
+            dry_run: bool = False, progress: Progress | None = None,
+            tls: TlsConfig | None = None) -> PromoteResult:
     """Point ``label`` of ``model`` at ``version`` if its masks agree with the version the
     label points at now; see ``tfdeploy.api.promote``."""
     if not 0 <= min_agreement <= 1:
         raise UserError("must be a fraction between 0 and 1", param="min_agreement")
-    target = _target(server, name, config)
+    target = _target(server, name, config, tls)
     labels.model_entry(target.served.config, model)
-    transport = GrpcTransport(target.address)
+    transport = GrpcTransport(target.address, tls=target.tls)
     try:
         states = _states(transport, model)
         _require_available(states, model, version)
-        current = label_version(target.address, model, label)
+        current = label_version(target.address, model, label, tls=target.tls)
         result = PromoteResult(model, label, version, current, min_agreement,
                                config_file=str(target.served.file or "") or None)
         if current == version:
@@ -259,7 +274,8 @@ def promote(model: str, version: int, *, label: str = DEFAULT_LABEL,
                      f"{version} with")
         if dry_run:
             return result
-        labels.move_label(target.served, target.address, model, label, version)
+        labels.move_label(target.served, target.address, model, label, version,
+                          tls=target.tls)
         if current is not None:
             labels.push_previous(target.served.key, model, label, current)
         result.moved = True
@@ -269,22 +285,23 @@ def promote(model: str, version: int, *, label: str = DEFAULT_LABEL,
 
 
 def rollback(model: str, *, label: str = DEFAULT_LABEL, server: str | None = None,
-             name: str | None = None, config: str | Path | None = None) -> dict:
+             name: str | None = None, config: str | Path | None = None,
+             tls: TlsConfig | None = None) -> dict:
     """Point ``label`` back at the version it pointed at before the last ``promote``;
     see ``tfdeploy.api.rollback``."""
-    target = _target(server, name, config)
+    target = _target(server, name, config, tls)
     labels.model_entry(target.served.config, model)
     back = labels.previous(target.served.key, model, label)
     if back is None:
         raise UserError(f"no promote of label {label} of model {model} is recorded for "
                         "this server: nothing to roll back to")
-    transport = GrpcTransport(target.address)
+    transport = GrpcTransport(target.address, tls=target.tls)
     try:
         _require_available(_states(transport, model), model, back)
-        current = label_version(target.address, model, label)
+        current = label_version(target.address, model, label, tls=target.tls)
     finally:
         transport.close()
-    labels.move_label(target.served, target.address, model, label, back)
+    labels.move_label(target.served, target.address, model, label, back, tls=target.tls)
     labels.pop_previous(target.served.key, model, label)
     return {"model": model, "label": label, "version": back, "from": current,
             "config_file": str(target.served.file) if target.served.file else None}
