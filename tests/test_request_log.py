@@ -325,3 +325,55 @@ def test_serve_says_the_official_binary_does_not_log_requests(runtime, model_dir
                    check=False, timeout=120)
     assert proc.returncode != 0
     assert "does not log requests" in proc.stderr, proc.stderr
+
+
+def test_bench_from_log_skips_class_names_requests_and_says_how_many(demo_base, tmp_path):
+    """A client asks a labelled model for its class names once, lazily (``Client.names``):
+    the log holds that ``class_names`` request beside the image, and ``bench --from-log``
+    replays only the image, saying how many class_names requests it left out; a log of
+    class_names requests alone has nothing to replay, and the error says why."""
+    import json
+
+    from conftest import export_json, run_cli
+
+    from tfdeploy.client.predict import Client
+    from tfdeploy.export.warmup import encode_png, probe_image
+
+    labels = tmp_path / "classes.txt"
+    labels.write_text("background\nsky\ngrass\nroad\nperson\n")
+    base = tmp_path / "labelled"
+    export_json("--output", str(base), "--labels", str(labels), "--no-verify",
+                "--no-warmup")
+    names_only, logs = tmp_path / "names-only", tmp_path / "logs"
+    config = _config(tmp_path, base, {"deeplab": _logging(1.0, logs / "deeplab"),
+                                      "names": _logging(1.0, names_only / "names")})
+    srv = ServerProcess(f"--model_config_file={config}", log_dir=tmp_path)
+    try:
+        srv.wait_available(model="deeplab")
+        srv.wait_available(model="names")
+        client = Client(srv.grpc_target, model="deeplab")
+        assert client.names()[1] == "sky"
+        client.predict(encode_png(probe_image(61, 83)))
+        assert Client(srv.grpc_target, model="names").names()[4] == "person"
+        assert [r.model_spec.signature_name for r in
+                (x.predict_log.request for x in _wait_records(logs / "deeplab", 2))] == [
+            "class_names", "serving_default"]
+        assert len(_wait_records(names_only / "names", 1)) == 1
+        # the replays are logged too: bench a copy of what the client sent
+        logs = Path(shutil.copytree(logs, tmp_path / "sent"))
+        bench = run_cli("bench", "--from-log", logs, "--server", srv.grpc_target, "-n", "2",
+                        "-c", "1", "--warmup", "0")
+        as_json = json.loads(run_cli("bench", "--from-log", logs, "--server",
+                                     srv.grpc_target, "-n", "2", "-c", "1", "--warmup",
+                                     "0", "--json").stdout)
+        alone = run_cli("bench", "--from-log", names_only, "--server", srv.grpc_target,
+                        "--model", "names", "-n", "1", check=False)
+    finally:
+        assert srv.stop() == 0
+    assert "skipped 1 logged class_names request " in bench.stderr, bench.stderr
+    assert "(encoded image; 1 image, 83x61)" in bench.stdout, bench.stdout
+    assert as_json["images"] == 1 and as_json["skipped_class_names"] == 1
+    assert all(lv["errors"] == 0 and lv["requests"] == 2 for lv in as_json["levels"])
+    assert alone.returncode == 2 and "Traceback" not in alone.stderr, alone.stderr
+    assert "no logged Predict request has an image to replay (1 class_names request " \
+           "left out)" in alone.stderr

@@ -337,9 +337,13 @@ def bench(images, server, name, transport, protocol, model_name, label, signatur
         warmup = 0 if requests is not None else 5
     if from_log is not None and images:
         raise UserError("give IMAGES or --from-log, not both", param="from_log")
+    skipped_names = None  # logged class_names requests left out (--from-log)
     try:
-        inputs = (bench_lib.load_logged_inputs(str(from_log)) if from_log is not None
-                  else bench_lib.load_inputs(list(images) or [str(DEMO_IMAGES)]))
+        if from_log is not None:
+            logged = bench_lib.load_logged_inputs(str(from_log))
+            inputs, skipped_names = logged.images, logged.class_names
+        else:
+            inputs = bench_lib.load_inputs(list(images) or [str(DEMO_IMAGES)])
     except PredictError as exc:
         raise UserError(str(exc)) from None
     predictor = _predictor(server, name, transport, timeout, retries, retry_timeout,
@@ -360,6 +364,10 @@ def bench(images, server, name, transport, protocol, model_name, label, signatur
             click.echo("      per endpoint: " + ", ".join(
                 f"{k} {v}" for k, v in r.endpoints.items()), err=table_err)
 
+    if skipped_names and not as_json:
+        click.echo(f"skipped {skipped_names} logged class_names request"
+                   f"{'s' if skipped_names != 1 else ''} (a client asks for class names "
+                   "once, lazily: not traffic to measure)", err=True)
     if not as_json:
         click.echo(f"{bench_lib.describe_input(predictor, inputs)} over {transport} "
                    f"(protocol {protocol}) to "
@@ -384,6 +392,8 @@ def bench(images, server, name, transport, protocol, model_name, label, signatur
         click.echo(json.dumps({"signature": predictor.signature, "transport": transport,
                                "protocol": protocol,
                                "images": len(inputs),
+                               **({"skipped_class_names": skipped_names}
+                                  if skipped_names is not None else {}),
                                "levels": [r.to_json() for r in results]}, indent=2))
     elif any(r.stable is False for r in results):
         click.echo("some levels did not stabilise: raise --measurement-interval or "

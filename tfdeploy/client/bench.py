@@ -357,19 +357,36 @@ def describe_input(predictor: Predictor, inputs: Sequence[LoadedImage]) -> str:
            f"{', ...' if len(sizes) > 3 else ''})"
 
 
-def load_logged_inputs(log: str) -> list[LoadedImage]:
+@dataclass
+class LoggedInputs:
+    """What ``bench --from-log`` replays: the logged images, and how many logged
+    ``class_names`` requests were left out (a client asks for the class names once,
+    lazily, to name mask classes: they are not the traffic to measure)."""
+
+    images: list[LoadedImage]
+    class_names: int = 0
+
+
+def load_logged_inputs(log: str) -> LoggedInputs:
     """The images of a request log (``tfdeploy requests``), decoded, to replay: what real
-    traffic sent, not the demo images.  ``PredictError`` when it has none."""
+    traffic sent, not the demo images; ``class_names`` requests are counted and left
+    out.  ``PredictError`` when it has no image."""
     import tempfile
 
     from tfdeploy.client import request_log
     from tfdeploy.client.predict import PredictError
+    from tfdeploy.tfs.names import CLASS_NAMES
 
     with tempfile.TemporaryDirectory(prefix="tfdeploy-log-") as tmp:
         try:
-            rows = request_log.export(log, tmp, masks=False)
+            names = sum(1 for e in request_log.entries(log) if e.signature == CLASS_NAMES)
+            rows = [r for r in request_log.export(log, tmp, masks=False)
+                    if r["signature"] != CLASS_NAMES]
         except request_log.LogError as exc:
             raise PredictError(str(exc)) from None
         if not rows:
-            raise PredictError(f"{log}: no logged Predict request has an image to replay")
-        return load_inputs([r["image"] for r in rows])
+            also = (f" ({names} class_names request{'s' if names != 1 else ''} left "
+                    "out)" if names else "")
+            raise PredictError(f"{log}: no logged Predict request has an image to "
+                               f"replay{also}")
+        return LoggedInputs(load_inputs([r["image"] for r in rows]), names)
