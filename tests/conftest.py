@@ -60,6 +60,18 @@ def demo_base(tmp_path_factory) -> Path:
     return base
 
 
+#: a model config serving every version of model "deeplab" under {base} (labels are
+#: added by the tests that move them)
+ALL_VERSIONS_CONFIG = """model_config_list {{
+  config {{
+    name: "deeplab"
+    base_path: "{base}"
+    model_platform: "tensorflow"
+    model_version_policy {{ all {{ }} }}
+  }}
+}}
+"""
+
 #: Real photographs scikit-image ships inside its wheel (no download at run time).
 PHOTOGRAPHS = ("astronaut", "coffee", "chelsea", "rocket")
 

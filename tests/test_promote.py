@@ -17,20 +17,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import ALL_VERSIONS_CONFIG as CONFIG
 from conftest import run_cli
 from servers import http
 
 from tfdeploy.demo import DEMO_IMAGES
-
-CONFIG = """model_config_list {{
-  config {{
-    name: "deeplab"
-    base_path: "{base}"
-    model_platform: "tensorflow"
-    model_version_policy {{ all {{ }} }}
-  }}
-}}
-"""
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from certs import make_certs, ssl_config
-from conftest import run_cli
+from conftest import ALL_VERSIONS_CONFIG, run_cli
 from servers import free_port
 
 from tfdeploy.runtime import state
@@ -117,17 +117,6 @@ def test_serve_with_mutual_tls_and_a_server_name(demo_base, tmp_path):
         run_cli("stop", "mutual")
 
 
-TWO_VERSIONS = """model_config_list {{
-  config {{
-    name: "deeplab"
-    base_path: "{base}"
-    model_platform: "tensorflow"
-    model_version_policy {{ all {{ }} }}
-  }}
-}}
-"""
-
-
 def test_promote_and_rollback_against_a_tls_server(demo_base, tmp_path):
     """promote/rollback of a server `serve --ssl-config-file` started: by name they use
     the record's TLS for the comparison and for the reload on the local UNIX socket
@@ -152,7 +141,7 @@ def test_promote_and_rollback_against_a_tls_server(demo_base, tmp_path):
     for version in ("1", "2"):
         shutil.copytree(demo_base / "1", base / version)
     config = tmp_path / "models.config"
-    config.write_text(TWO_VERSIONS.format(base=base))
+    config.write_text(ALL_VERSIONS_CONFIG.format(base=base))
     name = "secure-rollout"
     server = tfdeploy.serve(None, runtime="embedded", name=name, grpc_port=0, rest_port=0,
                             model_config_file=config, config_poll=1,
