@@ -141,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started.set()
     log.info("serving; pid %d", os.getpid())
-    stop.wait()
+    # Wake up now and then: the kernel may deliver SIGTERM to one of TensorFlow's or
+    # gRPC's threads, and then nothing interrupts a main thread blocked in an untimed
+    # wait, so the Python handler would never run (a server that ignores `docker stop`).
+    while not stop.wait(0.5):
+        pass
     log.info("shutting down: draining in-flight requests")
     server.stop()
     log.info("stopped")
