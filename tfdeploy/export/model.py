@@ -94,6 +94,7 @@ class DeepLabV3(tf.Module):
         #: int8 convolutions: scope -> (int8 weights, per-channel max |w|, float32 bias).
         self._quantized: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         if self.int8:
+            self._merge_residuals(init)
             for name in [n for n in init if n.endswith("/weights")]:
                 scope = name[: -len("/weights")]
                 if scope in float_convs(config) or any(
@@ -112,6 +113,28 @@ class DeepLabV3(tf.Module):
             tf.Variable(tf.cast(value, self._storage_dtype(name)), name=_var_name(name))
             for name, value in init.items()
         ]
+
+    def _merge_residuals(self, init: Mapping[str, np.ndarray]) -> None:
+        """A unit with a shortcut convolution (stride 1) adds two int8 convolutions' float32
+        outputs.  Both are 1x1 over int8 tensors whose ranges share one stretch, so one
+        convolution over the two inputs side by side computes the sum: each part's
+        weights scaled by its input's calibrated step, quantized per output channel
+        together, the biases added.  One int32 output to read back instead of two, and
+        no separate sum (measured: 2-8 ms of the resnet_v2_50 int8 graph's 94-102 ms).
+        Stored as ``<unit>/residual``, read with a declared input range of 255 (the
+        steps are in the weights; the stretch still applies)."""
+        for u in self.units:
+            sc, c3 = f"{u.scope}/shortcut", f"{u.scope}/conv3"
+            if not u.has_shortcut_conv or u.stride != 1 or u.scope in self.float_blocks:
+                continue
+            p_step = max(float(self.ranges[f"{u.scope}/preact"]), 1e-6) / 255.0
+            r_step = max(float(self.ranges[f"{u.scope}/conv2"]), 1e-6) / 255.0
+            w = np.concatenate([np.asarray(init[f"{sc}/weights"], np.float64) * p_step,
+                                np.asarray(init[f"{c3}/weights"], np.float64) * r_step], axis=2)
+            wq, wmax = quantize_weights(w)
+            bias = np.asarray(init[f"{sc}/biases"], np.float64) + init[f"{c3}/biases"]
+            self._quantized[f"{u.scope}/residual"] = (wq, wmax, bias.astype(np.float32))
+            self.ranges[f"{u.scope}/residual:input"] = 255.0
 
     def _storage_dtype(self, name: str) -> tf.DType:
         """Convolution weights and biases in the compute precision (they feed its kernels);
@@ -334,13 +357,18 @@ class DeepLabV3(tf.Module):
         pre-activation stay float32."""
         p = f"{u.scope}/preact"
         q = self._quantize(preact, p, signed=False)
+        r = self._qconv(q, p, f"{u.scope}/conv1", True)
+        r = self._qconv(r, f"{u.scope}/conv1", f"{u.scope}/conv2", True, stride=u.stride,
+                        rate=u.rate, same_explicit=True)
+        if f"{u.scope}/residual" in self._quantized:  # see _merge_residuals
+            out = self._qconv(tf.concat([q, r], axis=3), f"{u.scope}/residual:input",
+                              f"{u.scope}/residual", False)
+            self._stretch = None
+            return out
         if u.has_shortcut_conv:
             shortcut = self._qconv(q, p, f"{u.scope}/shortcut", False, stride=u.stride)
         else:
             shortcut = _subsample(x, u.stride)
-        r = self._qconv(q, p, f"{u.scope}/conv1", True)
-        r = self._qconv(r, f"{u.scope}/conv1", f"{u.scope}/conv2", True, stride=u.stride,
-                        rate=u.rate, same_explicit=True)
         r = self._qconv(r, f"{u.scope}/conv2", f"{u.scope}/conv3", False)
         self._stretch = None  # a tensor of this block (and of a tf.cond branch's graph)
         return shortcut + r
