@@ -48,16 +48,26 @@ def connection_error(exc: Exception, url: str, address: str,
                        refused=refused)
 
 
-class RestTransport(Transport):
-    name = "rest"
+class HttpEndpoint:
+    """One HTTP(S) endpoint as both REST transports (v1 here, v2 in ``v2_transport.py``)
+    reach it: the address, the per-call timeout, and the opener, which is TLS-aware only
+    when ``tls`` is given so plain-HTTP users never build an SSL context."""
 
     def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT,
                  tls: TlsConfig | None = None):
         self.address, self.timeout, self.tls = address, timeout, tls
         self._open = tls.opener().open if tls is not None else urllib.request.urlopen
 
+    def _url(self, path: str) -> str:
+        """``path`` on this endpoint: ``https`` exactly when TLS is configured."""
+        return f"{'https' if self.tls else 'http'}://{self.address}{path}"
+
+
+class RestTransport(HttpEndpoint, Transport):
+    name = "rest"
+
     def _http(self, method: str, path: str, body: dict | None = None):
-        url = f"{'https' if self.tls else 'http'}://{self.address}{path}"
+        url = self._url(path)
         data = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
         req = urllib.request.Request(url, data=data, method=method,
                                      headers={"Content-Type": "application/json"})

@@ -25,9 +25,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from tfdeploy.client.base import ClientError, Transport
-from tfdeploy.client.defaults import DEFAULT_TIMEOUT
-from tfdeploy.client.rest_transport import CONNECTION_ERRORS, connection_error
-from tfdeploy.client.tls import TlsConfig
+from tfdeploy.client.rest_transport import CONNECTION_ERRORS, HttpEndpoint, connection_error
 from tfdeploy.tfs import protos, v2
 from tfdeploy.tfs.codes import Code, StatusError
 from tfdeploy.tfs.names import MASK_PNG, SERVING_DEFAULT
@@ -105,17 +103,12 @@ class V2Transport(Transport):
         return mask.flat[0]
 
 
-class V2RestTransport(V2Transport):
+class V2RestTransport(HttpEndpoint, V2Transport):
     name = "rest"
-
-    def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT,
-                 tls: TlsConfig | None = None):
-        self.address, self.timeout, self.tls = address, timeout, tls
-        self._open = tls.opener().open if tls is not None else urllib.request.urlopen
 
     def _http(self, method: str, path: str, body: bytes | None = None,
               headers: dict | None = None) -> tuple[bytes, int | None]:
-        url = f"{'https' if self.tls else 'http'}://{self.address}{path}"
+        url = self._url(path)
         req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
         try:
             with self._open(req, timeout=self.timeout) as resp:
