@@ -1,0 +1,107 @@
+"""SIGTERM to a busy tfdeploy-model-server: it drains, says so, and exits by itself.
+
+The kernel hands a process-wide signal to any thread that does not block it; when that is
+one of TensorFlow's or gRPC's threads, nothing interrupts a main thread blocked in an
+untimed wait, so a server that waits that way ignores ``docker stop``.  ``kill(2)`` given
+the id of one of the server's threads signals the whole process and offers the signal to
+that thread first, so the test makes that case happen every time (a plain ``kill PID``
+usually lands on the main thread: ``test_server.py`` drains that way).  Requests are
+bounded (4 threads, at most 10 each) and go to 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from conftest import ROOT
+from PIL import Image
+from servers import ServerProcess
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+CLIENTS, PER_CLIENT = 4, 10
+EXIT_BOUND = 30.0  # seconds: generous; a server that ignores the signal never exits
+#: how an in-flight or later call may end while the server stops: answered (drained), or
+#: refused because the server is going away
+ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+
+
+def _request() -> predict_pb2.PredictRequest:
+    image = np.asarray(Image.open(ROOT / "examples" / "scene_1.jpg").convert("RGB"))
+    h, w = image.shape[:2]
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "deeplab"
+    request.model_spec.signature_name = "predict_images"
+    request.inputs["images"].CopyFrom(
+        tf.make_tensor_proto(image.astype(np.float32), shape=[1, h, w, 3]))
+    request.inputs["height"].CopyFrom(tf.make_tensor_proto(h, shape=[1]))
+    request.inputs["width"].CopyFrom(tf.make_tensor_proto(w, shape=[1]))
+    return request
+
+
+def _worker_thread(pid: int) -> int:
+    """The id of one of TensorFlow's or gRPC's threads in process ``pid``."""
+    named = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        if int(task.name) != pid:
+            named[int(task.name)] = (task / "comm").read_text().strip()
+    for prefix in ("tf_", "grpc", "event_engine"):
+        for tid, name in sorted(named.items()):
+            if name.startswith(prefix):
+                return tid
+    raise AssertionError(f"no TensorFlow or gRPC thread in {sorted(named.values())}")
+
+
+def test_sigterm_on_a_tensorflow_thread_under_load_drains_and_exits(demo_base, tmp_path):
+    srv = ServerProcess("--model_name=deeplab", f"--model_base_path={demo_base}",
+                        log_dir=tmp_path)
+    try:
+        srv.wait_available(1)
+        request = _request()
+        outcomes: list[grpc.StatusCode] = []
+        answered = threading.Semaphore(0)
+        server_gone = threading.Event()
+
+        def client() -> None:
+            channel = grpc.insecure_channel(srv.grpc_target)
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            for _ in range(PER_CLIENT):
+                if server_gone.is_set():
+                    break
+                try:
+                    stub.Predict(request, 60)
+                    outcomes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as exc:
+                    outcomes.append(exc.code())
+                answered.release()
+            channel.close()
+
+        threads = [threading.Thread(target=client, daemon=True) for _ in range(CLIENTS)]
+        for t in threads:
+            t.start()
+        for _ in range(CLIENTS):  # every client has had an answer and sent its next call
+            assert answered.acquire(timeout=120), "the server answered no request"
+        assert srv.proc.poll() is None, srv.log()
+        os.kill(_worker_thread(srv.proc.pid), signal.SIGTERM)
+        try:
+            code = srv.proc.wait(EXIT_BOUND)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running {EXIT_BOUND:.0f} s after SIGTERM:\n"
+                                 f"{srv.log()[-2000:]}") from None
+        server_gone.set()
+        for t in threads:
+            t.join(70)
+        assert not any(t.is_alive() for t in threads), "a client call hung"
+        log = srv.log()
+        assert code == 0, log[-2000:]  # drained and stopped (README "Under faults")
+        assert "shutting down" in log and "stopped" in log, log[-2000:]
+        assert outcomes.count(grpc.StatusCode.OK) >= CLIENTS
+        assert set(outcomes) <= ALLOWED, outcomes
+        assert len(outcomes) <= CLIENTS * PER_CLIENT
+    finally:
+        srv.stop(timeout=5)
