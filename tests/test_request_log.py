@@ -377,3 +377,57 @@ def test_bench_from_log_skips_class_names_requests_and_says_how_many(demo_base, 
     assert alone.returncode == 2 and "Traceback" not in alone.stderr, alone.stderr
     assert "no logged Predict request has an image to replay (1 class_names request " \
            "left out)" in alone.stderr
+
+
+def test_requests_by_name_finds_the_log_of_a_server_tfdeploy_stop_stopped(model_dir,
+                                                                          tmp_path):
+    """`tfdeploy stop` keeps the stopped server's record only so its request log is still
+    found by name: `requests --name` lists it and `ui --name` browses it, `status` no
+    longer shows the server, and the name can be served again (that server is then the
+    one the name means)."""
+    import json
+
+    from conftest import run_cli
+    from ui_browser import start_ui
+    from ui_browser import stop as stop_ui
+
+    base = tmp_path / "base"
+    put_version(base, 1, model_dir)
+    prefix = tmp_path / "logs" / "hp2"
+    config = _config(tmp_path, base, {"hp2": _logging(1.0, prefix)})
+    serve = ("serve", "--runtime", "embedded", "--name", "stopped-log", "--grpc-port", "0",
+             "--rest-port", "0", "--model-config-file", config, "--timeout", "120", "--json")
+    started = json.loads(run_cli(*serve).stdout)
+    try:
+        code, body = http("POST", f"http://{started['rest']}/v1/models/hp2:predict",
+                          {"instances": [[4.0]]})
+        assert code == 200, body
+        assert len(_wait_records(prefix, 1)) == 1
+    finally:
+        run_cli("stop", "stopped-log")
+    listed = json.loads(run_cli("requests", "--name", "stopped-log", "--json").stdout)
+    assert [(r["model"], r["signature"]) for r in listed["requests"]] == [
+        ("hp2", "serving_default")]
+    ui, url = start_ui("--name", "stopped-log")  # browses the log; no server to ask
+    try:
+        code, info = http("GET", url + "api/info")
+        assert code == 200 and info["request_logs"] == [str(prefix)], info
+        code, listing = http("GET", url + "api/requests")
+        assert code == 200 and listing["total"] == 1, listing
+    finally:
+        stop_ui(ui)
+    assert "stopped-log" not in [s["name"] for s in
+                                 json.loads(run_cli("status", "--json").stdout)]
+    proc = run_cli("status", "stopped-log", check=False)
+    assert proc.returncode != 0 and "no server named 'stopped-log'" in proc.stderr
+    proc = run_cli("stop", "stopped-log", check=False)  # nothing of it runs
+    assert proc.returncode != 0 and "no server named 'stopped-log'" in proc.stderr
+
+    again = json.loads(run_cli(*serve).stdout)  # a stopped name is free
+    try:
+        [now] = json.loads(run_cli("status", "stopped-log", "--json").stdout)
+        assert now["running"] and now["pid"] == again["pid"] != started["pid"]
+        listed = json.loads(run_cli("requests", "--name", "stopped-log", "--json").stdout)
+        assert len(listed["requests"]) == 1
+    finally:
+        run_cli("stop", "stopped-log")

@@ -344,14 +344,15 @@ def requests(log: str | Path | None = None, *, export_dir: str | Path | None = N
 
 def request_log_of(name: str | None = None) -> list[Path]:
     """The request logs (``filename_prefix`` of each model's ``logging_config``) of the
-    server ``tfdeploy serve`` started: ``name`` (running or not), or the only one
+    server ``tfdeploy serve`` started: ``name`` (running, dead, or stopped by
+    ``tfdeploy stop``, whose record keeps where its logs are), or the only one
     running.  ``UserError``
     when there is no such server or it logs no requests."""
     from tfdeploy.errors import UserError
-    from tfdeploy.runtime.manage import choose_server, find, request_logs
+    from tfdeploy.runtime.manage import choose_server, find_or_stopped, request_logs
 
-    # by name, a stopped server's log is still there to read
-    record = find(name) if name is not None else choose_server(None)
+    # by name, a stopped server's log is still there to read (its record is kept)
+    record = find_or_stopped(name) if name is not None else choose_server(None)
     if record is None:
         raise UserError("no server that `tfdeploy serve` started is running: give the "
                         "log's path", param="name")

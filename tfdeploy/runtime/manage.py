@@ -281,6 +281,22 @@ def find(name: str | None) -> ServerRecord:
     return records[name]
 
 
+def stopped_record(name: str) -> ServerRecord | None:
+    """The record kept of the last server called ``name`` that ``tfdeploy stop`` stopped,
+    when no server of that name is recorded now (a name served again is that server);
+    else None.  Only for what outlives the server, its request logs: never use it to
+    reach or signal a server."""
+    if name in state.load_all():
+        return None
+    return state.load_stopped().get(name)
+
+
+def find_or_stopped(name: str) -> ServerRecord:
+    """The server ``name`` as ``find`` finds it (running or dead), else its
+    ``stopped_record``: what ``requests --name`` reads the request logs' place from."""
+    return stopped_record(name) or find(name)
+
+
 def describe(record: ServerRecord) -> dict:
     """The record plus what the server says now: ``running``, ``versions`` (of its
     first model), ``model_versions`` (every model it serves -> version -> state) and
@@ -347,7 +363,7 @@ def stop(name: str | None = None, all_servers: bool = False, timeout: float = 30
         except Exception as exc:  # noqa: BLE001 (any runtime failure: report, go on)
             failed[record.name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             continue
-        state.remove(record.name)
+        state.retire(record.name)
         stopped.append(record.name)
     if all_servers:  # containers of ours the state file lost track of
         try:
@@ -431,7 +447,7 @@ class Server:
     def stop(self, timeout: float = 30) -> None:
         """Stop the server (in-flight requests get ``timeout`` seconds) and forget it."""
         select.get(self.record.runtime).stop(self.record, timeout)
-        state.remove(self.record.name)
+        state.retire(self.record.name)
 
     def __enter__(self) -> Server:
         return self

@@ -2,7 +2,9 @@
 ``stop`` and ``predict`` find them without flags.
 
 One JSON file (``$TFDEPLOY_STATE_DIR`` or ``~/.local/state/tfdeploy``), rewritten
-atomically under an advisory lock so concurrent commands never corrupt it.
+atomically under an advisory lock so concurrent commands never corrupt it.  Besides the
+servers, it keeps the last records of servers ``tfdeploy stop`` stopped (``retire``), only
+so their request logs can still be found by name.
 
 The directory is this user's alone (0700, files 0600): a record says which process to
 signal, which container to remove and which log to open, so a record someone else could
@@ -27,6 +29,12 @@ from tfdeploy.errors import UserError
 
 log = logging.getLogger("tfdeploy.state")
 RUNTIMES = ("docker", "native", "embedded")
+#: the state file's sections: servers started and not stopped (running or dead), and the
+#: last records of servers ``tfdeploy stop`` stopped (see ``retire``)
+SERVERS, STOPPED = "servers", "stopped"
+SECTIONS = (SERVERS, STOPPED)
+#: how many stopped servers' records are kept (the newest; one per name)
+KEEP_STOPPED = 32
 
 
 def state_dir() -> Path:
@@ -162,10 +170,16 @@ def _locked():
 
 
 def _read(path: Path) -> dict[str, ServerRecord]:
+    """The running (or dead, not yet stopped) servers' records."""
+    return _read_sections(path)[SERVERS]
+
+
+def _read_sections(path: Path) -> dict[str, dict[str, ServerRecord]]:
+    """Every section of the state file: ``servers`` and ``stopped``, each name -> record."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
-        return {}
+        return {section: {} for section in SECTIONS}
     except OSError as exc:
         raise UserError(f"{path}: cannot read the server records ({exc.strerror})") from None
     with os.fdopen(fd) as fh:
@@ -177,27 +191,35 @@ def _read(path: Path) -> dict[str, ServerRecord]:
         try:
             raw = json.loads(fh.read())
         except ValueError:
-            return {}
+            raw = {}
     known = set(ServerRecord.__dataclass_fields__)
-    records = {}
-    for key, rec in (raw.get("servers", {}) if isinstance(raw, dict) else {}).items():
-        try:
-            record = ServerRecord(**{f: v for f, v in rec.items() if f in known})
-        except TypeError:
-            log.warning("server record %r ignored: incomplete", key)
-            continue
-        problem = record_problem(record, key)
-        if problem:
-            log.warning("server record %r ignored: %s", key, problem)
-            continue
-        records[key] = record
-    return records
+    sections: dict[str, dict[str, ServerRecord]] = {}
+    for section in SECTIONS:
+        records = sections[section] = {}
+        entries = raw.get(section) if isinstance(raw, dict) else None
+        for key, rec in (entries if isinstance(entries, dict) else {}).items():
+            try:
+                record = ServerRecord(**{f: v for f, v in rec.items() if f in known})
+            except (TypeError, AttributeError):
+                log.warning("server record %r ignored: incomplete", key)
+                continue
+            problem = record_problem(record, key)
+            if problem:
+                log.warning("server record %r ignored: %s", key, problem)
+                continue
+            records[key] = record
+    return sections
 
 
-def _write(path: Path, records: dict[str, ServerRecord]) -> None:
+def _write(path: Path, records: dict[str, ServerRecord],
+           stopped: dict[str, ServerRecord] | None = None) -> None:
+    """Rewrite the file atomically; ``stopped`` None keeps the file's stopped section."""
+    if stopped is None:
+        stopped = _read_sections(path)[STOPPED]
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".servers.", suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
-        json.dump({"servers": {k: r.to_json() for k, r in records.items()}}, fh, indent=2)
+        json.dump({SERVERS: {k: r.to_json() for k, r in records.items()},
+                   STOPPED: {k: r.to_json() for k, r in stopped.items()}}, fh, indent=2)
     os.replace(tmp, path)
 
 
@@ -214,7 +236,35 @@ def save(record: ServerRecord) -> None:
 
 
 def remove(name: str) -> None:
+    """Forget the server ``name``: one that never came up, or a dead one that ``serve``
+    replaces (the new server is what the name means from now on)."""
     with _locked() as path:
         records = _read(path)
         if records.pop(name, None) is not None:
             _write(path, records)
+
+
+def retire(name: str) -> None:
+    """Move the record of ``name``, which ``tfdeploy stop`` stopped, to the stopped section:
+    no longer a server (``status``, ``stop``, client commands and ``serve``'s name check
+    never see it), but its model config file still says where its request logs are, which
+    outlive it (``tfdeploy requests --name``, ``ui --name``).  The newest ``KEEP_STOPPED``
+    are kept; the same name stopped again replaces its old one."""
+    with _locked() as path:
+        sections = _read_sections(path)
+        records, stopped = sections[SERVERS], sections[STOPPED]
+        record = records.pop(name, None)
+        if record is None:
+            return
+        stopped.pop(name, None)  # re-inserted last: the file keeps stopping order
+        stopped[name] = record
+        for old in list(stopped)[:-KEEP_STOPPED]:
+            del stopped[old]
+        _write(path, records, stopped)
+
+
+def load_stopped() -> dict[str, ServerRecord]:
+    """The records ``retire`` kept of stopped servers, oldest stop first.  Nothing here
+    runs: never signal, connect to or list them as servers."""
+    with _locked() as path:
+        return _read_sections(path)[STOPPED]

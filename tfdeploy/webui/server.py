@@ -102,13 +102,15 @@ def record_labels(record: ServerRecord | None) -> dict[str, dict[str, int]]:
 
 def resolve(server: str | None, name: str | None) -> tuple[str, ServerRecord | None]:
     """(REST address, the server record when it is one ``tfdeploy serve`` started)."""
-    from tfdeploy.runtime.manage import choose_server
+    from tfdeploy.runtime.manage import choose_server, stopped_record
 
     if server:
         if name:
             raise UserError("give --name or --server, not both", param="name")
         return server, None
-    record = choose_server(name)
+    # A server `tfdeploy stop` stopped: its request logs can still be browsed (the page
+    # says no server answers where a prediction is asked for).
+    record = (stopped_record(name) if name else None) or choose_server(name)
     if record is None:
         return "localhost:8501", None
     return record.rest_endpoint, record
