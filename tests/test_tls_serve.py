@@ -70,7 +70,10 @@ def test_serve_with_tls_then_clients_use_it_by_name(demo_base, tmp_path):
         proc = run_cli("predict", EXAMPLE, "--name", "secure", "--tls-ca", certs.wrong_ca,
                        "-o", tmp_path / "never", check=False)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr
-        assert "not signed by the CA given with --tls-ca" in proc.stderr
+        # only our line: not gRPC's C core's handshake line before it
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+        assert "not signed by the CA given with --tls-ca" in lines[0]
     finally:
         run_cli("stop", "secure")
     assert state.load_all() == {}
@@ -173,10 +176,10 @@ def test_promote_and_rollback_against_a_tls_server(demo_base, tmp_path):
             proc = run_cli(*command, "--name", name, "--tls-ca", certs.wrong_ca,
                            check=False)
             assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-            # (gRPC's C core may log the handshake on a line of its own before ours)
-            ours = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-            assert len(ours) == 1, proc.stderr
-            assert "not signed by the CA given with --tls-ca" in ours[0]
+            # only our line: not gRPC's C core's handshake line before it
+            lines = proc.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+            assert "not signed by the CA given with --tls-ca" in lines[0]
         assert config_label() == 2
         # rollback by --server: the local socket, the CA and the server's name given
         back = run_cli("rollback", "deeplab", "--server", f"unix:{socket}", "--config",
