@@ -192,7 +192,9 @@ def test_model_config_file_is_rewritten_for_the_container(demo_base, tmp_path):
 def _official_present() -> bool:
     from tfdeploy.runtime.docker import default_image
 
-    return any(default_image(gpu=False) in i.tags for i in CLIENT.images.list())
+    # Evaluated at collection: with no docker engine the module's tests skip, not error.
+    return CLIENT is not None and any(default_image(gpu=False) in i.tags
+                                      for i in CLIENT.images.list())
 
 
 @pytest.mark.skipif(_official_present(), reason="the official image is here: auto uses it")
