@@ -26,7 +26,7 @@ FAST_CPU_FLAGS: dict[str, tuple[str, ...]] = {
 }
 
 #: Which servers run an int8 export: its convolutions are TensorFlow's oneDNN int8 kernels
-#: (QuantizedConv2DWithBias*AndRequantize), compiled only into TensorFlow built with oneDNN
+#: (QuantizedConv2DWithBias*), compiled only into TensorFlow built with oneDNN
 #: (``--config=mkl``).  TF Serving's docker/Dockerfile.mkl builds tensorflow_model_server
 #: that way; its default release build (the plain CPU and GPU images) does not.
 INT8_SERVERS = (
