@@ -32,13 +32,14 @@ class Loader:
 
     def __init__(self, name: str, version: int, path: Path, warmup: bool = True,
                  batching=None, metrics=None, tags: tuple[str, ...] = (SERVE_TAG,),
-                 prefer_tflite: bool = False):
+                 prefer_tflite: bool = False, threads: tuple[int, int] = (0, 0)):
         self.name, self.version, self.path = name, version, path
         self.warmup = warmup
         self.batching = batching
         self.metrics = metrics
         self.tags = tuple(tags)
         self.prefer_tflite = prefer_tflite
+        self.threads = threads
         #: set by the Manager when this load is no longer wanted (--load_timeout_seconds):
         #: warmup stops at the next record, the only point TensorFlow lets us stop at
         self.abandon = threading.Event()
@@ -61,7 +62,7 @@ class Loader:
         why), else its SavedModel.  Batching applies to SavedModels only."""
         if self.prefer_tflite and (self.path / TFLITE_FILE).is_file():
             return TfliteLoader(self.name, self.version, self.path)
-        return SavedModelLoader(self.name, self.version, self.path, self.tags)
+        return SavedModelLoader(self.name, self.version, self.path, self.tags, self.threads)
 
     def _replay_warmup(self, servable: Servable) -> None:
         """Run the recorded requests so tracing and allocation happen before traffic."""

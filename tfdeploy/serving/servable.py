@@ -177,14 +177,34 @@ class PlatformLoader(Protocol):
     def load(self) -> Servable: ...
 
 
+def session_threads(session: int, intra: int, inter: int) -> tuple[int, int]:
+    """A version session's (intra-op, inter-op) threads from tensorflow_model_server's
+    three flags, as it reads them: intra and inter when either is set, else
+    ``--tensorflow_session_parallelism`` for both (0: TensorFlow's choice); all three
+    set is INVALID_ARGUMENT, with its message."""
+    if intra > 0 and inter > 0 and session > 0:
+        raise StatusError(
+            Code.INVALID_ARGUMENT,
+            "Either configure server_options.tensorflow_session_parallelism or "
+            "(server_options.tensorflow_intra_op_parallelism, "
+            "server_options.tensorflow_inter_op_parallelism) separately. "
+            "You cannot configure all.")
+    if intra > 0 or inter > 0:
+        return intra, inter
+    return session, session
+
+
 class SavedModelLoader:
     """Loads one SavedModel version (the "tensorflow" platform): its MetaGraph into a
     graph and session of their own.  Platform choice and warmup are ``loader.Loader``'s."""
 
     def __init__(self, name: str, version: int, path: Path,
-                 tags: tuple[str, ...] = (SERVE_TAG,)):
+                 tags: tuple[str, ...] = (SERVE_TAG,), threads: tuple[int, int] = (0, 0)):
+        """``threads``: the session's (intra-op, inter-op) parallelism, 0 = TensorFlow's
+        choice (``session_threads``)."""
         self.name, self.version, self.path = name, version, path
         self.tags = tuple(tags)
+        self.threads = threads
 
     def load(self) -> Servable:
         _, proto = read_saved_model(self.path)
@@ -199,7 +219,9 @@ class SavedModelLoader:
         # Threads of its own per version: a long request on one version (or many) must not
         # starve the restore ops of a version loading beside it.
         session = tf.compat.v1.Session(graph=graph, config=tf.compat.v1.ConfigProto(
-            allow_soft_placement=True, use_per_session_threads=True))
+            allow_soft_placement=True, use_per_session_threads=True,
+            intra_op_parallelism_threads=self.threads[0],
+            inter_op_parallelism_threads=self.threads[1]))
         try:
             with graph.as_default():
                 tf.compat.v1.saved_model.loader.load(session, list(self.tags), str(self.path))

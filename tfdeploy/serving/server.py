@@ -21,7 +21,7 @@ from tfdeploy.serving.manager import Manager
 from tfdeploy.serving.metrics import Metrics
 from tfdeploy.serving.options import ServerOptions
 from tfdeploy.serving.path import Admission, RequestPath
-from tfdeploy.serving.servable import Servable
+from tfdeploy.serving.servable import Servable, session_threads
 from tfdeploy.serving.source import FileSystemSource
 from tfdeploy.tfs import protos
 from tfdeploy.tfs.codes import Code, StatusError
@@ -134,6 +134,10 @@ class ModelServer:
                                 check_method_names=options.enable_signature_method_name_check)
         self.source = FileSystemSource(self.manager.set_aspired_versions,
                                        options.file_system_poll_wait_seconds)
+        #: each version session's (intra-op, inter-op) threads
+        self.session_threads = session_threads(
+            options.tensorflow_session_parallelism, options.tensorflow_intra_op_parallelism,
+            options.tensorflow_inter_op_parallelism)
         self.config = self._initial_config()
         self._config_lock = threading.Lock()
         self._stop = threading.Event()
@@ -163,7 +167,8 @@ class ModelServer:
         tags = tuple(t.strip() for t in self.options.saved_model_tags.split(",") if t.strip())
         loader = Loader(name, version, path, warmup=self.options.enable_model_warmup,
                         batching=self._batching_for(path), metrics=self.metrics, tags=tags,
-                        prefer_tflite=self.options.prefer_tflite_model)
+                        prefer_tflite=self.options.prefer_tflite_model,
+                        threads=self.session_threads)
         return _Announced(loader, self.metrics.servable_loaded)
 
     def _batching_for(self, path: Path):
