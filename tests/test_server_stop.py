@@ -18,11 +18,13 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import tensorflow as tf
+import tensorflow  # noqa: F401  (before tensorflow_serving: see tfdeploy/tfs/protos.py)
 from conftest import ROOT
 from PIL import Image
 from servers import ServerProcess
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from tfdeploy.tfs.requests import images_request
 
 CLIENTS, PER_CLIENT = 4, 10
 EXIT_BOUND = 30.0  # seconds: generous; a server that ignores the signal never exits
@@ -32,16 +34,9 @@ ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANC
 
 
 def _request() -> predict_pb2.PredictRequest:
+    """The seed client's predict_images request for a demo image."""
     image = np.asarray(Image.open(ROOT / "examples" / "scene_1.jpg").convert("RGB"))
-    h, w = image.shape[:2]
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "deeplab"
-    request.model_spec.signature_name = "predict_images"
-    request.inputs["images"].CopyFrom(
-        tf.make_tensor_proto(image.astype(np.float32), shape=[1, h, w, 3]))
-    request.inputs["height"].CopyFrom(tf.make_tensor_proto(h, shape=[1]))
-    request.inputs["width"].CopyFrom(tf.make_tensor_proto(w, shape=[1]))
-    return request
+    return images_request("deeplab", image)
 
 
 def _worker_thread(pid: int) -> int:
