@@ -17,12 +17,8 @@ bench/pixels.py (demo export, 1024x1024 then 2048x2048, RSS kept 1 s after the a
    changes the kernels that compute the numbers.
 2. glibc keeps what was freed in its arenas: ``malloc_trim(0)`` hands every free page of
    every arena back (glibc 2.8+ releases pages inside the heaps too, not only at their
-   tops): 41 MB kept.  It runs once no graph run has been in flight for ``TRIM_AFTER``
-   seconds (``running``), on a thread of its own, so no answer waits for it.  Not at the
-   end of every run: a client sending one request after another then paid for faulting
-   every page of the next run's tensors back in (measured, resnet_v2_50 OS16 exports at
-   513x513, one request at a time over gRPC, AMD EPYC 2 cores: trimming after each run
-   made int8 answers 1.6x and float32 answers 1.2x slower than keeping oneDNN's pool).
+   tops): 41 MB kept.  It runs when the last graph run in flight ends (``running``), so
+   a busy server does not pay for it, on a thread of its own, so no answer waits for it.
    Where the C library has no ``malloc_trim`` (musl, macOS) it does nothing.
 """
 
@@ -33,17 +29,12 @@ import ctypes
 import ctypes.util
 import os
 import threading
-import time
 from collections.abc import Iterator
-
-#: Seconds without a graph run in flight before free heap pages go back to the system.
-TRIM_AFTER = 1.0
 
 _lock = threading.Lock()
 _in_flight = 0
 _trim = None
 _idle = threading.Event()             # set when the last run in flight ended
-_last_end = 0.0                       # time.monotonic() when a run last ended
 _trimmer: threading.Thread | None = None
 
 
@@ -75,21 +66,15 @@ def release_memory() -> bool:
 def _trim_when_idle() -> None:
     while True:
         _idle.wait()
-        time.sleep(TRIM_AFTER)
-        with _lock:
-            # a run in flight, or one that ended within TRIM_AFTER: the server is busy
-            # and keeps its pages; look again (the event is still set) after a pause
-            if _in_flight or time.monotonic() - _last_end < TRIM_AFTER:
-                continue
-            _idle.clear()
+        _idle.clear()
         release_memory()
 
 
 @contextlib.contextmanager
 def running() -> Iterator[None]:
-    """Around one graph run: once no run has been in flight for ``TRIM_AFTER`` seconds,
-    ``release_memory`` on the trimming thread (started on first use)."""
-    global _in_flight, _trimmer, _last_end
+    """Around one graph run: when the last run in flight ends, ``release_memory`` on the
+    trimming thread (started on first use)."""
+    global _in_flight, _trimmer
     with _lock:
         _in_flight += 1
         if _trimmer is None and _malloc_trim() is not None:
@@ -101,6 +86,5 @@ def running() -> Iterator[None]:
     finally:
         with _lock:
             _in_flight -= 1
-            _last_end = time.monotonic()
             if _in_flight == 0:
                 _idle.set()
