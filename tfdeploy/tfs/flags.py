@@ -171,8 +171,7 @@ FLAGS: tuple[ServerFlag, ...] = (
     _row("tensorflow_intra_op_parallelism", OFFICIAL, int, 0,
          "threads within one op of a version's session (0: auto)"),
     _row("tensorflow_inter_op_parallelism", OFFICIAL, int, 0,
-         "ops of a version's session run at once (0: auto; 1 was ~10% faster for "
-         "resnet_v2_50 on 2 cores)"),
+         "ops of a version's session run at once (0: auto)"),
     _row("enable_per_model_batching_parameters", OFFICIAL, bool, False,
          "with --enable_batching: each version batches with its own batching_params.pbtxt "
          "(none: not batched)"),
