@@ -40,6 +40,16 @@ def marking_dir(tmp_path_factory) -> Path:
     return save_marking_gated_half_plus_two(tmp_path_factory.mktemp("marking") / "model")
 
 
+def serve_gated(marking_dir: Path, tmp_path: Path, *flags: str):
+    """The gated model served as "gated".  Each held run spins in a while loop on one of its
+    session's inter-op threads, and TensorFlow's default pool has one per core: with more
+    runs held than cores, a run that starts later waits for a free thread, which took
+    30 s and more on 2 cores (its mark came late).  Eight threads let every held run of
+    these tests start at once."""
+    return serve_one(marking_dir, tmp_path, "gated", "--tensorflow_inter_op_parallelism=8",
+                     *flags)
+
+
 def _stub(srv):
     return prediction_service_pb2_grpc.PredictionServiceStub(
         grpc.insecure_channel(srv.grpc_target))
@@ -139,7 +149,7 @@ def test_full_rest_queue_is_503_and_full_grpc_queue_unavailable(marking_dir, tmp
     gets 503 with TF Serving's JSON error (before its body is read), a third gRPC one
     UNAVAILABLE; status still answers; the held ones then all succeed."""
     gate = tmp_path / "gate-open"
-    _, srv = serve_one(marking_dir, tmp_path, "gated", "--rest_api_num_threads=1",
+    _, srv = serve_gated(marking_dir, tmp_path, "--rest_api_num_threads=1",
                        "--grpc_max_threads=1", "--max_queued_requests=1")
     url = f"{srv.rest}/v1/models/gated:predict"
     results: list = []
@@ -180,7 +190,7 @@ def test_pixel_budget_queues_requests_instead_of_running_them(marking_dir, tmp_p
     """With free inference slots but the in-flight budget taken by a held request, the
     next request waits for the budget (never refused, never run early), then runs."""
     gate = tmp_path / "gate-open"
-    _, srv = serve_one(marking_dir, tmp_path, "gated", "--grpc_max_threads=4",
+    _, srv = serve_gated(marking_dir, tmp_path, "--grpc_max_threads=4",
                        "--max_inflight_pixels=10")
     try:
         srv.wait_available(1, model="gated")
@@ -207,7 +217,7 @@ def test_short_deadlines_do_not_starve_the_next_predict(marking_dir, tmp_path):
     deadline reaches the session run, so their threads are free again and the next
     Predict is answered (before the change they held every inference thread)."""
     never = tmp_path / "never-opened"
-    _, srv = serve_one(marking_dir, tmp_path, "gated", "--grpc_max_threads=2")
+    _, srv = serve_gated(marking_dir, tmp_path, "--grpc_max_threads=2")
     try:
         srv.wait_available(1, model="gated")
         stub = _stub(srv)
@@ -233,7 +243,7 @@ def test_a_request_that_expired_while_queued_is_not_run(marking_dir, tmp_path):
     gate = tmp_path / "gate-open"
     open_gate = tmp_path / "open"
     open_gate.touch()
-    _, srv = serve_one(marking_dir, tmp_path, "gated", "--grpc_max_threads=1",
+    _, srv = serve_gated(marking_dir, tmp_path, "--grpc_max_threads=1",
                        "--max_inflight_pixels=10", "--rest_api_timeout_in_ms=500")
     try:
         srv.wait_available(1, model="gated")
@@ -267,7 +277,7 @@ def test_a_cancelled_call_leaves_the_queue_and_is_not_run(marking_dir, tmp_path)
     gate = tmp_path / "gate-open"
     open_gate = tmp_path / "open"
     open_gate.touch()
-    _, srv = serve_one(marking_dir, tmp_path, "gated", "--grpc_max_threads=1",
+    _, srv = serve_gated(marking_dir, tmp_path, "--grpc_max_threads=1",
                        "--max_queued_requests=1")
     try:
         srv.wait_available(1, model="gated")
@@ -299,7 +309,7 @@ def test_health_metadata_and_metrics_answer_while_inference_is_saturated(marking
     gate = tmp_path / "gate-open"
     monitoring = tmp_path / "monitoring.config"
     monitoring.write_text('prometheus_config { enable: true path: "/metrics" }\n')
-    _, srv = serve_one(marking_dir, tmp_path, "gated", "--rest_api_num_threads=2",
+    _, srv = serve_gated(marking_dir, tmp_path, "--rest_api_num_threads=2",
                        "--grpc_max_threads=2", f"--monitoring_config_file={monitoring}")
     url = f"{srv.rest}/v1/models/gated:predict"
     threads = []
