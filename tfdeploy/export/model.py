@@ -21,6 +21,10 @@ from tfdeploy.export.precision import fold_batch_norm as fold
 #: The ASPP block's scope: a block ``float_blocks`` can name, like a bottleneck unit's.
 ASPP_SCOPE = "DeepLab_v3/ASPP_layer"
 
+#: The declared input range of a unit's merged shortcut + conv3 (``_merge_residuals``):
+#: each input's step is in the weights, so one quint8 level counts as one.
+MERGED_INPUT_RANGE = 255.0
+
 #: Candidate int8 clipping ranges, as fractions of a tensor's calibrated max |value|.
 CLIP_FRACTIONS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
 
@@ -121,8 +125,8 @@ class DeepLabV3(tf.Module):
         weights scaled by its input's calibrated step, quantized per output channel
         together, the biases added.  One int32 output to read back instead of two, and
         no separate sum (measured: 2-8 ms of the resnet_v2_50 int8 graph's 94-102 ms).
-        Stored as ``<unit>/residual``, read with a declared input range of 255 (the
-        steps are in the weights; the stretch still applies)."""
+        Stored as ``<unit>/residual``, read with a declared input range of
+        ``MERGED_INPUT_RANGE`` (the steps are in the weights; the stretch still applies)."""
         for u in self.units:
             sc, c3 = f"{u.scope}/shortcut", f"{u.scope}/conv3"
             if not u.has_shortcut_conv or u.stride != 1 or u.scope in self.float_blocks:
@@ -134,7 +138,6 @@ class DeepLabV3(tf.Module):
             wq, wmax = quantize_weights(w)
             bias = np.asarray(init[f"{sc}/biases"], np.float64) + init[f"{c3}/biases"]
             self._quantized[f"{u.scope}/residual"] = (wq, wmax, bias.astype(np.float32))
-            self.ranges[f"{u.scope}/residual:input"] = 255.0
 
     def _storage_dtype(self, name: str) -> tf.DType:
         """Convolution weights and biases in the compute precision (they feed its kernels);
@@ -283,8 +286,11 @@ class DeepLabV3(tf.Module):
         return x
 
     def _range(self, name: str):
+        """The calibrated range of ``name``, stretched (see ``_quantize``)."""
         # A tensor that was all zeros on the calibration images still needs a scale.
-        m = max(float(self.ranges[name]), 1e-6)
+        return self._stretched(max(float(self.ranges[name]), 1e-6))
+
+    def _stretched(self, m: float):
         return m if self._stretch is None else m * self._stretch
 
     def _quantize(self, x: tf.Tensor, name: str, signed: bool) -> tf.Tensor:
@@ -310,11 +316,12 @@ class DeepLabV3(tf.Module):
             T=tf.qint8 if signed else tf.quint8, mode="SCALED",
             round_mode="HALF_TO_EVEN").output
 
-    def _qconv(self, x: tf.Tensor, input_name: str, scope: str, relu: bool, stride: int = 1,
+    def _qconv(self, x: tf.Tensor, m, scope: str, relu: bool, stride: int = 1,
                rate: int = 1, same_explicit: bool = False) -> tf.Tensor:
-        """One int8 convolution + bias.  With ``relu`` its output is requantized to
-        quint8 in the calibrated range of ``scope`` and feeds the next int8 convolution
-        directly; without, it is a float32 tensor (a residual branch, an ASPP branch)
+        """One int8 convolution + bias of ``x``, an int8 tensor quantized in the range
+        ``m`` (a float, or a scalar tensor once stretched).  With ``relu`` its output is
+        requantized to quint8 in the calibrated range of ``scope`` and feeds the next int8
+        convolution directly; without, it is a float32 tensor (a residual branch, an ASPP branch)
         read exactly from the kernel's int32 accumulator, so no second rounding and no
         clipping of an output range calibrated on other images.
 
@@ -324,7 +331,6 @@ class DeepLabV3(tf.Module):
         builds scale the int32 output by the largest channel's scale and v2 builds by
         each channel's, so a graph relying on either would break on the other."""
         wq, wmax, bias = self._quantized[scope]
-        m = self._range(input_name)
         signed = x.dtype == tf.qint8
         padding, explicit = "SAME", []
         if same_explicit and stride > 1:  # as _conv: zero is 0 in SCALED int8
@@ -357,19 +363,20 @@ class DeepLabV3(tf.Module):
         pre-activation stay float32."""
         p = f"{u.scope}/preact"
         q = self._quantize(preact, p, signed=False)
-        r = self._qconv(q, p, f"{u.scope}/conv1", True)
-        r = self._qconv(r, f"{u.scope}/conv1", f"{u.scope}/conv2", True, stride=u.stride,
-                        rate=u.rate, same_explicit=True)
+        r = self._qconv(q, self._range(p), f"{u.scope}/conv1", True)
+        r = self._qconv(r, self._range(f"{u.scope}/conv1"), f"{u.scope}/conv2", True,
+                        stride=u.stride, rate=u.rate, same_explicit=True)
         if f"{u.scope}/residual" in self._quantized:  # see _merge_residuals
-            out = self._qconv(tf.concat([q, r], axis=3), f"{u.scope}/residual:input",
+            out = self._qconv(tf.concat([q, r], axis=3), self._stretched(MERGED_INPUT_RANGE),
                               f"{u.scope}/residual", False)
             self._stretch = None
             return out
         if u.has_shortcut_conv:
-            shortcut = self._qconv(q, p, f"{u.scope}/shortcut", False, stride=u.stride)
+            shortcut = self._qconv(q, self._range(p), f"{u.scope}/shortcut", False,
+                                   stride=u.stride)
         else:
             shortcut = _subsample(x, u.stride)
-        r = self._qconv(r, f"{u.scope}/conv2", f"{u.scope}/conv3", False)
+        r = self._qconv(r, self._range(f"{u.scope}/conv2"), f"{u.scope}/conv3", False)
         self._stretch = None  # a tensor of this block (and of a tf.cond branch's graph)
         return shortcut + r
 
@@ -379,7 +386,7 @@ class DeepLabV3(tf.Module):
         convs = [(f"{s}/conv_1x1_0", 1)] + [
             (f"{s}/conv_3x3_{i}", rate) for i, rate in enumerate(self.config.aspp_rates, start=1)]
         for scope, rate in convs:
-            branches.append(self._qconv(q, f"{s}:input", scope, False, rate=rate))
+            branches.append(self._qconv(q, self._range(f"{s}:input"), scope, False, rate=rate))
         self._stretch = None
         # The 1x1 projection of the concatenated branches stays float32: one per-tensor
         # int8 range over five branches of different scales cost more agreement than
