@@ -4,7 +4,7 @@ OpenVINO on the same weights as the outside reference (bfloat16, and int8 after 
 post-training quantization).
 
     .venv/bin/python bench/precision.py [--size 513] [--requests 6] [--float16] [--small]
-                                        [--no-openvino]
+                                        [--no-openvino] [--inter-op N]
 
 OpenVINO and NNCF are bench-only: ``pip install openvino nncf`` (or ``pip install
 .[bench]``); without them the OpenVINO rows are skipped with a note.  The first line names
@@ -197,6 +197,10 @@ def main() -> None:
     ap.add_argument("--small", action="store_true",
                     help="a small random network instead of resnet_v2_50 (develop the bench)")
     ap.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO rows")
+    ap.add_argument("--inter-op", type=int, metavar="N",
+                    help="also serve every export with --tensorflow_inter_op_parallelism=N "
+                         "(0, the default, lets TensorFlow choose: one thread per core) and "
+                         "print those served rows beside the default ones")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tfdeploy-bench-precision-"))
     flags = cpu_flags()
@@ -239,9 +243,14 @@ def main() -> None:
 
         demo_images = [read_image(p) for p in sorted(EXAMPLES_DIR.glob("*.jpg"))]
         openvino = openvino_models(cfg, weights, args.size, demo_images)
-    servers = {p: ServerProcess("--model_name=deeplab",
-                                f"--model_base_path={Path(r.path).parent}", log_dir=work)
-               for p, r in results.items()}
+    settings = {"served": ()}
+    if args.inter_op is not None:
+        settings[f"served inter-op {args.inter_op}"] = (
+            f"--tensorflow_inter_op_parallelism={args.inter_op}",)
+    servers = {(kind, p): ServerProcess("--model_name=deeplab",
+                                        f"--model_base_path={Path(r.path).parent}", *flags,
+                                        log_dir=work)
+               for kind, flags in settings.items() for p, r in results.items()}
     try:
         # In-process and served calls interleave in the same rounds: one set of conditions
         # (a busy neighbour on the shared cores slows all four figures alike).
@@ -251,11 +260,11 @@ def main() -> None:
             calls[("local", p)] = lambda fn=fn: fn(images=x, height=hw, width=hw)[
                 "segmentation_map"].numpy()
         req = float_request(image)
-        for p, srv in servers.items():
+        for key, srv in servers.items():
             srv.wait_available(1)
             stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(
                 srv.grpc_target, options=[("grpc.max_receive_message_length", -1)]))
-            calls[("served", p)] = lambda stub=stub: stub.Predict(req, 600)
+            calls[key] = lambda stub=stub: stub.Predict(req, 600)
         if isinstance(openvino, dict):
             for key, compiled in openvino.items():
                 request = compiled.create_infer_request()
@@ -285,6 +294,11 @@ def main() -> None:
               f" | gRPC embedded server {served[p] * 1e3:7.1f} ms "
               f"({served[p] / served['float32']:.2f}x)"
               f" | SavedModel {_size(results[p].path) / 1e6:6.1f} MB")
+    for kind in list(settings)[1:]:
+        other = {p: median[(kind, p)] for p in precisions}
+        print(f"{kind}: " + ", ".join(
+            f"{p} {other[p] * 1e3:.1f} ms ({other[p] / served[p]:.2f}x of served with the "
+            f"default, {other[p] / other['float32']:.2f}x float32)" for p in precisions))
     if isinstance(openvino, dict):
         for key in openvino:
             t = median[("local", key)]
