@@ -7,6 +7,8 @@ file; counts and waits are bounded."""
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -298,6 +300,54 @@ def test_a_cancelled_call_leaves_the_queue_and_is_not_run(marking_dir, tmp_path)
         assert not (tmp_path / "cancelled").exists()
     finally:
         gate.touch()
+        assert srv.stop() == 0
+
+
+def test_a_disconnected_rest_request_leaves_the_queue_and_is_not_run(marking_dir,
+                                                                      tmp_path):
+    """The REST twin of the cancelled gRPC call: one REST slot held, one queue place; a
+    queued prediction whose client closes its connection frees its place (the next
+    prediction queues instead of getting 503) and never runs."""
+    gate = tmp_path / "gate-open"
+    open_gate = tmp_path / "open"
+    open_gate.touch()
+    _, srv = serve_gated(marking_dir, tmp_path, "--rest_api_num_threads=1",
+                         "--max_queued_requests=1")
+    url = f"{srv.rest}/v1/models/gated:predict"
+    results: dict[str, tuple] = {}
+
+    def post(key: str, gate_file: Path) -> None:
+        results[key] = http("POST", url, _rest_held(gate_file, tmp_path / key), timeout=120)
+
+    held = threading.Thread(target=post, args=("held", gate))
+    queued = threading.Thread(target=post, args=("queued", open_gate))
+    try:
+        srv.wait_available(1, model="gated")
+        held.start()
+        _wait_marks([tmp_path / "held"])
+        body = json.dumps(_rest_held(open_gate, tmp_path / "gone")).encode()
+        with socket.create_connection(("127.0.0.1", srv.rest_port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/models/gated:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            time.sleep(0.5)  # it waits in the queue
+        time.sleep(0.5)
+        queued.start()
+        time.sleep(0.5)
+        assert "queued" not in results, "refused although the disconnected one left"
+        gate.touch()
+        held.join(60)
+        queued.join(60)
+        for key in ("held", "queued"):
+            code, answer = results[key]
+            assert code == 200 and answer["outputs"]["y"] == [[2.5]], results
+        time.sleep(0.5)
+        assert not (tmp_path / "gone").exists(), "the disconnected request was run"
+    finally:
+        gate.touch()
+        for thread in (held, queued):
+            if thread.is_alive():
+                thread.join(60)
         assert srv.stop() == 0
 
 

@@ -66,6 +66,9 @@ class HttpRequest:
     headers: Mapping[str, str]
     body: bytes
     received: float = field(default_factory=time.monotonic)  # when its headers arrived
+    #: Set once the client has gone (closed or reset its connection) before its answer:
+    #: a handler still waiting for a slot can give up instead of running for nobody.
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -295,7 +298,7 @@ def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits,
             "transfer-encoding" in headers
         if not has_body and control_pool is not None:
             # status, metadata, metrics: threads of their own, never behind inference
-            await run(scope, headers, b"", received, control_pool, send)
+            await run(scope, headers, b"", received, control_pool, receive, send)
             return
         if max_in_flight is not None and in_flight >= max_in_flight:
             # bounded: bodies buffered at once, before this one is read
@@ -327,15 +330,25 @@ def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits,
                 return
         body = buffer.getvalue()
         del buffer
-        await run(scope, headers, body, received, pool, send)
+        await run(scope, headers, body, received, pool, receive, send)
+
+    async def watch(receive, cancelled: threading.Event) -> None:
+        """Sets ``cancelled`` when the client goes away while its request is handled.
+        With the body read, uvicorn's ``receive()`` only returns again when the
+        connection is lost (a close, a reset, or EOF: a half-closed connection could not
+        read its answer either), as ``http.disconnect``."""
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        cancelled.set()
 
     async def run(scope, headers, body: bytes, received: float, on: ThreadPoolExecutor,
-                  send) -> None:
+                  receive, send) -> None:
         raw_query = scope.get("query_string", b"")
         request = HttpRequest(scope["method"], scope["path"], raw_query.decode("latin-1"),
                               headers, body, received)
         del body
         started = time.monotonic()
+        watcher = asyncio.ensure_future(watch(receive, request.cancelled))
         call = asyncio.get_running_loop().run_in_executor(on, handler, request)
         try:
             response = await asyncio.wait_for(call, limits.timeout_seconds)
@@ -350,6 +363,8 @@ def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits,
             log.exception("handler failed on %s %s", scope["method"], scope["path"])
             await respond(send, 500, error_body(INTERNAL_MESSAGE))
             return
+        finally:
+            watcher.cancel()
         if (not isinstance(response, HttpResponse) or not 200 <= response.status <= 599
                 or not isinstance(response.body, (bytes, bytearray))
                 or not (response.content_type.isascii() and response.content_type.isprintable())):

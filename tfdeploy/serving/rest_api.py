@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -98,10 +99,14 @@ class RestApi:
         self.ms = model_server
 
     def handle(self, method: str, path: str, body: bytes = b"",
-               received: float | None = None, headers=None) -> Reply:
+               received: float | None = None, headers=None,
+               cancelled: threading.Event | None = None) -> Reply:
         """Answer one request; never raises (every failure is an error reply).
         ``received`` (time.monotonic()) starts the --rest_api_timeout_in_ms clock of an
-        inference request (now by default)."""
+        inference request (now by default); ``cancelled`` is set by the transport when
+        the client goes away, so an inference request still queued leaves the queue
+        without running (as a cancelled gRPC call does)."""
+        cancelled = cancelled or threading.Event()
         path = path.split("?", 1)[0]
         ms = self.ms
         if method == "GET" and ms.prometheus_path and path == ms.prometheus_path:
@@ -109,13 +114,13 @@ class RestApi:
 
             return Reply(200, ms.metrics.render(), CONTENT_TYPE)
         if path == "/v2" or path.startswith("/v2/"):
-            return self._v2(method, path, headers or {}, body, received)
+            return self._v2(method, path, headers or {}, body, received, cancelled)
         if not _API.fullmatch(path):
             return error_reply(StatusError(Code.NOT_FOUND, f"Not found: {method} {path}"))
         try:
             target = parse_path(method, path)
             if method == "POST":
-                return json_reply(200, self._post(target, body, received))
+                return json_reply(200, self._post(target, body, received, cancelled))
             return json_reply(200, self._get(target))
         except StatusError as exc:
             return error_reply(exc)
@@ -124,12 +129,12 @@ class RestApi:
             return error_reply(StatusError(Code.INTERNAL, INTERNAL_MESSAGE))
 
     def _v2(self, method: str, path: str, headers, body: bytes,
-            received: float | None) -> Reply:
+            received: float | None, cancelled: threading.Event) -> Reply:
         from tfdeploy.serving.v2_rest import V2RestApi
 
         try:
             status, payload, extra = V2RestApi(self.ms).handle(method, path, headers, body,
-                                                               received)
+                                                               received, cancelled)
         except StatusError as exc:
             return error_reply(exc)
         except Exception as exc:  # never a dropped connection for a client
@@ -149,15 +154,17 @@ class RestApi:
                     "metadata": {"signature_def": json_tensors.message_to_json(sigs)}}
         return json_tensors.message_to_json(self.ms.status_proto(t.name, t.version, t.label))
 
-    def _call(self, t: Target, received: float | None) -> Call:
+    def _call(self, t: Target, received: float | None, cancelled: threading.Event) -> Call:
         timeout = self.ms.options.rest_api_timeout_in_ms
         return Call(t.verb if t.verb in ("classify", "regress") else "predict", "rest",
                     t.name, t.version, t.label,
-                    deadline=deadline_in(timeout / 1000 if timeout > 0 else None, received))
+                    deadline=deadline_in(timeout / 1000 if timeout > 0 else None, received),
+                    cancelled=cancelled)
 
-    def _post(self, t: Target, raw: bytes, received: float | None = None) -> dict:
+    def _post(self, t: Target, raw: bytes, received: float | None,
+              cancelled: threading.Event) -> dict:
         if t.verb in ("classify", "regress"):
-            return self._classify_or_regress(t, raw, received)
+            return self._classify_or_regress(t, raw, received, cancelled)
         parsed: dict = {}
 
         def prepare() -> str:
@@ -178,11 +185,12 @@ class RestApi:
                                                                   signature_def)
             return inputs
 
-        _, _, outputs = self.ms.path.predict(self._call(t, received), decode,
+        _, _, outputs = self.ms.path.predict(self._call(t, received, cancelled), decode,
                                              prepare=prepare)
         return json_tensors.render_predict(outputs, parsed["format"])
 
-    def _classify_or_regress(self, t: Target, raw: bytes, received: float | None) -> dict:
+    def _classify_or_regress(self, t: Target, raw: bytes, received: float | None,
+                             cancelled: threading.Event) -> dict:
         module = "classification_pb2" if t.verb == "classify" else "regression_pb2"
         pb2 = protos.module(f"tensorflow_serving.apis.{module}")
         request = (pb2.ClassificationRequest() if t.verb == "classify"
@@ -192,7 +200,8 @@ class RestApi:
             json_tensors.fill_example_request(parse_body(raw, arrays=False), request)
             request.model_spec.name = t.name
 
-        response = self.ms.path.infer(self._call(t, received), request, prepare=prepare)
+        response = self.ms.path.infer(self._call(t, received, cancelled), request,
+                                      prepare=prepare)
         if t.verb == "classify":
             return json_tensors.render_classification(response.result)
         return json_tensors.render_regression(response.result)
@@ -247,7 +256,7 @@ def serve(model_server, host: str, port: int) -> http_server.HttpServerHandle:
 
     def handler(request: http_server.HttpRequest) -> http_server.HttpResponse:
         reply = api.handle(request.method, request.path, request.body, request.received,
-                           request.headers)
+                           request.headers, request.cancelled)
         return http_server.HttpResponse(reply.status, reply.body, reply.content_type,
                                         reply.headers)
 

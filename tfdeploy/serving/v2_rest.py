@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from urllib.parse import unquote
 
 from tfdeploy.serving.path import Call, deadline_in
@@ -116,14 +117,18 @@ class V2RestApi:
         self.ms = model_server
 
     def handle(self, method: str, path: str, headers, body: bytes,
-               received: float | None) -> tuple[int, bytes, dict[str, str]]:
-        """(status, body, extra headers) of one /v2 request; raises StatusError."""
-        status, payload, extra = self._route(method, path, headers, body, received)
+               received: float | None, cancelled: threading.Event | None = None,
+               ) -> tuple[int, bytes, dict[str, str]]:
+        """(status, body, extra headers) of one /v2 request; raises StatusError.
+        ``cancelled``: set when the client went away (see ``RestApi.handle``)."""
+        status, payload, extra = self._route(method, path, headers, body, received,
+                                             cancelled or threading.Event())
         if isinstance(payload, dict):
             payload = json.dumps(payload, separators=(",", ":")).encode()
         return status, payload, extra
 
-    def _route(self, method: str, path: str, headers, body: bytes, received: float | None):
+    def _route(self, method: str, path: str, headers, body: bytes, received: float | None,
+               cancelled: threading.Event):
         if path in ("/v2/health/live", "/v2/health/ready", "/v2", "/v2/"):
             if method != "GET":
                 raise StatusError(Code.INVALID_ARGUMENT, f"Malformed request: {method} {path}")
@@ -148,13 +153,14 @@ class V2RestApi:
             return 200, {"name": name, "ready": True}, {}
         if verb == "":
             return 200, model_metadata(self.ms, name, version), {}
-        return self._infer(name, version, headers, body, received)
+        return self._infer(name, version, headers, body, received, cancelled)
 
     def _infer(self, name: str, version: int | None, headers, raw: bytes,
-               received: float | None):
+               received: float | None, cancelled: threading.Event):
         timeout = self.ms.options.rest_api_timeout_in_ms
         call = Call("predict", "rest", name, version,
-                    deadline=deadline_in(timeout / 1000 if timeout > 0 else None, received))
+                    deadline=deadline_in(timeout / 1000 if timeout > 0 else None, received),
+                    cancelled=cancelled)
         state: dict = {}
 
         def prepare() -> str:
