@@ -258,6 +258,50 @@ def test_flag_table_matches_main_cc():
     assert defined == OFFICIAL_FLAGS == _current_official(flags.FLAGS)
 
 
+def test_grpc_max_threads_defaults_to_four_per_schedulable_cpu():
+    """tensorflow_model_server's default is 4 x NumSchedulableCPUs() (model_servers/
+    server.h): the CPUs the process may run on, so a server pinned to one CPU gets 4;
+    every explicit value (1 and up) is kept."""
+    import os
+    import subprocess
+    import sys
+
+    from tfdeploy.serving.__main__ import build_parser, options_from_args
+    from tfdeploy.serving.options import ServerOptions
+    from tfdeploy.tfs import flags
+
+    cpus = len(os.sched_getaffinity(0))
+    assert flags.schedulable_cpus() == cpus
+    assert flags.BY_NAME["grpc_max_threads"].default == 4 * cpus
+    assert ServerOptions().grpc_max_threads == 4 * cpus
+    assert options_from_args(["--model_base_path=/m"])[0].grpc_max_threads == 4 * cpus
+    for value in (1, 3, 32, 1000):
+        options = options_from_args(["--model_base_path=/m", f"--grpc_max_threads={value}"])[0]
+        assert options.grpc_max_threads == value
+    with pytest.raises(SystemExit):
+        options_from_args(["--model_base_path=/m", "--grpc_max_threads=0"])
+    assert "(default 4 x CPUs" in " ".join(build_parser().format_help().split())
+    pinned = subprocess.run(
+        [sys.executable, "-c", "from tfdeploy.tfs import flags; "
+         "print(flags.BY_NAME['grpc_max_threads'].default)"],
+        preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}),
+        capture_output=True, text=True, check=True)
+    assert pinned.stdout.strip() == "4"
+
+
+@pytest.mark.skipif(not MIRROR.is_dir(), reason="no TF Serving mirror on this machine")
+def test_thread_defaults_match_server_h():
+    """The defaults above are tensorflow_model_server's (its Server::Options)."""
+    import subprocess
+
+    server_h = subprocess.run(
+        ["git", f"--git-dir={MIRROR}", "show",
+         "HEAD:tensorflow_serving/model_servers/server.h"],
+        capture_output=True, text=True, check=True).stdout
+    assert "grpc_max_threads = 4.0 * port::NumSchedulableCPUs();" in server_h
+    assert "http_num_threads = 4.0 * port::NumSchedulableCPUs();" in server_h
+
+
 def test_parser_options_and_runtimes_derive_from_the_flag_table():
     from tfdeploy.runtime.base import known_server_flags, pass_through_help
     from tfdeploy.serving.__main__ import build_parser, options_from_args

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="bool", help=f"{f.help} (default {str(f.default).lower()})")
         elif f.minimum is not None:
             add(f"--{f.name}", type=_number(f), default=f.default, metavar=f.type.__name__,
-                help=f"{f.help} (default {f.default!r})")
+                help=f"{f.help} (default {f.default_text or repr(f.default)})")
         else:
             add(f"--{f.name}", type=f.type, default=f.default,
                 help=f"{f.help} (default {f.default!r})" if f.default != "" else f.help)

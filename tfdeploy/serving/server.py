@@ -23,7 +23,7 @@ from tfdeploy.serving.options import ServerOptions
 from tfdeploy.serving.path import Admission, RequestPath
 from tfdeploy.serving.servable import Servable, session_threads
 from tfdeploy.serving.source import FileSystemSource
-from tfdeploy.tfs import protos
+from tfdeploy.tfs import flags, protos
 from tfdeploy.tfs.codes import Code, StatusError
 
 log = logging.getLogger("tfdeploy.serving")
@@ -147,9 +147,9 @@ class ModelServer:
 
     @property
     def rest_slots(self) -> int:
-        """--rest_api_num_threads: REST inferences at once (0: four per core, as the
-        official server)."""
-        return self.options.rest_api_num_threads or 4 * (os.cpu_count() or 1)
+        """--rest_api_num_threads: REST inferences at once (0: four per schedulable CPU,
+        the official server's default)."""
+        return self.options.rest_api_num_threads or 4 * flags.schedulable_cpus()
 
     # -- configuration -------------------------------------------------------------------
     def _initial_config(self):

@@ -21,6 +21,7 @@ To add a flag: one ``_row(...)`` line in FLAGS (and its use where it acts).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -35,6 +36,16 @@ DEFAULT_MAX_QUEUED_REQUESTS = 64
 DEFAULT_REQUEST_LOG_FILE_BYTES = 64 << 20
 DEFAULT_REQUEST_LOG_TOTAL_BYTES = 1 << 30
 DEFAULT_REQUEST_LOG_QUEUE = 256
+
+
+def schedulable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, so ``taskset`` and cpusets
+    count, not the machine's cores): what tensorflow_model_server's thread defaults are
+    multiples of (it counts them the same way)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no affinity call on this platform
+        return os.cpu_count() or 1
 
 
 class Kind(str, Enum):
@@ -57,6 +68,8 @@ class ServerFlag:
     legacy: bool = False
     #: the smallest value accepted (numbers only; None: any)
     minimum: float | None = None
+    #: how --help states a default that depends on the machine (e.g. "4 x CPUs")
+    default_text: str = ""
 
     @property
     def implemented(self) -> bool:
@@ -78,8 +91,9 @@ FLAGS: tuple[ServerFlag, ...] = (
     _row("grpc_channel_arguments", OFFICIAL, str, "",
          "comma-separated key=value gRPC server arguments "
          "(e.g. grpc.max_connection_age_ms=2000)"),
-    _row("grpc_max_threads", OFFICIAL, int, 32, "gRPC inference calls running at once",
-         minimum=1),
+    _row("grpc_max_threads", OFFICIAL, int, 4 * schedulable_cpus(),
+         "gRPC inference calls running at once", minimum=1,
+         default_text=f"4 x CPUs: {4 * schedulable_cpus()} here"),
     _row("model_service_port", OURS, int, 0,
          "where HandleReloadConfigRequest is served: 0 = on every gRPC address (as "
          "tensorflow_model_server); N = only on --model_service_host:N and the "
@@ -94,7 +108,7 @@ FLAGS: tuple[ServerFlag, ...] = (
          "SSLConfig text proto: gRPC (port and socket) over TLS, and REST over HTTPS "
          "(ours: tensorflow_model_server's REST stays plain HTTP)", "--ssl-config-file"),
     _row("rest_api_num_threads", OFFICIAL, int, 0,
-         "REST requests processed at once (0: 4 per core)"),
+         "REST requests processed at once (0: 4 x CPUs)"),
     _row("rest_api_timeout_in_ms", OFFICIAL, int, 30_000,
          "bound of a REST request's wait and model run (DEADLINE_EXCEEDED after it)"),
     _row("max_request_bytes", OURS, int, DEFAULT_MAX_REQUEST_BYTES,
