@@ -135,6 +135,52 @@ def test_directories_that_are_not_versions_are_ignored(hp2, tmp_path):
         assert srv.stop() == 0
 
 
+def test_a_negative_version_directory_is_a_version(hp2, tmp_path):
+    """tensorflow_model_server reads a version directory's name with absl::SimpleAtoi, so
+    ``-1`` is version -1: the only version of a model, it loads and serves (gRPC
+    addresses it; REST's version grammar is digits, so ``/versions/-1`` is a malformed
+    request, while status lists it); a version 1 appearing later is the latest and
+    replaces it."""
+    base = tmp_path / "neg"
+    base.mkdir()
+    shutil.copytree(hp2, base / "-1")
+    srv = ServerProcess("--model_name=neg", f"--model_base_path={base}",
+                        "--file_system_poll_wait_seconds=0.1", log_dir=tmp_path)
+    try:
+        assert srv.wait_available(-1, model="neg") == {-1: "AVAILABLE"}
+        models = model_service_pb2_grpc.ModelServiceStub(
+            grpc.insecure_channel(srv.grpc_target))
+        status = models.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(
+            model_spec={"name": "neg", "version": {"value": -1}}), 10)
+        assert [(v.version, v.state) for v in status.model_version_status] == [(-1, 30)]
+        predictions = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(srv.grpc_target))
+        request = predict_request("neg")
+        assert predictions.Predict(request, 30).model_spec.version.value == -1
+        request.model_spec.version.value = -1
+        response = predictions.Predict(request, 30)
+        assert tensors.from_proto(response.outputs["y"]).tolist() == [[2.5]]
+        code, body = http("GET", f"{srv.rest}/v1/models/neg")
+        assert code == 200 and [v["version"] for v in body["model_version_status"]] == ["-1"]
+        assert http("POST", f"{srv.rest}/v1/models/neg:predict", {"instances": [[3.0]]}) \
+            == (200, {"predictions": [[3.5]]})
+        for method, path in (("GET", "/v1/models/neg/versions/-1"),
+                             ("GET", "/v1/models/neg/versions/-1/metadata"),
+                             ("POST", "/v1/models/neg/versions/-1:predict")):
+            assert http(method, f"{srv.rest}{path}", b"{}" if method == "POST" else None) \
+                == (400, {"error": f"Malformed request: {method} {path}"})
+        # RE2's \d, unlike Python's, is ASCII: an Arabic-Indic one is no version 1
+        code, body = http("GET", f"{srv.rest}/v1/models/neg/versions/%D9%A1")
+        assert code == 400 and body["error"].startswith(
+            "Malformed request: GET /v1/models/neg/versions/"), (code, body)
+        put_version(base, 1, hp2)
+        assert srv.wait_for(lambda s: s.get(1) == "AVAILABLE" and s.get(-1) == "END",
+                            model="neg", timeout=60) == {-1: "END", 1: "AVAILABLE"}
+        assert "Traceback" not in srv.log()
+    finally:
+        assert srv.stop() == 0
+
+
 def fast_and_slow(hp2: Path, gated: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
     """Base paths of a model that loads at once (``fast``) and one whose load waits until
     the returned gate file exists (``slow``), each with version 1."""

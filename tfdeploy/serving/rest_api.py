@@ -35,13 +35,16 @@ log = logging.getLogger("tfdeploy.serving.rest")
 JSON = "application/json"
 
 # tensorflow_model_server's URL grammar (case-insensitive, whole path): anything under
-# /v1/ that does not match is a malformed request (400), not an unknown resource.
+# /v1/ that does not match is a malformed request (400), not an unknown resource.  A
+# version is ASCII digits only (its RE2 ``\d``; Python's would take "١" as 1), so
+# ``/versions/-1`` is malformed even though a version directory ``-1`` is version -1.
 _API = re.compile(r"/v1/.*", re.IGNORECASE)
 _POST = re.compile(
-    r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+    r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[^/:]+))?"
     r":(?P<verb>classify|regress|predict)", re.IGNORECASE)
 _GET = re.compile(
-    r"/v1/models(?:/(?P<name>[^/:]+))?(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+    r"/v1/models(?:/(?P<name>[^/:]+))?"
+    r"(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[^/:]+))?"
     r"(?:/(?P<verb>metadata))?", re.IGNORECASE)
 _INT64_MAX = (1 << 63) - 1
 
