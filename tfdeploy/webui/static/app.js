@@ -148,6 +148,23 @@ function renderCompare(card, url, r) {
   card.append(legendTable(r.b.classes, "class in B"));
 }
 
+// A result card's life: "pending" while `request()` runs, then `render(card, answer)`
+// and "done", or its error in plain words and "failed".  An answer that arrives once
+// the card is stale (`current()` false: the user started another run) is dropped.
+async function fillCard(card, request, render, current = () => true) {
+  try {
+    const answer = await request();
+    if (!current()) return;
+    render(card, answer);
+    card.classList.add("done");
+  } catch (e) {
+    card.append(el("p", { class: "error", text: e.message }));
+    card.classList.add("failed");
+  } finally {
+    card.classList.remove("pending");
+  }
+}
+
 async function runOne(file, run) {
   const card = el("article", { class: "result pending" }, el("h2", { text: file.name }));
   $("#results").append(card);
@@ -156,19 +173,12 @@ async function runOne(file, run) {
     ? `/api/compare?model=${name}&a=${encodeURIComponent($("#compare-a").value)}` +
       `&b=${encodeURIComponent($("#compare-b").value)}`
     : `/api/predict?model=${name}&select=${encodeURIComponent($("#select").value)}`;
-  try {
-    const r = await api(path, { method: "POST", body: file,
-                               headers: { "Content-Type": "application/octet-stream" } });
-    if (run !== state.run) return;
-    const url = URL.createObjectURL(file);
-    (comparing() ? renderCompare : renderSingle)(card, url, r);
-    card.classList.add("done");
-  } catch (e) {
-    card.append(el("p", { class: "error", text: e.message }));
-    card.classList.add("failed");
-  } finally {
-    card.classList.remove("pending");
-  }
+  await fillCard(
+    card,
+    () => api(path, { method: "POST", body: file,
+                      headers: { "Content-Type": "application/octet-stream" } }),
+    (c, r) => (comparing() ? renderCompare : renderSingle)(c, URL.createObjectURL(file), r),
+    () => run === state.run);
 }
 
 async function runAll() {
@@ -311,15 +321,8 @@ async function loadRequests() {
   });
   for (const [card, e] of cards) {  // one at a time: a page of images, not a flood
     if (run !== state.logRun) return;
-    try {
-      renderLogged(card, await api(`/api/requests/item?id=${encodeURIComponent(e.id)}`));
-      card.classList.add("done");
-    } catch (err) {
-      card.append(el("p", { class: "error", text: err.message }));
-      card.classList.add("failed");
-    } finally {
-      card.classList.remove("pending");
-    }
+    await fillCard(card, () => api(`/api/requests/item?id=${encodeURIComponent(e.id)}`),
+                   renderLogged);
   }
 }
 
