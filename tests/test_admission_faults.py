@@ -311,9 +311,18 @@ def test_a_disconnected_rest_request_leaves_the_queue_and_is_not_run(marking_dir
     gate = tmp_path / "gate-open"
     open_gate = tmp_path / "open"
     open_gate.touch()
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text('prometheus_config { enable: true path: "/metrics" }\n')
     _, srv = serve_gated(marking_dir, tmp_path, "--rest_api_num_threads=1",
-                         "--max_queued_requests=1")
+                         "--max_queued_requests=1", f"--monitoring_config_file={monitoring}")
     url = f"{srv.rest}/v1/models/gated:predict"
+
+    def cancelled_count() -> float:
+        _, text = http("GET", f"{srv.rest}/metrics", timeout=10)
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith(":tensorflow:serving:request_count")
+                   and 'api="rest"' in line and 'status="CANCELLED"' in line)
+
     results: dict[str, tuple] = {}
 
     def post(key: str, gate_file: Path) -> None:
@@ -331,7 +340,10 @@ def test_a_disconnected_rest_request_leaves_the_queue_and_is_not_run(marking_dir
                          b"Content-Type: application/json\r\n"
                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
             time.sleep(0.5)  # it waits in the queue
-        time.sleep(0.5)
+        deadline = time.monotonic() + 30
+        while cancelled_count() < 1:  # it left the queue, recorded as CANCELLED
+            assert time.monotonic() < deadline, "the disconnected request stayed queued"
+            time.sleep(0.05)
         queued.start()
         time.sleep(0.5)
         assert "queued" not in results, "refused although the disconnected one left"

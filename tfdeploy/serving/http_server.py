@@ -23,6 +23,9 @@ What this layer guarantees, whatever the handler does:
   never 500 and never a hang; headers over ``max_header_bytes`` too;
 - the layer's own errors (400, 408, 413, 500, 504) are JSON ``{"error": "..."}``, as TF
   Serving's REST API answers;
+- a client that goes away (close, reset, EOF) while its request is handled sets the
+  request's ``cancelled`` event, so a handler still waiting (for an inference slot) can
+  leave instead of running for nobody;
 - ``stop(grace)`` stops accepting, closes idle connections at once and lets in-flight
   requests finish for up to ``grace`` s.
 
