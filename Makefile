@@ -47,6 +47,15 @@ $(KSERVE_STAMP):
 	  'tritonclient[http,grpc]' && touch .venv-kserve/.installed $(KSERVE_STAMP)) \
 	  || echo "KServe SDK / tritonclient unavailable: their tests will be skipped"
 
+# TensorFlow 2.12 (oneDNN v2.7; 2.21 here has v3.7) in a venv of its own, to check that
+# exports written here compute the same masks in an older TensorFlow build, as older TF
+# Serving images carry (tests/test_precision.py).  Optional: that test skips without it.
+OLD_TF_STAMP := .venv-tf2.12/.installed
+$(OLD_TF_STAMP):
+	@($(PYTHON) -m venv .venv-tf2.12 && .venv-tf2.12/bin/pip install -q 'tensorflow-cpu==2.12.0' \
+	  && touch $(OLD_TF_STAMP)) \
+	  || echo "TensorFlow 2.12 unavailable: its test will be skipped"
+
 # Debian's headless Chromium for the `tfdeploy ui` browser tests (Playwright drives it;
 # its own browser download needs the network).  Installed when missing and apt-get can;
 # without it those tests are skipped, saying why.
@@ -59,7 +68,7 @@ chromium:
 	  else echo "no chromium (apt-get install chromium chromium-driver): browser tests will be skipped"; fi; \
 	fi
 
-test: $(STAMP) docker-images $(KSERVE_STAMP) chromium
+test: $(STAMP) docker-images $(KSERVE_STAMP) $(OLD_TF_STAMP) chromium
 	$(PY) -m ruff check tfdeploy tests bench checkpoints tools
 	$(PY) -m pytest -q
 
@@ -67,4 +76,4 @@ lint: $(STAMP)
 	$(PY) -m ruff check tfdeploy tests bench checkpoints tools
 
 clean:
-	rm -rf $(VENV) .venv-kserve models masks deploy .pytest_cache
+	rm -rf $(VENV) .venv-kserve .venv-tf2.12 models masks deploy .pytest_cache

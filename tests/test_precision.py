@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -467,3 +469,54 @@ def test_int8_mixed_precision_reaches_99_percent_on_held_out_photographs(
     assert int8_units and not [n for n in names if f"{int8_units[0]}/bottleneck_v2/conv2" in n]
     assert f"{len(mixed['blocks'])} of 10 blocks kept in {mixed['precision']} (" in ExportResult(
         **result).summary()
+
+
+#: A Python with TensorFlow 2.12 (oneDNN v2.7), made by ``make test`` (.venv-tf2.12).
+OLD_TENSORFLOW = ROOT / ".venv-tf2.12" / "bin" / "python"
+
+
+def _maps_in(python: Path | str, export: Path, images: Path, out: Path) -> dict:
+    subprocess.run([str(python), str(ROOT / "tools" / "run_in_tensorflow.py"), str(export),
+                    str(images), str(out)], check=True, capture_output=True, timeout=900)
+    with np.load(out) as maps:
+        return {name: maps[name] for name in maps.files}
+
+
+@pytest.mark.skipif(not OLD_TENSORFLOW.exists(),
+                    reason="no TensorFlow 2.12 venv (.venv-tf2.12; make test creates it)")
+def test_exports_compute_the_same_masks_in_tensorflow_2_12(int8_demo, demo_base,
+                                                           photographs, tmp_path):
+    """Older TF Serving builds carry TensorFlow's oneDNN v2, whose int8 kernels scale a
+    qint32 output by each channel's declared filter range where v3 (TensorFlow 2.21,
+    here) uses the largest channel's: the int8 graph declares one range for every channel
+    and multiplies each channel's scale in afterwards, so both must compute the same.
+    The float32 and int8 exports of the demo checkpoint, written here, run in TensorFlow
+    2.12 (oneDNN v2.7) and here on the photographs and the demo images: float32 masks
+    are the same, and int8 masks agree with the float32 ones equally well in both (they
+    differ only on near-tied pixels: requantization rounds differently; measured within
+    0.05 points of each other; a wrong channel scale would cost tens of points)."""
+    images = {p.stem: np.asarray(Image.open(p).convert("RGB"), np.float32)
+              for p in [*sorted(photographs.glob("*.png")),
+                        *sorted((ROOT / "examples").glob("*.jpg"))]}
+    np.savez(tmp_path / "images.npz", **images)
+    masks = {}
+    for name, export in (("float32", demo_base / "1"), ("int8", Path(int8_demo["path"]))):
+        for where, python in (("2.12", OLD_TENSORFLOW), ("here", sys.executable)):
+            maps = _maps_in(python, export, tmp_path / "images.npz", tmp_path / "out.npz")
+            version, onednn = str(maps.pop("tf_version")), str(maps.pop("onednn"))
+            if where == "2.12":
+                assert version == "2.12.0" and onednn.startswith("v2."), (version, onednn)
+            else:
+                assert onednn.startswith("v3."), onednn
+            assert sorted(maps) == sorted(images)
+            masks[name, where] = maps
+    for image, pixels in images.items():
+        reference = masks["float32", "here"][image]
+        assert reference.shape == pixels.shape[:2]
+
+        def agreement(key, image=image, reference=reference) -> float:
+            return float(np.mean(masks[key][image] == reference))
+
+        assert agreement(("float32", "2.12")) >= 0.9999, image
+        old, new = agreement(("int8", "2.12")), agreement(("int8", "here"))
+        assert new >= 0.97 and abs(old - new) <= 0.005, (image, old, new)
