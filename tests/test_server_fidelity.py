@@ -5,6 +5,8 @@ and a Keras export.  One server (module scope) serves them all."""
 
 from __future__ import annotations
 
+import http.client as httpclient
+import json
 from pathlib import Path
 
 import grpc
@@ -31,6 +33,7 @@ from tensorflow_serving.apis import (
 from tfdeploy.tfs import tensors
 
 MODELS = ("tf1", "tf1text", "tf2", "keras")
+METRICS = "/monitoring/prometheus/metrics"
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +53,10 @@ def server(tmp_path_factory):
                        f'model_platform: "tensorflow" }}')
     config = root / "models.config"
     config.write_text("model_config_list {\n  " + "\n  ".join(entries) + "\n}\n")
-    srv = ServerProcess(f"--model_config_file={config}", log_dir=root)
+    monitoring = root / "monitoring.config"
+    monitoring.write_text(f'prometheus_config {{ enable: true path: "{METRICS}" }}\n')
+    srv = ServerProcess(f"--model_config_file={config}",
+                        f"--monitoring_config_file={monitoring}", log_dir=root)
     srv.config_entries = entries
     try:
         for name in MODELS:
@@ -344,10 +350,96 @@ def test_rest_malformed_urls_are_bad_requests(server, method, path, message):
 
 
 def test_rest_urls_are_case_insensitive_and_unknown_paths_not_found(server):
-    code, body = http("POST", f"{server.rest}/V1/Models/tf2:PREDICT", {"instances": [[1.0]]})
+    code, body = http("POST", f"{server.rest}/V1/Models/tf2:predict", {"instances": [[1.0]]})
     assert (code, body) == (200, {"predictions": [[2.5]]})
     # /v2/ is the Open Inference Protocol now (tests/test_v2.py); other roots are unknown
     code, _ = http("GET", f"{server.rest}/v3/models/tf2")
+    assert code == 404
+
+
+def _send(port: int, method: str, target: str, body: bytes | None = None
+          ) -> tuple[int, str, dict | str]:
+    """One request with ``target`` on its request line byte for byte (http.client sends
+    it as given; urllib would not take every target): (status, content type, body)."""
+    conn = httpclient.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request(method, target, body=body)
+        resp = conn.getresponse()
+        raw, kind = resp.read(), resp.getheader("Content-Type", "")
+    finally:
+        conn.close()
+    try:
+        return resp.status, kind, json.loads(raw)
+    except ValueError:
+        return resp.status, kind, raw.decode("utf-8", "replace")
+
+
+def _not_found(name: str) -> tuple[int, dict]:
+    return 404, {"error": f"Could not find any versions of model {name}"}
+
+
+def test_rest_urls_match_the_raw_request_uri(server):
+    """tensorflow_model_server matches its URL patterns against the request URI as sent,
+    "?query" and "#fragment" included, never percent-decoded; only the model name and the
+    label are decoded, once, after the match.  A verb in another case matches the
+    pattern but is not served; a target that is no RFC 3986 URI is refused (400)."""
+    predict = json.dumps({"instances": [[1.0]]}).encode()
+    status = {"model_version_status": [{"version": "1", "state": "AVAILABLE",
+                                        "status": {"error_code": "OK", "error_message": ""}}]}
+    cases = [
+        # the query is part of what the patterns see: a model name "tf2?x=1" ...
+        ("GET", "/v1/models/tf2?x=1", _not_found("tf2?x=1")),
+        ("GET", "/v1/models/tf2#top", _not_found("tf2#top")),
+        ("POST", "/v1/models/tf2/labels/a?b:predict",
+         (400, {"error": "Unrecognized servable version label: a?b"})),
+        # ... or no pattern at all
+        ("GET", "/v1/models/tf2/metadata?x=1",
+         (400, {"error": "Malformed request: GET /v1/models/tf2/metadata?x=1"})),
+        ("POST", "/v1/models/tf2:predict?x=1",
+         (400, {"error": "Malformed request: POST /v1/models/tf2:predict?x=1"})),
+        # not decoded before the match: %31 is no version digit, %3A no colon
+        ("GET", "/v1/models/tf2/versions/%31",
+         (400, {"error": "Malformed request: GET /v1/models/tf2/versions/%31"})),
+        ("POST", "/v1/models/tf2%3Apredict",
+         (400, {"error": "Malformed request: POST /v1/models/tf2%3Apredict"})),
+        # the name is decoded once, after the match
+        ("GET", "/v1/models/tf%32", (200, status)),
+        ("GET", "/v1/models/tf%2532", _not_found("tf%32")),
+        ("GET", "/v1/models/tf%202", _not_found("tf 2")),
+        ("GET", "/v1/models/tf2%2Fx", _not_found("tf2/x")),
+        # verbs in another case: matched, not served
+        ("POST", "/v1/models/tf2:PREDICT",
+         (400, {"error": "Malformed request: POST /v1/models/tf2:PREDICT"})),
+        ("GET", "/v1/models/tf2/METADATA", (200, status)),
+        # no URI: refused before any pattern
+        *[("GET", target, (400, {"error": f"Malformed request URI: {target}"}))
+          for target in ('/v1/models/tf2"x', "/v1/models/tf2%zz", "/v1/models/tf2#a#b",
+                         "/v1/models/tf2|x")],
+        # an absolute-form target loses its scheme and authority only
+        ("GET", f"http://127.0.0.1:{server.rest_port}/v1/models/tf2", (200, status)),
+        ("GET", f"http://127.0.0.1:{server.rest_port}/v1/models/tf2?x", _not_found("tf2?x")),
+        # ours, unchanged: /v2 routes on the decoded path without its query
+        ("GET", "/v2/health/live?x=1", (200, {"live": True})),
+    ]
+    wrong = []
+    for method, target, expected in cases:
+        code, _, body = _send(server.rest_port, method, target,
+                              predict if method == "POST" else None)
+        if (code, body) != expected:
+            wrong.append((method, target, code, body))
+    assert wrong == []
+
+
+def test_rest_metrics_path_matched_as_sent(server):
+    """tensorflow_model_server looks its metrics path up as sent (any method, not
+    decoded) and then refuses a query, in plain text."""
+    code, kind, body = _send(server.rest_port, "GET", METRICS)
+    assert (code, kind.split(";")[0]) == (200, "text/plain") and ":tensorflow:" in body
+    code, _, body = _send(server.rest_port, "POST", METRICS, b"")
+    assert code == 200 and ":tensorflow:" in body
+    assert _send(server.rest_port, "GET", METRICS + "?x=1") == (
+        400, "text/plain", f"Unexpected path: {METRICS}?x=1. Should be {METRICS}")
+    code, _, _ = _send(server.rest_port, "GET", METRICS.replace("metrics", "%6Detrics"))
     assert code == 404
 
 

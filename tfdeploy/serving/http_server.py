@@ -72,6 +72,10 @@ class HttpRequest:
     #: Set once the client has gone (closed or reset its connection) before its answer:
     #: a handler still waiting for a slot can give up instead of running for nobody.
     cancelled: threading.Event = field(default_factory=threading.Event)
+    #: The request-target exactly as on the request line (bytes as latin-1): not
+    #: percent-decoded, with its "?query" and "#fragment", for handlers that must match
+    #: URLs as another server does (TF Serving's REST API does not decode).
+    target: str = ""
 
 
 @dataclass
@@ -181,6 +185,9 @@ class _Protocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         self._headers_done = True
+        # uvicorn's scope has the path decoded and the query apart, the fragment gone:
+        # the target as sent goes along too (HttpRequest.target).
+        self.scope["tfdeploy.target"] = bytes(self.url)  # type: ignore[typeddict-unknown-key]
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -348,7 +355,8 @@ def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits,
                   receive, send) -> None:
         raw_query = scope.get("query_string", b"")
         request = HttpRequest(scope["method"], scope["path"], raw_query.decode("latin-1"),
-                              headers, body, received)
+                              headers, body, received,
+                              target=scope.get("tfdeploy.target", b"").decode("latin-1"))
         del body
         started = time.monotonic()
         watcher = asyncio.ensure_future(watch(receive, request.cancelled))

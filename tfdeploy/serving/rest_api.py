@@ -18,6 +18,7 @@ a graceful drain) only reads requests and writes replies.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
@@ -34,10 +35,15 @@ log = logging.getLogger("tfdeploy.serving.rest")
 
 JSON = "application/json"
 
-# tensorflow_model_server's URL grammar (case-insensitive, whole path): anything under
-# /v1/ that does not match is a malformed request (400), not an unknown resource.  A
-# version is ASCII digits only (its RE2 ``\d``; Python's would take "١" as 1), so
-# ``/versions/-1`` is malformed even though a version directory ``-1`` is version -1.
+# tensorflow_model_server's URL grammar (case-insensitive, whole string): anything under
+# /v1/ that does not match is a malformed request (400), not an unknown resource.  The
+# string matched is the request URI as sent (``uri_path`` below): its "?query" included,
+# never percent-decoded, so ``/v1/models/m?x=1`` names a model "m?x=1", and
+# ``/versions/%31`` is malformed.  Only the model name and the label are percent-decoded,
+# after the match.  A version is ASCII digits only (its RE2 ``\d``; Python's would take
+# "١" as 1), so ``/versions/-1`` is malformed even though a version directory ``-1`` is
+# version -1.  The verb matches in any case but only a lower-case one is served:
+# ``:PREDICT`` is malformed and ``/METADATA`` answers the model's status.
 _API = re.compile(r"/v1/.*", re.IGNORECASE)
 _POST = re.compile(
     r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[^/:]+))?"
@@ -46,7 +52,47 @@ _GET = re.compile(
     r"/v1/models(?:/(?P<name>[^/:]+))?"
     r"(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[^/:]+))?"
     r"(?:/(?P<verb>metadata))?", re.IGNORECASE)
+# What tensorflow_model_server's HTTP server (libevent, its strict RFC 3986 URI parser)
+# accepts as a request-target: path characters, "%" and two hex digits, "?" in the query
+# and the fragment; after an optional scheme and "//authority".  Anything else (a `"`,
+# "{", "|", a lone "%", a second "#") is answered 400 before any URL is matched.
+_HEX = "%[0-9A-Fa-f]{2}"
+_SUB = r"A-Za-z0-9\-._~!$&'()*+,;="  # unreserved and sub-delims
+_RELATIVE = re.compile(rf"(?:[{_SUB}:@/]|{_HEX})*(?:\?(?:[{_SUB}:@/?]|{_HEX})*)?"
+                       rf"(?:#(?:[{_SUB}:@/?]|{_HEX})*)?")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:")
+_AUTHORITY = re.compile(r"//(?P<authority>[^/?#]*)")
+_HOST_PORT = re.compile(rf"(?:(?:[{_SUB}:]|{_HEX})*@)?"
+                        rf"(?P<host>\[[^\]]*\]|(?:[{_SUB}]|{_HEX})*)(?::(?P<port>[0-9]*))?")
+_IP_FUTURE = re.compile(rf"v[0-9A-Fa-f]+\.[{_SUB}:]+")
 _INT64_MAX = (1 << 63) - 1
+
+
+def uri_path(target: str) -> str | None:
+    """What tensorflow_model_server matches its URLs against for a request-target: the
+    path, "?query" and "#fragment" as sent (an absolute-form target loses its scheme and
+    authority), not percent-decoded; None when its HTTP server refuses the target as no
+    URI (answered 400 before anything else)."""
+    rest = target
+    scheme = _SCHEME.match(rest)
+    if scheme:
+        rest = rest[scheme.end():]
+    authority = _AUTHORITY.match(rest)
+    if authority:
+        rest = rest[authority.end():]
+        parts = _HOST_PORT.fullmatch(authority["authority"])
+        if parts is None or (parts["port"] and int(parts["port"]) > 65535):
+            return None
+        host = parts["host"]
+        if host.startswith("["):
+            try:
+                ipaddress.IPv6Address(host[1:-1])
+            except ValueError:
+                if not _IP_FUTURE.fullmatch(host[1:-1]):
+                    return None
+    elif not scheme and ":" in re.split("[/?#]", rest, maxsplit=1)[0]:
+        return None  # a first segment with ":" would be a scheme
+    return rest if _RELATIVE.fullmatch(rest) else None
 
 
 @dataclass(frozen=True)
@@ -92,7 +138,12 @@ def parse_path(method: str, path: str) -> Target:
     if not name:
         raise StatusError(Code.INVALID_ARGUMENT, "Missing model name in request.")
     label = unquote(m["label"]) if m["label"] else None
-    return Target(name, version, label, (m["verb"] or "").lower())
+    # Served verbs are lower-case only (tensorflow_model_server compares them as such):
+    # another spelling is malformed for POST and the model status for GET.
+    verb = m["verb"] or ""
+    if method == "POST" and verb not in ("classify", "regress", "predict"):
+        raise StatusError(Code.INVALID_ARGUMENT, f"Malformed request: {method} {path}")
+    return Target(name, version, label, verb if verb == "metadata" else "")
 
 
 class RestApi:
@@ -103,28 +154,42 @@ class RestApi:
 
     def handle(self, method: str, path: str, body: bytes = b"",
                received: float | None = None, headers=None,
-               cancelled: threading.Event | None = None) -> Reply:
+               cancelled: threading.Event | None = None, target: str | None = None) -> Reply:
         """Answer one request; never raises (every failure is an error reply).
-        ``received`` (time.monotonic()) starts the --rest_api_timeout_in_ms clock of an
-        inference request (now by default); ``cancelled`` is set by the transport when
-        the client goes away, so an inference request still queued leaves the queue
-        without running (as a cancelled gRPC call does)."""
+        ``path`` is percent-decoded without the query (what /v2 routes on); ``target``
+        the request-target as sent (what TF Serving's URLs match, see ``uri_path``;
+        ``path`` when not given).  ``received`` (time.monotonic()) starts the
+        --rest_api_timeout_in_ms clock of an inference request (now by default);
+        ``cancelled`` is set by the transport when the client goes away, so an inference
+        request still queued leaves the queue without running (as a cancelled gRPC call
+        does)."""
         cancelled = cancelled or threading.Event()
-        path = path.split("?", 1)[0]
         ms = self.ms
-        if method == "GET" and ms.prometheus_path and path == ms.prometheus_path:
-            from tfdeploy.serving.metrics import CONTENT_TYPE
+        target = path if target is None else target
+        uri = uri_path(target)
+        if uri is not None and ms.prometheus_path:
+            # tensorflow_model_server looks the metrics path up as sent, any method, and
+            # then wants no query: 400 in plain text
+            bare = re.split("[?#]", uri, maxsplit=1)[0]
+            if bare == ms.prometheus_path:
+                from tfdeploy.serving.metrics import CONTENT_TYPE
 
-            return Reply(200, ms.metrics.render(), CONTENT_TYPE)
-        if path == "/v2" or path.startswith("/v2/"):
+                if uri != bare:
+                    return Reply(400, f"Unexpected path: {uri}. Should be {bare}".encode(),
+                                 "text/plain")
+                return Reply(200, ms.metrics.render(), CONTENT_TYPE)
+        if path == "/v2" or path.startswith("/v2/"):  # ours: matched as uvicorn decodes it
             return self._v2(method, path, headers or {}, body, received, cancelled)
-        if not _API.fullmatch(path):
-            return error_reply(StatusError(Code.NOT_FOUND, f"Not found: {method} {path}"))
+        if uri is None:
+            return error_reply(StatusError(Code.INVALID_ARGUMENT,
+                                           f"Malformed request URI: {target}"))
+        if not _API.fullmatch(uri):
+            return error_reply(StatusError(Code.NOT_FOUND, f"Not found: {method} {uri}"))
         try:
-            target = parse_path(method, path)
+            named = parse_path(method, uri)
             if method == "POST":
-                return json_reply(200, self._post(target, body, received, cancelled))
-            return json_reply(200, self._get(target))
+                return json_reply(200, self._post(named, body, received, cancelled))
+            return json_reply(200, self._get(named))
         except StatusError as exc:
             return error_reply(exc)
         except Exception:  # never a dropped connection for a client
@@ -259,7 +324,7 @@ def serve(model_server, host: str, port: int) -> http_server.HttpServerHandle:
 
     def handler(request: http_server.HttpRequest) -> http_server.HttpResponse:
         reply = api.handle(request.method, request.path, request.body, request.received,
-                           request.headers, request.cancelled)
+                           request.headers, request.cancelled, request.target)
         return http_server.HttpResponse(reply.status, reply.body, reply.content_type,
                                         reply.headers)
 
