@@ -1081,3 +1081,24 @@ def _expect(admission, seconds: float, code: Code) -> None:
     with pytest.raises(StatusError) as err:
         admission.enter(_call(seconds=seconds), 1)
     assert err.value.code == code
+
+
+@pytest.mark.parametrize("target,uri", [
+    ("/v1/models/m?x=1#f", "/v1/models/m?x=1#f"),  # as sent, nothing decoded
+    ("/v1/models/a%2Fb?q=%zz", None),  # "%" without two hex digits, even in the query
+    ("/v1/models/m?a?b#c?d", "/v1/models/m?a?b#c?d"),  # "?" in query and fragment
+    ("/v1/models/m#a#b", None),
+    ("/v1/models/{m}", None),
+    ("http://h:8501/v1/models/m?x", "/v1/models/m?x"),  # absolute-form: path on
+    ("http://user@[::1]:8501/v1/models/m", "/v1/models/m"),
+    ("http://[::g]/v1/models/m", None),
+    ("http://h:65536/v1/models/m", None),
+    ("//h/v1/models/m", "/v1/models/m"),  # "//" starts an authority
+    ("http://h", ""),
+    ("1a:b/v1", None),  # a first segment with ":" is no relative path
+    ("*", "*"),
+])
+def test_uri_path_is_what_tensorflow_model_servers_http_server_hands_on(target, uri):
+    from tfdeploy.serving.rest_api import uri_path
+
+    assert uri_path(target) == uri
