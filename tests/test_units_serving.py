@@ -6,6 +6,7 @@ later rewrites of the Manager and Batcher can be checked in seconds, not minutes
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -834,6 +835,26 @@ def test_batch_options_from_proto():
     assert (options.max_batch_size, options.batch_timeout_micros,
             options.max_enqueued_batches, options.num_batch_threads) == (
         32, 500, 10, defaults.num_batch_threads)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs an affinity call and two CPUs to tell them apart")
+def test_num_batch_threads_defaults_to_the_cpus_the_process_may_use():
+    """Unset in BatchingParameters, tensorflow_model_server takes MaxParallelism(): the
+    CPUs of the process's affinity mask, not the machine's (a cpuset, ``taskset``)."""
+    from tfdeploy.serving.config import batching_parameters
+
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})  # this thread only: the rest of pytest keeps its CPUs
+    try:
+        params = batching_parameters(None)
+        params.max_batch_size.value = 8
+        assert BatchOptions().num_batch_threads == 1
+        assert BatchOptions.from_proto(params).num_batch_threads == 1
+        params.num_batch_threads.value = 3  # set: taken as is
+        assert BatchOptions.from_proto(params).num_batch_threads == 3
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 def test_make_batchers_only_for_batchable_signatures():

@@ -22,7 +22,6 @@ with its message.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tfdeploy.tfs.codes import INTERNAL_MESSAGE, Code, StatusError
+from tfdeploy.tfs.flags import schedulable_cpus
 
 log = logging.getLogger("tfdeploy.serving.batching")
 
@@ -40,7 +40,10 @@ class BatchOptions:
     max_batch_size: int = 1000
     batch_timeout_micros: int = 0
     max_enqueued_batches: int = 10
-    num_batch_threads: int = field(default_factory=lambda: os.cpu_count() or 4)
+    #: Unset in BatchingParameters, tensorflow_model_server's batch scheduler takes
+    #: TensorFlow's MaxParallelism(): the CPUs the process may run on (its affinity), not
+    #: the machine's cores, so a container limited by a cpuset gets that many threads.
+    num_batch_threads: int = field(default_factory=schedulable_cpus)
     allowed_batch_sizes: tuple[int, ...] = ()
     pad_variable_length_inputs: bool = False
     enable_large_batch_splitting: bool = False
