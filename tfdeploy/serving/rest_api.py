@@ -143,7 +143,9 @@ def parse_path(method: str, path: str) -> Target:
     verb = m["verb"] or ""
     if method == "POST" and verb not in ("classify", "regress", "predict"):
         raise StatusError(Code.INVALID_ARGUMENT, f"Malformed request: {method} {path}")
-    return Target(name, version, label, verb if verb == "metadata" else "")
+    if method == "GET" and verb != "metadata":
+        verb = ""
+    return Target(name, version, label, verb)
 
 
 class RestApi:
