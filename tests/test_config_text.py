@@ -160,3 +160,22 @@ def test_in_place_write_of_a_commented_file_no_prefix_is_another_config(tmp_path
         except text_format.ParseError:
             continue
         assert partial.WhichOneof("config") is None or partial == s.config, text[:end]
+
+
+def test_an_entry_without_a_value_gets_one():
+    text = 'model_config_list { config { name: "d" version_labels { key: "s" } } }\n'
+    edited = set_version_label(text, "d", "s", 3)
+    assert edited == text.replace('key: "s" }', 'key: "s" value: 3 }')
+    assert parse(edited) == expected(text, "d", "s", 3)
+
+
+def test_crlf_line_ends_stay_crlf_through_an_atomic_write(tmp_path):
+    crlf = CONFIG.replace("\n", "\r\n")
+    path = tmp_path / "models.config"
+    path.write_bytes(crlf.encode())
+    s = labels.served_config(None, path)
+    labels.model_entry(s.config, "deeplab").version_labels["next"] = 2
+    labels.write_config_atomic(path, labels.file_text(s, "deeplab", "next", 2))
+    assert path.read_bytes() == crlf.replace(
+        "key: 'canary' >\r\n",
+        "key: 'canary' >\r\n    version_labels { key: \"next\" value: 2 }\r\n").encode()

@@ -235,9 +235,9 @@ def set_version_label(text: str, model: str, label: str, version: int) -> str | 
     hits = [e for e, key in zip(entries, keys, strict=True) if key == label]
     if hits:
         value = _last(hits[-1].children, "value")
-        if value is None:  # value 0 by omission: give it one
-            at = hits[-1].close_at
-            return f"{text[:at].rstrip(' ')} value: {version} {text[at:]}"
+        if value is None:  # value 0 by omission: give it one, after its last field
+            at = hits[-1].children[-1].stmt_end if hits[-1].children else hits[-1].open_at + 1
+            return f"{text[:at]} value: {version}{text[at:]}"
         if len(value.tokens) != 1 or value.tokens[0].kind != "word":
             return None
         token = value.tokens[0]
@@ -248,6 +248,8 @@ def set_version_label(text: str, model: str, label: str, version: int) -> str | 
         line_end = text.find("\n", anchor.stmt_end)
         if line_end < 0:
             return None  # the block's closing brace is after it: not at the end of text
+        newline = "\r\n" if text[line_end - 1] == "\r" else "\n"
         indent = text[_line_start(text, anchor.start):anchor.start]
-        return f"{text[:line_end]}\n{indent}{entry}{text[line_end:]}"
+        at = line_end + 1
+        return f"{text[:at]}{indent}{entry}{newline}{text[at:]}"
     return f"{text[:anchor.stmt_end]} {entry}{text[anchor.stmt_end:]}"

@@ -69,7 +69,9 @@ def read_config_file(path: Path) -> tuple[str, object]:
 
     config = _config_pb2().ModelServerConfig()
     try:
-        text = path.read_text()
+        # as bytes are: CRLF line ends stay CRLF when the text is edited and written back
+        with open(path, encoding="utf-8", newline="") as fh:
+            text = fh.read()
         text_format.Parse(text, config)
     except OSError as exc:
         raise UserError(f"cannot read the model config file {path}: "
@@ -245,7 +247,7 @@ def write_config_in_place(path: Path, text: str) -> None:
     before the write ends does not parse, or holds no config at all (comments only), or
     is the whole new config, and both servers keep the config in force in the first two
     cases."""
-    with open(path, "w") as fh:
+    with open(path, "w", encoding="utf-8", newline="") as fh:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
@@ -256,7 +258,7 @@ def write_config_atomic(path: Path, text: str) -> None:
     one, never a half-written one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
