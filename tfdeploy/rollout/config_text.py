@@ -111,7 +111,7 @@ class _Parser:
             if token.kind == "punct" and token.text == closer:
                 self.i += 1
                 return out, token
-            if token.kind != "word":  # extensions and Any's [type/url] names included
+            if token.kind != "word":  # [extension] names: none in a ModelConfigList
                 raise _Unsupported(f"unexpected {token.text!r}")
             self.i += 1
             if (colon := self.peek()) is not None and colon.text == ":" \
