@@ -43,28 +43,57 @@ def three_versions(demo_base: Path, tmp_path_factory) -> Path:
     return base
 
 
+#: the model config file as a person writes it: comments, blank lines, two models; a
+#: label move must keep every byte of it but the label's own
+COMMENTED = """\
+# Segmentation models.  Move labels with tfdeploy promote / rollback, not by hand!
+model_config_list {{
+
+  # the one being rolled out: every version loaded, so the label can move
+  config {{
+    name: "deeplab"    # clients use labels/stable
+    base_path: "{base}"
+    model_platform: "tensorflow"
+    model_version_policy {{ all {{ }} }}  # {{ not a brace }}
+  }}
+
+  config {{ name: "other" base_path: "{base}"
+           model_version_policy {{ specific {{ versions: 1 }} }} }}
+}}
+# end
+"""
+
+
 @pytest.fixture
 def served(three_versions: Path, tmp_path: Path):
-    """An embedded server polling its model config file every second, with label stable
-    set to 1 by a first promote (Python API): a label not set yet needs no comparison.
-    (It cannot be in the file from the start: at start-up no version is AVAILABLE yet, and
-    tensorflow_model_server refuses such a label just as ours does.)"""
+    """An embedded server polling its model config file (``COMMENTED``) every second,
+    with label stable set to 1 by a first promote (Python API): a label not set yet needs
+    no comparison.  (It cannot be in the file from the start: at start-up no version is
+    AVAILABLE yet, and tensorflow_model_server refuses such a label just as ours does.)
+    The promote adds the label's entry to the file after the model's last field, with
+    its indentation, and changes nothing else."""
     import tfdeploy
 
     config = tmp_path / "models.config"
-    config.write_text(CONFIG.format(base=three_versions))
+    written = COMMENTED.format(base=three_versions)
+    config.write_text(written)
     name = f"promote-{time.time_ns()}"
     server = tfdeploy.serve(None, runtime="embedded", name=name, grpc_port=0, rest_port=0,
                             model_config_file=config,
                             config_poll=1)
     try:
         deadline = time.monotonic() + 180
-        while server.client().status() != {1: "AVAILABLE", 2: "AVAILABLE", 3: "AVAILABLE"}:
-            assert time.monotonic() < deadline, server.client().status()
-            time.sleep(0.5)
+        with server.client(model="deeplab") as client:
+            while client.status() != {1: "AVAILABLE", 2: "AVAILABLE", 3: "AVAILABLE"}:
+                assert time.monotonic() < deadline, client.status()
+                time.sleep(0.5)
         first = tfdeploy.promote("deeplab", 1, name=name)
         assert (first.moved, first.previous, first.images) == (True, None, [])
         assert config_label(config) == 1
+        assert config.read_text() == written.replace(
+            "{ all { } }  # { not a brace }\n",
+            "{ all { } }  # { not a brace }\n"
+            '    version_labels { key: "stable" value: 1 }\n')
         yield server, config
     finally:
         server.stop()
@@ -81,7 +110,8 @@ def config_label(config: Path) -> int:
     from tensorflow_serving.config import model_server_config_pb2
 
     parsed = text_format.Parse(config.read_text(), model_server_config_pb2.ModelServerConfig())
-    return parsed.model_config_list.config[0].version_labels["stable"]
+    (deeplab,) = [mc for mc in parsed.model_config_list.config if mc.name == "deeplab"]
+    return deeplab.version_labels["stable"]
 
 
 def test_worse_version_is_refused_naming_the_images(served):
@@ -174,6 +204,7 @@ class LabelLoad:
 
 def test_good_version_moves_the_label_under_load_and_rollback_moves_it_back(served):
     server, config = served
+    before = config.read_text()
     with LabelLoad(server) as load:
         proc = run_cli("promote", "deeplab", "2", "--name", server.name, "--json")
         result = json.loads(proc.stdout)
@@ -183,6 +214,9 @@ def test_good_version_moves_the_label_under_load_and_rollback_moves_it_back(serv
         assert result["agreement"] == 1.0 and set(result["iou"].values()) == {1.0}
         assert set(result["p50_ms"]) == {"1", "2"}
         assert label_now(server) == 2 and config_label(config) == 2
+        # the file keeps its comments and layout: only the label's value changed
+        assert config.read_text() == before.replace('"stable" value: 1 }',
+                                                    '"stable" value: 2 }')
         time.sleep(2.5)  # two polls of the rewritten file: the label stays
         assert label_now(server) == 2
         with load.lock:
@@ -190,6 +224,7 @@ def test_good_version_moves_the_label_under_load_and_rollback_moves_it_back(serv
         back = run_cli("rollback", "deeplab", "--name", server.name)
         assert back.stdout.strip() == "label stable of deeplab: version 2 -> 1"
         assert label_now(server) == 1 and config_label(config) == 1
+        assert config.read_text() == before
         time.sleep(1.5)
     assert load.failures == []
     assert all(n > 0 for n in answered_before_rollback.values()), answered_before_rollback
@@ -246,7 +281,7 @@ def test_in_place_rewrite_keeps_the_inode_and_no_prefix_parses(tmp_path):
     inode = path.stat().st_ino
     config = parse_config_file(path)
     config.model_config_list.config[0].version_labels["stable"] = 2
-    write_config_in_place(path, config)
+    write_config_in_place(path, text_format.MessageToString(config))
     assert path.stat().st_ino == inode and parse_config_file(path) == config
     # what a poll could read while the write is under way: nothing usable
     text = path.read_text()

@@ -6,7 +6,10 @@ config file it was started with, or the one model of ``--model_base_path``) with
 label changed.  A server that polls its config file would put the old label back at the
 next poll (tensorflow_model_server reloads the file at every poll), so that file is
 rewritten too, atomically (a temporary file renamed over it), after the server accepted
-the change.  Where the label pointed before is kept in a small JSON file in the state
+the change.  The rewrite is an edit of the file's text (``file_text``): only the
+label's value changes, or one entry is added, and the user's comments, order and layout
+stay; a layout the editor does not follow is the one case printed in full again, with a
+warning.  Where the label pointed before is kept in a small JSON file in the state
 dir (``labels.json``), which is what ``rollback`` goes back to.
 """
 
@@ -16,6 +19,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 import tempfile
 import time
@@ -24,12 +28,15 @@ from pathlib import Path
 
 from tfdeploy.client.tls import TlsConfig
 from tfdeploy.errors import UserError
+from tfdeploy.rollout import config_text
 from tfdeploy.runtime.state import ServerRecord, state_dir
 from tfdeploy.tfs import protos
 from tfdeploy.tfs.flags import flag_name
 
 #: the config as the docker runtime mounts it: a copy, bind mounted as a single file
 DOCKER_CONFIG = "/config/models.config"
+
+log = logging.getLogger("tfdeploy.rollout")
 
 
 @dataclass
@@ -39,7 +46,8 @@ class ServedConfig:
     ``config`` is the ModelServerConfig to send (with labels edited in place);
     ``file`` the model config file to rewrite so a poll keeps the change (None when the
     server does not poll one); ``key`` names this config in the label history (its
-    file when it has one: a restarted server reads the same file)."""
+    file when it has one: a restarted server reads the same file); ``text`` the file's
+    text ``config`` was parsed from, which a label move edits."""
 
     config: object
     file: Path | None
@@ -47,26 +55,41 @@ class ServedConfig:
     #: the file is bind mounted into a container as itself (docker): a rename would
     #: leave the container on the old inode, so it is rewritten in place
     in_place: bool = False
+    text: str | None = None
 
 
 def _config_pb2():
     return protos.module("tensorflow_serving.config.model_server_config_pb2")
 
 
-def parse_config_file(path: Path):
-    """A ModelServerConfig from its text file; UserError naming the file otherwise."""
+def read_config_file(path: Path) -> tuple[str, object]:
+    """A model config file's text and the ModelServerConfig it holds; UserError naming
+    the file otherwise."""
     from google.protobuf import text_format
 
     config = _config_pb2().ModelServerConfig()
     try:
-        text_format.Parse(path.read_text(), config)
+        # as bytes are: CRLF line ends stay CRLF when the text is edited and written back
+        with open(path, encoding="utf-8", newline="") as fh:
+            text = fh.read()
+        text_format.Parse(text, config)
     except OSError as exc:
         raise UserError(f"cannot read the model config file {path}: "
                         f"{exc.strerror or exc}", param="config") from None
-    except text_format.ParseError as exc:
+    except (text_format.ParseError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not a ModelServerConfig text file: {exc}",
                         param="config") from None
-    return config
+    return text, config
+
+
+def parse_config_file(path: Path):
+    """A ModelServerConfig from its text file; UserError naming the file otherwise."""
+    return read_config_file(path)[1]
+
+
+def _from_file(path: Path, polls: bool, key: str, in_place: bool = False) -> ServedConfig:
+    text, config = read_config_file(path)
+    return ServedConfig(config, path if polls else None, key, in_place, text)
 
 
 def _flags(command: list[str]) -> dict[str, str]:
@@ -117,7 +140,7 @@ def served_config(record: ServerRecord | None, config_file: str | Path | None
         if record is not None:
             flags = _flags(record.command)
             polls = float(flags.get("model_config_file_poll_wait_seconds", 0) or 0) > 0
-        return ServedConfig(parse_config_file(path), path if polls else None, str(path))
+        return _from_file(path, polls, str(path))
     if record is None:
         raise UserError("give the server's model config file with --config (a server "
                         "tfdeploy serve did not start: HandleReloadConfigRequest replaces "
@@ -128,10 +151,9 @@ def served_config(record: ServerRecord | None, config_file: str | Path | None
     if file:
         if record.runtime == "docker":  # the container reads the copy serve wrote
             path = state_dir() / "configs" / f"{record.name}.models.config"
-            return ServedConfig(parse_config_file(path), path if polls else None,
-                                f"server:{record.name}", in_place=True)
+            return _from_file(path, polls, f"server:{record.name}", in_place=True)
         path = Path(file)
-        return ServedConfig(parse_config_file(path), path if polls else None, str(path))
+        return _from_file(path, polls, str(path))
     config = _config_pb2().ModelServerConfig()
     model = config.model_config_list.config.add()
     model.name = record.model_name
@@ -193,30 +215,51 @@ def handshake_error(exc, address: str, tls: TlsConfig | None) -> str | None:
     return None
 
 
-def write_config_in_place(path: Path, config) -> None:
-    """Rewrite ``path`` keeping its inode (a file bind mounted into a container).  Not
-    atomic, but safe for a poll: truncated first, the file is always a beginning of the
-    new text, which is one ``model_config_list { ... }`` whose closing brace comes last;
-    so whatever a poll reads before the write ends does not parse (or is empty), and both
-    servers keep the config in force then."""
+def file_text(served: ServedConfig, model: str, label: str, version: int) -> str:
+    """The text to write to ``served.file`` once ``label`` of ``model`` points at
+    ``version`` in ``served.config``: the file's own text with that label edited
+    (``config_text.set_version_label``) when it parses to exactly ``served.config``,
+    else the config printed in full (its comments and layout lost, which one warning
+    line says)."""
     from google.protobuf import text_format
 
-    text = text_format.MessageToString(config)
-    with open(path, "w") as fh:
+    if served.text is not None:
+        text = config_text.set_version_label(served.text, model, label, version)
+        if text is not None:
+            edited = _config_pb2().ModelServerConfig()
+            try:
+                text_format.Parse(text, edited)
+            except text_format.ParseError:
+                edited = None
+            if edited == served.config:
+                return text
+        log.warning("%s: rewritten in full to move label %s of %s, without its comments "
+                    "and layout (tfdeploy's editor does not follow this file's layout)",
+                    served.file, label, model)
+    return text_format.MessageToString(served.config)
+
+
+def write_config_in_place(path: Path, text: str) -> None:
+    """Rewrite ``path`` with ``text`` keeping its inode (a file bind mounted into a
+    container).  Not atomic, but safe for a poll: truncated first, the file is always a
+    beginning of the new text, whose one top-level field is ``model_config_list { ... }``
+    (anything after its closing brace is comments and blanks); so whatever a poll reads
+    before the write ends does not parse, or holds no config at all (comments only), or
+    is the whole new config, and both servers keep the config in force in the first two
+    cases."""
+    with open(path, "w", encoding="utf-8", newline="") as fh:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
 
 
-def write_config_atomic(path: Path, config) -> None:
-    """Replace ``path`` with ``config`` as text in one rename: a poll reads the old file
-    or the new one, never a half-written one."""
-    from google.protobuf import text_format
-
+def write_config_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one rename: a poll reads the old file or the new
+    one, never a half-written one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text_format.MessageToString(config))
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         with contextlib.suppress(OSError):
@@ -284,10 +327,11 @@ def move_label(served: ServedConfig, grpc_address: str, model: str, label: str,
                version: int, tls: TlsConfig | None = None) -> None:
     """Point ``label`` of ``model`` at ``version``: on the server, then in its polled
     config file (only after the server accepted it, so a refused change never reaches
-    the file a later poll or restart reads)."""
+    the file a later poll or restart reads), as an edit of its text (``file_text``)."""
     entry = model_entry(served.config, model)
     entry.version_labels[label] = version
+    text = file_text(served, model, label, version) if served.file is not None else None
     reload_config(grpc_address, served.config, tls=tls)
     if served.file is not None:
         (write_config_in_place if served.in_place else write_config_atomic)(
-            served.file, served.config)
+            served.file, text)
