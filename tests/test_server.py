@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import shutil
 import threading
 import time
@@ -426,15 +427,31 @@ def test_batching_merges_and_returns_each_its_own(demo_base, tmp_path, in_proces
         assert srv.stop() == 0
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time process ``pid`` has used (user + system)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_sigterm_drains_in_flight_requests(demo_base, tmp_path):
+    """A request the server is running when SIGTERM comes is answered before it exits.
+    SIGTERM goes once the server is busy with it (its CPU time grows), not after a fixed
+    pause: on a loaded machine the request had not arrived 0.3 s after it was sent."""
     srv = ServerProcess("--model_name=deeplab", f"--model_base_path={demo_base}",
                         log_dir=tmp_path)
     srv.wait_available(1)
     stub = prediction_service_pb2_grpc.PredictionServiceStub(
         grpc.insecure_channel(srv.grpc_target))
-    big = np.tile(_image(EXAMPLES[0]), (4, 4, 1))  # 960x1280: a request that takes a while
+    small = _image(EXAMPLES[0])
+    stub.Predict(_seed_request(small), 120)  # connected, and the model warm
+    big = np.tile(small, (4, 4, 1))  # 960x1280: a request that takes a while
+    idle = _cpu_seconds(srv.proc.pid)
     future = stub.Predict.future(_seed_request(big), 120)
-    time.sleep(0.3)
+    deadline = time.monotonic() + 60
+    while _cpu_seconds(srv.proc.pid) - idle < 0.3 and not future.done():
+        assert time.monotonic() < deadline, "the server never started on the request"
+        time.sleep(0.02)
+    assert not future.done(), "answered before SIGTERM: nothing was in flight"
     assert srv.stop() == 0
     assert _seed_mask(future.result()).shape == big.shape[:2]
     assert "draining" in srv.log()

@@ -113,10 +113,14 @@ def test_wrong_ca_or_name_is_refused_at_once_with_a_clear_message(mtls_server, t
         assert says in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
         assert time.monotonic() - started < 25, "a certificate problem was retried"
-    # a plain client at a TLS server is told to use TLS
+    # a plain client at a TLS server is told to use TLS, at once (not retried)
+    started = time.monotonic()
     proc = run_cli("predict", EXAMPLE, "--server", f"127.0.0.1:{port}", "--transport",
-                   transport, "--retries", "0", check=False)
+                   transport, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"TLS handshake with 127.0.0.1:{port} failed: the server speaks TLS: give " \
+           "--tls-ca" in proc.stderr, proc.stderr
+    assert time.monotonic() - started < 25, "a TLS port was retried in plain"
 
 
 def test_protocol_v2_over_tls_and_https(mtls_server, tmp_path):
@@ -145,3 +149,35 @@ def test_protocol_v2_over_tls_and_https(mtls_server, tmp_path):
         proc = run_cli("predict", EXAMPLE, "--server", f"127.0.0.1:{port}", "--transport",
                        transport, "--protocol", "v2", "--retries", "0", check=False)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr
+
+
+def test_only_a_tls_port_is_said_to_speak_tls(mtls_server):
+    """A plain client's failed call is called a TLS problem only when the port answers a
+    TLS handshake: gRPC's plain-channel failures can say "handshake" (HTTP/2's, from a
+    busy plain server) and once made a loaded server's transient failure a fatal 'the
+    server speaks TLS'."""
+    from concurrent import futures
+
+    import grpc
+
+    from tfdeploy.client.tls import grpc_handshake_error, speaks_tls
+
+    srv, _, _ = mtls_server
+    plain = grpc.server(futures.ThreadPoolExecutor(1))
+    port = plain.add_insecure_port("127.0.0.1:0")
+    plain.start()
+    try:
+        assert not speaks_tls(f"127.0.0.1:{port}")
+        for details in ("failed to connect to all addresses; last error: UNAVAILABLE: "
+                        f"ipv4:127.0.0.1:{port}: Socket closed",
+                        f"ipv4:127.0.0.1:{port}: Handshake read failed"):
+            assert grpc_handshake_error(details, f"127.0.0.1:{port}", None) is None
+        for tls_port in (srv.grpc_port, srv.rest_port):
+            assert speaks_tls(f"127.0.0.1:{tls_port}")
+            said = grpc_handshake_error("failed to connect to all addresses; last error: "
+                                        "UNAVAILABLE: Socket closed",
+                                        f"127.0.0.1:{tls_port}", None)
+            assert said and "the server speaks TLS" in said
+        assert not speaks_tls("unix:/tmp/nothing.sock") and not speaks_tls("127.0.0.1:1")
+    finally:
+        plain.stop(None)

@@ -10,7 +10,7 @@ import grpc
 
 from tfdeploy.client.base import ClientError, Transport
 from tfdeploy.client.defaults import DEFAULT_TIMEOUT
-from tfdeploy.client.tls import TlsConfig, handshake_failure, handshake_message
+from tfdeploy.client.tls import TlsConfig, grpc_handshake_error
 from tfdeploy.tfs import protos, requests
 from tfdeploy.tfs.names import MASK_PNG, SERVING_DEFAULT
 from tfdeploy.tfs.saved_model import Signature, signature
@@ -38,10 +38,11 @@ def rpc_error(exc: grpc.RpcError, address: str, tls: TlsConfig | None) -> Client
     details = exc.details() or str(exc.code())
     # an HTTP/1.1 server (a REST port) answered: the wrong port, not a passing fault
     wrong_protocol = "Failed parsing HTTP/2" in details
-    if exc.code() == grpc.StatusCode.UNAVAILABLE and handshake_failure(details):
+    tls_error = (grpc_handshake_error(details, address, tls)
+                 if exc.code() == grpc.StatusCode.UNAVAILABLE else None)
+    if tls_error:
         # asking again cannot change a certificate: not retried, said plainly
-        return ClientError(exc.code().name, handshake_message(address, details, tls),
-                           address, retryable=False)
+        return ClientError(exc.code().name, tls_error, address, retryable=False)
     refused = exc.code() == grpc.StatusCode.UNAVAILABLE and not wrong_protocol and (
         "failed to connect" in details.lower() or "refused" in details.lower())
     return ClientError(exc.code().name, details, address,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from tfdeploy.client.base import ClientError, Transport
 from tfdeploy.client.defaults import DEFAULT_TIMEOUT
-from tfdeploy.client.tls import TlsConfig, handshake_failure, handshake_message
+from tfdeploy.client.tls import TlsConfig, handshake_failure, handshake_message, speaks_tls
 from tfdeploy.tfs import json_tensors, protos, requests
 from tfdeploy.tfs.codes import Code, StatusError
 from tfdeploy.tfs.names import MASK_PNG, SERVING_DEFAULT
@@ -36,6 +36,9 @@ def connection_error(exc: Exception, url: str, address: str,
     and not retried; nothing listening is ``refused``; an HTTP/2 (gRPC) port is the wrong
     transport, not retried either.  Shared by the v1 and v2 REST transports."""
     if isinstance(exc, http.client.HTTPException):  # not HTTP/1.x: e.g. a gRPC port
+        if tls is None and speaks_tls(address):  # or an HTTPS port, reached in plain HTTP
+            return ClientError(Code.UNAVAILABLE, handshake_message(address, str(exc), None),
+                               address, retryable=False)
         return ClientError(Code.UNAVAILABLE, f"{url} did not answer HTTP/1.1 "
                            f"({type(exc).__name__}: a gRPC port?)", address,
                            retryable=False)

@@ -93,6 +93,40 @@ def handshake_failure(text: str) -> bool:
     return any(marker.lower() in text.lower() for marker in HANDSHAKE_MARKERS)
 
 
+def grpc_handshake_error(details: str, address: str, tls: TlsConfig | None) -> str | None:
+    """The one-line message when a gRPC call's UNAVAILABLE ``details`` is a failed TLS
+    handshake, else None.  Only a TLS channel runs one, so only there do the markers
+    mean TLS: on a plain channel, gRPC's "handshake" is HTTP/2's or TCP's (a busy plain
+    server), and a plain client reaching a TLS server sees just "Socket closed"; that is
+    checked by asking the port for a TLS handshake (``speaks_tls``)."""
+    if tls is not None:
+        return handshake_message(address, details, tls) if handshake_failure(details) else None
+    if "socket closed" in details.lower() and speaks_tls(address):
+        return handshake_message(address, details, None)
+    return None
+
+
+def speaks_tls(address: str, timeout: float = 3.0) -> bool:
+    """Whether ``host:port`` answers a TLS ClientHello as a TLS server does (its
+    certificate unchecked: this only tells a TLS port from a plain one)."""
+    import socket
+    import ssl
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "/" in host:  # unix:..., dns:///..., no port
+        return False
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout) as raw, \
+                context.wrap_socket(raw):
+            return True
+    except ssl.SSLError as exc:  # an alert is a TLS server's answer (e.g. wants a client cert)
+        return "ALERT" in str(exc).upper()
+    except (OSError, ValueError):
+        return False
+
+
 def handshake_message(address: str, detail: str, tls: TlsConfig | None) -> str:
     """One line saying what failed and what to check."""
     lower = detail.lower()

@@ -207,11 +207,10 @@ def handshake_error(exc, address: str, tls: TlsConfig | None) -> str | None:
     own words: which CA or name to check), None for any other error."""
     import grpc
 
-    from tfdeploy.client.tls import handshake_failure, handshake_message
+    from tfdeploy.client.tls import grpc_handshake_error
 
-    details = exc.details() or ""
-    if exc.code() == grpc.StatusCode.UNAVAILABLE and handshake_failure(details):
-        return handshake_message(address, details, tls)
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        return grpc_handshake_error(exc.details() or "", address, tls)
     return None
 
 
