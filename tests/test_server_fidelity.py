@@ -649,3 +649,140 @@ def test_config_file_rewritten_before_the_first_poll_is_reloaded(tmp_path: Path)
         srv.wait_for(lambda s: not s, model="first", timeout=30)
     finally:
         assert srv.stop() == 0
+
+
+# -- item: --rest_api_enable_cors_support ------------------------------------------------
+CORS = {"access-control-allow-origin": "*", "access-control-allow-methods": "POST, GET",
+        "access-control-allow-headers": "Content-Type"}
+V2_CORS = {**CORS, "access-control-allow-headers": "Content-Type, Inference-Header-Content-Length",
+           "access-control-expose-headers": "Inference-Header-Content-Length"}
+#: libevent's Content-Type for an answer without one: tensorflow_model_server's preflights
+PREFLIGHT = "text/html; charset=ISO-8859-1"
+
+
+def _exchange(port: int, method: str, target: str, body: bytes | None = None,
+              headers: dict | None = None) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers with lower-case names, raw body) of one request."""
+    conn = httpclient.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request(method, target, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def _cors(headers: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.startswith("access-control-")}
+
+
+@pytest.fixture(scope="module")
+def cors_server(tmp_path_factory):
+    """One model served with --rest_api_enable_cors_support (and a small body cap)."""
+    tmp = tmp_path_factory.mktemp("cors")
+    _, srv = serve_one(save_half_plus_two(tmp / "model"), tmp, "m",
+                       "--rest_api_enable_cors_support", "--max_request_bytes=4096",
+                       f"--monitoring_config_file={_monitoring(tmp)}")
+    try:
+        srv.wait_available(1, model="m")
+        yield srv
+    finally:
+        assert srv.stop() == 0
+
+
+def _monitoring(tmp: Path) -> Path:
+    path = tmp / "monitoring.config"
+    path.write_text(f'prometheus_config {{ enable: true path: "{METRICS}" }}\n')
+    return path
+
+
+def test_rest_preflight_answered_without_cors_support(server):
+    """tensorflow_model_server answers OPTIONS on its API itself, flag or not: 200 with an
+    http(s) Origin, 400 without one, both empty; no CORS header without the flag."""
+    origin = {"Origin": "http://localhost:8000"}
+    for target in ("/v1/models/tf2", "/v1/models/tf2:predict", "/v1/anything",
+                   "/v2/models/tf2/infer"):
+        assert _exchange(server.rest_port, "OPTIONS", target, headers=origin)[::2] == (200, b"")
+        code, headers, body = _exchange(server.rest_port, "OPTIONS", target)
+        assert (code, headers["content-type"], body, _cors(headers)) == (400, PREFLIGHT, b"", {})
+        code, _, _ = _exchange(server.rest_port, "OPTIONS", target, headers={"Origin": "null"})
+        assert code == 400
+    code, headers, _ = _exchange(server.rest_port, "GET", "/v1/models/tf2", headers=origin)
+    assert (code, _cors(headers)) == (200, {})
+
+
+def test_rest_cors_support(cors_server):
+    """With the flag every answer of the API carries tensorflow_model_server's three CORS
+    headers: successes, errors, preflights, and the HTTP layer's own refusals (413); the
+    metrics path and unknown paths do not."""
+    port, origin = cors_server.rest_port, {"Origin": "https://example.com"}
+    predict = json.dumps({"instances": [[1.0]]}).encode()
+    code, headers, body = _exchange(port, "POST", "/v1/models/m:predict", predict, origin)
+    assert (code, json.loads(body), _cors(headers)) == (200, {"predictions": [[2.5]]}, CORS)
+    assert headers["content-type"] == "application/json"
+    for method, target, payload, status in (
+            ("GET", "/v1/models/m", None, 200), ("GET", "/v1/models/m/metadata", None, 200),
+            ("GET", "/v1/models/nope", None, 404), ("POST", "/v1/models/m:predict", b"[", 400),
+            ("GET", "/v1/models/m:predict", None, 400),
+            ("POST", "/v1/models/m:predict", b"[" * 5000, 413)):
+        code, headers, _ = _exchange(port, method, target, payload, origin)
+        assert (method, target, code, _cors(headers)) == (method, target, status, CORS)
+    code, headers, body = _exchange(port, "OPTIONS", "/v1/models/m:predict", headers={
+        **origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type"})
+    assert (code, headers["content-type"], body, _cors(headers)) == (200, PREFLIGHT, b"", CORS)
+    code, headers, body = _exchange(port, "OPTIONS", "/v1/models/m:predict")
+    assert (code, body, _cors(headers)) == (400, b"", CORS)
+    # ours: /v2 the same, its binary extension's header allowed and exposed
+    code, headers, _ = _exchange(port, "GET", "/v2/models/m/ready", headers=origin)
+    assert (code, _cors(headers)) == (200, V2_CORS)
+    assert _cors(_exchange(port, "OPTIONS", "/v2/models/m/infer", headers=origin)[1]) == V2_CORS
+    # outside the API: as tensorflow_model_server, no CORS headers
+    for target in (METRICS, "/v3/models/m"):
+        assert _cors(_exchange(port, "GET", target, headers=origin)[1]) == {}
+
+
+_FETCH = """async ([url, body]) => {
+    try {
+        const r = await fetch(url, {method: 'POST', body: body,
+                                    headers: {'Content-Type': 'application/json'}});
+        return [r.status, await r.json()];
+    } catch (e) { return ['blocked', String(e)]; }
+}"""
+
+
+@pytest.fixture
+def other_origin(tmp_path):
+    """A page served by a plain HTTP server on 127.0.0.1, another port: another origin (a
+    real server: Chromium keeps pages of no known address from loopback addresses)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    (tmp_path / "page.html").write_text("<html><body>cors</body></html>")
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tmp_path))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/page.html"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_rest_cors_in_a_browser(server, cors_server, page, other_origin):
+    """A page of another origin (Chromium, a JSON POST: preflighted) reads a prediction
+    from a server with --rest_api_enable_cors_support and is blocked by one without."""
+    page.goto(other_origin)
+    body = json.dumps({"instances": [[1.0]]})
+    allowed = page.evaluate(_FETCH, [f"{cors_server.rest}/v1/models/m:predict", body])
+    assert allowed == [200, {"predictions": [[2.5]]}]
+    error = page.evaluate(_FETCH, [f"{cors_server.rest}/v1/models/nope:predict", body])
+    assert error == [404, {"error": "Servable not found for request: Latest(nope)"}]
+    blocked = page.evaluate(_FETCH, [f"{server.rest}/v1/models/tf2:predict", body])
+    assert blocked[0] == "blocked"

@@ -87,6 +87,9 @@ class HttpResponse:
 
 
 Handler = Callable[[HttpRequest], HttpResponse]
+#: More headers for the layer's own answers to a request (413, 503, 408, 500, 504), from
+#: its decoded path and its request-target as sent (the REST API's CORS headers).
+LayerHeaders = Callable[[str, str], tuple[tuple[str, str], ...]]
 
 
 def error_body(message: str) -> bytes:
@@ -249,7 +252,8 @@ def _headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
 
 def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits,
          control_pool: ThreadPoolExecutor | None = None, max_in_flight: int | None = None,
-         busy_message: str = "server busy; retry later"):
+         busy_message: str = "server busy; retry later",
+         layer_headers: LayerHeaders | None = None):
     """The ASGI application between uvicorn and the blocking handler."""
     in_flight = 0  # requests with a body being read or handled (event loop only)
 
@@ -268,17 +272,17 @@ def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits,
                           f"{limits.max_body_bytes} bytes")
 
     async def refuse(headers: Mapping[str, str], receive, send, status: int,
-                     body: bytes) -> None:
+                     body: bytes, extra: tuple[tuple[str, str], ...]) -> None:
         """Answer before the body is read, without ever keeping the body."""
         if "100-continue" in headers.get("expect", "").lower():
             # Before any receive(): no "100 Continue" goes out, so the client never
             # sends the body, and we close.
-            await respond(send, status, body, close=True)
+            await respond(send, status, body, close=True, extra=extra)
             return
         if "close" not in headers.get("connection", "").lower():
             # Keep-alive: answer now; the protocol reads and drops the body that
             # follows (see _Protocol.data_received), so the connection lives on.
-            await respond(send, status, body)
+            await respond(send, status, body, extra=extra)
             return
         # "Connection: close" (urllib does this): the answer would close the socket
         # under a client still sending, which then sees a reset instead of the answer.
@@ -292,7 +296,7 @@ def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits,
             if message["type"] == "http.disconnect":
                 return
             more = message.get("more_body", False)
-        await respond(send, status, body, close=True)
+        await respond(send, status, body, close=True, extra=extra)
 
     async def app(scope: dict[str, Any], receive, send) -> None:
         nonlocal in_flight
@@ -300,27 +304,30 @@ def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits,
             return
         received = time.monotonic()
         headers = _headers(scope["headers"])
+        extra = layer_headers(scope["path"], scope.get("tfdeploy.target", b"").decode(
+            "latin-1")) if layer_headers is not None else ()
         declared = headers.get("content-length")
         if declared is not None and int(declared) > limits.max_body_bytes:
-            await refuse(headers, receive, send, 413, too_large(f"{declared} bytes"))
+            await refuse(headers, receive, send, 413, too_large(f"{declared} bytes"), extra)
             return
         has_body = (declared is not None and int(declared) > 0) or \
             "transfer-encoding" in headers
         if not has_body and control_pool is not None:
             # status, metadata, metrics: threads of their own, never behind inference
-            await run(scope, headers, b"", received, control_pool, receive, send)
+            await run(scope, headers, b"", received, control_pool, receive, send, extra)
             return
         if max_in_flight is not None and in_flight >= max_in_flight:
             # bounded: bodies buffered at once, before this one is read
-            await refuse(headers, receive, send, 503, error_body(busy_message))
+            await refuse(headers, receive, send, 503, error_body(busy_message), extra)
             return
         in_flight += 1
         try:
-            await read_and_run(scope, headers, received, receive, send)
+            await read_and_run(scope, headers, received, receive, send, extra)
         finally:
             in_flight -= 1
 
-    async def read_and_run(scope, headers, received, receive, send) -> None:
+    async def read_and_run(scope, headers, received, receive, send,
+                           extra: tuple[tuple[str, str], ...]) -> None:
         buffer = io.BytesIO()  # getvalue() hands over its buffer: no second copy
         more = True
         while more:  # the first receive() answers "Expect: 100-continue"
@@ -328,7 +335,8 @@ def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits,
                 message = await asyncio.wait_for(receive(), limits.body_timeout)
             except asyncio.TimeoutError:
                 await respond(send, 408, error_body(
-                    f"request body stalled for {limits.body_timeout:g} s"), close=True)
+                    f"request body stalled for {limits.body_timeout:g} s"), close=True,
+                    extra=extra)
                 return
             if message["type"] == "http.disconnect":
                 return
@@ -336,11 +344,12 @@ def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits,
             more = message.get("more_body", False)
             if buffer.tell() > limits.max_body_bytes:  # chunked: no length declared
                 del buffer
-                await respond(send, 413, too_large(f"more than {limits.max_body_bytes} bytes"))
+                await respond(send, 413, too_large(f"more than {limits.max_body_bytes} bytes"),
+                              extra=extra)
                 return
         body = buffer.getvalue()
         del buffer
-        await run(scope, headers, body, received, pool, receive, send)
+        await run(scope, headers, body, received, pool, receive, send, extra)
 
     async def watch(receive, cancelled: threading.Event) -> None:
         """Sets ``cancelled`` when the client goes away while its request is handled.
@@ -352,7 +361,7 @@ def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits,
         cancelled.set()
 
     async def run(scope, headers, body: bytes, received: float, on: ThreadPoolExecutor,
-                  receive, send) -> None:
+                  receive, send, extra: tuple[tuple[str, str], ...] = ()) -> None:
         raw_query = scope.get("query_string", b"")
         request = HttpRequest(scope["method"], scope["path"], raw_query.decode("latin-1"),
                               headers, body, received,
@@ -368,11 +377,11 @@ def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits,
             # answer is dropped; if it was still queued it never starts.
             await respond(send, 504, error_body(
                 f"Deadline Exceeded: no response within {limits.timeout_seconds:g} s "
-                f"(waited {time.monotonic() - started:.1f} s)"))
+                f"(waited {time.monotonic() - started:.1f} s)"), extra=extra)
             return
         except Exception:
             log.exception("handler failed on %s %s", scope["method"], scope["path"])
-            await respond(send, 500, error_body(INTERNAL_MESSAGE))
+            await respond(send, 500, error_body(INTERNAL_MESSAGE), extra=extra)
             return
         finally:
             watcher.cancel()
@@ -380,7 +389,8 @@ def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits,
                 or not isinstance(response.body, (bytes, bytearray))
                 or not (response.content_type.isascii() and response.content_type.isprintable())):
             log.error("handler returned %r for %s %s", response, scope["method"], scope["path"])
-            await respond(send, 500, error_body("internal error: handler returned no response"))
+            await respond(send, 500, error_body("internal error: handler returned no response"),
+                          extra=extra)
             return
         await respond(send, response.status, bytes(response.body), response.content_type,
                       extra=tuple(response.headers))
@@ -455,7 +465,8 @@ def serve(handler: Handler, host: str, port: int, *, max_body_bytes: int,
           timeout_seconds: float | None = None,
           idle_timeout: float = 30.0, backlog: int = 1024, header_timeout: float = 10.0,
           body_timeout: float = 30.0, max_header_bytes: int = 64 << 10,
-          tls: TlsFiles | None = None) -> HttpServerHandle:
+          tls: TlsFiles | None = None,
+          layer_headers: LayerHeaders | None = None) -> HttpServerHandle:
     """Serve ``handler`` on host:port from a background thread; return once listening.
 
     ``timeout_seconds`` bounds each handler call, queueing for a worker included (TF
@@ -466,6 +477,8 @@ def serve(handler: Handler, host: str, port: int, *, max_body_bytes: int,
     run on that many threads of their own, never queued behind the others.
     ``max_in_flight``: requests with a body being read or handled at once; one more is
     answered 503 ``busy_message`` before its body is read.
+    ``layer_headers``: more headers for this layer's own answers (413, 503, 408, 500,
+    504), as the handler would have added them (the REST API's CORS headers).
     """
     sock = _listen(host, port, backlog)
     limits = _Limits(max_body_bytes, max_header_bytes, header_timeout, body_timeout,
@@ -475,7 +488,8 @@ def serve(handler: Handler, host: str, port: int, *, max_body_bytes: int,
                     if control_threads > 0 else None)
     protocol = type("Protocol", (_Protocol,), {"limits": limits})
     config = uvicorn.Config(
-        _app(handler, pool, limits, control_pool, max_in_flight, busy_message),
+        _app(handler, pool, limits, control_pool, max_in_flight, busy_message,
+             layer_headers),
         http=protocol, ws="none", lifespan="off", interface="asgi3",
         log_config=None, access_log=False, proxy_headers=False, server_header=False,
         headers=[("server", SERVER_NAME.decode())], backlog=backlog,

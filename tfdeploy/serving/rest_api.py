@@ -23,7 +23,7 @@ import json
 import logging
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import unquote
 
 from tfdeploy.serving import http_server
@@ -67,6 +67,24 @@ _HOST_PORT = re.compile(rf"(?:(?:[{_SUB}:]|{_HEX})*@)?"
 _IP_FUTURE = re.compile(rf"v[0-9A-Fa-f]+\.[{_SUB}:]+")
 _INT64_MAX = (1 << 63) - 1
 
+#: What tensorflow_model_server adds to every answer of its API (/v1/..., errors and
+#: preflights included, not the metrics path) with --rest_api_enable_cors_support: any
+#: origin, the two methods it serves, the one request header a JSON POST needs.
+CORS_HEADERS = (("Access-Control-Allow-Origin", "*"),
+                ("Access-Control-Allow-Methods", "POST, GET"),
+                ("Access-Control-Allow-Headers", "Content-Type"))
+#: Ours, for /v2 with the same flag: the binary-tensor extension's header may be sent
+#: and read by a page too.
+V2_CORS_HEADERS = (("Access-Control-Allow-Origin", "*"),
+                   ("Access-Control-Allow-Methods", "POST, GET"),
+                   ("Access-Control-Allow-Headers",
+                    "Content-Type, Inference-Header-Content-Length"),
+                   ("Access-Control-Expose-Headers", "Inference-Header-Content-Length"))
+#: The Content-Type tensorflow_model_server's HTTP server (libevent) gives an answer
+#: that has none: a preflight's empty one.
+PREFLIGHT_CONTENT_TYPE = "text/html; charset=ISO-8859-1"
+_HTTP_ORIGIN = re.compile("https?://")
+
 
 def uri_path(target: str) -> str | None:
     """What tensorflow_model_server matches its URLs against for a request-target: the
@@ -101,6 +119,18 @@ class Reply:
     body: bytes
     content_type: str = JSON
     headers: tuple[tuple[str, str], ...] = ()
+
+
+def preflight(headers) -> Reply:
+    """An OPTIONS request to the API, as tensorflow_model_server answers it whether CORS
+    is on or not (it never reaches the API's handler): 200 when the Origin header has
+    "http://" or "https://" in it, else 400 (FAILED_PRECONDITION); both with an empty
+    body (the 400's message, "Origin header is missing in CORS preflight", only goes to
+    its log, as here)."""
+    if _HTTP_ORIGIN.search((headers or {}).get("origin", "")):
+        return Reply(200, b"", PREFLIGHT_CONTENT_TYPE)
+    log.debug("Origin header is missing in CORS preflight")
+    return Reply(400, b"", PREFLIGHT_CONTENT_TYPE)
 
 
 def json_reply(status: int, payload) -> Reply:
@@ -181,12 +211,36 @@ class RestApi:
                                  "text/plain")
                 return Reply(200, ms.metrics.render(), CONTENT_TYPE)
         if path == "/v2" or path.startswith("/v2/"):  # ours: matched as uvicorn decodes it
-            return self._v2(method, path, headers or {}, body, received, cancelled)
+            reply = (preflight(headers) if method == "OPTIONS" else
+                     self._v2(method, path, headers or {}, body, received, cancelled))
+            return self._with_cors(reply, V2_CORS_HEADERS)
         if uri is None:
             return error_reply(StatusError(Code.INVALID_ARGUMENT,
                                            f"Malformed request URI: {target}"))
         if not _API.fullmatch(uri):
             return error_reply(StatusError(Code.NOT_FOUND, f"Not found: {method} {uri}"))
+        reply = (preflight(headers) if method == "OPTIONS" else
+                 self._v1(method, uri, body, received, cancelled))
+        return self._with_cors(reply, CORS_HEADERS)
+
+    def cors_headers(self, path: str, target: str) -> tuple[tuple[str, str], ...]:
+        """The CORS headers ``handle`` adds to an answer to this request (none without
+        --rest_api_enable_cors_support, or outside the APIs): for the HTTP layer's own
+        answers (413, 503, ...), so a page can read those too."""
+        if not self.ms.options.rest_api_enable_cors_support:
+            return ()
+        if path == "/v2" or path.startswith("/v2/"):
+            return V2_CORS_HEADERS
+        uri = uri_path(target or path)
+        return CORS_HEADERS if uri is not None and _API.fullmatch(uri) else ()
+
+    def _with_cors(self, reply: Reply, headers: tuple[tuple[str, str], ...]) -> Reply:
+        if not self.ms.options.rest_api_enable_cors_support:
+            return reply
+        return replace(reply, headers=reply.headers + headers)
+
+    def _v1(self, method: str, uri: str, body: bytes, received: float | None,
+            cancelled: threading.Event) -> Reply:
         try:
             named = parse_path(method, uri)
             if method == "POST":
@@ -338,7 +392,8 @@ def serve(model_server, host: str, port: int) -> http_server.HttpServerHandle:
             max_in_flight=in_flight,
             busy_message=(f"{in_flight} REST inference requests already in flight "
                           "(--rest_api_num_threads + --max_queued_requests); retry later"),
-            tls=_tls(options.ssl_config_file))
+            tls=_tls(options.ssl_config_file),
+            layer_headers=api.cors_headers)
     except OSError as exc:
         raise StatusError(Code.UNAVAILABLE,
                           f"cannot bind REST port {host}:{port} "

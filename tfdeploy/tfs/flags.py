@@ -132,8 +132,9 @@ FLAGS: tuple[ServerFlag, ...] = (
          "request logging: sampled requests waiting for the writer thread; more are "
          "dropped (and counted), never waited for", minimum=1),
     _row("use_alts_credentials", REFUSED, bool, False, "use Google ALTS credentials"),
-    _row("rest_api_enable_cors_support", REFUSED, bool, False,
-         "CORS headers in REST responses"),
+    _row("rest_api_enable_cors_support", OFFICIAL, bool, False,
+         "CORS headers (any origin) in REST API responses, so pages of other origins "
+         "can call it; OPTIONS preflights are answered either way"),
     _row("enable_grpc_healthcheck_service", OFFICIAL, bool, True,
          "the standard gRPC health-check service grpc.health.v1.Health (service \"\" and "
          "one per model); default true here, false in tensorflow_model_server, so "
