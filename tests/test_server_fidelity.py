@@ -430,6 +430,27 @@ def test_rest_urls_match_the_raw_request_uri(server):
     assert wrong == []
 
 
+def test_v2_model_names_decoded_once(server):
+    """/v2 (the Open Inference Protocol) matches its paths as sent and decodes a model
+    name once after the match: %2532 names "%32" (not "2"), %2F is part of a name."""
+    def missing(name: str) -> tuple[int, dict]:
+        return 404, {"error": f"Servable not found for request: Latest({name})"}
+
+    cases = [
+        ("/v2/models/tf%32/ready", (200, {"name": "tf2", "ready": True})),
+        ("/v2/models/tf%2532/ready", missing("tf%32")),
+        ("/v2/models/tf2%2Fready", missing("tf2/ready")),
+        ("/v2/models/tf2%2Fversions%2F1/ready", missing("tf2/versions/1")),
+        ("/v2/models/tf%202/ready?x=1", missing("tf 2")),
+    ]
+    wrong = []
+    for target, expected in cases:
+        code, _, body = _send(server.rest_port, "GET", target)
+        if (code, body) != expected:
+            wrong.append((target, code, body))
+    assert wrong == []
+
+
 def test_rest_metrics_path_matched_as_sent(server):
     """tensorflow_model_server looks its metrics path up as sent (any method, not
     decoded) and then refuses a query, in plain text."""

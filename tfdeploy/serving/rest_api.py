@@ -113,6 +113,15 @@ def uri_path(target: str) -> str | None:
     return rest if _RELATIVE.fullmatch(rest) else None
 
 
+def _bare(uri: str | None) -> str | None:
+    """The path of a ``uri_path``: as sent, without its "?query" and "#fragment"."""
+    return None if uri is None else re.split("[?#]", uri, maxsplit=1)[0]
+
+
+def _is_v2(bare: str | None) -> bool:
+    return bare is not None and (bare == "/v2" or bare.startswith("/v2/"))
+
+
 @dataclass(frozen=True)
 class Reply:
     status: int
@@ -188,9 +197,9 @@ class RestApi:
                received: float | None = None, headers=None,
                cancelled: threading.Event | None = None, target: str | None = None) -> Reply:
         """Answer one request; never raises (every failure is an error reply).
-        ``path`` is percent-decoded without the query (what /v2 routes on); ``target``
-        the request-target as sent (what TF Serving's URLs match, see ``uri_path``;
-        ``path`` when not given).  ``received`` (time.monotonic()) starts the
+        ``path`` is percent-decoded without the query; ``target`` the request-target as
+        sent (what TF Serving's URLs and /v2's match, see ``uri_path``; ``path`` when not
+        given).  ``received`` (time.monotonic()) starts the
         --rest_api_timeout_in_ms clock of an inference request (now by default);
         ``cancelled`` is set by the transport when the client goes away, so an inference
         request still queued leaves the queue without running (as a cancelled gRPC call
@@ -199,10 +208,10 @@ class RestApi:
         ms = self.ms
         target = path if target is None else target
         uri = uri_path(target)
-        if uri is not None and ms.prometheus_path:
+        bare = _bare(uri)
+        if bare is not None and ms.prometheus_path:
             # tensorflow_model_server looks the metrics path up as sent, any method, and
             # then wants no query: 400 in plain text
-            bare = re.split("[?#]", uri, maxsplit=1)[0]
             if bare == ms.prometheus_path:
                 from tfdeploy.serving.metrics import CONTENT_TYPE
 
@@ -210,9 +219,9 @@ class RestApi:
                     return Reply(400, f"Unexpected path: {uri}. Should be {bare}".encode(),
                                  "text/plain")
                 return Reply(200, ms.metrics.render(), CONTENT_TYPE)
-        if path == "/v2" or path.startswith("/v2/"):  # ours: matched as uvicorn decodes it
+        if _is_v2(bare):  # ours: matched on the path as sent, without query and fragment
             reply = (preflight(headers) if method == "OPTIONS" else
-                     self._v2(method, path, headers or {}, body, received, cancelled))
+                     self._v2(method, bare, headers or {}, body, received, cancelled))
             return self._with_cors(reply, V2_CORS_HEADERS)
         if uri is None:
             return error_reply(StatusError(Code.INVALID_ARGUMENT,
@@ -229,9 +238,9 @@ class RestApi:
         answers (413, 503, ...), so a page can read those too."""
         if not self.ms.options.rest_api_enable_cors_support:
             return ()
-        if path == "/v2" or path.startswith("/v2/"):
-            return V2_CORS_HEADERS
         uri = uri_path(target or path)
+        if _is_v2(_bare(uri)):
+            return V2_CORS_HEADERS
         return CORS_HEADERS if uri is not None and _API.fullmatch(uri) else ()
 
     def _with_cors(self, reply: Reply, headers: tuple[tuple[str, str], ...]) -> Reply:

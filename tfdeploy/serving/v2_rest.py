@@ -120,7 +120,10 @@ class V2RestApi:
                received: float | None, cancelled: threading.Event | None = None,
                ) -> tuple[int, bytes, dict[str, str]]:
         """(status, body, extra headers) of one /v2 request; raises StatusError.
-        ``cancelled``: set when the client went away (see ``RestApi.handle``)."""
+        ``path`` is as sent, not percent-decoded (without its query): the model name is
+        decoded once after the match, so ``%2F`` in a name is no separator and ``%2532``
+        names "%32".  ``cancelled``: set when the client went away (see
+        ``RestApi.handle``)."""
         status, payload, extra = self._route(method, path, headers, body, received,
                                              cancelled or threading.Event())
         if isinstance(payload, dict):
