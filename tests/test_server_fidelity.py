@@ -430,6 +430,31 @@ def test_rest_urls_match_the_raw_request_uri(server):
     assert wrong == []
 
 
+def test_rest_model_name_bytes_that_are_not_utf8_are_kept(server):
+    """tensorflow_model_server keeps a decoded byte that is not UTF-8 (%FF) in the name and
+    its message; JSON cannot hold a raw byte, so it comes as an escape a client can turn
+    back into that byte (U+FFFD would lose it).  Metrics still render afterwards."""
+    for method, target, expected in (
+            ("GET", "/v1/models/tf%FF", b"Could not find any versions of model tf\xff"),
+            ("GET", "/v1/models/tf2/labels/%FFx/metadata",
+             b"Unrecognized servable version label: \xffx"),
+            ("POST", "/v1/models/tf%FE:predict",
+             b"Servable not found for request: Latest(tf\xfe)"),
+            ("GET", "/v2/models/tf%FF/ready", b"Servable not found for request: Latest(tf\xff)")):
+        conn = httpclient.HTTPConnection("127.0.0.1", server.rest_port, timeout=60)
+        try:
+            conn.request(method, target, body=b'{"instances": [[1.0]]}' if method == "POST"
+                         else None)
+            raw = conn.getresponse().read()
+        finally:
+            conn.close()
+        raw.decode("ascii")  # valid JSON text, no raw byte
+        message = json.loads(raw)["error"]
+        assert (target, message.encode("utf-8", "surrogateescape")) == (target, expected)
+    code, kind, _ = _send(server.rest_port, "GET", METRICS)
+    assert code == 200
+
+
 def test_v2_model_names_decoded_once(server):
     """/v2 (the Open Inference Protocol) matches its paths as sent and decodes a model
     name once after the match: %2532 names "%32" (not "2"), %2F is part of a name."""

@@ -160,6 +160,16 @@ class Target:
     verb: str  # "predict", "classify", "regress", "metadata" or "" (status)
 
 
+def decode_name(raw: str) -> str:
+    """A model name or label of a URL, percent-decoded once.  tensorflow_model_server
+    keeps bytes that are not UTF-8 as they are and writes them raw into its JSON error
+    (which is then no valid UTF-8); here such a byte stays in the name as a lone
+    surrogate (Python's "surrogateescape"), so the JSON answer carries it as an ASCII
+    escape (``%FF`` -> ``\\udcff``) from which a client can get the byte back, where
+    U+FFFD would lose it.  No configured name can hold one, so it names no model."""
+    return unquote(raw, errors="surrogateescape")
+
+
 def parse_path(method: str, path: str) -> Target:
     """The model, version or label and verb of an API path; INVALID_ARGUMENT (400) with
     tensorflow_model_server's message when it does not parse."""
@@ -173,10 +183,10 @@ def parse_path(method: str, path: str) -> Target:
         if version > _INT64_MAX:
             raise StatusError(Code.INVALID_ARGUMENT,
                               f"Failed to convert version: {m['version']} to numeric.")
-    name = unquote(m["name"] or "")
+    name = decode_name(m["name"] or "")
     if not name:
         raise StatusError(Code.INVALID_ARGUMENT, "Missing model name in request.")
-    label = unquote(m["label"]) if m["label"] else None
+    label = decode_name(m["label"]) if m["label"] else None
     # Served verbs are lower-case only (tensorflow_model_server compares them as such):
     # another spelling is malformed for POST and the model status for GET.
     verb = m["verb"] or ""

@@ -147,7 +147,9 @@ class V2RestApi:
         m = _MODEL.fullmatch(path)
         if m is None:
             raise StatusError(Code.NOT_FOUND, f"Not found: {method} {path}")
-        name, version = unquote(m["name"]), parse_version(m["version"])
+        # decoded once; a byte that is not UTF-8 kept as rest_api.decode_name keeps it
+        name = unquote(m["name"], errors="surrogateescape")
+        version = parse_version(m["version"])
         verb = m["verb"] or ""
         if (method == "POST") != (verb == "infer"):
             raise StatusError(Code.INVALID_ARGUMENT, f"Malformed request: {method} {path}")
