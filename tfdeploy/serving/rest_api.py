@@ -5,10 +5,12 @@
     POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict    row or columnar
     POST /v1/models/{name}[/versions/{v}|/labels/{l}]:classify   tf.Example features
     POST /v1/models/{name}[/versions/{v}|/labels/{l}]:regress    tf.Example features
+    OPTIONS /v1/...                                              CORS preflight
     GET  <prometheus path>                                       metrics, when enabled
     /v2/...                                     the Open Inference Protocol (``v2_rest``)
 
-Binary values travel as ``{"b64": "..."}``.  Errors are ``{"error": "..."}``.
+Binary values travel as ``{"b64": "..."}``.  Errors are ``{"error": "..."}``.  With
+--rest_api_enable_cors_support every answer of the API carries CORS headers.
 
 Two layers: ``RestApi.handle(method, path, body)`` routes and answers a request as plain
 data (status, body bytes, content type) and knows nothing of sockets; the HTTP transport
