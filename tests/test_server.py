@@ -527,3 +527,28 @@ def test_failed_load_is_retried(demo_base, tmp_path):
         srv.wait_for(lambda s: s == {1: "AVAILABLE"}, timeout=120)
     finally:
         assert srv.stop() == 0
+
+
+def test_a_signal_once_a_port_accepts_drains_instead_of_exiting(demo_base, tmp_path):
+    """SIGINT the moment the REST port accepts (start() may still be opening things):
+    the server drains and says so, not 'stopped before the models loaded' with a client
+    possibly in flight.  Before the fix every try here took the early exit."""
+    import signal
+    import socket
+
+    for _ in range(2):
+        srv = ServerProcess("--model_name=deeplab", f"--model_base_path={demo_base}",
+                            log_dir=tmp_path)
+        deadline = time.monotonic() + 120
+        while True:
+            assert srv.proc.poll() is None, srv.log()
+            assert time.monotonic() < deadline, "the REST port never accepted"
+            try:
+                socket.create_connection(("127.0.0.1", srv.rest_port), timeout=0.05).close()
+                break
+            except OSError:
+                time.sleep(0.001)
+        srv.proc.send_signal(signal.SIGINT)
+        assert srv.proc.wait(60) == 0
+        log = srv.log()
+        assert "draining" in log and "before the models loaded" not in log, log

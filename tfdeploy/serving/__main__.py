@@ -113,11 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     from tfdeploy.serving.server import ModelServer
     from tfdeploy.tfs.codes import StatusError
 
-    stop, started = threading.Event(), threading.Event()
+    stop = threading.Event()
+    server = None
 
     def on_signal(*_) -> None:
-        if started.is_set():
-            stop.set()  # drain, then stop (below)
+        if server is not None and server.accepting:
+            # Once a port is open a client may be in flight, even while start() is
+            # still opening the next one: drain, then stop (below, after start()).
+            stop.set()
             return
         # Still waiting for the first models (their load retries may take minutes):
         # nothing listens or needs draining, so leave now, as tensorflow_model_server
@@ -128,7 +131,6 @@ def main(argv: list[str] | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    server = None
     try:
         server = ModelServer(options)
         server.start()
@@ -139,7 +141,6 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.flush()
             os._exit(2)
         return 2
-    started.set()
     log.info("serving; pid %d", os.getpid())
     # Wake up now and then: the kernel may deliver SIGTERM to one of TensorFlow's or
     # gRPC's threads, and then nothing interrupts a main thread blocked in an untimed

@@ -141,6 +141,7 @@ class ModelServer:
         self.config = self._initial_config()
         self._config_lock = threading.Lock()
         self._stop = threading.Event()
+        self.accepting = False  # a port is open: signals drain from then on
         self._grpc = None
         self._rest = None
         self._threads: list[threading.Thread] = []
@@ -277,6 +278,7 @@ class ModelServer:
         loaded = self.config
         self.apply_config(loaded, initial=True)
         self.source.start()
+        self.accepting = True  # from here a signal means drain (serving/__main__.py)
         self._grpc = grpc_api.serve(self, self.options.grpc_host, self.options.port)
         # tensorflow_model_server's own words: scripts wait for these lines
         log.info("Running gRPC ModelServer at %s:%d ...", self.options.grpc_host,
