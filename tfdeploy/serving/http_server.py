@@ -190,7 +190,8 @@ class _Protocol(HttpToolsProtocol):
         self._headers_done = True
         # uvicorn's scope has the path decoded and the query apart, the fragment gone:
         # the target as sent goes along too (HttpRequest.target).
-        self.scope["tfdeploy.target"] = bytes(self.url)  # type: ignore[typeddict-unknown-key]
+        target = bytes(self.url).decode("latin-1")  # str, decoded once for every reader
+        self.scope["tfdeploy.target"] = target  # type: ignore[typeddict-unknown-key]
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -304,8 +305,8 @@ def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits,
             return
         received = time.monotonic()
         headers = _headers(scope["headers"])
-        extra = layer_headers(scope["path"], scope.get("tfdeploy.target", b"").decode(
-            "latin-1")) if layer_headers is not None else ()
+        extra = layer_headers(scope["path"], scope.get("tfdeploy.target", "")) \
+            if layer_headers is not None else ()
         declared = headers.get("content-length")
         if declared is not None and int(declared) > limits.max_body_bytes:
             await refuse(headers, receive, send, 413, too_large(f"{declared} bytes"), extra)
@@ -365,7 +366,7 @@ def _app(handler: Handler, pool: ThreadPoolExecutor, limits: _Limits,
         raw_query = scope.get("query_string", b"")
         request = HttpRequest(scope["method"], scope["path"], raw_query.decode("latin-1"),
                               headers, body, received,
-                              target=scope.get("tfdeploy.target", b"").decode("latin-1"))
+                              target=scope.get("tfdeploy.target", ""))
         del body
         started = time.monotonic()
         watcher = asyncio.ensure_future(watch(receive, request.cancelled))

@@ -77,8 +77,7 @@ CORS_HEADERS = (("Access-Control-Allow-Origin", "*"),
                 ("Access-Control-Allow-Headers", "Content-Type"))
 #: Ours, for /v2 with the same flag: the binary-tensor extension's header may be sent
 #: and read by a page too.
-V2_CORS_HEADERS = (("Access-Control-Allow-Origin", "*"),
-                   ("Access-Control-Allow-Methods", "POST, GET"),
+V2_CORS_HEADERS = (*CORS_HEADERS[:2],
                    ("Access-Control-Allow-Headers",
                     "Content-Type, Inference-Header-Content-Length"),
                    ("Access-Control-Expose-Headers", "Inference-Header-Content-Length"))
