@@ -8,6 +8,7 @@ A slow load is made, not timed: a version whose warmup record runs the gated mod
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -304,12 +305,20 @@ def test_refused_config_file_is_logged_once_per_change(hp2, tmp_path):
                         "--model_config_file_poll_wait_seconds=0.1", log_dir=tmp_path)
     try:
         srv.wait_available(1, model="hp2")
-        config.write_text("model_config_list { config { name: ")
+
+        def replace(text: str) -> None:  # whole files: a poll never reads one half-written
+            part = tmp_path / "models.config.part"
+            part.write_text(text)
+            os.replace(part, config)
+
+        replace("model_config_list { config { name: ")
         time.sleep(1.5)  # fifteen polls of the same refused file
         assert srv.log().count("cannot reload") == 1
-        config.write_text(config_text(("hp2", Path("relative/path"))))
+        replace(config_text(("hp2", Path("relative/path"))))  # parses, then is refused
         time.sleep(1.5)
-        assert srv.log().count("cannot reload") == 2
+        log = srv.log()
+        assert log.count("cannot reload") == 2
+        assert log.count("model config file changed; reloading") == 1, log
         assert srv.status("hp2") == {1: "AVAILABLE"}
     finally:
         assert srv.stop() == 0

@@ -261,7 +261,8 @@ class ModelServer:
                     raise raw
                 config = config_files.model_server_config(self.options.model_config_file)
                 if config != last:
-                    log.info("model config file changed; reloading")
+                    if refused is None or refused[0] != raw:  # not the refused file again
+                        log.info("model config file changed; reloading")
                     self.apply_config(config)
                     last = config
                 refused = None
