@@ -38,3 +38,32 @@ def test_rss_returns_close_to_idle_after_a_large_image(demo_base, tmp_path):
         assert pool.predict_png("deeplab", small)[:4] == b"\x89PNG"   # and still serves
     finally:
         srv.stop()
+
+
+def _minor_faults(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
+
+
+def test_a_typical_request_keeps_its_memory_for_the_next(demo_base, tmp_path):
+    """One 513x513 image after another: the server keeps what a run freed (well under
+    memory.KEEP_BYTES) for the next run instead of handing it back and faulting every
+    page in again.  Before: a trim after every run, ~25,000-40,000 page faults in every
+    request here; now some request of five faults fewer than 2,000 (8 MB)."""
+    srv = ServerProcess("--model_name=deeplab", f"--model_base_path={demo_base}",
+                        log_dir=tmp_path)
+    try:
+        srv.wait_available(1)
+        pool = connect(srv.grpc_target, "grpc", timeout=300, retries=0)
+        image = encode_png(probe_image(513, 513))
+        for _ in range(3):
+            assert pool.predict_png("deeplab", image)[:4] == b"\x89PNG"
+        faults = []
+        for _ in range(5):
+            before = _minor_faults(srv.proc.pid)
+            assert pool.predict_png("deeplab", image)[:4] == b"\x89PNG"
+            time.sleep(0.3)  # the trimming thread's turn, had it trimmed
+            faults.append(_minor_faults(srv.proc.pid) - before)
+        assert min(faults) < 2000, f"page faults per request: {faults}"
+    finally:
+        srv.stop()

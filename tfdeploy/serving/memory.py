@@ -17,9 +17,21 @@ bench/pixels.py (demo export, 1024x1024 then 2048x2048, RSS kept 1 s after the a
    changes the kernels that compute the numbers.
 2. glibc keeps what was freed in its arenas: ``malloc_trim(0)`` hands every free page of
    every arena back (glibc 2.8+ releases pages inside the heaps too, not only at their
-   tops): 41 MB kept.  It runs when the last graph run in flight ends (``running``), so
-   a busy server does not pay for it, on a thread of its own, so no answer waits for it.
-   Where the C library has no ``malloc_trim`` (musl, macOS) it does nothing.
+   tops): 41 MB kept.  It runs on a thread of its own when the last graph run in flight
+   ends (``running``), so no answer waits for it, and only when the process is more than
+   ``KEEP_BYTES`` above its size after the last trim: a trim after every run made the
+   next run fault every page of its tensors back in, and a client sending one 513x513
+   image after another waited for that (resnet_v2_50 OS16, one gRPC request at a time,
+   AMD EPYC Zen 5, 2 cores: int8 150 ms per answer with a trim after every run, 105 ms
+   without; float32 262 and 235 ms).  A run of that size keeps about 300 MB (int8) or
+   110 MB (float32) between requests; what a large image leaves above ``KEEP_BYTES``
+   goes back at once (demo export, 2048x2048: 394 MB kept, 1.35 GB at the peak).
+3. That bound holds because the process has one malloc arena (``use_system_allocator``
+   sets ``M_ARENA_MAX`` to 1 unless the environment chose): with glibc's default of 8
+   per core, the next run allocated on another thread's arena while the last run's
+   pages sat free in the first, so the peak grew with each image (and glibc's automatic
+   trimming of those arenas faulted 30,000 pages back in per int8 run).
+Where the C library has no ``malloc_trim``/``mallopt`` (musl, macOS) this does nothing.
 """
 
 from __future__ import annotations
@@ -31,9 +43,15 @@ import os
 import threading
 from collections.abc import Iterator
 
+#: Memory a run may leave in the process above its size after the last trim and keep
+#: for the next run (the working set of a typical request); beyond it, trim at once.
+KEEP_BYTES = 512 << 20
+_M_ARENA_MAX = -8                     # mallopt's parameter number in glibc's malloc.h
+
 _lock = threading.Lock()
 _in_flight = 0
 _trim = None
+_trimmed_rss: int | None = None       # the process's RSS after the last trim
 _idle = threading.Event()             # set when the last run in flight ended
 _trimmer: threading.Thread | None = None
 
@@ -42,19 +60,43 @@ def _malloc_trim():
     """libc's malloc_trim, or None when there is none."""
     global _trim
     if _trim is None:
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-            _trim = libc.malloc_trim
+        _trim = getattr(_libc(), "malloc_trim", None) or False
+        if _trim:
             _trim.argtypes, _trim.restype = [ctypes.c_size_t], ctypes.c_int
-        except (OSError, AttributeError):
-            _trim = False
     return _trim or None
+
+
+def _libc():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or None)
+    except OSError:
+        return None
 
 
 def use_system_allocator() -> None:
     """Make TensorFlow's oneDNN CPU allocator use malloc instead of its own pool that
-    never shrinks; must run before TensorFlow is imported.  An explicit setting wins."""
+    never shrinks, from one malloc arena (point 3 above); must run before TensorFlow is
+    imported (its threads would make arenas of their own).  Explicit settings win:
+    ``TF_ONEDNN_USE_SYSTEM_ALLOCATOR``, ``MALLOC_ARENA_MAX`` or an ``arena_max`` in
+    ``GLIBC_TUNABLES``."""
     os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
+    if "MALLOC_ARENA_MAX" in os.environ or "arena_max" in os.environ.get("GLIBC_TUNABLES",
+                                                                         ""):
+        return
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is not None:
+        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        mallopt(_M_ARENA_MAX, 1)
+
+
+def _rss() -> int | None:
+    """This process's resident bytes, or None where /proc is not there."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def release_memory() -> bool:
@@ -63,16 +105,29 @@ def release_memory() -> bool:
     return bool(trim(0)) if trim else False
 
 
+def trim_if_large(keep: int = KEEP_BYTES) -> bool:
+    """``release_memory`` when the process is more than ``keep`` bytes above its size
+    after the last trim (always where that size cannot be read); True when it trimmed."""
+    global _trimmed_rss
+    rss = _rss()
+    if rss is not None and _trimmed_rss is not None and rss - _trimmed_rss <= keep:
+        _trimmed_rss = min(_trimmed_rss, rss)  # a version unloaded: a lower floor
+        return False
+    release_memory()
+    _trimmed_rss = _rss()
+    return True
+
+
 def _trim_when_idle() -> None:
     while True:
         _idle.wait()
         _idle.clear()
-        release_memory()
+        trim_if_large()
 
 
 @contextlib.contextmanager
 def running() -> Iterator[None]:
-    """Around one graph run: when the last run in flight ends, ``release_memory`` on the
+    """Around one graph run: when the last run in flight ends, ``trim_if_large`` on the
     trimming thread (started on first use)."""
     global _in_flight, _trimmer
     with _lock:
