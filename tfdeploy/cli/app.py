@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 
@@ -39,6 +40,25 @@ def main() -> None:
     Run `tfdeploy COMMAND --help` for a command's options and examples.
     """
     quiet_grpc_core()
+    warnings_as_lines()
+
+
+class _LineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def warnings_as_lines() -> None:
+    """The library's warnings (``log.warning`` under ``tfdeploy.``: a config file rewritten
+    in full, a state record ignored, an endpoint set aside) reach stderr as the CLI's own
+    lines, ``warning: ...``, not as bare text from Python's last-resort handler."""
+    logger = logging.getLogger("tfdeploy")
+    if any(isinstance(h.formatter, _LineFormatter) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(_LineFormatter())
+    handler.setLevel(logging.WARNING)
+    logger.addHandler(handler)  # still propagating: a host's own handlers see them too
 
 
 def quiet_grpc_core() -> None:
