@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -59,7 +60,12 @@ def test_whole_pipeline_from_python(tmp_path):
         assert server.rest_url.startswith("http://127.0.0.1:")
         assert not server.grpc_address.endswith(":0")
         assert [s["name"] for s in tfdeploy.servers()] == ["api"]
-        assert any("Exporting HTTP/REST API at:" in line for line in tfdeploy.logs("api", tail=50))
+        # the server logs this line once REST is serving, so a request may beat it
+        deadline = time.monotonic() + 30
+        while not any("Exporting HTTP/REST API at:" in line
+                      for line in tfdeploy.logs("api", tail=50)):
+            assert time.monotonic() < deadline, tfdeploy.logs("api", tail=50)
+            time.sleep(0.1)
 
         rgb = Image.open(EXAMPLES[0]).convert("RGB")
         inputs = [EXAMPLES[0], str(EXAMPLES[0]), EXAMPLES[0].read_bytes(), rgb,

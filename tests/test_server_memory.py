@@ -3,6 +3,9 @@ gRPC on 127.0.0.1, the server process's RSS read from the operating system."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import psutil
@@ -67,3 +70,51 @@ def test_a_typical_request_keeps_its_memory_for_the_next(demo_base, tmp_path):
         assert min(faults) < 2000, f"page faults per request: {faults}"
     finally:
         srv.stop()
+
+
+_ARENAS = r"""
+import ctypes, ctypes.util, os, sys, tempfile, threading
+from tfdeploy.serving import memory
+memory.use_system_allocator()
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+together = threading.Barrier(6)
+kept = []
+
+def allocate():
+    kept.append(libc.malloc(4096))  # a thread's first malloc picks its arena
+    together.wait()                 # all alive at once: none inherits a freed arena
+
+threads = [threading.Thread(target=allocate) for _ in range(5)]
+for t in threads:
+    t.start()
+together.wait()
+for t in threads:
+    t.join()
+path = os.path.join(tempfile.mkdtemp(), "info.xml")
+fp = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, fp)
+libc.fclose(fp)
+print(open(path).read().count("<heap nr="))
+"""
+
+
+def _arenas(**env: str) -> int:
+    """How many malloc arenas a process has after use_system_allocator() and five
+    threads allocating at once (glibc gives each new thread a new arena by default)."""
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")}
+    out = subprocess.run([sys.executable, "-c", _ARENAS], env={**environ, **env},
+                         capture_output=True, text=True, timeout=60, check=True)
+    return int(out.stdout)
+
+
+def test_the_server_allocates_from_one_malloc_arena_unless_told_otherwise():
+    # one arena is what lets the next request reuse the pages the last one freed
+    assert _arenas() == 1
+    assert _arenas(MALLOC_ARENA_MAX="3") == 3  # the user's setting wins
+    assert _arenas(GLIBC_TUNABLES="glibc.malloc.arena_max=2") == 2

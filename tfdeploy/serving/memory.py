@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -66,7 +67,9 @@ def _malloc_trim():
     return _trim or None
 
 
+@functools.cache
 def _libc():
+    """The C library, loaded once (find_library may run ldconfig)."""
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or None)
     except OSError:
