@@ -305,10 +305,34 @@ def test_int8_export_keeps_contract_and_agrees_on_photographs(int8_demo, photogr
     # conv1 and conv2 of the demo's nine units: the graph and its int8 weight constants
     # are written once, not once per trace
     assert convs == 2 * 9
+    # serving_default calls the int8 model from one place, for same-size batches and
+    # mixed sizes alike: the server copies every constant once per call site
+    assert _model_call_sites(sm.meta_graphs[0], "serving_default") == 1
     loaded = tf.saved_model.load(result["path"])
     names = {v.name for v in loaded.model.variables_list}
     assert {"demo_resnet_v2/conv1/weights:0", "DeepLab_v3/logits/weights:0"} <= names
     assert not [n for n in names if "unit_1/bottleneck_v2/conv2" in n]
+
+
+def _model_call_sites(meta_graph, signature: str) -> int:
+    """How many function-call nodes reachable from ``signature`` call the model's traced
+    logits function, through cond branches, loop bodies and nested calls."""
+    library = {f.signature.name: f for f in meta_graph.graph_def.library.function}
+
+    def callees(nodes):
+        for node in nodes:
+            for value in node.attr.values():
+                if value.HasField("func"):
+                    yield value.func.name
+                yield from (f.name for f in value.list.func)
+
+    def count(name: str) -> int:
+        return sum(1 if callee.startswith("__inference__logits") else count(callee)
+                   for callee in callees(library[name].node_def) if callee in library)
+
+    outputs = {t.name.split(":")[0] for t in meta_graph.signature_def[signature].outputs.values()}
+    return sum(count(f) for f in callees(n for n in meta_graph.graph_def.node
+                                         if n.name in outputs))
 
 
 def test_int8_export_calibrates_on_the_probes_by_default(tmp_path, small_checkpoint):

@@ -214,13 +214,7 @@ class ServingModule(tf.Module):
             tf.size(image_bytes), message="image_bytes must hold at least one image")
         images, sizes = decode_batch(image_bytes, self.max_pixels, self._check)
         same = tf.reduce_all(tf.equal(sizes, sizes[0]))
-        # Same-size images (all a batching server merges from uniform traffic) run as one
-        # batch.  Mixed sizes run image by image: padding them to one size would change
-        # masks (convolutions near the edge and DeepLab's image-level pooling see the
-        # pad), and each mask must be exactly the one its image gets alone.
-        masks = tf.cond(
-            same, lambda: tf.cast(self.model.predict(self._pixels(images)), tf.uint8),
-            lambda: self._predict_each(images, sizes))
+        masks = self._predict_groups(images, sizes, same)
 
         def png(i):
             return self.png(masks[i, :sizes[i, 0], :sizes[i, 1]])
@@ -229,20 +223,32 @@ class ServingModule(tf.Module):
                          fn_output_signature=tf.TensorSpec([], tf.string))
         return {SEGMENTATION_MAP: masks, MASK_PNG: pngs}
 
-    def _predict_each(self, images: tf.Tensor, sizes: tf.Tensor) -> tf.Tensor:
-        """uint8 masks [N, H, W] of padded ``images``, each computed on its own image only
-        (cropped to ``sizes``); pixels outside an image are PAD_LABEL."""
-        height, width = tf.shape(images)[1], tf.shape(images)[2]
+    def _predict_groups(self, images: tf.Tensor, sizes: tf.Tensor, same: tf.Tensor
+                        ) -> tf.Tensor:
+        """uint8 masks [N, H, W] of padded ``images``; pixels outside an image are
+        PAD_LABEL.  Same-size images (all a batching server merges from uniform traffic)
+        run as one batch.  Mixed sizes run image by image, each cropped to its ``sizes``:
+        padding them to one size would change masks (convolutions near the edge and
+        DeepLab's image-level pooling see the pad), and each mask must be exactly the one
+        its image gets alone.
 
-        def one(i):
-            h, w = sizes[i, 0], sizes[i, 1]
-            image = self._pixels(images[i:i + 1, :h, :w])
-            mask = tf.cast(self.model.predict(image)[0], tf.int32)
-            return tf.cast(tf.pad(mask, [[0, height - h], [0, width - w]],
+        Both cases are one loop over groups (one group of N, or N groups of one), so the
+        model is called from one place: the server instantiates a signature's graph with
+        a copy of every constant per call site, and an int8 model's weights are
+        constants (measured, resnet_v2_50 int8: ~100 MB per call site)."""
+        n, height, width = tf.shape(sizes)[0], tf.shape(images)[1], tf.shape(images)[2]
+
+        def group(i):
+            first, last = tf.where(same, 0, i), tf.where(same, n, i + 1)
+            h, w = tf.where(same, height, sizes[i, 0]), tf.where(same, width, sizes[i, 1])
+            batch = self._pixels(images[first:last, :h, :w])
+            mask = tf.cast(self.model.predict(batch), tf.int32)
+            return tf.cast(tf.pad(mask, [[0, 0], [0, height - h], [0, width - w]],
                                   constant_values=PAD_LABEL), tf.uint8)
 
-        return tf.map_fn(one, tf.range(tf.shape(sizes)[0]),
-                         fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
+        masks = tf.map_fn(group, tf.range(tf.where(same, 1, n)),
+                          fn_output_signature=tf.TensorSpec([None, None, None], tf.uint8))
+        return tf.reshape(masks, [n, height, width])
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
     def logits(self, images):
