@@ -4,12 +4,13 @@ sockets and no TensorFlow."""
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tfdeploy.tfs import json_tensors, protos, requests, tensors
+from tfdeploy.tfs import json_tensors, json_text, protos, requests, tensors
 from tfdeploy.tfs.codes import Code, StatusError
 from tfdeploy.tfs.saved_model import shape_text, signature
 
@@ -143,29 +144,34 @@ def test_parse_predict_errors(body, message):
     assert info.value.code is Code.INVALID_ARGUMENT
 
 
+def _render(outputs, fmt):
+    """The server's predict answer, as the client parses it."""
+    return json.loads(json_text.predict_text(outputs, fmt))
+
+
 def test_render_predict_and_parse_outputs_round_trip():
     outputs = {"mask_png": np.array([b"\x89PNG", b"ok"], dtype=object),
                "name_bytes": np.array([b"abc", b"d"], dtype=object),
                "segmentation_map": np.array([[1, 2], [3, 4]], np.int64)}
-    row = json_tensors.render_predict(outputs, "row")
+    row = _render(outputs, "row")
     assert row["predictions"][0]["mask_png"] == {"b64": base64.b64encode(b"\x89PNG").decode()}
     assert row["predictions"][1]["mask_png"] == "ok"  # valid UTF-8 stays text
     assert row["predictions"][0]["name_bytes"] == {"b64": "YWJj"}  # _bytes: always b64
-    col = json_tensors.render_predict(outputs, "columnar")
+    col = _render(outputs, "columnar")
     dtypes = {"segmentation_map": protos.dtype_enum("int64"),
               "mask_png": protos.dtype_enum("string"), "name_bytes": protos.dtype_enum("string")}
     back = json_tensors.parse_outputs(col, dtypes)
     for key, value in outputs.items():
         assert back[key].dtype == value.dtype
         np.testing.assert_array_equal(back[key], value)
-    single = json_tensors.render_predict({"y": np.array([1.5], np.float32)}, "columnar")
+    single = _render({"y": np.array([1.5], np.float32)}, "columnar")
     assert single == {"outputs": [1.5]}
     assert json_tensors.parse_outputs(single, outputs=["y"])["y"].tolist() == [1.5]
 
 
 def test_render_row_needs_a_common_batch_size():
     with pytest.raises(StatusError, match="first dimension"):
-        json_tensors.render_predict({"a": np.zeros(2), "b": np.zeros(3)}, "row")
+        json_text.predict_text({"a": np.zeros(2), "b": np.zeros(3)}, "row")
 
 
 def test_predict_body_is_what_the_server_parses():

@@ -134,10 +134,8 @@ class RestTransport(HttpEndpoint, Transport):
                     signature: str = SERVING_DEFAULT) -> bytes:
         body = json_tensors.encoded_image_body(signature, [image])
         result = self._http("POST", self._path(model, version) + ":predict", body)
-        out = result.get("outputs")
         try:
-            value = (out[MASK_PNG] if isinstance(out, dict) else out)[0]
-            mask = json_tensors.decode_bytes(value)
+            mask = json_tensors.decode_bytes(json_tensors.first_row_value(result, MASK_PNG))
         except (KeyError, IndexError, TypeError, StatusError):
             mask = None
         if not isinstance(mask, bytes):

@@ -9,7 +9,9 @@
     GET  <prometheus path>                                       metrics, when enabled
     /v2/...                                     the Open Inference Protocol (``v2_rest``)
 
-Binary values travel as ``{"b64": "..."}``.  Errors are ``{"error": "..."}``.  With
+Binary values travel as ``{"b64": "..."}``.  Errors are ``{"error": "..."}``.  Answers
+to predict, classify and regress, and errors, are the text tensorflow_model_server writes
+(``tfs/json_text``: its layout, its float digits); status and metadata compact JSON.  With
 --rest_api_enable_cors_support every answer of the API carries CORS headers.
 
 Two layers: ``RestApi.handle(method, path, body)`` routes and answers a request as plain
@@ -30,7 +32,7 @@ from urllib.parse import unquote
 
 from tfdeploy.serving import http_server
 from tfdeploy.serving.path import Call, deadline_in
-from tfdeploy.tfs import json_body, json_tensors, protos
+from tfdeploy.tfs import json_body, json_tensors, json_text, protos
 from tfdeploy.tfs.codes import INTERNAL_MESSAGE, Code, StatusError
 
 log = logging.getLogger("tfdeploy.serving.rest")
@@ -147,7 +149,18 @@ def json_reply(status: int, payload) -> Reply:
     return Reply(status, json.dumps(payload, separators=(",", ":")).encode())
 
 
+def text_reply(status: int, text: str) -> Reply:
+    return Reply(status, text.encode("utf-8"))
+
+
 def error_reply(exc: StatusError) -> Reply:
+    """A v1 API error, in tensorflow_model_server's text (tfs/json_text.py)."""
+    return text_reply(exc.code.http, json_text.error_text(exc.message))
+
+
+def v2_error_reply(exc: StatusError) -> Reply:
+    """An Open Inference Protocol error: ``{"error": "..."}``, compact as KServe and
+    Triton write it."""
     return json_reply(exc.code.http, {"error": exc.message})
 
 
@@ -264,7 +277,7 @@ class RestApi:
         try:
             named = parse_path(method, uri)
             if method == "POST":
-                return json_reply(200, self._post(named, body, received, cancelled))
+                return text_reply(200, self._post(named, body, received, cancelled))
             return json_reply(200, self._get(named))
         except StatusError as exc:
             return error_reply(exc)
@@ -280,10 +293,10 @@ class RestApi:
             status, payload, extra = V2RestApi(self.ms).handle(method, path, headers, body,
                                                                received, cancelled)
         except StatusError as exc:
-            return error_reply(exc)
+            return v2_error_reply(exc)
         except Exception as exc:  # never a dropped connection for a client
             log.exception("internal error")
-            return error_reply(StatusError(Code.INTERNAL, f"internal error: {exc}"))
+            return v2_error_reply(StatusError(Code.INTERNAL, f"internal error: {exc}"))
         content_type = "application/octet-stream" if extra else JSON
         return Reply(status, payload, content_type, tuple(extra.items()))
 
@@ -306,7 +319,7 @@ class RestApi:
                     cancelled=cancelled)
 
     def _post(self, t: Target, raw: bytes, received: float | None,
-              cancelled: threading.Event) -> dict:
+              cancelled: threading.Event) -> str:
         if t.verb in ("classify", "regress"):
             return self._classify_or_regress(t, raw, received, cancelled)
         parsed: dict = {}
@@ -331,10 +344,10 @@ class RestApi:
 
         _, _, outputs = self.ms.path.predict(self._call(t, received, cancelled), decode,
                                              prepare=prepare)
-        return json_tensors.render_predict(outputs, parsed["format"])
+        return json_text.predict_text(outputs, parsed["format"])
 
     def _classify_or_regress(self, t: Target, raw: bytes, received: float | None,
-                             cancelled: threading.Event) -> dict:
+                             cancelled: threading.Event) -> str:
         module = "classification_pb2" if t.verb == "classify" else "regression_pb2"
         pb2 = protos.module(f"tensorflow_serving.apis.{module}")
         request = (pb2.ClassificationRequest() if t.verb == "classify"
@@ -347,8 +360,8 @@ class RestApi:
         response = self.ms.path.infer(self._call(t, received, cancelled), request,
                                       prepare=prepare)
         if t.verb == "classify":
-            return json_tensors.render_classification(response.result)
-        return json_tensors.render_regression(response.result)
+            return json_text.classification_text(response.result)
+        return json_text.regression_text(response.result)
 
 
 def parse_body(raw: bytes, arrays: bool = True) -> dict:
