@@ -250,17 +250,22 @@ def predict_text(outputs: Mapping[str, np.ndarray], fmt: str) -> str:
     return writer.text()
 
 
+def _results(items, kind: str) -> PrettyWriter:
+    """A writer with ``{"results":`` written, or INVALID_ARGUMENT when there are none."""
+    if not items:
+        raise StatusError(Code.INVALID_ARGUMENT, f"Cannot convert empty {kind}Results to JSON")
+    writer = PrettyWriter()
+    writer.start_object()
+    writer.key("results")
+    return writer
+
+
 def classification_text(result) -> str:
     """A classify answer: ``{"results": [[[label, score], ...] per example]}`` (plural, as
     tensorflow_model_server sends it; its REST documentation shows "result")."""
     import numpy as np
 
-    if not result.classifications:
-        raise StatusError(Code.INVALID_ARGUMENT,
-                          "Cannot convert empty ClassificationResults to JSON")
-    writer = PrettyWriter()
-    writer.start_object()
-    writer.key("results")
+    writer = _results(result.classifications, "Classification")
     writer.start_array()
     for classes in result.classifications:
         writer.single_line = True
@@ -281,12 +286,7 @@ def regression_text(result) -> str:
     """A regress answer: ``{"results": [value per example]}``."""
     import numpy as np
 
-    if not result.regressions:
-        raise StatusError(Code.INVALID_ARGUMENT,
-                          "Cannot convert empty RegressionResults to JSON")
-    writer = PrettyWriter()
-    writer.start_object()
-    writer.key("results")
+    writer = _results(result.regressions, "Regression")
     writer.single_line = True
     writer.start_array()
     for text in decimals(np.array([r.value for r in result.regressions], np.float32)):
