@@ -127,6 +127,11 @@ def test_predict_answers_are_laid_out_as_tf_serving_writes_them():
         '        }\n    ]\n}')
     assert json.loads(json_text.predict_text(two, "columnar")) == {
         "outputs": {"a": [[1, 2]], "b_bytes": [{"b64": "AA=="}]}}
+    # a scalar output, as a session returns it (a numpy scalar, not an array)
+    assert json_text.predict_text({"n": np.int64(3)}, "columnar") == '{\n    "outputs": 3\n}'
+    assert json_text.predict_text({"x": np.float32(0.5), "s": np.bytes_(b"a")},
+                                  "columnar") == (
+        '{\n    "outputs": {\n        "x": 0.5,\n        "s": "a"\n    }\n}')
     with pytest.raises(Exception, match="first dimension"):
         json_text.predict_text({"a": np.zeros(2), "b": np.zeros(3)}, "row")
 

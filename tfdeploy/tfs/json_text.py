@@ -163,6 +163,7 @@ def value_texts(name: str, value: np.ndarray, depth: int) -> np.ndarray:
     always ``{"b64": ...}`` for a name ending in ``_bytes``."""
     import numpy as np
 
+    value = np.asarray(value)  # a scalar output may come as a numpy scalar
     if value.dtype == np.bool_:
         return np.where(value, "true", "false")
     if value.dtype.kind in "iu":
@@ -204,7 +205,9 @@ def array_text(texts: np.ndarray, depth: int, single_line: bool) -> str:
 
 def _tensor(writer: PrettyWriter, name: str, value: np.ndarray) -> None:
     """One tensor (or one row of it) as the next value of ``writer``."""
-    depth = writer.depth + value.ndim  # where its innermost values sit
+    import numpy as np
+
+    depth = writer.depth + np.ndim(value)  # where its innermost values sit
     writer.raw(array_text(value_texts(name, value, depth), writer.depth, writer.single_line))
 
 
