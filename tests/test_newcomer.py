@@ -39,6 +39,25 @@ def test_predict_never_writes_over_an_input(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alpha.png"]
 
 
+def test_an_output_dir_named_like_a_file_is_refused(tmp_path):
+    """`-o mask.png` would make a folder named mask.png: refused before any request, with
+    the folder to give instead; an existing folder of that name is used as asked."""
+    proc = run_cli("predict", "--server", "127.0.0.1:1", str(EXAMPLE), "-o",
+                   str(tmp_path / "mask.png"), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "looks like a file name" in proc.stderr and "--output-dir" in proc.stderr
+    assert "UNAVAILABLE" not in proc.stderr and not (tmp_path / "mask.png").exists()
+    (tmp_path / "odd.png").mkdir()
+    proc = run_cli("predict", "--server", "127.0.0.1:1", str(EXAMPLE), "-o",
+                   str(tmp_path / "odd.png"), "--retries", "0", check=False)
+    assert "looks like a file name" not in proc.stderr  # it got as far as the server
+    with pytest.raises(Exception, match="looks like a file name"):
+        import tfdeploy
+
+        with tfdeploy.Client("127.0.0.1:1", retries=0) as client:
+            client.predict_files([EXAMPLE], output_dir=tmp_path / "m.jpg")
+
+
 def test_same_stem_inputs_keep_their_names(server, tmp_path):
     """tiny.jpg and tiny.png give tiny.jpg.png and tiny.png.png, listed in the summary."""
     src = tmp_path / "in"

@@ -194,8 +194,10 @@ def predict(images: tuple[str, ...], server, name, transport, protocol, model_na
     """
     import time
 
-    from tfdeploy.client.predict import expand, overwrites
+    from tfdeploy.client.predict import expand, output_dir_mistake, overwrites
 
+    if mistake := output_dir_mistake(output_dir):
+        raise UserError(f"--output-dir: {mistake}")
     missing = _check_inputs(images)
     some_missing = bool(missing)
     # a missing file was reported once, above: not again as a failed image

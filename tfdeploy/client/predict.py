@@ -131,6 +131,20 @@ def output_paths(job: Job, output_dir: Path, overlay: bool = False) -> list[Path
     return paths
 
 
+#: Suffixes that make an output folder's name look like a file's (``-o mask.png``).
+_FILE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif",
+                            ".tiff"})
+
+
+def output_dir_mistake(output_dir: Path) -> str | None:
+    """Why ``output_dir`` is probably not the folder its user meant, or None: a name like
+    ``mask.png`` that is not a folder yet (masks are written inside it, as <stem>.png)."""
+    if output_dir.suffix.lower() in _FILE_SUFFIXES and not output_dir.is_dir():
+        return (f"{output_dir} looks like a file name, but masks go into a folder (as "
+                f"<stem>.png inside it): give a folder, e.g. {output_dir.parent / 'masks'}")
+    return None
+
+
 def overwrites(jobs: list[Job], output_dir: Path, overlay: bool = False) -> list[str]:
     """Outputs of this run that would replace one of its inputs, or another of its
     outputs, as ``"output (reason)"``; empty when the run is safe.  Checked before any
@@ -515,6 +529,8 @@ class Client:
         missing = missing_inputs(items)
         if missing:
             raise PredictError(f"no such file or directory: {', '.join(missing)}")
+        if mistake := output_dir_mistake(Path(output_dir)):
+            raise PredictError(f"output_dir: {mistake}")
         jobs = expand(items)
         clashes = overwrites(jobs, Path(output_dir), overlay)
         if clashes:
