@@ -27,8 +27,9 @@ Strings are escaped as rapidjson escapes them (``\\"``, ``\\\\``, control charac
 ``\\u001F`` in upper-case hex) and otherwise written as UTF-8.  Which strings become
 ``{"b64": ...}`` is ``json_tensors.to_json``'s rule.
 
-Big arrays are formatted by numpy and joined row by row, not value by value: a
-513x513 mask costs about what ``json.dumps`` of its list did.
+Arrays are formatted whole and joined row by row, not value by value through the writer
+(AMD EPYC, 2 cores, busy: a 513x513 int64 mask ~50 ms, ``json.dumps`` of its list ~30 ms;
+350,000 float32 values ~250 ms against ~170 ms, for a third less text).
 """
 
 from __future__ import annotations
