@@ -136,6 +136,23 @@ def test_predict_answers_are_laid_out_as_tf_serving_writes_them():
         json_text.predict_text({"a": np.zeros(2), "b": np.zeros(3)}, "row")
 
 
+def test_the_rest_client_reads_the_row_answer_it_asks_for():
+    """Encoded images go as a row-format request, so the answer is ``predictions`` (a
+    mask's arrays on one line) and the client finds its PNG in the first row."""
+    from tfdeploy.tfs import json_tensors
+
+    body = json_tensors.encoded_image_body("serving_default", [b"\xff\xd8"])
+    assert body == {"signature_name": "serving_default", "instances": [{"b64": "/9g="}]}
+    outputs = {"segmentation_map": np.zeros((1, 2, 3), np.uint8),
+               "mask_png": np.array([b"\x89PNG"], object)}
+    answer = json.loads(json_text.predict_text(outputs, "row"))
+    assert json_tensors.decode_bytes(json_tensors.first_row_value(answer, "mask_png")) == (
+        b"\x89PNG")
+    one = json.loads(json_text.predict_text({"mask_png": outputs["mask_png"]}, "row"))
+    assert json_tensors.decode_bytes(json_tensors.first_row_value(one, "mask_png")) == (
+        b"\x89PNG")
+
+
 def test_classify_regress_and_error_answers():
     from tfdeploy.tfs import protos
 

@@ -109,16 +109,23 @@ def _check_range(value: np.ndarray, want: np.dtype) -> None:
         raise OverflowError(f"Python integer {first} out of bounds for {want}")
 
 
+def as_text(name: str, value: bytes, force_b64: bool = False) -> str | None:
+    """One string element of tensor ``name`` as JSON text, or None when it travels as
+    ``{"b64": ...}`` instead: not UTF-8, or a name ending in ``_bytes`` (or ``force_b64``)."""
+    if force_b64 or name.endswith("_bytes"):
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def to_json(name: str, value: Any, force_b64: bool = False) -> Any:
     """JSON for an array (or one string element) of tensor ``name``."""
 
     def enc(v: bytes):
-        if not (force_b64 or name.endswith("_bytes")):
-            try:
-                return v.decode("utf-8")
-            except UnicodeDecodeError:
-                pass
-        return b64(v)
+        text = as_text(name, v, force_b64)
+        return b64(v) if text is None else text
 
     if isinstance(value, bytes):
         return enc(value)

@@ -17,15 +17,16 @@ The layout, which scripts reading ``curl`` output see::
   ``predictions`` goes on a line of its own;
 - columnar answers (``outputs``) never switch it on: one value per line.
 
-Numbers: integers as they are; floats as the shortest ``printf("%g")`` text that reads
-back as the same float32 (float64) value, else 9 (17) significant digits; a whole number
+Numbers (TF Serving's ``WriteDecimal``): integers as they are; a float as ``printf("%g")``
+writes it (six significant digits: what absl's ``StrCat`` gives) when that reads back as
+the same float32 (float64) value, else with 9 (17) significant digits; a whole number
 without an exponent gets ``.0``; NaN and infinities as ``NaN``, ``Infinity``,
 ``-Infinity``.  So float32 0.1 is ``0.1``, not the ``0.10000000149011612`` a float64
 conversion would write.
 
 Strings are escaped as rapidjson escapes them (``\\"``, ``\\\\``, control characters,
 ``\\u001F`` in upper-case hex) and otherwise written as UTF-8.  Which strings become
-``{"b64": ...}`` is ``json_tensors.to_json``'s rule.
+``{"b64": ...}`` is ``json_tensors.as_text``'s rule.
 
 Arrays are formatted whole and joined row by row, not value by value through the writer
 (AMD EPYC, 2 cores, busy: a 513x513 int64 mask ~50 ms, ``json.dumps`` of its list ~30 ms;
@@ -35,11 +36,12 @@ Arrays are formatted whole and joined row by row, not value by value through the
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from tfdeploy.tfs.codes import Code, StatusError
-from tfdeploy.tfs.json_tensors import COLUMNAR
+from tfdeploy.tfs.json_tensors import COLUMNAR, as_text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -148,20 +150,18 @@ def decimals(values: np.ndarray) -> np.ndarray:
     full = f".{digits}g"
     for i in redo:
         text[i] = format(wide[i], full)
-    for i, t in enumerate(text):
-        if "." not in t and "e" not in t:
-            if t[-1] in "0123456789":
-                text[i] = t + ".0"
-            else:
-                text[i] = "NaN" if t[-1] == "n" else ("-Infinity" if t[0] == "-" else "Infinity")
+    for i, (t, v) in enumerate(zip(text, wide, strict=True)):
+        if not math.isfinite(v):
+            text[i] = "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+        elif "." not in t and "e" not in t:
+            text[i] = t + ".0"
     return np.array(text, dtype=object).reshape(values.shape)
 
 
 def value_texts(name: str, value: np.ndarray, depth: int) -> np.ndarray:
     """The text of every element of tensor ``name``'s ``value``, elements sitting
-    ``depth`` containers deep (it matters for ``{"b64": ...}``).  Strings follow
-    ``json_tensors.to_json``: UTF-8 text when they decode, else ``{"b64": ...}``, and
-    always ``{"b64": ...}`` for a name ending in ``_bytes``."""
+    ``depth`` containers deep (it matters for ``{"b64": ...}``).  Strings as
+    ``json_tensors.as_text`` says."""
     import numpy as np
 
     value = np.asarray(value)  # a scalar output may come as a numpy scalar
@@ -171,17 +171,12 @@ def value_texts(name: str, value: np.ndarray, depth: int) -> np.ndarray:
         return value.astype(np.str_)
     if value.dtype.kind == "f":
         return decimals(value)
-    as_bytes = name.endswith("_bytes")
 
     def one(item) -> str:
         if isinstance(item, str):
             item = item.encode("utf-8")
-        if not as_bytes:
-            try:
-                return quote(item.decode("utf-8"))
-            except UnicodeDecodeError:
-                pass
-        return b64_text(item, depth)
+        text = as_text(name, item)
+        return b64_text(item, depth) if text is None else quote(text)
 
     return np.asarray(np.frompyfunc(one, 1, 1)(value), dtype=object)
 
@@ -274,10 +269,11 @@ def classification_text(result) -> str:
     for classes in result.classifications:
         writer.single_line = True
         writer.start_array()
-        for c in classes.classes:
+        scores = decimals(np.array([c.score for c in classes.classes], np.float32))
+        for c, score in zip(classes.classes, scores, strict=True):
             writer.start_array()
             writer.raw(quote(c.label))
-            writer.raw(str(decimals(np.float32(c.score))[()]))
+            writer.raw(score)
             writer.end_array()
         writer.end_array()
         writer.single_line = False
@@ -294,7 +290,7 @@ def regression_text(result) -> str:
     writer.single_line = True
     writer.start_array()
     for text in decimals(np.array([r.value for r in result.regressions], np.float32)):
-        writer.raw(str(text))
+        writer.raw(text)
     writer.end_array()
     writer.end_object()
     return writer.text()
