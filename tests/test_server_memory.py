@@ -118,3 +118,45 @@ def test_the_server_allocates_from_one_malloc_arena_unless_told_otherwise():
     assert _arenas() == 1
     assert _arenas(MALLOC_ARENA_MAX="3") == 3  # the user's setting wins
     assert _arenas(GLIBC_TUNABLES="glibc.malloc.arena_max=2") == 2
+
+
+_KEEPS = r"""
+import ctypes, ctypes.util
+from tfdeploy.serving import memory
+memory.use_system_allocator()
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.mallinfo2.restype = MallInfo2
+block = libc.malloc(64 << 20)         # a large tensor
+ctypes.memset(block, 1, 64 << 20)
+mapped = libc.mallinfo2().hblkhd      # bytes in blocks of their own mapping
+libc.free(block)
+print(mapped >= 64 << 20, libc.mallinfo2().arena >= 64 << 20)
+"""
+
+
+def _keeps(**env: str) -> tuple[bool, bool]:
+    """(a 64 MB block was mapped on its own, the arena still holds 64 MB once it is
+    freed) in a process after use_system_allocator()."""
+    environ = {k: v for k, v in os.environ.items()
+               if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    out = subprocess.run([sys.executable, "-c", _KEEPS], env={**environ, **env},
+                         capture_output=True, text=True, timeout=60, check=True)
+    mapped, kept = out.stdout.split()
+    return mapped == "True", kept == "True"
+
+
+def test_a_freed_large_tensor_stays_in_the_arena_for_the_next_run():
+    # glibc's own defaults map a 64 MB block by itself and unmap it when freed: the next
+    # request faults every page of it in again (memory.py, point 4)
+    assert _keeps() == (False, True)
+    # the user's settings win
+    assert _keeps(MALLOC_MMAP_THRESHOLD_=str(1 << 20)) == (True, False)
+    assert _keeps(GLIBC_TUNABLES="glibc.malloc.trim_threshold=131072") == (True, False)

@@ -31,6 +31,13 @@ bench/pixels.py (demo export, 1024x1024 then 2048x2048, RSS kept 1 s after the a
    per core, the next run allocated on another thread's arena while the last run's
    pages sat free in the first, so the peak grew with each image (and glibc's automatic
    trimming of those arenas faulted 30,000 pages back in per int8 run).
+4. Within that arena glibc still hands memory back on its own: tensors above its mmap
+   threshold (which grows to 32 MB at most) are mapped and unmapped per run, and a free
+   top of the heap above its trim threshold is given back at once, so the next run faulted
+   those pages in again (demo export, 513x513 requests one after another: 0 to 24,000
+   page faults per request, varying between server runs).  Both thresholds are set to
+   ``KEEP_BYTES``: what is kept is then this module's decision alone (a request faults 0
+   pages in most runs, the rare rest 1,000-4,700: 25 requests in 5 server runs).
 Where the C library has no ``malloc_trim``/``mallopt`` (musl, macOS) this does nothing.
 """
 
@@ -47,7 +54,9 @@ from collections.abc import Iterator
 #: Memory a run may leave in the process above its size after the last trim and keep
 #: for the next run (the working set of a typical request); beyond it, trim at once.
 KEEP_BYTES = 512 << 20
-_M_ARENA_MAX = -8                     # mallopt's parameter number in glibc's malloc.h
+_M_ARENA_MAX = -8                     # mallopt's parameter numbers in glibc's malloc.h
+_M_MMAP_THRESHOLD = -3
+_M_TRIM_THRESHOLD = -1
 
 _lock = threading.Lock()
 _in_flight = 0
@@ -78,19 +87,24 @@ def _libc():
 
 def use_system_allocator() -> None:
     """Make TensorFlow's oneDNN CPU allocator use malloc instead of its own pool that
-    never shrinks, from one malloc arena (point 3 above); must run before TensorFlow is
-    imported (its threads would make arenas of their own).  Explicit settings win:
-    ``TF_ONEDNN_USE_SYSTEM_ALLOCATOR``, ``MALLOC_ARENA_MAX`` or an ``arena_max`` in
-    ``GLIBC_TUNABLES``."""
+    never shrinks, from one malloc arena that keeps up to ``KEEP_BYTES`` (points 3 and 4
+    above); must run before TensorFlow is imported (its threads would make arenas of their
+    own).  Explicit settings win: ``TF_ONEDNN_USE_SYSTEM_ALLOCATOR``; ``MALLOC_ARENA_MAX``
+    or an ``arena_max`` tunable; ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` or
+    their tunables (``GLIBC_TUNABLES``)."""
     os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
-    if "MALLOC_ARENA_MAX" in os.environ or "arena_max" in os.environ.get("GLIBC_TUNABLES",
-                                                                         ""):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return
-    libc = _libc()
-    mallopt = getattr(libc, "mallopt", None)
-    if mallopt is not None:
-        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if "MALLOC_ARENA_MAX" not in os.environ and "arena_max" not in tunables:
         mallopt(_M_ARENA_MAX, 1)
+    if not any(name in os.environ for name in ("MALLOC_MMAP_THRESHOLD_",
+                                               "MALLOC_TRIM_THRESHOLD_")) and not any(
+            name in tunables for name in ("mmap_threshold", "trim_threshold")):
+        mallopt(_M_MMAP_THRESHOLD, KEEP_BYTES)
+        mallopt(_M_TRIM_THRESHOLD, KEEP_BYTES)
 
 
 def _rss() -> int | None:
