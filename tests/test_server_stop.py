@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -22,8 +23,16 @@ import tensorflow  # noqa: F401  (before tensorflow_serving: see tfdeploy/tfs/pr
 from conftest import ROOT
 from PIL import Image
 from servers import ServerProcess
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from small_models import save_marking_gated_half_plus_two, serve_one
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
+from tfdeploy.serving.grpc_api import STOPPING_MESSAGE
+from tfdeploy.tfs import tensors
 from tfdeploy.tfs.requests import images_request
 
 CLIENTS, PER_CLIENT = 4, 10
@@ -98,5 +107,60 @@ def test_sigterm_on_a_tensorflow_thread_under_load_drains_and_exits(demo_base, t
         assert outcomes.count(grpc.StatusCode.OK) >= CLIENTS
         assert set(outcomes) <= ALLOWED, outcomes
         assert len(outcomes) <= CLIENTS * PER_CLIENT
+    finally:
+        srv.stop(timeout=5)
+
+
+def _held(gate: Path, mark: Path) -> predict_pb2.PredictRequest:
+    """A Predict of the marking gated model: it writes ``mark`` when it runs, then waits
+    for ``gate``."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "gated"
+    request.inputs["x"].CopyFrom(tensors.to_proto(np.array([[1.0]], np.float32)))
+    for key, path in (("gate", gate), ("mark", mark)):
+        request.inputs[key].CopyFrom(tensors.to_proto(np.array(str(path).encode(), object)))
+    return request
+
+
+def _until(check, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_a_draining_server_refuses_new_predictions_and_answers_the_one_in_flight(tmp_path):
+    """While it drains, the server refuses new inference calls (UNAVAILABLE, saying why:
+    a failover client moves on) but still answers status calls, and the call in flight
+    gets its answer; then it exits 0 (serving/grpc_api.py, ``Flight``)."""
+    model = save_marking_gated_half_plus_two(tmp_path / "marking")
+    _, srv = serve_one(model, tmp_path, "gated", "--tensorflow_inter_op_parallelism=4")
+    try:
+        srv.wait_available(1, model="gated")
+        channel = grpc.insecure_channel(srv.grpc_target)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        gate, mark = tmp_path / "gate", tmp_path / "mark"
+        held = stub.Predict.future(_held(gate, mark), 120)
+        _until(mark.exists, "the held request never ran")
+        srv.proc.send_signal(signal.SIGTERM)
+        _until(lambda: "draining" in srv.log(), "the server never began to drain")
+        later = _held(tmp_path / "open", tmp_path / "mark2")
+        (tmp_path / "open").touch()
+        try:
+            stub.Predict(later, 30)
+            raise AssertionError("a prediction sent during the drain was run")
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+            assert exc.details() == STOPPING_MESSAGE
+        assert not (tmp_path / "mark2").exists()
+        status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+            get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "gated"}), 30)
+        assert [v.state for v in status.model_version_status] == [
+            get_model_status_pb2.ModelVersionStatus.AVAILABLE]
+        assert not held.done() and srv.proc.poll() is None  # still waiting for it
+        gate.touch()
+        answer = held.result(60)
+        assert tensors.from_proto(answer.outputs["y"]).tolist() == [[2.5]]
+        assert srv.proc.wait(EXIT_BOUND) == 0, srv.log()[-2000:]
     finally:
         srv.stop(timeout=5)

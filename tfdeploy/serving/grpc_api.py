@@ -26,6 +26,7 @@ import asyncio
 import functools
 import logging
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -69,27 +70,84 @@ def inference_threads(options) -> int:
     return options.grpc_max_threads + options.max_queued_requests + SPARE_THREADS
 
 
-def _in_pool(method, pools: dict[str, futures.Executor]):
+#: Seconds the connections stay open after the last answer of a drain went out, before
+#: they close: time for a client to read it (see ``Flight``).
+LINGER_SECONDS = 1.0
+STOPPING_MESSAGE = "the server is shutting down; send the request to another replica"
+
+
+class Flight:
+    """The calls inside the server's handlers, for a shutdown in two phases.
+
+    grpc.aio's ``stop(grace)`` counts a call done once its answer and status are queued
+    on the connection, then closes the connection at once.  A client still reading a
+    large answer lost it: the WINDOW_UPDATEs it sent as it read reached a closed socket,
+    whose reset dropped the rest (a 9.8 MB mask, ``test_server.py``'s drain test, about
+    one full run in four).  So the server first refuses new inference calls
+    (UNAVAILABLE: a failover client moves on) and waits for the calls in flight, then
+    keeps the connections open ``LINGER_SECONDS`` after the last answer, and only then
+    stops gRPC.  Status, metadata and health calls are still answered meanwhile."""
+
+    def __init__(self) -> None:
+        self._idle = threading.Condition()
+        self._count = 0
+        self._last_done = float("-inf")
+        self.stopping = False
+
+    def enter(self, refusable: bool) -> bool:
+        """Count a call in; False (not counted) for a refusable one once stopping."""
+        with self._idle:
+            if self.stopping and refusable:
+                return False
+            self._count += 1
+            return True
+
+    def leave(self) -> None:
+        with self._idle:
+            self._count -= 1
+            self._last_done = time.monotonic()
+            if not self._count:
+                self._idle.notify_all()
+
+    def drain(self, deadline: float) -> None:
+        """Refuse new inference calls, wait for the calls in flight and then the linger,
+        until ``deadline`` (time.monotonic()) at the latest."""
+        with self._idle:
+            self.stopping = True
+            self._idle.wait_for(lambda: not self._count, max(deadline - time.monotonic(), 0))
+            linger_end = min(self._last_done + LINGER_SECONDS, deadline)
+        time.sleep(max(linger_end - time.monotonic(), 0.0))
+
+
+def _in_pool(method, pools: dict[str, futures.Executor], flight: Flight | None = None):
     """An async handler that runs the blocking ``method(self, request, call)`` in its pool
     and turns a failure into the call's gRPC status.  ``call`` carries the deadline (from
     the client's) and is marked cancelled when the client goes away, so a call still
-    waiting for a slot leaves the queue."""
-    pool = pools["reload" if method.__name__ in RELOAD_METHODS else
-                 "control" if method.__name__ in CONTROL_METHODS else "inference"]
+    waiting for a slot leaves the queue.  ``flight`` counts the call (and refuses an
+    inference call once the server is stopping)."""
+    kind = ("reload" if method.__name__ in RELOAD_METHODS else
+            "control" if method.__name__ in CONTROL_METHODS else "inference")
+    pool = pools[kind]
 
     @functools.wraps(method)
     async def handler(self, request, context):
-        loop = asyncio.get_running_loop()
-        remaining = context.time_remaining()
-        call = Call("", "grpc", "", deadline=deadline_in(remaining))
+        if flight is not None and not flight.enter(refusable=kind == "inference"):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING_MESSAGE)
         try:
-            return await loop.run_in_executor(pool, method, self, request, call)
-        except asyncio.CancelledError:
-            call.cancelled.set()
-            raise
-        except Exception as exc:  # every failure becomes a status
-            error = _status_error(exc)
-        await context.abort(getattr(grpc.StatusCode, error.code.name), error.message)
+            loop = asyncio.get_running_loop()
+            remaining = context.time_remaining()
+            call = Call("", "grpc", "", deadline=deadline_in(remaining))
+            try:
+                return await loop.run_in_executor(pool, method, self, request, call)
+            except asyncio.CancelledError:
+                call.cancelled.set()
+                raise
+            except Exception as exc:  # every failure becomes a status
+                error = _status_error(exc)
+            await context.abort(getattr(grpc.StatusCode, error.code.name), error.message)
+        finally:
+            if flight is not None:
+                flight.leave()
 
     return handler
 
@@ -111,10 +169,10 @@ def _decode(request, max_bytes: int):
     return decode
 
 
-def _servicers(server, pools: dict[str, futures.Executor]):
+def _servicers(server, pools: dict[str, futures.Executor], flight: Flight):
     ps_grpc = protos.module("tensorflow_serving.apis.prediction_service_pb2_grpc")
     ms_grpc = protos.module("tensorflow_serving.apis.model_service_pb2_grpc")
-    _pool = functools.partial(_in_pool, pools=pools)  # noqa: N806 (a decorator)
+    _pool = functools.partial(_in_pool, pools=pools, flight=flight)  # noqa: N806
     predict_pb2 = protos.module("tensorflow_serving.apis.predict_pb2")
     mm_pb2 = protos.module("tensorflow_serving.apis.model_management_pb2")
 
@@ -260,6 +318,7 @@ class GrpcServer:
         self._thread.start()
         self._control = None
         self._stopping = threading.Event()  # ends Health Watch streams (serving/v2_grpc.py)
+        self._flight = Flight()
         try:
             self._server = self._call(self._start(server, options.max_request_bytes))
         except BaseException:
@@ -276,12 +335,13 @@ class GrpcServer:
         grpc_server = grpc.aio.server(
             options=list(options.items()),
             maximum_concurrent_rpcs=inference_threads(server.options) + CONTROL_THREADS * 4)
-        ps_grpc, predictions, ms_grpc, models, model_service = _servicers(server, self.pools)
+        ps_grpc, predictions, ms_grpc, models, model_service = _servicers(
+            server, self.pools, self._flight)
         ps_grpc.add_PredictionServiceServicer_to_server(predictions, grpc_server)
         ms_grpc.add_ModelServiceServicer_to_server(models, grpc_server)
         # the Open Inference Protocol and grpc.health.v1 beside them (serving/v2_grpc.py)
-        v2_grpc.register(grpc_server, server, functools.partial(_in_pool, pools=self.pools),
-                         self._stopping)
+        v2_grpc.register(grpc_server, server, functools.partial(
+            _in_pool, pools=self.pools, flight=self._flight), self._stopping)
         credentials = ssl_credentials(server.options.ssl_config_file)
         self._control = None
         if server.options.model_service_port == -1 and not server.options.grpc_socket_path:
@@ -307,17 +367,20 @@ class GrpcServer:
         return grpc_server
 
     def stop(self, grace: float) -> threading.Event:
-        """Refuse new calls, let those in flight finish (up to ``grace`` s); the event is
-        set once stopped."""
+        """Refuse new inference calls, let those in flight finish and be read (up to
+        ``grace`` s in all: see ``Flight``), then stop gRPC; the event is set once
+        stopped."""
         done = threading.Event()
-
+        deadline = time.monotonic() + grace
         self._stopping.set()
 
         def run() -> None:
             try:
+                self._flight.drain(deadline)
+                left = max(deadline - time.monotonic(), 0.0)
                 if self._control is not None:
-                    self._call(self._control.stop(grace))
-                self._call(self._server.stop(grace))
+                    self._call(self._control.stop(left))
+                self._call(self._server.stop(left))
             finally:
                 for pool in self.pools.values():
                     pool.shutdown(wait=False)
