@@ -155,6 +155,21 @@ def truncate_variables(version_dir: Path) -> None:
         shard.write_bytes(data[: len(data) // 2])
 
 
+def held_request(gate: Path, mark: Path, model: str = "gated"):
+    """A Predict of ``save_marking_gated_half_plus_two``'s model served as ``model``: it
+    writes ``mark`` when it runs, then waits for ``gate``."""
+    import numpy as np
+    from tensorflow_serving.apis import predict_pb2
+
+    from tfdeploy.tfs import tensors
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.inputs["x"].CopyFrom(tensors.to_proto(np.array([[1.0]], np.float32)))
+    for key, path in (("gate", gate), ("mark", mark)):
+        request.inputs[key].CopyFrom(tensors.to_proto(np.array(str(path).encode(), object)))
+    return request
+
 def serve_one(source: Path, tmp_path: Path, name: str, *flags: str):
     """A server for one model, ``source`` copied in as its version 1: (base path, server)."""
     from servers import ServerProcess

@@ -18,7 +18,12 @@ import numpy as np
 import pytest
 import tensorflow  # noqa: F401  (before tensorflow_serving: see tfdeploy/tfs/protos.py)
 from servers import ServerProcess, http
-from small_models import save_half_plus_two, save_marking_gated_half_plus_two, serve_one
+from small_models import (
+    held_request,
+    save_half_plus_two,
+    save_marking_gated_half_plus_two,
+    serve_one,
+)
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -55,16 +60,6 @@ def serve_gated(marking_dir: Path, tmp_path: Path, *flags: str):
 def _stub(srv):
     return prediction_service_pb2_grpc.PredictionServiceStub(
         grpc.insecure_channel(srv.grpc_target))
-
-
-def _held(gate: Path, mark: Path, model: str = "gated"):
-    """A Predict that writes ``mark`` when it runs, then waits for ``gate``."""
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    request.inputs["x"].CopyFrom(tensors.to_proto(np.array([[1.0]], np.float32)))
-    request.inputs["gate"].CopyFrom(tensors.to_proto(np.array(str(gate).encode(), object)))
-    request.inputs["mark"].CopyFrom(tensors.to_proto(np.array(str(mark).encode(), object)))
-    return request
 
 
 def _rest_held(gate: Path, mark: Path) -> dict:
@@ -164,7 +159,7 @@ def test_full_rest_queue_is_503_and_full_grpc_queue_unavailable(marking_dir, tmp
             t.start()
             threads.append(t)
         stub = _stub(srv)
-        held = [stub.Predict.future(_held(gate, tmp_path / f"grpc-{i}"), 120)
+        held = [stub.Predict.future(held_request(gate, tmp_path / f"grpc-{i}"), 120)
                 for i in range(2)]
         _wait_marks([tmp_path / "rest-0", tmp_path / "rest-1"], 1)
         _wait_marks([tmp_path / "grpc-0", tmp_path / "grpc-1"], 1)
@@ -173,7 +168,7 @@ def test_full_rest_queue_is_503_and_full_grpc_queue_unavailable(marking_dir, tmp
         assert code == 503, body
         assert "--max_queued_requests" in body["error"]
         with pytest.raises(grpc.RpcError) as err:
-            stub.Predict(_held(gate, tmp_path / "grpc-2"), 10)
+            stub.Predict(held_request(gate, tmp_path / "grpc-2"), 10)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
         assert srv.status("gated") == {1: "AVAILABLE"}
         assert not (tmp_path / "rest-2").exists() and not (tmp_path / "grpc-2").exists()
@@ -197,11 +192,11 @@ def test_pixel_budget_queues_requests_instead_of_running_them(marking_dir, tmp_p
     try:
         srv.wait_available(1, model="gated")
         stub = _stub(srv)
-        first = stub.Predict.future(_held(gate, tmp_path / "first"), 120)
+        first = stub.Predict.future(held_request(gate, tmp_path / "first"), 120)
         _wait_marks([tmp_path / "first"])
         other_gate = tmp_path / "always-open"
         other_gate.touch()
-        second = stub.Predict.future(_held(other_gate, tmp_path / "second"), 120)
+        second = stub.Predict.future(held_request(other_gate, tmp_path / "second"), 120)
         time.sleep(1.0)
         assert not (tmp_path / "second").exists(), "ran beside the held one"
         assert not second.done()
@@ -223,7 +218,7 @@ def test_short_deadlines_do_not_starve_the_next_predict(marking_dir, tmp_path):
     try:
         srv.wait_available(1, model="gated")
         stub = _stub(srv)
-        short = [stub.Predict.future(_held(never, tmp_path / f"short-{i}"), 0.5)
+        short = [stub.Predict.future(held_request(never, tmp_path / f"short-{i}"), 0.5)
                  for i in range(4)]
         for f in short:
             with pytest.raises(grpc.RpcError) as err:
@@ -231,7 +226,7 @@ def test_short_deadlines_do_not_starve_the_next_predict(marking_dir, tmp_path):
             assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         open_gate = tmp_path / "open"
         open_gate.touch()
-        response = stub.Predict(_held(open_gate, tmp_path / "next"), 10)
+        response = stub.Predict(held_request(open_gate, tmp_path / "next"), 10)
         assert tensors.from_proto(response.outputs["y"]).tolist() == [[2.5]]
     finally:
         assert srv.stop() == 0
@@ -250,11 +245,11 @@ def test_a_request_that_expired_while_queued_is_not_run(marking_dir, tmp_path):
     try:
         srv.wait_available(1, model="gated")
         stub = _stub(srv)
-        held = stub.Predict.future(_held(gate, tmp_path / "held"), 120)
+        held = stub.Predict.future(held_request(gate, tmp_path / "held"), 120)
         _wait_marks([tmp_path / "held"])
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as err:
-            stub.Predict(_held(open_gate, tmp_path / "expired"), 0.5)
+            stub.Predict(held_request(open_gate, tmp_path / "expired"), 0.5)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         code, body = http("POST", f"{srv.rest}/v1/models/gated:predict",
                           _rest_held(open_gate, tmp_path / "rest-expired"), timeout=30)
@@ -263,7 +258,7 @@ def test_a_request_that_expired_while_queued_is_not_run(marking_dir, tmp_path):
         gate.touch()
         assert tensors.from_proto(held.result().outputs["y"]).tolist() == [[2.5]]
         # the freed slot takes new work; the expired calls are gone
-        response = stub.Predict(_held(open_gate, tmp_path / "after"), 30)
+        response = stub.Predict(held_request(open_gate, tmp_path / "after"), 30)
         assert tensors.from_proto(response.outputs["y"]).tolist() == [[2.5]]
         time.sleep(0.5)
         assert not (tmp_path / "expired").exists()
@@ -284,13 +279,13 @@ def test_a_cancelled_call_leaves_the_queue_and_is_not_run(marking_dir, tmp_path)
     try:
         srv.wait_available(1, model="gated")
         stub = _stub(srv)
-        held = stub.Predict.future(_held(gate, tmp_path / "held"), 120)
+        held = stub.Predict.future(held_request(gate, tmp_path / "held"), 120)
         _wait_marks([tmp_path / "held"])
-        cancelled = stub.Predict.future(_held(open_gate, tmp_path / "cancelled"), 120)
+        cancelled = stub.Predict.future(held_request(open_gate, tmp_path / "cancelled"), 120)
         time.sleep(0.5)  # it waits in the queue
         assert cancelled.cancel()
         time.sleep(0.5)
-        queued = stub.Predict.future(_held(open_gate, tmp_path / "queued"), 120)
+        queued = stub.Predict.future(held_request(open_gate, tmp_path / "queued"), 120)
         time.sleep(0.5)
         assert not queued.done(), "refused although the cancelled call left the queue"
         gate.touch()
@@ -386,7 +381,7 @@ def test_health_metadata_and_metrics_answer_while_inference_is_saturated(marking
         channel = grpc.insecure_channel(srv.grpc_target)
         predictions = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         models = model_service_pb2_grpc.ModelServiceStub(channel)
-        held = [predictions.Predict.future(_held(gate, tmp_path / f"grpc-{i}"), 120)
+        held = [predictions.Predict.future(held_request(gate, tmp_path / f"grpc-{i}"), 120)
                 for i in range(6)]
         _wait_marks([tmp_path / f"rest-{i}" for i in range(12)], 2)
         _wait_marks([tmp_path / f"grpc-{i}" for i in range(6)], 2)

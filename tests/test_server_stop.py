@@ -23,7 +23,7 @@ import tensorflow  # noqa: F401  (before tensorflow_serving: see tfdeploy/tfs/pr
 from conftest import ROOT
 from PIL import Image
 from servers import ServerProcess
-from small_models import save_marking_gated_half_plus_two, serve_one
+from small_models import held_request, save_marking_gated_half_plus_two, serve_one
 from tensorflow_serving.apis import (
     get_model_status_pb2,
     model_service_pb2_grpc,
@@ -111,17 +111,6 @@ def test_sigterm_on_a_tensorflow_thread_under_load_drains_and_exits(demo_base, t
         srv.stop(timeout=5)
 
 
-def _held(gate: Path, mark: Path) -> predict_pb2.PredictRequest:
-    """A Predict of the marking gated model: it writes ``mark`` when it runs, then waits
-    for ``gate``."""
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "gated"
-    request.inputs["x"].CopyFrom(tensors.to_proto(np.array([[1.0]], np.float32)))
-    for key, path in (("gate", gate), ("mark", mark)):
-        request.inputs[key].CopyFrom(tensors.to_proto(np.array(str(path).encode(), object)))
-    return request
-
-
 def _until(check, what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -140,11 +129,11 @@ def test_a_draining_server_refuses_new_predictions_and_answers_the_one_in_flight
         channel = grpc.insecure_channel(srv.grpc_target)
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         gate, mark = tmp_path / "gate", tmp_path / "mark"
-        held = stub.Predict.future(_held(gate, mark), 120)
+        held = stub.Predict.future(held_request(gate, mark), 120)
         _until(mark.exists, "the held request never ran")
         srv.proc.send_signal(signal.SIGTERM)
         _until(lambda: "draining" in srv.log(), "the server never began to drain")
-        later = _held(tmp_path / "open", tmp_path / "mark2")
+        later = held_request(tmp_path / "open", tmp_path / "mark2")
         (tmp_path / "open").touch()
         try:
             stub.Predict(later, 30)
