@@ -88,18 +88,19 @@ class Flight:
     server first refuses new inference calls
     (UNAVAILABLE: a failover client moves on) and waits for the calls in flight, then
     keeps the connections open ``LINGER_SECONDS`` after the last answer, and only then
-    stops gRPC.  Status, metadata and health calls are still answered meanwhile."""
+    stops gRPC.  Status, metadata and health calls are still answered meanwhile;
+    ``stopping`` also ends Health Watch streams (serving/v2_grpc.py)."""
 
     def __init__(self) -> None:
         self._idle = threading.Condition()
         self._count = 0
         self._last_done = float("-inf")
-        self.stopping = False
+        self.stopping = threading.Event()
 
     def enter(self, refusable: bool) -> bool:
         """Count a call in; False (not counted) for a refusable one once stopping."""
         with self._idle:
-            if self.stopping and refusable:
+            if refusable and self.stopping.is_set():
                 return False
             self._count += 1
             return True
@@ -115,13 +116,13 @@ class Flight:
         """Refuse new inference calls, wait for the calls in flight and then the linger,
         until ``deadline`` (time.monotonic()) at the latest."""
         with self._idle:
-            self.stopping = True
+            self.stopping.set()
             self._idle.wait_for(lambda: not self._count, max(deadline - time.monotonic(), 0))
             linger_end = min(self._last_done + LINGER_SECONDS, deadline)
         time.sleep(max(linger_end - time.monotonic(), 0.0))
 
 
-def _in_pool(method, pools: dict[str, futures.Executor], flight: Flight | None = None):
+def _in_pool(method, pools: dict[str, futures.Executor], flight: Flight):
     """An async handler that runs the blocking ``method(self, request, call)`` in its pool
     and turns a failure into the call's gRPC status.  ``call`` carries the deadline (from
     the client's) and is marked cancelled when the client goes away, so a call still
@@ -133,7 +134,7 @@ def _in_pool(method, pools: dict[str, futures.Executor], flight: Flight | None =
 
     @functools.wraps(method)
     async def handler(self, request, context):
-        if flight is not None and not flight.enter(refusable=kind == "inference"):
+        if not flight.enter(refusable=kind == "inference"):
             await context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING_MESSAGE)
         try:
             loop = asyncio.get_running_loop()
@@ -148,8 +149,7 @@ def _in_pool(method, pools: dict[str, futures.Executor], flight: Flight | None =
                 error = _status_error(exc)
             await context.abort(getattr(grpc.StatusCode, error.code.name), error.message)
         finally:
-            if flight is not None:
-                flight.leave()
+            flight.leave()
 
     return handler
 
@@ -319,7 +319,6 @@ class GrpcServer:
                                         name="grpc-loop")
         self._thread.start()
         self._control = None
-        self._stopping = threading.Event()  # ends Health Watch streams (serving/v2_grpc.py)
         self._flight = Flight()
         try:
             self._server = self._call(self._start(server, options.max_request_bytes))
@@ -343,7 +342,7 @@ class GrpcServer:
         ms_grpc.add_ModelServiceServicer_to_server(models, grpc_server)
         # the Open Inference Protocol and grpc.health.v1 beside them (serving/v2_grpc.py)
         v2_grpc.register(grpc_server, server, functools.partial(
-            _in_pool, pools=self.pools, flight=self._flight), self._stopping)
+            _in_pool, pools=self.pools, flight=self._flight), self._flight.stopping)
         credentials = ssl_credentials(server.options.ssl_config_file)
         self._control = None
         if server.options.model_service_port == -1 and not server.options.grpc_socket_path:
@@ -374,7 +373,7 @@ class GrpcServer:
         stopped."""
         done = threading.Event()
         deadline = time.monotonic() + grace
-        self._stopping.set()
+        self._flight.stopping.set()  # at once, not when the stopping thread runs
 
         def run() -> None:
             try:
