@@ -57,6 +57,67 @@ def test_tensor_round_trip(dtype, typed):
     np.testing.assert_array_equal(back, array)
 
 
+def _values(dtype: np.dtype, rng: np.random.Generator, n: int) -> np.ndarray:
+    """n values of ``dtype`` with its extremes: every varint length, NaN and infinities."""
+    if dtype.kind == "f":
+        with np.errstate(over="ignore"):  # float16 overflows to inf: one more edge
+            a = (rng.standard_normal(n) * 10.0 ** rng.integers(-6, 6, n)).astype(dtype)
+        edges = [np.inf, -np.inf, np.nan, -0.0, np.finfo(dtype).max, np.finfo(dtype).tiny]
+    elif dtype.kind == "b":
+        a, edges = rng.integers(0, 2, n).astype(bool), [True, False]
+    else:  # full-range values, small ones (one byte each: class maps) and every boundary
+        info = np.iinfo(dtype)
+        a = rng.integers(info.min, info.max, n, dtype=dtype, endpoint=True)
+        a = np.concatenate([a, (a % 100).astype(dtype)])
+        edges = sorted({v for k in range(info.bits + 1) for v in (-(1 << k), (1 << k) - 1, 1 << k)
+                        if info.min <= v <= info.max})
+    return np.concatenate([np.array(edges, dtype), a])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.uint8, np.int16,
+                                   np.int8, np.int64, np.bool_, np.uint16, np.float16,
+                                   np.uint32, np.uint64])
+def test_typed_values_encoded_by_numpy_are_what_protobuf_writes(dtype):
+    """The numpy encoding of the typed value fields (servers' answers) against protobuf's
+    own: the same bytes as filling the field value by value, for every varint length."""
+    tensor_pb2 = protos.module("tensorflow.core.framework.tensor_pb2")
+    rng = np.random.default_rng(0)
+    small = (np.arange(50) % 3).astype(dtype)
+    for array in (np.zeros((1, 0), dtype), small.reshape(1, -1),
+                  _values(np.dtype(dtype), rng, 3000).reshape(1, -1)):
+        enum = tensors.dtype_enum(array)
+        reference = tensor_pb2.TensorProto(dtype=enum)
+        reference.tensor_shape.dim.add(size=1)
+        reference.tensor_shape.dim.add(size=array.shape[1])
+        field = getattr(reference, tensors._DTYPES[enum][1])
+        field.extend((array.view(np.uint16).astype(np.int32) if enum == 19 else array)
+                     .ravel().tolist())
+        wire = reference.SerializeToString()
+        assert tensors.to_proto(array, typed=True).SerializeToString() == wire
+        assert tensor_pb2.TensorProto.FromString(tensors.encoded(array)) == reference
+        back = tensors.from_proto(tensor_pb2.TensorProto.FromString(tensors.encoded(array)))
+        np.testing.assert_array_equal(back, array)
+
+
+def test_predict_response_bytes_parse_as_the_response_they_stand_for():
+    predict_pb2 = protos.module("tensorflow_serving.apis.predict_pb2")
+    head = predict_pb2.PredictResponse()
+    head.model_spec.name, head.model_spec.signature_name = "deeplab", "predict_images"
+    head.model_spec.version.value = 3
+    outputs = {"segmentation_map": np.arange(513 * 513, dtype=np.int64).reshape(1, 513, 513) % 21,
+               "mask_png": np.array([b"\x89PNG\r\n", b""], dtype=object),
+               "logits": np.linspace(-5, 5, 2 * 3 * 21, dtype=np.float32).reshape(2, 3, 21),
+               "\u00e9": np.zeros((0, 4), np.int32)}
+    expected = predict_pb2.PredictResponse()
+    expected.CopyFrom(head)
+    for key, value in outputs.items():
+        expected.outputs[key].CopyFrom(tensors.to_proto(value, typed=True))
+    parsed = predict_pb2.PredictResponse.FromString(tensors.predict_response(head, outputs))
+    assert parsed == expected
+    np.testing.assert_array_equal(tensors.from_proto(parsed.outputs["segmentation_map"]),
+                                  outputs["segmentation_map"])
+
+
 def test_string_tensors_and_tf_conventions():
     proto = tensors.to_proto(np.array([b"a", "\u00e9"], dtype=object))
     assert proto.dtype == requests.DT_STRING

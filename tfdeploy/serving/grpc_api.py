@@ -171,6 +171,27 @@ def _decode(request, max_bytes: int):
     return decode
 
 
+def _serialized(response) -> bytes:
+    """A response message's wire bytes; a method that built them itself returns bytes."""
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
+def _handlers(service, servicer) -> grpc.GenericRpcHandler:
+    """The handlers ``add_<Service>Servicer_to_server`` registers, derived from the
+    ``service`` descriptor, except that a method may answer with its response's wire bytes:
+    Predict does (``tensors.predict_response``), since filling a TensorProto value by
+    value cost more than the rest of the request path for a 513x513 map."""
+    from google.protobuf import message_factory
+
+    handlers = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=message_factory.GetMessageClass(method.input_type).FromString,
+            response_serializer=_serialized)
+        for method in service.methods}
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
 def _servicers(server, pools: dict[str, futures.Executor], flight: Flight):
     ps_grpc = protos.module("tensorflow_serving.apis.prediction_service_pb2_grpc")
     ms_grpc = protos.module("tensorflow_serving.apis.model_service_pb2_grpc")
@@ -196,9 +217,8 @@ def _servicers(server, pools: dict[str, futures.Executor], flight: Flight):
             response.model_spec.name = call.name
             response.model_spec.version.value = servable.version
             response.model_spec.signature_name = key
-            for k, v in outputs.items():
-                response.outputs[k].CopyFrom(tensors.to_proto(v, typed=True))
-            return response
+            # the answer's wire bytes, values encoded by numpy (see _handlers)
+            return tensors.predict_response(response, outputs)
 
         @_pool
         def GetModelMetadata(self, request, call):
@@ -336,9 +356,11 @@ class GrpcServer:
         grpc_server = grpc.aio.server(
             options=list(options.items()),
             maximum_concurrent_rpcs=inference_threads(server.options) + CONTROL_THREADS * 4)
-        ps_grpc, predictions, ms_grpc, models, model_service = _servicers(
+        _, predictions, ms_grpc, models, model_service = _servicers(
             server, self.pools, self._flight)
-        ps_grpc.add_PredictionServiceServicer_to_server(predictions, grpc_server)
+        prediction_service = protos.module("tensorflow_serving.apis.prediction_service_pb2") \
+            .DESCRIPTOR.services_by_name["PredictionService"]
+        grpc_server.add_generic_rpc_handlers((_handlers(prediction_service, predictions),))
         ms_grpc.add_ModelServiceServicer_to_server(models, grpc_server)
         # the Open Inference Protocol and grpc.health.v1 beside them (serving/v2_grpc.py)
         v2_grpc.register(grpc_server, server, functools.partial(

@@ -86,11 +86,114 @@ def to_proto(value, dtype: int | None = None, shape: Sequence[int] | None = None
         proto.string_val.extend(_as_bytes(v) for v in flat)
     elif not typed:
         proto.tensor_content = flat.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-    elif enum == 19:
-        proto.half_val.extend(flat.view(np.uint16).astype(np.int32).tolist())
     else:
-        getattr(proto, _DTYPES[enum][1]).extend(flat.tolist())
+        proto.MergeFromString(typed_field(enum, flat))
     return proto
+
+
+#: Typed value fields that protobuf stores as fixed-width little-endian numbers.
+_FIXED = {"float_val": "<f4", "double_val": "<f8"}
+
+
+def _tensor_field(name: str) -> int:
+    return protos.module("tensorflow.core.framework.tensor_pb2").TensorProto.DESCRIPTOR \
+        .fields_by_name[name].number
+
+
+def typed_field(enum: int, flat: np.ndarray) -> bytes:
+    """The wire bytes of ``flat`` (a 1-D array of DataType ``enum``, not a string) as its
+    packed typed value field: what ``getattr(proto, field).extend(flat.tolist())`` holds,
+    encoded by numpy instead of one Python object per value (a 513x513 int64 map: ~0.5 ms
+    instead of ~9 ms).  ``MergeFromString`` puts it in a TensorProto; ``encoded`` and
+    ``predict_response`` put it on the wire without a proto at all."""
+    return b"".join(_typed_pieces(enum, flat))
+
+
+def _typed_pieces(enum: int, flat: np.ndarray) -> list[bytes]:
+    field = _DTYPES[enum][1]
+    if not flat.size:
+        return []
+    if field in _FIXED:
+        payload = flat.astype(_FIXED[field], copy=False).tobytes()
+    elif enum == 19:  # half_val holds each float16's bit pattern
+        payload = varints(flat.view(np.uint16))
+    else:
+        payload = varints(flat)
+    return [_key_and_length(_tensor_field(field), len(payload)), payload]
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    return _key_and_length(number, len(payload)) + payload
+
+
+def _key_and_length(number: int, length: int) -> bytes:
+    """A length-delimited field's key (field ``number``, wire type 2) and length."""
+    return varints(np.array([number << 3 | 2, length], np.uint64))
+
+
+#: Values encoded at a time by ``varints`` (bounds its scratch arrays to ~90 MB).
+_VARINT_CHUNK = 1 << 20
+
+
+def varints(values: np.ndarray) -> bytes:
+    """Protobuf varints of the integers ``values``, vectorised: a negative value takes ten
+    bytes (its 64-bit two's complement), as protobuf writes a negative int32 or int64."""
+    if values.dtype.kind == "b":
+        values = values.astype(np.uint8)
+    u = (values.astype(np.int64, copy=False).view(np.uint64) if values.dtype.kind == "i"
+         else values.astype(np.uint64, copy=False)).ravel()
+    if not u.size or int(u.max()) < 0x80:  # one byte each: the common case (class maps)
+        return u.astype(np.uint8).tobytes()
+    return b"".join(_varint_chunk(u[i:i + _VARINT_CHUNK])
+                    for i in range(0, u.size, _VARINT_CHUNK))
+
+
+def _varint_chunk(u: np.ndarray) -> bytes:
+    # bytes needed per value (7 bits each); then every value's 7-bit groups as a row, the
+    # continuation bit on all but its last, and each row's first ``sizes`` bytes in order
+    sizes = np.ones(u.shape, np.uint8)
+    for k in range(1, 10):
+        sizes += u >= np.uint64(1 << (7 * k))
+    width = int(sizes.max())
+    groups = ((u[:, None] >> (np.arange(width, dtype=np.uint64) * np.uint64(7)))
+              .astype(np.uint8) & np.uint8(0x7F))
+    k = np.arange(width, dtype=np.uint8)[None, :]
+    groups[k < sizes[:, None] - 1] |= np.uint8(0x80)
+    return groups[k < sizes[:, None]].tobytes()
+
+
+def encoded(value, dtype: int | None = None) -> bytes:
+    """``to_proto(value, dtype, typed=True).SerializeToString()``, without filling a
+    TensorProto value by value: the header (dtype, shape) through protobuf, the values
+    through ``typed_field``."""
+    return b"".join(_encoded_pieces(value, dtype))
+
+
+def _encoded_pieces(value, dtype: int | None = None) -> list[bytes]:
+    enum = dtype if dtype is not None else dtype_enum(np.asarray(value))
+    if enum == DT_STRING:
+        return [to_proto(value, enum, typed=True).SerializeToString()]
+    array = np.asarray(value, dtype=numpy_dtype(enum))
+    head = protos.module("tensorflow.core.framework.tensor_pb2").TensorProto(dtype=enum)
+    for d in array.shape:
+        head.tensor_shape.dim.add(size=int(d))
+    return [head.SerializeToString(), *_typed_pieces(enum, array.ravel())]
+
+
+def predict_response(response, outputs: dict[str, np.ndarray]) -> bytes:
+    """The wire bytes of PredictResponse ``response`` (model_spec filled in) with
+    ``outputs`` in its ``outputs`` map as typed TensorProtos, as tensorflow_model_server
+    answers.  A message's serialization followed by more fields parses as their merge,
+    so each map entry (key 1, value 2) is appended as bytes: building a 513x513 int64
+    answer as a proto and serializing it cost ~14 ms of every seed request, this ~0.5 ms."""
+    number = type(response).DESCRIPTOR.fields_by_name["outputs"].number
+    parts = [response.SerializeToString()]
+    for key, value in outputs.items():
+        tensor = _encoded_pieces(value)
+        size = sum(map(len, tensor))
+        entry_head = _length_delimited(1, key.encode("utf-8")) + _key_and_length(2, size)
+        parts += [_key_and_length(number, len(entry_head) + size), entry_head, *tensor]
+    return b"".join(parts)  # the only copy of the values
 
 
 def shape_of(proto) -> tuple[int, ...]:
