@@ -19,7 +19,7 @@ from PIL import Image
 from test_export import DEMO_SIGNATURES, _signature_table
 
 from tfdeploy.export.config import ModelConfig
-from tfdeploy.export.model import DeepLabV3, random_weights
+from tfdeploy.export.model import DeepLabV3, quantized_matmul, random_weights
 from tfdeploy.export.precision import (
     INT8_SERVERS,
     cpu_flags,
@@ -282,15 +282,19 @@ def test_int8_export_keeps_contract_and_agrees_on_photographs(int8_demo, photogr
     assert result["agreement"]["calibration"]["pixel_agreement"] >= 0.97
     assert result["max_abs_logit_diff"] > 1e-3  # really int8
     # which servers can run it: said at export time, in tfdeploy.json and by inspect
-    assert result["servers"] == INT8_SERVERS and f"warning: {INT8_SERVERS}" in result["stderr"]
+    servers = INT8_SERVERS["fused"]
+    assert "2.17 or later" in servers and "--int8-kernels portable" in servers
+    assert result["servers"] == servers and f"warning: {servers}" in result["stderr"]
+    assert result["int8_kernels"] == "fused"
     meta = json.loads((Path(result["path"]) / METADATA_FILE).read_text())
-    assert meta["precision"] == "int8" and meta["servers"] == INT8_SERVERS
+    assert meta["precision"] == "int8" and meta["servers"] == servers
+    assert meta["int8_kernels"] == "fused"
     assert meta["calibration"]["images"] == 4
     base = Path(result["path"]).parent
     info = json.loads(run_cli("inspect", str(base), "--json").stdout)
     assert _signature_table(info, "1") == DEMO_SIGNATURES  # every client keeps working
     assert info["versions"]["1"]["precision"] == "int8"
-    assert info["versions"]["1"]["servers"] == INT8_SERVERS
+    assert info["versions"]["1"]["servers"] == servers
     text = run_cli("inspect", str(base)).stdout
     assert "int8" in text and "tensorflow/serving:<version>-mkl" in text
     # the int8 kernels are in the graph, their weights stored as int8 constants;
@@ -301,7 +305,10 @@ def test_int8_export_keeps_contract_and_agrees_on_photographs(int8_demo, photogr
         (Path(result["path"]) / "saved_model.pb").read_bytes())
     ops = [n.op for f in sm.meta_graphs[0].graph_def.library.function for n in f.node_def]
     convs = ops.count("QuantizedConv2DWithBiasAndReluAndRequantize")
-    assert convs and ops.count("QuantizedConv2DWithBias")  # float32 out: residual, ASPP
+    assert ops.count("QuantizedConv2DWithBias") == 3  # float32 out: the atrous ASPP branches
+    # the fused kernels: every unit's conv3 (with its shortcut summed in) or merged
+    # residual, and the ASPP's 1x1 branch, as one quantized matmul each
+    assert ops.count("_QuantizedMatMul") == 9 + 1
     # conv1 and conv2 of the demo's nine units: the graph and its int8 weight constants
     # are written once, not once per trace
     assert convs == 2 * 9
@@ -335,6 +342,31 @@ def _model_call_sites(meta_graph, signature: str) -> int:
                                          if n.name in outputs))
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_fused_int8_matmul_is_the_arithmetic_it_stands_for(signed):
+    """The fused kernel of the 1x1 convolutions (``quantized_matmul``: per-channel weight
+    scales, bias, the shortcut summed in, float32 out) against float64 arithmetic on the
+    same int8 values: float32 rounding apart, equal; without the addend too."""
+    rng = np.random.default_rng(3)
+    m, k, n, top = 300, 96, 40, 6.0
+    levels = 127 if signed else 255
+    ints = rng.integers(-levels if signed else 0, levels + 1, (m, k))
+    a = tf.bitcast(tf.constant(ints.astype(np.int8 if signed else np.uint8)),
+                   tf.qint8 if signed else tf.quint8)
+    w = rng.integers(-127, 128, (k, n)).astype(np.int8)
+    wmax = (rng.random(n) * 2 + 0.01).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    addend = rng.standard_normal((m, n)).astype(np.float32) * 50
+    exact = (ints * (top / levels)) @ (w.astype(np.float64) * (wmax / 127.0)) + bias
+    fused = tf.function(lambda *extra: quantized_matmul(  # an op of graphs only
+        a, -top if signed else 0.0, top, w, wmax, bias, *extra))
+    for extra in (None, addend):
+        got = (fused() if extra is None else fused(tf.constant(extra))).numpy()
+        want = exact if extra is None else exact + extra
+        assert got.dtype == np.float32 and got.shape == (m, n)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * np.abs(want).max())
+
+
 def test_int8_export_calibrates_on_the_probes_by_default(tmp_path, small_checkpoint):
     proc = run_cli("export", str(small_checkpoint), "-o", str(tmp_path / "m"),
                    "--precision", "int8", "--min-agreement", "0", "--json")
@@ -366,6 +398,10 @@ def test_bad_calibration(tmp_path, small_checkpoint):
     proc = run_cli("export", str(small_checkpoint), "-o", out, "--calibration",
                    str(ROOT / "examples"), check=False)
     assert proc.returncode == 2 and "only an int8 export is calibrated" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "m").exists()
+    proc = run_cli("export", str(small_checkpoint), "-o", out, "--int8-kernels", "portable",
+                   check=False)
+    assert proc.returncode == 2 and "only an int8 export runs on int8 kernels" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "m").exists()
 
 
@@ -516,7 +552,9 @@ def test_exports_compute_the_same_masks_in_tensorflow_2_12(int8_demo, demo_base,
     qint32 output by each channel's declared filter range where v3 (TensorFlow 2.21,
     here) uses the largest channel's: the int8 graph declares one range for every channel
     and multiplies each channel's scale in afterwards, so both must compute the same.
-    The float32 and int8 exports of the demo checkpoint, written here, run in TensorFlow
+    The float32 and int8 (``--int8-kernels portable``; the default fused kernels are not
+    in 2.12, which must refuse that graph by name) exports of the demo checkpoint,
+    written here, run in TensorFlow
     2.12 (oneDNN v2.7) and here on the photographs and the demo images: float32 masks
     are the same, and int8 masks agree with the float32 ones equally well in both (they
     differ only on near-tied pixels: requantization rounds differently; measured within
@@ -525,8 +563,23 @@ def test_exports_compute_the_same_masks_in_tensorflow_2_12(int8_demo, demo_base,
               for p in [*sorted(photographs.glob("*.png")),
                         *sorted((ROOT / "examples").glob("*.jpg"))]}
     np.savez(tmp_path / "images.npz", **images)
+    # the default (fused) int8 kernels are not in 2.12: the server refuses the graph,
+    # naming the op, as the export's warning says it would
+    refused = subprocess.run(
+        [str(OLD_TENSORFLOW), str(ROOT / "tools" / "run_in_tensorflow.py"), int8_demo["path"],
+         str(tmp_path / "images.npz"), str(tmp_path / "refused.npz")],
+        capture_output=True, text=True, timeout=900)
+    assert refused.returncode != 0
+    assert "Op type not registered '_QuantizedMatMul'" in refused.stderr
+    # --int8-kernels portable, the same calibration: runs there
+    portable = json.loads(run_cli(
+        "export", "-o", str(tmp_path / "portable"), "--precision", "int8", "--int8-kernels",
+        "portable", "--probe", str(photographs), "--calibration", str(photographs),
+        "--min-agreement", "95", "--no-warmup", "--json").stdout)
+    assert portable["int8_kernels"] == "portable"
+    assert portable["servers"] == INT8_SERVERS["portable"] and "2.17" not in portable["servers"]
     masks = {}
-    for name, export in (("float32", demo_base / "1"), ("int8", Path(int8_demo["path"]))):
+    for name, export in (("float32", demo_base / "1"), ("int8", Path(portable["path"]))):
         for where, python in (("2.12", OLD_TENSORFLOW), ("here", sys.executable)):
             maps = _maps_in(python, export, tmp_path / "images.npz", tmp_path / "out.npz")
             version, onednn = str(maps.pop("tf_version")), str(maps.pop("onednn"))

@@ -37,7 +37,7 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
            tile_overlap: int | None = None, tile_batch: int = DEFAULT_TILE_BATCH,
            tile_max_pixels: int | str = DEFAULT_TILE_MAX_PIXELS,
            labels: str | Path | None = None, fallback_precision: str = "auto",
-           progress: Progress | None = None):
+           int8_kernels: str = "fused", progress: Progress | None = None):
     """Export a DeepLab-v3 checkpoint (default: the bundled demo) as version ``version``
     (default: highest existing + 1) of the model base path ``output``.
 
@@ -49,7 +49,10 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
     in ``calibration`` (files or directories; default: the probe images); verification
     ``fallback_precision`` (``auto``, ``float32``, ``bfloat16``) is what the blocks an
     int8 export keeps out of int8 compute in (``auto``: bfloat16 where this CPU has
-    native bfloat16 kernels, else float32); verification
+    native bfloat16 kernels, else float32); ``int8_kernels`` is the oneDNN kernel set
+    an int8 export runs on (``fused``, the default and fastest, needs TensorFlow 2.17 or
+    later in the server; ``portable`` runs in any TensorFlow 2 built with oneDNN, ~9%
+    slower); verification
     fails below ``min_agreement`` (a fraction) of mask pixels equal to the float32
     model's on any probe image (synthetic, the demo images, and the files or directories
     in ``probes``); ``result.warnings`` says when this machine cannot run the precision
@@ -103,7 +106,8 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
                       preprocess=preprocess, input_size=input_size, tile=tile,
                       tile_overlap=tile_overlap, tile_batch=tile_batch,
                       tile_max_pixels=tile_pixels, labels=labels,
-                      fallback_precision=fallback_precision, progress=progress)
+                      fallback_precision=fallback_precision, int8_kernels=int8_kernels,
+                      progress=progress)
 
 
 def _tile_pixels(value: int | str) -> int:

@@ -56,6 +56,12 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
                    "compute in.  auto: bfloat16 on CPUs with AVX512_BF16/AMX (several "
                    "times faster there; it rounds too, so more blocks may be needed), "
                    "else float32.")
+@click.option("--int8-kernels", type=click.Choice(["fused", "portable"]), default="fused",
+              show_default=True,
+              help="int8: the oneDNN kernels the export runs on.  fused: fastest; needs "
+                   "TensorFlow 2.17 or later in the server (tensorflow_model_server 2.17+ "
+                   "built with --config=mkl).  portable: any TensorFlow 2 built with "
+                   "oneDNN, ~9% slower.")
 @click.option("--max-pixels", default=f"{DEFAULT_MAX_SIDE}x{DEFAULT_MAX_SIDE}", show_default=True,
               metavar="WxH|PIXELS",
               help="Largest image the model accepts; checked in the graph from the image "
@@ -99,7 +105,7 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
            max_pixels: str, input_tensor: str | None, output_tensor: str | None,
            preprocess: str, input_size: str | None, tile: int | None, tile_overlap: int | None,
            tile_batch: int, tile_max_pixels: str, labels: Path | None, fallback_precision: str,
-           as_json: bool) -> None:
+           int8_kernels: str, as_json: bool) -> None:
     """Export a DeepLab-v3 checkpoint as a numbered SavedModel version.
 
     CHECKPOINT is a seed training directory (model.ckpt* + data.json), its `checkpoint`
@@ -116,6 +122,7 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
       tfdeploy export ckpt/ --version 3 --overwrite --json
       tfdeploy export ckpt/ --precision bfloat16 --probe photos/
       tfdeploy export ckpt/ --precision int8 --calibration photos/ --probe held-out/
+      tfdeploy export ckpt/ --precision int8 --int8-kernels portable  # TF Serving < 2.17
       tfdeploy export deeplabv3_mnv2_pascal_train_aug_2018_01_29.tar.gz
       tfdeploy export unet.keras --preprocess imagenet --input-size 256x256
       tfdeploy export my_saved_model/ --preprocess -1..1
@@ -133,7 +140,7 @@ def export(checkpoint: Path | None, output: Path, version: int | None, overwrite
                         input_size=input_size, tile=tile, tile_overlap=tile_overlap,
                         tile_batch=tile_batch, tile_max_pixels=tile_max_pixels,
                         labels=labels, fallback_precision=fallback_precision,
-                        progress=progress_printer(as_json, "  {}..."))
+                        int8_kernels=int8_kernels, progress=progress_printer(as_json, "  {}..."))
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     emit(as_json, result.to_json(), result.summary())

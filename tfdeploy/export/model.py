@@ -15,7 +15,12 @@ import tensorflow as tf
 
 from tfdeploy.export.config import ModelConfig
 from tfdeploy.export.layout import Unit, units, variable_shapes
-from tfdeploy.export.precision import check_precision, float_convs, quantize_weights
+from tfdeploy.export.precision import (
+    INT8_KERNELS,
+    check_precision,
+    float_convs,
+    quantize_weights,
+)
 from tfdeploy.export.precision import fold_batch_norm as fold
 
 #: The ASPP block's scope: a block ``float_blocks`` can name, like a bottleneck unit's.
@@ -44,7 +49,7 @@ class DeepLabV3(tf.Module):
                  precision: str = "float32", fold_batch_norm: bool = False,
                  activation_ranges: Mapping[str, float] | None = None,
                  float_blocks: Iterable[str] = (), mixed: bool = False,
-                 block_precision: str = "float32"):
+                 block_precision: str = "float32", int8_kernels: str = "fused"):
         """``precision`` is the dtype convolutions store weights and compute in (logits
         and argmax stay float32); ``fold_batch_norm`` folds each convolution's BatchNorm
         into its weights (see ``precision.fold_batch_norm``).  The defaults build the
@@ -62,7 +67,8 @@ class DeepLabV3(tf.Module):
         is what those blocks compute in: ``bfloat16`` on a CPU with native bfloat16
         kernels (about twice float32's speed there, and far closer to float32 than 8-bit
         activations), cast at the block's boundaries; the residual stream between blocks
-        stays float32."""
+        stays float32.  ``int8_kernels`` (``precision.INT8_KERNELS``) is which oneDNN
+        kernels an int8 model runs on: ``fused`` needs TensorFlow 2.17 or later."""
         super().__init__(name="deeplab_v3")
         self.config = config
         self.precision = check_precision(precision)
@@ -85,6 +91,10 @@ class DeepLabV3(tf.Module):
             raise ValueError(f"block_precision must be float32 or bfloat16, not {block_precision}")
         #: What an int8 model's float blocks compute in.
         self.block_dtype = tf.as_dtype(block_precision)
+        if int8_kernels not in INT8_KERNELS:
+            raise ValueError(f"int8_kernels must be one of {INT8_KERNELS}, not {int8_kernels}")
+        #: 1x1 convolutions with a float32 output as one fused kernel (``_qconv``)
+        self.fused = int8_kernels == "fused"
         #: While ``choose_float_blocks`` traces: bool per block, True = run it in float32.
         self._mask: tf.Tensor | None = None
         #: Range stretch of the block being traced (see ``_quantize``).
@@ -317,7 +327,8 @@ class DeepLabV3(tf.Module):
             round_mode="HALF_TO_EVEN").output
 
     def _qconv(self, x: tf.Tensor, m, scope: str, relu: bool, stride: int = 1,
-               rate: int = 1, same_explicit: bool = False) -> tf.Tensor:
+               rate: int = 1, same_explicit: bool = False,
+               addend: tf.Tensor | None = None) -> tf.Tensor:
         """One int8 convolution + bias of ``x``, an int8 tensor quantized in the range
         ``m`` (a float, or a scalar tensor once stretched).  With ``relu`` its output is
         requantized to quint8 in the calibrated range of ``scope`` and feeds the next int8
@@ -329,9 +340,22 @@ class DeepLabV3(tf.Module):
         range +-127, the bias divided by each channel's scale) and each channel's own
         scale multiplied in afterwards: with per-channel declared ranges, oneDNN v3
         builds scale the int32 output by the largest channel's scale and v2 builds by
-        each channel's, so a graph relying on either would break on the other."""
+        each channel's, so a graph relying on either would break on the other.
+
+        With the ``fused`` kernels a 1x1 convolution of stride 1 with a float32 output
+        (conv3, the merged residual, the ASPP's 1x1 branch) runs as oneDNN's quantized
+        matrix multiply instead, which
+        writes float32 itself, per-channel scales and ``addend`` (the shortcut) included:
+        one kernel where the convolution needed a cast, a multiply and an add after it
+        (9% of the resnet_v2_50 graph's time, see ``quantized_matmul``)."""
         wq, wmax, bias = self._quantized[scope]
         signed = x.dtype == tf.qint8
+        if self.fused and not relu and wq.shape[:2] == (1, 1) and stride == 1:
+            cin, cout = wq.shape[2:]
+            rows = None if addend is None else tf.reshape(addend, [-1, cout])
+            out = quantized_matmul(tf.reshape(x, [-1, cin]), -m if signed else 0.0, m,
+                                   wq.reshape(cin, cout), wmax, bias, rows)
+            return tf.reshape(out, tf.concat([tf.shape(x)[:3], [cout]], 0))
         padding, explicit = "SAME", []
         if same_explicit and stride > 1:  # as _conv: zero is 0 in SCALED int8
             k = wq.shape[0]
@@ -354,7 +378,8 @@ class DeepLabV3(tf.Module):
             bias=tf.constant((bias / wscale).astype(np.float32)), min_filter=-127.0,
             max_filter=127.0, out_type=tf.qint32, **conv).output
         step = m / (127.0 if signed else 255.0)
-        return tf.cast(tf.bitcast(acc, tf.int32), tf.float32) * (step * tf.constant(wscale))
+        out = tf.cast(tf.bitcast(acc, tf.int32), tf.float32) * (step * tf.constant(wscale))
+        return out if addend is None else addend + out
 
     def _unit_int8(self, x, preact, u: Unit):
         """The bottleneck in int8: the pre-activation is quantized once and feeds both
@@ -376,9 +401,10 @@ class DeepLabV3(tf.Module):
                                    stride=u.stride)
         else:
             shortcut = _subsample(x, u.stride)
-        r = self._qconv(r, self._range(f"{u.scope}/conv2"), f"{u.scope}/conv3", False)
+        out = self._qconv(r, self._range(f"{u.scope}/conv2"), f"{u.scope}/conv3", False,
+                          addend=shortcut)
         self._stretch = None  # a tensor of this block (and of a tf.cond branch's graph)
-        return shortcut + r
+        return out
 
     def _aspp_int8(self, net, branches):
         s = "DeepLab_v3/ASPP_layer"
@@ -454,6 +480,34 @@ class DeepLabV3(tf.Module):
     def predict(self, images: tf.Tensor) -> tf.Tensor:
         """Class index per pixel, int64 [N, H, W]."""
         return tf.argmax(self.logits(images), axis=3)
+
+
+def quantized_matmul(a: tf.Tensor, min_a, max_a, w: np.ndarray, wmax: np.ndarray,
+                     bias: np.ndarray, addend: tf.Tensor | None = None) -> tf.Tensor:
+    """float32 ``a @ w + bias (+ addend)`` of int8 ``a`` [M, K] (quint8 in [0, max_a] or
+    qint8 in +-max_a, one scale) and int8 constant weights ``w`` [K, N] (channel n's
+    values are ``w[:, n] * wmax[n] / 127``), in one oneDNN kernel: TensorFlow's
+    ``_QuantizedMatMul`` with the fusion ``BiasAdd, [Add,] Dequantize`` (an internal op,
+    registered where TensorFlow is built with oneDNN, which the int8 convolutions need
+    too).  The int32 products are scaled to float32 per output channel inside the kernel
+    and ``addend`` summed into them: the convolution kernels can only return int32 for a
+    cast, a multiply and an add to read and write again.  Against float64 arithmetic on
+    the same int8 values it differs by float32 rounding alone."""
+    from tensorflow.python.framework import op_def_library
+
+    inputs = [a, tf.constant(w, tf.qint8), tf.constant(bias, tf.float32)]
+    if addend is not None:
+        inputs.append(addend)
+    inputs += [tf.convert_to_tensor(min_a, tf.float32), tf.convert_to_tensor(max_a, tf.float32),
+               tf.constant(-wmax, tf.float32), tf.constant(wmax, tf.float32)]
+    op = op_def_library._apply_op_helper(
+        "_QuantizedMatMul", name="QuantizedMatMul", device_inputs=[], host_inputs=inputs,
+        T1=a.dtype, T2=tf.qint8, Tbias=tf.float32, U=tf.float32, Tout=tf.float32,
+        Thost_outputs=[tf.float32], Tdevice_outputs=[],
+        fused_ops=["BiasAdd", "Dequantize"] if addend is None else ["BiasAdd", "Add", "Dequantize"],
+        input_quant_mode="SCALED", output_quant_mode="SCALED", transpose_a=False,
+        transpose_b=False, is_weight_const=True, is_bias_const=True, leakyrelu_alpha=0.2)[2]
+    return op.outputs[0]
 
 
 def _as(x: tf.Tensor, dtype: tf.DType) -> tf.Tensor:

@@ -25,16 +25,34 @@ FAST_CPU_FLAGS: dict[str, tuple[str, ...]] = {
     "int8": ("avx512_vnni", "avx_vnni", "amx_int8"),
 }
 
-#: Which servers run an int8 export: its convolutions are TensorFlow's oneDNN int8 kernels
-#: (QuantizedConv2DWithBias*), compiled only into TensorFlow built with oneDNN
-#: (``--config=mkl``).  TF Serving's docker/Dockerfile.mkl builds tensorflow_model_server
-#: that way; its default release build (the plain CPU and GPU images) does not.
-INT8_SERVERS = (
-    "int8 exports run on TensorFlow's oneDNN int8 kernels: served by tfdeploy-model-server "
-    "and TensorFlow on x86 Linux (oneDNN on, i.e. TF_ENABLE_ONEDNN_OPTS not 0) and by "
-    "tensorflow_model_server built with --config=mkl (the tensorflow/serving:<version>-mkl "
-    "images); the official tensorflow/serving:<version> and -gpu images are built without "
-    "them and cannot run this version")
+#: int8 kernel sets (``--int8-kernels``).  ``fused``: the 1x1 convolutions with a float32
+#: output run as oneDNN's fused quantized matrix multiply (``_QuantizedMatMul``: scales,
+#: bias and the residual sum in the kernel), which TensorFlow has from
+#: ``FUSED_INT8_TENSORFLOW`` on.  ``portable``: only the QuantizedConv2DWithBias* kernels,
+#: which every TensorFlow 2 built with oneDNN has (``make test`` runs one in 2.12), with
+#: a cast, a multiply and an add after each such convolution (~9% slower end to end on
+#: resnet_v2_50 here, see the README's Benchmarks).
+INT8_KERNELS = ("fused", "portable")
+#: The first TensorFlow release with ``_QuantizedMatMul`` (2.16 refuses the op: each
+#: release from 2.12 to 2.21 was tried).
+FUSED_INT8_TENSORFLOW = "2.17"
+
+#: Which servers run an int8 export, per kernel set: oneDNN's int8 kernels are compiled
+#: only into TensorFlow built with oneDNN (``--config=mkl``).  TF Serving's
+#: docker/Dockerfile.mkl builds tensorflow_model_server that way; its default release
+#: build (the plain CPU and GPU images) does not.
+_SERVED_BY = ("served by tfdeploy-model-server and TensorFlow{since} on x86 Linux (oneDNN on, "
+              "i.e. TF_ENABLE_ONEDNN_OPTS not 0) and by tensorflow_model_server{since} built "
+              "with --config=mkl (the tensorflow/serving:<version>-mkl images); the official "
+              "tensorflow/serving:<version> and -gpu images are built without them and cannot "
+              "run this version")
+INT8_SERVERS = {
+    "fused": "int8 exports run on TensorFlow's oneDNN int8 kernels: "
+             + _SERVED_BY.format(since=f" {FUSED_INT8_TENSORFLOW} or later")
+             + f" (for TensorFlow before {FUSED_INT8_TENSORFLOW}: --int8-kernels portable)",
+    "portable": "int8 exports run on TensorFlow's oneDNN int8 kernels: "
+                + _SERVED_BY.format(since=""),
+}
 
 
 def check_precision(precision: str) -> str:

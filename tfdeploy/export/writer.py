@@ -34,6 +34,7 @@ from tfdeploy.export.labels import add_signature as add_class_names
 from tfdeploy.export.labels import check_count, default_names, read_labels
 from tfdeploy.export.model import ASPP_SCOPE, DeepLabV3, choose_float_blocks
 from tfdeploy.export.precision import (
+    INT8_KERNELS,
     INT8_SERVERS,
     check_precision,
     cpu_flags,
@@ -88,6 +89,8 @@ class ExportResult:
     calibration: dict | None = None
     #: Which model servers can run this export (int8 needs oneDNN's int8 kernels).
     servers: str | None = None
+    #: int8: the oneDNN kernel set it runs on (``precision.INT8_KERNELS``)
+    int8_kernels: str | None = None
     #: What was exported: ``checkpoint`` or ``frozen_graph`` (see export/sources.py).
     source: str = sources.CHECKPOINT
     #: int8: blocks kept out of int8 by the sensitivity pass (mixed precision), what they
@@ -248,6 +251,7 @@ def export(
     tile_max_pixels: int = tiling.DEFAULT_TILE_MAX_PIXELS,
     labels: str | Path | None = None,
     fallback_precision: str = "auto",
+    int8_kernels: str = "fused",
 ) -> ExportResult:
     """Export a checkpoint (default: the bundled demo) as version ``version`` (default:
     next) of the base ``output``.
@@ -257,7 +261,9 @@ def export(
     probe images (synthetic, demo, and the image files/directories in ``probes``).
 
     int8 takes its activation ranges from ``calibration`` (image files/directories;
-    default: the probe images), run through the float32 model.
+    default: the probe images), run through the float32 model, and runs on the oneDNN
+    kernel set ``int8_kernels`` (``fused``: TensorFlow 2.17 or later; ``portable``: any
+    TensorFlow 2 with oneDNN, slower; see ``precision.INT8_KERNELS``).
 
     ``checkpoint_path`` may also be a frozen graph (a model-zoo ``.pb``, its folder or
     tarball; ``input_tensor``/``output_tensor`` name other graphs' tensors): it is wrapped
@@ -313,6 +319,11 @@ def export(
     if fallback_precision != "auto" and precision != "int8":
         raise UserError("only an int8 export keeps blocks in a fallback precision",
                         param="fallback_precision")
+    if int8_kernels not in INT8_KERNELS:
+        raise UserError(f"unknown int8 kernels {int8_kernels!r} (choose from "
+                        f"{', '.join(INT8_KERNELS)})", param="int8_kernels")
+    if int8_kernels != "fused" and precision != "int8":
+        raise UserError("only an int8 export runs on int8 kernels", param="int8_kernels")
     if fallback_precision == "auto":
         # bfloat16 where it is native: measured on an AMD EPYC with AVX512_BF16, the
         # trained resnet_v2_50 reached 99% with 13 of 17 blocks in bfloat16 at 0.31x
@@ -380,7 +391,7 @@ def export(
         if warning:
             warnings.append(warning)
     if precision == "int8":
-        warnings.append(INT8_SERVERS)
+        warnings.append(INT8_SERVERS[int8_kernels])
     existing = numeric_dirs(base)
     number = check_version(version, base)
     if number in existing and not overwrite:
@@ -412,7 +423,7 @@ def export(
                     f"image >= {min_agreement:.2%} of pixels agreeing with float32)")
                 probe = DeepLabV3(source.config, weights, precision="int8",
                                   fold_batch_norm=True, activation_ranges=ranges, mixed=True,
-                                  block_precision=block_precision)
+                                  block_precision=block_precision, int8_kernels=int8_kernels)
                 float_blocks, steps = choose_float_blocks(
                     probe, [image for _, image in calibration_set], min_agreement, reference)
                 mixed = {"blocks": float_blocks, "of": len(probe.blocks),
@@ -423,7 +434,8 @@ def export(
             model = DeepLabV3(source.config, weights, precision=precision,
                               fold_batch_norm=True, activation_ranges=ranges,
                               float_blocks=float_blocks,
-                              block_precision=(mixed or {}).get("precision", "float32"))
+                              block_precision=(mixed or {}).get("precision", "float32"),
+                              int8_kernels=int8_kernels)
         classes = origin["num_classes"]
         module = ServingModule(tiling.tiled(model, classes, tile, tile_overlap, tile_batch,
                                             tile_max_pixels), max_pixels)
@@ -481,7 +493,8 @@ def export(
             agreement=agreement.to_json() if agreement else None,
             calibration={"images": len(calibration_set),
                          "names": [n for n, _ in calibration_set]} if calibration_set else None,
-            servers=INT8_SERVERS if precision == "int8" else None, source=kind.kind,
+            servers=INT8_SERVERS[int8_kernels] if precision == "int8" else None,
+            int8_kernels=int8_kernels if precision == "int8" else None, source=kind.kind,
             mixed_precision=mixed,
             tiling=tiling.describe(tile, tile_overlap, tile_batch, tile_max_pixels),
         )
@@ -493,7 +506,8 @@ def export(
             "precision": precision, "batch_norm_folded": result.batch_norm_folded,
             "max_pixels": max_pixels,
             "agreement": result.agreement, "calibration": result.calibration,
-            "servers": result.servers, "mixed_precision": result.mixed_precision,
+            "servers": result.servers, "int8_kernels": result.int8_kernels,
+            "mixed_precision": result.mixed_precision,
             "tiling": result.tiling,
             # class index -> name, for clients that report per-class results
             "class_names": names,
