@@ -1,4 +1,5 @@
-"""float32 vs bfloat16 (vs float16) vs int8 exports: latency in-process and through the
+"""float32 vs bfloat16 (vs float16) vs int8 exports (int8 on its fused kernels and, as a row of
+its own, on the portable ones older servers run): latency in-process and through the
 embedded server (gRPC), agreement with the float32 model, what BatchNorm folding saves, and
 OpenVINO on the same weights as the outside reference (bfloat16, and int8 after NNCF
 post-training quantization).
@@ -65,6 +66,8 @@ from tfdeploy.export.warmup import probe_image  # noqa: E402
 from tfdeploy.export.writer import export  # noqa: E402
 
 PHOTOGRAPHS = ("astronaut", "coffee", "chelsea", "rocket")
+#: The int8 export on the convolution-only kernels (``--int8-kernels portable``).
+PORTABLE = "int8 portable"
 SMALL = ModelConfig(num_classes=5, backbone="small_resnet_v2", units=(1, 1, 1, 1),
                     base_depths=(8, 16, 16, 32), root_depth=8, aspp_depth=16,
                     output_stride=16, multi_grid=(1,))
@@ -234,6 +237,11 @@ def main() -> None:
     for p in precisions:
         results[p] = export(work / "ckpt", work / f"models-{p}", precision=p, min_agreement=0.0,
                             probes=[photos], **extra(p))
+    # what a server before TensorFlow 2.17 runs (--int8-kernels portable): timed beside
+    results[PORTABLE] = export(work / "ckpt", work / "models-int8-portable", precision="int8",
+                               min_agreement=0.0, probes=[photos], int8_kernels="portable",
+                               **extra("int8"))
+    rows = [*precisions, PORTABLE]
     image = probe_image(args.size, args.size)
     x = tf.constant(image[None].astype(np.float32))
     hw = tf.constant([args.size])
@@ -273,8 +281,8 @@ def main() -> None:
     finally:
         for srv in servers.values():
             srv.stop()
-    local = {p: median[("local", p)] for p in precisions}
-    served = {p: median[("served", p)] for p in precisions}
+    local = {p: median[("local", p)] for p in rows}
+    served = {p: median[("served", p)] for p in rows}
 
     fold_lines = folding(cfg, weights, x, args.requests, ["float32", "bfloat16"])
     margins = {"demo": median_margin(locate(DEMO_CHECKPOINT).config,
@@ -289,16 +297,16 @@ def main() -> None:
                      for p in precisions[1:])
     print(f"speed: {name}, {args.size}x{args.size}, median of {args.requests} interleaved "
           f"rounds; CPU: {fast}")
-    for p in precisions:
-        print(f"{p:<9} in-process {local[p] * 1e3:7.1f} ms ({local[p] / local['float32']:.2f}x)"
+    for p in rows:
+        print(f"{p:<13} in-process {local[p] * 1e3:7.1f} ms ({local[p] / local['float32']:.2f}x)"
               f" | gRPC embedded server {served[p] * 1e3:7.1f} ms "
               f"({served[p] / served['float32']:.2f}x)"
               f" | SavedModel {_size(results[p].path) / 1e6:6.1f} MB")
     for kind in list(settings)[1:]:
-        other = {p: median[(kind, p)] for p in precisions}
+        other = {p: median[(kind, p)] for p in rows}
         print(f"{kind}: " + ", ".join(
             f"{p} {other[p] * 1e3:.1f} ms ({other[p] / served[p]:.2f}x of served with the "
-            f"default, {other[p] / other['float32']:.2f}x float32)" for p in precisions))
+            f"default, {other[p] / other['float32']:.2f}x float32)" for p in rows))
     if isinstance(openvino, dict):
         for key in openvino:
             t = median[("local", key)]
