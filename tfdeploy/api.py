@@ -51,7 +51,7 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
     int8 export keeps out of int8 compute in (``auto``: bfloat16 where this CPU has
     native bfloat16 kernels, else float32); ``int8_kernels`` is the oneDNN kernel set
     an int8 export runs on (``fused``, the default and fastest, needs TensorFlow 2.17 or
-    later in the server; ``portable`` runs in any TensorFlow 2 built with oneDNN, ~9%
+    later in the server; ``portable`` runs in any TensorFlow 2 built with oneDNN, 5-10%
     slower); verification
     fails below ``min_agreement`` (a fraction) of mask pixels equal to the float32
     model's on any probe image (synthetic, the demo images, and the files or directories

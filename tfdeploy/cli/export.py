@@ -61,7 +61,7 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
               help="int8: the oneDNN kernels the export runs on.  fused: fastest; needs "
                    "TensorFlow 2.17 or later in the server (tensorflow_model_server 2.17+ "
                    "built with --config=mkl).  portable: any TensorFlow 2 built with "
-                   "oneDNN, ~9% slower.")
+                   "oneDNN, 5-10% slower.")
 @click.option("--max-pixels", default=f"{DEFAULT_MAX_SIDE}x{DEFAULT_MAX_SIDE}", show_default=True,
               metavar="WxH|PIXELS",
               help="Largest image the model accepts; checked in the graph from the image "

@@ -30,11 +30,11 @@ FAST_CPU_FLAGS: dict[str, tuple[str, ...]] = {
 #: bias and the residual sum in the kernel), which TensorFlow has from
 #: ``FUSED_INT8_TENSORFLOW`` on.  ``portable``: only the QuantizedConv2DWithBias* kernels,
 #: which every TensorFlow 2 built with oneDNN has (``make test`` runs one in 2.12), with
-#: a cast, a multiply and an add after each such convolution (~9% slower end to end on
-#: resnet_v2_50 here, see the README's Benchmarks).
+#: a cast, a multiply and an add after each such convolution (5-10% slower end to end
+#: on resnet_v2_50 here, see the README's Benchmarks).
 INT8_KERNELS = ("fused", "portable")
-#: The first TensorFlow release with ``_QuantizedMatMul`` (2.16 refuses the op: each
-#: release from 2.12 to 2.21 was tried).
+#: The first TensorFlow release with ``_QuantizedMatMul`` (2.12 to 2.16 lack the op,
+#: 2.17 to 2.21 have it: each release was tried).
 FUSED_INT8_TENSORFLOW = "2.17"
 
 #: Which servers run an int8 export, per kernel set: oneDNN's int8 kernels are compiled
