@@ -11,6 +11,8 @@ from tfdeploy.export.config import (
     DEFAULT_MAX_SIDE,
     DEFAULT_MIN_AGREEMENT,
     DEFAULT_PRECISION,
+    FUSED_INT8_TENSORFLOW,
+    INT8_KERNELS,
     PRECISIONS,
 )
 from tfdeploy.export.tilespec import (
@@ -56,12 +58,13 @@ from tfdeploy.tfs.names import DEFAULT_MODEL_NAME
                    "compute in.  auto: bfloat16 on CPUs with AVX512_BF16/AMX (several "
                    "times faster there; it rounds too, so more blocks may be needed), "
                    "else float32.")
-@click.option("--int8-kernels", type=click.Choice(["fused", "portable"]), default="fused",
+@click.option("--int8-kernels", type=click.Choice(INT8_KERNELS), default=INT8_KERNELS[0],
               show_default=True,
               help="int8: the oneDNN kernels the export runs on.  fused: fastest; needs "
-                   "TensorFlow 2.17 or later in the server (tensorflow_model_server 2.17+ "
-                   "built with --config=mkl).  portable: any TensorFlow 2 built with "
-                   "oneDNN, 5-10% slower.")
+                   f"TensorFlow {FUSED_INT8_TENSORFLOW} or later in the server "
+                   f"(tensorflow_model_server {FUSED_INT8_TENSORFLOW}+ built with "
+                   "--config=mkl).  portable: any TensorFlow 2 built with oneDNN, 5-10% "
+                   "slower.")
 @click.option("--max-pixels", default=f"{DEFAULT_MAX_SIDE}x{DEFAULT_MAX_SIDE}", show_default=True,
               metavar="WxH|PIXELS",
               help="Largest image the model accepts; checked in the graph from the image "

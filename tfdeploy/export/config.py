@@ -30,6 +30,17 @@ NATIVE_FORMAT = "tfdeploy-deeplab-v3"
 #: free of numpy and TF, so the CLI can offer them at no import cost.
 PRECISIONS = ("float32", "bfloat16", "float16", "int8")
 DEFAULT_PRECISION = "float32"
+#: int8 kernel sets (``--int8-kernels``).  ``fused``: the 1x1 convolutions with a float32
+#: output run as oneDNN's fused quantized matrix multiply (``_QuantizedMatMul``: scales,
+#: bias and the residual sum in the kernel), which TensorFlow has from
+#: ``FUSED_INT8_TENSORFLOW`` on.  ``portable``: only the QuantizedConv2DWithBias* kernels,
+#: which every TensorFlow 2 built with oneDNN has (``make test`` runs one in 2.12), with
+#: a cast, a multiply and an add after each such convolution (5-10% slower end to end
+#: on resnet_v2_50 here, see the README's Benchmarks).
+INT8_KERNELS = ("fused", "portable")
+#: The first TensorFlow release with ``_QuantizedMatMul`` (2.12 to 2.16 lack the op,
+#: 2.17 to 2.21 have it: each release was tried).
+FUSED_INT8_TENSORFLOW = "2.17"
 
 #: Fraction of mask pixels a reduced precision export must agree on, per probe image.
 DEFAULT_MIN_AGREEMENT = 0.99

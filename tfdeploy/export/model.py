@@ -13,10 +13,9 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from tfdeploy.export.config import ModelConfig
+from tfdeploy.export.config import INT8_KERNELS, ModelConfig
 from tfdeploy.export.layout import Unit, units, variable_shapes
 from tfdeploy.export.precision import (
-    INT8_KERNELS,
     check_precision,
     float_convs,
     quantize_weights,

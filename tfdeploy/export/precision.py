@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tfdeploy.errors import UserError
-from tfdeploy.export.config import PRECISIONS
+from tfdeploy.export.config import FUSED_INT8_TENSORFLOW, PRECISIONS
 
 #: CPU feature flags (``/proc/cpuinfo``) that give a reduced precision native convolution
 #: kernels.  Without them oneDNN emulates or falls back, and the "fast" dtype is slower.
@@ -24,18 +24,6 @@ FAST_CPU_FLAGS: dict[str, tuple[str, ...]] = {
     "float16": ("avx512_fp16", "amx_fp16"),
     "int8": ("avx512_vnni", "avx_vnni", "amx_int8"),
 }
-
-#: int8 kernel sets (``--int8-kernels``).  ``fused``: the 1x1 convolutions with a float32
-#: output run as oneDNN's fused quantized matrix multiply (``_QuantizedMatMul``: scales,
-#: bias and the residual sum in the kernel), which TensorFlow has from
-#: ``FUSED_INT8_TENSORFLOW`` on.  ``portable``: only the QuantizedConv2DWithBias* kernels,
-#: which every TensorFlow 2 built with oneDNN has (``make test`` runs one in 2.12), with
-#: a cast, a multiply and an add after each such convolution (5-10% slower end to end
-#: on resnet_v2_50 here, see the README's Benchmarks).
-INT8_KERNELS = ("fused", "portable")
-#: The first TensorFlow release with ``_QuantizedMatMul`` (2.12 to 2.16 lack the op,
-#: 2.17 to 2.21 have it: each release was tried).
-FUSED_INT8_TENSORFLOW = "2.17"
 
 #: Which servers run an int8 export, per kernel set: oneDNN's int8 kernels are compiled
 #: only into TensorFlow built with oneDNN (``--config=mkl``).  TF Serving's

@@ -29,12 +29,16 @@ from tfdeploy.export.agreement import (
     probe_images,
     user_images,
 )
-from tfdeploy.export.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_AGREEMENT, DEFAULT_PRECISION
+from tfdeploy.export.config import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_AGREEMENT,
+    DEFAULT_PRECISION,
+    INT8_KERNELS,
+)
 from tfdeploy.export.labels import add_signature as add_class_names
 from tfdeploy.export.labels import check_count, default_names, read_labels
 from tfdeploy.export.model import ASPP_SCOPE, DeepLabV3, choose_float_blocks
 from tfdeploy.export.precision import (
-    INT8_KERNELS,
     INT8_SERVERS,
     check_precision,
     cpu_flags,
