@@ -275,7 +275,7 @@ def _servicers(server, pools: dict[str, futures.Executor], flight: Flight):
         reload_where = " and ".join(
             ([f"{server.options.model_service_host}:{port}"] if port > 0 else [])
             + ([f"unix:{socket_path}"] if socket_path else []))
-    return ps_grpc, PredictionService(), ms_grpc, ModelService(reload_where), ModelService
+    return PredictionService(), ms_grpc, ModelService(reload_where), ModelService
 
 
 def channel_arguments(text: str) -> dict[str, int | str]:
@@ -356,7 +356,7 @@ class GrpcServer:
         grpc_server = grpc.aio.server(
             options=list(options.items()),
             maximum_concurrent_rpcs=inference_threads(server.options) + CONTROL_THREADS * 4)
-        _, predictions, ms_grpc, models, model_service = _servicers(
+        predictions, ms_grpc, models, model_service = _servicers(
             server, self.pools, self._flight)
         prediction_service = protos.module("tensorflow_serving.apis.prediction_service_pb2") \
             .DESCRIPTOR.services_by_name["PredictionService"]

@@ -68,7 +68,6 @@ def _as_bytes(value) -> bytes:
 def to_proto(value, dtype: int | None = None, shape: Sequence[int] | None = None,
              typed: bool = False):
     """A TensorProto for ``value`` (array-like).  ``dtype`` is a DataType enum value."""
-    tensor_pb2 = protos.module("tensorflow.core.framework.tensor_pb2")
     if dtype is not None and dtype != DT_STRING:
         array = np.asarray(value, dtype=numpy_dtype(dtype))
     else:
@@ -78,9 +77,7 @@ def to_proto(value, dtype: int | None = None, shape: Sequence[int] | None = None
     if shape is not None:
         array = array.reshape(shape)
     enum = dtype if dtype is not None else dtype_enum(array)
-    proto = tensor_pb2.TensorProto(dtype=enum)
-    for d in array.shape:
-        proto.tensor_shape.dim.add(size=int(d))
+    proto = _head(enum, array.shape)
     flat = array.ravel()
     if enum == DT_STRING:
         proto.string_val.extend(_as_bytes(v) for v in flat)
@@ -88,6 +85,14 @@ def to_proto(value, dtype: int | None = None, shape: Sequence[int] | None = None
         proto.tensor_content = flat.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
     else:
         proto.MergeFromString(typed_field(enum, flat))
+    return proto
+
+
+def _head(enum: int, shape: Sequence[int]):
+    """A TensorProto with dtype ``enum`` and ``shape``, no values yet."""
+    proto = protos.module("tensorflow.core.framework.tensor_pb2").TensorProto(dtype=enum)
+    for d in shape:
+        proto.tensor_shape.dim.add(size=int(d))
     return proto
 
 
@@ -174,10 +179,7 @@ def _encoded_pieces(value, dtype: int | None = None) -> list[bytes]:
     if enum == DT_STRING:
         return [to_proto(value, enum, typed=True).SerializeToString()]
     array = np.asarray(value, dtype=numpy_dtype(enum))
-    head = protos.module("tensorflow.core.framework.tensor_pb2").TensorProto(dtype=enum)
-    for d in array.shape:
-        head.tensor_shape.dim.add(size=int(d))
-    return [head.SerializeToString(), *_typed_pieces(enum, array.ravel())]
+    return [_head(enum, array.shape).SerializeToString(), *_typed_pieces(enum, array.ravel())]
 
 
 def predict_response(response, outputs: dict[str, np.ndarray]) -> bytes:
