@@ -170,6 +170,7 @@ def held_request(gate: Path, mark: Path, model: str = "gated"):
         request.inputs[key].CopyFrom(tensors.to_proto(np.array(str(path).encode(), object)))
     return request
 
+
 def serve_one(source: Path, tmp_path: Path, name: str, *flags: str):
     """A server for one model, ``source`` copied in as its version 1: (base path, server)."""
     from servers import ServerProcess
