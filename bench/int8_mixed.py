@@ -68,8 +68,8 @@ def main() -> None:
     cfg, weights = source.config, source.load_weights()
     calib = calibration_images()
     t = time.perf_counter()
-    folded = DeepLabV3(cfg, weights, fold_batch_norm=True)
-    ranges = folded.calibrate(calib)
+    folded = DeepLabV3(cfg, weights, fold_batch_norm=True, fold_preacts=True)
+    ranges = folded.calibrate(calib)  # as the export: pre-activations folded
     bp = args.block_precision
     mixed = DeepLabV3(cfg, weights, precision="int8", fold_batch_norm=True,
                       activation_ranges=ranges, mixed=True, block_precision=bp)
@@ -95,7 +95,7 @@ def main() -> None:
     # Latency of those choices on the full-size network (random weights: same cost).
     big = ModelConfig(num_classes=cfg.num_classes)
     rw = random_weights(big)
-    rranges = DeepLabV3(big, rw, fold_batch_norm=True).calibrate(
+    rranges = DeepLabV3(big, rw, fold_batch_norm=True, fold_preacts=True).calibrate(
         [im for _, im in probe_images()][1:])
     same = [b for b in blocks if b in DeepLabV3(big, rw, fold_batch_norm=True).blocks]
     models = {

@@ -101,6 +101,47 @@ def test_fold_batch_norm_is_exact_in_float32():
     assert len(DeepLabV3(cfg, weights, fold_batch_norm=True).variables_list) < len(weights)
 
 
+def test_folded_preacts_are_exact_in_float32_and_leave_the_int8_graph():
+    cfg = _small_config()
+    weights = random_weights(cfg, seed=11)
+    unit = f"{cfg.scope}/block{{}}/unit_{{}}/bottleneck_v2"
+    # a negative scale in one channel: its group (the units from this one to the next
+    # shortcut convolution, block4/unit_1's) keeps its norms; the other groups fold
+    weights[f"{unit.format(2, 2)}/preact/gamma"][0] = -0.7
+    image = tf.constant(np.random.default_rng(3).uniform(0, 255, (2, 45, 37, 3)), tf.float32)
+    plain = DeepLabV3(cfg, weights).logits(image).numpy()
+    model = DeepLabV3(cfg, weights, fold_batch_norm=True, fold_preacts=True)
+    assert np.max(np.abs(plain - model.logits(image).numpy())) <= 1e-4 * np.abs(plain).max()
+    folded = {unit.format(1, 1), unit.format(2, 1), unit.format(4, 2)}
+    assert model._bare_preacts == folded and model._output_scale is not None
+    stats = {n.rsplit("/preact/", 1)[0] for n in model.named_weights() if "/preact/" in n}
+    assert stats == {unit.format(2, 2), unit.format(3, 1), unit.format(4, 1)}
+
+    # int8 follows its calibration; the folded units' norms are gone from its graph
+    ranges = model.calibrate([np.asarray(image[0])])
+    int8 = DeepLabV3(cfg, weights, precision="int8", fold_batch_norm=True,
+                     activation_ranges=ranges)
+    assert int8.fold_preacts
+    graph = int8._int8_logits.get_concrete_function().graph
+    norms = [op for op in graph.get_operations() if op.type.startswith("FusedBatchNorm")]
+    assert len(norms) == 3  # the units that kept theirs
+    agree = np.mean(int8.logits(image).numpy().argmax(-1) == plain.argmax(-1))
+    assert agree >= 0.9, agree
+    with pytest.raises(ValueError, match="calibrated with fold_preacts=True"):
+        DeepLabV3(cfg, weights, precision="int8", fold_batch_norm=True,
+                  activation_ranges=ranges, fold_preacts=False)
+
+    # the last unit with a shortcut convolution writes the backbone's output unscaled
+    one = ModelConfig(num_classes=5, backbone="small_resnet_v2", units=(1, 1, 1, 1),
+                      base_depths=(8, 16, 16, 32), root_depth=8, aspp_depth=16,
+                      output_stride=16, multi_grid=(1,))
+    weights = random_weights(one, seed=5)
+    plain = DeepLabV3(one, weights).logits(image).numpy()
+    model = DeepLabV3(one, weights, fold_batch_norm=True, fold_preacts=True)
+    assert model._output_scale is None and len(model._bare_preacts) == 4
+    assert np.max(np.abs(plain - model.logits(image).numpy())) <= 1e-4 * np.abs(plain).max()
+
+
 @pytest.fixture(scope="module")
 def bf16_demo(tmp_path_factory, photographs) -> dict:
     base = tmp_path_factory.mktemp("bf16") / "deeplab"

@@ -18,6 +18,7 @@ from tfdeploy.export.layout import Unit, units, variable_shapes
 from tfdeploy.export.precision import (
     check_precision,
     float_convs,
+    fold_preact,
     quantize_weights,
 )
 from tfdeploy.export.precision import fold_batch_norm as fold
@@ -28,6 +29,9 @@ ASPP_SCOPE = "DeepLab_v3/ASPP_layer"
 #: The declared input range of a unit's merged shortcut + conv3 (``_merge_residuals``):
 #: each input's step is in the weights, so one quint8 level counts as one.
 MERGED_INPUT_RANGE = 255.0
+
+#: The key ``calibrate`` records ``fold_preacts`` under in the ranges it returns.
+PREACTS_FOLDED = "fold:preacts"
 
 #: Candidate int8 clipping ranges, as fractions of a tensor's calibrated max |value|.
 CLIP_FRACTIONS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
@@ -48,7 +52,8 @@ class DeepLabV3(tf.Module):
                  precision: str = "float32", fold_batch_norm: bool = False,
                  activation_ranges: Mapping[str, float] | None = None,
                  float_blocks: Iterable[str] = (), mixed: bool = False,
-                 block_precision: str = "float32", int8_kernels: str = "fused"):
+                 block_precision: str = "float32", int8_kernels: str = "fused",
+                 fold_preacts: bool | None = None):
         """``precision`` is the dtype convolutions store weights and compute in (logits
         and argmax stay float32); ``fold_batch_norm`` folds each convolution's BatchNorm
         into its weights (see ``precision.fold_batch_norm``).  The defaults build the
@@ -67,7 +72,12 @@ class DeepLabV3(tf.Module):
         kernels (about twice float32's speed there, and far closer to float32 than 8-bit
         activations), cast at the block's boundaries; the residual stream between blocks
         stays float32.  ``int8_kernels`` (``precision.INT8_KERNELS``) is which oneDNN
-        kernels an int8 model runs on: ``fused`` needs TensorFlow 2.17 or later."""
+        kernels an int8 model runs on: ``fused`` needs TensorFlow 2.17 or later.
+
+        ``fold_preacts`` (with ``fold_batch_norm``) folds the pre-activation norms into
+        the residual stream (``precision.fold_preact``): an int8 model quantizes the
+        stream itself.  An int8 model does what its ``activation_ranges`` were calibrated
+        with (``calibrate`` records it); a float model folds them only when asked."""
         super().__init__(name="deeplab_v3")
         self.config = config
         self.precision = check_precision(precision)
@@ -79,6 +89,13 @@ class DeepLabV3(tf.Module):
         self.ranges = dict(activation_ranges or {})
         if self.int8 and not (fold_batch_norm and activation_ranges):
             raise ValueError("int8 needs fold_batch_norm=True and activation_ranges")
+        calibrated = bool(self.ranges.get(PREACTS_FOLDED, 0.0))
+        if self.int8 and fold_preacts is not None and fold_preacts != calibrated:
+            raise ValueError(f"fold_preacts={fold_preacts} but the activation ranges were "
+                             f"calibrated with fold_preacts={calibrated}")
+        self.fold_preacts = calibrated if self.int8 else bool(fold_preacts)
+        if self.fold_preacts and not fold_batch_norm:
+            raise ValueError("fold_preacts needs fold_batch_norm=True")
         self.units: list[Unit] = units(config)
         #: Blocks an int8 model can run in int8, in graph order.
         self.blocks = [u.scope for u in self.units] + [ASPP_SCOPE]
@@ -104,6 +121,13 @@ class DeepLabV3(tf.Module):
                 for name, shape in shapes.items()}
         if fold_batch_norm:
             init = fold(init, config.batch_norm_epsilon)
+        #: Units whose pre-activation is a bare ReLU of the stream (``fold_preact``), and
+        #: the factor that turns the last unit's output back into the backbone's.
+        self._bare_preacts: frozenset[str] = frozenset()
+        self._output_scale: np.ndarray | None = None
+        if self.fold_preacts:
+            init, self._bare_preacts, self._output_scale = fold_preact(
+                init, self.units, f"{config.scope}/conv1", config.batch_norm_epsilon)
         #: int8 convolutions: scope -> (int8 weights, per-channel max |w|, float32 bias).
         self._quantized: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         if self.int8:
@@ -208,6 +232,8 @@ class DeepLabV3(tf.Module):
     def _preact(self, x, scope: str):
         if not self.folded:
             return self._bn(x, scope, relu=True)
+        if scope.removesuffix("/preact") in self._bare_preacts:
+            return self._tap(scope, tf.nn.relu(x))
         # One fused kernel (statistics in float32 whatever x is) instead of a multiply and
         # an add over the whole feature map: measurably faster in every precision.
         y, _, _ = tf.compat.v1.nn.fused_batch_norm(
@@ -224,9 +250,12 @@ class DeepLabV3(tf.Module):
         return int8_path() if self.int8 and block not in self.float_blocks else float_path()
 
     def _unit(self, x, u: Unit):
-        return self._in_int8(
-            u.scope, lambda: self._unit_int8(x, self._preact(x, f"{u.scope}/preact"), u),
-            lambda: self._unit_float(x, u))
+        def int8_path():
+            # a bare ReLU is left to the unsigned quantization, which clips at zero
+            bare = u.scope in self._bare_preacts
+            return self._unit_int8(x, x if bare else self._preact(x, f"{u.scope}/preact"), u)
+
+        return self._in_int8(u.scope, int8_path, lambda: self._unit_float(x, u))
 
     def _float_block(self, block, x, *args):
         """``block(x, *args)`` in the model's float dtype: an int8 model's float blocks in
@@ -384,8 +413,9 @@ class DeepLabV3(tf.Module):
     def _unit_int8(self, x, preact, u: Unit):
         """The bottleneck in int8: the pre-activation is quantized once and feeds both
         the shortcut and conv1; conv1 -> conv2 -> conv3 stay int8; conv3 and the
-        shortcut leave as float32 (see ``_qconv``), and the residual sum and the next
-        pre-activation stay float32."""
+        shortcut leave as float32 (see ``_qconv``), and the residual sum stays float32.
+        ``preact`` is the stream itself where the norm is folded into it
+        (``fold_preacts``): quantizing to quint8 clips at zero, the ReLU."""
         p = f"{u.scope}/preact"
         q = self._quantize(preact, p, signed=False)
         r = self._qconv(q, self._range(p), f"{u.scope}/conv1", True)
@@ -453,8 +483,10 @@ class DeepLabV3(tf.Module):
         ranges = {name: tops[name] * (1.0 if name in unclipped
                                       else CLIP_FRACTIONS[int(np.argmin(errors[name]))])
                   for name in tops}
-        # and its max, which an image must exceed before its ranges stretch (_quantize)
-        return ranges | {f"max:{name}": top for name, top in tops.items()}
+        # and its max, which an image must exceed before its ranges stretch (_quantize),
+        # and whether these are ranges of folded pre-activations (the int8 model follows)
+        return ranges | {f"max:{name}": top for name, top in tops.items()} | {
+            PREACTS_FOLDED: float(self.fold_preacts)}
 
     def logits(self, images: tf.Tensor) -> tf.Tensor:
         """Per-pixel class logits at the input resolution, float32 [N, H, W, classes].
@@ -473,6 +505,8 @@ class DeepLabV3(tf.Module):
         x = tf.nn.max_pool2d(x, 3, 2, padding="SAME")
         for u in self.units:
             x = self._unit(x, u)
+        if self._output_scale is not None:  # the stream's last scale (fold_preact)
+            x = x * tf.constant(self._output_scale, x.dtype)
         x = tf.cast(self._aspp(x), tf.float32)
         x = self._bias(self._conv(x, "DeepLab_v3/logits"), "DeepLab_v3/logits")
         return resize_bilinear(x, tf.shape(images)[1:3])

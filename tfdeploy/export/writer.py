@@ -419,7 +419,10 @@ def export(
             ranges, float_blocks = None, []
             if calibration_set:
                 say(f"calibrating int8 activation ranges on {len(calibration_set)} images")
-                reference = DeepLabV3(source.config, weights, fold_batch_norm=True)
+                # pre-activations folded into the stream: the int8 graph quantizes the
+                # stream itself (the ranges record it, and the int8 models follow)
+                reference = DeepLabV3(source.config, weights, fold_batch_norm=True,
+                                      fold_preacts=True)
                 ranges = reference.calibrate(image for _, image in calibration_set)
                 t = lap("calibrate", t)
                 block_precision = fallback_precision
