@@ -131,15 +131,23 @@ def test_folded_preacts_are_exact_in_float32_and_leave_the_int8_graph():
         DeepLabV3(cfg, weights, precision="int8", fold_batch_norm=True,
                   activation_ranges=ranges, fold_preacts=False)
 
-    # the last unit with a shortcut convolution writes the backbone's output unscaled
+    # Every unit with a shortcut convolution: each alone in its group, so int8 quantizes
+    # the same values folded or not; and the last writes the backbone's output unscaled.
     one = ModelConfig(num_classes=5, backbone="small_resnet_v2", units=(1, 1, 1, 1),
-                      base_depths=(8, 16, 16, 32), root_depth=8, aspp_depth=16,
+                      base_depths=(8, 16, 24, 32), root_depth=8, aspp_depth=16,
                       output_stride=16, multi_grid=(1,))
     weights = random_weights(one, seed=5)
     plain = DeepLabV3(one, weights).logits(image).numpy()
     model = DeepLabV3(one, weights, fold_batch_norm=True, fold_preacts=True)
     assert model._output_scale is None and len(model._bare_preacts) == 4
     assert np.max(np.abs(plain - model.logits(image).numpy())) <= 1e-4 * np.abs(plain).max()
+    int8 = {fold: DeepLabV3(one, weights, precision="int8", fold_batch_norm=True,
+                            activation_ranges=DeepLabV3(
+                                one, weights, fold_batch_norm=True,
+                                fold_preacts=fold).calibrate([np.asarray(image[0])]))
+            .logits(image).numpy() for fold in (False, True)}
+    assert np.max(np.abs(int8[True] - plain)) > 0.1  # int8 rounds: the check below means it
+    assert np.max(np.abs(int8[True] - int8[False])) <= 1e-4 * np.abs(plain).max()
 
 
 @pytest.fixture(scope="module")

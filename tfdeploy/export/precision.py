@@ -115,7 +115,7 @@ def fold_preact(weights: Mapping[str, np.ndarray], units, root: str,
     shortcut convolutions (a group): the geometric mean of their ``a``.  A group of one
     unit is exact in int8 too (``c = a``); in a longer one, each unit's 8-bit grid on its
     pre-activation is no longer uniform across channels but scaled by ``c/a`` (measured on
-    the demo checkpoint: within 0.6-1.8, 1.3x from the 5th to the 95th percentile).
+    the demo checkpoint: within 0.6-1.8, 1.2-1.4x from the 5th to the 95th percentile).
 
     ``weights`` are BatchNorm-folded (``fold_batch_norm``); ``units`` the layout's units in
     order and ``root`` the scope of the first convolution, which writes the first group
