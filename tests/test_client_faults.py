@@ -120,3 +120,40 @@ def test_masks_follow_the_umask(tmp_path):
         assert target.stat().st_mode & 0o777 == mode
         assert target.read_bytes() == b"data"
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_each_transport_connects_for_itself():
+    """gRPC shares one connection per address and options across a process's channels
+    unless told otherwise; then a new transport inherits an old one's failure (a hung or
+    restarted server that had the port) and fails its first call at once with that
+    error.  Two transports to one gRPC server must arrive from two client sockets."""
+    from concurrent import futures
+
+    import grpc
+
+    from tfdeploy.client.base import ClientError
+    from tfdeploy.client.grpc_transport import GrpcTransport
+
+    peers = []
+
+    def metadata(request: bytes, context):
+        peers.append(context.peer())
+        context.abort(grpc.StatusCode.NOT_FOUND, "no such model")
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "tensorflow.serving.PredictionService",
+        {"GetModelMetadata": grpc.unary_unary_rpc_method_handler(metadata)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    transports = [GrpcTransport(f"127.0.0.1:{port}", timeout=10.0) for _ in range(2)]
+    try:
+        for transport in transports:
+            with pytest.raises(ClientError) as failed:
+                transport.metadata("deeplab")
+            assert failed.value.code == "NOT_FOUND", failed.value
+    finally:
+        for transport in transports:
+            transport.close()
+        server.stop(None)
+    assert len(peers) == 2 and peers[0] != peers[1], peers  # two client ports

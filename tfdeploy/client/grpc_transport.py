@@ -24,6 +24,11 @@ _OPTIONS = [
     # and calls on a channel waiting to reconnect fail at once.
     ("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    # Each channel its own connection: gRPC shares one per address and options across a
+    # process's channels, so a new transport would inherit the failure of an old one
+    # (a hung or restarted server that used the port before) and fail its first call at
+    # once with that error, without trying the server now listening.
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 
 
