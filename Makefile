@@ -8,7 +8,7 @@ DEMO_BASE := models/deeplab
 
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: demo test venv lint clean docker-images chromium
+.PHONY: demo test venv lint clean docker-images chromium protobuf-cpp
 
 # Editable install: pyproject's package-dir makes it a plain path entry in a .pth file, no
 # import hook (client start-up time), and no deprecated compat mode for setuptools to warn.
@@ -68,7 +68,18 @@ chromium:
 	  else echo "no chromium (apt-get install chromium chromium-driver): browser tests will be skipped"; fi; \
 	fi
 
-test: $(STAMP) docker-images $(KSERVE_STAMP) $(OLD_TF_STAMP) chromium
+# protobuf's C++ JSON printer, to hold the REST status and metadata text to it
+# (tests/test_proto_json.py compiles tests/cpp/proto_json.cc); skipped without it.
+protobuf-cpp:
+	@if ! command -v g++ >/dev/null 2>&1 || [ ! -f /usr/include/google/protobuf/util/json_util.h ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "==> installing g++ and libprotobuf-dev for the REST text tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      g++ libprotobuf-dev >/dev/null || echo "libprotobuf-dev could not be installed"; \
+	  else echo "no g++/libprotobuf-dev: the protobuf printer tests will be skipped"; fi; \
+	fi
+
+test: $(STAMP) docker-images $(KSERVE_STAMP) $(OLD_TF_STAMP) chromium protobuf-cpp
 	$(PY) -m ruff check tfdeploy tests bench checkpoints tools
 	$(PY) -m pytest -q
 

@@ -526,6 +526,21 @@ def test_model_status_as_tensorflow_model_server_answers_it(server):
     code, body = http("GET", f"{server.rest}/v1/models/tf2/labels/nope")
     assert code == 200 and [(v["version"], v["state"]) for v in
                             body["model_version_status"]] == [("1", "AVAILABLE")]
+    # the text tensorflow_model_server writes, as TF Serving's REST guide shows it
+    conn = httpclient.HTTPConnection("127.0.0.1", server.rest_port, timeout=60)
+    try:
+        conn.request("GET", "/v1/models/tf2")
+        raw = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    assert raw == ('{\n "model_version_status": [\n  {\n   "version": "1",\n'
+                   '   "state": "AVAILABLE",\n   "status": {\n    "error_code": "OK",\n'
+                   '    "error_message": ""\n   }\n  }\n ]\n}\n'), raw
+    code, kind, text = _send(server.rest_port, "GET", "/v1/models/tf2/metadata")
+    assert code == 200 and kind == "application/json"
+    _, _, meta = _send(server.rest_port, "GET", "/v1/models/tf2/versions/1/metadata")
+    assert meta == text and text["model_spec"] == {
+        "name": "tf2", "version": "1", "signature_name": ""}
     not_found = grpc.StatusCode.NOT_FOUND
     for args, message in ((("ghost",), "Could not find any versions of model ghost"),
                           (("ghost", None, "stable"),

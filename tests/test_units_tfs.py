@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tfdeploy.tfs import json_tensors, json_text, protos, requests, tensors
+from tfdeploy.tfs import json_tensors, json_text, proto_json, protos, requests, tensors
 from tfdeploy.tfs.codes import Code, StatusError
 from tfdeploy.tfs.saved_model import shape_text, signature
 
@@ -249,7 +249,7 @@ def test_status_json_round_trip():
     status_pb2 = protos.module("tensorflow_serving.apis.get_model_status_pb2")
     response = status_pb2.GetModelStatusResponse()
     response.model_version_status.add(version=2, state=30).status.SetInParent()
-    as_json = json_tensors.message_to_json(response)
+    as_json = json.loads(proto_json.message_text(response))
     assert as_json["model_version_status"][0]["state"] == "AVAILABLE"
     assert as_json["model_version_status"][0]["version"] == "2"
     back = json_tensors.json_to_message(as_json, status_pb2.GetModelStatusResponse())

@@ -11,7 +11,8 @@
 
 Binary values travel as ``{"b64": "..."}``.  Errors are ``{"error": "..."}``.  Answers
 to predict, classify and regress, and errors, are the text tensorflow_model_server writes
-(``tfs/json_text``: its layout, its float digits); status and metadata compact JSON.  With
+(``tfs/json_text``: its layout, its float digits), and so are status and metadata
+(``tfs/proto_json``: protobuf's printer, as TF Serving calls it).  With
 --rest_api_enable_cors_support every answer of the API carries CORS headers.
 
 Two layers: ``RestApi.handle(method, path, body)`` routes and answers a request as plain
@@ -32,7 +33,7 @@ from urllib.parse import unquote
 
 from tfdeploy.serving import http_server
 from tfdeploy.serving.path import Call, deadline_in
-from tfdeploy.tfs import json_body, json_tensors, json_text, protos
+from tfdeploy.tfs import json_body, json_tensors, json_text, proto_json, protos
 from tfdeploy.tfs.codes import INTERNAL_MESSAGE, Code, StatusError
 
 log = logging.getLogger("tfdeploy.serving.rest")
@@ -278,7 +279,7 @@ class RestApi:
             named = parse_path(method, uri)
             if method == "POST":
                 return text_reply(200, self._post(named, body, received, cancelled))
-            return json_reply(200, self._get(named))
+            return text_reply(200, self._get(named))
         except StatusError as exc:
             return error_reply(exc)
         except Exception:  # never a dropped connection for a client
@@ -300,16 +301,16 @@ class RestApi:
         content_type = "application/octet-stream" if extra else JSON
         return Reply(status, payload, content_type, tuple(extra.items()))
 
-    def _get(self, t: Target) -> dict:
+    def _get(self, t: Target) -> str:
+        """Status or metadata, in the text tensorflow_model_server writes
+        (``tfs/proto_json``)."""
         if t.verb == "metadata":
             proto = self.ms.metadata_proto(t.name, t.version, t.label)
             sigs = protos.module(
                 "tensorflow_serving.apis.get_model_metadata_pb2").SignatureDefMap()
             proto.metadata["signature_def"].Unpack(sigs)
-            return {"model_spec": {"name": t.name, "signature_name": "",
-                                   "version": str(proto.model_spec.version.value)},
-                    "metadata": {"signature_def": json_tensors.message_to_json(sigs)}}
-        return json_tensors.message_to_json(self.ms.status_proto(t.name, t.version, t.label))
+            return proto_json.metadata_text(proto.model_spec, sigs)
+        return proto_json.message_text(self.ms.status_proto(t.name, t.version, t.label))
 
     def _call(self, t: Target, received: float | None, cancelled: threading.Event) -> Call:
         timeout = self.ms.options.rest_api_timeout_in_ms

@@ -218,17 +218,9 @@ def parse_outputs(body: dict, dtypes: Mapping[str, int] | None = None,
     return {k: arrays[k] for k in (outputs or arrays)}
 
 
-def message_to_json(message) -> dict:
-    """A response proto in TF Serving's REST JSON (field names as in the .proto, enum
-    names, int64 as strings, empty fields included)."""
-    from google.protobuf import json_format
-
-    return json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True)
-
-
 def json_to_message(value: dict, message):
-    """Fill ``message`` from its REST JSON (the inverse of ``message_to_json``)."""
+    """Fill ``message`` from its REST JSON (status and metadata answers, as
+    ``proto_json`` writes them)."""
     from google.protobuf import json_format
 
     return json_format.ParseDict(value, message, ignore_unknown_fields=True)
