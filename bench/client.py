@@ -14,7 +14,6 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from servers import ServerProcess  # noqa: E402
+from workdir import add_keep_option, work_dir  # noqa: E402
 
 from tfdeploy.client.pool import connect  # noqa: E402
 from tfdeploy.client.predict import Predictor, expand  # noqa: E402
@@ -84,8 +84,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=3)
+    add_keep_option(ap)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="tfdeploy-bench-client-"))
+    work = work_dir("client", args.keep)
     base = work / "models"
     subprocess.run([sys.executable, "-m", "tfdeploy", "export", "-o", str(base), "--json"],
                    check=True, capture_output=True, cwd=ROOT)

@@ -10,7 +10,6 @@ loaded model on a 513x513 image (what warmup exists to hide).  Ratios come from 
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +19,8 @@ from tfdeploy.tfimport import quiet_import_tensorflow
 
 tf = quiet_import_tensorflow()
 
+from workdir import add_keep_option, work_dir  # noqa: E402
+
 from tfdeploy.export.checkpoint import write_checkpoint  # noqa: E402
 from tfdeploy.export.config import ModelConfig  # noqa: E402
 from tfdeploy.export.model import random_weights  # noqa: E402
@@ -28,9 +29,9 @@ from tfdeploy.export.writer import export  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--keep", type=Path, help="write into DIR and keep the result")
+    add_keep_option(ap)
     args = ap.parse_args()
-    work = args.keep or Path(tempfile.mkdtemp(prefix="tfdeploy-bench-"))
+    work = work_dir("export", args.keep)
     cfg = ModelConfig()  # resnet_v2_50, OS16, 21 classes
     t = time.perf_counter()
     write_checkpoint(work / "ckpt", cfg, random_weights(cfg))

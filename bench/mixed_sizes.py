@@ -23,7 +23,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -33,6 +32,7 @@ sys.path.insert(0, str(HERE))
 
 from pixels import cpu_name  # noqa: E402
 from servers import ServerProcess  # noqa: E402
+from workdir import add_keep_option, work_dir  # noqa: E402
 
 SIZES = ((320, 240), (300, 200), (256, 256), (400, 300))  # width x height
 #: TF Serving's defaults but for the timeout; one batch thread per core (its default too).
@@ -75,9 +75,10 @@ def main() -> None:
     ap.add_argument("--model", default="demo", help="demo, or resnet50 (random weights)")
     ap.add_argument("--one-size", action="store_true",
                     help="every image 320x240 instead (what batching gains on uniform traffic)")
+    add_keep_option(ap)
     args = ap.parse_args()
     print(f"CPU: {cpu_name()} ({os.cpu_count()} cores)", flush=True)
-    work = Path(tempfile.mkdtemp(prefix="tfdeploy-bench-mixed-"))
+    work = work_dir("mixed", args.keep)
     from tfdeploy.export.writer import export
 
     base = work / "deeplab"

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from servers import ServerProcess  # noqa: E402
+from workdir import add_keep_option, work_dir  # noqa: E402
 
 MB = 1 << 20
 
@@ -187,6 +187,7 @@ def main() -> None:
     ap.add_argument("--ab", type=int, default=0, metavar="SIZE",
                     help="time malloc against oneDNN's pool at SIZE x SIZE instead")
     ap.add_argument("--requests", type=int, default=8, help="timed requests (--ab)")
+    add_keep_option(ap)
     args = ap.parse_args()
     print(f"CPU: {cpu_name()} ({os.cpu_count()} cores)", flush=True)
     for item in args.env:
@@ -195,7 +196,7 @@ def main() -> None:
     if args.env:
         print("server environment:", " ".join(args.env))
     sizes = [int(s) for s in args.sizes.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="tfdeploy-bench-pixels-"))
+    work = work_dir("pixels", args.keep)
     bases = export_models(work, args.models.split(","))
     if args.ab:
         for name, base in bases.items():

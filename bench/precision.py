@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -55,6 +54,7 @@ from PIL import Image  # noqa: E402
 from servers import ServerProcess  # noqa: E402
 from skimage import data as skdata  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
+from workdir import add_keep_option, work_dir  # noqa: E402
 
 from tfdeploy.demo import DEMO_CHECKPOINT  # noqa: E402
 from tfdeploy.export.agreement import EXAMPLES_DIR  # noqa: E402
@@ -204,8 +204,9 @@ def main() -> None:
                     help="also serve every export with --tensorflow_inter_op_parallelism=N "
                          "(0, the default, lets TensorFlow choose: one thread per core) and "
                          "print those served rows beside the default ones")
+    add_keep_option(ap)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="tfdeploy-bench-precision-"))
+    work = work_dir("precision", args.keep)
     flags = cpu_flags()
     print(cpu_line(flags), flush=True)
     precisions = ["float32", "bfloat16"]

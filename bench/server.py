@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from concurrent import futures
 from pathlib import Path
@@ -29,6 +28,7 @@ tf = quiet_import_tensorflow()
 import grpc  # noqa: E402
 from servers import ServerProcess  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
+from workdir import add_keep_option, work_dir  # noqa: E402
 
 from tfdeploy.export.checkpoint import write_checkpoint  # noqa: E402
 from tfdeploy.export.config import ModelConfig  # noqa: E402
@@ -80,8 +80,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=513)
     ap.add_argument("--requests", type=int, default=8, help="timed requests per measurement")
     ap.add_argument("--concurrency", type=int, default=8)
+    add_keep_option(ap)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="tfdeploy-bench-server-"))
+    work = work_dir("server", args.keep)
     cfg = ModelConfig()
     write_checkpoint(work / "ckpt", cfg, random_weights(cfg))
     base = work / "models"

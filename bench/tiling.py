@@ -23,7 +23,6 @@ import argparse
 import io
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ sys.path.insert(0, str(HERE))
 
 from pixels import PeakSampler, cpu_name, reset_peak, rss  # noqa: E402
 from servers import ServerProcess  # noqa: E402
+from workdir import add_keep_option, work_dir  # noqa: E402
 
 MB = 1 << 20
 
@@ -103,10 +103,11 @@ def main() -> None:
     ap.add_argument("--overlap", type=int, default=64)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--size", default="6000x4000", help="WIDTHxHEIGHT of the large image")
+    add_keep_option(ap)
     args = ap.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
     print(f"CPU: {cpu_name()} ({os.cpu_count()} cores)", flush=True)
-    work = Path(tempfile.mkdtemp(prefix="tfdeploy-bench-tiling-"))
+    work = work_dir("tiling", args.keep)
     base = export_model(work, args.model, args.tile, args.overlap, args.batch)
     print(f"{args.model} export, --tile {args.tile} --tile-overlap {args.overlap} "
           f"--tile-batch {args.batch}", flush=True)
