@@ -459,3 +459,20 @@ def test_declared_bytes_are_checked_before_allocating():
     strings = tensors.to_proto(np.array([b"abc"] * 3, object))
     assert tensors.declared_bytes(strings) == 3 * tensors.OBJECT_BYTES + 9
     assert tensors.from_proto(strings, max_bytes=33).tolist() == [b"abc"] * 3
+
+
+def test_signature_defs_are_copies_that_let_the_saved_model_go():
+    """A Servable keeps its SignatureDefs for as long as it serves; a sub-message of the
+    parsed SavedModel would keep all of it alive (protobuf's arena: an int8 graph's
+    constants, 37 MB for resnet_v2_50), so they are copies."""
+    from tfdeploy.tfs.saved_model import signature_defs
+
+    meta_graph_pb2 = protos.module("tensorflow.core.protobuf.meta_graph_pb2")
+    mg = meta_graph_pb2.MetaGraphDef()
+    mg.signature_def["serving_default"].CopyFrom(_signature_def())
+    mg.signature_def["__saved_model_init_op"].method_name = "init"
+    defs = signature_defs(mg)
+    assert list(defs) == ["serving_default"] and defs["serving_default"] == _signature_def()
+    mg.signature_def["serving_default"].method_name = "changed"  # the copy is not a view
+    del mg
+    assert defs["serving_default"].method_name == "tensorflow/serving/predict"

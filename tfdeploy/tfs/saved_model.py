@@ -90,7 +90,16 @@ def meta_graph(message, tags: Iterable[str]):
 def signature_defs(meta_graph_def) -> dict:
     """Key -> SignatureDef of a MetaGraphDef, without internal entries
     (``__saved_model_init_op``)."""
-    return {k: v for k, v in meta_graph_def.signature_def.items() if not k.startswith("__")}
+    return {k: _copy(v) for k, v in meta_graph_def.signature_def.items()
+            if not k.startswith("__")}
+
+
+def _copy(message):
+    """A message of its own: a sub-message of a parsed SavedModel keeps the whole of it
+    alive (protobuf's arena), constants of an int8 graph (tens of MB) included."""
+    copy = type(message)()
+    copy.CopyFrom(message)
+    return copy
 
 
 def serving_signature_defs(message, tag: str) -> dict | None:
