@@ -256,3 +256,19 @@ def test_connection_problems_are_named_without_cli_flags():
         assert "--" not in got[1]
     assert connection_problem(ClientError("NOT_FOUND", "Connection refused"), "grpc") is None
     assert connection_problem(ClientError("UNAVAILABLE", "socket closed"), "grpc") is None
+
+
+def test_a_long_first_attempt_still_fails_over():
+    """The retry budget counts retries: a request that ran longer than it before its
+    server went away (a replica stopped under it) is still sent to the other endpoint."""
+    clock = Clock()
+
+    class Slow(Scripted):
+        def _next(self):
+            clock.now += 40  # longer than the whole retry budget
+            return super()._next()
+
+    a, b = Slow("a", [unavailable("a")]), Scripted("b", [])
+    pool = EndpointPool({"a": a, "b": b}, retry_timeout=30, clock=clock,
+                        sleep=lambda s: pytest.fail("slept"))
+    assert pool.predict_png("m", b"x") == "ok" and pool.counts == {"a": 0, "b": 1}

@@ -111,7 +111,9 @@ class EndpointPool(Transport):
     (``Code.retryable``: UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED) is sent again, at
     once to another endpoint that is up, else after an exponential backoff (``backoff``
     doubling up to ``max_backoff`` seconds), until ``retries`` retries or
-    ``retry_timeout`` seconds are spent."""
+    ``retry_timeout`` seconds are spent retrying (counted from the first failure: an
+    attempt that ran long before failing, e.g. on a replica being stopped, still gets
+    its failover)."""
 
     def __init__(self, transports: Mapping[str, Transport], retries: int = DEFAULT_RETRIES,
                  retry_timeout: float = DEFAULT_RETRY_TIMEOUT, backoff: float = 0.2,
@@ -141,8 +143,8 @@ class EndpointPool(Transport):
     def call(self, fn: Callable[[Transport], T]) -> T:
         """``fn(transport)`` on the next endpoint, retried as the class says; the last
         error is raised when the budget is spent, saying how much was tried."""
-        started = self._clock()
-        failures = 0
+        started = None  # the first failure: the budget is for retries, and the first
+        failures = 0    # attempt has its own deadline (a slow one must not eat the budget)
         while True:
             address = self.endpoints.pick()
             try:
@@ -162,11 +164,13 @@ class EndpointPool(Transport):
                 failover = len(self.addresses) > 1 and self.endpoints.any_up()
                 pause = 0.0 if failover else min(self.backoff * 2 ** (failures - 1),
                                                  self.max_backoff)
-                spent = self._clock() - started
+                now = self._clock()
+                started = now if started is None else started
+                spent = now - started
                 if failures > self.retries or spent + pause > self.retry_timeout:
                     if failures > 1:
-                        exc.message += (f" (gave up after {failures} attempts in "
-                                        f"{spent:.1f}s)")
+                        exc.message += (f" (gave up after {failures} attempts, "
+                                        f"{spent:.1f}s of retries)")
                     raise
                 if pause:
                     self._sleep(pause)
