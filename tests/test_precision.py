@@ -346,28 +346,37 @@ def test_int8_export_keeps_contract_and_agrees_on_photographs(int8_demo, photogr
     assert info["versions"]["1"]["servers"] == servers
     text = run_cli("inspect", str(base)).stdout
     assert "int8" in text and "tensorflow/serving:<version>-mkl" in text
-    # the int8 kernels are in the graph, their weights stored as int8 constants;
-    # the first convolution and the logits stay float32 variables
+    # the int8 kernels are in the graph, their weights stored as int8 variables (one
+    # copy in a server, which copies a graph's constants into every signature's
+    # executor); the first convolution and the logits stay float32 variables
     from tensorflow.core.protobuf import saved_model_pb2
 
     sm = saved_model_pb2.SavedModel.FromString(
         (Path(result["path"]) / "saved_model.pb").read_bytes())
-    ops = [n.op for f in sm.meta_graphs[0].graph_def.library.function for n in f.node_def]
-    convs = ops.count("QuantizedConv2DWithBiasAndReluAndRequantize")
-    assert ops.count("QuantizedConv2DWithBias") == 3  # float32 out: the atrous ASPP branches
+    nodes = [n for f in sm.meta_graphs[0].graph_def.library.function for n in f.node_def]
+    ops = [n.op for n in nodes]
+    fused = [list(n.attr["fused_ops"].list.s) for n in nodes if n.op == "_FusedQuantizedConv2D"]
+    assert fused.count([b"BiasAdd"]) == 3  # float32 out: the atrous ASPP branches
     # the fused kernels: every unit's conv3 (with its shortcut summed in) or merged
     # residual, and the ASPP's 1x1 branch, as one quantized matmul each
     assert ops.count("_QuantizedMatMul") == 9 + 1
-    # conv1 and conv2 of the demo's nine units: the graph and its int8 weight constants
-    # are written once, not once per trace
-    assert convs == 2 * 9
+    # conv1 and conv2 of the demo's nine units: the graph is written once, not once per
+    # trace
+    assert fused.count([b"BiasAdd", b"Relu", b"Requantize"]) == 2 * 9
+    assert len(fused) == 3 + 2 * 9 and not [o for o in ops if o.startswith("QuantizedConv")]
+    constant_bytes = sum(len(n.attr["value"].tensor.tensor_content) for n in nodes
+                         if n.op == "Const")
+    assert constant_bytes < 100_000  # biases and scales; the weights are variables
     # serving_default calls the int8 model from one place, for same-size batches and
-    # mixed sizes alike: the server copies every constant once per call site
+    # mixed sizes alike
     assert _model_call_sites(sm.meta_graphs[0], "serving_default") == 1
     loaded = tf.saved_model.load(result["path"])
     names = {v.name for v in loaded.model.variables_list}
     assert {"demo_resnet_v2/conv1/weights:0", "DeepLab_v3/logits/weights:0"} <= names
-    assert not [n for n in names if "unit_1/bottleneck_v2/conv2" in n]
+    assert not [n for n in names if "unit_1/bottleneck_v2/conv2/weights" in n]
+    int8_weights = {v.name: v for v in loaded.model.int8_weights.values()}
+    assert "demo_resnet_v2/block1/unit_1/bottleneck_v2/conv2/int8_weights:0" in int8_weights
+    assert {v.dtype for v in int8_weights.values()} == {tf.int8}
 
 
 def _model_call_sites(meta_graph, signature: str) -> int:

@@ -60,19 +60,20 @@ class DeepLabV3(tf.Module):
         plain slim graph that training and the reference comparisons use.
 
         ``int8`` needs folded BatchNorm and ``activation_ranges`` (from ``calibrate`` on a
-        float32 folded model): convolutions other than the first, the image-level
-        pooling and the logits run as oneDNN int8 kernels with per-channel weight
-        scales, their int8 weights baked into the graph as constants (the kernels only
-        accept constant filters).  ``float_blocks`` (bottleneck unit scopes, or
-        ``ASPP_SCOPE``) stay float32 in an int8 model: the blocks whose 8-bit activations
-        cost the most agreement (see ``choose_float_blocks``).  ``mixed`` builds both
-        paths of every block and picks one per block at run time from a mask: the
-        sensitivity pass measures every mixture on one traced graph.  ``block_precision``
-        is what those blocks compute in: ``bfloat16`` on a CPU with native bfloat16
-        kernels (about twice float32's speed there, and far closer to float32 than 8-bit
-        activations), cast at the block's boundaries; the residual stream between blocks
-        stays float32.  ``int8_kernels`` (``precision.INT8_KERNELS``) is which oneDNN
-        kernels an int8 model runs on: ``fused`` needs TensorFlow 2.17 or later.
+        float32 folded model): convolutions other than the first, the image-level pooling
+        and the logits run as oneDNN int8 kernels with per-channel weight scales, their int8
+        weights int8 variables (``int8_weights``; with the portable kernels, constants in
+        the graph: their rewrite caches only a constant filter). ``float_blocks``
+        (bottleneck unit scopes, or ``ASPP_SCOPE``) stay float32 in an int8 model: the
+        blocks whose 8-bit activations cost the most agreement (see
+        ``choose_float_blocks``).  ``mixed`` builds both paths of every block and picks one
+        per block at run time from a mask: the sensitivity pass measures every mixture on
+        one traced graph.  ``block_precision`` is what those blocks compute in: ``bfloat16``
+        on a CPU with native bfloat16 kernels (about twice float32's speed there, and far
+        closer to float32 than 8-bit activations), cast at the block's boundaries; the
+        residual stream between blocks stays float32.  ``int8_kernels``
+        (``precision.INT8_KERNELS``) is which oneDNN kernels an int8 model runs on:
+        ``fused`` needs TensorFlow 2.17 or later.
 
         ``fold_preacts`` (with ``fold_batch_norm``) folds the pre-activation norms into
         the residual stream (``precision.fold_preact``): an int8 model quantizes the
@@ -141,8 +142,18 @@ class DeepLabV3(tf.Module):
                 take = init.get if mixed else init.pop
                 wq, wmax = quantize_weights(take(name))
                 self._quantized[scope] = (wq, wmax, take(f"{scope}/biases"))
-            # One traced graph shared by every signature (tf.saved_model.save still
-            # writes it twice): the int8 constants are not copied per signature.
+            #: The fused kernels' int8 weights, as int8 variables: the kernels cache
+            #: their reordered copy on the first call (``is_filter_const``), so a server
+            #: holds them once.  Constants would sit in the graph, and a server (a TF
+            #: Serving session) copies a graph's constants into every signature's
+            #: executor: resnet_v2_50, 37 MB of weights, ~110 MB per signature.  The
+            #: portable kernels' rewrite only caches a constant filter, so those stay.
+            self.int8_weights: dict[str, tf.Variable] = {
+                scope: tf.Variable(wq, trainable=False,
+                                   name=_var_name(f"{scope}/int8_weights"))
+                for scope, (wq, _, _) in self._quantized.items()} if self.fused else {}
+            # One traced graph shared by every signature: the int8 graph (and, with
+            # the portable kernels, its weight constants) is not copied per signature.
             self._int8_logits = tf.function(
                 self._logits, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
         self._index = {name: i for i, name in enumerate(init)}
@@ -379,11 +390,13 @@ class DeepLabV3(tf.Module):
         oneDNN v3, so the v2 caveat above does not reach it."""
         wq, wmax, bias = self._quantized[scope]
         signed = x.dtype == tf.qint8
+        if self.fused:
+            filt = tf.bitcast(self.int8_weights[scope], tf.qint8)
         if self.fused and not relu and wq.shape[:2] == (1, 1) and stride == 1:
             cin, cout = wq.shape[2:]
             rows = None if addend is None else tf.reshape(addend, [-1, cout])
             out = quantized_matmul(tf.reshape(x, [-1, cin]), -m if signed else 0.0, m,
-                                   wq.reshape(cin, cout), wmax, bias, rows)
+                                   tf.reshape(filt, [cin, cout]), wmax, bias, rows)
             return tf.reshape(out, tf.concat([tf.shape(x)[:3], [cout]], 0))
         padding, explicit = "SAME", []
         if same_explicit and stride > 1:  # as _conv: zero is 0 in SCALED int8
@@ -392,20 +405,24 @@ class DeepLabV3(tf.Module):
             beg = (eff - 1) // 2
             # the kernel pads (a separate Pad of the int8 tensor was 4% of the graph)
             padding, explicit = "VALID", [0, 0, beg, eff - 1 - beg, beg, eff - 1 - beg, 0, 0]
-        conv = dict(input=x, filter=tf.constant(wq, tf.qint8),
+        conv = dict(input=x, filter=filt if self.fused else tf.constant(wq, tf.qint8),
                     min_input=-m if signed else 0.0, max_input=m,
                     strides=[1, stride, stride, 1], padding=padding,
                     dilations=[1, rate, rate, 1], padding_list=explicit)
         if relu:
             out = self._range(scope)
+            requantized = dict(bias=tf.constant(bias), min_filter=tf.constant(-wmax),
+                               max_filter=tf.constant(wmax), min_freezed_output=0.0,
+                               max_freezed_output=out, **conv)
+            if self.fused:
+                return fused_quantized_conv2d(**requantized)
             return tf.raw_ops.QuantizedConv2DWithBiasAndReluAndRequantize(
-                bias=tf.constant(bias), min_filter=tf.constant(-wmax),
-                max_filter=tf.constant(wmax), min_freezed_output=0.0,
-                max_freezed_output=out, out_type=tf.quint8, **conv).output
+                out_type=tf.quint8, **requantized).output
         wscale = (wmax / 127.0).astype(np.float32)
-        acc = tf.raw_ops.QuantizedConv2DWithBias(
-            bias=tf.constant((bias / wscale).astype(np.float32)), min_filter=-127.0,
-            max_filter=127.0, out_type=tf.qint32, **conv).output
+        raw = dict(bias=tf.constant((bias / wscale).astype(np.float32)), min_filter=-127.0,
+                   max_filter=127.0, **conv)
+        acc = (fused_quantized_conv2d(**raw) if self.fused else
+               tf.raw_ops.QuantizedConv2DWithBias(out_type=tf.qint32, **raw).output)
         step = m / (127.0 if signed else 255.0)
         out = tf.cast(tf.bitcast(acc, tf.int32), tf.float32) * (step * tf.constant(wscale))
         return out if addend is None else addend + out
@@ -516,11 +533,13 @@ class DeepLabV3(tf.Module):
         return tf.argmax(self.logits(images), axis=3)
 
 
-def quantized_matmul(a: tf.Tensor, min_a, max_a, w: np.ndarray, wmax: np.ndarray,
-                     bias: np.ndarray, addend: tf.Tensor | None = None) -> tf.Tensor:
+def quantized_matmul(a: tf.Tensor, min_a, max_a, w: np.ndarray | tf.Tensor,
+                     wmax: np.ndarray, bias: np.ndarray,
+                     addend: tf.Tensor | None = None) -> tf.Tensor:
     """float32 ``a @ w + bias (+ addend)`` of int8 ``a`` [M, K] (quint8 in [0, max_a] or
-    qint8 in +-max_a, one scale) and int8 constant weights ``w`` [K, N] (channel n's
-    values are ``w[:, n] * wmax[n] / 127``), in one oneDNN kernel: TensorFlow's
+    qint8 in +-max_a, one scale) and int8 weights ``w`` [K, N] (channel n's values are
+    ``w[:, n] * wmax[n] / 127``; a qint8 tensor, e.g. a variable's, which the kernel
+    reorders once and keeps: ``is_weight_const``), in one oneDNN kernel: TensorFlow's
     ``_QuantizedMatMul`` with the fusion ``BiasAdd, [Add,] Dequantize`` (an internal op,
     registered where TensorFlow is built with oneDNN, which the int8 convolutions need
     too).  The int32 products are scaled to float32 per output channel inside the kernel
@@ -529,7 +548,8 @@ def quantized_matmul(a: tf.Tensor, min_a, max_a, w: np.ndarray, wmax: np.ndarray
     the same int8 values it differs by float32 rounding alone."""
     from tensorflow.python.framework import op_def_library
 
-    inputs = [a, tf.constant(w, tf.qint8), tf.constant(bias, tf.float32)]
+    w = w if isinstance(w, tf.Tensor) else tf.constant(w, tf.qint8)
+    inputs = [a, w, tf.constant(bias, tf.float32)]
     if addend is not None:
         inputs.append(addend)
     inputs += [tf.convert_to_tensor(min_a, tf.float32), tf.convert_to_tensor(max_a, tf.float32),
@@ -541,6 +561,36 @@ def quantized_matmul(a: tf.Tensor, min_a, max_a, w: np.ndarray, wmax: np.ndarray
         fused_ops=["BiasAdd", "Dequantize"] if addend is None else ["BiasAdd", "Add", "Dequantize"],
         input_quant_mode="SCALED", output_quant_mode="SCALED", transpose_a=False,
         transpose_b=False, is_weight_const=True, is_bias_const=True, leakyrelu_alpha=0.2)[2]
+    return op.outputs[0]
+
+
+def fused_quantized_conv2d(input: tf.Tensor, filter: tf.Tensor, bias: tf.Tensor,
+                           min_input, max_input, min_filter, max_filter, strides, padding,
+                           dilations, padding_list, min_freezed_output=None,
+                           max_freezed_output=None) -> tf.Tensor:
+    """``QuantizedConv2DWithBias`` (qint32 out), or with a frozen output range
+    ``QuantizedConv2DWithBiasAndReluAndRequantize`` (quint8 out), as the oneDNN kernel
+    they are rewritten to, ``_FusedQuantizedConv2D`` (an internal op, as
+    ``_QuantizedMatMul``): the same kernel and arithmetic, but its filter may be any
+    tensor (a variable's), which it reorders on the first call and keeps
+    (``is_filter_const``); the public ops' rewrite only does that for a constant."""
+    from tensorflow.python.framework import op_def_library
+
+    requantize = max_freezed_output is not None
+    out_type = tf.quint8 if requantize else tf.qint32
+    inputs = [input, filter, bias] + [tf.convert_to_tensor(v, tf.float32) for v in (
+        min_input, max_input, min_filter, max_filter)]
+    if requantize:
+        inputs += [tf.convert_to_tensor(v, tf.float32)
+                   for v in (min_freezed_output, max_freezed_output)]
+    op = op_def_library._apply_op_helper(
+        "_FusedQuantizedConv2D", name="QuantizedConv2D", device_inputs=[],
+        host_inputs=inputs, Tinput=input.dtype, Tfilter=tf.qint8, Tbias=tf.float32,
+        Tsummand=out_type, out_type=out_type, Thost_outputs=[out_type, tf.float32, tf.float32],
+        Tdevice_outputs=[], data_format="NHWC", strides=strides,
+        padding="EXPLICIT" if padding_list else padding, explicit_paddings=padding_list,
+        dilations=dilations, is_filter_const=True, is_bias_const=True, alpha=0.0,
+        fused_ops=["BiasAdd", "Relu", "Requantize"] if requantize else ["BiasAdd"])[2]
     return op.outputs[0]
 
 
