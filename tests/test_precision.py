@@ -377,6 +377,9 @@ def test_int8_export_keeps_contract_and_agrees_on_photographs(int8_demo, photogr
     int8_weights = {v.name: v for v in loaded.model.int8_weights.values()}
     assert "demo_resnet_v2/block1/unit_1/bottleneck_v2/conv2/int8_weights:0" in int8_weights
     assert {v.dtype for v in int8_weights.values()} == {tf.int8}
+    merged = {n.split("/residual/")[0] for n in int8_weights if "/residual/" in n}
+    assert merged and not [n for n in int8_weights if n.split("/conv3/")[0] in merged
+                           or n.split("/shortcut/")[0] in merged]  # replaced: not stored
 
 
 def _model_call_sites(meta_graph, signature: str) -> int:

@@ -148,10 +148,15 @@ class DeepLabV3(tf.Module):
             #: Serving session) copies a graph's constants into every signature's
             #: executor: resnet_v2_50, 37 MB of weights, ~110 MB per signature.  The
             #: portable kernels' rewrite only caches a constant filter, so those stay.
+            #: (A merged residual replaces its unit's conv3 and shortcut: not stored.)
+            merged = [s.removesuffix("/residual") for s in self._quantized
+                      if s.endswith("/residual")]
+            unused = {f"{u}/{conv}" for u in merged for conv in ("conv3", "shortcut")}
             self.int8_weights: dict[str, tf.Variable] = {
                 scope: tf.Variable(wq, trainable=False,
                                    name=_var_name(f"{scope}/int8_weights"))
-                for scope, (wq, _, _) in self._quantized.items()} if self.fused else {}
+                for scope, (wq, _, _) in self._quantized.items()
+                if scope not in unused} if self.fused else {}
             # One traced graph shared by every signature: the int8 graph (and, with
             # the portable kernels, its weight constants) is not copied per signature.
             self._int8_logits = tf.function(
