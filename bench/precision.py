@@ -1,11 +1,11 @@
 """float32 vs bfloat16 (vs float16) vs int8 exports (int8 on its fused kernels and, as a row of
 its own, on the portable ones older servers run): latency in-process and through the
-embedded server (gRPC), agreement with the float32 model, what BatchNorm folding saves, and
-OpenVINO on the same weights as the outside reference (bfloat16, and int8 after NNCF
-post-training quantization).
+embedded server (gRPC), each server's memory once it has answered, agreement with the
+float32 model, what BatchNorm folding saves, and OpenVINO on the same weights as the
+outside reference (bfloat16, and int8 after NNCF post-training quantization).
 
     .venv/bin/python bench/precision.py [--size 513] [--requests 6] [--float16] [--small]
-                                        [--no-openvino] [--inter-op N]
+                                        [--no-openvino] [--inter-op N] [--keep DIR]
 
 OpenVINO and NNCF are bench-only: ``pip install openvino nncf`` (or ``pip install
 .[bench]``); without them the OpenVINO rows are skipped with a note.  The first line names
@@ -51,6 +51,7 @@ tf = quiet_import_tensorflow()
 
 import grpc  # noqa: E402
 from PIL import Image  # noqa: E402
+from pixels import rss  # noqa: E402
 from servers import ServerProcess  # noqa: E402
 from skimage import data as skdata  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
@@ -279,6 +280,8 @@ def main() -> None:
                 request = compiled.create_infer_request()
                 calls[("local", key)] = lambda r=request: r.infer({0: x.numpy()})
         median = interleaved(calls, args.requests)
+        # each server's memory once it has answered (warmup replayed both signatures)
+        served_rss = {key: rss(srv.proc.pid) for key, srv in servers.items()}
     finally:
         for srv in servers.values():
             srv.stop()
@@ -302,7 +305,8 @@ def main() -> None:
         print(f"{p:<13} in-process {local[p] * 1e3:7.1f} ms ({local[p] / local['float32']:.2f}x)"
               f" | gRPC embedded server {served[p] * 1e3:7.1f} ms "
               f"({served[p] / served['float32']:.2f}x)"
-              f" | SavedModel {_size(results[p].path) / 1e6:6.1f} MB")
+              f" | SavedModel {_size(results[p].path) / 1e6:6.1f} MB"
+              f" | server RSS {served_rss[('served', p)] / 2**20:6.0f} MB")
     for kind in list(settings)[1:]:
         other = {p: median[(kind, p)] for p in rows}
         print(f"{kind}: " + ", ".join(
