@@ -80,7 +80,8 @@ STATUSES = {
     "one": _status((1, 30, 0, "")),
     "failed beside serving": _status(
         (1, 30, 0, ""), (2, 40, 3, 'Failed to load "x": <bad> \\ tab\there'),
-        (9223372036854775807, 10, 13, "line\nbreak \x01 \x7f \u2028 \ufeff é 😀 \u00ad")),
+        (9223372036854775807, 10, 13,
+         "line\nbreak \x01 \x7f \u2028 \ufeff é 😀 \u00ad \U0001d173")),
 }
 
 
@@ -176,3 +177,9 @@ def test_status_text_reads_back_into_the_message():
     assert back == message
     assert requests.version_states(back) == {
         1: "AVAILABLE", 2: "UNLOADING", 9223372036854775807: "START"}
+
+
+def test_a_byte_that_was_not_utf8_is_a_space():
+    """As the C++ printer writes a decoding failure (a model name from a URL may hold
+    one, kept by surrogateescape)."""
+    assert proto_json.quote("a\udcffb") == '"a b"'

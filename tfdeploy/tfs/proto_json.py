@@ -56,37 +56,30 @@ def _repeated(field) -> bool:
     return repeated if repeated is not None else field.label == field.LABEL_REPEATED
 
 
-def _escaped(code: int) -> str | None:
-    """The escape the C++ printer writes for a code point, or None to write it as is."""
-    special = {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x22: '\\"', 0x0C: "\\f",
-               0x08: "\\b", 0x5C: "\\\\"}
-    if code in special:
-        return special[code]
-    kept_out = {0x3C, 0x3E, 0xFEFF, 0xFFF9, 0xFFFA, 0xFFFB, 0xAD, 0x6DD, 0x70F, 0x17B4,
-                0x17B5, 0xE0001}
-    ranges = ((0x0, 0x1F), (0x7F, 0x9F), (0x600, 0x603), (0x200B, 0x200F),
-              (0x2028, 0x202E), (0x2060, 0x2064), (0x206A, 0x206F), (0x1D173, 0x1D17A),
-              (0xE0020, 0xE007F))
-    if code not in kept_out and not any(lo <= code <= hi for lo, hi in ranges):
-        return None
+def _u_escape(code: int) -> str:
+    """``\\uXXXX`` in lower-case hex; a code point beyond the BMP as its UTF-16 pair."""
     if code < 0x10000:
         return f"\\u{code:04x}"
-    code -= 0x10000  # a UTF-16 surrogate pair
+    code -= 0x10000
     return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
+# What the C++ printer escapes, as a str.translate table (as json_text.quote does for
+# rapidjson): JSON's own escapes, then \u for control characters and the code points it
+# keeps out of JavaScript; a byte that was not UTF-8 (kept by surrogateescape as a lone
+# surrogate) becomes a space, as the printer writes a decoding failure.
+_ESCAPES = {code: _u_escape(code) for lo, hi in (
+    (0x0, 0x1F), (0x7F, 0x9F), (0x600, 0x603), (0x200B, 0x200F), (0x2028, 0x202E),
+    (0x2060, 0x2064), (0x206A, 0x206F), (0x1D173, 0x1D17A), (0xE0020, 0xE007F))
+    for code in range(lo, hi + 1)} | {code: _u_escape(code) for code in (
+        0x3C, 0x3E, 0xFEFF, 0xFFF9, 0xFFFA, 0xFFFB, 0xAD, 0x6DD, 0x70F, 0x17B4, 0x17B5,
+        0xE0001)} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x22: '\\"', 0x0C: "\\f",
+                     0x08: "\\b", 0x5C: "\\\\"} | {code: " " for code in range(0xDC80, 0xDD00)}
+
+
 def quote(text: str) -> str:
-    """A string as the C++ printer quotes it (``text`` already decoded from UTF-8; bytes
-    that were not UTF-8, kept as lone surrogates, become spaces, as there)."""
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: an undecodable byte
-            out.append(" ")
-            continue
-        escape = _escaped(code)
-        out.append(ch if escape is None else escape)
-    return '"' + "".join(out) + '"'
+    """A string as the C++ printer quotes it (``text`` already decoded from UTF-8)."""
+    return '"' + text.translate(_ESCAPES) + '"'
 
 
 def _float_text(value: float, single: bool) -> str:
