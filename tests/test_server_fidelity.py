@@ -360,18 +360,14 @@ def test_rest_urls_are_case_insensitive_and_unknown_paths_not_found(server):
 def _send(port: int, method: str, target: str, body: bytes | None = None
           ) -> tuple[int, str, dict | str]:
     """One request with ``target`` on its request line byte for byte (http.client sends
-    it as given; urllib would not take every target): (status, content type, body)."""
-    conn = httpclient.HTTPConnection("127.0.0.1", port, timeout=60)
+    it as given; urllib would not take every target): (status, content type, body parsed
+    as JSON where it is JSON)."""
+    status, headers, raw = _exchange(port, method, target, body)
+    kind = headers.get("content-type", "")
     try:
-        conn.request(method, target, body=body)
-        resp = conn.getresponse()
-        raw, kind = resp.read(), resp.getheader("Content-Type", "")
-    finally:
-        conn.close()
-    try:
-        return resp.status, kind, json.loads(raw)
+        return status, kind, json.loads(raw)
     except ValueError:
-        return resp.status, kind, raw.decode("utf-8", "replace")
+        return status, kind, raw.decode("utf-8", "replace")
 
 
 def _not_found(name: str) -> tuple[int, dict]:
@@ -441,13 +437,8 @@ def test_rest_model_name_bytes_that_are_not_utf8_are_kept(server):
             ("POST", "/v1/models/tf%FE:predict",
              b"Servable not found for request: Latest(tf\xfe)"),
             ("GET", "/v2/models/tf%FF/ready", b"Servable not found for request: Latest(tf\xff)")):
-        conn = httpclient.HTTPConnection("127.0.0.1", server.rest_port, timeout=60)
-        try:
-            conn.request(method, target, body=b'{"instances": [[1.0]]}' if method == "POST"
-                         else None)
-            raw = conn.getresponse().read()
-        finally:
-            conn.close()
+        raw = _exchange(server.rest_port, method, target,
+                        b'{"instances": [[1.0]]}' if method == "POST" else None)[2]
         raw.decode("ascii")  # valid JSON text, no raw byte
         message = json.loads(raw)["error"]
         assert (target, message.encode("utf-8", "surrogateescape")) == (target, expected)
@@ -527,19 +518,14 @@ def test_model_status_as_tensorflow_model_server_answers_it(server):
     assert code == 200 and [(v["version"], v["state"]) for v in
                             body["model_version_status"]] == [("1", "AVAILABLE")]
     # the text tensorflow_model_server writes, as TF Serving's REST guide shows it
-    conn = httpclient.HTTPConnection("127.0.0.1", server.rest_port, timeout=60)
-    try:
-        conn.request("GET", "/v1/models/tf2")
-        raw = conn.getresponse().read().decode()
-    finally:
-        conn.close()
+    raw = _exchange(server.rest_port, "GET", "/v1/models/tf2")[2].decode()
     assert raw == ('{\n "model_version_status": [\n  {\n   "version": "1",\n'
                    '   "state": "AVAILABLE",\n   "status": {\n    "error_code": "OK",\n'
                    '    "error_message": ""\n   }\n  }\n ]\n}\n'), raw
-    code, kind, text = _send(server.rest_port, "GET", "/v1/models/tf2/metadata")
+    code, kind, meta = _send(server.rest_port, "GET", "/v1/models/tf2/metadata")
     assert code == 200 and kind == "application/json"
-    _, _, meta = _send(server.rest_port, "GET", "/v1/models/tf2/versions/1/metadata")
-    assert meta == text and text["model_spec"] == {
+    _, _, of_version = _send(server.rest_port, "GET", "/v1/models/tf2/versions/1/metadata")
+    assert of_version == meta and meta["model_spec"] == {
         "name": "tf2", "version": "1", "signature_name": ""}
     not_found = grpc.StatusCode.NOT_FOUND
     for args, message in ((("ghost",), "Could not find any versions of model ghost"),
