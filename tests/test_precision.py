@@ -19,7 +19,12 @@ from PIL import Image
 from test_export import DEMO_SIGNATURES, _signature_table
 
 from tfdeploy.export.config import ModelConfig
-from tfdeploy.export.model import DeepLabV3, quantized_matmul, random_weights
+from tfdeploy.export.model import (
+    DeepLabV3,
+    fused_quantized_conv2d,
+    quantized_matmul,
+    random_weights,
+)
 from tfdeploy.export.precision import (
     INT8_SERVERS,
     cpu_flags,
@@ -660,3 +665,42 @@ def test_exports_compute_the_same_masks_in_tensorflow_2_12(int8_demo, demo_base,
         assert agreement(("float32", "2.12")) >= 0.9999, image
         old, new = agreement(("int8", "2.12")), agreement(("int8", "here"))
         assert new >= 0.97 and abs(old - new) <= 0.005, (image, old, new)
+
+
+@pytest.mark.parametrize("stride,rate,pad", [(1, 1, False), (2, 1, True), (1, 2, False)])
+def test_fused_quantized_conv2d_computes_what_the_public_ops_compute(stride, rate, pad):
+    """The int8 export's convolutions (``_FusedQuantizedConv2D`` over a variable's filter)
+    give what ``QuantizedConv2DWithBias[AndReluAndRequantize]`` give over a constant one,
+    to the bit: requantized and int32 outputs, strided with explicit padding, dilated."""
+    rng = np.random.default_rng(0)
+    x_u8 = rng.integers(0, 256, (1, 9, 11, 16)).astype(np.uint8)
+    w = rng.integers(-127, 128, (3, 3, 16, 8)).astype(np.int8)
+    wmax = rng.uniform(0.5, 2.0, 8).astype(np.float32)
+    bias = rng.normal(size=8).astype(np.float32)
+    variable = tf.Variable(w)
+    explicit = [0, 0, 1, 1, 1, 1, 0, 0] if pad else []
+
+    @tf.function  # in a graph, where the public ops' filter is a constant node
+    def both():
+        filt = tf.bitcast(variable, tf.qint8)
+        conv = dict(input=tf.bitcast(tf.constant(x_u8), tf.quint8), min_input=0.0,
+                    max_input=4.0, strides=[1, stride, stride, 1],
+                    padding="VALID" if pad else "SAME", dilations=[1, rate, rate, 1],
+                    padding_list=explicit)
+        requant = dict(bias=tf.constant(bias), min_filter=tf.constant(-wmax),
+                       max_filter=tf.constant(wmax), min_freezed_output=0.0,
+                       max_freezed_output=6.0, **conv)
+        raw = dict(bias=tf.constant(bias), min_filter=-127.0, max_filter=127.0, **conv)
+        return (tf.bitcast(tf.raw_ops.QuantizedConv2DWithBiasAndReluAndRequantize(
+                    filter=tf.constant(w, tf.qint8), out_type=tf.quint8, **requant).output,
+                    tf.uint8),
+                tf.bitcast(fused_quantized_conv2d(filter=filt, **requant), tf.uint8),
+                tf.bitcast(tf.raw_ops.QuantizedConv2DWithBias(
+                    filter=tf.constant(w, tf.qint8), out_type=tf.qint32, **raw).output,
+                    tf.int32),
+                tf.bitcast(fused_quantized_conv2d(filter=filt, **raw), tf.int32))
+
+    public8, ours8, public32, ours32 = (t.numpy() for t in both())
+    assert public8.shape == ours8.shape and public8.any()
+    np.testing.assert_array_equal(ours8, public8)
+    np.testing.assert_array_equal(ours32, public32)

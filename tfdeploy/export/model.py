@@ -574,11 +574,11 @@ def fused_quantized_conv2d(input: tf.Tensor, filter: tf.Tensor, bias: tf.Tensor,
                            dilations, padding_list, min_freezed_output=None,
                            max_freezed_output=None) -> tf.Tensor:
     """``QuantizedConv2DWithBias`` (qint32 out), or with a frozen output range
-    ``QuantizedConv2DWithBiasAndReluAndRequantize`` (quint8 out), as the oneDNN kernel
-    they are rewritten to, ``_FusedQuantizedConv2D`` (an internal op, as
-    ``_QuantizedMatMul``): the same kernel and arithmetic, but its filter may be any
-    tensor (a variable's), which it reorders on the first call and keeps
-    (``is_filter_const``); the public ops' rewrite only does that for a constant."""
+    ``QuantizedConv2DWithBiasAndReluAndRequantize`` (quint8 out) as oneDNN's internal
+    ``_FusedQuantizedConv2D`` (as ``_QuantizedMatMul``): the same arithmetic (resnet_v2_50
+    and demo logits equal to the bit), but its filter may be any tensor (a variable's),
+    which it reorders on the first call and keeps (``is_filter_const``); the public ops'
+    oneDNN rewrite keeps a filter only where it is a constant."""
     from tensorflow.python.framework import op_def_library
 
     requantize = max_freezed_output is not None
