@@ -47,6 +47,28 @@ def http(method: str, url: str, body: bytes | dict | None = None,
         return status, raw.decode("utf-8", "replace")
 
 
+def memory(pid: int, field: str = "VmHWM") -> int:
+    """A process's memory figure from /proc/PID/status (VmHWM: peak resident set, VmRSS:
+    current), bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def reset_peak(pid: int) -> int:
+    """VmHWM back to the current RSS (Linux: 5 > clear_refs), so that a peak read later
+    is this phase's own, not one left by loading or an earlier phase; returns that RSS.
+    Skips the test where the kernel refuses."""
+    import pytest
+
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        pytest.skip("cannot reset the peak RSS of the server here")
+    return memory(pid, "VmRSS")
+
+
 class ServerProcess:
     """``tfdeploy-model-server`` in a subprocess, logs in a file."""
 

@@ -13,7 +13,7 @@ import threading
 
 import psutil
 import pytest
-from servers import http
+from servers import http, memory, reset_peak
 from small_models import save_half_plus_two, serve_one
 
 CLIENTS, PER_CLIENT = 64, 10
@@ -138,13 +138,6 @@ def test_deep_nesting_and_a_big_numeric_body(server):
     assert growth < 1_200 << 20, f"server grew by {growth >> 20} MB"
 
 
-def _rss(pid: int, field: str) -> int:
-    for line in open(f"/proc/{pid}/status").read().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
-
-
 @pytest.mark.parametrize("item", [b"{}", b'"ab"', b'{"b64": "AA=="}'])
 def test_a_body_of_tiny_values_is_refused_before_it_costs_memory(server, item):
     """~30 MB of `[{}, {}, ...]` grew the server by ~0.9 GB before its 400 (a Python
@@ -152,14 +145,9 @@ def test_a_body_of_tiny_values_is_refused_before_it_costs_memory(server, item):
     before) grows by well under 2x the body, whose own bytes are in that figure."""
     pid = server.proc.pid
     body = b'{"instances": [' + b", ".join([item] * (30_000_000 // (len(item) + 2))) + b"]}"
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5")              # VmHWM back to the current RSS
-    except OSError:
-        pytest.skip("cannot reset the peak RSS of the server here")
-    before = _rss(pid, "VmRSS")
+    before = reset_peak(pid)
     status, reply = http("POST", f"{server.rest}/v1/models/hp2:predict", body, timeout=120)
-    growth = _rss(pid, "VmHWM") - before
+    growth = memory(pid) - before
     assert growth < 2 * len(body), f"server peak grew by {growth >> 20} MB"
     assert status == 400 and reply["error"].startswith("JSON body too costly to parse: ")
 
