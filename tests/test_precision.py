@@ -473,8 +473,9 @@ def test_bad_calibration(tmp_path, small_checkpoint):
 
 def test_int8_fallback_blocks_in_bfloat16(tmp_path, small_checkpoint):
     """--fallback-precision bfloat16: the blocks the sensitivity pass keeps out of int8
-    compute in bfloat16 (weights stored in it, cast at the block's boundaries), the pass
-    judged against float32; the summary and tfdeploy.json say so.  A gate of 100% (which
+    compute in bfloat16 (weights stored in it, cast at the block's boundaries), as do the
+    first convolution and the ASPP's projection, the pass judged against float32; the
+    summary and tfdeploy.json say so.  A gate of 100% (which
     bfloat16 does not reach either: not verified) keeps every block out of int8."""
     proc = run_cli("export", str(small_checkpoint), "-o", str(tmp_path / "m"), "--precision",
                    "int8", "--fallback-precision", "bfloat16", "--min-agreement", "100",
@@ -492,8 +493,9 @@ def test_int8_fallback_blocks_in_bfloat16(tmp_path, small_checkpoint):
     for block in mixed["blocks"]:
         if "unit_" in block:
             assert dtypes[f"{block}/conv2/weights:0"] == tf.bfloat16
-    # the first convolution and the logits stay float32 whatever the blocks are in
-    assert dtypes["small_resnet_v2/conv1/weights:0"] == tf.float32
+    # the other convolutions kept out of int8 compute in it too, but for the logits
+    assert dtypes["small_resnet_v2/conv1/weights:0"] == tf.bfloat16
+    assert dtypes["DeepLab_v3/ASPP_layer/conv_1x1_output/weights:0"] == tf.bfloat16
     assert dtypes["DeepLab_v3/logits/weights:0"] == tf.float32
     # bfloat16 blocks are an int8 export's only
     proc = run_cli("export", str(small_checkpoint), "-o", str(tmp_path / "f"),
@@ -588,6 +590,9 @@ def test_int8_mixed_precision_reaches_99_percent_on_held_out_photographs(
     for block in mixed["blocks"]:
         if "unit_" in block:
             assert dtypes[f"{block}/conv2/weights:0"] == mixed["precision"]
+    # so do the first convolution and the ASPP's projection (never int8)
+    assert dtypes["demo_resnet_v2/conv1/weights:0"] == mixed["precision"]
+    assert dtypes["DeepLab_v3/ASPP_layer/conv_1x1_output/weights:0"] == mixed["precision"]
     int8_units = [u for u in ("block1/unit_1", "block2/unit_1", "block2/unit_2",
                               "block3/unit_1", "block3/unit_2", "block3/unit_3",
                               "block4/unit_1", "block4/unit_2", "block4/unit_3")

@@ -108,6 +108,10 @@ class DeepLabV3(tf.Module):
             raise ValueError(f"block_precision must be float32 or bfloat16, not {block_precision}")
         #: What an int8 model's float blocks compute in.
         self.block_dtype = tf.as_dtype(block_precision)
+        #: What the first convolution and the ASPP's projection compute in: the
+        #: compute dtype, except in an int8 model (which keeps them out of int8, see
+        #: ``float_convs``), where they take ``block_precision`` too.
+        self.edge_dtype = self.block_dtype if self.int8 else self.compute_dtype
         if int8_kernels not in INT8_KERNELS:
             raise ValueError(f"int8_kernels must be one of {INT8_KERNELS}, not {int8_kernels}")
         #: 1x1 convolutions with a float32 output as one fused kernel (``_qconv``)
@@ -192,15 +196,18 @@ class DeepLabV3(tf.Module):
         """Convolution weights and biases in the compute precision (they feed its kernels);
         the logits layer and batch-norm statistics in float32 (precision where it is
         cheap: the logits are compared across precisions, statistics are per channel).
-        In an int8 model, the convolutions of its float blocks in ``block_precision``
-        (a mixed model keeps float32 and casts: it is only measured, never served)."""
+        In an int8 model, the convolutions of its float blocks, its first one and the
+        ASPP's projection in ``block_precision`` (a mixed model keeps float32 and casts:
+        it is only measured, never served)."""
         if name.startswith("DeepLab_v3/logits/") or name.rsplit("/", 1)[1] not in (
                 "weights", "biases"):
             return tf.float32
         if self.int8:
             scope = name.rsplit("/", 1)[0]
             in_block = any(scope.startswith(b + "/") for b in self.float_blocks)
-            if in_block and not self.mixed and not scope.endswith("/image_level_conv_1x1"):
+            edge = scope in (f"{self.config.scope}/conv1", f"{ASPP_SCOPE}/conv_1x1_output")
+            if ((in_block or edge) and not self.mixed
+                    and not scope.endswith("/image_level_conv_1x1")):
                 return self.block_dtype
             return tf.float32
         return self.compute_dtype
@@ -469,7 +476,8 @@ class DeepLabV3(tf.Module):
         # The 1x1 projection of the concatenated branches stays float32: one per-tensor
         # int8 range over five branches of different scales cost more agreement than
         # any other tensor, and this convolution is ~1% of the network's work.
-        return self._conv_bn(tf.concat(branches, axis=3), f"{s}/conv_1x1_output", False)
+        return _as(self._conv_bn(tf.concat([_as(b, self.edge_dtype) for b in branches], axis=3),
+                                 f"{s}/conv_1x1_output", False), tf.float32)
 
     def calibrate(self, images) -> dict[str, float]:
         """The int8 range of every tensor the int8 graph quantizes, from ``images`` (RGB
@@ -521,10 +529,10 @@ class DeepLabV3(tf.Module):
     def _logits(self, images: tf.Tensor) -> tf.Tensor:
         c = self.config
         x = tf.cast(images, tf.float32) - tf.constant(c.mean, tf.float32)
-        x = tf.cast(x, self.compute_dtype)
+        x = tf.cast(x, self.edge_dtype)
         x = self._bias(self._conv(x, f"{c.scope}/conv1", stride=2, same_explicit=True),
                        f"{c.scope}/conv1")
-        x = tf.nn.max_pool2d(x, 3, 2, padding="SAME")
+        x = tf.cast(tf.nn.max_pool2d(x, 3, 2, padding="SAME"), self.compute_dtype)
         for u in self.units:
             x = self._unit(x, u)
         if self._output_scale is not None:  # the stream's last scale (fold_preact)

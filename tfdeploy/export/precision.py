@@ -181,11 +181,13 @@ def fold_preact(weights: Mapping[str, np.ndarray], units, root: str,
 
 # -- int8 ----------------------------------------------------------------------------------
 def float_convs(config) -> frozenset[str]:
-    """Convolutions an int8 export keeps in float32: the first (3 input channels, raw
+    """Convolutions an int8 export keeps out of int8: the first (3 input channels, raw
     pixel values: little compute, much error), the image-level pooling branch (one pixel),
     the ASPP's 1x1 projection of its concatenated branches (one per-tensor int8 range over
     five branches of different scales cost more agreement than any other tensor; ~1% of
-    the work) and the logits (compared across precisions; a few channels)."""
+    the work) and the logits (compared across precisions; a few channels).  The first and
+    the projection compute in the export's fallback precision (bfloat16 where the CPU
+    has its kernels), the other two in float32 (see ``DeepLabV3.edge_dtype``)."""
     return frozenset({f"{config.scope}/conv1", "DeepLab_v3/logits",
                       "DeepLab_v3/ASPP_layer/image_level_conv_1x1",
                       "DeepLab_v3/ASPP_layer/conv_1x1_output"})
