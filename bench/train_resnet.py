@@ -13,6 +13,7 @@ training mode, Adam, cosine decay), 5 classes; about 3 s per step of 8 128x128 s
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ sys.path.insert(0, str(ROOT / "checkpoints"))
 
 from tfdeploy.tfimport import quiet_import_tensorflow  # noqa: E402
 
+# atrous convolutions' gradients need oneDNN on every CPU: see checkpoints/train_demo.py
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 tf = quiet_import_tensorflow()
 
 from train_demo import TrainableDeepLab, train_step  # noqa: E402

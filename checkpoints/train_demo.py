@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import queue
 import sys
 import threading
@@ -26,7 +27,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
+
+# The gradient of an atrous convolution has CPU kernels only in oneDNN ("Current CPU
+# implementations do not yet support dilation rates larger than 1"), which TensorFlow
+# leaves off on CPUs without VNNI, AVX512_BF16 or AMX (tfdeploy/tfs/onednn.py).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+import tensorflow as tf  # noqa: E402
 from PIL import Image
 
 from tfdeploy.demo.scenes import CLASSES, batch, class_iou, scene

@@ -20,6 +20,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ["TFDEPLOY_STATE_DIR"] = tempfile.mkdtemp(prefix="tfdeploy-test-state-")
 
 
+def _onednn_in_this_process() -> None:
+    """Tests compute int8 graphs in this process, on TensorFlow's oneDNN kernels, which
+    TensorFlow leaves off on CPUs without VNNI, AVX512_BF16 or AMX (tfdeploy/tfs/onednn.py):
+    on such a CPU, turn them on here, then unset the variable again, so that the CLI and
+    the servers the tests start decide for themselves as they would for a user."""
+    from tfdeploy.tfs import onednn
+
+    if onednn.setting() is not None or onednn.on_by_default(onednn.cpu_flags()):
+        return
+    os.environ[onednn.ENV] = "1"
+    from tfdeploy.tfimport import onednn_enabled
+
+    assert onednn_enabled()  # read once, now
+    del os.environ[onednn.ENV]
+
+
+_onednn_in_this_process()
+
+
 def run_cli(*args: str, check: bool = True, timeout: float = 600,
             env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m tfdeploy ARGS`` as a user would; returns the completed process."""

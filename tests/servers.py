@@ -73,8 +73,9 @@ class ServerProcess:
     """``tfdeploy-model-server`` in a subprocess, logs in a file."""
 
     def __init__(self, *flags: str, log_dir: Path, grpc_port: int | None = None,
-                 rest_port: int | None = None):
-        """Ports are free ones unless given (a restarted server takes its old ports)."""
+                 rest_port: int | None = None, env: dict[str, str] | None = None):
+        """Ports are free ones unless given (a restarted server takes its old ports);
+        ``env``: variables set for the server on top of this process's."""
         self.grpc_port, self.rest_port = grpc_port or free_port(), rest_port or free_port()
         self.log_path = log_dir / f"server-{self.grpc_port}-{time.time_ns()}.log"
         self._log = open(self.log_path, "wb")
@@ -83,7 +84,7 @@ class ServerProcess:
              f"--rest_api_port={self.rest_port}", "--grpc_host=127.0.0.1",
              "--rest_api_host=127.0.0.1", *flags],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
 
     @property
     def rest(self) -> str:

@@ -95,6 +95,12 @@ def export(checkpoint: str | Path | None = None, output: str | Path = "models/de
         from tfdeploy.export.labels import read_labels
 
         read_labels(labels)  # a missing or empty file: before importing TensorFlow
+    if precision == "int8":
+        # its kernels are oneDNN's, which TensorFlow leaves off on CPUs without VNNI,
+        # AVX512_BF16 or AMX (tfs/onednn.py): ask before TensorFlow starts
+        from tfdeploy.tfs.onednn import turn_on_if_unset
+
+        turn_on_if_unset()
     quiet_import_tensorflow()
     from tfdeploy.export.writer import export as run_export
 

@@ -27,3 +27,14 @@ def quiet_import_tensorflow() -> types.ModuleType:
         os.dup2(saved, 2)
         os.close(saved)
     return tf
+
+
+def onednn_enabled() -> bool:
+    """Whether this process's TensorFlow runs its oneDNN kernels (decided once, from
+    ``TF_ENABLE_ONEDNN_OPTS`` and the CPU: see tfs/onednn.py).  Imports TensorFlow."""
+    quiet_import_tensorflow()
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:  # a TensorFlow without the query: assume its default, on
+        return True
+    return bool(_pywrap_util_port.IsMklEnabled())

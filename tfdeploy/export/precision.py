@@ -7,15 +7,14 @@ recorded precision without paying for a TF import.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 
 from tfdeploy.errors import UserError
 from tfdeploy.export.config import FUSED_INT8_TENSORFLOW, PRECISIONS
+from tfdeploy.tfs.onednn import cpu_flags, parse_cpu_flags  # noqa: F401  (this module's API too)
 
 #: CPU feature flags (``/proc/cpuinfo``) that give a reduced precision native convolution
 #: kernels.  Without them oneDNN emulates or falls back, and the "fast" dtype is slower.
@@ -29,11 +28,13 @@ FAST_CPU_FLAGS: dict[str, tuple[str, ...]] = {
 #: only into TensorFlow built with oneDNN (``--config=mkl``).  TF Serving's
 #: docker/Dockerfile.mkl builds tensorflow_model_server that way; its default release
 #: build (the plain CPU and GPU images) does not.
-_SERVED_BY = ("served by tfdeploy-model-server and TensorFlow{since} on x86 Linux (oneDNN on, "
-              "i.e. TF_ENABLE_ONEDNN_OPTS not 0) and by tensorflow_model_server{since} built "
-              "with --config=mkl (the tensorflow/serving:<version>-mkl images); the official "
-              "tensorflow/serving:<version> and -gpu images are built without them and cannot "
-              "run this version")
+_SERVED_BY = ("served by tfdeploy-model-server (which turns oneDNN on when it finds an int8 "
+              "version) and TensorFlow{since} on x86 Linux with oneDNN on (its default only on "
+              "CPUs with AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX; elsewhere "
+              "TF_ENABLE_ONEDNN_OPTS=1), and by tensorflow_model_server{since} built with "
+              "--config=mkl (the tensorflow/serving:<version>-mkl images, oneDNN on whatever "
+              "the CPU); the official tensorflow/serving:<version> and -gpu images are built "
+              "without them and cannot run this version")
 INT8_SERVERS = {
     "fused": "int8 exports run on TensorFlow's oneDNN int8 kernels: "
              + _SERVED_BY.format(since=f" {FUSED_INT8_TENSORFLOW} or later")
@@ -48,23 +49,6 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
     return precision
-
-
-def parse_cpu_flags(cpuinfo: str) -> frozenset[str]:
-    """The feature flags every CPU in a ``/proc/cpuinfo`` text has (x86 ``flags`` lines,
-    ARM ``Features`` lines).  A flag only some cores report does not count: TF schedules
-    on all of them."""
-    sets = [set(m.group(1).split())
-            for m in re.finditer(r"^(?:flags|Features)\s*:\s*(.*)$", cpuinfo, re.M)]
-    return frozenset(set.intersection(*sets)) if sets else frozenset()
-
-
-def cpu_flags(path: str | Path = "/proc/cpuinfo") -> frozenset[str]:
-    """This machine's CPU flags; empty where there is no ``/proc/cpuinfo`` (not Linux)."""
-    try:
-        return parse_cpu_flags(Path(path).read_text(errors="replace"))
-    except OSError:
-        return frozenset()
 
 
 def cpu_runs_fast(precision: str, flags: frozenset[str]) -> bool:
@@ -260,9 +244,13 @@ def speed_warning(precision: str, flags: frozenset[str], has_gpu: bool = False,
         return None
     f32, reduced = measure(precision)
     ratio = reduced / f32
-    how = f"{ratio:.1f}x slower than" if ratio > 1 else f"only {1 / ratio:.1f}x faster than"
     article = "an" if precision == "int8" else "a"
+    measured = f"{article} {precision} 3x3 convolution measured {reduced * 1e3:.3g} ms here"
+    if ratio > 1:
+        verdict = (f"{ratio:.1f}x slower than float32 ({f32 * 1e3:.3g} ms); the {precision} "
+                   "export may serve slower than float32 on this machine")
+    else:
+        verdict = (f"only {1 / ratio:.1f}x faster than float32 ({f32 * 1e3:.3g} ms), short of "
+                   f"what the {precision} export gains on CPUs with them")
     return (f"this CPU has no {' or '.join(f.upper() for f in FAST_CPU_FLAGS[precision])}: "
-            f"{article} {precision} 3x3 convolution measured {reduced * 1e3:.3g} ms here, {how} "
-            f"float32 ({f32 * 1e3:.3g} ms); the {precision} export may serve slower than "
-            f"float32 on this machine (it targets CPUs/GPUs that have them)")
+            f"{measured}, {verdict} (it targets CPUs/GPUs that have them)")

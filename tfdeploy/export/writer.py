@@ -47,6 +47,8 @@ from tfdeploy.export.precision import (
 )
 from tfdeploy.export.preflight import check_version
 from tfdeploy.export.signatures import ServingModule
+from tfdeploy.tfimport import onednn_enabled
+from tfdeploy.tfs import onednn
 from tfdeploy.tfs.codes import tf_error_message
 from tfdeploy.tfs.names import (
     CLASS_NAMES,
@@ -328,6 +330,12 @@ def export(
                         f"{', '.join(INT8_KERNELS)})", param="int8_kernels")
     if int8_kernels != "fused" and precision != "int8":
         raise UserError("only an int8 export runs on int8 kernels", param="int8_kernels")
+    if precision == "int8" and not onednn_enabled():
+        why = (f"{onednn.ENV}={os.environ[onednn.ENV]}" if onednn.setting() is False else
+               f"TensorFlow started before {onednn.ENV}=1 could be set (set it before "
+               "importing TensorFlow)")
+        raise UserError("an int8 export runs on TensorFlow's oneDNN int8 kernels, which are "
+                        f"off in this process: {why}", param="precision")
     if fallback_precision == "auto":
         # bfloat16 where it is native: measured on an AMD EPYC with AVX512_BF16, the
         # trained resnet_v2_50 reached 99% with 13 of 17 blocks in bfloat16 at 0.31x

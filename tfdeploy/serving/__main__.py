@@ -16,7 +16,7 @@ import threading
 
 from tfdeploy.errors import UserError
 from tfdeploy.serving.options import ServerOptions
-from tfdeploy.tfs import flags
+from tfdeploy.tfs import flags, onednn
 from tfdeploy.tfs.flags import Kind
 
 
@@ -86,6 +86,25 @@ def options_from_args(argv: list[str] | None = None):
     return ServerOptions(**values), ignored, args.version
 
 
+def onednn_for_int8(options, log: logging.Logger) -> None:
+    """Turn TensorFlow's oneDNN kernels on (``TF_ENABLE_ONEDNN_OPTS=1``) when this CPU
+    would leave them off, ``TF_ENABLE_ONEDNN_OPTS`` is unset, and a model's base path
+    holds a version that runs only on them (an int8 export): such a version would load
+    and fail every request.  Must run before TensorFlow starts.  With the variable set
+    to 0, those versions fail to load, saying why (``SavedModelLoader``)."""
+    if onednn.setting() is not None or onednn.on_by_default(onednn.cpu_flags()):
+        return
+    tags = tuple(t.strip() for t in options.saved_model_tags.split(",") if t.strip())
+    found = onednn.versions_needing_onednn(
+        onednn.base_paths(options.model_base_path, options.model_config_file), tags)
+    if found:
+        onednn.turn_on_if_unset()
+        first, ops = next(iter(found.items()))
+        log.info("%s runs on TensorFlow's oneDNN kernels (%s), which this CPU has off by "
+                 "default: turned on (%s=1; set it to 0 to keep them off, and such versions "
+                 "from loading)", first, ", ".join(ops), onednn.ENV)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -109,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from tfdeploy.tfimport import quiet_import_tensorflow
 
     use_system_allocator()            # before TensorFlow starts: see serving/memory.py
+    onednn_for_int8(options, log)     # likewise: see tfs/onednn.py
     quiet_import_tensorflow()
     from tfdeploy.serving.server import ModelServer
     from tfdeploy.tfs.codes import StatusError

@@ -33,7 +33,8 @@ import tensorflow as tf
 
 from tfdeploy.serving import memory
 from tfdeploy.serving.path import timeout_bucket
-from tfdeploy.tfs import tensors
+from tfdeploy.tfimport import onednn_enabled
+from tfdeploy.tfs import onednn, tensors
 from tfdeploy.tfs.codes import Code, StatusError, tf_error_message
 from tfdeploy.tfs.names import DEFAULT_SIGNATURE, SERVE_TAG
 from tfdeploy.tfs.saved_model import meta_graph, read_saved_model, signature_defs
@@ -215,6 +216,13 @@ class SavedModelLoader:
                               f"{' '.join(self.tags)} }}. To inspect available tag-sets in "
                               "the SavedModel, please use the SavedModel CLI: "
                               "`saved_model_cli`")
+        if not onednn_enabled() and (ops := onednn.needs_onednn(onednn.graph_ops(mg))):
+            # TensorFlow would load it and fail every run ("Missing 0-th output"): refuse
+            # the version instead, so the versions that serve keep serving
+            raise StatusError(
+                Code.FAILED_PRECONDITION,
+                f"{self.name} version {self.version} runs on TensorFlow's oneDNN kernels "
+                f"({', '.join(ops)}), which are off in this server: {onednn.HOW_TO_TURN_ON}")
         graph = tf.Graph()
         # Threads of its own per version: a long request on one version (or many) must not
         # starve the restore ops of a version loading beside it.
