@@ -19,6 +19,7 @@ first line names the CPU and the load average.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -26,6 +27,9 @@ import numpy as np
 
 from tfdeploy.tfimport import quiet_import_tensorflow
 
+# int8 runs on oneDNN's kernels, off by default on CPUs without VNNI, AVX512_BF16 or AMX
+# (tfdeploy/tfs/onednn.py): on for this process (in-process rows), as the exporter does
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 tf = quiet_import_tensorflow()
 
 from skimage import data as skdata  # noqa: E402

@@ -47,6 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from tfdeploy.tfimport import quiet_import_tensorflow  # noqa: E402
 from tfdeploy.tfs.requests import images_request  # noqa: E402
 
+# int8 runs on oneDNN's kernels, off by default on CPUs without VNNI, AVX512_BF16 or AMX
+# (tfdeploy/tfs/onednn.py): on for this process (in-process rows), as the exporter does
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 tf = quiet_import_tensorflow()
 
 import grpc  # noqa: E402
@@ -65,6 +68,7 @@ from tfdeploy.export.model import DeepLabV3, random_weights  # noqa: E402
 from tfdeploy.export.precision import cpu_flags, cpu_runs_fast  # noqa: E402
 from tfdeploy.export.warmup import probe_image  # noqa: E402
 from tfdeploy.export.writer import export  # noqa: E402
+from tfdeploy.tfs import onednn  # noqa: E402
 
 PHOTOGRAPHS = ("astronaut", "coffee", "chelsea", "rocket")
 #: The int8 export on the convolution-only kernels (``--int8-kernels portable``).
@@ -210,6 +214,10 @@ def main() -> None:
     work = work_dir("precision", args.keep)
     flags = cpu_flags()
     print(cpu_line(flags), flush=True)
+    if not onednn.on_by_default(flags):
+        print("oneDNN: off by default on this CPU, on here and in every server of this bench "
+              "(int8 needs it); a float32 server left at TensorFlow's default runs Eigen",
+              flush=True)
     precisions = ["float32", "bfloat16"]
     if args.float16 or cpu_runs_fast("float16", flags):
         precisions.append("float16")

@@ -31,6 +31,9 @@ def onednn_version() -> str:
 
 
 def main() -> None:
+    # int8 exports run on oneDNN's kernels, which TensorFlow leaves off by default on CPUs
+    # without VNNI, AVX512_BF16 or AMX (tfdeploy/tfs/onednn.py); the probe child inherits it
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     import numpy as np
     import tensorflow as tf
 
