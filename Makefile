@@ -81,7 +81,7 @@ protobuf-cpp:
 
 test: $(STAMP) docker-images $(KSERVE_STAMP) $(OLD_TF_STAMP) chromium protobuf-cpp
 	$(PY) -m ruff check tfdeploy tests bench checkpoints tools
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 lint: $(STAMP)
 	$(PY) -m ruff check tfdeploy tests bench checkpoints tools

@@ -133,7 +133,10 @@ def test_keras_export_serves_and_its_graph_decides_shapes(server, stub):
     with pytest.raises(grpc.RpcError) as err:
         _predict(stub, "keras", [1.0, 2.0])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "is not a matrix" in err.value.details()
+    # in the words of whichever MatMul kernel runs it: oneDNN's, or Eigen's where this
+    # CPU leaves oneDNN off (tfdeploy/tfs/onednn.py)
+    assert ("is not a matrix" in err.value.details()
+            or "different ndims: [2] vs. [1,1]" in err.value.details()), err.value.details()
     assert server.status("keras") == {1: "AVAILABLE"}
 
 
