@@ -252,5 +252,12 @@ def speed_warning(precision: str, flags: frozenset[str], has_gpu: bool = False,
     else:
         verdict = (f"only {1 / ratio:.1f}x faster than float32 ({f32 * 1e3:.3g} ms), short of "
                    f"what the {precision} export gains on CPUs with them")
+    if precision == "int8":
+        # measured on an AVX2-only AMD EPYC: full-range 8-bit weights and activations off by
+        # up to ~30 in a 96-deep dot product of ~100 (tests/test_precision.py)
+        verdict += ("; without VNNI, oneDNN adds pairs of int8 products in 16 bits, which "
+                    "saturate where large weights meet large activations: the agreement "
+                    "reported below was measured on these kernels, and a server on a CPU "
+                    "without VNNI may compute differently from one with it")
     return (f"this CPU has no {' or '.join(f.upper() for f in FAST_CPU_FLAGS[precision])}: "
             f"{measured}, {verdict} (it targets CPUs/GPUs that have them)")
